@@ -1,0 +1,97 @@
+"""The one exception hierarchy of shmkv.
+
+Every error the engine, the CLI, the broker and the clients raise on purpose derives from
+`ShmKVError`. Each message says what to change. Where Python already defines the behaviour we
+keep the builtin: a wrong argument type raises `TypeError`, `cache[key]` on a missing key raises
+`KeyError`. Errors that are also a kind of bad value (`KeyTooLarge`, `NotAnInteger`, ...) derive
+from `ValueError` as well, so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class ShmKVError(Exception):
+    """Base class of every error raised by shmkv."""
+
+
+class RegionExists(ShmKVError, FileExistsError):
+    """A region of that name already exists (pass exist_ok=True to attach to it)."""
+
+
+class RegionNotFound(ShmKVError, FileNotFoundError):
+    """No region of that name exists (create it first with Cache.create)."""
+
+
+class IncompatibleLayout(ShmKVError):
+    """The region was written by another layout version or with other parameters."""
+
+
+class CorruptRegion(ShmKVError):
+    """The region's header or structures fail validation."""
+
+
+class OutOfSpace(ShmKVError, OSError):
+    """/dev/shm or the file system cannot hold a region of the requested size."""
+
+
+class KeyTooLarge(ShmKVError, ValueError):
+    """The key is longer than the format allows."""
+
+
+class ValueTooLarge(ShmKVError, ValueError):
+    """The value can never fit in this region's arena."""
+
+
+class RegionFull(ShmKVError):
+    """The arena has no room for the value right now."""
+
+
+class IndexFull(ShmKVError):
+    """The hash index has no free slot for a new key."""
+
+
+class LockTimeout(ShmKVError, TimeoutError):
+    """A cross-process lock was not acquired in time."""
+
+
+class CacheClosed(ShmKVError):
+    """The handle was closed; open the region again."""
+
+
+class NotAnInteger(ShmKVError, ValueError):
+    """incr() found a value that is not a decimal 64-bit integer."""
+
+
+class CollectionNotFound(ShmKVError, KeyError):
+    """No collection of that name exists (or it was dropped)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CollectionExists(ShmKVError):
+    """A collection of that name already exists."""
+
+
+class TooManyCollections(ShmKVError):
+    """The region's collection table is full."""
+
+
+__all__ = [
+    "CacheClosed",
+    "CollectionExists",
+    "CollectionNotFound",
+    "CorruptRegion",
+    "IncompatibleLayout",
+    "IndexFull",
+    "KeyTooLarge",
+    "LockTimeout",
+    "NotAnInteger",
+    "OutOfSpace",
+    "RegionExists",
+    "RegionFull",
+    "RegionNotFound",
+    "ShmKVError",
+    "TooManyCollections",
+    "ValueTooLarge",
+]
