@@ -62,6 +62,9 @@ class _Closed:
     def __iter__(self) -> Any:
         return self[0]
 
+    def __getattr__(self, _: str) -> Any:
+        return self[0]
+
     __setitem__ = __getitem__
 
 

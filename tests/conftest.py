@@ -4,23 +4,12 @@ clock, and a check that no test leaves shared-memory objects behind."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
+from tests_support import FakeClock, leftovers, new_region_name
 
 import shmkv
-
-TEST_PREFIX = "shmkvtest-"
-
-
-def new_region_name() -> str:
-    return f"{TEST_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:10]}"
-
-
-def leftovers() -> list[str]:
-    """Our test objects still in /dev/shm: regions and their semaphores (sem.<name>.lkN)."""
-    return sorted(f for f in os.listdir("/dev/shm") if TEST_PREFIX in f)
 
 
 @pytest.fixture
@@ -43,19 +32,6 @@ def cache(region_name: str, fake_clock: FakeClock) -> Iterator[shmkv.Cache]:
     finally:
         if not c.closed:
             c.close()
-
-
-class FakeClock:
-    """A clock for TTL tests: unix nanoseconds that move only when the test says so."""
-
-    def __init__(self, start_ns: int = 1_700_000_000 * 10**9) -> None:
-        self.now_ns = start_ns
-
-    def __call__(self) -> int:
-        return self.now_ns
-
-    def advance(self, seconds: float) -> None:
-        self.now_ns += int(seconds * 1e9)
 
 
 @pytest.fixture

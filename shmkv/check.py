@@ -1,0 +1,151 @@
+"""Read-only consistency check of a region: every invariant the format in layout.py promises.
+
+Used by the tests after concurrent and crash runs, and by `shmkv doctor`. It reads without
+taking locks, so run it on a quiescent region (or expect reports about in-flight writes).
+
+Checked:
+  * arena: blocks tile the arena exactly; FREE/PREV_FREE bits and footers agree; no block is
+    smaller than the minimum; free lists hold exactly the free blocks, in the right class, with
+    consistent back links; the bitmap matches the lists; arena_used_bytes is the sum of used
+    blocks.
+  * index: every slot points at the start of a used block; the entry's key hashes to this
+    stripe and this tag; the slot is reachable from the key's home without crossing an empty
+    slot; no key appears twice; stripe counts and seqs (even) are right.
+  * entries: the checksum matches the key and value; every used block is referenced by exactly
+    one slot (else it leaked); item counters per collection and in total match.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import layout as L
+from .arena import bin_of
+from .hashing import checksum32, xxh3_64
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+
+def check_region(cache: Cache) -> list[str]:
+    """Problems found in the region behind cache (empty if it is consistent)."""
+    region = cache._region
+    problems: list[str] = []
+    used = _check_arena(region, problems)
+    _check_index(region, used, problems)
+    return problems
+
+
+def _check_arena(region, problems: list[str]) -> dict[int, int]:
+    """Walk the blocks; return {offset: size} of used blocks."""
+    arena, u32, q = region.arena, region.u32, region.q
+    used: dict[int, int] = {}
+    free: dict[int, int] = {}
+    prev_was_free = False
+    off = arena.first_block
+    while off < arena.end:
+        word = u32[off >> 2]
+        size = word & L.SIZE_MASK
+        if size < L.MIN_BLOCK_BYTES or off + size > arena.end:
+            problems.append(f"arena: block at {off} has impossible size {size}")
+            return used
+        if bool(word & L.PREV_FREE_BIT) != prev_was_free:
+            problems.append(f"arena: block at {off} has a wrong PREV_FREE bit")
+        if word & L.FREE_BIT:
+            free[off] = size
+            if u32[(off + size - 4) >> 2] != size:
+                problems.append(f"arena: free block at {off} has a wrong footer")
+        else:
+            used[off] = size
+        prev_was_free = bool(word & L.FREE_BIT)
+        off += size
+    if off != arena.end:
+        problems.append(f"arena: blocks end at {off}, not at the sentinel {arena.end}")
+    if bool(u32[arena.end >> 2] & L.PREV_FREE_BIT) != prev_was_free:
+        problems.append("arena: the sentinel has a wrong PREV_FREE bit")
+    if sum(used.values()) != q[L.H_ARENA_USED >> 3]:
+        problems.append(f"arena: arena_used_bytes is {q[L.H_ARENA_USED >> 3]}, blocks say "
+                        f"{sum(used.values())}")
+    listed: set[int] = set()
+    for b in range(L.NBINS):
+        ref = u32[(L.H_BIN_HEADS >> 2) + b]
+        bit = q[(L.H_BIN_BITMAP >> 3) + (b >> 6)] >> (b & 63) & 1
+        if bool(ref) != bool(bit):
+            problems.append(f"arena: bitmap bit {b} disagrees with its free list")
+        prev_ref = 0
+        while ref:
+            blk = arena.off(ref)
+            if blk not in free or blk in listed:
+                problems.append(f"arena: free list {b} holds {blk}, not a free block (or twice)")
+                break
+            if bin_of(free[blk]) != b:
+                problems.append(f"arena: block {blk} of {free[blk]} bytes is filed in class {b}")
+            if u32[(blk + 12) >> 2] != prev_ref:
+                problems.append(f"arena: block {blk} has a wrong back link")
+            listed.add(blk)
+            prev_ref, ref = ref, u32[(blk + 8) >> 2]
+    if listed != set(free):
+        problems.append(f"arena: {len(set(free) - listed)} free blocks are on no free list")
+    return used
+
+
+def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
+    lay, q, u32, mm = region.layout, region.q, region.u32, region.mm
+    index, colls = region.index, region.colls
+    seen: set[tuple[int, bytes]] = set()
+    referenced: set[int] = set()
+    per_collection: dict[int, int] = {}
+    for stripe in range(lay.n_stripes):
+        rec = lay.stripes_offset + stripe * L.STRIPE_BYTES
+        if q[(rec + L.S_SEQ) >> 3] & 1:
+            problems.append(f"index: stripe {stripe} seq is odd (a writer died mid-change?)")
+        count = 0
+        base = index.slot0 + stripe * index.per
+        for pos in range(index.per):
+            v = q[base + pos]
+            if not v:
+                continue
+            count += 1
+            off = arena_off = region.arena.off(v & 0xFFFFFFFF)
+            if arena_off not in used:
+                problems.append(f"index: stripe {stripe} slot {pos} points at {off}, "
+                                "not a used block")
+                continue
+            key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+            klen, coll = key_coll & 0xFFFF, key_coll >> 16
+            vlen = u32[(off + L.E_VALUE_LEN) >> 2]
+            key = mm[off + 42:off + 42 + klen]
+            if L.ENTRY_HEADER_BYTES + klen + vlen > used[off]:
+                problems.append(f"entry at {off}: key+value overrun its block")
+                continue
+            if checksum32(mm[off + 42:off + 42 + klen + vlen], region.seed) \
+                    != u32[(off + L.E_CHECKSUM) >> 2]:
+                problems.append(f"entry at {off} ({key!r}): checksum mismatch")
+            h = xxh3_64(key, region.seed ^ coll)
+            if h & (lay.n_stripes - 1) != stripe or h >> 32 != v >> 32:
+                problems.append(f"index: {key!r} is in stripe {stripe} with a wrong tag")
+            home = (h >> 32) & index.mask
+            i = home
+            while i != pos:  # reachable: no empty slot between home and here
+                if not q[base + i]:
+                    problems.append(f"index: {key!r} is cut off from its home slot")
+                    break
+                i = (i + 1) & index.mask
+            if (coll, key) in seen:
+                problems.append(f"index: {key!r} (collection {coll}) appears twice")
+            seen.add((coll, key))
+            referenced.add(off)
+            per_collection[coll] = per_collection.get(coll, 0) + 1
+        if u32[(rec + L.S_COUNT) >> 2] != count:
+            problems.append(f"index: stripe {stripe} count is {u32[(rec + L.S_COUNT) >> 2]}, "
+                            f"slots say {count}")
+    leaked = set(used) - referenced
+    if leaked:
+        problems.append(f"arena: {len(leaked)} used blocks are referenced by no slot")
+    if q[L.H_ITEMS >> 3] != len(referenced):
+        problems.append(f"header: items is {q[L.H_ITEMS >> 3]}, index holds {len(referenced)}")
+    for idx in range(lay.max_collections):
+        expected = per_collection.get(idx, 0)
+        if colls.items(idx) != expected:
+            problems.append(f"collection {idx}: items is {colls.items(idx)}, index holds "
+                            f"{expected}")
