@@ -1,0 +1,149 @@
+"""Helpers shared by the bench scripts: percentiles, the markdown table, machine facts, and
+the results files (a markdown report plus a JSON file with the raw summary next to it).
+
+Not a test module: pytest collects only tests/ (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Packages whose versions change what a benchmark measures; absent ones are reported as None.
+PACKAGES = ("shmkv", "numpy", "xxhash", "mmh3", "posix-ipc", "lmdb", "pyzmq")
+
+TABLE_COLUMNS = ("system", "op", "n", "median ns", "p99 ns", "ops/s", "ratio vs shmkv")
+
+
+def percentiles(samples: Iterable[float]) -> dict[str, float]:
+    """median, p90, p99 and max of samples (nearest-rank: every figure is a real sample, so
+    a p99 over few samples is never an interpolation between two of them)."""
+    xs = sorted(samples)
+    if not xs:
+        raise ValueError("no samples")
+
+    def rank(p: float) -> float:
+        # nearest rank: the smallest sample with at least p% of samples at or below it
+        i = max(0, -(-len(xs) * p // 100) - 1)
+        return xs[int(i)]
+
+    n = len(xs)
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    return {"median": median, "p90": rank(90), "p99": rank(99), "max": xs[-1]}
+
+
+def _fmt_num(x: float | None, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of TABLE_COLUMNS. Each row: system, op, n, median_ns, p99_ns,
+    ops_per_s, ratio (None where there is no shmkv figure to compare against)."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(TABLE_COLUMNS) - 2)) + "|"]
+    for r in rows:
+        ratio = r.get("ratio")
+        cells = [
+            str(r["system"]), str(r["op"]), _fmt_num(r["n"]),
+            _fmt_num(r["median_ns"]), _fmt_num(r["p99_ns"]), _fmt_num(r["ops_per_s"]),
+            "-" if ratio is None else f"{ratio:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "packages": package_versions(),
+    }
+
+
+def git_commit() -> str | None:
+    """Short HEAD commit, with "+dirty" if the working tree has changes (a number measured on
+    uncommitted code must say so); None if git or the repository is unavailable."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=REPO, capture_output=True, text=True, timeout=10,
+                                check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    pk = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    return (f"{info['cpu_model']}, {info['cpu_count']} CPUs, Linux {info['kernel']}, "
+            f"{info['python_implementation']} {info['python']}; {pk}")
+
+
+def write_results(out_dir: str | os.PathLike[str], name: str, title: str, command: str,
+                  table_md: str, notes: Sequence[str],
+                  summary: dict[str, Any]) -> tuple[Path, Path]:
+    """Write <out_dir>/<name>-<hostname>-<YYYYMMDD>.md and .json; return both paths.
+
+    The markdown holds what a reader needs to judge the numbers (date, machine, commit, exact
+    command, notes) and the table; the JSON holds the same facts plus the raw summary."""
+    info = machine_info()
+    now = _dt.datetime.now(_dt.timezone.utc)
+    stem = f"{name}-{info['hostname']}-{now:%Y%m%d}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
+    header = [
+        f"# {title}",
+        "",
+        f"- date: {now:%Y-%m-%d %H:%M:%S} UTC",
+        f"- machine: {machine_line(info)}",
+        f"- commit: {commit or 'unknown'}",
+        f"- command: `{command}`",
+        "",
+    ]
+    body = [table_md, ""] + [f"- {n}" for n in notes]
+    md_path = out / f"{stem}.md"
+    md_path.write_text("\n".join(header + body) + "\n", encoding="utf-8")
+    doc = {"title": title, "date_utc": now.isoformat(timespec="seconds"), "machine": info,
+           "commit": commit, "command": command, "notes": list(notes), "summary": summary}
+    json_path = out / f"{stem}.json"
+    json_path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return md_path, json_path

@@ -1,0 +1,48 @@
+"""The node process: owns one region for the lifetime of a service.
+
+`shmkv serve` creates the region if it does not exist (or attaches to it), reports that it is
+ready, and runs until SIGTERM or SIGINT. On the way out it closes its handle and leaves the
+region in place, so local processes keep their data across a node restart.
+
+This is the node's first increment: it hosts the region for local processes. Remote access
+over ZeroMQ, pub/sub, persistence and systemd notification are added on top of this loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from typing import TextIO
+
+import shmkv
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    region: str = shmkv.DEFAULT_REGION
+    arena_bytes: int = shmkv.DEFAULT_ARENA_BYTES
+
+
+def serve(config: NodeConfig, out: TextIO = sys.stdout) -> int:
+    """Run the node until SIGTERM/SIGINT; returns the process exit status."""
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    # Block the signals before anything else, then wait for them synchronously: no handler
+    # runs in the middle of a region operation.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    cache = shmkv.Cache.create(config.region, config.arena_bytes, exist_ok=True)
+    try:
+        _emit(out, "ready", pid=os.getpid(), config=asdict(config), stats=cache.stats())
+        received = signal.sigwait(stop_signals)
+        _emit(out, "stopping", signal=signal.Signals(received).name)
+    finally:
+        cache.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    return 0
+
+
+def _emit(out: TextIO, event: str, **fields: object) -> None:
+    out.write(json.dumps({"event": event, **fields}) + "\n")
+    out.flush()

@@ -1,0 +1,383 @@
+"""The `shmkv` command: inspect and edit a region from the shell.
+
+Every command prints exactly one JSON document on stdout. On failure stdout stays empty, and one
+JSON object `{"error": "<ExceptionClassName>", "message": "..."}` goes to stderr. Exit codes:
+0 success, 1 a shmkv error (`ShmKVError`), 2 a usage error or a bad value, 3 `get` of a key that
+is absent.
+
+Key commands work in the current collection: `--collection/-c`, else `$SHMKV_COLLECTION`, else
+the one chosen with `shmkv use` (kept per region in `$XDG_STATE_HOME/shmkv/`), else the default
+collection, whose name is "".
+
+The CLI is a thin layer over the public `Cache` API and calls nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
+from .errors import (
+    CollectionExists,
+    CollectionNotFound,
+    RegionExists,
+    RegionNotFound,
+    ShmKVError,
+)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_KEY_NOT_FOUND = 3
+
+app = typer.Typer(name="shmkv", no_args_is_help=True)
+_REGION, _COLLECTIONS, _KEYS = "Region", "Collections", "Keys (in the current collection)"
+
+
+# --- output -------------------------------------------------------------------------------
+def _emit(doc: Any) -> None:
+    typer.echo(json.dumps(doc))
+
+
+def _fail(error: str, message: str, code: int) -> NoReturn:
+    typer.echo(json.dumps({"error": error, "message": message}), err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _reporting_errors() -> Iterator[None]:
+    """Turn an error of the API into the JSON error on stderr and its exit code."""
+    try:
+        yield
+    except ShmKVError as exc:  # first: some of them are ValueErrors too (KeyTooLarge, ...)
+        _fail(type(exc).__name__, str(exc), EXIT_ERROR)
+    except ValueError as exc:  # a bad name, size or TTL given on the command line
+        _fail(type(exc).__name__, str(exc), EXIT_USAGE)
+
+
+@contextmanager
+def _opened(region: str) -> Iterator[Cache]:
+    """The region, open for the duration of the block; every error inside the block is
+    reported as JSON."""
+    with _reporting_errors():
+        try:
+            cache = Cache.open(region)
+        except RegionNotFound:
+            hint = "shmkv init" if region == DEFAULT_REGION else \
+                f"shmkv --region {shlex.quote(region)} init"
+            raise RegionNotFound(f"no region {region!r}; create it with `{hint}`") from None
+        with cache:
+            yield cache
+
+
+# --- the current collection, persisted per region ------------------------------------------
+def _state_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec says to ignore a relative value
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "shmkv" / "current-collection.json"
+
+
+def _state_key(region: str) -> str:
+    # A file-backed region may be named by different relative paths from different directories.
+    return os.path.realpath(region) if "/" in region else region
+
+
+def _load_state() -> dict[str, str]:
+    try:
+        state = json.loads(_state_file().read_text())
+    except (OSError, ValueError):
+        return {}  # a missing or damaged state file only loses the selection: start over
+    return state if isinstance(state, dict) else {}
+
+
+def _save_selection(region: str, collection: str) -> None:
+    """Remember collection as the current one of region ("" forgets the choice)."""
+    state = _load_state()
+    if collection:
+        state[_state_key(region)] = collection
+    else:
+        state.pop(_state_key(region), None)
+    path = _state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write aside, then rename: another shmkv reading the file never sees half of it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".current-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _selected(region: str) -> str:
+    """The collection chosen with `shmkv use` for region ("" for the default one)."""
+    chosen = _load_state().get(_state_key(region), "")
+    return chosen if isinstance(chosen, str) else ""
+
+
+def _current(region: str, option: str | None = None) -> str:
+    if option is not None:
+        return option
+    return os.environ.get("SHMKV_COLLECTION") or _selected(region)
+
+
+def _in_collection(cache: Cache, name: str) -> Cache:
+    """A handle on an existing collection: collection() would create a missing one."""
+    if not name:
+        return cache
+    if name not in cache.collections():
+        raise CollectionNotFound(
+            f"no collection {name!r}; create it with `shmkv new {name}`, or go back to the "
+            "default collection with `shmkv use --default`"
+        )
+    return cache.collection(name)
+
+
+# --- option types -------------------------------------------------------------------------
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count: plain, or with a binary suffix (64M = 64 MiB, 1G, 512KiB, ...)."""
+    if isinstance(text, int):  # the option's default goes through the parser too
+        return text
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a size: use bytes, or a number with K, M, G, T")
+    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+
+
+Region = Annotated[
+    str,
+    typer.Option(
+        "--region",
+        envvar="SHMKV_REGION",
+        help="The region: a /dev/shm name, or a file path (containing '/') for a file-backed one.",
+    ),
+]
+Collection = Annotated[
+    str | None,
+    typer.Option(
+        "--collection",
+        "-c",
+        help="The collection to work in (default: $SHMKV_COLLECTION, else the one chosen with "
+        "`shmkv use`, else the default collection).",
+        show_default=False,
+    ),
+]
+
+
+@app.callback()
+def _root(ctx: typer.Context, region: Region = DEFAULT_REGION) -> None:
+    """Inspect and edit a shmkv shared-memory region. Every command prints one JSON document."""
+    ctx.obj = region
+
+
+# --- region commands ----------------------------------------------------------------------
+ArenaBytes = Annotated[
+    int,
+    typer.Option(
+        parser=parse_size,
+        metavar="SIZE",
+        show_default="64M",
+        help="Size of the value arena, in bytes or with a suffix: 64M, 1G, ...",
+    ),
+]
+
+
+@app.command(rich_help_panel=_REGION)
+def serve(ctx: typer.Context, arena_bytes: ArenaBytes = DEFAULT_ARENA_BYTES) -> None:
+    """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
+    Prints one JSON line per event (ready, stopping); the region stays when the node stops."""
+    from .broker.server import NodeConfig
+    from .broker.server import serve as run_node
+
+    with _reporting_errors():
+        code = run_node(NodeConfig(region=ctx.obj, arena_bytes=arena_bytes))
+    raise typer.Exit(code)
+
+
+@app.command(rich_help_panel=_REGION)
+def init(
+    ctx: typer.Context,
+    arena_bytes: ArenaBytes = DEFAULT_ARENA_BYTES,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Attach to the region if it already exists.")
+    ] = False,
+) -> None:
+    """Create the region and print its stats."""
+    with _reporting_errors():
+        try:
+            cache = Cache.create(ctx.obj, arena_bytes, exist_ok=exist_ok)
+        except RegionExists:
+            raise RegionExists(f"region {ctx.obj!r} already exists; pass --exist-ok to attach to "
+                               "it, or remove it first with `shmkv unlink`") from None
+        with cache:
+            _emit(cache.stats())
+
+
+@app.command(rich_help_panel=_REGION)
+def status(ctx: typer.Context, collection: Collection = None) -> None:
+    """Show the region, the current collection and how full the region is."""
+    with _opened(ctx.obj) as cache:
+        stats = _in_collection(cache, _current(ctx.obj, collection)).stats()
+        _emit({
+            "region": ctx.obj,
+            "collection": stats["collection"],
+            "keys": stats["collection_items"],
+            "arena_used_bytes": stats["arena_used_bytes"],
+            "arena_free_bytes": stats["arena_free_bytes"],
+            "collections": stats["collections"],
+        })
+
+
+@app.command(rich_help_panel=_REGION)
+def stats(ctx: typer.Context, collection: Collection = None) -> None:
+    """Print the region's counters and sizes."""
+    with _opened(ctx.obj) as cache:
+        _emit(_in_collection(cache, _current(ctx.obj, collection)).stats())
+
+
+@app.command(rich_help_panel=_REGION)
+def unlink(ctx: typer.Context) -> None:
+    """Remove the region. Processes that have it open keep their mapping until they close it."""
+    with _reporting_errors():
+        removed = Cache.unlink(ctx.obj)
+    if removed:  # a region created later under this name starts in its default collection
+        _save_selection(ctx.obj, "")
+    _emit({"unlinked": removed})
+
+
+# --- collection commands ------------------------------------------------------------------
+@app.command("list", rich_help_panel=_COLLECTIONS)
+def list_collections(ctx: typer.Context) -> None:
+    """List the region's collections and show which one is current ("" is the default)."""
+    with _opened(ctx.obj) as cache:
+        _emit({"collections": cache.collections(), "current": _current(ctx.obj)})
+
+
+@app.command(rich_help_panel=_COLLECTIONS)
+def new(ctx: typer.Context, name: str) -> None:
+    """Create a collection."""
+    with _opened(ctx.obj) as cache:
+        if name in cache.collections():  # collection() would just open it
+            raise CollectionExists(f"collection {name!r} already exists")
+        cache.collection(name)
+        _emit({"created": name})
+
+
+@app.command(rich_help_panel=_COLLECTIONS)
+def use(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(show_default=False)] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Go back to the default collection.")
+    ] = False,
+) -> None:
+    """Make a collection the current one for later commands on this region.
+
+    `use ""` or `use --default` goes back to the default collection.
+    """
+    if default and name:
+        raise typer.BadParameter("give a collection name or --default, not both")
+    if not default and name is None:
+        raise typer.BadParameter("give a collection name, or --default")
+    name = name or ""
+    with _opened(ctx.obj) as cache:
+        _in_collection(cache, name)
+    _save_selection(ctx.obj, name)
+    # $SHMKV_COLLECTION still wins over the choice: show what later commands will use
+    _emit({"current": _current(ctx.obj)})
+
+
+@app.command(rich_help_panel=_COLLECTIONS)
+def rename(ctx: typer.Context, old: str, new: str) -> None:
+    """Rename a collection; if it is the current one, it stays current."""
+    with _opened(ctx.obj) as cache:
+        cache.rename_collection(old, new)
+    if _selected(ctx.obj) == old:
+        _save_selection(ctx.obj, new)
+    _emit({"renamed": old, "to": new})
+
+
+@app.command(rich_help_panel=_COLLECTIONS)
+def delete(ctx: typer.Context, name: str) -> None:
+    """Drop a collection and all its keys; prints how many keys were removed."""
+    with _opened(ctx.obj) as cache:
+        removed = cache.drop_collection(name)
+    if _selected(ctx.obj) == name:  # else every later command would fail on it
+        _save_selection(ctx.obj, "")
+    _emit({"collection": name, "removed": removed})
+
+
+# --- key commands -------------------------------------------------------------------------
+@app.command(rich_help_panel=_KEYS)
+def put(
+    ctx: typer.Context,
+    key: str,
+    value: str,
+    ttl: Annotated[
+        float | None,
+        typer.Option(help="Expire the key after this many seconds.", show_default=False),
+    ] = None,
+    collection: Collection = None,
+) -> None:
+    """Store a value (as UTF-8) under a key."""
+    with _opened(ctx.obj) as cache:
+        _in_collection(cache, _current(ctx.obj, collection)).set(key, value, ttl_s=ttl)
+    _emit({"key": key, "stored": True, "ttl": ttl})
+
+
+@app.command(rich_help_panel=_KEYS)
+def get(ctx: typer.Context, key: str, collection: Collection = None) -> None:
+    """Print a key's value: the text if it is UTF-8, else {"base64": ...}.
+
+    Exits 3 if the key is absent.
+    """
+    with _opened(ctx.obj) as cache:
+        name = _current(ctx.obj, collection)
+        value = _in_collection(cache, name).get(key)
+    if value is None:
+        where = f"collection {name!r}" if name else "the default collection"
+        _fail("KeyError", f"no key {key!r} in {where}", EXIT_KEY_NOT_FOUND)
+    try:
+        shown: Any = value.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = {"base64": base64.b64encode(value).decode("ascii")}
+    _emit({"key": key, "value": shown})
+
+
+@app.command("del", rich_help_panel=_KEYS)
+def delete_key(ctx: typer.Context, key: str, collection: Collection = None) -> None:
+    """Delete a key; prints whether it was there."""
+    with _opened(ctx.obj) as cache:
+        deleted = _in_collection(cache, _current(ctx.obj, collection)).delete(key)
+    _emit({"deleted": deleted})
+
+
+@app.command(rich_help_panel=_KEYS)
+def clear(ctx: typer.Context, collection: Collection = None) -> None:
+    """Delete every key of the current collection; prints how many were removed."""
+    with _opened(ctx.obj) as cache:
+        removed = _in_collection(cache, _current(ctx.obj, collection)).clear()
+    _emit({"removed": removed})
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
