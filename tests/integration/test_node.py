@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -16,9 +17,11 @@ pytestmark = pytest.mark.multiprocess
 
 
 def start_node(region: str) -> subprocess.Popen[str]:
+    # cwd is a neutral directory: `python -m` puts cwd first on sys.path, and in a source
+    # checkout ./shmkv would shadow the installed package (where shmkv.broker lives).
     return subprocess.Popen(
         [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes", "2M"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
