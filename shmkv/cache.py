@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -48,6 +49,15 @@ DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
 READ_SPINS_BEFORE_YIELD = 64
 _MISSING = object()
+# What a reader needs of an entry, in one unpack at E_EXPIRES_AT:
+# expires_at_ns, value_len, key_len | collection << 16
+_ENTRY_READ = struct.Struct("<QII")
+# What an in-place overwrite changes, at E_VERSION: version, expires_at_ns, value_len
+_ENTRY_REWRITE = struct.Struct("<QQI")
+# An overwrite reuses the key's block when the new entry fits it and wastes less than this;
+# larger values are relocated so that readers of the stripe never wait for a long copy.
+INPLACE_SLACK_BYTES = 64
+INPLACE_MAX_BYTES = 64 << 10
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
@@ -178,9 +188,11 @@ class Cache:
         self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * 16]
         self._abase = lay.arena_offset
         self._aend = lay.arena_offset + lay.arena_bytes
-        self._hot = (self._q, self._mm, self._seed, self._smask, self._seq0, self._slot0,
-                     self._pshift, self._pmask, self._key_coll, lay.arena_offset >> 3,
-                     self._aend, self._clock)
+        # q-indexes of each stripe's seq and first slot
+        stripes = [(self._seq0 + (s << 3), self._slot0 + (s << self._pshift))
+                   for s in range(lay.n_stripes)]
+        self._hot = (self._q, self._mm, self._seed, self._smask, stripes, self._pmask,
+                     self._key_coll, self._abase, self._aend, self._clock)
 
     @classmethod
     def create(
@@ -294,15 +306,18 @@ class Cache:
     # --- reads (no locks) ---------------------------------------------------------------
     def _read(self, key: object, default: Any, versioned: bool) -> Any:
         """The value of a live entry (with its version if asked), read consistently, or
-        default. Everything it needs comes from one tuple: each attribute lookup on the hot
-        path costs 20-40 ns, and this is the whole cost of a get."""
+        default.
+
+        This is the whole cost of a get, so it is written for the interpreter (measured in
+        instructions with callgrind, the machine being too noisy for timings): every constant
+        comes from one tuple, per-stripe offsets from a precomputed table, the entry's fields
+        from one struct unpack; arithmetic on 64-bit ints (which allocates) is kept to the
+        hash and the slot."""
         if type(key) is not bytes or len(key) > L.MAX_KEY_BYTES:
             key = _key_bytes(key)
-        q, mm, seed, smask, seq0, slot0, pshift, mask, key_coll, abase8, aend, clock = self._hot
+        q, mm, seed, smask, stripes, mask, key_coll, abase, aend, clock = self._hot
         h = xxh3_64(key, seed)
-        stripe = h & smask
-        seq_at = seq0 + (stripe << 3)
-        base = slot0 + (stripe << pshift)
+        seq_at, base = stripes[h & smask]
         tag = h >> 32
         klen = len(key)
         key_coll |= klen
@@ -317,24 +332,22 @@ class Cache:
                 if not v:
                     break
                 if v >> 32 == tag:
-                    e8 = abase8 + (v & 0xFFFFFFFF)  # entry offset in u64 units
-                    lens = q[e8 + 4]  # value_len | key_len << 32 | collection << 48
-                    if lens >> 32 == key_coll:
-                        start = (e8 << 3) + 42 + klen
-                        end = start + (lens & 0xFFFFFFFF)
+                    off = (v & 0xFFFFFFFF) * 8 + abase
+                    exp, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
+                    if kc == key_coll:
+                        start = off + L.ENTRY_HEADER_BYTES + klen
                         # bounds first: a block reused under us may hold any bytes
-                        if end <= aend and mm[start - klen:start] == key:
-                            exp = q[e8 + 3]  # E_EXPIRES_AT
+                        if start + vlen <= aend and mm[start - klen:start] == key:
                             if not exp or exp > clock():
-                                found = mm[start:end]
+                                found = mm[start:start + vlen]
                                 if versioned:
-                                    found = (found, q[e8 + 2])  # E_VERSION
+                                    found = (found, q[(off + L.E_VERSION) >> 3])
                             break
                 i = (i + 1) & mask
                 left -= 1
             if q[seq_at] == s1 and not s1 & 1:
                 return found
-            spins = self._wait_writer(spins, stripe)
+            spins = self._wait_writer(spins, stripe=h & smask)
 
     def _wait_writer(self, spins: int, stripe: int) -> int:
         # A writer is between its two seq bumps: a few stores. Spin, then give up the CPU (and
@@ -409,12 +422,13 @@ class Cache:
     def _write(self, key: object, value: object, ttl_s: object, if_version: int | None) -> bool:
         k = _key_bytes(key)
         v = _value_bytes(value)
-        exp = _expires_at(ttl_s, self._clock())
+        exp = 0 if ttl_s is None else _expires_at(ttl_s, self._clock())
         h = xxh3_64(k, self._seed)
         stripe = h & self._smask
         self._locks.acquire_stripe(stripe)
         try:
-            self._check_collection_locked()
+            if self._coll:
+                self._check_collection_locked()
             pos, old = self._index.find_locked(stripe, h, k, self._coll)
             if if_version is not None:
                 if not old or self._expired(old) or self._version_at(old) != if_version:
@@ -435,7 +449,8 @@ class Cache:
         stripe = h & self._smask
         self._locks.acquire_stripe(stripe)
         try:
-            self._check_collection_locked()
+            if self._coll:
+                self._check_collection_locked()
             pos, old = self._index.find_locked(stripe, h, k, self._coll)
             current, exp = 0, 0
             if old and not self._expired(old):
@@ -530,7 +545,7 @@ class Cache:
         region = self._region
         lay = region.layout
         counters = {name: self._q[off >> 3] for name, off in (
-            ("items", L.H_ITEMS), ("sets", L.H_SETS), ("deletes", L.H_DELETES),
+            ("items", L.H_ITEMS), ("deletes", L.H_DELETES),
             ("evictions", L.H_EVICTIONS), ("expirations", L.H_EXPIRATIONS))}
         used = region.arena.used_bytes()
         return {
@@ -545,12 +560,13 @@ class Cache:
             "collections": len(region.colls.live()),
             "collection": self.collection_name,
             "collection_items": len(self),
+            "sets": sum(self._q[s + (L.S_WRITES >> 3)] for s, _ in self._hot[4]),
             **counters,
         }
 
     # --- internals (callers hold the stripe lock) ----------------------------------------
     def _check_collection_locked(self) -> None:
-        if self._coll and not self._region.colls.is_live(self._coll, self._gen):
+        if not self._region.colls.is_live(self._coll, self._gen):
             raise CollectionNotFound(
                 f"collection {self.collection_name!r} was dropped; get a new handle with "
                 "collection()"
@@ -569,18 +585,28 @@ class Cache:
 
     def _put_locked(self, stripe: int, h: int, k: bytes, v: bytes | memoryview, exp: int,
                     pos: int, old: int, kind: int = L.KIND_BYTES) -> None:
-        """Build the entry off to the side, then publish it in one slot store."""
+        """Store k -> v: rewrite the key's block in place when the new entry fits it snugly,
+        else build a new entry off to the side and publish it with one slot store."""
         klen = len(k)
         vlen = len(v) if type(v) is bytes else v.nbytes  # type: ignore[union-attr]
         need = (L.ENTRY_HEADER_BYTES + klen + vlen + L.ALIGN - 1) & ~(L.ALIGN - 1)
-        region = self._region
-        arena = region.arena
+        q, u32, mm = self._q, self._u32, self._mm
+        seq_at = self._seq0 + (stripe << 3)
+        q[seq_at + (L.S_WRITES >> 3)] += 1
+        version = q[seq_at + (L.S_WRITES >> 3)] << 8 | stripe
+        if old and vlen <= INPLACE_MAX_BYTES \
+                and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
+            # Readers of this stripe retry while seq is odd, as they do for a slot change.
+            q[seq_at] += 1
+            self._fill_entry(old, k, v, version, exp, kind, new=False)
+            q[seq_at] += 1
+            return
+        arena = self._region.arena
         if vlen > L.MAX_VALUE_BYTES or need > min(MAX_BLOCK_BYTES, arena.end - arena.first_block):
             raise ValueTooLarge(
                 f"value of {vlen} bytes can never fit: this region's arena is "
                 f"{arena.bytes} bytes; create the region with a larger arena_bytes"
             )
-        q, u32 = self._q, self._u32
         if not old and u32[self._count0 + (stripe << 4)] >= self._index.max_count:
             raise IndexFull(
                 "the index stripe for this key is full; create the region with a larger "
@@ -595,23 +621,13 @@ class Cache:
                     f"no free block of {need} bytes in the arena ({arena.free_bytes()} bytes "
                     "free in all); delete keys or create the region with a larger arena_bytes"
                 )
-            q[_NEXT_VERSION] += 1
-            version = q[_NEXT_VERSION]
-            q[_SETS] += 1
             if not old:
                 q[_ITEMS] += 1
-                region.colls.add_items_locked(self._coll, 1)
+                self._region.colls.add_items_locked(self._coll, 1)
         finally:
             locks.release_arena()
-        mm = self._mm
-        body = off + L.ENTRY_HEADER_BYTES
-        mm[body:body + klen] = k
-        mm[body + klen:body + klen + vlen] = v
-        L.ENTRY_WRITE.pack_into(
-            mm, off + 4, checksum32(region.mv[body:body + klen + vlen], region.seed),
-            0, 0, version, exp, vlen, klen, self._coll, kind, 0)
+        self._fill_entry(off, k, v, version, exp, kind, new=True)
         ref = (off - self._abase) >> 3
-        seq_at = self._seq0 + (stripe << 3)
         q[seq_at] += 1
         if old:
             self._index.replace_locked(stripe, pos, h, ref)
@@ -619,12 +635,32 @@ class Cache:
             self._index.insert_locked(stripe, h, ref)
             u32[self._count0 + (stripe << 4)] += 1
         q[seq_at] += 1
-        if old:
+        if old:  # only now: a reader that still copies from it will see seq moved and retry
             locks.acquire_arena()
             try:
                 arena.free_locked(old)
             finally:
                 locks.release_arena()
+
+    def _fill_entry(self, off: int, k: bytes, v: bytes | memoryview, version: int, exp: int,
+                    kind: int, new: bool) -> None:
+        """Write key, value, header fields and checksum into the block at off. A new block
+        also gets its list links and segment cleared; a rewritten one keeps them."""
+        mm = self._mm
+        klen = len(k)
+        body = off + L.ENTRY_HEADER_BYTES
+        end = body + klen + len(v) if type(v) is bytes else body + klen + v.nbytes
+        if new:
+            mm[body:body + klen] = k
+        mm[body + klen:end] = v
+        checksum = checksum32(self._region.mv[body:end], self._region.seed)
+        if new:
+            L.ENTRY_WRITE.pack_into(mm, off + L.E_CHECKSUM, checksum, 0, 0, version, exp,
+                                    end - body - klen, klen, self._coll, kind, 0)
+        else:
+            _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
+            self._u32[(off + L.E_CHECKSUM) >> 2] = checksum
+            mm[off + L.E_KIND] = kind
 
     def _unpublish_locked(self, stripe: int, positions: list[int]) -> None:
         """Remove slots between the two seq bumps (positions are taken in the order given)."""
@@ -676,6 +712,4 @@ class Cache:
         return removed
 
 
-_NEXT_VERSION = L.H_NEXT_VERSION >> 3
-_SETS = L.H_SETS >> 3
 _ITEMS = L.H_ITEMS >> 3

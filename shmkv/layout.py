@@ -32,10 +32,10 @@ Region header (HEADER_BYTES = 4096; little-endian)
     112   8     created_at_ns       -       unix time
     120   4     state               -       STATE_READY once initialised
     124   4     next_collection     arena   round-robin cursor into the collection table
-    128   8     next_version        arena   region-wide write counter (cas versions)
+    128   8     reserved
     136   8     arena_used_bytes    arena   bytes in used blocks, headers and padding included
     144   8     items               arena   live entries in all collections
-    152   8     sets                arena   entries published
+    152   8     reserved            -       (sets are counted per stripe: see `writes`)
     160   8     deletes             arena   entries removed by delete/clear/drop
     168   8     evictions           arena   entries removed to make room
     176   8     expirations         arena   entries removed because their TTL passed
@@ -49,12 +49,15 @@ Region header (HEADER_BYTES = 4096; little-endian)
 Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
 -------------------------------------------------------------------------
     off   size  field            lock    notes
-    0     8     seq              stripe  seqlock: odd while the stripe's slots change
+    0     8     seq              stripe  seqlock: odd while the stripe's slots or entries change
     8     4     count            stripe  occupied slots in this stripe's sub-table
     12    4     owner_pid        stripe  holder of the stripe lock, 0 when free
     16    8     owner_token      stripe  holder's process token
     24    8     acquired_at_ns   stripe
-    32    32    reserved
+    32    8     writes           stripe  entries written (published or rewritten in place);
+                                         also the source of versions: version = writes << 8
+                                         | stripe, unique in the region and rising per key
+    40    24    reserved
 
 Process record (PROC_BYTES = 64, max_procs of them): reserved for the liveness and reader-pin
 table of crash recovery and zero-copy views; zero in this version.
@@ -92,7 +95,7 @@ Entry (ENTRY_HEADER_BYTES = 42, then the key, then the value)
     4     4     checksum       -       low 32 bits of xxh3_64(key + value, hash_seed)
     8     4     lru_prev       arena   segment list links (block refs, 0 = none)
     12    4     lru_next       arena
-    16    8     version        -       next_version when published
+    16    8     version        -       the stripe's writes counter, see the stripe record
     24    8     expires_at_ns  stripe  unix ns, 0 = never; changed in place (aligned store)
     32    4     value_len      -
     36    2     key_len        -       key_len | collection << 16 is one aligned u32: a reader
@@ -105,8 +108,10 @@ A reader touches bytes 16..42+key_len only, next to the key, so that a get costs
 for the entry and not two (measured: 400 ns per get on this VM when the key sat on another line
 than key_len). Writer-only fields come first.
 
-Fields marked "-" are written once, before the entry is published into the index, and never
-change while it is reachable. A free block keeps block_word at 0, its free-list links at 8 and
+Fields marked "-" are written while nobody can read them: before the entry is published into
+the index, or by an in-place overwrite (a new value that fits the key's current block), which
+happens under the stripe lock between the two increments of the stripe's seq, exactly like a
+slot change, so readers of the stripe retry. A free block keeps block_word at 0, its free-list links at 8 and
 12 (the same bytes as lru_prev/lru_next), and a copy of its size in its last 4 bytes (the
 footer) so that the block after it can coalesce backwards.
 """
@@ -147,10 +152,8 @@ HEADER = struct.Struct("<8sIIQQIIIIIIQQQQQQQQI")
 # byte offsets of header fields that change after creation (u64 unless noted)
 H_STATE = 120  # u32
 H_NEXT_COLLECTION = 124  # u32
-H_NEXT_VERSION = 128
 H_ARENA_USED = 136
 H_ITEMS = 144
-H_SETS = 152
 H_DELETES = 160
 H_EVICTIONS = 168
 H_EXPIRATIONS = 176
@@ -167,6 +170,7 @@ S_COUNT = 8  # u32
 S_OWNER_PID = 12  # u32
 S_OWNER_TOKEN = 16
 S_ACQUIRED_AT = 24
+S_WRITES = 32
 
 # --- collection record -----------------------------------------------------------------
 COLLECTION = struct.Struct("<HBB4xQ8x40s")
