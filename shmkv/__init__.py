@@ -7,46 +7,10 @@
 """
 
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
-from .errors import (
-    CacheClosed,
-    CollectionExists,
-    CollectionNotFound,
-    CorruptRegion,
-    IncompatibleLayout,
-    IndexFull,
-    KeyTooLarge,
-    LockTimeout,
-    NotAnInteger,
-    OutOfSpace,
-    RegionExists,
-    RegionFull,
-    RegionNotFound,
-    ShmKVError,
-    TooManyCollections,
-    ValueTooLarge,
-)
+from . import errors
+from .errors import *  # noqa: F403  (the hierarchy, listed once in errors.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_ARENA_BYTES",
-    "DEFAULT_REGION",
-    "Cache",
-    "CacheClosed",
-    "CollectionExists",
-    "CollectionNotFound",
-    "CorruptRegion",
-    "IncompatibleLayout",
-    "IndexFull",
-    "KeyTooLarge",
-    "LockTimeout",
-    "NotAnInteger",
-    "OutOfSpace",
-    "RegionExists",
-    "RegionFull",
-    "RegionNotFound",
-    "ShmKVError",
-    "TooManyCollections",
-    "ValueTooLarge",
-    "__version__",
-]
+__all__ = sorted(["DEFAULT_ARENA_BYTES", "DEFAULT_REGION", "Cache", "__version__",
+                 *errors.__all__])

@@ -419,10 +419,10 @@ class Cache:
             raise TypeError("version must be the int returned by get_with_version")
         return self._write(key, value, ttl_s, version)
 
-    def _write(self, key: object, value: object, ttl_s: object, if_version: int | None) -> bool:
+    def _lock_and_find(self, key: object) -> tuple[bytes, int, int, int, int]:
+        """Take the key's stripe lock and find it: (key bytes, hash, stripe, position, entry
+        offset or 0). The caller must release_stripe(stripe)."""
         k = _key_bytes(key)
-        v = _value_bytes(value)
-        exp = 0 if ttl_s is None else _expires_at(ttl_s, self._clock())
         h = xxh3_64(k, self._seed)
         stripe = h & self._smask
         self._locks.acquire_stripe(stripe)
@@ -430,6 +430,16 @@ class Cache:
             if self._coll:
                 self._check_collection_locked()
             pos, old = self._index.find_locked(stripe, h, k, self._coll)
+        except BaseException:
+            self._locks.release_stripe(stripe)
+            raise
+        return k, h, stripe, pos, old
+
+    def _write(self, key: object, value: object, ttl_s: object, if_version: int | None) -> bool:
+        v = _value_bytes(value)  # every argument is checked before the lock is taken
+        exp = 0 if ttl_s is None else _expires_at(ttl_s, self._clock())
+        k, h, stripe, pos, old = self._lock_and_find(key)
+        try:
             if if_version is not None:
                 if not old or self._expired(old) or self._version_at(old) != if_version:
                     return False
@@ -444,14 +454,8 @@ class Cache:
         kept."""
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError("delta must be an int")
-        k = _key_bytes(key)
-        h = xxh3_64(k, self._seed)
-        stripe = h & self._smask
-        self._locks.acquire_stripe(stripe)
+        k, h, stripe, pos, old = self._lock_and_find(key)
         try:
-            if self._coll:
-                self._check_collection_locked()
-            pos, old = self._index.find_locked(stripe, h, k, self._coll)
             current, exp = 0, 0
             if old and not self._expired(old):
                 raw = self._value_at(old)
@@ -470,12 +474,8 @@ class Cache:
 
     def delete(self, key: str | bytes) -> bool:
         """Remove key; True if it was present (and not expired)."""
-        k = _key_bytes(key)
-        h = xxh3_64(k, self._seed)
-        stripe = h & self._smask
-        self._locks.acquire_stripe(stripe)
+        _, _, stripe, pos, old = self._lock_and_find(key)
         try:
-            pos, old = self._index.find_locked(stripe, h, k, self._coll)
             if not old:
                 return False
             live = not self._expired(old)
