@@ -89,11 +89,17 @@ class Arena:
     # --- allocation ---------------------------------------------------------------------
     def alloc_locked(self, nbytes: int) -> int:
         """Offset of a used block of at least nbytes (a multiple of ALIGN), or 0 if none fits."""
-        found = self._first_nonempty(fit_bin(nbytes))
-        if found < 0:
-            return 0
         u32 = self._u32
-        off = self.base + (u32[_HEADS + found] << 3)
+        found = self._first_nonempty(fit_bin(nbytes))
+        if found >= 0:
+            off = self.base + (u32[_HEADS + found] << 3)
+        else:
+            # Good fit skips the request's own class, whose blocks may be smaller; when nothing
+            # larger exists, one of them may still fit (e.g. a value nearly the arena's size).
+            found = bin_of(nbytes)
+            off = self._first_fit_in_class(found, nbytes)
+            if not off:
+                return 0
         word = u32[off >> 2]
         size = word & L.SIZE_MASK
         self._unlink(off, found)
@@ -189,6 +195,18 @@ class Arena:
                 self._q[_BITMAP + (b >> 6)] &= ~(1 << (b & 63)) & _U64_MAX
         if nxt:
             u32[((self.base + (nxt << 3)) >> 2) + 3] = prv
+
+    def _first_fit_in_class(self, b: int, nbytes: int, max_blocks: int = 64) -> int:
+        u32 = self._u32
+        ref = u32[_HEADS + b]
+        for _ in range(max_blocks):
+            if not ref:
+                return 0
+            off = self.base + (ref << 3)
+            if u32[off >> 2] & L.SIZE_MASK >= nbytes:
+                return off
+            ref = u32[(off + 8) >> 2]
+        return 0
 
     def _first_nonempty(self, b: int) -> int:
         q = self._q

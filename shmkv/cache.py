@@ -41,12 +41,18 @@ from .errors import (
     ValueTooLarge,
 )
 from .hashing import checksum32, xxh3_64
+from .evict import Evictor
 from .index import Index
+from .lru import Segments
 from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
 from .namespaces import CollectionTable, check_collection_name
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
+DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they came in
+MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
+WRITER_EXPIRY_EVERY = 16  # every so many inserts, a writer samples slots for expired entries
+WRITER_EXPIRY_SLOTS = 16
 READ_SPINS_BEFORE_YIELD = 64
 _MISSING = object()
 # What a reader needs of an entry, in one unpack at E_EXPIRES_AT:
@@ -135,6 +141,8 @@ class _Region:
         self.index = Index(self.mm, self.q, self.u32, layout)
         self.arena = Arena(self.q, self.u32, layout)
         self.colls = CollectionTable(self.mm, self.q, layout)
+        self.lru = Segments(self.mm, self.q, self.u32, layout)
+        self.evictor = Evictor(self)
         self.handles: weakref.WeakSet[Cache] = weakref.WeakSet()
         self.closed = False
 
@@ -144,7 +152,7 @@ class _Region:
         self.closed = True
         for handle in list(self.handles):
             handle._detach()
-        self.index = self.arena = self.colls = None  # type: ignore[assignment]
+        self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
         self.q.release()
         self.u32.release()
         self.mv.release()
@@ -191,8 +199,11 @@ class Cache:
         # q-indexes of each stripe's seq and first slot
         stripes = [(self._seq0 + (s << 3), self._slot0 + (s << self._pshift))
                    for s in range(lay.n_stripes)]
+        # hits, misses of this handle, not yet added to the region's counters (see stats())
+        self._counts = [0, 0]
         self._hot = (self._q, self._mm, self._seed, self._smask, stripes, self._pmask,
-                     self._key_coll, self._abase, self._aend, self._clock)
+                     self._key_coll, self._abase, self._aend, self._clock,
+                     region.lru.access_at, self._counts)
 
     @classmethod
     def create(
@@ -203,6 +214,7 @@ class Cache:
         max_keys: int | None = None,
         n_stripes: int = L.DEFAULT_STRIPES,
         max_collections: int = L.DEFAULT_MAX_COLLECTIONS,
+        protected_pct: int = DEFAULT_PROTECTED_PCT,
         exist_ok: bool = False,
         mode: int = 0o600,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
@@ -214,6 +226,9 @@ class Cache:
         other parameters are then ignored). OutOfSpace if /dev/shm cannot hold it.
         """
         R.check_name(name)
+        if isinstance(protected_pct, bool) or not isinstance(protected_pct, int) \
+                or not 0 <= protected_pct <= 95:
+            raise ValueError("protected_pct must be an int between 0 and 95")
         layout = L.plan_layout(arena_bytes, max_keys, n_stripes, max_collections)
         try:
             mapping = R.create_mapping(name, layout.region_bytes, mode)
@@ -229,6 +244,7 @@ class Cache:
             region = _Region(mapping, layout, seed, lock_timeout_s, clock)
             region.arena.init_locked()
             region.colls.init_default_locked()
+            region.u32[L.H_PROTECTED_PCT >> 2] = protected_pct
             region.u32[L.H_STATE >> 2] = L.STATE_READY
             mm[0:8] = L.MAGIC  # last: until now, openers wait
         except BaseException:
@@ -279,6 +295,14 @@ class Cache:
     def close(self) -> None:
         """Close the handle. Closing the handle returned by create/open closes its collection
         handles too; a collection handle's close() closes only itself."""
+        if self.closed:
+            return
+        if any(self._counts):
+            self._locks.acquire_arena()
+            try:
+                self._flush_counts_locked()
+            finally:
+                self._locks.release_arena()
         if self._owns_region:
             self._region.close()
         else:
@@ -315,7 +339,8 @@ class Cache:
         hash and the slot."""
         if type(key) is not bytes or len(key) > L.MAX_KEY_BYTES:
             key = _key_bytes(key)
-        q, mm, seed, smask, stripes, mask, key_coll, abase, aend, clock = self._hot
+        q, mm, seed, smask, stripes, mask, key_coll, abase, aend, clock, access_at, counts = \
+            self._hot
         h = xxh3_64(key, seed)
         seq_at, base = stripes[h & smask]
         tag = h >> 32
@@ -346,6 +371,14 @@ class Cache:
                 i = (i + 1) & mask
                 left -= 1
             if q[seq_at] == s1 and not s1 & 1:
+                if found is default:
+                    counts[1] += 1
+                else:
+                    counts[0] += 1
+                    # mark the entry read, for the segmented LRU: a byte outside the arena,
+                    # written only when clear so that hot entries do not bounce cache lines
+                    if not mm[access_at + (off >> 5)]:
+                        mm[access_at + (off >> 5)] = 1
                 return found
             spins = self._wait_writer(spins, stripe=h & smask)
 
@@ -479,8 +512,7 @@ class Cache:
             if not old:
                 return False
             live = not self._expired(old)
-            self._unpublish_locked(stripe, [pos])
-            self._free_locked([old], L.H_DELETES if live else L.H_EXPIRATIONS)
+            self._remove_locked(stripe, pos, old, L.H_DELETES if live else L.H_EXPIRATIONS)
             return live
         finally:
             self._locks.release_stripe(stripe)
@@ -492,6 +524,67 @@ class Cache:
     def clear(self) -> int:
         """Delete every key of this collection; returns how many were removed."""
         return self._delete_collection_entries(self._coll)
+
+    # --- expiry ------------------------------------------------------------------------
+    def ttl(self, key: str | bytes) -> float | None:
+        """Seconds until key expires; None if it has no expiry or does not exist (tell the two
+        apart with `key in cache`)."""
+        _, _, stripe, _, off = self._lock_and_find(key)
+        try:
+            exp = self._q[(off + L.E_EXPIRES_AT) >> 3] if off else 0
+            left = exp - self._clock()
+            return left / 1e9 if exp and left > 0 else None
+        finally:
+            self._locks.release_stripe(stripe)
+
+    def expire(self, key: str | bytes, ttl_s: float) -> bool:
+        """Give key a TTL of ttl_s seconds from now; False if the key does not exist."""
+        exp = _expires_at(ttl_s, self._clock())
+        return self._set_expiry(key, exp)
+
+    def persist(self, key: str | bytes) -> bool:
+        """Remove key's TTL; False if the key does not exist."""
+        return self._set_expiry(key, 0)
+
+    def _set_expiry(self, key: object, exp: int) -> bool:
+        _, _, stripe, _, off = self._lock_and_find(key)
+        try:
+            if not off or self._expired(off):
+                return False
+            # one aligned 8-byte store: a reader sees the old or the new time, never a mix
+            self._q[(off + L.E_EXPIRES_AT) >> 3] = exp
+            return True
+        finally:
+            self._locks.release_stripe(stripe)
+
+    def maintain(self, max_slots: int = 4096) -> dict[str, int]:
+        """One pass of background work, for a node's maintenance loop (writers do a little of
+        it as they go): remove expired entries among the next max_slots index slots (keys
+        nobody reads again are reclaimed too, as Redis' active expiry does), bring the protected
+        segment back under its share, and add this handle's hit/miss counts to the region's.
+        Works in short arena-lock sections so that writers are never held up for long."""
+        self._q[0]
+        evictor, removed = self._region.evictor, 0
+        for _ in range(0, max_slots, MAINTAIN_CHUNK_SLOTS):
+            self._locks.acquire_arena()
+            try:
+                removed += evictor.expire_sample_locked(MAINTAIN_CHUNK_SLOTS, -1, 0)[0]
+            finally:
+                self._locks.release_arena()
+        self._locks.acquire_arena()
+        try:
+            self._region.lru.rebalance_locked()
+            self._flush_counts_locked()
+        finally:
+            self._locks.release_arena()
+        return {"expired": removed}
+
+    def _flush_counts_locked(self) -> None:
+        """Add this handle's hits and misses to the region's counters (arena lock)."""
+        counts = self._counts
+        self._q[L.H_HITS >> 3] += counts[0]
+        self._q[L.H_MISSES >> 3] += counts[1]
+        counts[0] = counts[1] = 0
 
     # --- collections --------------------------------------------------------------------
     def collection(self, name: str) -> Cache:
@@ -540,14 +633,24 @@ class Cache:
 
     # --- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Counters and sizes of the region, plus this handle's collection."""
+        """Counters and sizes of the region, plus this handle's collection. Hits and misses
+        are counted by each handle and reach the region when it inserts, runs maintain(),
+        asks for stats or closes."""
         self._q[0]
         region = self._region
-        lay = region.layout
-        counters = {name: self._q[off >> 3] for name, off in (
-            ("items", L.H_ITEMS), ("deletes", L.H_DELETES),
-            ("evictions", L.H_EVICTIONS), ("expirations", L.H_EXPIRATIONS))}
+        lay, q, lru = region.layout, self._q, region.lru
+        self._locks.acquire_arena()
+        try:
+            self._flush_counts_locked()
+        finally:
+            self._locks.release_arena()
+        stripes = self._hot[4]
+        items = q[L.H_ITEMS >> 3]
         used = region.arena.used_bytes()
+        payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at, _ in stripes)
+        # what the region spends on an entry beyond its key and value: header, padding, slot
+        # and access byte (the index and access areas are counted whole, as they are reserved)
+        overhead = used - payload + lay.index_slots * 8 + lay.arena_bytes // L.ACCESS_GRANULE
         return {
             "region": region.name,
             "layout_version": L.LAYOUT_VERSION,
@@ -555,13 +658,25 @@ class Cache:
             "arena_bytes": lay.arena_bytes,
             "arena_used_bytes": used,
             "arena_free_bytes": region.arena.free_bytes(),
+            "payload_bytes": payload,
             "index_slots": lay.index_slots,
             "n_stripes": lay.n_stripes,
             "collections": len(region.colls.live()),
             "collection": self.collection_name,
             "collection_items": len(self),
-            "sets": sum(self._q[s + (L.S_WRITES >> 3)] for s, _ in self._hot[4]),
-            **counters,
+            "items": items,
+            "hits": q[L.H_HITS >> 3],
+            "misses": q[L.H_MISSES >> 3],
+            "sets": sum(q[seq_at + (L.S_WRITES >> 3)] for seq_at, _ in stripes),
+            "deletes": q[L.H_DELETES >> 3],
+            "evictions": q[L.H_EVICTIONS >> 3],
+            "expirations": q[L.H_EXPIRATIONS >> 3],
+            "segments": {
+                name: {"items": lru.items(seg), "bytes": lru.bytes(seg)}
+                for name, seg in (("probation", L.SEG_PROBATION), ("protected", L.SEG_PROTECTED))
+            },
+            "protected_limit_bytes": lru.protected_limit(),
+            "overhead_bytes_per_item": round(overhead / items, 1) if items else None,
         }
 
     # --- internals (callers hold the stripe lock) ----------------------------------------
@@ -590,7 +705,8 @@ class Cache:
         klen = len(k)
         vlen = len(v) if type(v) is bytes else v.nbytes  # type: ignore[union-attr]
         need = (L.ENTRY_HEADER_BYTES + klen + vlen + L.ALIGN - 1) & ~(L.ALIGN - 1)
-        q, u32, mm = self._q, self._u32, self._mm
+        q, u32 = self._q, self._u32
+        region = self._region
         seq_at = self._seq0 + (stripe << 3)
         q[seq_at + (L.S_WRITES >> 3)] += 1
         version = q[seq_at + (L.S_WRITES >> 3)] << 8 | stripe
@@ -598,90 +714,96 @@ class Cache:
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
             q[seq_at] += 1
+            q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
             self._fill_entry(old, k, v, version, exp, kind, new=False)
             q[seq_at] += 1
+            region.lru.mark(old, True)  # a write is a use: it keeps the entry's segment
             return
-        arena = self._region.arena
+        arena = region.arena
         if vlen > L.MAX_VALUE_BYTES or need > min(MAX_BLOCK_BYTES, arena.end - arena.first_block):
             raise ValueTooLarge(
                 f"value of {vlen} bytes can never fit: this region's arena is "
                 f"{arena.bytes} bytes; create the region with a larger arena_bytes"
             )
-        if not old and u32[self._count0 + (stripe << 4)] >= self._index.max_count:
-            raise IndexFull(
-                "the index stripe for this key is full; create the region with a larger "
-                "max_keys, or delete keys"
-            )
+        evictor = region.evictor
         locks = self._locks
         locks.acquire_arena()
         try:
-            off = arena.alloc_locked(need)
+            touched_own = False
+            if not old and u32[self._count0 + (stripe << 4)] >= self._index.max_count:
+                if not evictor.evict_in_stripe_locked(stripe, old):
+                    raise IndexFull(
+                        "the index stripe for this key is full and holds nothing evictable; "
+                        "create the region with a larger max_keys"
+                    )
+                touched_own = True
+            if not (version >> 8) % WRITER_EXPIRY_EVERY:
+                touched_own |= evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]
+                self._flush_counts_locked()
+            off, evicted_own = evictor.make_room_locked(need, stripe, old)
             if not off:
                 raise RegionFull(
-                    f"no free block of {need} bytes in the arena ({arena.free_bytes()} bytes "
-                    "free in all); delete keys or create the region with a larger arena_bytes"
+                    f"no room for an entry of {need} bytes even after evicting what could be "
+                    f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
+                    "with a larger arena_bytes"
                 )
+            # The key goes in before the block joins a list, so that an evictor looking at it
+            # computes this stripe, finds it locked by us, and leaves the block alone.
+            self._fill_entry(off, k, b"", version, exp, kind, new=True)
+            region.lru.push_head_locked(off, L.SEG_PROBATION)
             if not old:
                 q[_ITEMS] += 1
-                self._region.colls.add_items_locked(self._coll, 1)
+                region.colls.add_items_locked(self._coll, 1)
         finally:
             locks.release_arena()
-        self._fill_entry(off, k, v, version, exp, kind, new=True)
+        if old and (touched_own or evicted_own):  # evictions shifted this stripe's slots
+            pos, _ = self._index.find_locked(stripe, h, k, self._coll)
+        self._fill_entry(off, k, v, version, exp, kind, new=False)
         ref = (off - self._abase) >> 3
         q[seq_at] += 1
         if old:
+            q[seq_at + (L.S_PAYLOAD >> 3)] -= region.evictor.payload_bytes(old)
             self._index.replace_locked(stripe, pos, h, ref)
         else:
             self._index.insert_locked(stripe, h, ref)
             u32[self._count0 + (stripe << 4)] += 1
+        q[seq_at + (L.S_PAYLOAD >> 3)] += klen + vlen
         q[seq_at] += 1
         if old:  # only now: a reader that still copies from it will see seq moved and retry
             locks.acquire_arena()
             try:
+                region.lru.unlink_locked(old)
                 arena.free_locked(old)
             finally:
                 locks.release_arena()
 
     def _fill_entry(self, off: int, k: bytes, v: bytes | memoryview, version: int, exp: int,
                     kind: int, new: bool) -> None:
-        """Write key, value, header fields and checksum into the block at off. A new block
-        also gets its list links and segment cleared; a rewritten one keeps them."""
+        """Write the header and key of a new block (new=True), or the value, its length and
+        checksum into a block whose key is in place (new=False). A block's list links and
+        segment are the lists' business and are left alone."""
         mm = self._mm
         klen = len(k)
         body = off + L.ENTRY_HEADER_BYTES
-        end = body + klen + len(v) if type(v) is bytes else body + klen + v.nbytes
+        end = body + klen + (len(v) if type(v) is bytes else v.nbytes)  # type: ignore
         if new:
             mm[body:body + klen] = k
+            L.ENTRY_HEADER.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen,
+                                     klen, self._coll, kind, L.SEG_NONE)
+            return
         mm[body + klen:end] = v
-        checksum = checksum32(self._region.mv[body:end], self._region.seed)
-        if new:
-            L.ENTRY_WRITE.pack_into(mm, off + L.E_CHECKSUM, checksum, 0, 0, version, exp,
-                                    end - body - klen, klen, self._coll, kind, 0)
-        else:
-            _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
-            self._u32[(off + L.E_CHECKSUM) >> 2] = checksum
-            mm[off + L.E_KIND] = kind
+        _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
+        mm[off + L.E_KIND] = kind
+        self._u32[(off + L.E_CHECKSUM) >> 2] = checksum32(self._region.mv[body:end],
+                                                           self._region.seed)
 
-    def _unpublish_locked(self, stripe: int, positions: list[int]) -> None:
-        """Remove slots between the two seq bumps (positions are taken in the order given)."""
-        seq_at = self._seq0 + (stripe << 3)
-        self._q[seq_at] += 1
-        for pos in positions:
-            self._index.remove_locked(stripe, pos)
-        self._u32[self._count0 + (stripe << 4)] -= len(positions)
-        self._q[seq_at] += 1
-
-    def _free_locked(self, offs: list[int], counter: int) -> None:
-        """Free the blocks of unpublished entries and count them (after the seq bump)."""
-        colls = self._region.colls
-        q, u32 = self._q, self._u32
+    def _remove_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
+        """Take one entry out: slot first (stripe lock, held by the caller), then block."""
+        evictor = self._region.evictor
+        evictor.unpublish_locked(stripe, pos, off)
         self._locks.acquire_arena()
         try:
-            for off in offs:
-                colls.add_items_locked(u32[(off + L.E_KEY_COLL) >> 2] >> 16, -1)
-                self._region.arena.free_locked(off)
-            q[_ITEMS] -= len(offs)
-            q[counter >> 3] += len(offs)
+            evictor.release_locked(off, counter)
         finally:
             self._locks.release_arena()
 
@@ -690,23 +812,15 @@ class Cache:
         for stripe in range(self._smask + 1):
             self._locks.acquire_stripe(stripe)
             try:
-                offs = []
-                seq_at = self._seq0 + (stripe << 3)
-                self._q[seq_at] += 1
                 pos = 0
                 while pos < self._per:
                     off = self._index.entry_offset(stripe, pos)
                     if off and self._u32[(off + L.E_KEY_COLL) >> 2] >> 16 == coll:
                         # the backward shift may pull a later entry into pos: look again
-                        self._index.remove_locked(stripe, pos)
-                        offs.append(off)
+                        self._remove_locked(stripe, pos, off, L.H_DELETES)
+                        removed += 1
                     else:
                         pos += 1
-                self._u32[self._count0 + (stripe << 4)] -= len(offs)
-                self._q[seq_at] += 1
-                if offs:
-                    self._free_locked(offs, L.H_DELETES)
-                removed += len(offs)
             finally:
                 self._locks.release_stripe(stripe)
         return removed

@@ -12,7 +12,10 @@ Checked:
     stripe and this tag; the slot is reachable from the key's home without crossing an empty
     slot; no key appears twice; stripe counts and seqs (even) are right.
   * entries: the checksum matches the key and value; every used block is referenced by exactly
-    one slot (else it leaked); item counters per collection and in total match.
+    one slot (else it leaked); item counters per collection and in total match; each stripe's
+    payload_bytes is the sum of its keys and values.
+  * segment lists: every entry is on exactly one list, links agree both ways, heads and tails
+    are right, item and byte counts match.
 """
 
 from __future__ import annotations
@@ -33,7 +36,36 @@ def check_region(cache: Cache) -> list[str]:
     problems: list[str] = []
     used = _check_arena(region, problems)
     _check_index(region, used, problems)
+    _check_lists(region, used, problems)
     return problems
+
+
+def _check_lists(region, used: dict[int, int], problems: list[str]) -> None:
+    u32, q, mm, arena = region.u32, region.q, region.mm, region.arena
+    on_list: set[int] = set()
+    for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
+        ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
+        ref, prev_ref, items, nbytes = u32[ends], 0, 0, 0
+        while ref:
+            off = arena.off(ref)
+            if off not in used or off in on_list:
+                problems.append(f"lists: segment {seg} holds {off}, not a used block (or twice)")
+                break
+            if u32[(off + L.E_LRU_PREV) >> 2] != prev_ref or mm[off + L.E_SEGMENT] != seg:
+                problems.append(f"lists: entry {off} has a wrong back link or segment byte")
+            on_list.add(off)
+            items += 1
+            nbytes += used[off]
+            prev_ref, ref = ref, u32[(off + L.E_LRU_NEXT) >> 2]
+        if u32[ends + 1] != prev_ref:
+            problems.append(f"lists: segment {seg} tail is wrong")
+        if (q[(L.H_SEG_ITEMS >> 3) + seg - 1], q[(L.H_SEG_BYTES >> 3) + seg - 1]) \
+                != (items, nbytes):
+            problems.append(f"lists: segment {seg} counts say {q[(L.H_SEG_ITEMS >> 3) + seg - 1]}"
+                            f" items, the list holds {items}")
+    missing = set(used) - on_list
+    if missing:
+        problems.append(f"lists: {len(missing)} used blocks are on no list")
 
 
 def _check_arena(region, problems: list[str]) -> dict[int, int]:
@@ -99,7 +131,7 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
         rec = lay.stripes_offset + stripe * L.STRIPE_BYTES
         if q[(rec + L.S_SEQ) >> 3] & 1:
             problems.append(f"index: stripe {stripe} seq is odd (a writer died mid-change?)")
-        count = 0
+        count = payload = 0
         base = index.slot0 + stripe * index.per
         for pos in range(index.per):
             v = q[base + pos]
@@ -115,6 +147,7 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
             klen, coll = key_coll & 0xFFFF, key_coll >> 16
             vlen = u32[(off + L.E_VALUE_LEN) >> 2]
             key = mm[off + 42:off + 42 + klen]
+            payload += klen + vlen
             if L.ENTRY_HEADER_BYTES + klen + vlen > used[off]:
                 problems.append(f"entry at {off}: key+value overrun its block")
                 continue
@@ -136,6 +169,9 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
             seen.add((coll, key))
             referenced.add(off)
             per_collection[coll] = per_collection.get(coll, 0) + 1
+        if q[(rec + L.S_PAYLOAD) >> 3] != payload:
+            problems.append(f"index: stripe {stripe} payload_bytes is "
+                            f"{q[(rec + L.S_PAYLOAD) >> 3]}, entries hold {payload}")
         if u32[(rec + L.S_COUNT) >> 2] != count:
             problems.append(f"index: stripe {stripe} count is {u32[(rec + L.S_COUNT) >> 2]}, "
                             f"slots say {count}")

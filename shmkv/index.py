@@ -23,7 +23,6 @@ class Index:
         self._q = q
         self._u32 = u32
         self.slot0 = layout.index_offset >> 3  # q-index of slot 0 of stripe 0
-        self.access0 = layout.access_offset
         self.per = layout.slots_per_stripe
         self.mask = layout.slots_per_stripe - 1
         self.arena_base = layout.arena_offset
@@ -63,9 +62,8 @@ class Index:
 
     def remove_locked(self, stripe: int, pos: int) -> None:
         """Empty a slot and shift later members of its probe run back (no tombstones)."""
-        q, mm, mask = self._q, self._mm, self.mask
+        q, mask = self._q, self.mask
         base = self.slot0 + stripe * self.per
-        abase = self.access0 + stripe * self.per
         hole = pos
         j = pos
         while True:
@@ -77,10 +75,8 @@ class Index:
             # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (j - home) & mask >= (j - hole) & mask:
                 q[base + hole] = v
-                mm[abase + hole] = mm[abase + j]
                 hole = j
         q[base + hole] = 0
-        mm[abase + hole] = 0
 
     def slots(self, stripe: int):
         """Yield (position, entry offset) of every occupied slot of a stripe, in order."""

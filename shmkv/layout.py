@@ -40,8 +40,15 @@ Region header (HEADER_BYTES = 4096; little-endian)
     168   8     evictions           arena   entries removed to make room
     176   8     expirations         arena   entries removed because their TTL passed
     184   4     arena_owner_pid     arena   holder of the arena lock (diagnostics, recovery)
-    188   4     reserved
+    188   4     protected_pct       -       share of the arena the protected segment may hold
     192   8     arena_owner_token   arena
+    256   16    seg_ends            arena   head, tail u32 refs of the probation list, then of
+                                            the protected list (0 = empty)
+    272   16    seg_items           arena   entries on each list (probation, protected)
+    288   16    seg_bytes           arena   block bytes on each list
+    304   8     hits                arena   flushed from each handle's own counters
+    312   8     misses              arena
+    320   8     expire_cursor       arena   next slot the active expiry pass samples
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
     2560  1536  reserved            -       zero
@@ -57,7 +64,8 @@ Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
     32    8     writes           stripe  entries written (published or rewritten in place);
                                          also the source of versions: version = writes << 8
                                          | stripe, unique in the region and rising per key
-    40    24    reserved
+    40    8     payload_bytes    stripe  key + value bytes of the stripe's entries
+    48    16    reserved
 
 Process record (PROC_BYTES = 64, max_procs of them): reserved for the liveness and reader-pin
 table of crash recovery and zero-copy views; zero in this version.
@@ -73,9 +81,11 @@ Collection record (COLLECTION_BYTES = 64, max_collections of them; record 0 is t
     16    8     reserved
     24    40    name         arena   UTF-8, MAX_COLLECTION_NAME_BYTES at most
 
-Access bytes: one byte per index slot, set to 1 by readers (never locked; a lost store only
-costs eviction precision). Kept outside the arena so that a reader can never write into memory
-that a writer has just reused.
+Access bytes: one byte per ACCESS_GRANULE (32) bytes of arena, set to 1 by a reader that found
+the entry whose block starts in that granule (entries start at least MIN_BLOCK_BYTES = 48 bytes
+apart, so each entry has a byte of its own). Never locked: a lost store costs eviction
+precision only. Kept outside the arena, so a reader can never write into a block that a writer
+has just reused; a stale store marks at worst the wrong entry.
 
 Index: n_stripes sub-tables of slots_per_stripe u64 slots, open addressing with linear probing
 that wraps inside the sub-table, deletion by backward shift (no tombstones). A key's stripe owns
@@ -101,7 +111,7 @@ Entry (ENTRY_HEADER_BYTES = 42, then the key, then the value)
     36    2     key_len        -       key_len | collection << 16 is one aligned u32: a reader
     38    2     collection     -       checks both with a single load
     40    1     kind           -       KIND_BYTES or KIND_ARRAY
-    41    1     segment        arena   eviction segment
+    41    1     segment        arena   SEG_NONE, SEG_PROBATION or SEG_PROTECTED
     42    ..    key bytes, value bytes
 
 A reader touches bytes 16..42+key_len only, next to the key, so that a get costs one cache miss
@@ -124,7 +134,7 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
@@ -140,6 +150,11 @@ MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 2**32 - 1
 MAX_COLLECTION_NAME_BYTES = 40
 MAX_ARENA_BYTES = 2**32 * ALIGN
+
+SEG_NONE = 0
+SEG_PROBATION = 1
+SEG_PROTECTED = 2
+ACCESS_GRANULE = 32
 
 KIND_BYTES = 0
 KIND_ARRAY = 1
@@ -159,6 +174,13 @@ H_EVICTIONS = 168
 H_EXPIRATIONS = 176
 H_ARENA_OWNER_PID = 184  # u32
 H_ARENA_OWNER_TOKEN = 192
+H_PROTECTED_PCT = 188  # u32
+H_SEG_ENDS = 256  # 4 x u32: probation head, tail, protected head, tail
+H_SEG_ITEMS = 272  # 2 x u64
+H_SEG_BYTES = 288  # 2 x u64
+H_HITS = 304
+H_MISSES = 312
+H_EXPIRE_CURSOR = 320
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024
 NBINS = 384
@@ -171,6 +193,7 @@ S_OWNER_PID = 12  # u32
 S_OWNER_TOKEN = 16
 S_ACQUIRED_AT = 24
 S_WRITES = 32
+S_PAYLOAD = 40
 
 # --- collection record -----------------------------------------------------------------
 COLLECTION = struct.Struct("<HBB4xQ8x40s")
@@ -189,10 +212,10 @@ E_KEY_COLL = 36  # u32: key_len | collection << 16
 E_COLLECTION = 38  # u16
 E_KIND = 40  # u8
 E_SEGMENT = 41  # u8
-# What a writer puts down when it builds an entry, from offset 4 (block_word belongs to the
-# allocator): checksum, lru_prev, lru_next, version, expires_at_ns, value_len, key_len,
-# collection, kind, segment
-ENTRY_WRITE = struct.Struct("<IIIQQIHHBB")
+# What a writer puts down first in a new block, at E_VERSION (block_word belongs to the
+# allocator, the links to the lists, the checksum comes with the value): version,
+# expires_at_ns, value_len, key_len, collection, kind, segment
+ENTRY_HEADER = struct.Struct("<QQIHHBB")
 FREE_BIT = 1
 PREV_FREE_BIT = 2
 SIZE_MASK = ~7 & 0xFFFFFFFF
@@ -266,7 +289,7 @@ def plan_layout(
     procs_offset = _align(stripes_offset + n_stripes * STRIPE_BYTES)
     collections_offset = _align(procs_offset + max_procs * PROC_BYTES)
     access_offset = _align(collections_offset + max_collections * COLLECTION_BYTES)
-    index_offset = _align(access_offset + n_stripes * per_stripe)
+    index_offset = _align(access_offset + arena_bytes // ACCESS_GRANULE + 1)
     arena_offset = _align(index_offset + n_stripes * per_stripe * 8, 4096)
     arena_bytes = arena_bytes // ALIGN * ALIGN
     return Layout(
@@ -340,7 +363,7 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         and expected.access_offset == access_off
         and arena_off + arena_bytes == region_bytes
         and index_off + n_stripes * per_stripe * 8 <= arena_off
-        and access_off + n_stripes * per_stripe <= index_off
+        and access_off + arena_bytes // ACCESS_GRANULE < index_off
     )
     if not same_areas or per_stripe & (per_stripe - 1) or n_stripes & (n_stripes - 1):
         raise IncompatibleLayout("region header describes an impossible layout; it is corrupt")

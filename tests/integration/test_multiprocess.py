@@ -7,55 +7,16 @@ then bytes derived from that prefix), so a reader can tell a whole value from a 
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing as mp
 import random
 from collections.abc import Iterator
 
 import pytest
+from tests_support import JOIN_TIMEOUT_S, ctx, is_whole, patterned, run_workers
 
 import shmkv
 from shmkv.check import check_region
 
 pytestmark = pytest.mark.multiprocess
-ctx = mp.get_context("fork")
-JOIN_TIMEOUT_S = 120
-
-
-def patterned(key: str, writer: int, seq: int, length: int) -> bytes:
-    prefix = f"{key}|{writer}|{seq}|".encode()
-    body = hashlib.sha256(prefix).digest()
-    return (prefix + body * (length // 32 + 1))[: max(length, len(prefix))]
-
-
-def is_whole(key: str, value: bytes) -> bool:
-    parts = value.split(b"|", 3)
-    if len(parts) != 4 or parts[0] != key.encode():
-        return False
-    writer, seq = int(parts[1]), int(parts[2])
-    return value == patterned(key, writer, seq, len(value))
-
-
-def run_workers(target, args_list: list[tuple]) -> list:
-    """Start one process per args tuple; return what each put on the queue, in order."""
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_report, args=(queue, i, target, args))
-             for i, args in enumerate(args_list)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=JOIN_TIMEOUT_S) for _ in procs]
-    for p in procs:
-        p.join(JOIN_TIMEOUT_S)
-        assert p.exitcode == 0, f"worker exited with {p.exitcode}"
-    return [r for _, r in sorted(results, key=lambda item: item[0])]
-
-
-def _report(queue, i: int, target, args: tuple) -> None:
-    try:
-        queue.put((i, target(*args)))
-    except BaseException as exc:  # the parent must hear about it, not hang
-        queue.put((i, f"worker failed: {exc!r}"))
-        raise
 
 
 @pytest.fixture

@@ -56,5 +56,5 @@ def test_header_of_a_truncated_region_is_refused() -> None:
 def test_entry_fields_a_reader_needs_sit_next_to_the_key() -> None:
     # The get path reads value_len | key_len << 32 | collection << 48 as one u64.
     assert L.E_VALUE_LEN % 8 == 0 and L.E_KEY_COLL == L.E_VALUE_LEN + 4
-    assert L.ENTRY_WRITE.size + 4 == L.ENTRY_HEADER_BYTES
+    assert L.E_VERSION + L.ENTRY_HEADER.size == L.ENTRY_HEADER_BYTES
     assert mmap.PAGESIZE <= L.HEADER_BYTES

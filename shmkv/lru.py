@@ -1,0 +1,114 @@
+"""Segmented LRU: the probation and protected lists of entries, and the readers' access bytes.
+
+Like memcached's segmented LRU (doc/new_lru.txt), but with two segments: a new entry enters at
+the head of PROBATION. Readers never move anything: a get only sets the entry's access byte.
+Entries move when a writer that needs room (or the maintainer) looks at a list's tail, under the
+arena lock: an accessed probation entry is promoted to the head of PROTECTED (its byte cleared),
+one that was not accessed is the victim. So a scan of one-time keys flows through probation and
+out again, while entries that were read again sit in protected, which may hold protected_pct of
+the arena; past that, its tail is demoted to the head of probation, or given a second turn at
+the protected head if it was read meanwhile.
+
+Lists are doubly linked through lru_prev/lru_next in the entry headers (block refs), with head,
+tail, item and byte counts in the region header. Every function here needs the arena lock.
+"""
+
+from __future__ import annotations
+
+from . import layout as L
+
+PROBATION, PROTECTED = L.SEG_PROBATION, L.SEG_PROTECTED
+
+
+class Segments:
+    def __init__(self, mm, q: memoryview, u32: memoryview, layout: L.Layout) -> None:
+        self._mm = mm
+        self._q = q
+        self._u32 = u32
+        self.base = layout.arena_offset
+        # access byte of the entry at absolute offset off: mm[access_at + (off >> 5)]
+        self.access_at = layout.access_offset - (layout.arena_offset >> 5)
+        self.capacity = layout.arena_bytes
+
+    # --- access bytes (readers set them; these are for writers) ---------------------------
+    def accessed(self, off: int) -> bool:
+        return bool(self._mm[self.access_at + (off >> 5)])
+
+    def mark(self, off: int, accessed: bool) -> None:
+        self._mm[self.access_at + (off >> 5)] = accessed
+
+    # --- lists ------------------------------------------------------------------------
+    def tail(self, seg: int) -> int:
+        """Offset of the tail entry of a segment, or 0."""
+        ref = self._u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1) + 1]
+        return self.base + (ref << 3) if ref else 0
+
+    def items(self, seg: int) -> int:
+        return self._q[(L.H_SEG_ITEMS >> 3) + seg - 1]
+
+    def bytes(self, seg: int) -> int:
+        return self._q[(L.H_SEG_BYTES >> 3) + seg - 1]
+
+    def protected_limit(self) -> int:
+        return self.capacity * self._u32[L.H_PROTECTED_PCT >> 2] // 100
+
+    def segment_of(self, off: int) -> int:
+        return self._mm[off + L.E_SEGMENT]
+
+    def push_head_locked(self, off: int, seg: int) -> None:
+        """Put an unlinked entry at the head of seg."""
+        u32 = self._u32
+        ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
+        ref = (off - self.base) >> 3
+        head = u32[ends]
+        u32[(off + L.E_LRU_PREV) >> 2] = 0
+        u32[(off + L.E_LRU_NEXT) >> 2] = head
+        if head:
+            u32[(self.base + (head << 3) + L.E_LRU_PREV) >> 2] = ref
+        else:
+            u32[ends + 1] = ref
+        u32[ends] = ref
+        self._mm[off + L.E_SEGMENT] = seg
+        self._count(seg, 1, u32[off >> 2] & L.SIZE_MASK)
+
+    def unlink_locked(self, off: int) -> None:
+        """Take an entry off its list (a no-op for an entry on none)."""
+        seg = self._mm[off + L.E_SEGMENT]
+        if seg == L.SEG_NONE:
+            return
+        u32 = self._u32
+        ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
+        prev = u32[(off + L.E_LRU_PREV) >> 2]
+        nxt = u32[(off + L.E_LRU_NEXT) >> 2]
+        if prev:
+            u32[(self.base + (prev << 3) + L.E_LRU_NEXT) >> 2] = nxt
+        else:
+            u32[ends] = nxt
+        if nxt:
+            u32[(self.base + (nxt << 3) + L.E_LRU_PREV) >> 2] = prev
+        else:
+            u32[ends + 1] = prev
+        self._mm[off + L.E_SEGMENT] = L.SEG_NONE
+        self._count(seg, -1, -(u32[off >> 2] & L.SIZE_MASK))
+
+    def move_locked(self, off: int, seg: int) -> None:
+        self.unlink_locked(off)
+        self.push_head_locked(off, seg)
+
+    def rebalance_locked(self, max_steps: int = 64) -> None:
+        """Bring protected back under its share: demote its tail, unless it was read since it
+        came to the head, in which case it gets another turn there."""
+        limit = self.protected_limit()
+        for _ in range(max_steps):
+            if self.bytes(PROTECTED) <= limit:
+                return
+            off = self.tail(PROTECTED)
+            if self.accessed(off):
+                self.mark(off, False)
+                self.move_locked(off, PROTECTED)
+            else:
+                self.move_locked(off, PROBATION)
+
+    def _count(self, seg: int, items: int, nbytes: int) -> None:
+        self._q[(L.H_SEG_ITEMS >> 3) + seg - 1] += items
+        self._q[(L.H_SEG_BYTES >> 3) + seg - 1] += nbytes
