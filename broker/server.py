@@ -1,8 +1,10 @@
 """The node process: owns one region for the lifetime of a service.
 
 `shmkv serve` creates the region if it does not exist (or attaches to it), reports that it is
-ready, and runs until SIGTERM or SIGINT. On the way out it closes its handle and leaves the
-region in place, so local processes keep their data across a node restart.
+ready, and runs until SIGTERM or SIGINT. Meanwhile it is the region's maintainer: every
+maintain_interval_s it runs one bounded `Cache.maintain()` pass (active expiry, segment
+balance), so expired memory is reclaimed even when nobody writes. On the way out it closes its
+handle and leaves the region in place, so local processes keep their data across a restart.
 
 This is the node's first increment: it hosts the region for local processes. Remote access
 over ZeroMQ, pub/sub, persistence and systemd notification are added on top of this loop.
@@ -24,6 +26,7 @@ import shmkv
 class NodeConfig:
     region: str = shmkv.DEFAULT_REGION
     arena_bytes: int = shmkv.DEFAULT_ARENA_BYTES
+    maintain_interval_s: float = 0.1
 
 
 def serve(config: NodeConfig, out: TextIO = sys.stdout) -> int:
@@ -35,8 +38,12 @@ def serve(config: NodeConfig, out: TextIO = sys.stdout) -> int:
     cache = shmkv.Cache.create(config.region, config.arena_bytes, exist_ok=True)
     try:
         _emit(out, "ready", pid=os.getpid(), config=asdict(config), stats=cache.stats())
-        received = signal.sigwait(stop_signals)
-        _emit(out, "stopping", signal=signal.Signals(received).name)
+        while True:
+            received = signal.sigtimedwait(stop_signals, config.maintain_interval_s)
+            if received is not None:
+                break
+            cache.maintain()
+        _emit(out, "stopping", signal=signal.Signals(received.si_signo).name)
     finally:
         cache.close()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
