@@ -188,22 +188,20 @@ class Cache:
         self._locks = region.locks
         self._clock = region.clock
         self._smask = lay.n_stripes - 1
-        self._pmask = lay.slots_per_stripe - 1
         self._per = lay.slots_per_stripe
-        self._pshift = lay.slots_per_stripe.bit_length() - 1
         self._slot0 = lay.index_offset >> 3
         self._seq0 = lay.stripes_offset >> 3  # seq of stripe s is q[_seq0 + s * 8]
         self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * 16]
         self._abase = lay.arena_offset
         self._aend = lay.arena_offset + lay.arena_bytes
         # q-indexes of each stripe's seq and first slot
-        stripes = [(self._seq0 + (s << 3), self._slot0 + (s << self._pshift))
+        stripes = [(self._seq0 + (s << 3), self._slot0 + s * self._per)
                    for s in range(lay.n_stripes)]
         # hits, misses of this handle, not yet added to the region's counters (see stats())
         self._counts = [0, 0]
-        self._hot = (self._q, self._mm, self._seed, self._smask, stripes, self._pmask,
+        self._hot = (self._q, self._mm, self._seed, self._smask, stripes, self._per,
                      self._key_coll, self._abase, self._aend, self._clock,
-                     region.lru.access_at, self._counts)
+                     lay.access_offset - self._slot0, self._counts)
 
     @classmethod
     def create(
@@ -339,7 +337,7 @@ class Cache:
         hash and the slot."""
         if type(key) is not bytes or len(key) > L.MAX_KEY_BYTES:
             key = _key_bytes(key)
-        q, mm, seed, smask, stripes, mask, key_coll, abase, aend, clock, access_at, counts = \
+        q, mm, seed, smask, stripes, per, key_coll, abase, aend, clock, access0, counts = \
             self._hot
         h = xxh3_64(key, seed)
         seq_at, base = stripes[h & smask]
@@ -350,8 +348,8 @@ class Cache:
         while True:
             s1 = q[seq_at]
             found = default
-            i = tag & mask
-            left = mask  # bounded: a read torn by a writer must not loop forever
+            i = tag % per
+            left = per  # bounded: a read torn by a writer must not loop forever
             while left:
                 v = q[base + i]
                 if not v:
@@ -368,17 +366,18 @@ class Cache:
                                 if versioned:
                                     found = (found, q[(off + L.E_VERSION) >> 3])
                             break
-                i = (i + 1) & mask
+                i = (i + 1) % per
                 left -= 1
             if q[seq_at] == s1 and not s1 & 1:
                 if found is default:
                     counts[1] += 1
                 else:
                     counts[0] += 1
-                    # mark the entry read, for the segmented LRU: a byte outside the arena,
-                    # written only when clear so that hot entries do not bounce cache lines
-                    if not mm[access_at + (off >> 5)]:
-                        mm[access_at + (off >> 5)] = 1
+                    # mark the entry read, for the segmented LRU: its slot's byte, outside the
+                    # arena, written only when clear so that hot entries do not bounce lines
+                    at = access0 + base + i
+                    if not mm[at]:
+                        mm[at] = 1
                 return found
             spins = self._wait_writer(spins, stripe=h & smask)
 
@@ -431,8 +430,8 @@ class Cache:
                 klen = key_coll & 0xFFFF
                 exp = q[(off + L.E_EXPIRES_AT) >> 3]
                 if key_coll >> 16 == self._coll and (not exp or exp > now) \
-                        and off + 42 + klen <= self._aend:
-                    keys.append(mm[off + 42:off + 42 + klen])
+                        and off + L.ENTRY_HEADER_BYTES + klen <= self._aend:
+                    keys.append(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])
             if q[seq_at] == s1 and not s1 & 1:
                 return keys
             spins = self._wait_writer(spins, stripe)
@@ -650,7 +649,7 @@ class Cache:
         payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at, _ in stripes)
         # what the region spends on an entry beyond its key and value: header, padding, slot
         # and access byte (the index and access areas are counted whole, as they are reserved)
-        overhead = used - payload + lay.index_slots * 8 + lay.arena_bytes // L.ACCESS_GRANULE
+        overhead = used - payload + lay.index_slots * 9  # 8-byte slot + its access byte
         return {
             "region": region.name,
             "layout_version": L.LAYOUT_VERSION,
@@ -695,7 +694,7 @@ class Cache:
         return self._q[(off + L.E_VERSION) >> 3]
 
     def _value_at(self, off: int) -> bytes:
-        start = off + 42 + (self._u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF)
+        start = off + L.ENTRY_HEADER_BYTES + (self._u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF)
         return self._mm[start:start + self._u32[(off + L.E_VALUE_LEN) >> 2]]
 
     def _put_locked(self, stripe: int, h: int, k: bytes, v: bytes | memoryview, exp: int,
@@ -761,9 +760,9 @@ class Cache:
         self._fill_entry(off, k, v, version, exp, kind, new=False)
         ref = (off - self._abase) >> 3
         q[seq_at] += 1
-        if old:
+        if old:  # an overwrite is a use of the key
             q[seq_at + (L.S_PAYLOAD >> 3)] -= region.evictor.payload_bytes(old)
-            self._index.replace_locked(stripe, pos, h, ref)
+            self._index.replace_locked(stripe, pos, h, ref, accessed=True)
         else:
             self._index.insert_locked(stripe, h, ref)
             u32[self._count0 + (stripe << 4)] += 1
@@ -789,7 +788,7 @@ class Cache:
         if new:
             mm[body:body + klen] = k
             L.ENTRY_HEADER.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen,
-                                     klen, self._coll, kind, L.SEG_NONE)
+                                     klen, self._coll, L.NO_SLOT, kind, L.SEG_NONE)
             return
         mm[body + klen:end] = v
         _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)

@@ -146,24 +146,27 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
             key_coll = u32[(off + L.E_KEY_COLL) >> 2]
             klen, coll = key_coll & 0xFFFF, key_coll >> 16
             vlen = u32[(off + L.E_VALUE_LEN) >> 2]
-            key = mm[off + 42:off + 42 + klen]
+            body = off + L.ENTRY_HEADER_BYTES
+            key = mm[body:body + klen]
             payload += klen + vlen
             if L.ENTRY_HEADER_BYTES + klen + vlen > used[off]:
                 problems.append(f"entry at {off}: key+value overrun its block")
                 continue
-            if checksum32(mm[off + 42:off + 42 + klen + vlen], region.seed) \
+            if u32[(off + L.E_SLOT_NO) >> 2] != stripe * index.per + pos:
+                problems.append(f"entry at {off} ({key!r}): slot_no disagrees with its slot")
+            if checksum32(mm[body:body + klen + vlen], region.seed) \
                     != u32[(off + L.E_CHECKSUM) >> 2]:
                 problems.append(f"entry at {off} ({key!r}): checksum mismatch")
             h = xxh3_64(key, region.seed ^ coll)
             if h & (lay.n_stripes - 1) != stripe or h >> 32 != v >> 32:
                 problems.append(f"index: {key!r} is in stripe {stripe} with a wrong tag")
-            home = (h >> 32) & index.mask
+            home = (h >> 32) % index.per
             i = home
             while i != pos:  # reachable: no empty slot between home and here
                 if not q[base + i]:
                     problems.append(f"index: {key!r} is cut off from its home slot")
                     break
-                i = (i + 1) & index.mask
+                i = (i + 1) % index.per
             if (coll, key) in seen:
                 problems.append(f"index: {key!r} (collection {coll}) appears twice")
             seen.add((coll, key))

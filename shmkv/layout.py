@@ -18,7 +18,7 @@ Region header (HEADER_BYTES = 4096; little-endian)
     24    8     hash_seed           -       random per region; all processes hash with it
     32    4     hash_id             -       HASH_XXH3_64; a process that disagrees refuses to attach
     36    4     n_stripes           -       power of two, <= 256
-    40    4     slots_per_stripe    -       power of two, <= 2**24
+    40    4     slots_per_stripe    -       <= 2**24 (any size: probing wraps by modulo)
     44    4     max_collections     -
     48    4     max_procs           -
     52    4     max_key_bytes       -
@@ -81,24 +81,25 @@ Collection record (COLLECTION_BYTES = 64, max_collections of them; record 0 is t
     16    8     reserved
     24    40    name         arena   UTF-8, MAX_COLLECTION_NAME_BYTES at most
 
-Access bytes: one byte per ACCESS_GRANULE (32) bytes of arena, set to 1 by a reader that found
-the entry whose block starts in that granule (entries start at least MIN_BLOCK_BYTES = 48 bytes
-apart, so each entry has a byte of its own). Never locked: a lost store costs eviction
-precision only. Kept outside the arena, so a reader can never write into a block that a writer
-has just reused; a stale store marks at worst the wrong entry.
+Access bytes: one byte per index slot, set to 1 by a reader that found its entry through that
+slot, cleared by writers; they move with the slot in a backward shift. Never locked: a lost
+store costs eviction precision only. Kept outside the arena, so a reader can never write into a
+block that a writer has just reused (a stale store marks at worst the wrong entry), and one per
+slot rather than per arena granule, so that their cost does not grow with value size. An
+entry records the number of its slot (slot_no), so that the lists can find its byte.
 
 Index: n_stripes sub-tables of slots_per_stripe u64 slots, open addressing with linear probing
 that wraps inside the sub-table, deletion by backward shift (no tombstones). A key's stripe owns
 its whole probe run, so writers of different stripes never touch the same slot.
 
     slot = (hash >> 32) << 32 | ref        0 = empty
-    stripe = hash & (n_stripes - 1)        home = (hash >> 8) & (slots_per_stripe - 1)
+    stripe = hash & (n_stripes - 1)        home = (hash >> 32) % slots_per_stripe
 
 Arena: ALIGN-byte blocks with boundary tags (a TLSF-style allocator, see arena.py). A block ref
 is the block's offset inside the arena divided by ALIGN, so 32-bit refs address 32 GiB. Arena
 bytes 0..7 are never allocated, so ref 0 means "none". A used block holds one entry:
 
-Entry (ENTRY_HEADER_BYTES = 42, then the key, then the value)
+Entry (ENTRY_HEADER_BYTES = 46, then the key, then the value)
 -------------------------------------------------------------
     off   size  field          lock    notes
     0     4     block_word     arena   block bytes | FREE (bit 0) | PREV_FREE (bit 1)
@@ -110,11 +111,17 @@ Entry (ENTRY_HEADER_BYTES = 42, then the key, then the value)
     32    4     value_len      -
     36    2     key_len        -       key_len | collection << 16 is one aligned u32: a reader
     38    2     collection     -       checks both with a single load
-    40    1     kind           -       KIND_BYTES or KIND_ARRAY
-    41    1     segment        arena   SEG_NONE, SEG_PROBATION or SEG_PROTECTED
-    42    ..    key bytes, value bytes
+    40    4     slot_no        stripe  number of the index slot that points here (stripe *
+                                       slots_per_stripe + position), NO_SLOT until published;
+                                       kept right by every slot move
+    44    1     kind           -       KIND_BYTES or KIND_ARRAY
+    45    1     segment        arena   SEG_NONE, SEG_PROBATION or SEG_PROTECTED
+    46    ..    key bytes, value bytes
 
-A reader touches bytes 16..42+key_len only, next to the key, so that a get costs one cache miss
+Every field is aligned to its size: fields are read and written through u32/u64 views of the
+mapping, which index by offset // size (a misaligned offset would silently hit its neighbour).
+
+A reader touches bytes 24..46+key_len only, next to the key, so that a get costs one cache miss
 for the entry and not two (measured: 400 ns per get on this VM when the key sat on another line
 than key_len). Writer-only fields come first.
 
@@ -134,7 +141,7 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
@@ -143,7 +150,7 @@ STRIPE_BYTES = 64
 PROC_BYTES = 64
 COLLECTION_BYTES = 64
 ALIGN = 8
-ENTRY_HEADER_BYTES = 42
+ENTRY_HEADER_BYTES = 46
 MIN_BLOCK_BYTES = 48  # the smallest entry; smaller leftovers are not worth a free-list node
 
 MAX_KEY_BYTES = 4096
@@ -154,7 +161,6 @@ MAX_ARENA_BYTES = 2**32 * ALIGN
 SEG_NONE = 0
 SEG_PROBATION = 1
 SEG_PROTECTED = 2
-ACCESS_GRANULE = 32
 
 KIND_BYTES = 0
 KIND_ARRAY = 1
@@ -210,12 +216,14 @@ E_EXPIRES_AT = 24
 E_VALUE_LEN = 32  # u32
 E_KEY_COLL = 36  # u32: key_len | collection << 16
 E_COLLECTION = 38  # u16
-E_KIND = 40  # u8
-E_SEGMENT = 41  # u8
+E_SLOT_NO = 40  # u32
+E_KIND = 44  # u8
+E_SEGMENT = 45  # u8
+NO_SLOT = 0xFFFFFFFF
 # What a writer puts down first in a new block, at E_VERSION (block_word belongs to the
 # allocator, the links to the lists, the checksum comes with the value): version,
-# expires_at_ns, value_len, key_len, collection, kind, segment
-ENTRY_HEADER = struct.Struct("<QQIHHBB")
+# expires_at_ns, value_len, key_len, collection, slot_no, kind, segment
+ENTRY_HEADER = struct.Struct("<QQIHHIBB")
 FREE_BIT = 1
 PREV_FREE_BIT = 2
 SIZE_MASK = ~7 & 0xFFFFFFFF
@@ -247,16 +255,13 @@ def _align(n: int, to: int = 64) -> int:
     return (n + to - 1) // to * to
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 DEFAULT_STRIPES = 16
 DEFAULT_MAX_COLLECTIONS = 1024
 DEFAULT_MAX_PROCS = 128
 # A slot costs 8 bytes; index sizing assumes entries of about this many arena bytes.
 DEFAULT_BYTES_PER_KEY = 128
-MAX_LOAD = 0.9  # a stripe refuses new keys above this fill: probe runs stay short
+MAX_LOAD = 0.9  # a stripe evicts before it fills beyond this: probe runs stay short
+TARGET_LOAD = 0.75  # the load an index sized by max_keys runs at when max_keys are stored
 
 
 def plan_layout(
@@ -281,15 +286,16 @@ def plan_layout(
         max_keys = max(1024, arena_bytes // DEFAULT_BYTES_PER_KEY)
     if max_keys < 1:
         raise ValueError("max_keys must be positive")
-    # Size each stripe so that max_keys fit under MAX_LOAD even when hashing is a bit uneven.
-    per_stripe = _next_pow2(max(64, int(max_keys / n_stripes / 0.75) + 1))
+    # Size each stripe for max_keys at TARGET_LOAD: linear probing stays short there, and a
+    # stripe still has room (up to MAX_LOAD) when hashing fills it a little faster than others.
+    per_stripe = max(64, int(max_keys / n_stripes / TARGET_LOAD) + 1)
     if per_stripe > 2**24:
         raise ValueError("max_keys is too large for this many stripes; raise n_stripes")
     stripes_offset = HEADER_BYTES
     procs_offset = _align(stripes_offset + n_stripes * STRIPE_BYTES)
     collections_offset = _align(procs_offset + max_procs * PROC_BYTES)
     access_offset = _align(collections_offset + max_collections * COLLECTION_BYTES)
-    index_offset = _align(access_offset + arena_bytes // ACCESS_GRANULE + 1)
+    index_offset = _align(access_offset + n_stripes * per_stripe)
     arena_offset = _align(index_offset + n_stripes * per_stripe * 8, 4096)
     arena_bytes = arena_bytes // ALIGN * ALIGN
     return Layout(
@@ -363,9 +369,9 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         and expected.access_offset == access_off
         and arena_off + arena_bytes == region_bytes
         and index_off + n_stripes * per_stripe * 8 <= arena_off
-        and access_off + arena_bytes // ACCESS_GRANULE < index_off
+        and access_off + n_stripes * per_stripe <= index_off
     )
-    if not same_areas or per_stripe & (per_stripe - 1) or n_stripes & (n_stripes - 1):
+    if not same_areas or not 1 <= per_stripe <= 2**24 or n_stripes & (n_stripes - 1):
         raise IncompatibleLayout("region header describes an impossible layout; it is corrupt")
     if region_bytes != mapped_bytes:
         raise IncompatibleLayout(

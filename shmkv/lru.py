@@ -26,16 +26,20 @@ class Segments:
         self._q = q
         self._u32 = u32
         self.base = layout.arena_offset
-        # access byte of the entry at absolute offset off: mm[access_at + (off >> 5)]
-        self.access_at = layout.access_offset - (layout.arena_offset >> 5)
+        self.access0 = layout.access_offset
+        self.index_slots = layout.index_slots
         self.capacity = layout.arena_bytes
 
     # --- access bytes (readers set them; these are for writers) ---------------------------
+    # An entry finds its byte through its slot_no; one not published yet has none (NO_SLOT).
     def accessed(self, off: int) -> bool:
-        return bool(self._mm[self.access_at + (off >> 5)])
+        slot_no = self._u32[(off + L.E_SLOT_NO) >> 2]
+        return slot_no < self.index_slots and bool(self._mm[self.access0 + slot_no])
 
     def mark(self, off: int, accessed: bool) -> None:
-        self._mm[self.access_at + (off >> 5)] = accessed
+        slot_no = self._u32[(off + L.E_SLOT_NO) >> 2]
+        if slot_no < self.index_slots:
+            self._mm[self.access0 + slot_no] = accessed
 
     # --- lists ------------------------------------------------------------------------
     def tail(self, seg: int) -> int:

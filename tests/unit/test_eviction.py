@@ -189,7 +189,7 @@ def test_stats_count_hits_misses_sets_and_segments(small) -> None:
 
 
 def test_stats_report_memory_overhead_per_item(region_name) -> None:
-    with shmkv.Cache.create(region_name, arena_bytes=16 << 20, max_keys=100_000) as c:
+    with shmkv.Cache.create(region_name, arena_bytes=20 << 20, max_keys=100_000) as c:
         for i in range(100_000):
             c.set(b"%016d" % i, b"v" * 100)
         s = c.stats()

@@ -58,3 +58,11 @@ def test_entry_fields_a_reader_needs_sit_next_to_the_key() -> None:
     assert L.E_VALUE_LEN % 8 == 0 and L.E_KEY_COLL == L.E_VALUE_LEN + 4
     assert L.E_VERSION + L.ENTRY_HEADER.size == L.ENTRY_HEADER_BYTES
     assert mmap.PAGESIZE <= L.HEADER_BYTES
+
+
+def test_every_entry_field_is_aligned_to_its_size() -> None:
+    # u32/u64 views index by offset // size: a misaligned field would alias its neighbour
+    for name, size in (("E_CHECKSUM", 4), ("E_LRU_PREV", 4), ("E_LRU_NEXT", 4),
+                       ("E_VERSION", 8), ("E_EXPIRES_AT", 8), ("E_VALUE_LEN", 4),
+                       ("E_KEY_COLL", 4), ("E_SLOT_NO", 4)):
+        assert getattr(L, name) % size == 0, name
