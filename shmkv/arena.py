@@ -82,7 +82,7 @@ class Arena:
             if self.end - off - size < L.MIN_BLOCK_BYTES:
                 size = self.end - off
             prev_free = L.PREV_FREE_BIT if off != self.first_block else 0
-            self._make_free(off, size, prev_free)
+            self.file_free_locked(off, size, prev_free)
             off += size
         self._u32[self.end >> 2] = L.PREV_FREE_BIT  # the sentinel: size 0, never free
 
@@ -106,7 +106,7 @@ class Arena:
         rest = size - nbytes
         if rest >= L.MIN_BLOCK_BYTES:
             size = nbytes
-            self._make_free(off + size, rest, 0)  # the block after it already has PREV_FREE
+            self.file_free_locked(off + size, rest, 0)  # the block after it already has PREV_FREE
         else:
             u32[(off + size) >> 2] &= _NOT_PREV_FREE
         u32[off >> 2] = size | (word & L.PREV_FREE_BIT)
@@ -132,7 +132,7 @@ class Arena:
                 self._unlink(start, bin_of(psize))
                 total += psize
                 prev_free = u32[start >> 2] & L.PREV_FREE_BIT
-        self._make_free(start, total, prev_free)
+        self.file_free_locked(start, total, prev_free)
 
     def block_bytes(self, off: int) -> int:
         return self._u32[off >> 2] & L.SIZE_MASK
@@ -168,7 +168,7 @@ class Arena:
         return best
 
     # --- internals ----------------------------------------------------------------------
-    def _make_free(self, off: int, size: int, prev_free: int) -> None:
+    def file_free_locked(self, off: int, size: int, prev_free: int) -> None:
         u32 = self._u32
         u32[off >> 2] = size | L.FREE_BIT | prev_free
         u32[(off + size - 4) >> 2] = size  # footer, read by the next block when it coalesces

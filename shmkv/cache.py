@@ -46,6 +46,7 @@ from .index import Index
 from .lru import Segments
 from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
 from .namespaces import CollectionTable, check_collection_name
+from .repair import repair_arena_locked, repair_stripe_locked
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
@@ -53,7 +54,9 @@ DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they ca
 MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
 WRITER_EXPIRY_EVERY = 16  # every so many inserts, a writer samples slots for expired entries
 WRITER_EXPIRY_SLOTS = 16
+MAKE_ROOM_ATTEMPTS = 20  # arena-lock sections a write may spend evicting before RegionFull
 READ_SPINS_BEFORE_YIELD = 64
+READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
 # What a reader needs of an entry, in one unpack at E_EXPIRES_AT:
 # expires_at_ns, value_len, key_len | collection << 16
@@ -137,7 +140,11 @@ class _Region:
         self.mv = memoryview(self.mm)
         self.q = self.mv.cast("Q")
         self.u32 = self.mv.cast("I")
-        self.locks = RegionLocks(R.lock_prefix(mapping.name), self.u32, layout, lock_timeout_s)
+        self.locks = RegionLocks(
+            self.u32[L.H_SEM_KEY >> 2], self.u32, layout, lock_timeout_s,
+            on_dead_stripe_holder=lambda stripe: repair_stripe_locked(self, stripe),
+            on_dead_arena_holder=lambda: repair_arena_locked(self),
+        )
         self.index = Index(self.mm, self.q, self.u32, layout)
         self.arena = Arena(self.q, self.u32, layout)
         self.colls = CollectionTable(self.mm, self.q, layout)
@@ -238,7 +245,9 @@ class Cache:
             seed = int.from_bytes(os.urandom(8), "little")
             mm = mapping.mm
             mm[0:L.HEADER.size] = L.pack_header(layout, seed, time.time_ns())
-            RegionLocks.create_all(R.lock_prefix(name), layout.n_stripes, mode)
+            mv = memoryview(mm)
+            with mv, mv.cast("I") as u32:
+                u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(layout.n_stripes, mode)
             region = _Region(mapping, layout, seed, lock_timeout_s, clock)
             region.arena.init_locked()
             region.colls.init_default_locked()
@@ -276,18 +285,19 @@ class Cache:
         """Remove a region and its semaphores. Processes that have it open keep using their
         mapping until they close it; True if the region existed."""
         R.check_name(name)
-        n_stripes = 256  # if the header is unreadable, try every possible semaphore name
         try:
             mapping = R.open_mapping(name)
         except Exception:
             pass
         else:
-            try:
-                n_stripes = L.unpack_header(mapping.mm, len(mapping.mm))[0].n_stripes
+            try:  # the semaphores are found through the header; garbage has none to remove
+                layout = L.unpack_header(mapping.mm, len(mapping.mm))[0]
+                key = int.from_bytes(mapping.mm[L.H_SEM_KEY:L.H_SEM_KEY + 4], "little")
+                if key:
+                    RegionLocks.remove_all(key, layout.n_stripes)
             except Exception:
                 pass
             mapping.close()
-        RegionLocks.unlink_all(R.lock_prefix(name), n_stripes)
         return R.unlink_mapping(name)
 
     def close(self) -> None:
@@ -383,9 +393,14 @@ class Cache:
 
     def _wait_writer(self, spins: int, stripe: int) -> int:
         # A writer is between its two seq bumps: a few stores. Spin, then give up the CPU (and
-        # the GIL, in case the writer is a thread of this process).
+        # the GIL, in case the writer is a thread of this process). A seq that stays odd that
+        # long means the writer may have died there: take the stripe lock once, which waits for
+        # a live writer and repairs after a dead one (the kernel released its lock).
         if spins >= READ_SPINS_BEFORE_YIELD:
             time.sleep(0)
+        if spins and not spins % READ_SPINS_BEFORE_LOCK:
+            self._locks.acquire_stripe(stripe)
+            self._locks.release_stripe(stripe)
         return spins + 1
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
@@ -724,38 +739,28 @@ class Cache:
                 f"value of {vlen} bytes can never fit: this region's arena is "
                 f"{arena.bytes} bytes; create the region with a larger arena_bytes"
             )
-        evictor = region.evictor
         locks = self._locks
-        locks.acquire_arena()
-        try:
-            touched_own = False
-            if not old and u32[self._count0 + (stripe << 4)] >= self._index.max_count:
-                if not evictor.evict_in_stripe_locked(stripe, old):
-                    raise IndexFull(
-                        "the index stripe for this key is full and holds nothing evictable; "
-                        "create the region with a larger max_keys"
-                    )
-                touched_own = True
-            if not (version >> 8) % WRITER_EXPIRY_EVERY:
-                touched_own |= evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]
-                self._flush_counts_locked()
-            off, evicted_own = evictor.make_room_locked(need, stripe, old)
-            if not off:
-                raise RegionFull(
-                    f"no room for an entry of {need} bytes even after evicting what could be "
-                    f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
-                    "with a larger arena_bytes"
-                )
-            # The key goes in before the block joins a list, so that an evictor looking at it
-            # computes this stripe, finds it locked by us, and leaves the block alone.
-            self._fill_entry(off, k, b"", version, exp, kind, new=True)
-            region.lru.push_head_locked(off, L.SEG_PROBATION)
-            if not old:
-                q[_ITEMS] += 1
-                region.colls.add_items_locked(self._coll, 1)
-        finally:
-            locks.release_arena()
-        if old and (touched_own or evicted_own):  # evictions shifted this stripe's slots
+        touched_own = False
+        for attempt in range(MAKE_ROOM_ATTEMPTS):
+            if attempt:
+                # Writers queued on the arena lock hold their stripes, whose entries we may not
+                # evict: let them finish and release those stripes, then try again.
+                time.sleep(0)
+            locks.acquire_arena()
+            try:
+                off, touched = self._allocate_locked(stripe, k, version, exp, kind, need, old)
+                touched_own |= touched
+            finally:
+                locks.release_arena()
+            if off:
+                break
+        else:
+            raise RegionFull(
+                f"no room for an entry of {need} bytes even after evicting what could be "
+                f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
+                "with a larger arena_bytes"
+            )
+        if old and touched_own:  # evictions shifted this stripe's slots
             pos, _ = self._index.find_locked(stripe, h, k, self._coll)
         self._fill_entry(off, k, v, version, exp, kind, new=False)
         ref = (off - self._abase) >> 3
@@ -775,6 +780,35 @@ class Cache:
                 arena.free_locked(old)
             finally:
                 locks.release_arena()
+
+    def _allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
+                         need: int, old: int) -> tuple[int, bool]:
+        """Find room for a new entry (evicting if needed), write its key and put it on the
+        probation list: (offset or 0, whether this stripe's slots moved). Arena lock held."""
+        region = self._region
+        evictor = region.evictor
+        touched_own = False
+        if not old and self._u32[self._count0 + (stripe << 4)] >= self._index.max_count:
+            if not evictor.evict_in_stripe_locked(stripe, old):
+                raise IndexFull(
+                    "the index stripe for this key is full and holds nothing evictable; "
+                    "create the region with a larger max_keys"
+                )
+            touched_own = True
+        if not (version >> 8) % WRITER_EXPIRY_EVERY:
+            touched_own |= evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]
+            self._flush_counts_locked()
+        off, evicted_own = evictor.make_room_locked(need, stripe, old)
+        if not off:
+            return 0, touched_own or evicted_own
+        # The key goes in before the block joins a list, so that an evictor looking at it
+        # computes this stripe, finds it locked by us, and leaves the block alone.
+        self._fill_entry(off, k, b"", version, exp, kind, new=True)
+        region.lru.push_head_locked(off, L.SEG_PROBATION)
+        if not old:
+            self._q[_ITEMS] += 1
+            region.colls.add_items_locked(self._coll, 1)
+        return off, touched_own or evicted_own
 
     def _fill_entry(self, off: int, k: bytes, v: bytes | memoryview, version: int, exp: int,
                     kind: int, new: bool) -> None:

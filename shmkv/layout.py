@@ -42,6 +42,8 @@ Region header (HEADER_BYTES = 4096; little-endian)
     184   4     arena_owner_pid     arena   holder of the arena lock (diagnostics, recovery)
     188   4     protected_pct       -       share of the arena the protected segment may hold
     192   8     arena_owner_token   arena
+    200   4     sem_key             -       SysV key of stripe 0's semaphore; stripe i uses
+                                            sem_key + i, the arena lock sem_key + n_stripes
     256   16    seg_ends            arena   head, tail u32 refs of the probation list, then of
                                             the protected list (0 = empty)
     272   16    seg_items           arena   entries on each list (probation, protected)
@@ -181,6 +183,7 @@ H_EXPIRATIONS = 176
 H_ARENA_OWNER_PID = 184  # u32
 H_ARENA_OWNER_TOKEN = 192
 H_PROTECTED_PCT = 188  # u32
+H_SEM_KEY = 200  # u32
 H_SEG_ENDS = 256  # 4 x u32: probation head, tail, protected head, tail
 H_SEG_ITEMS = 272  # 2 x u64
 H_SEG_BYTES = 288  # 2 x u64

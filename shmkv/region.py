@@ -49,16 +49,6 @@ def check_name(name: object) -> str:
     return name
 
 
-def lock_prefix(name: str) -> str:
-    """The posix_ipc name prefix of a region's semaphores."""
-    if is_path(name):
-        import xxhash  # a path can be long and contain any character; name it by its hash
-
-        digest = xxhash.xxh3_64_hexdigest(os.path.realpath(name).encode())
-        return f"/shmkv-{digest}.lk"
-    return f"/{name}.lk"
-
-
 @dataclass
 class Mapping:
     """An open, mapped region: the fd (kept for file locks) and the mmap."""

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from tests_support import FakeClock, leftovers, new_region_name
+from tests_support import FakeClock, leftovers, new_region_name, sysv_semaphore_keys
 
 import shmkv
 
@@ -42,11 +42,14 @@ def fake_clock() -> FakeClock:
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind() -> Iterator[None]:
     before = set(leftovers())
+    sems_before = sysv_semaphore_keys()
     yield
     left = sorted(set(leftovers()) - before)
+    sems_left = sysv_semaphore_keys() - sems_before
     for name in left:  # clean up, then fail loudly: a fixture is missing a cleanup
         try:
             os.unlink(os.path.join("/dev/shm", name))
         except FileNotFoundError:
             pass
     assert not left, f"tests left shared-memory objects behind: {left}"
+    assert not sems_left, f"tests left SysV semaphores behind (keys {sorted(sems_left)})"

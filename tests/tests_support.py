@@ -21,8 +21,15 @@ def leftovers() -> list[str]:
 
 
 def region_objects(name: str) -> list[str]:
-    """The /dev/shm entries of one shm-named region: the region and its semaphores."""
-    return sorted(f for f in os.listdir("/dev/shm") if f == name or f.startswith(f"sem.{name}."))
+    """The /dev/shm entries of one shm-named region."""
+    return sorted(f for f in os.listdir("/dev/shm") if f == name)
+
+
+def sysv_semaphore_keys() -> set[int]:
+    """Keys of the SysV semaphore sets on the machine (regions' locks live there)."""
+    with open("/proc/sysvipc/sem") as f:
+        next(f)
+        return {int(line.split()[0]) for line in f if line.strip()}
 
 
 class FakeClock:

@@ -1,0 +1,144 @@
+"""Repairs after a writer died inside a critical section (the kernel released its lock; the
+next holder finds the dead holder's pid still recorded, see locks.py, and calls these).
+
+A dead stripe holder may have left its stripe's seq odd: slots mid-way through a backward
+shift (an entry twice, or cut off from its home), or an entry half rewritten in place. The
+stripe is rebuilt from its own slots: every entry that still validates (inside the arena, a
+used block, a sane header, a key that hashes to this stripe, a checksum that matches key and
+value) is kept once; the rest are dropped, never returned. Their blocks stay on the segment
+lists, unreferenced, and eviction frees them like any block no slot points to.
+
+A dead arena holder may have left the allocator and the segment lists half-changed. Both are
+rebuilt from the boundary-tag walk, which stays valid through any crash: every block-word update
+keeps the blocks tiling the arena (a split writes the tail block before shrinking the head).
+Blocks whose header does not validate can only be one the dead holder had just allocated, and
+are freed. Known limit: the item counters may be off by the one operation the dead writer was
+in; the next full check (`shmkv doctor --repair`) recounts them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import layout as L
+from .arena import MAX_BLOCK_BYTES, bin_of
+from .hashing import checksum32, xxh3_64
+
+if TYPE_CHECKING:
+    from .cache import _Region
+
+
+def entry_is_sound(region: _Region, off: int, stripe: int | None = None) -> bool:
+    """Whether the entry at off can be trusted: a used block holding a whole entry (and, with
+    stripe, one whose key belongs to that stripe)."""
+    arena, u32, mm, lay = region.arena, region.u32, region.mm, region.layout
+    if not arena.first_block <= off < arena.end or off % L.ALIGN:
+        return False
+    word = u32[off >> 2]
+    size = word & L.SIZE_MASK
+    key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+    klen, coll = key_coll & 0xFFFF, key_coll >> 16
+    vlen = u32[(off + L.E_VALUE_LEN) >> 2]
+    if word & L.FREE_BIT or off + size > arena.end or klen > L.MAX_KEY_BYTES \
+            or coll >= lay.max_collections or L.ENTRY_HEADER_BYTES + klen + vlen > size:
+        return False
+    body = off + L.ENTRY_HEADER_BYTES
+    if checksum32(region.mv[body:body + klen + vlen], region.seed) \
+            != u32[(off + L.E_CHECKSUM) >> 2]:
+        return False
+    if stripe is not None:
+        h = xxh3_64(mm[body:body + klen], region.seed ^ coll)
+        return h & (lay.n_stripes - 1) == stripe
+    return True
+
+
+def repair_stripe_locked(region: _Region, stripe: int) -> int:
+    """Rebuild a stripe's sub-table from the entries that validate; returns how many slots
+    were dropped. Stripe lock held."""
+    index, q, u32, mm = region.index, region.q, region.u32, region.mm
+    lay = region.layout
+    rec = lay.stripes_offset + stripe * L.STRIPE_BYTES
+    base = index.slot0 + stripe * index.per
+    kept: dict[bytes, tuple[int, int, bool]] = {}  # coll+key -> (version, off, accessed)
+    dropped = 0
+    for pos in range(index.per):
+        v = q[base + pos]
+        if not v:
+            continue
+        off = region.arena.off(v & 0xFFFFFFFF)
+        if not entry_is_sound(region, off, stripe):
+            dropped += 1
+            continue
+        key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+        ident = key_coll.to_bytes(4, "little") + mm[off + L.ENTRY_HEADER_BYTES:
+                                                     off + L.ENTRY_HEADER_BYTES
+                                                     + (key_coll & 0xFFFF)]
+        version = q[(off + L.E_VERSION) >> 3]
+        if ident not in kept or kept[ident][0] < version:  # a half-done shift copies a slot
+            kept[ident] = (version, off, bool(mm[index.access0 + stripe * index.per + pos]))
+    for pos in range(index.per):
+        q[base + pos] = 0
+        mm[index.access0 + stripe * index.per + pos] = 0
+    payload = 0
+    for ident, (_, off, accessed) in kept.items():
+        key_coll = int.from_bytes(ident[:4], "little")
+        h = xxh3_64(ident[4:], region.seed ^ (key_coll >> 16))
+        index.insert_locked(stripe, h, region.arena.ref(off), accessed)
+        payload += (key_coll & 0xFFFF) + u32[(off + L.E_VALUE_LEN) >> 2]
+    u32[(rec + L.S_COUNT) >> 2] = len(kept)
+    q[(rec + L.S_PAYLOAD) >> 3] = payload
+    if q[(rec + L.S_SEQ) >> 3] & 1:
+        q[(rec + L.S_SEQ) >> 3] += 1
+    return dropped
+
+
+def repair_arena_locked(region: _Region) -> int:
+    """Rebuild free lists, bitmap, used bytes and segment lists from the block walk; returns
+    how many half-built blocks were freed. Arena lock held."""
+    arena, u32, q, mm = region.arena, region.u32, region.q, region.mm
+    used: list[int] = []
+    free_runs: list[tuple[int, int]] = []  # (start, size) of maximal runs of free space
+    freed = 0
+    off = arena.first_block
+    run_start = 0
+    while off < arena.end:
+        size = u32[off >> 2] & L.SIZE_MASK
+        is_free = u32[off >> 2] & L.FREE_BIT
+        if not is_free and not entry_is_sound(region, off):
+            is_free, freed = 1, freed + 1  # the dead holder's half-built block
+        if is_free:
+            run_start = run_start or off
+        else:
+            if run_start:
+                free_runs.append((run_start, off - run_start))
+                run_start = 0
+            used.append(off)
+        off += size
+    if run_start:
+        free_runs.append((run_start, arena.end - run_start))
+    # allocator: empty every list, then file each run (split at MAX_BLOCK_BYTES)
+    for b in range(L.NBINS):
+        u32[(L.H_BIN_HEADS >> 2) + b] = 0
+    for w in range(L.NBINS // 64):
+        q[(L.H_BIN_BITMAP >> 3) + w] = 0
+    for off in used:  # PREV_FREE bits are recomputed below, as runs are filed
+        u32[off >> 2] &= ~L.PREV_FREE_BIT & 0xFFFFFFFF
+    u32[arena.end >> 2] = 0
+    for start, size in free_runs:  # runs are maximal: the block before each one is used
+        prev_free = 0
+        while size:
+            piece = size if size <= MAX_BLOCK_BYTES else MAX_BLOCK_BYTES - L.MIN_BLOCK_BYTES
+            arena.file_free_locked(start, piece, prev_free)
+            start, size, prev_free = start + piece, size - piece, L.PREV_FREE_BIT
+    q[L.H_ARENA_USED >> 3] = sum(u32[o >> 2] & L.SIZE_MASK for o in used)
+    # segment lists: every entry to probation, oldest write at the tail
+    lru = region.lru
+    for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
+        u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1)] = 0
+        u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1) + 1] = 0
+        q[(L.H_SEG_ITEMS >> 3) + seg - 1] = 0
+        q[(L.H_SEG_BYTES >> 3) + seg - 1] = 0
+    for off in sorted(used, key=lambda o: q[(o + L.E_VERSION) >> 3]):
+        mm[off + L.E_SEGMENT] = L.SEG_NONE
+        lru.push_head_locked(off, L.SEG_PROBATION)
+    return freed
