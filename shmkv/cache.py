@@ -46,7 +46,7 @@ from .index import Index
 from .lru import Segments
 from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
 from .namespaces import CollectionTable, check_collection_name
-from .repair import repair_arena_locked, repair_stripe_locked
+from .repair import repair_all_locked, repair_arena_locked, repair_stripe_locked
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
@@ -592,6 +592,27 @@ class Cache:
         finally:
             self._locks.release_arena()
         return {"expired": removed}
+
+    def repair(self) -> dict[str, int]:
+        """Check and repair the whole region (what `shmkv doctor --repair` runs): take every
+        lock in order, which also repairs after any holder that died, then free blocks no
+        slot points to, rebuild the allocator and lists, and recount every counter. Writers
+        wait meanwhile; readers go on."""
+        self._q[0]
+        locks, n = self._locks, self._smask + 1
+        taken = 0
+        try:
+            for stripe in range(n):
+                locks.acquire_stripe(stripe)
+                taken += 1
+            locks.acquire_arena()
+            try:
+                return repair_all_locked(self._region)
+            finally:
+                locks.release_arena()
+        finally:
+            for stripe in range(taken):
+                locks.release_stripe(stripe)
 
     def _flush_counts_locked(self) -> None:
         """Add this handle's hits and misses to the region's counters (arena lock)."""

@@ -28,6 +28,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
+from .check import check_region
 from .errors import (
     CollectionExists,
     CollectionNotFound,
@@ -248,6 +249,21 @@ def stats(ctx: typer.Context, collection: Collection = None) -> None:
     """Print the region's counters and sizes."""
     with _opened(ctx.obj) as cache:
         _emit(_in_collection(cache, _current(ctx.obj, collection)).stats())
+
+
+@app.command(rich_help_panel=_REGION)
+def doctor(
+    ctx: typer.Context,
+    repair: Annotated[bool, typer.Option("--repair", help="Repair what the check finds.")] = False,
+) -> None:
+    """Check the region: allocator, index, entries (checksums), lists and counters. With
+    --repair, first repair it (takes every lock in turn; writers wait meanwhile). The report
+    says whether the region is consistent; the command itself succeeded either way."""
+    with _opened(ctx.obj) as cache:
+        repaired = cache.repair() if repair else None
+        problems = check_region(cache)
+        _emit({"region": ctx.obj, "consistent": not problems, "problems": problems,
+               "repaired": repaired})
 
 
 @app.command(rich_help_panel=_REGION)

@@ -142,3 +142,29 @@ def repair_arena_locked(region: _Region) -> int:
         mm[off + L.E_SEGMENT] = L.SEG_NONE
         lru.push_head_locked(off, L.SEG_PROBATION)
     return freed
+
+
+def repair_all_locked(region: _Region) -> dict[str, int]:
+    """Make the region consistent again, whatever crashes left: every stripe rebuilt from the
+    entries that validate, blocks that no slot points to freed, allocator and lists rebuilt,
+    every counter recounted from the index. All stripe locks and the arena lock held."""
+    lay, q, u32, index = region.layout, region.q, region.u32, region.index
+    dropped = sum(repair_stripe_locked(region, s) for s in range(lay.n_stripes))
+    referenced = set()
+    per_collection: dict[int, int] = {}
+    for stripe in range(lay.n_stripes):
+        for _, off in index.slots(stripe):
+            referenced.add(off)
+            coll = u32[(off + L.E_KEY_COLL) >> 2] >> 16
+            per_collection[coll] = per_collection.get(coll, 0) + 1
+    leaked = 0
+    for off, _, is_free in list(region.arena.blocks()):
+        if not is_free and off not in referenced:
+            u32[off >> 2] |= L.FREE_BIT  # the rebuild below files it with its free neighbours
+            leaked += 1
+    freed = repair_arena_locked(region)
+    q[L.H_ITEMS >> 3] = len(referenced)
+    for idx in range(lay.max_collections):
+        q[(lay.collections_offset + idx * L.COLLECTION_BYTES + L.C_ITEMS) >> 3] = \
+            per_collection.get(idx, 0)
+    return {"slots_dropped": dropped, "blocks_reclaimed": leaked + freed}

@@ -385,3 +385,19 @@ def test_installed_command_runs_init_put_get(region_name: str, isolated_env: Pat
     assert run("init", "--arena-bytes", "1M")["region"] == region_name
     assert run("put", "k", "v")["stored"] is True
     assert run("get", "k") == {"key": "k", "value": "v"}
+
+
+def test_doctor_reports_a_consistent_region(region: Shmkv) -> None:
+    region("put", "k", "v")
+    assert region("doctor") == {"region": region.region, "consistent": True, "problems": [],
+                                "repaired": None}
+
+
+def test_doctor_repair_reclaims_a_block_a_dead_writer_leaked(region: Shmkv) -> None:
+    with shmkv.Cache.open(region.region) as c:  # a block allocated, never published
+        c._locks.acquire_arena()
+        c._region.arena.alloc_locked(256)
+        c._locks.release_arena()
+    assert region("doctor")["consistent"] is False
+    report = region("doctor", "--repair")
+    assert report["consistent"] is True and report["repaired"]["blocks_reclaimed"] == 1
