@@ -16,8 +16,10 @@ def new_region_name() -> str:
 
 
 def leftovers() -> list[str]:
-    """Our test objects still in /dev/shm: regions and their semaphores (sem.<name>.lkN)."""
-    return sorted(f for f in os.listdir("/dev/shm") if TEST_PREFIX in f)
+    """Regions this test session created (their names carry its pid) still in /dev/shm.
+    Another session's regions are not ours to judge or remove, even if it runs meanwhile."""
+    mine = f"{TEST_PREFIX}{os.getpid()}-"
+    return sorted(f for f in os.listdir("/dev/shm") if f.startswith(mine))
 
 
 def region_objects(name: str) -> list[str]:
