@@ -90,9 +90,17 @@ class _Closed:
 _CLOSED = _Closed()
 
 
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate); pass bytes "
+                         "or well-formed text") from None
+
+
 def _key_bytes(key: object) -> bytes:
     if type(key) is str:
-        raw = key.encode("utf-8")
+        raw = _utf8(key, "key")
     elif isinstance(key, (bytes, bytearray, memoryview)):
         raw = bytes(key)
     else:
@@ -103,17 +111,27 @@ def _key_bytes(key: object) -> bytes:
 
 
 def _value_bytes(value: object) -> bytes | memoryview:
-    if isinstance(value, bytes):
+    if type(value) is bytes:
         return value
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value, "value")
     if isinstance(value, (int, float, bool)) or value is None:
         raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}")
     try:
         view = memoryview(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}") from None
+    if "O" in view.format:  # pointers to this process's objects mean nothing to another one
+        raise TypeError("values holding Python objects (object dtype) cannot be shared; "
+                        "store bytes, or an array of a plain dtype")
     return view if view.c_contiguous else memoryview(view.tobytes())
+
+
+def _check_timeout(lock_timeout_s: object) -> None:
+    if isinstance(lock_timeout_s, bool) or not isinstance(lock_timeout_s, (int, float)):
+        raise TypeError("lock_timeout_s must be a number of seconds")
+    if not 0 < lock_timeout_s <= 3600:
+        raise ValueError("lock_timeout_s must be > 0 and at most an hour")
 
 
 def _expires_at(ttl_s: object, now_ns: int) -> int:
@@ -140,11 +158,17 @@ class _Region:
         self.mv = memoryview(self.mm)
         self.q = self.mv.cast("Q")
         self.u32 = self.mv.cast("I")
-        self.locks = RegionLocks(
-            self.u32[L.H_SEM_KEY >> 2], self.u32, layout, lock_timeout_s,
-            on_dead_stripe_holder=lambda stripe: repair_stripe_locked(self, stripe),
-            on_dead_arena_holder=lambda: repair_arena_locked(self),
-        )
+        try:
+            self.locks = RegionLocks(
+                self.u32[L.H_SEM_KEY >> 2], self.u32, layout, lock_timeout_s,
+                on_dead_stripe_holder=lambda stripe: repair_stripe_locked(self, stripe),
+                on_dead_arena_holder=lambda: repair_arena_locked(self),
+            )
+        except BaseException:  # the caller closes the mapping, which needs our views gone
+            self.q.release()
+            self.u32.release()
+            self.mv.release()
+            raise
         self.index = Index(self.mm, self.q, self.u32, layout)
         self.arena = Arena(self.q, self.u32, layout)
         self.colls = CollectionTable(self.mm, self.q, layout)
@@ -231,6 +255,9 @@ class Cache:
         other parameters are then ignored). OutOfSpace if /dev/shm cannot hold it.
         """
         R.check_name(name)
+        _check_timeout(lock_timeout_s)
+        if max_keys is not None and (isinstance(max_keys, bool) or not isinstance(max_keys, int)):
+            raise TypeError("max_keys must be an int or None")
         if isinstance(protected_pct, bool) or not isinstance(protected_pct, int) \
                 or not 0 <= protected_pct <= 95:
             raise ValueError("protected_pct must be an int between 0 and 95")
@@ -271,6 +298,7 @@ class Cache:
         """Attach to an existing region. RegionNotFound if absent, IncompatibleLayout if its
         header is not one this version reads."""
         R.check_name(name)
+        _check_timeout(lock_timeout_s)
         mapping = R.open_mapping(name)
         try:
             layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
@@ -578,6 +606,9 @@ class Cache:
         segment back under its share, and add this handle's hit/miss counts to the region's.
         Works in short arena-lock sections so that writers are never held up for long."""
         self._q[0]
+        if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1:
+            raise ValueError("max_slots must be a positive int")
+        max_slots = min(max_slots, self._region.layout.index_slots)  # one sweep at most
         evictor, removed = self._region.evictor, 0
         for _ in range(0, max_slots, MAINTAIN_CHUNK_SLOTS):
             self._locks.acquire_arena()
@@ -591,7 +622,7 @@ class Cache:
             self._flush_counts_locked()
         finally:
             self._locks.release_arena()
-        return {"expired": removed}
+        return {"expired": removed, "slots_scanned": max_slots}
 
     def repair(self) -> dict[str, int]:
         """Check and repair the whole region (what `shmkv doctor --repair` runs): take every

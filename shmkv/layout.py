@@ -364,7 +364,11 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         raise IncompatibleLayout("region was created with other hashing or limits; recreate it")
     layout = Layout(n_stripes, per_stripe, max_collections, max_procs, stripes_off, procs_off,
                     colls_off, access_off, index_off, arena_off, arena_bytes, region_bytes)
-    expected = plan_layout(arena_bytes, None, n_stripes, max_collections, max_procs)
+    try:
+        expected = plan_layout(arena_bytes, None, n_stripes, max_collections, max_procs)
+    except (ValueError, TypeError) as exc:
+        raise IncompatibleLayout(f"region header describes an impossible layout ({exc}); it "
+                                 "is corrupt: unlink the region and create it again") from None
     same_areas = (
         expected.stripes_offset == stripes_off
         and expected.procs_offset == procs_off

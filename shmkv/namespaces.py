@@ -25,7 +25,11 @@ _U32 = struct.Struct("<I")
 def check_collection_name(name: object) -> bytes:
     if not isinstance(name, str):
         raise TypeError(f"collection name must be a str, not {type(name).__name__}")
-    raw = name.encode("utf-8")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("collection name is not valid Unicode (it holds a lone surrogate)") \
+            from None
     if not raw or len(raw) > L.MAX_COLLECTION_NAME_BYTES or "\0" in name:
         raise ValueError(
             f"collection name must be 1-{L.MAX_COLLECTION_NAME_BYTES} UTF-8 bytes without NUL"

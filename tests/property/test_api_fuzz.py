@@ -229,9 +229,6 @@ def _short(value: object) -> str:
 
 
 # --- bugs found while writing the fuzz ---------------------------------------------
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "a bytes subclass passes _value_bytes() unchanged, then _put_locked() reads its .nbytes: "
-    "AttributeError: 'Blob' object has no attribute 'nbytes'"))
 def test_a_bytes_subclass_value_is_stored_like_bytes(cache: shmkv.Cache) -> None:
     class Blob(bytes):
         pass
@@ -240,18 +237,12 @@ def test_a_bytes_subclass_value_is_stored_like_bytes(cache: shmkv.Cache) -> None
     assert cache.get("k") == b"payload"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an object-dtype numpy array exports a buffer of PyObject pointers: set() stores those "
-    "process-local addresses instead of refusing the value"))
 def test_an_object_dtype_array_is_refused_not_stored_as_pointers(cache: shmkv.Cache) -> None:
     with pytest.raises(TypeError):
         cache.set("k", np.array([object(), "a", None], dtype=object))
     assert "k" not in cache
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lone surrogates reach str.encode(): a bare UnicodeEncodeError ('utf-8' codec can't "
-    "encode ...) that names neither the argument nor what to do"))
 @pytest.mark.parametrize("call", ["key", "value", "collection"])
 def test_text_with_lone_surrogates_is_refused_with_a_clear_error(cache: shmkv.Cache,
                                                                   call: str) -> None:
@@ -265,14 +256,10 @@ def test_text_with_lone_surrogates_is_refused_with_a_clear_error(cache: shmkv.Ca
     assert not isinstance(info.value, UnicodeError), f"bare codec error: {info.value}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "maintain(max_slots) takes max_slots / 64 arena-lock sections with no cap at the index "
-    "size: maintain(10**7) takes seconds, maintain(2**62) never returns"))
 def test_maintain_with_a_huge_max_slots_does_at_most_one_pass(cache: shmkv.Cache) -> None:
     cache.set("k", b"v", ttl_s=1)
-    start = time.monotonic()
-    cache.maintain(10**7)  # over 200 times the index; one pass takes milliseconds
-    assert time.monotonic() - start < 0.5
+    for huge in (10**7, 2**62):  # far over the index: one sweep of it at most
+        assert cache.maintain(huge)["slots_scanned"] == cache.stats()["index_slots"]
     assert cache.get("k") == b"v"
 
 

@@ -145,10 +145,6 @@ def test_a_header_from_another_version_or_hash_is_refused_and_the_data_kept(
 
 
 # Header fields that describe the region's geometry (offsets from the table in layout.py).
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "unpack_header() re-plans the layout with plan_layout(), whose argument checks raise a "
-    "plain ValueError about creation parameters ('n_stripes must be a power of two ...') "
-    "instead of IncompatibleLayout/CorruptRegion saying the header is corrupt"))
 @pytest.mark.parametrize("offset,value", [
     pytest.param(36, (0).to_bytes(4, "little"), id="n_stripes=0"),
     pytest.param(36, (3).to_bytes(4, "little"), id="n_stripes=3"),
@@ -424,10 +420,6 @@ def _remove_one_semaphore(name: str) -> None:
         posix_ipc.unlink_semaphore(f"/{name}.lk0")
 
 
-@pytest.mark.xfail(strict=True, raises=BufferError, reason=(
-    "_Region() fails opening the missing semaphore after it has taken memoryviews of the "
-    "mapping; Cache.open's cleanup then calls mmap.close(), which raises BufferError "
-    "('cannot close exported pointers exist'), hiding the real error and leaking the fd"))
 @pytest.mark.parametrize("how", ["open", "create(exist_ok=True)"])
 def test_a_region_whose_semaphore_was_removed_is_refused_with_a_shmkverror(
         region_name: str, how: str) -> None:
@@ -474,9 +466,6 @@ def _refused_create(name: str, kwargs: dict) -> Exception:
     pytest.fail(f"Cache.create({name!r}, **{kwargs!r}) was accepted")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accepted by create(); the bad value only surfaces at the first write, as the semaphore "
-    "library's TypeError (posix_ipc: ExistentialError for nan), or never (max_keys=1.5)"))
 @pytest.mark.parametrize("kwargs", [
     {"lock_timeout_s": -1}, {"lock_timeout_s": "5"}, {"lock_timeout_s": float("nan")},
     {"max_keys": 1.5},
