@@ -41,11 +41,21 @@ def check_name(name: object) -> str:
         raise TypeError(f"region name must be a str, not {type(name).__name__}")
     if "\0" in name:
         raise ValueError("region name must not contain NUL")
-    if not is_path(name) and not _SHM_NAME.match(name):
-        raise ValueError(
-            f"bad region name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . - "
-            "(or a path containing '/' for a file-backed region)"
-        )
+    if not is_path(name):
+        if not _SHM_NAME.match(name):
+            raise ValueError(
+                f"bad region name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . - "
+                "(or a path containing '/' for a file-backed region)"
+            )
+        return name
+    try:
+        leaf = os.fsencode(os.path.basename(name))
+    except UnicodeEncodeError:
+        raise ValueError(f"region path {name!r} cannot be encoded for the file system") from None
+    if not leaf or os.path.isdir(name):
+        raise ValueError(f"region path {name!r} names a directory; name a file in it")
+    if len(leaf) > 255:
+        raise ValueError(f"region path {name!r}: its file name is longer than 255 bytes")
     return name
 
 
@@ -70,6 +80,9 @@ def create_mapping(name: str, region_bytes: int, mode: int) -> Mapping:
         except FileExistsError:
             raise RegionExists(f"region file {name!r} already exists; pass exist_ok=True to "
                                "attach, or Cache.unlink it first") from None
+        except FileNotFoundError:
+            raise RegionNotFound(f"cannot create region file {name!r}: its directory does "
+                                 "not exist; create the directory first") from None
         os.fchmod(fd, mode)  # umask must not widen or narrow what the caller asked for
     else:
         try:
@@ -131,9 +144,16 @@ def open_mapping(name: str) -> Mapping:
 
 
 def unlink_mapping(name: str) -> bool:
-    """Remove the region object's name; True if it existed. Mapped handles keep working."""
+    """Remove the region object's name; True if it existed. Mapped handles keep working.
+    A file is removed only if it is a shmkv region (or one whose creator died before writing
+    the magic): Cache.unlink must never delete some other file a path points at."""
     try:
         if is_path(name):
+            with open(name, "rb") as f:
+                head = f.read(L.HEADER_BYTES)
+            if head[:8] != L.MAGIC and any(head):
+                raise IncompatibleLayout(f"{name!r} is not a shmkv region; refusing to remove "
+                                         "it (delete it yourself if you mean to)")
             os.unlink(name)
         else:
             posix_ipc.unlink_shared_memory("/" + name)
