@@ -12,10 +12,6 @@ import xxhash
 xxh3_64 = xxhash.xxh3_64_intdigest
 
 
-def key_hash(key: bytes, seed: int, collection: int) -> int:
-    return xxh3_64(key, seed ^ collection)
-
-
 def checksum32(data: bytes | memoryview, seed: int) -> int:
     """Per-entry checksum over key+value bytes: detects a torn or scribbled entry."""
     return xxh3_64(data, seed) & 0xFFFFFFFF

@@ -119,9 +119,6 @@ class RegionLocks:
         self._u32[self._owner_at + stripe * 16] = 0
         self._sems[stripe].release()
 
-    def stripe_owner(self, stripe: int) -> int:
-        return self._u32[self._owner_at + stripe * 16]
-
     # --- arena -----------------------------------------------------------------------
     def acquire_arena(self) -> None:
         try:

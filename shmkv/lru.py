@@ -56,9 +56,6 @@ class Segments:
     def protected_limit(self) -> int:
         return self.capacity * self._u32[L.H_PROTECTED_PCT >> 2] // 100
 
-    def segment_of(self, off: int) -> int:
-        return self._mm[off + L.E_SEGMENT]
-
     def push_head_locked(self, off: int, seg: int) -> None:
         """Put an unlinked entry at the head of seg."""
         u32 = self._u32
