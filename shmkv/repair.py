@@ -11,8 +11,10 @@ lists, unreferenced, and eviction frees them like any block no slot points to.
 A dead arena holder may have left the allocator and the segment lists half-changed. Both are
 rebuilt from the boundary-tag walk, which stays valid through any crash: every block-word update
 keeps the blocks tiling the arena (a split writes the tail block before shrinking the head).
-Blocks whose header does not validate can only be one the dead holder had just allocated, and
-are freed. Known limit: the item counters may be off by the one operation the dead writer was
+Blocks whose header is not even well-formed can only be one the dead holder had just
+allocated, and are freed. Checksums are not consulted here: writers of other stripes are alive
+and may be filling a new block, or rewriting an entry in place, whose checksum is not written
+yet; freeing such a block would pull it from under them. Known limit: the item counters may be off by the one operation the dead writer was
 in; the next full check (`shmkv doctor --repair`) recounts them.
 """
 
@@ -28,9 +30,11 @@ if TYPE_CHECKING:
     from .cache import _Region
 
 
-def entry_is_sound(region: _Region, off: int, stripe: int | None = None) -> bool:
-    """Whether the entry at off can be trusted: a used block holding a whole entry (and, with
-    stripe, one whose key belongs to that stripe)."""
+def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
+                   checksum: bool = True) -> bool:
+    """Whether the entry at off can be trusted: a used block holding a well-formed entry whose
+    checksum matches (with checksum=False, well-formed is enough), and, with stripe, one whose
+    key belongs to that stripe."""
     arena, u32, mm, lay = region.arena, region.u32, region.mm, region.layout
     if not arena.first_block <= off < arena.end or off % L.ALIGN:
         return False
@@ -43,7 +47,7 @@ def entry_is_sound(region: _Region, off: int, stripe: int | None = None) -> bool
             or coll >= lay.max_collections or L.ENTRY_HEADER_BYTES + klen + vlen > size:
         return False
     body = off + L.ENTRY_HEADER_BYTES
-    if checksum32(region.mv[body:body + klen + vlen], region.seed) \
+    if checksum and checksum32(region.mv[body:body + klen + vlen], region.seed) \
             != u32[(off + L.E_CHECKSUM) >> 2]:
         return False
     if stripe is not None:
@@ -104,7 +108,7 @@ def repair_arena_locked(region: _Region) -> int:
     while off < arena.end:
         size = u32[off >> 2] & L.SIZE_MASK
         is_free = u32[off >> 2] & L.FREE_BIT
-        if not is_free and not entry_is_sound(region, off):
+        if not is_free and not entry_is_sound(region, off, checksum=False):
             is_free, freed = 1, freed + 1  # the dead holder's half-built block
         if is_free:
             run_start = run_start or off
