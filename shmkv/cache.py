@@ -774,11 +774,13 @@ class Cache:
         q, u32 = self._q, self._u32
         region = self._region
         seq_at = self._seq0 + (stripe << 3)
-        q[seq_at + (L.S_WRITES >> 3)] += 1
-        version = q[seq_at + (L.S_WRITES >> 3)] << 8 | stripe
+        writes_at = seq_at + (L.S_WRITES >> 3)
+        # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
+        version = (q[writes_at] + 1) << 8 | stripe
         if old and vlen <= INPLACE_MAX_BYTES \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
+            q[writes_at] += 1
             q[seq_at] += 1
             q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
             self._fill_entry(old, k, v, version, exp, kind, new=False)
@@ -812,6 +814,7 @@ class Cache:
                 f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
                 "with a larger arena_bytes"
             )
+        q[writes_at] += 1
         if old and touched_own:  # evictions shifted this stripe's slots
             pos, _ = self._index.find_locked(stripe, h, k, self._coll)
         self._fill_entry(off, k, v, version, exp, kind, new=False)
