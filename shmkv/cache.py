@@ -1,5 +1,5 @@
-"""`Cache`: the public handle on a shared-memory region, and the only module that composes
-region, locks, index, arena and collections.
+"""`Cache`: the public handle on a shared-memory region. It composes region, locks, index,
+arena, collections and lists; what takes entries out of the region lives in evict.py.
 
 Reads take no lock. `get` hashes the key, reads its stripe's seq, probes the sub-table, copies
 the value out of the arena, and re-reads seq: if seq was odd or has changed, a writer touched
@@ -7,14 +7,16 @@ the stripe meanwhile and the read is retried. A writer frees a block only after 
 and only writers of the same stripe free a stripe's entries, so whatever a reader copied from a
 block that was freed and reused under it is thrown away by that check.
 
-Writes follow one order (see locks.py): take the stripe lock; build the new entry in a freshly
-allocated block that no reader can reach yet (checksum included); bump seq to odd; publish the
-slot; bump seq to even; only then free the old block. A writer killed before the publish leaves
-an unreachable block, never a torn entry; one killed between the two bumps leaves seq odd, which
-recovery detects.
+Writes follow one order (see locks.py), under the key's stripe lock. An overwrite whose entry
+fits the key's block snugly rewrites it in place between the two seq bumps (readers retry, as
+for a slot change). Otherwise the new entry is built in a freshly allocated block that no reader
+can reach yet (checksum included), published by one slot store between the seq bumps, and only
+then is the old block freed. A writer killed before the publish leaves an unreachable block,
+never a torn entry; one killed between the bumps leaves seq odd and its pid recorded, and the
+next holder repairs the stripe (repair.py).
 
-The get path is written inline on purpose: every Python-level call and attribute lookup costs
-20-60 ns, and a cross-process get is budgeted at about 1 us (see bench/results/).
+The get path is written for the interpreter on purpose: every Python-level call and attribute
+lookup costs 20-60 ns, and a get is ~12k instructions (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -334,11 +336,8 @@ class Cache:
         if self.closed:
             return
         if any(self._counts):
-            self._locks.acquire_arena()
-            try:
+            with self._locks.arena_held:
                 self._flush_counts_locked()
-            finally:
-                self._locks.release_arena()
         if self._owns_region:
             self._region.close()
         else:
@@ -611,17 +610,11 @@ class Cache:
         max_slots = min(max_slots, self._region.layout.index_slots)  # one sweep at most
         evictor, removed = self._region.evictor, 0
         for _ in range(0, max_slots, MAINTAIN_CHUNK_SLOTS):
-            self._locks.acquire_arena()
-            try:
+            with self._locks.arena_held:
                 removed += evictor.expire_sample_locked(MAINTAIN_CHUNK_SLOTS, -1, 0)[0]
-            finally:
-                self._locks.release_arena()
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             self._region.lru.rebalance_locked()
             self._flush_counts_locked()
-        finally:
-            self._locks.release_arena()
         return {"expired": removed, "slots_scanned": max_slots}
 
     def repair(self) -> dict[str, int]:
@@ -636,11 +629,8 @@ class Cache:
             for stripe in range(n):
                 locks.acquire_stripe(stripe)
                 taken += 1
-            locks.acquire_arena()
-            try:
+            with locks.arena_held:
                 return repair_all_locked(self._region)
-            finally:
-                locks.release_arena()
         finally:
             for stripe in range(taken):
                 locks.release_stripe(stripe)
@@ -659,11 +649,8 @@ class Cache:
         raw = check_collection_name(name)
         region = self._region
         self._q[0]
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             found = region.colls.find(raw) or region.colls.create_locked(raw)
-        finally:
-            self._locks.release_arena()
         return Cache(region, found[0], found[1], name, owns_region=False)
 
     def collections(self) -> list[str]:
@@ -674,27 +661,18 @@ class Cache:
     def rename_collection(self, old: str, new: str) -> None:
         """Rename a collection; open handles on it keep working."""
         raw_old, raw_new = check_collection_name(old), check_collection_name(new)
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             self._region.colls.rename_locked(raw_old, raw_new)
-        finally:
-            self._locks.release_arena()
 
     def drop_collection(self, name: str) -> int:
         """Delete a collection and all its keys; returns how many keys it held. Handles on it
         raise CollectionNotFound on their next write."""
         raw = check_collection_name(name)
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             idx = self._region.colls.begin_drop_locked(raw)
-        finally:
-            self._locks.release_arena()
         removed = self._delete_collection_entries(idx)
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             self._region.colls.end_drop_locked(idx)
-        finally:
-            self._locks.release_arena()
         return removed
 
     # --- stats --------------------------------------------------------------------------
@@ -705,11 +683,8 @@ class Cache:
         self._q[0]
         region = self._region
         lay, q, lru = region.layout, self._q, region.lru
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             self._flush_counts_locked()
-        finally:
-            self._locks.release_arena()
         stripes = self._hot[4]
         items = q[L.H_ITEMS >> 3]
         used = region.arena.used_bytes()
@@ -780,7 +755,7 @@ class Cache:
         if old and vlen <= INPLACE_MAX_BYTES \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
-            q[writes_at] += 1
+            q[writes_at] = version >> 8
             q[seq_at] += 1
             q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
             self._fill_entry(old, k, v, version, exp, kind, new=False)
@@ -800,12 +775,9 @@ class Cache:
                 # Writers queued on the arena lock hold their stripes, whose entries we may not
                 # evict: let them finish and release those stripes, then try again.
                 time.sleep(0)
-            locks.acquire_arena()
-            try:
+            with locks.arena_held:
                 off, touched = self._allocate_locked(stripe, k, version, exp, kind, need, old)
                 touched_own |= touched
-            finally:
-                locks.release_arena()
             if off:
                 break
         else:
@@ -814,7 +786,7 @@ class Cache:
                 f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
                 "with a larger arena_bytes"
             )
-        q[writes_at] += 1
+        q[writes_at] = version >> 8
         if old and touched_own:  # evictions shifted this stripe's slots
             pos, _ = self._index.find_locked(stripe, h, k, self._coll)
         self._fill_entry(off, k, v, version, exp, kind, new=False)
@@ -829,12 +801,9 @@ class Cache:
         q[seq_at + (L.S_PAYLOAD >> 3)] += klen + vlen
         q[seq_at] += 1
         if old:  # only now: a reader that still copies from it will see seq moved and retry
-            locks.acquire_arena()
-            try:
+            with locks.arena_held:
                 region.lru.unlink_locked(old)
                 arena.free_locked(old)
-            finally:
-                locks.release_arena()
 
     def _allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
                          need: int, old: int) -> tuple[int, bool]:
@@ -889,11 +858,8 @@ class Cache:
         """Take one entry out: slot first (stripe lock, held by the caller), then block."""
         evictor = self._region.evictor
         evictor.unpublish_locked(stripe, pos, off)
-        self._locks.acquire_arena()
-        try:
+        with self._locks.arena_held:
             evictor.release_locked(off, counter)
-        finally:
-            self._locks.release_arena()
 
     def _delete_collection_entries(self, coll: int) -> int:
         removed = 0

@@ -62,6 +62,7 @@ class RegionLocks:
                 "RemoveIPC): unlink the region and create it again"
             ) from None
         self.pid = os.getpid()
+        self.arena_held = _ArenaHeld(self)  # `with locks.arena_held:` holds the arena lock
         self._on_dead_stripe_holder = on_dead_stripe_holder
         self._on_dead_arena_holder = on_dead_arena_holder
 
@@ -139,6 +140,22 @@ class RegionLocks:
             ", which is alive (a dead holder's lock is released by the kernel). If it is stopped"
             " or stuck, stop it; if it is just busy, raise lock_timeout_s"
         )
+
+
+class _ArenaHeld:
+    """A reusable context manager for the arena lock; it keeps no state, so threads can share
+    it."""
+
+    __slots__ = ("_locks",)
+
+    def __init__(self, locks: RegionLocks) -> None:
+        self._locks = locks
+
+    def __enter__(self) -> None:
+        self._locks.acquire_arena()
+
+    def __exit__(self, *exc: object) -> None:
+        self._locks.release_arena()
 
 
 def _open(key: int, block: bool = True) -> sysv_ipc.Semaphore:
