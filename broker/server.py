@@ -16,17 +16,12 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TextIO
 
 import shmkv
 
-
-@dataclass(frozen=True)
-class NodeConfig:
-    region: str = shmkv.DEFAULT_REGION
-    arena_bytes: int = shmkv.DEFAULT_ARENA_BYTES
-    maintain_interval_s: float = 0.1
+from .config import NodeConfig
 
 
 def serve(config: NodeConfig, out: TextIO = sys.stdout) -> int:

@@ -202,7 +202,7 @@ ArenaBytes = Annotated[
 def serve(ctx: typer.Context, arena_bytes: ArenaBytes = DEFAULT_ARENA_BYTES) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops."""
-    from .broker.server import NodeConfig
+    from .broker.config import NodeConfig
     from .broker.server import serve as run_node
 
     with _reporting_errors():
