@@ -29,6 +29,9 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
+from . import arrays
 from . import layout as L
 from . import region as R
 from .arena import MAX_BLOCK_BYTES, Arena
@@ -48,7 +51,9 @@ from .index import Index
 from .lru import Segments
 from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
 from .namespaces import CollectionTable, check_collection_name
+from .pins import PinTable
 from .repair import repair_all_locked, repair_arena_locked, repair_stripe_locked
+from .views import ValueView, copy_array
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
@@ -72,6 +77,8 @@ INPLACE_MAX_BYTES = 64 << 10
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
+# What a write stores: bytes, a buffer, or an array's (header, data) (see arrays.py)
+Value = bytes | memoryview | tuple[bytes, memoryview]
 
 
 class _Closed:
@@ -176,15 +183,29 @@ class _Region:
         self.colls = CollectionTable(self.mm, self.q, layout)
         self.lru = Segments(self.mm, self.q, self.u32, layout)
         self.evictor = Evictor(self)
+        self.pins = PinTable(self)
+        self.lingering: list[ValueView] = []  # closed views whose bytes are still referenced
         self.handles: weakref.WeakSet[Cache] = weakref.WeakSet()
         self.closed = False
 
+    def release_lingering(self) -> None:
+        if self.lingering:
+            self.lingering = [view for view in self.lingering if not view.try_unpin()]
+
     def close(self) -> None:
+        """Detach every handle. The mapping and the locks go once no view pins anything any
+        more: a view that outlives its handle stays valid (views.py)."""
         if self.closed:
             return
         self.closed = True
         for handle in list(self.handles):
             handle._detach()
+        self.release_lingering()
+        if not self.pins.open_pins:
+            self.finish_close()
+
+    def finish_close(self) -> None:
+        self.pins.release()
         self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
         self.q.release()
         self.u32.release()
@@ -276,7 +297,8 @@ class Cache:
             mm[0:L.HEADER.size] = L.pack_header(layout, seed, time.time_ns())
             mv = memoryview(mm)
             with mv, mv.cast("I") as u32:
-                u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(layout.n_stripes, mode)
+                u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(RegionLocks.count(layout),
+                                                                 mode)
             region = _Region(mapping, layout, seed, lock_timeout_s, clock)
             region.arena.init_locked()
             region.colls.init_default_locked()
@@ -324,7 +346,7 @@ class Cache:
                 layout = L.unpack_header(mapping.mm, len(mapping.mm))[0]
                 key = int.from_bytes(mapping.mm[L.H_SEM_KEY:L.H_SEM_KEY + 4], "little")
                 if key:
-                    RegionLocks.remove_all(key, layout.n_stripes)
+                    RegionLocks.remove_all(key, RegionLocks.count(layout))
             except Exception:
                 pass
             mapping.close()
@@ -438,6 +460,44 @@ class Cache:
         """(value, version) for use with cas(), or None if absent."""
         return self._read(key, None, True)  # type: ignore[no-any-return]
 
+    # --- zero-copy reads and arrays (views.py, arrays.py) ---------------------------------
+    def view(self, key: str | bytes) -> ValueView:
+        """`with cache.view(key) as mv:` a read-only memoryview of the value, no copy. Its
+        bytes do not change inside the block, whatever other processes write; the view is
+        released at the end of it (see views.py for the lifetime rule). KeyError if absent."""
+        return ValueView(self, key, as_array=False)
+
+    def view_array(self, key: str | bytes) -> ValueView:
+        """`with cache.view_array(key) as a:` the array stored by set_array, as a read-only
+        ndarray over the region, no copy. KeyError if absent, TypeError if not an array."""
+        return ValueView(self, key, as_array=True)
+
+    def set_array(self, key: str | bytes, arr: np.ndarray, ttl_s: float | None = None) -> None:
+        """Store a numpy array (dtype, shape and data, in C order) under key."""
+        k = _key_bytes(key)
+        self._write(k, arrays.encode(arr, len(k)), ttl_s, None, L.KIND_ARRAY)
+
+    def get_array(self, key: str | bytes, default: Any = None) -> Any:
+        """A copy of the array stored under key by set_array, or default if absent. TypeError
+        if the value was stored with set()."""
+        try:
+            return copy_array(self, key)
+        except KeyError:
+            return default
+
+    def _pin_entry(self, key: object) -> tuple[int, int, int, int, int]:
+        """Pin key's entry for a view: (pin, entry offset, value offset, value bytes, kind)."""
+        k, _, stripe, _, off = self._lock_and_find(key)
+        try:
+            if not off or self._expired(off):
+                raise KeyError(key)
+            pin = self._region.pins.pin_locked(off)
+        finally:
+            self._locks.release_stripe(stripe)
+        # no lock needed from here: a pinned entry is never rewritten (pins.py)
+        vlen = self._u32[(off + L.E_VALUE_LEN) >> 2]
+        return pin, off, off + L.ENTRY_HEADER_BYTES + len(k), vlen, self._mm[off + L.E_KIND]
+
     def __getitem__(self, key: str | bytes) -> bytes:
         found = self._read(key, _MISSING, False)
         if found is _MISSING:
@@ -509,15 +569,17 @@ class Cache:
             raise
         return k, h, stripe, pos, old
 
-    def _write(self, key: object, value: object, ttl_s: object, if_version: int | None) -> bool:
-        v = _value_bytes(value)  # every argument is checked before the lock is taken
+    def _write(self, key: object, value: object, ttl_s: object, if_version: int | None,
+               kind: int = L.KIND_BYTES) -> bool:
+        # every argument is checked before the lock is taken (array values by set_array)
+        v = _value_bytes(value) if kind == L.KIND_BYTES else value
         exp = 0 if ttl_s is None else _expires_at(ttl_s, self._clock())
         k, h, stripe, pos, old = self._lock_and_find(key)
         try:
             if if_version is not None:
                 if not old or self._expired(old) or self._version_at(old) != if_version:
                     return False
-            self._put_locked(stripe, h, k, v, exp, pos, old)
+            self._put_locked(stripe, h, k, v, exp, pos, old, kind)  # type: ignore[arg-type]
             return True
         finally:
             self._locks.release_stripe(stripe)
@@ -612,10 +674,14 @@ class Cache:
         for _ in range(0, max_slots, MAINTAIN_CHUNK_SLOTS):
             with self._locks.arena_held:
                 removed += evictor.expire_sample_locked(MAINTAIN_CHUNK_SLOTS, -1, 0)[0]
+        self._region.release_lingering()
         with self._locks.arena_held:
             self._region.lru.rebalance_locked()
             self._flush_counts_locked()
-        return {"expired": removed, "slots_scanned": max_slots}
+            # views: drop the pins of processes that died, free what no view pins any more
+            self._region.pins.reclaim_dead_locked()
+            unpinned_bytes = self._region.pins.sweep_locked()
+        return {"expired": removed, "slots_scanned": max_slots, "unpinned_bytes": unpinned_bytes}
 
     def repair(self) -> dict[str, int]:
         """Check and repair the whole region (what `shmkv doctor --repair` runs): take every
@@ -685,6 +751,7 @@ class Cache:
         lay, q, lru = region.layout, self._q, region.lru
         with self._locks.arena_held:
             self._flush_counts_locked()
+            retired = region.pins.retired()
         stripes = self._hot[4]
         items = q[L.H_ITEMS >> 3]
         used = region.arena.used_bytes()
@@ -717,6 +784,9 @@ class Cache:
                 for name, seg in (("probation", L.SEG_PROBATION), ("protected", L.SEG_PROTECTED))
             },
             "protected_limit_bytes": lru.protected_limit(),
+            "retired_blocks": retired[0],
+            "retired_bytes": retired[1],
+            "open_views": region.pins.open_pins,
             "overhead_bytes_per_item": round(overhead / items, 1) if items else None,
         }
 
@@ -739,12 +809,12 @@ class Cache:
         start = off + L.ENTRY_HEADER_BYTES + (self._u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF)
         return self._mm[start:start + self._u32[(off + L.E_VALUE_LEN) >> 2]]
 
-    def _put_locked(self, stripe: int, h: int, k: bytes, v: bytes | memoryview, exp: int,
+    def _put_locked(self, stripe: int, h: int, k: bytes, v: Value, exp: int,
                     pos: int, old: int, kind: int = L.KIND_BYTES) -> None:
         """Store k -> v: rewrite the key's block in place when the new entry fits it snugly,
         else build a new entry off to the side and publish it with one slot store."""
         klen = len(k)
-        vlen = len(v) if type(v) is bytes else v.nbytes  # type: ignore[union-attr]
+        vlen = len(v) if type(v) is bytes else _nbytes(v)
         need = (L.ENTRY_HEADER_BYTES + klen + vlen + L.ALIGN - 1) & ~(L.ALIGN - 1)
         q, u32 = self._q, self._u32
         region = self._region
@@ -752,7 +822,7 @@ class Cache:
         writes_at = seq_at + (L.S_WRITES >> 3)
         # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
         version = (q[writes_at] + 1) << 8 | stripe
-        if old and vlen <= INPLACE_MAX_BYTES \
+        if old and vlen <= INPLACE_MAX_BYTES and self._mm[old + L.E_KIND] < L.KIND_PINNED \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
             q[writes_at] = version >> 8
@@ -803,7 +873,7 @@ class Cache:
         if old:  # only now: a reader that still copies from it will see seq moved and retry
             with locks.arena_held:
                 region.lru.unlink_locked(old)
-                arena.free_locked(old)
+                region.pins.free_or_retire_locked(old)
 
     def _allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
                          need: int, old: int) -> tuple[int, bool]:
@@ -834,7 +904,7 @@ class Cache:
             region.colls.add_items_locked(self._coll, 1)
         return off, touched_own or evicted_own
 
-    def _fill_entry(self, off: int, k: bytes, v: bytes | memoryview, version: int, exp: int,
+    def _fill_entry(self, off: int, k: bytes, v: Value, version: int, exp: int,
                     kind: int, new: bool) -> None:
         """Write the header and key of a new block (new=True), or the value, its length and
         checksum into a block whose key is in place (new=False). A block's list links and
@@ -842,13 +912,17 @@ class Cache:
         mm = self._mm
         klen = len(k)
         body = off + L.ENTRY_HEADER_BYTES
-        end = body + klen + (len(v) if type(v) is bytes else v.nbytes)  # type: ignore
+        end = body + klen + (len(v) if type(v) is bytes else _nbytes(v))
         if new:
             mm[body:body + klen] = k
             L.ENTRY_HEADER.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen,
                                      klen, self._coll, L.NO_SLOT, kind, L.SEG_NONE)
             return
-        mm[body + klen:end] = v
+        if type(v) is tuple:  # an array: its header, then its data
+            mm[body + klen:body + klen + len(v[0])] = v[0]
+            mm[body + klen + len(v[0]):end] = v[1]
+        else:
+            mm[body + klen:end] = v
         _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
         mm[off + L.E_KIND] = kind
         self._u32[(off + L.E_CHECKSUM) >> 2] = checksum32(self._region.mv[body:end],
@@ -881,3 +955,9 @@ class Cache:
 
 
 _ITEMS = L.H_ITEMS >> 3
+
+
+def _nbytes(v: Value) -> int:
+    if type(v) is tuple:
+        return len(v[0]) + v[1].nbytes
+    return v.nbytes  # type: ignore[union-attr]

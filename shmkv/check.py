@@ -12,10 +12,11 @@ Checked:
     stripe and this tag; the slot is reachable from the key's home without crossing an empty
     slot; no key appears twice; stripe counts and seqs (even) are right.
   * entries: the checksum matches the key and value; every used block is referenced by exactly
-    one slot (else it leaked); item counters per collection and in total match; each stripe's
+    one slot (else it leaked) or is on the retired list; item counters per collection and in total match; each stripe's
     payload_bytes is the sum of its keys and values.
   * segment lists: every entry is on exactly one list, links agree both ways, heads and tails
     are right, item and byte counts match.
+  * retired list (blocks held for open views): only used blocks marked retired, counts match.
 """
 
 from __future__ import annotations
@@ -35,12 +36,32 @@ def check_region(cache: Cache) -> list[str]:
     region = cache._region
     problems: list[str] = []
     used = _check_arena(region, problems)
-    _check_index(region, used, problems)
-    _check_lists(region, used, problems)
+    retired = _check_retired(region, used, problems)
+    _check_index(region, used, retired, problems)
+    _check_lists(region, used, retired, problems)
     return problems
 
 
-def _check_lists(region, used: dict[int, int], problems: list[str]) -> None:
+def _check_retired(region, used: dict[int, int], problems: list[str]) -> set[int]:
+    """The retired list (blocks held for views): used blocks, marked, counted right."""
+    u32, q, mm, arena = region.u32, region.q, region.mm, region.arena
+    retired: set[int] = set()
+    ref, nbytes = u32[L.H_RETIRED_HEAD >> 2], 0
+    while ref:
+        off = arena.off(ref)
+        if off not in used or off in retired or mm[off + L.E_SEGMENT] != L.SEG_RETIRED:
+            problems.append(f"retired: list holds {off}, not a retired block (or twice)")
+            break
+        retired.add(off)
+        nbytes += used[off]
+        ref = u32[(off + L.E_LRU_NEXT) >> 2]
+    if (u32[L.H_RETIRED_COUNT >> 2], q[L.H_RETIRED_BYTES >> 3]) != (len(retired), nbytes):
+        problems.append(f"retired: counts say {u32[L.H_RETIRED_COUNT >> 2]} blocks, the list "
+                        f"holds {len(retired)}")
+    return retired
+
+
+def _check_lists(region, used: dict[int, int], retired: set[int], problems: list[str]) -> None:
     u32, q, mm, arena = region.u32, region.q, region.mm, region.arena
     on_list: set[int] = set()
     for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
@@ -63,7 +84,7 @@ def _check_lists(region, used: dict[int, int], problems: list[str]) -> None:
                 != (items, nbytes):
             problems.append(f"lists: segment {seg} counts say {q[(L.H_SEG_ITEMS >> 3) + seg - 1]}"
                             f" items, the list holds {items}")
-    missing = set(used) - on_list
+    missing = set(used) - on_list - retired
     if missing:
         problems.append(f"lists: {len(missing)} used blocks are on no list")
 
@@ -121,7 +142,7 @@ def _check_arena(region, problems: list[str]) -> dict[int, int]:
     return used
 
 
-def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
+def _check_index(region, used: dict[int, int], retired: set[int], problems: list[str]) -> None:
     lay, q, u32, mm = region.layout, region.q, region.u32, region.mm
     index, colls = region.index, region.colls
     seen: set[tuple[int, bytes]] = set()
@@ -139,7 +160,7 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
                 continue
             count += 1
             off = arena_off = region.arena.off(v & 0xFFFFFFFF)
-            if arena_off not in used:
+            if arena_off not in used or arena_off in retired:
                 problems.append(f"index: stripe {stripe} slot {pos} points at {off}, "
                                 "not a used block")
                 continue
@@ -178,7 +199,7 @@ def _check_index(region, used: dict[int, int], problems: list[str]) -> None:
         if u32[(rec + L.S_COUNT) >> 2] != count:
             problems.append(f"index: stripe {stripe} count is {u32[(rec + L.S_COUNT) >> 2]}, "
                             f"slots say {count}")
-    leaked = set(used) - referenced
+    leaked = set(used) - referenced - retired
     if leaked:
         problems.append(f"arena: {len(leaked)} used blocks are referenced by no slot")
     if q[L.H_ITEMS >> 3] != len(referenced):

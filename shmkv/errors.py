@@ -77,10 +77,28 @@ class TooManyCollections(ShmKVError):
     """The region's collection table is full."""
 
 
+class ProtocolError(ShmKVError):
+    """A message on the wire is malformed, of another protocol version, or of an unknown type."""
+
+
+class RemoteUnavailable(ShmKVError, ConnectionError):
+    """A node did not reply within the timeout, after every retry."""
+
+
+class TooManyViews(ShmKVError):
+    """This process has too many views open, or too many processes hold views."""
+
+
+class ConfigError(ShmKVError, ValueError):
+    """A node setting is unknown, of the wrong type or unparsable; the message names where it
+    came from (config file, environment variable or flag) and the key."""
+
+
 __all__ = [
     "CacheClosed",
     "CollectionExists",
     "CollectionNotFound",
+    "ConfigError",
     "CorruptRegion",
     "IncompatibleLayout",
     "IndexFull",
@@ -88,10 +106,13 @@ __all__ = [
     "LockTimeout",
     "NotAnInteger",
     "OutOfSpace",
+    "ProtocolError",
     "RegionExists",
     "RegionFull",
     "RegionNotFound",
+    "RemoteUnavailable",
     "ShmKVError",
     "TooManyCollections",
+    "TooManyViews",
     "ValueTooLarge",
 ]

@@ -59,7 +59,7 @@ class Evictor:
         r.colls.add_items_locked(r.u32[(off + L.E_KEY_COLL) >> 2] >> 16, -1)
         r.q[L.H_ITEMS >> 3] -= 1
         r.q[counter >> 3] += 1
-        r.arena.free_locked(off)
+        r.pins.free_or_retire_locked(off)  # freed, unless a view pins it
 
     def payload_bytes(self, off: int) -> int:
         u32 = self.r.u32
@@ -84,11 +84,17 @@ class Evictor:
         own_stripe was removed, which moves slots of that stripe). `keep` is never evicted."""
         arena, lru = self.r.arena, self.r.lru
         touched_own = False
-        expiry_tried = False
+        expiry_tried = unpin_tried = False
         while True:
             off = arena.alloc_locked(need)
             if off:
                 return off, touched_own
+            if not unpin_tried and self.r.pins.retired()[0]:
+                # blocks held for views: those of dead processes, and those closed since
+                unpin_tried = True
+                self.r.pins.reclaim_dead_locked()
+                if self.r.pins.sweep_locked():
+                    continue
             if not expiry_tried:
                 expiry_tried = True
                 removed, own = self.expire_sample_locked(EXPIRE_SAMPLE_SLOTS, own_stripe, keep)

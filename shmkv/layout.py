@@ -43,7 +43,8 @@ Region header (HEADER_BYTES = 4096; little-endian)
     188   4     protected_pct       -       share of the arena the protected segment may hold
     192   8     arena_owner_token   arena
     200   4     sem_key             -       SysV key of stripe 0's semaphore; stripe i uses
-                                            sem_key + i, the arena lock sem_key + n_stripes
+                                            sem_key + i, the arena lock sem_key + n_stripes,
+                                            process record p sem_key + n_stripes + 1 + p
     256   16    seg_ends            arena   head, tail u32 refs of the probation list, then of
                                             the protected list (0 = empty)
     272   16    seg_items           arena   entries on each list (probation, protected)
@@ -51,6 +52,9 @@ Region header (HEADER_BYTES = 4096; little-endian)
     304   8     hits                arena   flushed from each handle's own counters
     312   8     misses              arena
     320   8     expire_cursor       arena   next slot the active expiry pass samples
+    328   4     retired_head        arena   first block ref of the retired list (0 = empty)
+    332   4     retired_count       arena   blocks on it
+    336   8     retired_bytes       arena   their block bytes (held for open views only)
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
     2560  1536  reserved            -       zero
@@ -69,8 +73,17 @@ Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
     40    8     payload_bytes    stripe  key + value bytes of the stripe's entries
     48    16    reserved
 
-Process record (PROC_BYTES = 64, max_procs of them): reserved for the liveness and reader-pin
-table of crash recovery and zero-copy views; zero in this version.
+Process record (PROC_BYTES = 512, max_procs of them): the pins of one process's open views
+----------------------------------------------------------------------------------------
+    off   size  field          lock    notes
+    0     4     owner_pid      arena   pid of the process that claimed it, 0 = free (for
+                                       diagnostics only: liveness is the record's semaphore,
+                                       which the owner holds with SEM_UNDO, see pins.py)
+    4     4     reserved
+    8     8     claimed_at_ns  arena   unix time
+    16    496   pins           owner   PINS_PER_PROC u32 block refs, 0 = unused; written only
+                                       by the owner (a pin under the entry's stripe lock), or
+                                       cleared by whoever reclaims the record of a dead owner
 
 Collection record (COLLECTION_BYTES = 64, max_collections of them; record 0 is the default)
 ------------------------------------------------------------------------------------------
@@ -116,12 +129,17 @@ Entry (ENTRY_HEADER_BYTES = 46, then the key, then the value)
     40    4     slot_no        stripe  number of the index slot that points here (stripe *
                                        slots_per_stripe + position), NO_SLOT until published;
                                        kept right by every slot move
-    44    1     kind           -       KIND_BYTES or KIND_ARRAY
-    45    1     segment        arena   SEG_NONE, SEG_PROBATION or SEG_PROTECTED
+    44    1     kind           stripe  KIND_BYTES or KIND_ARRAY, | KIND_PINNED once a view
+                                       has pinned the entry (it is never rewritten in place)
+    45    1     segment        arena   SEG_NONE, SEG_PROBATION, SEG_PROTECTED or SEG_RETIRED
     46    ..    key bytes, value bytes
 
 Every field is aligned to its size: fields are read and written through u32/u64 views of the
 mapping, which index by offset // size (a misaligned offset would silently hit its neighbour).
+
+A retired block is an entry taken out of the index while a view still pins it: it sits on the
+retired list (linked through lru_next, segment SEG_RETIRED) until no process pins it, and is
+freed then. A KIND_ARRAY value starts with the array header described in arrays.py.
 
 A reader touches bytes 24..46+key_len only, next to the key, so that a get costs one cache miss
 for the entry and not two (measured: 400 ns per get on this VM when the key sat on another line
@@ -143,13 +161,13 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
 HEADER_BYTES = 4096
 STRIPE_BYTES = 64
-PROC_BYTES = 64
+PROC_BYTES = 512
 COLLECTION_BYTES = 64
 ALIGN = 8
 ENTRY_HEADER_BYTES = 46
@@ -166,6 +184,9 @@ SEG_PROTECTED = 2
 
 KIND_BYTES = 0
 KIND_ARRAY = 1
+KIND_PINNED = 0x80
+KIND_MASK = 0x7F
+SEG_RETIRED = 3
 
 COLL_FREE = 0
 COLL_LIVE = 1
@@ -190,6 +211,9 @@ H_SEG_BYTES = 288  # 2 x u64
 H_HITS = 304
 H_MISSES = 312
 H_EXPIRE_CURSOR = 320
+H_RETIRED_HEAD = 328  # u32
+H_RETIRED_COUNT = 332  # u32
+H_RETIRED_BYTES = 336
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024
 NBINS = 384
@@ -203,6 +227,12 @@ S_OWNER_TOKEN = 16
 S_ACQUIRED_AT = 24
 S_WRITES = 32
 S_PAYLOAD = 40
+
+# --- process record --------------------------------------------------------------------
+P_OWNER_PID = 0  # u32
+P_CLAIMED_AT = 8
+P_PINS = 16  # PINS_PER_PROC x u32
+PINS_PER_PROC = (PROC_BYTES - P_PINS) // 4
 
 # --- collection record -----------------------------------------------------------------
 COLLECTION = struct.Struct("<HBB4xQ8x40s")

@@ -20,6 +20,9 @@ Lock rules, written once:
     by a try-acquire.
   * Functions whose name ends in `_locked` expect the caller to hold the lock they need.
 
+Besides the locks, each process record (layout.py) has a semaphore that its owner holds for as
+long as it has the region open: a liveness token, never waited for (see pins.py).
+
 A holder records its pid next to the lock right after acquiring it and clears it right before
 releasing. So an acquirer that finds a pid still recorded knows the previous holder died inside
 the critical section, and calls the region's repair hook before going on.
@@ -61,19 +64,26 @@ class RegionLocks:
                 "the region's semaphores are gone (removed by hand, or by systemd-logind's "
                 "RemoveIPC): unlink the region and create it again"
             ) from None
+        self._record_key0 = key_base + layout.n_stripes + 1
+        self._record_sems: dict[int, sysv_ipc.Semaphore] = {}
         self.pid = os.getpid()
         self.arena_held = _ArenaHeld(self)  # `with locks.arena_held:` holds the arena lock
         self._on_dead_stripe_holder = on_dead_stripe_holder
         self._on_dead_arena_holder = on_dead_arena_holder
 
     @staticmethod
-    def create_all(n_stripes: int, mode: int) -> int:
-        """Make n_stripes + 1 fresh semaphores under consecutive keys; returns the first key."""
+    def count(layout: L.Layout) -> int:
+        """How many semaphores a region has: one per stripe, the arena's, one per record."""
+        return layout.n_stripes + 1 + layout.max_procs
+
+    @staticmethod
+    def create_all(count: int, mode: int) -> int:
+        """Make `count` fresh semaphores under consecutive keys; returns the first key."""
         for _ in range(100):
-            base = random.randrange(KEY_MIN, KEY_MAX)
+            base = random.randrange(KEY_MIN, KEY_MAX - count)
             made = []
             try:
-                for i in range(n_stripes + 1):
+                for i in range(count):
                     made.append(sysv_ipc.Semaphore(base + i, sysv_ipc.IPC_CREX, mode=mode,
                                                    initial_value=1))
                 return base
@@ -83,8 +93,8 @@ class RegionLocks:
         raise RuntimeError("no free run of SysV semaphore keys found")
 
     @staticmethod
-    def remove_all(key_base: int, n_stripes: int) -> None:
-        for key in range(key_base, key_base + n_stripes + 1):
+    def remove_all(key_base: int, count: int) -> None:
+        for key in range(key_base, key_base + count):
             try:
                 sysv_ipc.Semaphore(key).remove()
             except sysv_ipc.ExistentialError:
@@ -92,6 +102,23 @@ class RegionLocks:
 
     def close(self) -> None:
         self._sems = self._try_sems = []
+        self._record_sems = {}
+
+    # --- process records -------------------------------------------------------------
+    def try_hold_record(self, rec: int) -> bool:
+        """Take record rec's liveness semaphore if nobody holds it: its record is free, or
+        its owner died and the kernel gave the semaphore back. Never waits."""
+        sem = self._record_sems.get(rec)
+        if sem is None:
+            sem = self._record_sems[rec] = _open(self._record_key0 + rec, block=False)
+        try:
+            sem.acquire()
+        except sysv_ipc.BusyError:
+            return False
+        return True
+
+    def release_record(self, rec: int) -> None:
+        self._record_sems[rec].release()
 
     # --- stripes ---------------------------------------------------------------------
     def acquire_stripe(self, stripe: int) -> None:

@@ -135,7 +135,11 @@ def repair_arena_locked(region: _Region) -> int:
             arena.file_free_locked(start, piece, prev_free)
             start, size, prev_free = start + piece, size - piece, L.PREV_FREE_BIT
     q[L.H_ARENA_USED >> 3] = sum(u32[o >> 2] & L.SIZE_MASK for o in used)
-    # segment lists: every entry to probation, oldest write at the tail
+    # retired blocks (held for views, pins.py) go back on their list; every other entry to
+    # probation, oldest write at the tail
+    retired = [off for off in used if mm[off + L.E_SEGMENT] == L.SEG_RETIRED]
+    region.pins.rebuild_retired_locked(retired)
+    used = [off for off in used if mm[off + L.E_SEGMENT] != L.SEG_RETIRED]
     lru = region.lru
     for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
         u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1)] = 0
@@ -163,10 +167,12 @@ def repair_all_locked(region: _Region) -> dict[str, int]:
             per_collection[coll] = per_collection.get(coll, 0) + 1
     leaked = 0
     for off, _, is_free in list(region.arena.blocks()):
-        if not is_free and off not in referenced:
+        if not is_free and off not in referenced and region.mm[off + L.E_SEGMENT] != L.SEG_RETIRED:
             u32[off >> 2] |= L.FREE_BIT  # the rebuild below files it with its free neighbours
             leaked += 1
     freed = repair_arena_locked(region)
+    region.pins.reclaim_dead_locked()
+    region.pins.sweep_locked()
     q[L.H_ITEMS >> 3] = len(referenced)
     for idx in range(lay.max_collections):
         q[(lay.collections_offset + idx * L.COLLECTION_BYTES + L.C_ITEMS) >> 3] = \

@@ -1,0 +1,91 @@
+"""numpy arrays as values: the array header that precedes their data in the region.
+
+A value stored by `Cache.set_array` is an entry of kind KIND_ARRAY (layout.py) whose value is:
+
+Array value (little-endian)
+---------------------------
+    off      size        field        notes
+    0        4           magic        ARRAY_MAGIC
+    4        1           version      ARRAY_VERSION; bumped on any incompatible change
+    5        1           ndim         at most MAX_NDIM
+    6        2           descr_len    bytes of descr
+    8        4           data_offset  from the start of the value: header, descr, padding
+    12       4           reserved     zero
+    16       8 * ndim    shape        u64 each
+    ..       descr_len   descr        ASCII repr() of numpy.lib.format.dtype_to_descr(dtype),
+                                      as in a .npy header: plain, structured, datetime dtypes
+    ..       ..          padding      zero bytes, so that the data starts 8-aligned
+    data_offset          data         prod(shape) * itemsize bytes, C order
+
+Why 8-aligned: numpy (and what users hand arrays to) are fastest, some only correct, on data
+aligned to the item size, and no plain dtype needs more than 8. A block starts 8-aligned and the
+value sits after ENTRY_HEADER_BYTES + key_len, so the padding follows from the key's length
+alone and an overwrite in place keeps it right. The descr is parsed with ast.literal_eval, never
+eval: a region is shared, and its bytes are data, not code.
+"""
+
+from __future__ import annotations
+
+import ast
+import struct
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from . import layout as L
+
+ARRAY_MAGIC = b"\x93SKA"
+ARRAY_VERSION = 1
+MAX_NDIM = 64
+_HEAD = struct.Struct("<4sBBHI4x")
+
+
+def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
+    """(header, data) of an array value for a key of key_len bytes; data is C-order bytes,
+    copied only when arr is not C-contiguous already."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"set_array() needs a numpy.ndarray, not {type(arr).__name__}")
+    if arr.dtype.hasobject:
+        raise TypeError("arrays holding Python objects (object dtype) cannot be shared; "
+                        "use a plain or structured dtype")
+    if arr.ndim > MAX_NDIM:
+        raise ValueError(f"arrays may have at most {MAX_NDIM} dimensions")
+    descr = repr(npy_format.dtype_to_descr(arr.dtype)).encode("ascii")
+    if len(descr) > 0xFFFF:
+        raise ValueError("the array's dtype description is too long to store")
+    fixed = _HEAD.size + 8 * arr.ndim + len(descr)
+    pad = -(L.ENTRY_HEADER_BYTES + key_len + fixed) % 8
+    header = b"".join([
+        _HEAD.pack(ARRAY_MAGIC, ARRAY_VERSION, arr.ndim, len(descr), fixed + pad),
+        struct.pack(f"<{arr.ndim}Q", *arr.shape),
+        descr,
+        bytes(pad),
+    ])
+    data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    return header, memoryview(data)
+
+
+def decode(value: bytes | memoryview | np.ndarray) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data_offset) from the start of an array value. Raises TypeError if the
+    value is not one (the key was written by set(), or the bytes are damaged)."""
+    head = bytes(value[:_HEAD.size])
+    if len(head) < _HEAD.size:
+        raise TypeError("the value is not an array stored by set_array()")
+    magic, version, ndim, descr_len, data_offset = _HEAD.unpack(head)
+    if magic != ARRAY_MAGIC or version != ARRAY_VERSION or ndim > MAX_NDIM:
+        raise TypeError("the value is not an array stored by set_array() (or by another "
+                        "version of shmkv)")
+    shape_end = _HEAD.size + 8 * ndim
+    try:
+        shape = struct.unpack(f"<{ndim}Q", bytes(value[_HEAD.size:shape_end]))
+        descr = ast.literal_eval(bytes(value[shape_end:shape_end + descr_len]).decode("ascii"))
+        dtype = npy_format.descr_to_dtype(descr)
+    except (struct.error, ValueError, TypeError, SyntaxError, UnicodeDecodeError):
+        raise TypeError("the array header of this value is damaged") from None
+    nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    if dtype.hasobject or data_offset < shape_end + descr_len \
+            or data_offset + nbytes != len(value):
+        raise TypeError("the array header of this value is damaged")
+    return dtype, shape, data_offset

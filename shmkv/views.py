@@ -1,0 +1,120 @@
+"""Zero-copy reads: `ValueView`, a value's bytes in the region, pinned for one `with` block.
+
+    with cache.view(key) as mv:         # a read-only memoryview, no copy
+        checksum(mv)
+    with cache.view_array(key) as a:    # a read-only ndarray, no copy
+        a.sum()
+
+Lifetime rule. Inside the block the bytes never change, whatever other processes do to the
+key: its block is pinned (pins.py), so an overwrite writes a new block and a delete or eviction
+retires the old one until the pin goes. Opening a view costs the same at 64 MiB as at 1 KiB.
+At the end of the block the memoryview is released: using it afterwards raises ValueError
+("operation forbidden on released memoryview object"), never shows reused memory. Anything
+still built on the bytes after the block (a slice of the memoryview, the ndarray of
+view_array, an array made with np.frombuffer) keeps the pin, so it stays valid and unchanged
+as long as it lives; the pin is dropped by the first view(), maintain() or close() of this
+handle after it is gone. Views are for reading: the memory is read-only.
+
+How lingering is detected: the view's memory is exported by a private ndarray over the region.
+Every object built on it (memoryview slices, arrays) holds a reference to that ndarray, so its
+reference count says exactly whether anything still uses the bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import arrays
+from . import layout as L
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+_OPEN, _CLOSED = 1, 2
+
+
+class ValueView:
+    """A context manager for one pinned value; see the module docstring for its lifetime."""
+
+    __slots__ = ("_cache", "_key", "_as_array", "_state", "_base", "_mv", "_pin", "_off")
+
+    def __init__(self, cache: Cache, key: object, as_array: bool) -> None:
+        self._cache = cache
+        self._key = key
+        self._as_array = as_array
+        self._state = 0
+        self._base: np.ndarray | None = None
+        self._mv: memoryview | None = None
+
+    def __enter__(self) -> Any:
+        if self._state:
+            raise RuntimeError("a ValueView can be entered once; call view() again")
+        self._state = _OPEN
+        cache = self._cache
+        cache._region.release_lingering()
+        self._pin, self._off, start, vlen, kind = cache._pin_entry(self._key)
+        try:
+            mm = cache._region.mm
+            base = np.frombuffer(mm, np.uint8, vlen, start)
+            base.flags.writeable = False
+            if not self._as_array:
+                self._base = base
+                self._mv = memoryview(base)
+                return self._mv
+            if kind & L.KIND_MASK != L.KIND_ARRAY:
+                raise TypeError(f"the value at {self._key!r} was stored with set(), not "
+                                "set_array(); read it with get() or view()")
+            dtype, shape, data_offset = arrays.decode(base)
+            arr = np.ndarray(shape, dtype, buffer=base, offset=data_offset)
+            arr.flags.writeable = False
+            self._base = base
+            return arr
+        except BaseException:
+            self._mv = self._base = None
+            base = arr = None  # noqa: F841  (drop our references before the unpin)
+            cache._region.pins.unpin(self._pin, self._off)
+            self._state = _CLOSED
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the view (what the end of the `with` block does); idempotent."""
+        if self._state != _OPEN:
+            return
+        self._state = _CLOSED
+        if not self.try_unpin():
+            self._cache._region.lingering.append(self)
+
+    def try_unpin(self) -> bool:
+        """Drop the pin unless something built on the view's bytes is still alive."""
+        if self._mv is not None:
+            try:
+                self._mv.release()
+            except BufferError:  # an object made from it (np.frombuffer(mv), ...) lives
+                return False
+            self._mv = None
+        base, self._base = self._base, None
+        # referenced by `base` and getrefcount's argument, and by nothing else?
+        if sys.getrefcount(base) > 2:
+            self._base = base
+            return False
+        del base
+        self._cache._region.pins.unpin(self._pin, self._off)
+        return True
+
+
+def copy_array(cache: Cache, key: object) -> np.ndarray:
+    """A copy of the array at key (KeyError if absent, TypeError if not an array), read under a
+    pin: the copy is never torn, however large."""
+    view = ValueView(cache, key, as_array=True)
+    arr = view.__enter__()
+    try:
+        return arr.copy()
+    finally:
+        del arr
+        view.close()
