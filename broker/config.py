@@ -1,15 +1,40 @@
-"""The node's configuration: one frozen dataclass, `NodeConfig`.
+"""The node's configuration: one frozen dataclass, `NodeConfig`, and `load_config`, which builds
+it from the four places a setting can come from.
 
 Every field has a default that works on a fresh machine with no config file: the node creates the
-default region and listens on loopback only. Where a value comes from (CLI flag > SHMKV_*
-environment variable > config file > default) is decided in this module, and nowhere else.
+default region and listens on loopback only. Where a value comes from is decided here, and
+nowhere else, in this order (first wins):
+
+    CLI flag            --arena-bytes 64M        (only the flags the user gave)
+    environment         SHMKV_ARENA_BYTES=64M    (SHMKV_ + the field name in capitals)
+    config file         arena_bytes = "64M"      (TOML or JSON by extension; the path comes
+                                                  from --config, else SHMKV_CONFIG)
+    default             NodeConfig's field default
+
+Flags and variables are text and are parsed; a file has types and must use them (a size may
+still be written "64M"). An empty variable counts as unset, as for click's envvar options (the
+CLI's --region). Anything wrong raises `ConfigError` naming the source (flag, variable or file
+path) and the key. A non-loopback address is refused unless allow_remote is set: the node has
+no authentication, so exposing a region must be asked for, never follow from a stray "*".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import shmkv
+from shmkv.errors import ConfigError
+from shmkv.sizes import parse_size
 
 
 @dataclass(frozen=True)
@@ -26,3 +51,220 @@ class NodeConfig:
     pub_hwm: int = 10_000
     # host:port of the Prometheus text endpoint; "" turns it off. Port 0 picks a free one.
     metrics_bind: str = "127.0.0.1:9370"
+    # Lets bind, pub_bind and metrics_bind name non-loopback addresses (see the module doc).
+    allow_remote: bool = False
+
+
+CONFIG_ENV = "SHMKV_CONFIG"
+FIELDS = tuple(f.name for f in dataclasses.fields(NodeConfig))
+# ZeroMQ transports (zmq_bind(3)); ipc and inproc never leave the host.
+_LOCAL_TRANSPORTS = {"ipc", "inproc"}
+_TRANSPORTS = _LOCAL_TRANSPORTS | {"tcp", "pgm", "epgm", "tipc", "vmci", "udp", "ws", "wss", "norm"}
+_ENDPOINT = re.compile(r"([a-z]+)://(.+)")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w]+\]|[^:\[\]]+):(\d+|\*)")
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a NodeConfig field: SHMKV_ARENA_BYTES for arena_bytes."""
+    return "SHMKV_" + field.upper()
+
+
+def flag(field: str) -> str:
+    """The `shmkv serve` flag of a NodeConfig field: --arena-bytes for arena_bytes."""
+    return "--" + field.replace("_", "-")
+
+
+def load_config(cli: Mapping[str, object], env: Mapping[str, str] = os.environ) -> NodeConfig:
+    """Build the node's configuration: CLI flags > SHMKV_* variables > config file > defaults.
+
+    cli maps NodeConfig field names (plus "config", the file path) to the values of the flags
+    the user gave; a None value counts as not given. Raises ConfigError.
+    """
+    cli = {k: v for k, v in cli.items() if v is not None}
+    path, path_source = (cli.pop("config"), "flag --config") if "config" in cli else \
+        (env.get(CONFIG_ENV) or None, f"environment variable {CONFIG_ENV}")
+    # (key, source, value, is text), lowest precedence first: a later one overrides
+    given = [] if path is None else \
+        [(k, f"config file {path}", v, False) for k, v in _read_file(path, path_source).items()]
+    given += [(k, f"environment variable {env_var(k)}", env[env_var(k)], True)
+              for k in FIELDS if env.get(env_var(k))]
+    given += [(k, f"flag {flag(k)}", v, isinstance(v, str)) for k, v in cli.items()]
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}  # field -> where its value came from, for error messages
+    for key, source, value, text in given:
+        _check_known(key, source)
+        values[key] = _parse(key, value, text=text, source=source)
+        sources[key] = source
+
+    config = NodeConfig(**values)  # type: ignore[arg-type]  # each value was checked by _parse
+    _check_exposure(config, sources)
+    return config
+
+
+def metrics_address(config: NodeConfig) -> tuple[str, int] | None:
+    """(host, port) for the Prometheus endpoint, or None when metrics_bind is "" (off)."""
+    if not config.metrics_bind:
+        return None
+    host, port = _host_port(config.metrics_bind)
+    return host, int(port)
+
+
+# --- one parser per kind of value -----------------------------------------------------------
+# Each takes the raw value and whether it is text (a flag or variable) rather than a typed file
+# value; each returns the typed value or raises ValueError saying what is wrong with it.
+def _region(value: object, text: bool) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a region name (a non-empty string), got {value!r}")
+    return value
+
+
+def _size(value: object, text: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a size in bytes (65536, or with a suffix: 64M), got {value!r}")
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return size
+
+
+def _seconds(value: object, text: bool) -> float:
+    value = _from_text(value, text, float, "a number of seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(value: object, text: bool) -> int:
+    value = _from_text(value, text, int, "a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _from_text(value: object, text: bool, kind: type, what: str) -> object:
+    if not (text and isinstance(value, str)):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not {what}") from None
+
+
+def _endpoint(value: object, text: bool) -> str:
+    match = _ENDPOINT.fullmatch(value) if isinstance(value, str) else None
+    if not match or match[1] not in _TRANSPORTS:
+        raise ValueError(f"expected a ZeroMQ endpoint such as tcp://127.0.0.1:7370 or "
+                         f"ipc:///run/shmkv/node.sock, got {value!r}")
+    if match[1] == "tcp":
+        _host_port(match[2], any_port=True)
+    return value  # type: ignore[return-value]  # a str: the regex matched it
+
+
+def _metrics_bind(value: object, text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected host:port, or \"off\", got {value!r}")
+    if value.lower() in ("", "off"):  # "off" because an empty variable counts as unset
+        return ""
+    _host_port(value)
+    return value
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _flag(value: object, text: bool) -> bool:
+    if text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[object, bool], object]] = {
+    "region": _region, "arena_bytes": _size, "maintain_interval_s": _seconds,
+    "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
+    "metrics_bind": _metrics_bind, "allow_remote": _flag,
+}
+assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
+
+
+def _parse(key: str, value: object, *, text: bool, source: str) -> object:
+    try:
+        return _PARSERS[key](value, text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}, key {key!r}: {exc}") from None
+
+
+def _check_known(key: str, source: str) -> None:
+    if key not in _PARSERS:
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{source}: unknown key {key!r}{hint} "
+                          f"(known keys: {', '.join(FIELDS)})")
+
+
+def _host_port(text: str, any_port: bool = False) -> tuple[str, str]:
+    """("::1", "7370") from "[::1]:7370". any_port allows ZeroMQ's "*" (a free port)."""
+    match = _HOST_PORT.fullmatch(text)
+    if not match:
+        raise ValueError(f"expected host:port (an IPv6 host in brackets: [::1]:7370), "
+                         f"got {text!r}")
+    port = match[2]
+    if not (port == "*" and any_port) and not (port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"expected a port number 0-65535{' or *' if any_port else ''}, "
+                         f"got {port!r}")
+    return match[1].strip("[]"), port
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "lo"):  # lo: ZeroMQ accepts an interface name as the host
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # "*", a host name or an interface other than lo
+        return False
+
+
+def _check_exposure(config: NodeConfig, sources: Mapping[str, str]) -> None:
+    """Refuse a non-loopback address unless allow_remote says it is meant."""
+    if config.bind == config.pub_bind and not config.bind.endswith(":*"):
+        raise ConfigError(f"bind and pub_bind are both {config.bind!r} "
+                          f"({sources.get('bind', 'default')}, "
+                          f"{sources.get('pub_bind', 'default')}): give each its own endpoint")
+    if config.allow_remote:
+        return
+    for key in ("bind", "pub_bind", "metrics_bind"):
+        address = getattr(config, key)
+        if not address:
+            continue
+        transport, _, rest = address.rpartition("://")
+        local = transport in _LOCAL_TRANSPORTS or \
+            (transport in ("tcp", "") and _is_loopback(_host_port(rest, any_port=True)[0]))
+        if not local:
+            raise ConfigError(
+                f"{sources.get(key, 'default')}, key {key!r}: {address!r} is not a loopback "
+                "address, and the node has no authentication; to expose the region anyway, "
+                f"also set allow_remote ({flag('allow_remote')}, {env_var('allow_remote')}=1, "
+                "or allow_remote = true in the config file)")
+
+
+def _read_file(given: object, source: str) -> Mapping[str, object]:
+    """The top-level table of a TOML or JSON config file."""
+    path = Path(given) if isinstance(given, str | os.PathLike) and str(given) else Path()
+    kind = path.suffix.lower()
+    if kind not in (".toml", ".json"):  # the name says the format: no guessing from content
+        raise ConfigError(f"{source}: expected the path of a *.toml or *.json file, got {given!r}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {path} ({source}): cannot read it: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8")) if kind == ".toml" else json.loads(raw)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid {kind[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table of settings at the top level, "
+                          f"got {type(data).__name__}")
+    return data

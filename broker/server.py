@@ -1,50 +1,251 @@
-"""The node process: owns one region for the lifetime of a service.
+"""The node process: owns one region for the lifetime of a service and serves the Cache API
+over ZeroMQ request/reply.
 
-`shmkv serve` creates the region if it does not exist (or attaches to it), reports that it is
-ready, and runs until SIGTERM or SIGINT. Meanwhile it is the region's maintainer: every
-maintain_interval_s it runs one bounded `Cache.maintain()` pass (active expiry, segment
-balance), so expired memory is reclaimed even when nobody writes. On the way out it closes its
-handle and leaves the region in place, so local processes keep their data across a restart.
+`shmkv serve` binds a ROUTER socket to config.bind, creates the region if it does not exist (or
+attaches to it), reports that it is ready, and runs one loop until SIGTERM or SIGINT:
 
-This is the node's first increment: it hosts the region for local processes. Remote access
-over ZeroMQ, pub/sub, persistence and systemd notification are added on top of this loop.
+    poll(ROUTER, signal wake-up socket; until the next maintenance or watchdog ping is due)
+      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py)
+      maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
+                            balance), so expired memory is reclaimed even when nobody writes
+      watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
+      stop signal        -> leave the loop
+
+This module is the transport only: the wire format is protocol.py, what a request does is
+dispatch.py. On the way out the node closes its sockets and its handle and leaves the region in
+place, so local processes keep their data across a restart.
+
+Signals. A handler runs in the main thread between two bytecodes, and the signal itself makes a
+blocking system call fail with EINTR; semop(2) is never restarted after a handler (signal(7)),
+so a stop signal arriving while a request waits for a region lock would fail that request. So
+the stop signals stay blocked except while the loop sleeps in poll(); their handlers only
+record the signal, and signal.set_wakeup_fd() makes a socket the poller watches readable, which
+ends the poll. A request the node has received is therefore always answered before it stops.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TextIO
+from types import FrameType
+from typing import Protocol, TextIO
+
+import zmq
 
 import shmkv
+from shmkv.errors import ShmKVError
 
-from .config import NodeConfig
+from . import protocol
+from .config import NodeConfig, metrics_address
+from .dispatch import Dispatcher
+from .metrics import Metrics
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Requests answered per wake-up before the loop looks at the clock and the signals again: a
+# flood of requests must not starve maintenance or delay a stop for long.
+MAX_BATCH = 64
+# How long closing waits for replies still queued to live clients. LINGER 0 would discard a
+# reply sent just before the stop (zmq_close(3)) and break the promise above; a peer that has
+# gone is dropped at once by the ROUTER, so only a client too slow to read can use it all up.
+STOP_LINGER_MS = 1000
 
 
-def serve(config: NodeConfig, out: TextIO = sys.stdout) -> int:
+class Notifier(Protocol):
+    """What the node tells its supervisor (broker/notify.py implements it for systemd)."""
+
+    def ready(self, status: str | None = None) -> object: ...
+    def watchdog(self) -> object: ...
+    def stopping(self, status: str | None = None) -> object: ...
+    def watchdog_interval_s(self) -> float | None: ...
+
+
+def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
+          notifier: Notifier | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    # Block the signals before anything else, then wait for them synchronously: no handler
-    # runs in the middle of a region operation.
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    cache = shmkv.Cache.create(config.region, config.arena_bytes, exist_ok=True)
-    try:
-        _emit(out, "ready", pid=os.getpid(), config=asdict(config), stats=cache.stats())
-        while True:
-            received = signal.sigtimedwait(stop_signals, config.maintain_interval_s)
-            if received is not None:
-                break
+    return _Node(config, out, notifier).run()
+
+
+class _Node:
+    def __init__(self, config: NodeConfig, out: TextIO, notifier: Notifier | None) -> None:
+        self.config = config
+        self.out = out
+        self.notifier = notifier
+        self.metrics: Metrics | None = None
+        self.endpoint = ""
+        self._watchdog_s: float | None = None  # how often the supervisor wants a ping
+        self._next_watchdog = math.inf
+
+    def run(self) -> int:
+        with _StopSignals() as stop:
+            context = zmq.Context()
+            router = context.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
+            try:
+                self.endpoint = _bind(router, self.config.bind)
+                cache = shmkv.Cache.create(self.config.region, self.config.arena_bytes,
+                                           exist_ok=True)
+                try:
+                    metrics_at = self._start_metrics(cache)
+                    self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
+                               metrics=metrics_at, config=asdict(self.config),
+                               stats=cache.stats())
+                    self._notify_ready()
+                    self._loop(router, Dispatcher(cache), cache, stop)
+                    self._emit("stopping", signal=signal.Signals(stop.received).name)
+                    self._notify_stopping()
+                    router.setsockopt(zmq.LINGER, STOP_LINGER_MS)  # deliver the last replies
+                finally:
+                    if self.metrics is not None:
+                        self.metrics.stop_http()
+                    cache.close()  # the region itself stays
+            finally:
+                router.close()
+                context.term()
+        return 0
+
+    def _loop(self, router: zmq.Socket, dispatcher: Dispatcher, cache: shmkv.Cache,
+              stop: _StopSignals) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
+        interval_s = self.config.maintain_interval_s
+        next_maintain = time.monotonic() + interval_s
+        while stop.received is None:
+            wake_at = min(next_maintain, self._next_watchdog)
+            timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
+            with stop.deliverable():
+                ready = dict(poller.poll(timeout_ms))
+            if stop.wakeup_fd in ready:
+                stop.drain()
+            if router in ready:
+                self._answer_waiting(router, dispatcher)
+            now = time.monotonic()
+            if now >= next_maintain:
+                self._maintain(cache)
+                next_maintain = now + interval_s
+            if now >= self._next_watchdog:
+                self._notify_alive()
+                self._next_watchdog = now + (self._watchdog_s or math.inf)
+
+    def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                message = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            started = time.perf_counter()
+            reply = dispatcher.handle(message[1:])  # frame 0 is the client's routing id
+            # A ROUTER never blocks on send: a reply to a client that has gone is dropped.
+            router.send_multipart([message[0], *protocol.encode_reply(reply)], copy=False)
+            self._observe(reply.op, time.perf_counter() - started, reply.error)
+
+    def _maintain(self, cache: shmkv.Cache) -> None:
+        try:
             cache.maintain()
-        _emit(out, "stopping", signal=signal.Signals(received.si_signo).name)
-    finally:
-        cache.close()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-    return 0
+        except ShmKVError as exc:  # a lock held too long by a local process: try next time
+            print(json.dumps({"event": "maintain_failed", "error": type(exc).__name__,
+                              "message": str(exc)}), file=sys.stderr, flush=True)
+
+    # --- seams for the supervisor and the metrics ----------------------------------------
+    def _notify_ready(self) -> None:
+        if self.notifier is not None:
+            self.notifier.ready(f"serving region {self.config.region} on {self.endpoint}")
+            self._watchdog_s = self.notifier.watchdog_interval_s()
+            if self._watchdog_s is not None:
+                self._next_watchdog = time.monotonic()
+
+    def _notify_alive(self) -> None:
+        """Called by the loop every watchdog interval: it is alive and not stuck."""
+        if self.notifier is not None:
+            self.notifier.watchdog()
+
+    def _notify_stopping(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping("stopping")
+
+    def _start_metrics(self, cache: shmkv.Cache) -> str | None:
+        """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""
+        address = metrics_address(self.config)
+        if address is None:
+            return None
+        self.metrics = Metrics(cache.stats)
+        try:
+            port = self.metrics.start_http(*address)
+        except OSError as exc:
+            raise ShmKVError(f"cannot serve metrics on {self.config.metrics_bind!r}: "
+                             f"{exc.strerror}; give another address with --metrics-bind, "
+                             "or turn it off with --metrics-bind off") from None
+        return f"{address[0]}:{port}"
+
+    def _observe(self, request: str, latency_s: float, error: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(request or "invalid", error or "ok", latency_s)
+
+    def _emit(self, event: str, **fields: object) -> None:
+        self.out.write(json.dumps({"event": event, **fields}) + "\n")
+        self.out.flush()
 
 
-def _emit(out: TextIO, event: str, **fields: object) -> None:
-    out.write(json.dumps({"event": event, **fields}) + "\n")
-    out.flush()
+def _bind(router: zmq.Socket, endpoint: str) -> str:
+    """Bind and return the endpoint actually bound (a port of * becomes a number)."""
+    try:
+        router.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ShmKVError(f"cannot bind the request socket to {endpoint!r}: {exc.strerror}; "
+                         "give another endpoint with --bind") from None
+    return router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable()."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.wakeup, self._wakeup_w = socket.socketpair()
+        self.wakeup_fd = self.wakeup.fileno()
+
+    def __enter__(self) -> _StopSignals:
+        for sock in (self.wakeup, self._wakeup_w):
+            sock.setblocking(False)  # set_wakeup_fd needs it; drain() relies on it
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(),
+                                                 warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Unblock first: a signal that came during the shutdown goes to _record, not to the
+        # default action (which would kill the node before it exits 0).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self.wakeup.close()
+        self._wakeup_w.close()
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:  # the first one names the stop
+            self.received = signum
+
+    @contextmanager
+    def deliverable(self) -> Iterator[None]:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def drain(self) -> None:
+        try:
+            while self.wakeup.recv(512):
+                pass
+        except BlockingIOError:
+            pass

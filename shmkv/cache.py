@@ -26,7 +26,7 @@ import re
 import struct
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -460,6 +460,16 @@ class Cache:
         """(value, version) for use with cas(), or None if absent."""
         return self._read(key, None, True)  # type: ignore[no-any-return]
 
+    def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
+        """{key: value} of the keys that are present (keys as given); each read is
+        consistent on its own, not the set of them."""
+        found = {}
+        for key in keys:
+            value = self._read(key, _MISSING, False)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
     # --- zero-copy reads and arrays (views.py, arrays.py) ---------------------------------
     def view(self, key: str | bytes) -> ValueView:
         """`with cache.view(key) as mv:` a read-only memoryview of the value, no copy. Its
@@ -542,6 +552,15 @@ class Cache:
     def set(self, key: str | bytes, value: Any, ttl_s: float | None = None) -> None:
         """Store value under key, replacing any previous value and TTL."""
         self._write(key, value, ttl_s, None)
+
+    def set_many(self, mapping: Mapping[str | bytes, Any], ttl_s: float | None = None) -> None:
+        """set() every pair. Every key and value is checked before the first is stored; each
+        set is atomic, the batch is not."""
+        pairs = [(_key_bytes(k), _value_bytes(v)) for k, v in mapping.items()]
+        if ttl_s is not None:
+            _expires_at(ttl_s, 0)
+        for key, value in pairs:
+            self._write(key, value, ttl_s, None)
 
     def __setitem__(self, key: str | bytes, value: Any) -> None:
         self._write(key, value, None, None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import shlex
 import tempfile
 from collections.abc import Iterator
@@ -27,11 +26,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from . import sizes
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
 from .check import check_region
 from .errors import (
     CollectionExists,
     CollectionNotFound,
+    ConfigError,
     RegionExists,
     RegionNotFound,
     ShmKVError,
@@ -147,17 +148,12 @@ def _in_collection(cache: Cache, name: str) -> Cache:
 
 
 # --- option types -------------------------------------------------------------------------
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
-
-
 def parse_size(text: str | int) -> int:
     """A byte count: plain, or with a binary suffix (64M = 64 MiB, 1G, 512KiB, ...)."""
-    if isinstance(text, int):  # the option's default goes through the parser too
-        return text
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a size: use bytes, or a number with K, M, G, T")
-    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
+    try:  # the option's default (an int) goes through the parser too
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 Region = Annotated[
@@ -198,15 +194,67 @@ ArenaBytes = Annotated[
 ]
 
 
+def _node_option(name: str, help: str, **kwargs: Any) -> Any:
+    """A `serve` option for a node setting: None unless given, so that load_config can tell
+    a flag from a default and let $SHMKV_*, then the config file, fill in the rest."""
+    return typer.Option(name, help=help, show_default=False, **kwargs)
+
+
 @app.command(rich_help_panel=_REGION)
-def serve(ctx: typer.Context, arena_bytes: ArenaBytes = DEFAULT_ARENA_BYTES) -> None:
+def serve(
+    ctx: typer.Context,
+    config: Annotated[str | None, _node_option(
+        "--config", "A TOML or JSON file of settings (keys as the options below, with "
+        "underscores: arena_bytes = \"64M\"). (default: $SHMKV_CONFIG)", metavar="PATH")] = None,
+    arena_bytes: Annotated[int | None, _node_option(
+        "--arena-bytes", "Size of the value arena of a region the node creates, in bytes or "
+        "with a suffix: 64M, 1G, ... (default: $SHMKV_ARENA_BYTES, else 64M)",
+        parser=parse_size, metavar="SIZE")] = None,
+    maintain_interval_s: Annotated[float | None, _node_option(
+        "--maintain-interval-s", "Seconds between two maintenance passes (active expiry). "
+        "(default: $SHMKV_MAINTAIN_INTERVAL_S, else 0.1)")] = None,
+    bind: Annotated[str | None, _node_option(
+        "--bind", "ZeroMQ endpoint of the request socket; port * picks a free one. "
+        "(default: $SHMKV_BIND, else tcp://127.0.0.1:7370)", metavar="ENDPOINT")] = None,
+    pub_bind: Annotated[str | None, _node_option(
+        "--pub-bind", "ZeroMQ endpoint of the publish socket. "
+        "(default: $SHMKV_PUB_BIND, else tcp://127.0.0.1:7371)", metavar="ENDPOINT")] = None,
+    pub_hwm: Annotated[int | None, _node_option(
+        "--pub-hwm", "Messages queued per slow subscriber before the rest are dropped. "
+        "(default: $SHMKV_PUB_HWM, else 10000)")] = None,
+    metrics_bind: Annotated[str | None, _node_option(
+        "--metrics-bind", "host:port of the Prometheus endpoint (port 0 picks a free one), or "
+        "off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
+    allow_remote: Annotated[bool | None, _node_option(
+        "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints: "
+        "the node has no authentication. (default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
+) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
-    Prints one JSON line per event (ready, stopping); the region stays when the node stops."""
-    from .broker.config import NodeConfig
+    Prints one JSON line per event (ready, stopping); the region stays when the node stops.
+
+    Each setting comes from its option, else $SHMKV_<SETTING>, else the config file, else
+    its default.
+    The region is the global option: shmkv --region NAME serve.
+    A bad setting exits 2 and names where it came from."""
+    from .broker.config import load_config
+    from .broker.notify import Notifier
     from .broker.server import serve as run_node
 
+    given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
+             maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "pub_hwm": pub_hwm,
+             "metrics_bind": metrics_bind, "allow_remote": allow_remote}
+    # The global --region always has a value (its default, or $SHMKV_REGION): only a region
+    # typed on the command line may outrank the environment and the config file.
+    source = ctx.find_root().get_parameter_source("region")
+    if getattr(source, "name", None) == "COMMANDLINE":
+        given["region"] = ctx.obj
+    try:
+        node_config = load_config(given)
+    except ConfigError as exc:
+        _fail("ConfigError", str(exc), EXIT_USAGE)
     with _reporting_errors():
-        code = run_node(NodeConfig(region=ctx.obj, arena_bytes=arena_bytes))
+        with Notifier() as notifier:  # systemd's NOTIFY_SOCKET; does nothing without it
+            code = run_node(node_config, notifier=notifier)
     raise typer.Exit(code)
 
 

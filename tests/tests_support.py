@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import urllib.request
 import uuid
+
+from prometheus_client.parser import text_string_to_metric_families
 
 TEST_PREFIX = "shmkvtest-"
 
@@ -87,3 +90,19 @@ def _report(queue, i: int, target, args: tuple) -> None:
     except BaseException as exc:  # the parent must hear about it, not hang
         queue.put((i, f"worker failed: {exc!r}"))
         raise
+
+
+# --- the node's Prometheus endpoint -----------------------------------------------------------
+SCRAPE_TIMEOUT_S = 10.0
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Samples:
+    """{(sample name, sorted labels): value} of one scrape."""
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode("utf-8")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

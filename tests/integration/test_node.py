@@ -20,7 +20,9 @@ def start_node(region: str) -> subprocess.Popen[str]:
     # cwd is a neutral directory: `python -m` puts cwd first on sys.path, and in a source
     # checkout ./shmkv would shadow the installed package (where shmkv.broker lives).
     return subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes", "2M"],
+        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes", "2M",
+         "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
+         "--metrics-bind", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -1,0 +1,239 @@
+"""Executing requests: `Dispatcher.handle(frames) -> Reply`, one handler per command of the
+protocol (protocol.py), over the node's `Cache`.
+
+No sockets and no clock here: the node's loop (server.py) hands in the frames of one request,
+minus the routing id, and sends back what this returns. `handle` never raises: a malformed
+message, an unknown command or a failed call becomes an error reply, so that no input can
+stop the loop.
+
+Collections are named in each request (the `coll` field), while the engine hands out handles.
+The dispatcher keeps one handle per collection name it has seen and resolves a name without
+creating anything: only the `collection` command creates, as `Cache.collection()` does. The
+handle of a name is forgotten when this node renames or drops the collection, and when a write
+finds it stale (dropped by another process); the request is then resolved once more by name.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shmkv import Cache
+from shmkv.errors import CollectionNotFound, ProtocolError
+
+from . import protocol
+from .protocol import Buffer, Reply, Request
+
+Result = tuple[Any, list[Any]]  # (the reply's result, its payload frames)
+Handler = Callable[[Cache, Request], Result]
+_REQUIRED = object()
+
+
+class Dispatcher:
+    """Runs requests against one root `Cache` handle (which it does not own)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._scopes: dict[str, Cache] = {}  # collection name -> handle
+
+    def handle(self, frames: Sequence[Buffer]) -> Reply:
+        """The reply to one request; never raises (but lets KeyboardInterrupt through)."""
+        try:
+            request = protocol.decode_request(frames)
+        except ProtocolError as exc:
+            return protocol.error_reply(protocol.request_id_of(frames), exc, op="invalid")
+        try:
+            result, out = self._run(request)
+        except Exception as exc:
+            if protocol.error_code(exc) is None:  # a bug or an OS failure: worth a traceback
+                traceback.print_exc(file=sys.stderr)
+            return protocol.error_reply(request.id, exc, op=request.op)
+        return Reply(request.id, result, out, op=request.op)
+
+    def _run(self, request: Request) -> Result:
+        admin = _ADMIN.get(request.op)
+        if admin is not None:
+            return admin(self, request)
+        handler = _KEY_COMMANDS[request.op]
+        if not request.coll:
+            return handler(self._cache, request)
+        cached = request.coll in self._scopes
+        try:
+            return handler(self._scope(request.coll), request)
+        except CollectionNotFound:
+            # Dropped meanwhile by another process, maybe created again: look the name up anew.
+            # Safe to repeat: a write checks its collection before it changes anything.
+            self._forget(request.coll)
+            if not cached:
+                raise
+            return handler(self._scope(request.coll), request)
+
+    def _scope(self, name: str) -> Cache:
+        scope = self._scopes.get(name)
+        if scope is None:
+            if name not in self._cache.collections():  # collection() would create it
+                raise CollectionNotFound(f"no collection {name!r}; create it with "
+                                         f"collection({name!r})")
+            scope = self._scopes[name] = self._cache.collection(name)
+        return scope
+
+    def _forget(self, *names: str) -> None:
+        for name in names:
+            scope = self._scopes.pop(name, None) if isinstance(name, str) else None
+            if scope is not None:
+                scope.close()  # adds its hit/miss counts to the region's
+
+    # --- commands on the region rather than on keys ----------------------------------------
+    def _ping(self, request: Request) -> Result:
+        return {"protocol_version": protocol.PROTOCOL_VERSION}, []
+
+    def _collection(self, request: Request) -> Result:
+        name = _field(request, "name")
+        scope = self._cache.collection(name)
+        self._forget(name)
+        self._scopes[name] = scope
+        return None, []
+
+    def _collections(self, request: Request) -> Result:
+        return self._cache.collections(), []
+
+    def _rename_collection(self, request: Request) -> Result:
+        old, new = _field(request, "old"), _field(request, "new")
+        self._cache.rename_collection(old, new)
+        self._forget(old, new)
+        return None, []
+
+    def _drop_collection(self, request: Request) -> Result:
+        name = _field(request, "name")
+        try:
+            return self._cache.drop_collection(name), []
+        finally:
+            self._forget(name)
+
+
+_ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
+    "ping": Dispatcher._ping,
+    "collection": Dispatcher._collection,
+    "collections": Dispatcher._collections,
+    "rename_collection": Dispatcher._rename_collection,
+    "drop_collection": Dispatcher._drop_collection,
+}
+
+
+# --- key commands: each runs in the request's collection -------------------------------------
+def _field(request: Request, name: str, default: Any = _REQUIRED) -> Any:
+    value = request.fields.get(name, default)
+    if value is _REQUIRED:
+        raise ProtocolError(f"{request.op} needs the header field {name!r}")
+    return value
+
+
+def _key(request: Request) -> bytes:
+    # As bytes, not a view of the frame: the engine's messages show the key (KeyError,
+    # TypeError), and a memoryview would show as <memory at 0x...>. Keys are small.
+    return request.frames[0].tobytes()
+
+
+def _get(c: Cache, r: Request) -> Result:
+    value = c.get(_key(r))
+    return (True, [value]) if value is not None else (False, [])
+
+
+def _get_with_version(c: Cache, r: Request) -> Result:
+    found = c.get_with_version(_key(r))
+    return (None, []) if found is None else (found[1], [found[0]])
+
+
+def _set(c: Cache, r: Request) -> Result:
+    c.set(_key(r), r.frames[1], ttl_s=_field(r, "ttl_s", None))
+    return None, []
+
+
+def _cas(c: Cache, r: Request) -> Result:
+    return c.cas(_key(r), r.frames[1], _field(r, "version"),
+                 ttl_s=_field(r, "ttl_s", None)), []
+
+
+def _incr(c: Cache, r: Request) -> Result:
+    return c.incr(_key(r), _field(r, "delta", 1)), []
+
+
+def _delete(c: Cache, r: Request) -> Result:
+    return c.delete(_key(r)), []
+
+
+def _contains(c: Cache, r: Request) -> Result:
+    return _key(r) in c, []
+
+
+def _len(c: Cache, r: Request) -> Result:
+    return len(c), []
+
+
+def _keys(c: Cache, r: Request) -> Result:
+    keys = c.keys()
+    return len(keys), keys
+
+
+def _ttl(c: Cache, r: Request) -> Result:
+    return c.ttl(_key(r)), []
+
+
+def _expire(c: Cache, r: Request) -> Result:
+    return c.expire(_key(r), _field(r, "ttl_s")), []
+
+
+def _persist(c: Cache, r: Request) -> Result:
+    return c.persist(_key(r)), []
+
+
+def _clear(c: Cache, r: Request) -> Result:
+    return c.clear(), []
+
+
+def _stats(c: Cache, r: Request) -> Result:
+    return c.stats(), []
+
+
+def _get_many(c: Cache, r: Request) -> Result:
+    found, values = [], []
+    for key in r.frames:
+        value = c.get(key.tobytes())
+        found.append(value is not None)
+        if value is not None:
+            values.append(value)
+    return found, values
+
+
+def _set_many(c: Cache, r: Request) -> Result:
+    # Not atomic, as a loop of set() is not: the pairs before a failing one stay stored.
+    ttl_s = _field(r, "ttl_s", None)
+    frames = r.frames
+    for i in range(0, len(frames), 2):
+        c.set(frames[i].tobytes(), frames[i + 1], ttl_s=ttl_s)
+    return None, []
+
+
+def _set_array(c: Cache, r: Request) -> Result:
+    arr = protocol.array_from(r.fields, r.frames[1])
+    c.set_array(_key(r), arr, ttl_s=_field(r, "ttl_s", None))
+    return None, []
+
+
+def _get_array(c: Cache, r: Request) -> Result:
+    arr = c.get_array(_key(r), default=None)
+    if arr is None:
+        return None, []
+    fields, data = protocol.array_fields(arr)
+    return fields, [data]
+
+
+_KEY_COMMANDS: dict[str, Handler] = {
+    "get": _get, "get_with_version": _get_with_version, "set": _set, "cas": _cas,
+    "incr": _incr, "delete": _delete, "contains": _contains, "len": _len, "keys": _keys,
+    "ttl": _ttl, "expire": _expire, "persist": _persist, "clear": _clear, "stats": _stats,
+    "get_many": _get_many, "set_many": _set_many, "set_array": _set_array,
+    "get_array": _get_array,
+}

@@ -1,0 +1,166 @@
+"""Fuzz of the node's request socket (hypothesis): random, truncated and ill-typed multipart
+messages sent to a real node over a raw DEALER socket.
+
+Every message must get exactly one reply in the protocol's envelope; every malformed one an
+error reply, and no message an internal error (a ShmKVError code: an exception of the node that
+no handler expected). After each message the node must still serve a normal set and get.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from node_process import running_node
+from tests_support import new_region_name
+
+from shmkv.broker import protocol
+from shmkv.broker.protocol import PROTOCOL_TAG
+from shmkv.clients import RemoteCache
+
+pytestmark = pytest.mark.multiprocess
+REPLY_WAIT_MS = 10_000
+OPS = sorted(protocol.REQUEST_FRAMES)
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def node_endpoint() -> Iterator[str]:
+    with running_node(new_region_name(), "--arena-bytes", "2M") as node:
+        yield node.endpoint
+
+
+@pytest.fixture(scope="module")
+def raw(node_endpoint) -> Iterator[zmq.Socket]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node_endpoint)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def remote(node_endpoint) -> Iterator[RemoteCache]:
+    with RemoteCache(node_endpoint, timeout_s=10, retries=0) as client:
+        yield client
+
+
+def exchange(raw: zmq.Socket, frames: list[bytes]) -> protocol.Reply:
+    """Send one message; return its one reply (and check that no second one follows)."""
+    note(f"sent {frames!r}")
+    raw.send_multipart(frames)
+    assert raw.poll(REPLY_WAIT_MS), "the node did not reply"
+    reply = protocol.decode_reply(raw.recv_multipart())
+    note(f"reply {reply!r}")
+    assert reply.error != protocol.INTERNAL_ERROR, reply.message
+    return reply
+
+
+def still_serves(remote: RemoteCache) -> None:
+    remote.set("canary", b"alive")
+    assert remote.get("canary") == b"alive"
+
+
+# --- strategies -----------------------------------------------------------------------------
+small_bytes = st.binary(max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=6,
+)
+# headers with the protocol's field names, each of any JSON type (or left out)
+headers = st.fixed_dictionaries({}, optional={
+    "id": st.integers(0, 2**40) | json_values,
+    "op": st.sampled_from(OPS) | json_values,
+    "coll": st.sampled_from(["", "users", "missing"]) | json_values,
+    "ttl_s": json_values, "delta": json_values, "version": json_values, "name": json_values,
+    "old": json_values, "new": json_values, "dtype": st.sampled_from(["<f8", "|u1"]) | json_values,
+    "shape": st.lists(st.integers(-1, 4), max_size=3) | json_values,
+    "unknown": json_values,
+})
+
+
+def valid_request(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    op = draw(st.sampled_from(OPS))
+    count = protocol.REQUEST_FRAMES[op]
+    if count < 0:
+        count = draw(st.integers(0, 3)) * (2 if count == protocol.PAIRS else 1)
+    fields = {"coll": draw(st.sampled_from(["", "users"])), "ttl_s": 10, "version": 1,
+              "delta": 1, "name": "users", "old": "users", "new": "people", "dtype": "|u1",
+              "shape": [3]}
+    payload = draw(st.lists(small_bytes, min_size=count, max_size=count))
+    return op, protocol.encode_request(draw(st.integers(0, 2**40)), op, fields, payload)
+
+
+@st.composite
+def truncated_requests(draw: st.DrawFn) -> list[bytes]:
+    """A valid request cut short, so that it is malformed whatever was cut: the envelope
+    (fewer than three frames), the payload of a command that takes a fixed number of frames,
+    or the bytes of the tag or the header (a strict prefix of a compact JSON object is never
+    one)."""
+    op, frames = valid_request(draw)
+    cuts = ["envelope", "tag", "header"]
+    if protocol.REQUEST_FRAMES[op] > 0:
+        cuts.append("payload")
+    cut = draw(st.sampled_from(cuts))
+    if cut == "envelope":
+        return frames[:draw(st.integers(1, 2))]
+    if cut == "payload":
+        return frames[:draw(st.integers(3, len(frames) - 1))]
+    at = 1 if cut == "tag" else 2
+    frames[at] = frames[at][:draw(st.integers(0, len(frames[at]) - 1))]
+    return frames
+
+
+@st.composite
+def random_frames(draw: st.DrawFn) -> list[bytes]:
+    """Anything at all; when it happens to start with the right envelope, the rest is random."""
+    prefix = draw(st.sampled_from([[], [b""], [b"", PROTOCOL_TAG], [b"", b"SHMKV/0"]]))
+    return prefix + draw(st.lists(small_bytes, min_size=0 if prefix else 1, max_size=5))
+
+
+@st.composite
+def ill_typed_requests(draw: st.DrawFn) -> list[bytes]:
+    """The right envelope around a header of protocol fields of any type, with 0-4 frames."""
+    header = json.dumps(draw(headers)).encode()
+    return [b"", PROTOCOL_TAG, header, *draw(st.lists(small_bytes, max_size=4))]
+
+
+# --- tests ----------------------------------------------------------------------------------
+@FUZZ
+@given(frames=truncated_requests())
+def test_a_truncated_request_gets_a_protocol_error_reply(raw, remote, frames) -> None:
+    reply = exchange(raw, frames)
+    assert reply.error == "ProtocolError"
+    still_serves(remote)
+
+
+@FUZZ
+@given(frames=random_frames())
+def test_random_frames_get_one_reply_each(raw, remote, frames) -> None:
+    reply = exchange(raw, frames)
+    try:
+        protocol.decode_request(frames)
+    except protocol.ProtocolError:
+        assert reply.error == "ProtocolError"
+    still_serves(remote)
+
+
+@FUZZ
+@given(frames=ill_typed_requests())
+def test_ill_typed_fields_get_an_error_reply_or_a_result_never_a_crash(raw, remote,
+                                                                       frames) -> None:
+    reply = exchange(raw, frames)
+    try:
+        request = protocol.decode_request(frames)
+    except protocol.ProtocolError:
+        assert reply.error == "ProtocolError"
+    else:
+        assert reply.id == request.id
+    still_serves(remote)

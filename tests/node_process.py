@@ -1,0 +1,76 @@
+"""A real node process (`shmkv serve`) for tests: started on an ephemeral port, stopped and its
+region unlinked whatever happens in the test (importable by name: pytest puts tests/ on
+sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import shmkv
+
+STOP_TIMEOUT_S = 30
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen[str]
+    ready: dict[str, Any]  # the node's "ready" event
+
+    @property
+    def endpoint(self) -> str:
+        return self.ready["endpoint"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[dict[str, Any], int]:
+        """Send sig; return the node's "stopping" event and its exit status."""
+        self.process.send_signal(sig)
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        return (json.loads(line) if line else {}), self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    # cwd is a neutral directory: `python -m` puts cwd first on sys.path, and in a source
+    # checkout ./shmkv would shadow the installed package (where shmkv.broker lives).
+    return subprocess.Popen(
+        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve",
+         "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
+         "--metrics-bind", "127.0.0.1:0", *options],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tempfile.gettempdir(),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@contextmanager
+def running_node(region: str, *options: str) -> Iterator[Node]:
+    """A node serving region (created by the node if absent), ready when this yields; at the
+    end it is stopped (SIGTERM, then SIGKILL if it must) and the region is unlinked."""
+    # stderr goes to a file: a pipe nobody reads would block a node that writes much to it
+    errors = tempfile.TemporaryFile("w+")
+    process = start_node(region, *options, stderr=errors)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]  # blocks until ready
+        if not line:
+            process.wait(timeout=STOP_TIMEOUT_S)
+            errors.seek(0)
+            raise RuntimeError(f"the node exited with {process.returncode} before it was "
+                               f"ready: {errors.read()}")
+        yield Node(process, json.loads(line))
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        process.stdout.close()  # type: ignore[union-attr]
+        errors.close()
+        shmkv.Cache.unlink(region)

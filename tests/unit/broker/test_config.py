@@ -1,0 +1,342 @@
+"""broker.config: where each node setting comes from (flag > SHMKV_* > config file > default),
+and the ConfigError that names the source and the key of a bad one. The last tests run the
+`serve` command in-process with a stand-in for the server, to see what it passes on."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import shmkv
+from shmkv.broker.config import (
+    CONFIG_ENV,
+    FIELDS,
+    NodeConfig,
+    env_var,
+    flag,
+    load_config,
+    metrics_address,
+)
+from shmkv.cli import EXIT_USAGE, app
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# One value per field, as a file, a variable and a flag would give it; each differs from the
+# default and from the values of the other levels, so the winner is unambiguous.
+FILE_VALUES: dict[str, Any] = {
+    "region": "from-file", "arena_bytes": "2M", "maintain_interval_s": 0.5,
+    "bind": "tcp://127.0.0.1:7001", "pub_bind": "tcp://127.0.0.1:7002", "pub_hwm": 11,
+    "metrics_bind": "127.0.0.1:7003", "allow_remote": True,
+}
+ENV_VALUES = {
+    "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
+    "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
+    "metrics_bind": "[::1]:7013", "allow_remote": "no",
+}
+CLI_VALUES: dict[str, Any] = {
+    "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
+    "bind": "tcp://127.0.0.1:*", "pub_bind": "tcp://127.0.0.2:7022", "pub_hwm": 13,
+    "metrics_bind": "off", "allow_remote": True,
+}
+EXPECTED = {
+    "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
+    "env": {**ENV_VALUES, "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
+            "allow_remote": False},
+    "flag": {**CLI_VALUES, "metrics_bind": ""},
+}
+
+
+def test_load_config_gives_the_defaults_when_nothing_is_set() -> None:
+    assert load_config({}, env={}) == NodeConfig()
+
+
+def test_every_field_has_a_value_at_every_level() -> None:
+    assert set(FILE_VALUES) == set(ENV_VALUES) == set(CLI_VALUES) == set(FIELDS)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_config_file_overrides_the_default(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, "node.json", json.dumps({field: FILE_VALUES[field]}))
+    config = load_config({}, env={CONFIG_ENV: path})
+    assert getattr(config, field) == EXPECTED["file"][field]
+    assert getattr(config, field) != getattr(NodeConfig(), field)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_environment_overrides_the_config_file(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, "node.json", json.dumps({field: FILE_VALUES[field]}))
+    config = load_config({}, env={CONFIG_ENV: path, env_var(field): ENV_VALUES[field]})
+    assert getattr(config, field) == EXPECTED["env"][field]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_flag_overrides_the_environment(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, "node.json", json.dumps({field: FILE_VALUES[field]}))
+    env = {CONFIG_ENV: path, env_var(field): ENV_VALUES[field]}
+    config = load_config({field: CLI_VALUES[field]}, env=env)
+    assert getattr(config, field) == EXPECTED["flag"][field]
+
+
+def test_load_config_reads_toml_with_sizes_as_numbers_or_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", 'region = "t"\narena_bytes = 1048576\npub_hwm = 5\n'
+                 'maintain_interval_s = 1\nallow_remote = false\n')
+    config = load_config({"config": path}, env={})
+    assert (config.region, config.arena_bytes, config.pub_hwm) == ("t", 1 << 20, 5)
+    assert config.maintain_interval_s == 1.0 and isinstance(config.maintain_interval_s, float)
+
+
+def test_config_flag_overrides_the_config_variable(tmp_path: Path) -> None:
+    by_flag = write(tmp_path, "flag.toml", 'region = "by-flag"\n')
+    by_env = write(tmp_path, "env.toml", 'region = "by-env"\n')
+    assert load_config({"config": by_flag}, env={CONFIG_ENV: by_env}).region == "by-flag"
+
+
+def test_empty_variable_counts_as_unset(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", 'region = "from-file"\n')
+    assert load_config({}, env={CONFIG_ENV: path, "SHMKV_REGION": ""}).region == "from-file"
+    assert load_config({}, env={CONFIG_ENV: ""}) == NodeConfig()
+
+
+def test_none_flag_counts_as_not_given() -> None:
+    assert load_config({"region": None, "config": None}, env={"SHMKV_REGION": "e"}).region == "e"
+
+
+def test_flag_values_may_be_text_as_typed_on_a_command_line() -> None:
+    config = load_config({"arena_bytes": "3M", "pub_hwm": "7", "allow_remote": "true"}, env={})
+    assert (config.arena_bytes, config.pub_hwm, config.allow_remote) == (3 << 20, 7, True)
+
+
+def test_other_shmkv_variables_are_ignored() -> None:
+    assert load_config({}, env={"SHMKV_COLLECTION": "users", "SHMKV_NOPE": "1"}) == NodeConfig()
+
+
+@pytest.mark.parametrize("endpoint", ["ipc:///run/shmkv/node.sock", "inproc://node",
+                                      "tcp://[::1]:7370", "tcp://localhost:7370",
+                                      "tcp://127.1.2.3:*", "tcp://lo:7370"])
+def test_local_endpoints_need_no_allow_remote(endpoint: str) -> None:
+    assert load_config({"bind": endpoint}, env={}).bind == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://*:7370", "tcp://0.0.0.0:7370", "tcp://eth0:7370",
+                                      "tcp://192.0.2.1:7370", "tcp://[::]:7370"])
+def test_non_loopback_endpoint_is_allowed_when_asked_for(endpoint: str) -> None:
+    config = load_config({"bind": endpoint}, env={"SHMKV_ALLOW_REMOTE": "1"})
+    assert config.bind == endpoint and config.allow_remote
+
+
+def test_metrics_address_splits_host_and_port_or_is_none_when_off() -> None:
+    assert metrics_address(NodeConfig()) == ("127.0.0.1", 9370)
+    assert metrics_address(NodeConfig(metrics_bind="[::1]:0")) == ("::1", 0)
+    assert metrics_address(NodeConfig(metrics_bind="")) is None
+
+
+def test_config_error_is_a_shmkv_error_and_a_value_error() -> None:
+    assert issubclass(shmkv.ConfigError, shmkv.ShmKVError)
+    assert issubclass(shmkv.ConfigError, ValueError)
+    assert "ConfigError" in shmkv.__all__
+
+
+# --- errors: each names where the value came from, and the key ------------------------------
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("SHMKV_ARENA_BYTES", "64Q", "is not a size"),
+    ("SHMKV_ARENA_BYTES", "0", "must be positive"),
+    ("SHMKV_MAINTAIN_INTERVAL_S", "soon", "is not a number of seconds"),
+    ("SHMKV_MAINTAIN_INTERVAL_S", "-1", "positive number of seconds"),
+    ("SHMKV_MAINTAIN_INTERVAL_S", "nan", "positive number of seconds"),
+    ("SHMKV_PUB_HWM", "1.5", "is not a whole number"),
+    ("SHMKV_PUB_HWM", "-3", "whole number >= 0"),
+    ("SHMKV_BIND", "127.0.0.1:7370", "ZeroMQ endpoint"),
+    ("SHMKV_BIND", "carrier-pigeon://x", "ZeroMQ endpoint"),
+    ("SHMKV_BIND", "tcp://127.0.0.1", "host:port"),
+    ("SHMKV_BIND", "tcp://127.0.0.1:70000", "port number"),
+    ("SHMKV_PUB_BIND", "tcp://::1:7371", "host:port"),
+    ("SHMKV_METRICS_BIND", "9370", "host:port"),
+    ("SHMKV_METRICS_BIND", "127.0.0.1:*", "port number"),
+    ("SHMKV_ALLOW_REMOTE", "perhaps", "true or false"),
+])
+def test_unparsable_variable_names_the_variable_and_key(variable: str, value: str,
+                                                        says: str) -> None:
+    key = variable.removeprefix("SHMKV_").lower()
+    with pytest.raises(shmkv.ConfigError, match=says) as info:
+        load_config({}, env={variable: value})
+    assert f"environment variable {variable}, key {key!r}" in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("pub_hwm", "10", "whole number"),  # a file has types: text is not a number there
+    ("pub_hwm", True, "whole number"),
+    ("arena_bytes", 1.5, "size in bytes"),
+    ("maintain_interval_s", "0.1", "number of seconds"),
+    ("allow_remote", "yes", "true or false"),
+    ("allow_remote", 1, "true or false"),
+    ("region", "", "region name"),
+    ("region", 7, "region name"),
+    ("bind", ["tcp://127.0.0.1:1"], "ZeroMQ endpoint"),
+    ("metrics_bind", 9370, "host:port"),
+])
+def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
+                                                   says: str) -> None:
+    path = write(tmp_path, "node.json", json.dumps({key: value}))
+    with pytest.raises(shmkv.ConfigError, match=says) as info:
+        load_config({}, env={CONFIG_ENV: path})
+    assert f"config file {path}, key {key!r}" in str(info.value)
+
+
+def test_unknown_key_in_file_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", 'bnd = "tcp://127.0.0.1:1"\n')
+    with pytest.raises(shmkv.ConfigError, match=r"unknown key 'bnd'; did you mean 'bind'\?") \
+            as info:
+        load_config({}, env={CONFIG_ENV: path})
+    assert str(info.value).startswith(f"config file {path}: ")
+
+
+def test_table_in_toml_file_is_an_unknown_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", '[node]\nregion = "x"\n')
+    with pytest.raises(shmkv.ConfigError, match="unknown key 'node'"):
+        load_config({}, env={CONFIG_ENV: path})
+
+
+def test_unknown_flag_key_is_named() -> None:
+    with pytest.raises(shmkv.ConfigError, match="flag --colour: unknown key 'colour'"):
+        load_config({"colour": "blue"}, env={})
+
+
+def test_bad_flag_value_names_the_flag() -> None:
+    with pytest.raises(shmkv.ConfigError, match="flag --pub-hwm, key 'pub_hwm': "):
+        load_config({"pub_hwm": -1}, env={})
+
+
+def test_missing_config_file_names_the_path_and_where_it_came_from(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.toml")
+    with pytest.raises(shmkv.ConfigError, match="cannot read it") as info:
+        load_config({}, env={CONFIG_ENV: path})
+    assert f"config file {path} (environment variable SHMKV_CONFIG)" in str(info.value)
+    with pytest.raises(shmkv.ConfigError, match=r"\(flag --config\): cannot read it"):
+        load_config({"config": path}, env={})
+
+
+def test_config_file_of_unknown_format_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.yaml", "region: x\n")
+    with pytest.raises(shmkv.ConfigError, match=r"flag --config: expected the path of a "
+                       r"\*\.toml or \*\.json file, got '.*node\.yaml'"):
+        load_config({"config": path}, env={})
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("node.toml", "region = \n", "not valid TOML"),
+    ("node.json", "{region: 1}", "not valid JSON"),
+    ("node.json", "[1, 2]", "expected a table of settings"),
+    ("node.toml", "\udcff", "not valid TOML"),
+])
+def test_unparsable_config_file_names_the_path(tmp_path: Path, name: str, text: str,
+                                               says: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(shmkv.ConfigError, match=says) as info:
+        load_config({}, env={CONFIG_ENV: str(path)})
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "metrics_bind"])
+def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
+    value = "0.0.0.0:9370" if key == "metrics_bind" else "tcp://*:7999"
+    with pytest.raises(shmkv.ConfigError, match="not a loopback address") as info:
+        load_config({}, env={env_var(key): value})
+    assert f"environment variable {env_var(key)}, key {key!r}" in str(info.value)
+    assert "--allow-remote" in str(info.value)
+
+
+def test_non_loopback_address_from_file_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", 'pub_bind = "tcp://0.0.0.0:7371"\n')
+    with pytest.raises(shmkv.ConfigError, match=f"config file {path}, key 'pub_bind'"):
+        load_config({}, env={CONFIG_ENV: path})
+
+
+def test_remote_transport_counts_as_non_loopback() -> None:
+    with pytest.raises(shmkv.ConfigError, match="not a loopback address"):
+        load_config({"pub_bind": "epgm://eth0;239.192.1.1:5555"}, env={})
+
+
+def test_same_endpoint_for_both_sockets_is_refused() -> None:
+    with pytest.raises(shmkv.ConfigError, match="bind and pub_bind are both"):
+        load_config({"bind": "tcp://127.0.0.1:7000"},
+                    env={"SHMKV_PUB_BIND": "tcp://127.0.0.1:7000"})
+
+
+def test_names_of_variables_and_flags_follow_the_fields() -> None:
+    assert (env_var("arena_bytes"), flag("arena_bytes")) == ("SHMKV_ARENA_BYTES", "--arena-bytes")
+
+
+# --- the serve command passes on only the flags that were given ------------------------------
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
+    """Stand in for broker.server: record the config serve() gets, and clear the caller's
+    SHMKV_* variables."""
+    for name in [*map(env_var, FIELDS), CONFIG_ENV]:
+        monkeypatch.delenv(name, raising=False)
+    configs: list[NodeConfig] = []
+
+    def serve(config: NodeConfig, **_: object) -> int:
+        configs.append(config)
+        return 0
+
+    fake = types.ModuleType("shmkv.broker.server")
+    fake.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "shmkv.broker.server", fake)
+    return configs
+
+
+def run_cli(*args: str) -> Any:
+    try:  # Click before 8.2 mixes stderr into stdout unless told not to
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(app, list(args))
+
+
+def test_serve_without_options_runs_the_default_node(served: list[NodeConfig]) -> None:
+    assert run_cli("serve").exit_code == 0
+    assert served == [NodeConfig()]
+
+
+def test_serve_passes_given_flags_and_leaves_the_rest_to_file_and_environment(
+        served: list[NodeConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "node.toml", 'pub_hwm = 5\narena_bytes = "1M"\nregion = "f"\n')
+    monkeypatch.setenv("SHMKV_PUB_HWM", "6")
+    result = run_cli("serve", "--config", path, "--arena-bytes", "2M",
+                     "--metrics-bind", "127.0.0.1:0", "--allow-remote", "--bind", "tcp://*:*")
+    assert result.exit_code == 0, result.output
+    assert served == [NodeConfig(region="f", arena_bytes=2 << 20, pub_hwm=6,
+                                 metrics_bind="127.0.0.1:0", allow_remote=True, bind="tcp://*:*")]
+
+
+def test_serve_region_flag_outranks_environment_and_file(
+        served: list[NodeConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "node.toml", 'region = "from-file"\n')
+    monkeypatch.setenv(CONFIG_ENV, path)
+    assert run_cli("serve").exit_code == 0
+    monkeypatch.setenv("SHMKV_REGION", "from-env")
+    assert run_cli("serve").exit_code == 0
+    assert run_cli("--region", "from-flag", "serve").exit_code == 0
+    assert [c.region for c in served] == ["from-file", "from-env", "from-flag"]
+
+
+def test_serve_reports_a_config_error_as_json_and_exits_2(
+        served: list[NodeConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHMKV_ARENA_BYTES", "lots")
+    result = run_cli("serve")
+    assert result.exit_code == EXIT_USAGE and served == []
+    error = json.loads(result.stderr)
+    assert error["error"] == "ConfigError"
+    assert "SHMKV_ARENA_BYTES" in error["message"] and "'arena_bytes'" in error["message"]

@@ -1,0 +1,96 @@
+"""Requests executed against a local region, without sockets (shmkv.broker.dispatch)."""
+
+from __future__ import annotations
+
+import json
+
+import shmkv
+from shmkv.broker import dispatch, protocol
+from shmkv.broker.dispatch import Dispatcher
+
+
+def call(dispatcher: Dispatcher, op: str, *frames: bytes, **fields) -> protocol.Reply:
+    return dispatcher.handle(protocol.encode_request(1, op, fields, frames))
+
+
+def test_every_command_of_the_protocol_has_a_handler() -> None:
+    handled = set(dispatch._KEY_COMMANDS) | set(dispatch._ADMIN)
+    assert handled == set(protocol.REQUEST_FRAMES)
+
+
+def test_a_command_runs_against_the_cache_and_returns_its_result(cache) -> None:
+    d = Dispatcher(cache)
+    assert call(d, "set", b"k", b"v").ok
+    reply = call(d, "get", b"k")
+    assert (reply.id, reply.result, reply.op) == (1, True, "get")
+    assert [bytes(f) for f in reply.frames] == [b"v"]
+    assert cache.get("k") == b"v"
+
+
+def test_a_malformed_request_gets_a_protocol_error_reply(cache) -> None:
+    reply = Dispatcher(cache).handle([b"", protocol.PROTOCOL_TAG, b'{"id": 5, "op": "nope"}'])
+    assert (reply.id, reply.error, reply.op) == (5, "ProtocolError", "invalid")
+    assert "unknown command 'nope'" in reply.message
+
+
+def test_an_engine_error_becomes_an_error_reply(cache) -> None:
+    reply = call(Dispatcher(cache), "set", b"k" * 5000, b"v")
+    assert reply.error == "KeyTooLarge"
+
+
+def test_a_missing_required_field_is_a_protocol_error(cache) -> None:
+    reply = call(Dispatcher(cache), "cas", b"k", b"v")
+    assert reply.error == "ProtocolError" and "'version'" in reply.message
+
+
+def test_a_key_command_in_an_unknown_collection_fails_without_creating_it(cache) -> None:
+    reply = call(Dispatcher(cache), "set", b"k", b"v", coll="users")
+    assert reply.error == "CollectionNotFound"
+    assert cache.collections() == []
+
+
+def test_a_collection_dropped_and_created_again_elsewhere_is_found_by_name(cache) -> None:
+    d = Dispatcher(cache)
+    assert call(d, "collection", name="users").ok
+    assert call(d, "set", b"k", b"1", coll="users").ok
+    # another process drops it and creates it again: the node's handle is stale
+    cache.drop_collection("users")
+    cache.collection("users")
+    assert call(d, "set", b"k", b"2", coll="users").ok
+    assert cache.collection("users").get("k") == b"2"
+
+
+def test_rename_through_the_node_moves_the_name(cache) -> None:
+    d = Dispatcher(cache)
+    call(d, "collection", name="old")
+    call(d, "set", b"k", b"v", coll="old")
+    assert call(d, "rename_collection", old="old", new="new").ok
+    assert call(d, "get", b"k", coll="old").error == "CollectionNotFound"
+    assert call(d, "get", b"k", coll="new").result is True
+
+
+def test_an_unexpected_failure_is_an_internal_error_reply(cache, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(shmkv.Cache, "stats", lambda self: 1 / 0)
+    reply = call(Dispatcher(cache), "stats")
+    assert reply.error == "ShmKVError" and "ZeroDivisionError" in reply.message
+    assert "Traceback" in capsys.readouterr().err  # a bug is worth a traceback in the log
+
+
+def test_keys_travel_as_frames_with_their_count_as_result(cache) -> None:
+    cache.set("a", b"1")
+    cache.set("b", b"2")
+    reply = call(Dispatcher(cache), "keys")
+    assert reply.result == 2 and sorted(bytes(f) for f in reply.frames) == [b"a", b"b"]
+
+
+def test_get_many_marks_each_key_found_or_not(cache) -> None:
+    cache.set("a", b"1")
+    reply = call(Dispatcher(cache), "get_many", b"a", b"missing", b"a")
+    assert reply.result == [True, False, True]
+    assert [bytes(f) for f in reply.frames] == [b"1", b"1"]
+
+
+def test_ping_reports_the_protocol_version(cache) -> None:
+    reply = call(Dispatcher(cache), "ping")
+    assert reply.result == {"protocol_version": protocol.PROTOCOL_VERSION}
+    json.dumps(reply.result)

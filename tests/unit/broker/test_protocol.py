@@ -1,0 +1,202 @@
+"""The wire protocol (shmkv.broker.protocol) without sockets: frames in, messages out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import shmkv
+from shmkv.broker import protocol
+from shmkv.broker.protocol import PROTOCOL_TAG, PROTOCOL_VERSION, Reply
+from shmkv.errors import ProtocolError
+
+
+def header(frames: list) -> dict:
+    return json.loads(bytes(frames[2]))
+
+
+def request_frames(fields: dict, *payload: bytes) -> list[bytes]:
+    return [b"", PROTOCOL_TAG, json.dumps(fields).encode(), *payload]
+
+
+# --- round trips ----------------------------------------------------------------------------
+def test_a_request_round_trips_its_id_command_fields_and_frames() -> None:
+    frames = protocol.encode_request(7, "set", {"coll": "users", "ttl_s": 1.5}, [b"k", b"v"])
+    request = protocol.decode_request(frames)
+    assert (request.id, request.op, request.coll) == (7, "set", "users")
+    assert request.fields["ttl_s"] == 1.5
+    assert [bytes(f) for f in request.frames] == [b"k", b"v"]
+
+
+def test_a_request_without_coll_is_in_the_default_collection() -> None:
+    assert protocol.decode_request(request_frames({"id": 1, "op": "len"})).coll == ""
+
+
+def test_values_travel_as_their_own_frames_untouched() -> None:
+    value = bytes(range(256)) * 3
+    frames = protocol.encode_request(1, "set", {}, [b"k", value])
+    assert frames[-1] is value  # not copied, not encoded
+    assert bytes(protocol.decode_request(frames).frames[1]) == value
+
+
+def test_a_reply_round_trips_its_result_and_frames() -> None:
+    frames = protocol.encode_reply(Reply(9, [True, False], [b"value"], op="get_many"))
+    reply = protocol.decode_reply(frames)
+    assert (reply.id, reply.ok, reply.result) == (9, True, [True, False])
+    assert [bytes(f) for f in reply.frames] == [b"value"]
+
+
+def test_an_error_reply_round_trips_its_code_and_message() -> None:
+    sent = protocol.error_reply(3, shmkv.KeyTooLarge("keys may be at most 4096 bytes"))
+    reply = protocol.decode_reply(protocol.encode_reply(sent))
+    assert (reply.id, reply.ok, reply.error, reply.message) == (
+        3, False, "KeyTooLarge", "keys may be at most 4096 bytes")
+
+
+def test_unknown_header_fields_are_ignored_by_both_sides() -> None:
+    request = protocol.decode_request(
+        request_frames({"id": 1, "op": "get", "trace": {"span": 5}, "future": [1]}, b"k"))
+    assert request.op == "get" and request.fields["trace"] == {"span": 5}
+    reply = protocol.decode_reply(
+        [b"", PROTOCOL_TAG, b'{"id":1,"ok":true,"result":3,"server_time_ns":12}'])
+    assert reply.result == 3
+
+
+# --- versions and malformed messages --------------------------------------------------------
+def test_a_message_of_another_version_is_refused_naming_both_versions() -> None:
+    frames = [b"", b"SHMKV/2", b'{"id":1,"op":"get"}', b"k"]
+    with pytest.raises(ProtocolError, match=f"version 2.*version {PROTOCOL_VERSION}"):
+        protocol.decode_request(frames)
+    assert protocol.request_id_of(frames) == 1  # the error reply still names the request
+
+
+def test_the_version_is_read_without_parsing_the_header() -> None:
+    with pytest.raises(ProtocolError, match="version 9"):
+        protocol.decode_request([b"", b"SHMKV/9", b"\x00 a binary header of version 9"])
+
+
+@pytest.mark.parametrize("frames, problem", [
+    ([], "got 0 frame"),
+    ([b""], "got 1 frame"),
+    ([b"x", PROTOCOL_TAG, b'{"id":1,"op":"len"}'], "must be the empty delimiter"),
+    ([b"", b"HTTP/1.1", b'{"id":1,"op":"len"}'], "not a shmkv message"),
+    ([b"", PROTOCOL_TAG, b'{"id":1,"op":"len"'], "not a UTF-8 JSON object"),
+    ([b"", PROTOCOL_TAG, b"\xff\xfe"], "not a UTF-8 JSON object"),
+    ([b"", PROTOCOL_TAG, b"[1, 2]"], "must be a JSON object"),
+    (request_frames({"op": "len"}), "request id must be an int"),
+    (request_frames({"id": True, "op": "len"}), "request id must be an int"),
+    (request_frames({"id": "1", "op": "len"}), "request id must be an int"),
+    (request_frames({"id": 1}), "unknown command None"),
+    (request_frames({"id": 1, "op": "flushall"}), "unknown command 'flushall'"),
+    (request_frames({"id": 1, "op": ["get"]}), "unknown command"),
+    (request_frames({"id": 1, "op": "len", "coll": 5}), "coll must be"),
+    (request_frames({"id": 1, "op": "get"}), "get takes 1 frame"),
+    (request_frames({"id": 1, "op": "set"}, b"k"), "set takes 2 frame"),
+    (request_frames({"id": 1, "op": "len"}, b"extra"), "len takes 0 frame"),
+    (request_frames({"id": 1, "op": "set_many"}, b"k", b"v", b"k2"), "in pairs"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_malformed_request_raises_protocol_error_saying_what_is_wrong(frames, problem) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        protocol.decode_request(frames)
+
+
+@pytest.mark.parametrize("frames", [
+    [b"", PROTOCOL_TAG, b'{"ok":true}'],
+    [b"", PROTOCOL_TAG, b'{"id":"1","ok":true}'],
+    [b"", PROTOCOL_TAG, b'{"id":1,"ok":false}'],
+    [b"", PROTOCOL_TAG, b'{"id":1,"ok":false,"error":3,"message":""}'],
+    [b"", b"SHMKV/0", b'{"id":1,"ok":true}'],
+])
+def test_a_malformed_reply_raises_protocol_error(frames) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode_reply(frames)
+
+
+def test_a_header_nested_too_deep_for_the_parser_is_a_protocol_error() -> None:
+    frames = [b"", PROTOCOL_TAG, b"[" * 100_000 + b"]" * 100_000]
+    with pytest.raises(ProtocolError, match="not a UTF-8 JSON object"):
+        protocol.decode_request(frames)
+    assert protocol.request_id_of(frames) is None
+
+
+def test_request_id_of_is_none_when_no_id_can_be_read() -> None:
+    assert protocol.request_id_of([b""]) is None
+    assert protocol.request_id_of([b"", PROTOCOL_TAG, b"{bad"]) is None
+    assert protocol.request_id_of([b"", PROTOCOL_TAG, b'{"id":false}']) is None
+
+
+def test_an_argument_json_cannot_carry_raises_type_error_before_sending() -> None:
+    with pytest.raises(TypeError, match="ttl_s"):
+        protocol.encode_request(1, "set", {"ttl_s": object()}, [b"k", b"v"])
+
+
+# --- errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("code", sorted(protocol.ERROR_CLASSES))
+def test_every_error_class_round_trips_as_the_same_class_and_message(code) -> None:
+    cls = protocol.ERROR_CLASSES[code]
+    sent = protocol.error_reply(1, cls("what to change"))
+    received = protocol.exception_from(protocol.decode_reply(protocol.encode_reply(sent)))
+    assert type(received) is cls
+    assert str(received) == str(cls("what to change"))
+
+
+def test_every_shmkv_error_class_has_a_code() -> None:
+    assert set(shmkv.errors.__all__) <= set(protocol.ERROR_CLASSES)
+    assert {"KeyError", "TypeError", "ValueError", "ProtocolError",
+            "RemoteUnavailable"} <= set(protocol.ERROR_CLASSES)
+
+
+def test_an_unlisted_subclass_is_sent_as_its_nearest_listed_class() -> None:
+    class Private(shmkv.RegionFull):
+        pass
+
+    assert protocol.error_reply(1, Private("m")).error == "RegionFull"
+    assert protocol.error_reply(1, UnicodeDecodeError("utf-8", b"", 0, 1, "x")).error \
+        == "ValueError"
+
+
+def test_an_unexpected_exception_is_sent_as_an_internal_error() -> None:
+    reply = protocol.error_reply(1, ZeroDivisionError("division by zero"))
+    assert reply.error == "ShmKVError" and "ZeroDivisionError" in reply.message
+    assert type(protocol.exception_from(reply)) is shmkv.ShmKVError
+
+
+def test_an_unknown_error_code_is_raised_as_shmkv_error() -> None:
+    exc = protocol.exception_from(Reply(1, error="FromTheFuture", message="m"))
+    assert type(exc) is shmkv.ShmKVError and "FromTheFuture" in str(exc)
+
+
+def test_a_result_json_cannot_carry_is_sent_as_an_internal_error() -> None:
+    reply = protocol.decode_reply(protocol.encode_reply(Reply(4, result={b"bytes": 1})))
+    assert (reply.id, reply.error) == (4, "ShmKVError")
+
+
+# --- arrays ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("arr", [
+    np.arange(6, dtype="<f4").reshape(2, 3),
+    np.array([(1, [2.0, 3.0])], dtype=[("a", ">i2"), ("b", "<f8", (2,))]),
+    np.zeros((0,), dtype="<M8[ms]"),
+    np.array(b"xyz", dtype="S3"),
+])
+def test_array_fields_round_trip_through_json(arr) -> None:
+    fields, data = protocol.array_fields(arr)
+    wire = json.loads(json.dumps(fields))
+    got = protocol.array_from(wire, bytes(data))
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    np.testing.assert_array_equal(got, arr)
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"dtype": "O", "shape": [1]}, TypeError),
+    ({"dtype": "not a dtype", "shape": [1]}, ProtocolError),
+    ({"dtype": None, "shape": [1]}, ProtocolError),
+    ({"dtype": [["a"]], "shape": [1]}, ProtocolError),
+    ({"dtype": "<f8", "shape": [-1]}, ProtocolError),
+    ({"dtype": "<f8", "shape": "3"}, ProtocolError),
+    ({"dtype": "<f8", "shape": [3]}, ValueError),  # 8 bytes of data for 3 doubles
+])
+def test_array_from_refuses_a_bad_description(fields, error) -> None:
+    with pytest.raises(error):
+        protocol.array_from(fields, b"\0" * 8)
