@@ -46,6 +46,9 @@ from .errors import (
     ValueTooLarge,
 )
 from .hashing import checksum32, xxh3_64
+from .events import emit_locked
+from .events import enabled as events_enabled
+from .events import set_enabled as set_events_enabled
 from .evict import Evictor
 from .index import Index
 from .lru import Segments
@@ -647,6 +650,28 @@ class Cache:
         """Delete every key of this collection; returns how many were removed."""
         return self._delete_collection_entries(self._coll)
 
+    # --- events (events.py) ---------------------------------------------------------------
+    def publish(self, channel: str | bytes, message: Any) -> None:
+        """Send message to the subscribers of channel, through the region: the node forwards
+        it (like every keyspace event) to its subscribers. Fire and forget, as in Redis."""
+        data = _value_bytes(message)
+        k, h, stripe, _, _ = self._lock_and_find(channel)
+        try:
+            emit_locked(self._region, stripe, L.EV_MESSAGE, self._coll, k, data)
+        finally:
+            self._locks.release_stripe(stripe)
+
+    def enable_events(self, on: bool) -> None:
+        """Turn keyspace events (set, del, expired, evicted) on or off for every writer of the
+        region; off, a writer pays one flag read. The node turns them on while it runs."""
+        self._q[0]
+        set_events_enabled(self._region, bool(on))
+
+    @property
+    def events_enabled(self) -> bool:
+        self._q[0]
+        return events_enabled(self._region)
+
     # --- expiry ------------------------------------------------------------------------
     def ttl(self, key: str | bytes) -> float | None:
         """Seconds until key expires; None if it has no expiry or does not exist (tell the two
@@ -850,6 +875,8 @@ class Cache:
             self._fill_entry(old, k, v, version, exp, kind, new=False)
             q[seq_at] += 1
             region.lru.mark(old, True)  # a write is a use: it keeps the entry's segment
+            if u32[_EVENTS_ON]:
+                emit_locked(region, stripe, L.EV_SET, self._coll, k)
             return
         arena = region.arena
         if vlen > L.MAX_VALUE_BYTES or need > min(MAX_BLOCK_BYTES, arena.end - arena.first_block):
@@ -893,6 +920,8 @@ class Cache:
             with locks.arena_held:
                 region.lru.unlink_locked(old)
                 region.pins.free_or_retire_locked(old)
+        if u32[_EVENTS_ON]:
+            emit_locked(region, stripe, L.EV_SET, self._coll, k)
 
     def _allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
                          need: int, old: int) -> tuple[int, bool]:
@@ -950,7 +979,7 @@ class Cache:
     def _remove_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
         """Take one entry out: slot first (stripe lock, held by the caller), then block."""
         evictor = self._region.evictor
-        evictor.unpublish_locked(stripe, pos, off)
+        evictor.unpublish_locked(stripe, pos, off, counter)
         with self._locks.arena_held:
             evictor.release_locked(off, counter)
 
@@ -974,6 +1003,7 @@ class Cache:
 
 
 _ITEMS = L.H_ITEMS >> 3
+_EVENTS_ON = L.H_EVENTS_ENABLED >> 2
 
 
 def _nbytes(v: Value) -> int:

@@ -12,8 +12,8 @@ Checked:
     stripe and this tag; the slot is reachable from the key's home without crossing an empty
     slot; no key appears twice; stripe counts and seqs (even) are right.
   * entries: the checksum matches the key and value; every used block is referenced by exactly
-    one slot (else it leaked) or is on the retired list; item counters per collection and in total match; each stripe's
-    payload_bytes is the sum of its keys and values.
+    one slot (else it leaked) or is on the retired list; item counters per collection and in
+    total match; each stripe's payload_bytes is the sum of its keys and values.
   * segment lists: every entry is on exactly one list, links agree both ways, heads and tails
     are right, item and byte counts match.
   * retired list (blocks held for open views): only used blocks marked retired, counts match.

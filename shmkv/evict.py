@@ -20,12 +20,15 @@ import random
 from typing import TYPE_CHECKING
 
 from . import layout as L
+from .events import emit_locked
 from .hashing import xxh3_64
 from .lru import PROBATION, PROTECTED
 
 if TYPE_CHECKING:
     from .cache import _Region
 
+_EVENTS_ON = L.H_EVENTS_ENABLED >> 2
+_EVENT_OF = {L.H_DELETES: L.EV_DEL, L.H_EVICTIONS: L.EV_EVICTED, L.H_EXPIRATIONS: L.EV_EXPIRED}
 MAX_VICTIM_TRIES = 256  # list entries one make_room step may look at before giving up
 EXPIRE_SAMPLE_SLOTS = 32  # slots an eviction samples for expired entries before the SLRU
 STRIPE_SAMPLE = 16  # slots sampled to pick a victim when a stripe of the index is full
@@ -41,9 +44,15 @@ class Evictor:
         self._smask = lay.n_stripes - 1
 
     # --- removing one entry ------------------------------------------------------------
-    def unpublish_locked(self, stripe: int, pos: int, off: int) -> None:
-        """Remove the slot at pos (pointing at off) between two seq bumps. Stripe lock."""
+    def unpublish_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
+        """Remove the slot at pos (pointing at off) between two seq bumps, and tell event
+        readers why (counter: H_DELETES, H_EVICTIONS or H_EXPIRATIONS). Stripe lock."""
         r = self.r
+        if r.u32[_EVENTS_ON]:
+            key_coll = r.u32[(off + L.E_KEY_COLL) >> 2]
+            body = off + L.ENTRY_HEADER_BYTES
+            emit_locked(r, stripe, _EVENT_OF[counter], key_coll >> 16,
+                        r.mm[body:body + (key_coll & 0xFFFF)])
         seq_at = self._seq0 + (stripe << 3)
         r.q[seq_at] += 1
         r.index.remove_locked(stripe, pos)
@@ -170,7 +179,7 @@ class Evictor:
                 return -1
             pos, found = self.r.index.find_locked(stripe, h, key, coll)
             if found == off:
-                self.unpublish_locked(stripe, pos, off)
+                self.unpublish_locked(stripe, pos, off, counter)
             self.release_locked(off, counter)  # unreachable already if found != off: a leak
         finally:
             if stripe != own_stripe:

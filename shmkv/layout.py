@@ -1,12 +1,12 @@
 """The shared-memory format of a shmkv region: the one place that knows every offset.
 
 A region is one fixed-size mapping (a POSIX shm object in /dev/shm or a regular file) laid out
-as six areas, each 64-byte aligned. Nothing in it is a pointer: every reference is an offset,
+as seven areas, each 64-byte aligned. Nothing in it is a pointer: every reference is an offset,
 so the same bytes work at any address, in any process, and from a file after a restart.
 
-    +--------+---------+--------+-------------+--------+-------+------------------+
-    | header | stripes | procs  | collections | access | index |      arena       |
-    +--------+---------+--------+-------------+--------+-------+------------------+
+    +--------+---------+-------+-------------+--------+-------+--------+------------------+
+    | header | stripes | procs | collections | access | index | events |      arena       |
+    +--------+---------+-------+-------------+--------+-------+--------+------------------+
 
 Region header (HEADER_BYTES = 4096; little-endian)
 --------------------------------------------------
@@ -55,6 +55,7 @@ Region header (HEADER_BYTES = 4096; little-endian)
     328   4     retired_head        arena   first block ref of the retired list (0 = empty)
     332   4     retired_count       arena   blocks on it
     336   8     retired_bytes       arena   their block bytes (held for open views only)
+    344   4     events_enabled      -       1: writers record keyspace events (events.py)
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
     2560  1536  reserved            -       zero
@@ -71,7 +72,8 @@ Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
                                          also the source of versions: version = writes << 8
                                          | stripe, unique in the region and rising per key
     40    8     payload_bytes    stripe  key + value bytes of the stripe's entries
-    48    16    reserved
+    48    8     events_head      stripe  bytes ever written to the stripe's event ring
+    56    8     events_count     stripe  events ever written to it
 
 Process record (PROC_BYTES = 512, max_procs of them): the pins of one process's open views
 ----------------------------------------------------------------------------------------
@@ -109,6 +111,23 @@ its whole probe run, so writers of different stripes never touch the same slot.
 
     slot = (hash >> 32) << 32 | ref        0 = empty
     stripe = hash & (n_stripes - 1)        home = (hash >> 32) % slots_per_stripe
+
+Events: n_stripes rings of event_ring_bytes each (the area starts right after the index, 64-byte
+aligned; the arena after it). Their size follows from arena_bytes and n_stripes (see
+Layout.event_ring_bytes): 1/64 of the arena, between 4 KiB and 64 KiB a stripe. A writer appends
+to its key's stripe's ring under the stripe lock, then advances events_head; the ring is
+overwritten oldest first, and readers (the node) tell that they were overtaken from events_head
+(events.py). An event record, 8-aligned, may wrap around the ring's end:
+
+    off   size  field          notes
+    0     4     record_bytes   the whole record, padding included
+    4     1     kind           EV_SET, EV_DEL, EV_EXPIRED, EV_EVICTED, EV_MESSAGE
+    5     1     reserved
+    6     2     collection     index in the collection table
+    8     2     key_len        the key (the channel, for EV_MESSAGE)
+    10    2     reserved
+    12    4     data_len       the message of EV_MESSAGE, else 0
+    16    ..    key bytes, data bytes, zero padding
 
 Arena: ALIGN-byte blocks with boundary tags (a TLSF-style allocator, see arena.py). A block ref
 is the block's offset inside the arena divided by ALIGN, so 32-bit refs address 32 GiB. Arena
@@ -148,9 +167,9 @@ than key_len). Writer-only fields come first.
 Fields marked "-" are written while nobody can read them: before the entry is published into
 the index, or by an in-place overwrite (a new value that fits the key's current block), which
 happens under the stripe lock between the two increments of the stripe's seq, exactly like a
-slot change, so readers of the stripe retry. A free block keeps block_word at 0, its free-list links at 8 and
-12 (the same bytes as lru_prev/lru_next), and a copy of its size in its last 4 bytes (the
-footer) so that the block after it can coalesce backwards.
+slot change, so readers of the stripe retry. A free block keeps block_word at 0, its free-list
+links at 8 and 12 (the same bytes as lru_prev/lru_next), and a copy of its size in its last 4
+bytes (the footer) so that the block after it can coalesce backwards.
 """
 
 from __future__ import annotations
@@ -161,7 +180,7 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
@@ -214,6 +233,7 @@ H_EXPIRE_CURSOR = 320
 H_RETIRED_HEAD = 328  # u32
 H_RETIRED_COUNT = 332  # u32
 H_RETIRED_BYTES = 336
+H_EVENTS_ENABLED = 344  # u32
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024
 NBINS = 384
@@ -227,6 +247,14 @@ S_OWNER_TOKEN = 16
 S_ACQUIRED_AT = 24
 S_WRITES = 32
 S_PAYLOAD = 40
+S_EVENTS_HEAD = 48
+S_EVENTS_COUNT = 56
+
+# --- event rings -------------------------------------------------------------------------
+MIN_EVENT_RING_BYTES = 4 << 10
+MAX_EVENT_RING_BYTES = 64 << 10
+EVENT_HEADER = struct.Struct("<IBxHHxxI")
+EV_SET, EV_DEL, EV_EXPIRED, EV_EVICTED, EV_MESSAGE = 1, 2, 3, 4, 5
 
 # --- process record --------------------------------------------------------------------
 P_OWNER_PID = 0  # u32
@@ -283,6 +311,20 @@ class Layout:
     def index_slots(self) -> int:
         return self.n_stripes * self.slots_per_stripe
 
+    @property
+    def events_offset(self) -> int:
+        return _align(self.index_offset + self.index_slots * 8)
+
+    @property
+    def event_ring_bytes(self) -> int:
+        return event_ring_bytes(self.arena_bytes, self.n_stripes)
+
+
+def event_ring_bytes(arena_bytes: int, n_stripes: int) -> int:
+    """A power of two: rings take ~1/64 of the arena, within [4 KiB, 64 KiB] per stripe."""
+    share = arena_bytes // 64 // n_stripes
+    return min(MAX_EVENT_RING_BYTES, max(MIN_EVENT_RING_BYTES, 1 << max(0, share.bit_length() - 1)))
+
 
 def _align(n: int, to: int = 64) -> int:
     return (n + to - 1) // to * to
@@ -329,7 +371,10 @@ def plan_layout(
     collections_offset = _align(procs_offset + max_procs * PROC_BYTES)
     access_offset = _align(collections_offset + max_collections * COLLECTION_BYTES)
     index_offset = _align(access_offset + n_stripes * per_stripe)
-    arena_offset = _align(index_offset + n_stripes * per_stripe * 8, 4096)
+    events_offset = _align(index_offset + n_stripes * per_stripe * 8)
+    arena_offset = _align(events_offset
+                          + n_stripes * event_ring_bytes(arena_bytes // ALIGN * ALIGN, n_stripes),
+                          4096)
     arena_bytes = arena_bytes // ALIGN * ALIGN
     return Layout(
         n_stripes=n_stripes,
@@ -405,7 +450,7 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         and expected.collections_offset == colls_off
         and expected.access_offset == access_off
         and arena_off + arena_bytes == region_bytes
-        and index_off + n_stripes * per_stripe * 8 <= arena_off
+        and layout.events_offset + n_stripes * layout.event_ring_bytes <= arena_off
         and access_off + n_stripes * per_stripe <= index_off
     )
     if not same_areas or not 1 <= per_stripe <= 2**24 or n_stripes & (n_stripes - 1):

@@ -11,11 +11,11 @@ lists, unreferenced, and eviction frees them like any block no slot points to.
 A dead arena holder may have left the allocator and the segment lists half-changed. Both are
 rebuilt from the boundary-tag walk, which stays valid through any crash: every block-word update
 keeps the blocks tiling the arena (a split writes the tail block before shrinking the head).
-Blocks whose header is not even well-formed can only be one the dead holder had just
-allocated, and are freed. Checksums are not consulted here: writers of other stripes are alive
-and may be filling a new block, or rewriting an entry in place, whose checksum is not written
-yet; freeing such a block would pull it from under them. Known limit: the item counters may be off by the one operation the dead writer was
-in; the next full check (`shmkv doctor --repair`) recounts them.
+Blocks whose header is not even well-formed can only be one the dead holder had just allocated,
+and are freed. Checksums are not consulted here: writers of other stripes are alive and may be
+filling a new block, or rewriting an entry in place, whose checksum is not written yet; freeing
+such a block would pull it from under them. Known limit: the item counters may be off by the one
+operation the dead writer was in; the next full check (`shmkv doctor --repair`) recounts them.
 """
 
 from __future__ import annotations

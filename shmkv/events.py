@@ -1,0 +1,164 @@
+"""Events: keyspace notifications and published messages, through rings in the region.
+
+Any process that writes to the region can tell the others what changed without a socket: a
+writer appends an event (the key and what happened to it: set, del, expired, evicted) to the
+event ring of the key's stripe, and `Cache.publish` appends a message to the ring of the
+channel's stripe. One reader, the node, tails every ring with `EventReader` and forwards the
+events to subscribers over ZeroMQ (broker/pubsub.py). The ring format is in layout.py.
+
+Why one ring per stripe: a writer already holds its key's stripe lock, so appending costs no
+lock of its own and writers of different stripes never contend; events of one key (one stripe)
+stay in order, which is the order subscribers need. Keyspace events are off until someone turns
+them on (`Cache.enable_events`, the node does at start): until then a writer pays one flag read.
+
+Rings are overwritten oldest first and never wait for their reader: a writer must not stall
+because the node is slow or gone. The reader notices that it was overtaken (the ring's head has
+moved more than a ring's worth past what it has read) and counts the events it lost. Records
+are read optimistically, like the index: copied, then kept only if the head has not moved so far
+meanwhile that a writer could have reached them (a record is at most half a ring, so a reader
+keeps half a ring of slack).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import layout as L
+from .errors import ValueTooLarge
+
+if TYPE_CHECKING:
+    from .cache import Cache, _Region
+
+KIND_NAMES = {L.EV_SET: "set", L.EV_DEL: "del", L.EV_EXPIRED: "expired",
+              L.EV_EVICTED: "evicted", L.EV_MESSAGE: "message"}
+_ENABLED = L.H_EVENTS_ENABLED >> 2
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "set", "del", "expired", "evicted", or "message" (a publish)
+    collection: str  # "" for the default collection
+    key: bytes  # the key; for "message", the channel
+    data: bytes = b""  # for "message", the message
+
+
+def enabled(region: _Region) -> bool:
+    return bool(region.u32[_ENABLED])
+
+
+def set_enabled(region: _Region, on: bool) -> None:
+    region.u32[_ENABLED] = int(on)
+
+
+def max_message_bytes(region: _Region, channel_bytes: int) -> int:
+    """The longest message publish() takes on a channel of that length in this region: a
+    record may fill half a ring."""
+    return region.layout.event_ring_bytes // 2 - L.EVENT_HEADER.size - channel_bytes
+
+
+def emit_locked(region: _Region, stripe: int, kind: int, coll: int, key: bytes,
+                data: bytes | memoryview = b"") -> None:
+    """Append one event to the stripe's ring (the stripe's lock held by the caller)."""
+    ring = region.layout.event_ring_bytes
+    body = L.EVENT_HEADER.size + len(key) + len(data)
+    size = (body + 7) & ~7
+    if size > ring // 2:
+        raise ValueTooLarge(f"a message on this channel may be at most "
+                            f"{max_message_bytes(region, len(key))} bytes in this region (its "
+                            "event rings are 1/64 of the arena, at most 64 KiB a stripe); "
+                            "send large payloads as values and publish their keys")
+    record = b"".join((L.EVENT_HEADER.pack(size, kind, coll, len(key), len(data)), key, data,
+                       bytes(size - body)))
+    lay, q = region.layout, region.q
+    rec_at = (lay.stripes_offset + stripe * L.STRIPE_BYTES) >> 3
+    head = q[rec_at + (L.S_EVENTS_HEAD >> 3)]
+    ring0 = lay.events_offset + stripe * ring
+    at = head % ring
+    first = min(size, ring - at)
+    region.mm[ring0 + at:ring0 + at + first] = record[:first]
+    if first < size:  # wraps around the end of the ring
+        region.mm[ring0:ring0 + size - first] = record[first:]
+    # the record is in place before the head moves past it: a reader never parses half of one
+    q[rec_at + (L.S_EVENTS_HEAD >> 3)] = head + size
+    q[rec_at + (L.S_EVENTS_COUNT >> 3)] += 1
+
+
+class EventReader:
+    """Tails every event ring of a region, from the moment it is made. One per process: each
+    reader has its own position and sees every event (none is consumed)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._region = cache._region
+        lay = self._region.layout
+        self._rec_at = [(lay.stripes_offset + s * L.STRIPE_BYTES) >> 3
+                        for s in range(lay.n_stripes)]
+        self._ring = ring = lay.event_ring_bytes
+        self._slack = ring // 2  # the largest record: how far a writer may be ahead of head
+        self._ring0 = [lay.events_offset + s * ring for s in range(lay.n_stripes)]
+        q = self._region.q
+        self._read = [q[at + (L.S_EVENTS_HEAD >> 3)] for at in self._rec_at]  # bytes read
+        self._counted = [q[at + (L.S_EVENTS_COUNT >> 3)] for at in self._rec_at]
+        self._lost = 0
+
+    @property
+    def lost(self) -> int:
+        """Events the rings overwrote before this reader got to them."""
+        return self._lost
+
+    def poll(self, max_events: int = 4096) -> list[Event]:
+        """The events written since the last poll (up to about max_events); never blocks."""
+        events: list[Event] = []
+        for stripe in range(len(self._rec_at)):
+            if len(events) >= max_events:
+                break
+            self._poll_stripe(stripe, events)
+        return events
+
+    def _poll_stripe(self, stripe: int, events: list[Event]) -> None:
+        region = self._region
+        q, mm = region.q, region.mm
+        head_at = self._rec_at[stripe] + (L.S_EVENTS_HEAD >> 3)
+        count_at = self._rec_at[stripe] + (L.S_EVENTS_COUNT >> 3)
+        start, head = self._read[stripe], q[head_at]
+        if head == start:
+            return
+        ring = self._ring
+        if head - start <= ring - self._slack:
+            ring0, at = self._ring0[stripe], start % ring
+            n = head - start
+            first = min(n, ring - at)
+            raw = mm[ring0 + at:ring0 + at + first] + mm[ring0:ring0 + n - first]
+            if q[head_at] - start <= ring - self._slack:  # nobody wrote over it meanwhile
+                parsed = self._parse(raw, events)
+                if parsed >= 0:
+                    self._read[stripe] = head
+                    self._counted[stripe] += parsed
+                    return
+        # overtaken (or a record that does not parse: a writer died mid-append): start again
+        # at the head, and count what was skipped
+        head, count = q[head_at], q[count_at]
+        self._lost += max(0, count - self._counted[stripe])
+        self._read[stripe], self._counted[stripe] = head, count
+
+    def _parse(self, raw: bytes, events: list[Event]) -> int:
+        """Append the events in raw; returns how many, or -1 if a record is malformed."""
+        colls = self._region.colls
+        pos, parsed = 0, 0
+        while pos < len(raw):
+            if len(raw) - pos < L.EVENT_HEADER.size:
+                return -1
+            size, kind, coll, klen, dlen = L.EVENT_HEADER.unpack_from(raw, pos)
+            body = pos + L.EVENT_HEADER.size
+            if kind not in KIND_NAMES or size < L.EVENT_HEADER.size + klen + dlen \
+                    or pos + size > len(raw) or size % 8:
+                return -1
+            if coll >= colls.max:
+                return -1
+            # the record's name, read now: a collection renamed since reports its new name
+            name = colls.read(coll)[3].decode("utf-8", "replace")
+            events.append(Event(KIND_NAMES[kind], name, raw[body:body + klen],
+                                raw[body + klen:body + klen + dlen]))
+            pos += size
+            parsed += 1
+        return parsed
