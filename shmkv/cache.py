@@ -35,11 +35,12 @@ from . import arrays
 from . import layout as L
 from . import region as R
 from .arena import MAX_BLOCK_BYTES, Arena
+from .coerce import key_bytes as _key_bytes
+from .coerce import value_buffer as _value_bytes
 from .errors import (
     CacheClosed,
     CollectionNotFound,
     IndexFull,
-    KeyTooLarge,
     NotAnInteger,
     RegionExists,
     RegionFull,
@@ -102,43 +103,6 @@ class _Closed:
 _CLOSED = _Closed()
 
 
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate); pass bytes "
-                         "or well-formed text") from None
-
-
-def _key_bytes(key: object) -> bytes:
-    if type(key) is str:
-        raw = _utf8(key, "key")
-    elif isinstance(key, (bytes, bytearray, memoryview)):
-        raw = bytes(key)
-    else:
-        raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
-    if len(raw) > L.MAX_KEY_BYTES:
-        raise KeyTooLarge(f"key is {len(raw)} bytes; keys may be at most {L.MAX_KEY_BYTES} bytes")
-    return raw
-
-
-def _value_bytes(value: object) -> bytes | memoryview:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, str):
-        return _utf8(value, "value")
-    if isinstance(value, (int, float, bool)) or value is None:
-        raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}")
-    try:
-        view = memoryview(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}") from None
-    if "O" in view.format:  # pointers to this process's objects mean nothing to another one
-        raise TypeError("values holding Python objects (object dtype) cannot be shared; "
-                        "store bytes, or an array of a plain dtype")
-    return view if view.c_contiguous else memoryview(view.tobytes())
-
-
 def _check_timeout(lock_timeout_s: object) -> None:
     if isinstance(lock_timeout_s, bool) or not isinstance(lock_timeout_s, (int, float)):
         raise TypeError("lock_timeout_s must be a number of seconds")
@@ -168,6 +132,7 @@ class _Region:
         self.seed = seed
         self.clock = clock
         self.mv = memoryview(self.mm)
+        self.ro = self.mv.toreadonly()  # what views are made of: read-only from the start
         self.q = self.mv.cast("Q")
         self.u32 = self.mv.cast("I")
         try:
@@ -179,6 +144,7 @@ class _Region:
         except BaseException:  # the caller closes the mapping, which needs our views gone
             self.q.release()
             self.u32.release()
+            self.ro.release()
             self.mv.release()
             raise
         self.index = Index(self.mm, self.q, self.u32, layout)
@@ -212,6 +178,7 @@ class _Region:
         self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
         self.q.release()
         self.u32.release()
+        self.ro.release()
         self.mv.release()
         self.locks.close()
         self.mapping.close()

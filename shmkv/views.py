@@ -57,9 +57,7 @@ class ValueView:
         cache._region.release_lingering()
         self._pin, self._off, start, vlen, kind = cache._pin_entry(self._key)
         try:
-            mm = cache._region.mm
-            base = np.frombuffer(mm, np.uint8, vlen, start)
-            base.flags.writeable = False
+            base = np.frombuffer(cache._region.ro, np.uint8, vlen, start)  # read-only
             if not self._as_array:
                 self._base = base
                 self._mv = memoryview(base)
