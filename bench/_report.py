@@ -50,10 +50,15 @@ def _fmt_num(x: float | None, digits: int = 0) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of TABLE_COLUMNS. Each row: system, op, n, median_ns, p99_ns,
-    ops_per_s, ratio (None where there is no shmkv figure to compare against)."""
+    ops_per_s, ratio (None where there is no shmkv figure to compare against). A row with
+    "na" (a reason, e.g. "n/a (not available)") has no figures: the reason fills the row."""
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(TABLE_COLUMNS) - 2)) + "|"]
     for r in rows:
+        if r.get("na"):
+            cells = [str(r["system"]), str(r["op"]), "-", str(r["na"])] + ["-"] * 3
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         ratio = r.get("ratio")
         cells = [
             str(r["system"]), str(r["op"]), _fmt_num(r["n"]),
@@ -85,7 +90,7 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(packages: Iterable[str] = PACKAGES) -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
         "cpu_model": _cpu_model(),
@@ -93,7 +98,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "kernel": platform.release(),
-        "packages": package_versions(),
+        "packages": package_versions(packages),
     }
 
 
@@ -129,21 +134,37 @@ def write_results(out_dir: str | os.PathLike[str], name: str, title: str, comman
     stem = f"{name}-{info['hostname']}-{now:%Y%m%d}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    commit = git_commit()
-    header = [
-        f"# {title}",
-        "",
-        f"- date: {now:%Y-%m-%d %H:%M:%S} UTC",
-        f"- machine: {machine_line(info)}",
-        f"- commit: {commit or 'unknown'}",
-        f"- command: `{command}`",
-        "",
-    ]
-    body = [table_md, ""] + [f"- {n}" for n in notes]
-    md_path = out / f"{stem}.md"
-    md_path.write_text("\n".join(header + body) + "\n", encoding="utf-8")
-    doc = {"title": title, "date_utc": now.isoformat(timespec="seconds"), "machine": info,
-           "commit": commit, "command": command, "notes": list(notes), "summary": summary}
-    json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    md_path, json_path = out / f"{stem}.md", out / f"{stem}.json"
+    write_report(md_path, json_path, title=title, command=command, body_md=table_md,
+                 notes=notes, summary=summary, info=info, now=now)
     return md_path, json_path
+
+
+def write_report(md_path: str | os.PathLike[str] | None,
+                 json_path: str | os.PathLike[str] | None, *, title: str, command: str,
+                 body_md: str, notes: Sequence[str], summary: dict[str, Any],
+                 info: dict[str, Any] | None = None,
+                 now: _dt.datetime | None = None) -> None:
+    """Write the markdown report and/or the JSON file (a None path is skipped): the date, the
+    machine (info, default machine_info()), the commit and the exact command, then body_md
+    and the notes; the JSON holds the same facts plus the raw summary."""
+    info = info if info is not None else machine_info()
+    now = now if now is not None else _dt.datetime.now(_dt.timezone.utc)
+    commit = git_commit()
+    if md_path is not None:
+        header = [
+            f"# {title}",
+            "",
+            f"- date: {now:%Y-%m-%d %H:%M:%S} UTC",
+            f"- machine: {machine_line(info)}",
+            f"- commit: {commit or 'unknown'}",
+            f"- command: `{command}`",
+            "",
+        ]
+        body = [body_md, ""] + [f"- {n}" for n in notes]
+        Path(md_path).write_text("\n".join(header + body) + "\n", encoding="utf-8")
+    if json_path is not None:
+        doc = {"title": title, "date_utc": now.isoformat(timespec="seconds"), "machine": info,
+               "commit": commit, "command": command, "notes": list(notes), "summary": summary}
+        Path(json_path).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n",
+                                   encoding="utf-8")
