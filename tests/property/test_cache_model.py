@@ -3,7 +3,8 @@
 The model maps (collection, key) to (value, expires_at_ns); time moves only when the machine
 says so (the injected clock), so expiry is exact and replayable. After every step the region
 must pass the full consistency check, so a sequence that corrupts the allocator or the index is
-caught at the step that did it, and hypothesis shrinks it to a short reproduction.
+caught at the step that did it, and hypothesis shrinks it to a short reproduction. Views
+opened along the way must keep showing the bytes they opened on, whatever the later steps do.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class CacheMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.root = shmkv.Cache.create(self.name, arena_bytes=1 << 20, clock=self.clock)
         self.model: dict[tuple[str, bytes], tuple[bytes, int]] = {}
+        self.views: list[tuple[object, memoryview, bytes]] = []  # (ValueView, mv, expected)
 
     def teardown(self) -> None:
         if hasattr(self, "root"):
+            for view, _, _ in self.views:
+                view.close()
             self.root.close()
             shmkv.Cache.unlink(self.name)
 
@@ -99,6 +103,30 @@ class CacheMachine(RuleBasedStateMachine):
         self.root.drop_collection("users")
         self.model = {k: v for k, v in self.model.items() if k[0] != "users"}
 
+    @precondition(lambda self: len(self.views) < 5)
+    @rule(coll=COLLECTIONS, key=KEYS)
+    def open_view(self, coll, key) -> None:
+        expected = self.live(coll, key)
+        view = self.handle(coll).view(key)
+        if expected is None:
+            with pytest.raises(KeyError):
+                view.__enter__()
+            return
+        self.views.append((view, view.__enter__(), expected))
+
+    @precondition(lambda self: self.views)
+    @rule(data=st.data())
+    def close_view(self, data) -> None:
+        view, mv, expected = self.views.pop(data.draw(st.integers(0, len(self.views) - 1)))
+        assert mv == expected
+        view.close()
+        with pytest.raises(ValueError):
+            mv[0:1].tobytes()
+
+    @rule()
+    def maintain(self) -> None:
+        self.root.maintain()
+
     @rule(seconds=st.sampled_from([0.25, 1, 10]))
     def advance_clock(self, seconds) -> None:
         self.clock.advance(seconds)
@@ -116,6 +144,13 @@ class CacheMachine(RuleBasedStateMachine):
             assert sorted(self.handle(coll)) == expected
             stored = sum(1 for (c, _) in self.model if c == coll)
             assert len(self.handle(coll)) == stored  # len counts expired keys not yet removed
+
+    @invariant()
+    def open_views_show_the_bytes_they_opened_on(self) -> None:
+        for _, mv, expected in getattr(self, "views", []):
+            assert mv == expected
+        if hasattr(self, "root") and not self.views:
+            assert self.root.stats()["retired_blocks"] == 0  # nothing held once all closed
 
     @invariant()
     def region_is_consistent(self) -> None:
