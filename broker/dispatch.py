@@ -112,6 +112,11 @@ class Dispatcher:
         finally:
             self._forget(name)
 
+    def _publish(self, request: Request) -> Result:
+        # on the root handle: channels are node-wide, whatever collection the client holds
+        self._cache.publish(request.frames[0].tobytes(), request.frames[1])
+        return None, []
+
 
 _ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
     "ping": Dispatcher._ping,
@@ -119,6 +124,7 @@ _ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
     "collections": Dispatcher._collections,
     "rename_collection": Dispatcher._rename_collection,
     "drop_collection": Dispatcher._drop_collection,
+    "publish": Dispatcher._publish,
 }
 
 

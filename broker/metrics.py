@@ -61,7 +61,8 @@ class Metrics:
             registry=self.registry)
         self.dropped = Counter(
             "shmkv_pubsub_dropped_messages",
-            "Messages dropped because a subscriber's queue was full (pub_hwm)",
+            "Events the region's rings overwrote before the node forwarded them (drops at a "
+            "slow subscriber's pub_hwm are counted by the subscriber)",
             registry=self.registry)
         if stats is not None:
             self.registry.register(RegionCollector(stats))
@@ -80,7 +81,7 @@ class Metrics:
         self.published.inc(messages)
 
     def count_dropped(self, messages: int = 1) -> None:
-        """Messages the PUB socket refused (a subscriber at pub_hwm)."""
+        """Events lost before they could be published (the region's rings overwrote them)."""
         self.dropped.inc(messages)
 
     # --- the HTTP endpoint --------------------------------------------------------------

@@ -66,6 +66,12 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
     collections       -                  -                [names]               -
     rename_collection old, new           -                null                  -
     drop_collection   name               -                removed: int          -
+    publish           -                  channel, message null                  -
+
+`publish` sends message to the subscribers of channel through the region, as a local
+Cache.publish does; channels are node-wide (any coll is ignored), a channel frame follows the
+rules of a key frame. What subscribers receive is specified in pubsub.py (the PUB socket's
+message format).
 
 Arrays: `dtype` is numpy's descr of the dtype as in a .npy header (numpy.lib.format), so
 "<f8" for a plain dtype and a list of [name, descr(, shape)] for a structured one; `shape` is a
@@ -90,6 +96,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from shmkv import errors
+from shmkv.coerce import key_bytes, value_buffer
 from shmkv.errors import ProtocolError
 
 # A frame as either side handles it: bytes, a memoryview or a zmq.Frame (anything with the
@@ -106,6 +113,7 @@ REQUEST_FRAMES: dict[str, int] = {
     "contains": 1, "len": 0, "keys": 0, "ttl": 1, "expire": 1, "persist": 1, "clear": 0,
     "stats": 0, "get_many": ANY_COUNT, "set_many": PAIRS, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
+    "publish": 2,
 }
 
 # The exceptions that cross the wire, by code. Built from errors.__all__, so a class added there
@@ -247,33 +255,11 @@ def exception_from(reply: Reply) -> Exception:
 
 
 # --- keys, values and arrays on the wire -----------------------------------------------------
-# The client turns arguments into frames with the rules of the engine (shmkv.cache), and with
+# The client turns arguments into frames with the rules of the engine (shmkv.coerce), and with
 # its messages, so that RemoteCache raises what Cache raises before anything is sent; the
 # contract suite (tests/contract) checks that the two agree.
-def key_frame(key: object) -> bytes:
-    if type(key) is str:
-        return _utf8(key, "key")
-    if isinstance(key, (bytes, bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
-
-
-def value_frame(value: object) -> Buffer:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, str):
-        return _utf8(value, "value")
-    if isinstance(value, (int, float, bool)) or value is None:
-        raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}")
-    try:
-        view = memoryview(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"value must be bytes-like or str, not {type(value).__name__}") from None
-    if "O" in view.format:
-        raise TypeError("values holding Python objects (object dtype) cannot be shared; "
-                        "store bytes, or an array of a plain dtype")
-    # one flat run of bytes: pyzmq sends any buffer, and the node stores exactly these bytes
-    return view.cast("B") if view.c_contiguous else view.tobytes()
+key_frame = key_bytes
+value_frame = value_buffer
 
 
 def array_fields(arr: object) -> tuple[dict[str, Any], Buffer]:
@@ -375,9 +361,3 @@ def _dumps(header: dict[str, Any]) -> bytes:
         raise TypeError(f"cannot send these arguments over the wire: {exc}") from None
 
 
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate); pass bytes "
-                         "or well-formed text") from None

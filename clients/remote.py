@@ -300,6 +300,14 @@ class RemoteCache:
         """Delete a collection and all its keys; returns how many keys it held."""
         return self._call("drop_collection", name=name).result  # type: ignore
 
+    # --- pub/sub --------------------------------------------------------------------------
+    def publish(self, channel: str | bytes, message: Any) -> None:
+        """Send message to the subscribers of channel (clients/subscribe.py), as
+        Cache.publish does: fire and forget. The node puts it through the region, so it is
+        ordered with the keyspace events of local writers. Channels are node-wide: a
+        collection handle publishes on the same channels."""
+        self._call("publish", [protocol.key_frame(channel), protocol.value_frame(message)])
+
     def stats(self) -> dict[str, Any]:
         """The region's counters and sizes, plus this handle's collection (Cache.stats())."""
         return self._call("stats").result  # type: ignore[no-any-return]

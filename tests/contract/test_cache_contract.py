@@ -429,6 +429,12 @@ def test_set_array_with_ttl_has_a_ttl(store) -> None:
     assert 0 < store.ttl("a") <= 100
 
 
+def test_publish_takes_str_or_bytes_and_returns_nothing(store) -> None:
+    # fire and forget on both: what subscribers get is tests/integration/test_pubsub.py
+    assert store.publish("news", b"\x00bytes") is None
+    assert store.publish(b"news", "text") is None
+
+
 # --- the remote client raises what the engine raises -----------------------------------------
 FAILING_CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("key type", lambda s: s.set(5, b"v")),
@@ -445,6 +451,9 @@ FAILING_CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("collection name type", lambda s: s.collection(5)),
     ("drop missing", lambda s: s.drop_collection("missing")),
     ("rename missing", lambda s: s.rename_collection("missing", "x")),
+    ("publish channel type", lambda s: s.publish(5, b"m")),
+    ("publish message type", lambda s: s.publish("news", 5)),
+    ("publish message too large", lambda s: s.publish("news", b"x" * (ARENA_BYTES // 16))),
 ]
 
 

@@ -7,6 +7,7 @@ import json
 import shmkv
 from shmkv.broker import dispatch, protocol
 from shmkv.broker.dispatch import Dispatcher
+from shmkv.events import Event, EventReader
 
 
 def call(dispatcher: Dispatcher, op: str, *frames: bytes, **fields) -> protocol.Reply:
@@ -94,3 +95,17 @@ def test_ping_reports_the_protocol_version(cache) -> None:
     reply = call(Dispatcher(cache), "ping")
     assert reply.result == {"protocol_version": protocol.PROTOCOL_VERSION}
     json.dumps(reply.result)
+
+
+def test_publish_goes_through_the_region_on_the_root_handle(cache) -> None:
+    events = EventReader(cache)
+    d = Dispatcher(cache)
+    call(d, "collection", name="users")
+    assert call(d, "publish", b"news", b"hello").ok
+    assert call(d, "publish", b"news", b"again", coll="users").ok  # channels are node-wide
+    assert events.poll() == [Event("message", "", b"news", b"hello"),
+                             Event("message", "", b"news", b"again")]
+
+
+def test_publish_refuses_what_cache_publish_refuses(cache) -> None:
+    assert call(Dispatcher(cache), "publish", b"c" * 5000, b"m").error == "KeyTooLarge"

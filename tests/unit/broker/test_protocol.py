@@ -34,6 +34,13 @@ def test_a_request_without_coll_is_in_the_default_collection() -> None:
     assert protocol.decode_request(request_frames({"id": 1, "op": "len"})).coll == ""
 
 
+def test_a_publish_carries_its_channel_and_message_as_frames() -> None:
+    request = protocol.decode_request(protocol.encode_request(3, "publish", {},
+                                                              [b"news", b"\x00msg"]))
+    assert request.op == "publish"
+    assert [bytes(f) for f in request.frames] == [b"news", b"\x00msg"]
+
+
 def test_values_travel_as_their_own_frames_untouched() -> None:
     value = bytes(range(256)) * 3
     frames = protocol.encode_request(1, "set", {}, [b"k", value])
@@ -96,6 +103,7 @@ def test_the_version_is_read_without_parsing_the_header() -> None:
     (request_frames({"id": 1, "op": "set"}, b"k"), "set takes 2 frame"),
     (request_frames({"id": 1, "op": "len"}, b"extra"), "len takes 0 frame"),
     (request_frames({"id": 1, "op": "set_many"}, b"k", b"v", b"k2"), "in pairs"),
+    (request_frames({"id": 1, "op": "publish"}, b"channel"), "publish takes 2 frame"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_malformed_request_raises_protocol_error_saying_what_is_wrong(frames, problem) -> None:
     with pytest.raises(ProtocolError, match=problem):
