@@ -11,8 +11,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,17 @@ def write_report(md_path: str | os.PathLike[str] | None,
                "commit": commit, "command": command, "notes": list(notes), "summary": summary}
         Path(json_path).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n",
                                    encoding="utf-8")
+
+
+def print_and_save(name: str, title: str, rows: Sequence[dict[str, Any]], notes: Sequence[str],
+                   out_dir: str | None) -> None:
+    """Print the table and notes of a run; with out_dir, also write them (write_results) with
+    the command line that produced them."""
+    table = markdown_table(rows)
+    print(table)
+    print("\n".join(f"- {n}" for n in notes))
+    if out_dir:
+        script = Path(sys.argv[0]).resolve().relative_to(REPO)
+        command = "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
+        md, js = write_results(out_dir, name, title, command, table, notes, {"rows": list(rows)})
+        print(f"wrote {md} and {js}")

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import shlex
 import shutil
 import socket
 import subprocess
@@ -170,18 +169,10 @@ def main() -> None:
         args.keys, args.gets, args.batches, args.rounds = 2_000, 500, 50, 1
     samples, notes = measure(args)
     rows, checks = report(samples, args.batch)
-    table = _report.markdown_table(rows)
     notes = [*checks, "ratio = median / shmkv RemoteCache median of the same op; ops/s "
              "counts keys", "TCP loopback; client and servers share the 2 cores", *notes]
-    print(table)
-    print("\n".join(f"- {n}" for n in notes))
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
-    if out:
-        command = "python " + " ".join(shlex.quote(a) for a in ["bench/bench_node.py",
-                                                                  *sys.argv[1:]])
-        md, js = _report.write_results(out, "node", "The node over TCP loopback vs redis-py",
-                                       command, table, notes, {"rows": rows})
-        print(f"wrote {md} and {js}")
+    _report.print_and_save("node", "The node over TCP loopback vs redis-py", rows, notes, out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -147,19 +146,11 @@ def main() -> None:
     reps = 2_000 if args.quick else args.reps
     samples, notes = run(reps)
     rows, checks = rows_and_checks(samples)
-    table = _report.markdown_table(rows)
     notes = [*checks, "ratio = median / shmkv view median of the same size",
              "view = open, read first and last byte, close; timed per operation in a second "
              "process", *notes]
-    print(table)
-    print("\n".join(f"- {n}" for n in notes))
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
-    if out:
-        command = "python " + " ".join(shlex.quote(a) for a in ["bench/bench_views.py",
-                                                                  *sys.argv[1:]])
-        md, js = _report.write_results(out, "views", "Zero-copy views from another process",
-                                       command, table, notes, {"samples_summary": rows})
-        print(f"wrote {md} and {js}")
+    _report.print_and_save("views", "Zero-copy views from another process", rows, notes, out)
 
 
 if __name__ == "__main__":
