@@ -15,7 +15,8 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,13 @@ def print_and_save(name: str, title: str, rows: Sequence[dict[str, Any]], notes:
         command = "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
         md, js = write_results(out_dir, name, title, command, table, notes, {"rows": list(rows)})
         print(f"wrote {md} and {js}")
+
+
+def time_each(op: Callable[[], object], reps: int) -> list[int]:
+    """ns of each of reps calls of op, one clock reading pair per call."""
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter_ns()
+        op()
+        samples.append(time.perf_counter_ns() - t0)
+    return samples

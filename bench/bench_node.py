@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,15 +84,6 @@ def running_redis(dir_path: Path) -> Iterator[redis.Redis | None]:
         server.stop()
 
 
-def timed(op: Callable[[], object], reps: int) -> list[int]:
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter_ns()
-        op()
-        samples.append(time.perf_counter_ns() - t0)
-    return samples
-
-
 def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], list[str]]:
     rng = random.Random(args.seed)
     keys = [os.urandom(8).hex().encode() for _ in range(args.keys)]
@@ -118,12 +108,12 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], list[str]]:
             for name, (get, get_many) in systems.items():
                 order = rng.sample(keys, args.gets)
                 it = iter(order)
-                samples.setdefault(f"{name}|get", []).extend(timed(lambda: get(next(it)),
+                samples.setdefault(f"{name}|get", []).extend(_report.time_each(lambda: get(next(it)),
                                                                    len(order)))
                 batches = [rng.sample(keys, args.batch) for _ in range(args.batches)]
                 bit = iter(batches)
                 samples.setdefault(f"{name}|batch of {args.batch}", []).extend(
-                    timed(lambda: get_many(next(bit)), len(batches)))
+                    _report.time_each(lambda: get_many(next(bit)), len(batches)))
         assert remote.get(keys[0]) == values[keys[0]]
     return samples, notes
 

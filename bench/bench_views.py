@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -43,15 +42,6 @@ SIZES = {"1 KiB": 1 << 10, "1 MiB": 1 << 20, "64 MiB": 64 << 20}
 COPY_REPS_MAX = 200  # a 64 MiB copy costs ~10 ms: fewer of them
 
 
-def time_ops(op, reps: int) -> list[int]:
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter_ns()
-        op()
-        samples.append(time.perf_counter_ns() - t0)
-    return samples
-
-
 def worker(region: str, lmdb_dir: str | None, reps: int) -> dict[str, dict[str, list[int]]]:
     """Run in the second process: every timing, by system and size."""
     out: dict[str, dict[str, list[int]]] = {}
@@ -62,8 +52,8 @@ def worker(region: str, lmdb_dir: str | None, reps: int) -> dict[str, dict[str, 
 
         for label in SIZES:
             view_ends(label)  # warm: the first view of a process claims its record
-            out[f"shmkv view|{label}"] = time_ops(lambda: view_ends(label), reps)
-            out[f"shmkv get (copy)|{label}"] = time_ops(lambda: c.get(label),
+            out[f"shmkv view|{label}"] = _report.time_each(lambda: view_ends(label), reps)
+            out[f"shmkv get (copy)|{label}"] = _report.time_each(lambda: c.get(label),
                                                         min(reps, COPY_REPS_MAX))
     if lmdb_dir is not None:
         env = lmdb.open(lmdb_dir, readonly=True, lock=True, map_size=1 << 30)
@@ -76,7 +66,7 @@ def worker(region: str, lmdb_dir: str | None, reps: int) -> dict[str, dict[str, 
         for label in SIZES:
             key = label.encode()
             lmdb_view(key)
-            out[f"py-lmdb get, buffers=True|{label}"] = time_ops(lambda: lmdb_view(key), reps)
+            out[f"py-lmdb get, buffers=True|{label}"] = _report.time_each(lambda: lmdb_view(key), reps)
         env.close()
     return out
 
