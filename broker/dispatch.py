@@ -205,20 +205,22 @@ def _stats(c: Cache, r: Request) -> Result:
 
 def _get_many(c: Cache, r: Request) -> Result:
     found, values = [], []
-    for key in r.frames:
+    for key in protocol.unpack(*r.frames):
         value = c.get(key.tobytes())
         found.append(value is not None)
         if value is not None:
             values.append(value)
-    return found, values
+    return found, protocol.pack(values)
 
 
 def _set_many(c: Cache, r: Request) -> Result:
     # Not atomic, as a loop of set() is not: the pairs before a failing one stay stored.
     ttl_s = _field(r, "ttl_s", None)
-    frames = r.frames
-    for i in range(0, len(frames), 2):
-        c.set(frames[i].tobytes(), frames[i + 1], ttl_s=ttl_s)
+    keys, values = protocol.unpack(*r.frames[:2]), protocol.unpack(*r.frames[2:])
+    if len(keys) != len(values):
+        raise ProtocolError(f"set_many got {len(keys)} keys and {len(values)} values")
+    for key, value in zip(keys, values):
+        c.set(key.tobytes(), value, ttl_s=ttl_s)
     return None, []
 
 

@@ -57,8 +57,10 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
     persist           coll               key              bool                  -
     clear             coll               -                removed: int          -
     stats             coll               -                the stats dict        -
-    get_many          coll               k1 k2 ..         [found: bool, ..]     the values found
-    set_many          coll, ttl_s        k1 v1 k2 v2 ..   null                  -
+    get_many          coll               keys (packed)    [found: bool, ..]     the values found
+                                                                                (packed)
+    set_many          coll, ttl_s        keys, values     null                  -
+                                         (both packed)
     set_array         coll, ttl_s,       key, data        null                  -
                       dtype, shape
     get_array         coll               key              {dtype, shape}|null   data if found
@@ -72,6 +74,12 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
 Cache.publish does; channels are node-wide (any coll is ignored), a channel frame follows the
 rules of a key frame. What subscribers receive is specified in pubsub.py (the PUB socket's
 message format).
+
+Packed: a batch travels as two frames, not one frame per item: a table of the items' lengths
+(u32 little-endian each), then the items' bytes back to back. libzmq and pyzmq cost a few
+microseconds per frame, which a batch of 100 one-frame items paid 400 times over (measured: a
+get_many of 100 cost 9x Redis' MGET); a length table that does not add up to the bytes is a
+ProtocolError.
 
 Arrays: `dtype` is numpy's descr of the dtype as in a .npy header (numpy.lib.format), so
 "<f8" for a plain dtype and a list of [name, descr(, shape)] for a structured one; `shape` is a
@@ -88,6 +96,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,11 +116,10 @@ TAG_PREFIX = b"SHMKV/"
 PROTOCOL_TAG = TAG_PREFIX + str(PROTOCOL_VERSION).encode()
 
 # Payload frames a request carries, per command: a count, or one of the two variable shapes.
-ANY_COUNT, PAIRS = -1, -2
 REQUEST_FRAMES: dict[str, int] = {
     "ping": 0, "get": 1, "get_with_version": 1, "set": 2, "cas": 2, "incr": 1, "delete": 1,
     "contains": 1, "len": 0, "keys": 0, "ttl": 1, "expire": 1, "persist": 1, "clear": 0,
-    "stats": 0, "get_many": ANY_COUNT, "set_many": PAIRS, "set_array": 2, "get_array": 1,
+    "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
     "publish": 2,
 }
@@ -178,9 +186,9 @@ def decode_request(frames: Sequence[Buffer]) -> Request:
         raise ProtocolError(f"coll must be a collection name (str), not {coll!r}")
     payload = views[3:]
     expected = REQUEST_FRAMES[op]
-    if expected == PAIRS and len(payload) % 2 or expected >= 0 and len(payload) != expected:
-        shape = "key and value frames in pairs" if expected == PAIRS else f"{expected} frame(s)"
-        raise ProtocolError(f"{op} takes {shape} after the header, got {len(payload)}")
+    if len(payload) != expected:
+        raise ProtocolError(f"{op} takes {expected} frame(s) after the header, "
+                            f"got {len(payload)}")
     return Request(request_id, op, coll, header, payload)
 
 
@@ -260,6 +268,28 @@ def exception_from(reply: Reply) -> Exception:
 # contract suite (tests/contract) checks that the two agree.
 key_frame = key_bytes
 value_frame = value_buffer
+
+
+def pack(items: Sequence[Buffer]) -> list[bytes]:
+    """Two frames for a batch: the lengths (u32 each), then the items back to back."""
+    return [struct.pack(f"<{len(items)}I", *map(len, items)), b"".join(items)]
+
+
+def unpack(lengths: Buffer, data: Buffer) -> list[memoryview]:
+    """The items of a packed batch, as views of data. Raises ProtocolError if the length
+    table is not whole or does not add up to the data."""
+    table, blob = memoryview(lengths), memoryview(data)
+    if table.nbytes % 4:
+        raise ProtocolError("a packed batch's length table must be whole u32s")
+    lens = struct.unpack_from(f"<{table.nbytes // 4}I", table)
+    if sum(lens) != blob.nbytes:
+        raise ProtocolError("a packed batch's lengths do not add up to its bytes")
+    items, at = [], 0
+    blob = blob.cast("B")
+    for n in lens:
+        items.append(blob[at:at + n])
+        at += n
+    return items
 
 
 def array_fields(arr: object) -> tuple[dict[str, Any], Buffer]:

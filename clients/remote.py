@@ -189,8 +189,8 @@ class RemoteCache:
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
         """{key: value} of the keys that are present, in one round trip; keys as given."""
         keys = list(keys)
-        reply = self._call("get_many", [protocol.key_frame(k) for k in keys])
-        values = iter(reply.frames)
+        reply = self._call("get_many", protocol.pack([protocol.key_frame(k) for k in keys]))
+        values = iter(protocol.unpack(*reply.frames))
         return {k: next(values).tobytes() for k, found in zip(keys, reply.result, strict=True)
                 if found}
 
@@ -231,10 +231,9 @@ class RemoteCache:
     def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> None:
         """Store every key -> value of items in one round trip. Not atomic: if one pair
         fails, the pairs before it are stored."""
-        frames: list[Any] = []
-        for key, value in items.items():
-            frames += (protocol.key_frame(key), protocol.value_frame(value))
-        self._call("set_many", frames, ttl_s=ttl_s)
+        keys = [protocol.key_frame(key) for key in items]
+        values = [protocol.value_frame(value) for value in items.values()]
+        self._call("set_many", [*protocol.pack(keys), *protocol.pack(values)], ttl_s=ttl_s)
 
     def set_array(self, key: str | bytes, arr: np.ndarray, ttl_s: float | None = None) -> None:
         """Store a numpy array (dtype and shape travel with it)."""

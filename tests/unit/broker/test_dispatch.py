@@ -86,9 +86,9 @@ def test_keys_travel_as_frames_with_their_count_as_result(cache) -> None:
 
 def test_get_many_marks_each_key_found_or_not(cache) -> None:
     cache.set("a", b"1")
-    reply = call(Dispatcher(cache), "get_many", b"a", b"missing", b"a")
+    reply = call(Dispatcher(cache), "get_many", *protocol.pack([b"a", b"missing", b"a"]))
     assert reply.result == [True, False, True]
-    assert [bytes(f) for f in reply.frames] == [b"1", b"1"]
+    assert [bytes(f) for f in protocol.unpack(*reply.frames)] == [b"1", b"1"]
 
 
 def test_ping_reports_the_protocol_version(cache) -> None:

@@ -55,6 +55,20 @@ def test_a_reply_round_trips_its_result_and_frames() -> None:
     assert [bytes(f) for f in reply.frames] == [b"value"]
 
 
+@pytest.mark.parametrize("items", [[], [b""], [b"k", b"", b"\x00" * 300]], ids=len)
+def test_a_packed_batch_round_trips_in_two_frames(items) -> None:
+    frames = protocol.pack(items)
+    assert len(frames) == 2
+    assert [bytes(v) for v in protocol.unpack(*frames)] == items
+
+
+@pytest.mark.parametrize("lengths, data", [(b"\x01\x00\x00", b"x"), (b"\x02\x00\x00\x00", b"x"),
+                                           (b"", b"extra")], ids=["torn", "short", "long"])
+def test_a_packed_batch_that_does_not_add_up_is_a_protocol_error(lengths, data) -> None:
+    with pytest.raises(ProtocolError, match="packed batch"):
+        protocol.unpack(lengths, data)
+
+
 def test_an_error_reply_round_trips_its_code_and_message() -> None:
     sent = protocol.error_reply(3, shmkv.KeyTooLarge("keys may be at most 4096 bytes"))
     reply = protocol.decode_reply(protocol.encode_reply(sent))
@@ -102,7 +116,7 @@ def test_the_version_is_read_without_parsing_the_header() -> None:
     (request_frames({"id": 1, "op": "get"}), "get takes 1 frame"),
     (request_frames({"id": 1, "op": "set"}, b"k"), "set takes 2 frame"),
     (request_frames({"id": 1, "op": "len"}, b"extra"), "len takes 0 frame"),
-    (request_frames({"id": 1, "op": "set_many"}, b"k", b"v", b"k2"), "in pairs"),
+    (request_frames({"id": 1, "op": "set_many"}, b"k", b"v", b"k2"), "set_many takes 4 frame"),
     (request_frames({"id": 1, "op": "publish"}, b"channel"), "publish takes 2 frame"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_malformed_request_raises_protocol_error_saying_what_is_wrong(frames, problem) -> None:
