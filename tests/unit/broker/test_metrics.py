@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -224,4 +225,6 @@ def test_metrics_module_does_not_import_zmq() -> None:
     import subprocess  # a fresh interpreter: this one may have imported zmq for other tests
 
     code = "import sys, shmkv.broker.metrics; sys.exit('zmq' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    # a neutral cwd: in a checkout, ./shmkv would shadow the installed package
+    assert subprocess.run([sys.executable, "-c", code], timeout=60,
+                          cwd=tempfile.gettempdir()).returncode == 0
