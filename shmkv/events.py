@@ -15,8 +15,9 @@ Rings are overwritten oldest first and never wait for their reader: a writer mus
 because the node is slow or gone. The reader notices that it was overtaken (the ring's head has
 moved more than a ring's worth past what it has read) and counts the events it lost. Records
 are read optimistically, like the index: copied, then kept only if the head has not moved so far
-meanwhile that a writer could have reached them (a record is at most half a ring, so a reader
-keeps half a ring of slack).
+meanwhile that a writer could have reached them. A record is at most a quarter of a ring, so a
+reader can be up to three quarters of a ring behind and still read everything (at most half,
+and a single record of half a ring could never be read once anything else was written).
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def set_enabled(region: _Region, on: bool) -> None:
 
 def max_message_bytes(region: _Region, channel_bytes: int) -> int:
     """The longest message publish() takes on a channel of that length in this region: a
-    record may fill half a ring."""
-    return region.layout.event_ring_bytes // 2 - L.EVENT_HEADER.size - channel_bytes
+    record may fill a quarter of a ring."""
+    return max_record_bytes(region.layout) - L.EVENT_HEADER.size - channel_bytes
+
+
+def max_record_bytes(layout: L.Layout) -> int:
+    return layout.event_ring_bytes // 4
 
 
 def emit_locked(region: _Region, stripe: int, kind: int, coll: int, key: bytes,
@@ -63,7 +68,7 @@ def emit_locked(region: _Region, stripe: int, kind: int, coll: int, key: bytes,
     ring = region.layout.event_ring_bytes
     body = L.EVENT_HEADER.size + len(key) + len(data)
     size = (body + 7) & ~7
-    if size > ring // 2:
+    if size > max_record_bytes(region.layout):
         raise ValueTooLarge(f"a message on this channel may be at most "
                             f"{max_message_bytes(region, len(key))} bytes in this region (its "
                             "event rings are 1/64 of the arena, at most 64 KiB a stripe); "
@@ -94,7 +99,8 @@ class EventReader:
         self._rec_at = [(lay.stripes_offset + s * L.STRIPE_BYTES) >> 3
                         for s in range(lay.n_stripes)]
         self._ring = ring = lay.event_ring_bytes
-        self._slack = ring // 2  # the largest record: how far a writer may be ahead of head
+        # the largest record: how far a writer may be writing ahead of the head
+        self._slack = max_record_bytes(lay)
         self._ring0 = [lay.events_offset + s * ring for s in range(lay.n_stripes)]
         q = self._region.q
         self._read = [q[at + (L.S_EVENTS_HEAD >> 3)] for at in self._rec_at]  # bytes read

@@ -128,6 +128,16 @@ def test_a_message_too_large_for_the_ring_is_refused_and_nothing_else_changes(ca
     assert cache.get("k") == b"v" and check_region(cache) == []
 
 
+def test_the_largest_message_is_read_even_right_after_other_events_of_its_ring(cache,
+                                                                               reader) -> None:
+    most = max_message_bytes(cache._region, len(b"c"))
+    for _ in range(5):  # one channel, one ring: records wrap around its end too
+        cache.publish("c", b"small")
+        cache.publish("c", bytes(most))
+        assert [len(e.data) for e in reader.poll()] == [5, most]
+    assert reader.lost == 0
+
+
 def test_publish_rejects_what_set_rejects(cache) -> None:
     with pytest.raises(TypeError):
         cache.publish("c", 42)
