@@ -18,14 +18,27 @@ view, and moving pages between classes is a rebalancer of its own. Why not a bud
 it wastes 25% on average to power-of-two rounding.
 
 The arena knows blocks, never keys. All functions here need the arena lock.
+
+Block words, footers, free-list links and bin heads are shared memory and may hold anything
+(a stray write, a damaged file), so a block is checked before the allocator writes through it:
+a ref must land inside the arena, on a block whose FREE bit and size are what the operation
+expects (a free-list link on a free block, a freed block on a used one). All the checks of one
+operation come before its first store where that is cheap, so a CorruptRegion leaves the
+structures as damaged as they were, not more; at worst a free block falls off its list (space
+lost until a repair). Walks are bounded by the number of blocks the arena can hold.
 """
 
 from __future__ import annotations
 
 from . import layout as L
+from .errors import CorruptRegion
 
 SMALL_LIMIT = 1024
 MAX_BLOCK_BYTES = (2**32 - 1) & L.SIZE_MASK
+_TRY_REPAIR = "run `shmkv doctor --repair`, or unlink the region and create it again"
+# repair.py rebuilds the allocator and the lists from the block walk: without one, it cannot
+_BEYOND_REPAIR = ("its blocks no longer tile the arena, and every repair starts from walking "
+                  "them: unlink the region and create it again")
 
 
 def bin_of(size: int) -> int:
@@ -64,6 +77,12 @@ class Arena:
         self.bytes = layout.arena_bytes
         self.first_block = self.base + L.ALIGN  # arena bytes 0..7 are reserved: ref 0 = none
         self.end = self.base + self.bytes - L.ALIGN  # an 8-byte used sentinel of size 0
+        self.max_blocks = self.bytes // L.MIN_BLOCK_BYTES  # bounds every walk
+        # What a ref read from the region must satisfy before it is used: 0 < ref <= max_ref
+        # (a whole block fits before the sentinel), and the block word at u32[_word0 + 2 * ref]
+        # has the FREE bit if it is a free-list link.
+        self._max_ref = (self.bytes - L.ALIGN - L.MIN_BLOCK_BYTES) >> 3
+        self._word0 = self.base >> 2
 
     # --- refs: 32-bit handles used by the index and the lists ----------------------------
     def ref(self, off: int) -> int:
@@ -92,7 +111,10 @@ class Arena:
         u32 = self._u32
         found = self._first_nonempty(fit_bin(nbytes))
         if found >= 0:
-            off = self.base + (u32[_HEADS + found] << 3)
+            ref = u32[_HEADS + found]
+            if not 0 < ref <= self._max_ref:  # the bitmap says the list is not empty
+                raise self._corrupt(None, f"free list {found} starts at ref {ref}")
+            off = self.base + (ref << 3)
         else:
             # Good fit skips the request's own class, whose blocks may be smaller; when nothing
             # larger exists, one of them may still fit (e.g. a value nearly the arena's size).
@@ -102,6 +124,10 @@ class Arena:
                 return 0
         word = u32[off >> 2]
         size = word & L.SIZE_MASK
+        # the block handed out must be what its list says; its footer agrees unless garbage
+        if not word & L.FREE_BIT or size < nbytes or off + size > self.end \
+                or u32[(off + size - 4) >> 2] != size:
+            raise self._corrupt(off, f"free list {found} holds block word {word:#x}")
         self._unlink(off, found)
         rest = size - nbytes
         if rest >= L.MIN_BLOCK_BYTES:
@@ -118,20 +144,29 @@ class Arena:
         u32 = self._u32
         word = u32[off >> 2]
         size = word & L.SIZE_MASK
-        self._q[_USED] -= size
+        if word & L.FREE_BIT or size < L.MIN_BLOCK_BYTES or off + size > self.end:
+            raise self._corrupt(off, f"freeing a block whose word is {word:#x}")
         start, total = off, size
         nword = u32[(off + size) >> 2]
-        if nword & L.FREE_BIT and total + (nword & L.SIZE_MASK) <= MAX_BLOCK_BYTES:
-            self._unlink(off + size, bin_of(nword & L.SIZE_MASK))
-            total += nword & L.SIZE_MASK
+        nsize = nword & L.SIZE_MASK
+        if nword & L.FREE_BIT and total + nsize <= MAX_BLOCK_BYTES:
+            if nsize < L.MIN_BLOCK_BYTES or off + size + nsize > self.end:
+                raise self._corrupt(off + size, f"free block word {nword:#x}")
+            self._unlink(off + size, bin_of(nsize))
+            total += nsize
         prev_free = word & L.PREV_FREE_BIT
         if prev_free:
-            psize = u32[(off - 4) >> 2]
+            psize = u32[(off - 4) >> 2]  # the footer of the free block before ours
             if psize + total <= MAX_BLOCK_BYTES:
+                # that block must start at or after the first one, free and of that size
+                if not L.MIN_BLOCK_BYTES <= psize <= off - self.first_block \
+                        or u32[(off - psize) >> 2] & _NOT_PREV_FREE != psize | L.FREE_BIT:
+                    raise self._corrupt(off, f"the footer before it says {psize} bytes")
                 start = off - psize
                 self._unlink(start, bin_of(psize))
                 total += psize
                 prev_free = u32[start >> 2] & L.PREV_FREE_BIT
+        self._q[_USED] -= size
         self.file_free_locked(start, total, prev_free)
 
     def block_bytes(self, off: int) -> int:
@@ -140,11 +175,11 @@ class Arena:
     def blocks(self):
         """Yield (offset, size, is_free) for every block in address order (for checks)."""
         off = self.first_block
-        while off < self.end:
+        while off < self.end:  # bounded: every step moves on by MIN_BLOCK_BYTES at least
             word = self._u32[off >> 2]
             size = word & L.SIZE_MASK
-            if size < L.ALIGN or off + size > self.end:
-                raise ValueError(f"arena block at {off} has impossible size {size}")
+            if size < L.MIN_BLOCK_BYTES or off + size > self.end:
+                raise self._corrupt(off, f"impossible size {size}", _BEYOND_REPAIR)
             yield off, size, bool(word & L.FREE_BIT)
             off += size
 
@@ -157,14 +192,19 @@ class Arena:
     def largest_free_block(self) -> int:
         """Size of the largest block the next allocation could get."""
         best = 0
+        steps = self.max_blocks  # a cycle of links must not loop forever
         b = self._first_nonempty(0)
         while b >= 0:
             ref = self._u32[_HEADS + b]
-            while ref:
+            while ref and steps:
+                self._check_link(ref)
                 off = self.base + (ref << 3)
                 best = max(best, self._u32[off >> 2] & L.SIZE_MASK)
                 ref = self._u32[(off + 8) >> 2]
+                steps -= 1
             b = self._first_nonempty(b + 1)
+        if not steps:
+            raise self._corrupt(None, "its free lists hold more blocks than fit in it")
         return best
 
     # --- internals ----------------------------------------------------------------------
@@ -175,6 +215,8 @@ class Arena:
         u32[(off + size) >> 2] |= L.PREV_FREE_BIT
         b = size >> 3 if size < SMALL_LIMIT else bin_of(size)
         head = u32[_HEADS + b]
+        if head and (head > self._max_ref or not u32[self._word0 + (head << 1)] & L.FREE_BIT):
+            raise self._bad_link(head)  # it is about to get a back link
         ref = (off - self.base) >> 3
         u32[(off + 8) >> 2] = head  # next
         u32[(off + 12) >> 2] = 0  # prev
@@ -187,6 +229,13 @@ class Arena:
         u32 = self._u32
         nxt = u32[(off + 8) >> 2]
         prv = u32[(off + 12) >> 2]
+        # both links are checked (inline: every allocation and free comes here) before either
+        # block is written
+        max_ref, word0 = self._max_ref, self._word0
+        if nxt and (nxt > max_ref or not u32[word0 + (nxt << 1)] & L.FREE_BIT):
+            raise self._bad_link(nxt)
+        if prv and (prv > max_ref or not u32[word0 + (prv << 1)] & L.FREE_BIT):
+            raise self._bad_link(prv)
         if prv:
             u32[((self.base + (prv << 3)) >> 2) + 2] = nxt
         else:
@@ -196,12 +245,26 @@ class Arena:
         if nxt:
             u32[((self.base + (nxt << 3)) >> 2) + 3] = prv
 
+    # --- checks of what the shared memory says --------------------------------------------
+    def _corrupt(self, off: int | None, what: str, advice: str = _TRY_REPAIR) -> CorruptRegion:
+        where = "arena" if off is None else f"arena block at offset {off - self.base}"
+        return CorruptRegion(f"{where}: {what}; the region is corrupt: {advice}")
+
+    def _bad_link(self, ref: int) -> CorruptRegion:
+        return self._corrupt(None, f"a free list links to ref {ref}, which is not a free block")
+
+    def _check_link(self, ref: int) -> None:
+        """Raise unless ref (not 0) names a free block: what _unlink checks inline."""
+        if ref > self._max_ref or not self._u32[self._word0 + (ref << 1)] & L.FREE_BIT:
+            raise self._bad_link(ref)
+
     def _first_fit_in_class(self, b: int, nbytes: int, max_blocks: int = 64) -> int:
         u32 = self._u32
         ref = u32[_HEADS + b]
         for _ in range(max_blocks):
             if not ref:
                 return 0
+            self._check_link(ref)
             off = self.base + (ref << 3)
             if u32[off >> 2] & L.SIZE_MASK >= nbytes:
                 return off

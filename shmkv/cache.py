@@ -40,6 +40,7 @@ from .coerce import value_buffer as _value_bytes
 from .errors import (
     CacheClosed,
     CollectionNotFound,
+    CorruptRegion,
     IndexFull,
     NotAnInteger,
     RegionExists,
@@ -385,7 +386,12 @@ class Cache:
                     break
                 if v >> 32 == tag:
                     off = (v & 0xFFFFFFFF) * 8 + abase
-                    exp, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
+                    try:  # free unless raised (CPython 3.11+), unlike a check of the ref here
+                        exp, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
+                    except struct.error:  # the slot's ref points past the mapping: garbage
+                        raise CorruptRegion(f"index stripe {h & smask}, slot {i} holds {v:#x}, "
+                                            "whose ref is outside the arena: the region is "
+                                            "corrupt; run `shmkv doctor --repair`") from None
                     if kc == key_coll:
                         start = off + L.ENTRY_HEADER_BYTES + klen
                         # bounds first: a block reused under us may hold any bytes
@@ -417,6 +423,12 @@ class Cache:
         # a live writer and repairs after a dead one (the kernel released its lock).
         if spins >= READ_SPINS_BEFORE_YIELD:
             time.sleep(0)
+            # A stripe lock that is free while seq stays odd means that no writer is between
+            # the bumps any more (it died, or the seq is garbage): taking it repairs the
+            # stripe (locks.py) now rather than after READ_SPINS_BEFORE_LOCK spins, each of
+            # which may be a scan of the whole stripe (iteration).
+            if not spins % READ_SPINS_BEFORE_YIELD and self._locks.try_acquire_stripe(stripe):
+                self._locks.release_stripe(stripe)
         if spins and not spins % READ_SPINS_BEFORE_LOCK:
             self._locks.acquire_stripe(stripe)
             self._locks.release_stripe(stripe)
@@ -833,6 +845,9 @@ class Cache:
         writes_at = seq_at + (L.S_WRITES >> 3)
         # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
         version = (q[writes_at] + 1) << 8 | stripe
+        if version >> 64:  # no writer gets there (2**56 writes): the counter is garbage
+            raise CorruptRegion(f"stripe {stripe} counts {q[writes_at]} writes: the region is "
+                                "corrupt; run `shmkv doctor --repair`")
         if old and vlen <= INPLACE_MAX_BYTES and self._mm[old + L.E_KIND] < L.KIND_PINNED \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
             # Readers of this stripe retry while seq is odd, as they do for a slot change.

@@ -9,7 +9,8 @@ Key commands work in the current collection: `--collection/-c`, else `$SHMKV_COL
 the one chosen with `shmkv use` (kept per region in `$XDG_STATE_HOME/shmkv/`), else the default
 collection, whose name is "".
 
-The CLI is a thin layer over the public `Cache` API and calls nothing else.
+The CLI is a thin layer over the public `Cache` API, plus `check_region` for `doctor` and
+`shmkv.gc` for `gc`, and calls nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import typer
 from . import sizes
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
 from .check import check_region
+from .gc import DEFAULT_GRACE_S, DEFAULT_SEARCH_DIRS, collect_garbage
 from .errors import (
     CollectionExists,
     CollectionNotFound,
@@ -312,6 +314,28 @@ def doctor(
         problems = check_region(cache)
         _emit({"region": ctx.obj, "consistent": not problems, "problems": problems,
                "repaired": repaired})
+
+
+@app.command("gc", rich_help_panel=_REGION)
+def collect(
+    yes: Annotated[bool, typer.Option("--yes", help="Remove what is found; without it, only "
+                                      "report what would go and why.")] = False,
+    grace_s: Annotated[float, typer.Option(
+        "--grace-s", help="Leave alone what is younger than this: it may be being created."
+    )] = DEFAULT_GRACE_S,
+    search: Annotated[list[str] | None, typer.Option(
+        "--search", metavar="DIR", show_default=False,
+        help="A directory of file-backed regions whose semaphores must be kept (repeatable; "
+        f"default: {', '.join(DEFAULT_SEARCH_DIRS)}). Regions open in a process are found "
+        "anywhere.")] = None,
+) -> None:
+    """Find what dead shmkv processes left on this host, and with --yes remove it: semaphores
+    whose region is gone, regions whose creator died before finishing them, regions whose
+    semaphores were removed. Regions in use, or merely unused, are never touched. Ignores
+    --region. Prints what was found, kept and removed; a removal that fails is reported in the
+    document (and counted in "failed"), the command exits 0."""
+    with _reporting_errors():
+        _emit(collect_garbage(yes, grace_s, search or DEFAULT_SEARCH_DIRS))
 
 
 @app.command(rich_help_panel=_REGION)

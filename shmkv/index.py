@@ -13,11 +13,21 @@ Writers change slots only between the two increments of their stripe's seq (odd 
 readers re-check seq after reading and retry, so a slot moved by a backward shift is never
 missed for good. Whenever a slot is filled or moved, the entry's slot_no and the slot's access
 byte go with it. Every function that writes here needs the stripe lock (`_locked`).
+
+Slots are shared memory that another process (or a stray write) may have filled with anything,
+so nothing here trusts one: every probe loop stops after one lap of the sub-table, and a ref is
+checked against the arena where it leaves a slot to be used as an offset (once per slot that
+matches a tag, not per slot probed). A bad one raises CorruptRegion: the region is not read or
+written through it. A ref that lands inside the arena but not on an entry is the caller's to
+judge (readers validate what they copy; repair.py drops such slots).
 """
 
 from __future__ import annotations
 
 from . import layout as L
+from .errors import CorruptRegion
+
+_NO_EMPTY_SLOT = f"no slot is empty, though writers keep a stripe {L.MAX_LOAD:.0%} full at most"
 
 
 class Index:
@@ -30,10 +40,28 @@ class Index:
         self.arena_base = layout.arena_offset
         self.access0 = layout.access_offset  # access byte of slot number n: mm[access0 + n]
         self.max_count = int(layout.slots_per_stripe * L.MAX_LOAD)
+        # The last ref at which a whole entry fits (the smallest block, before the sentinel);
+        # ref 0 means "none". Anything else in a slot is garbage.
+        self.max_ref = (layout.arena_bytes - L.ALIGN - L.MIN_BLOCK_BYTES) >> 3
+
+    @staticmethod
+    def _corrupt(stripe: int, what: str) -> CorruptRegion:
+        return CorruptRegion(f"index stripe {stripe}: {what}; the region is corrupt: run "
+                             "`shmkv doctor --repair`, or unlink the region and create it again")
+
+    def _bad_slot(self, stripe: int, pos: int, v: int) -> CorruptRegion:
+        return self._corrupt(stripe, f"slot {pos} holds {v:#x}, whose ref is outside the arena")
+
+    def _entry_at(self, stripe: int, pos: int, v: int) -> int:
+        """The entry offset of a non-empty slot value v, checked."""
+        ref = v & 0xFFFFFFFF
+        if not 0 < ref <= self.max_ref:
+            raise self._bad_slot(stripe, pos, v)
+        return self.arena_base + (ref << 3)
 
     def find_locked(self, stripe: int, h: int, key: bytes, coll: int) -> tuple[int, int]:
         """(position in the stripe, entry offset) of key, or (-1, 0) if absent."""
-        q, u32, mm, per = self._q, self._u32, self._mm, self.per
+        q, u32, mm, per, max_ref = self._q, self._u32, self._mm, self.per, self.max_ref
         base = self.slot0 + stripe * self.per
         tag = h >> 32
         i = tag % per
@@ -44,7 +72,10 @@ class Index:
             if not v:
                 return -1, 0
             if v >> 32 == tag:
-                off = self.arena_base + ((v & 0xFFFFFFFF) << 3)
+                ref = v & 0xFFFFFFFF  # _entry_at inline: every write comes through here
+                if not 0 < ref <= max_ref:
+                    raise self._bad_slot(stripe, i, v)
+                off = self.arena_base + (ref << 3)
                 if u32[(off + L.E_KEY_COLL) >> 2] == key_coll \
                         and mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen] \
                         == key:
@@ -56,9 +87,11 @@ class Index:
         """Put a new slot in the first empty place of the key's probe run."""
         q, per = self._q, self.per
         base = self.slot0 + stripe * per
-        i = (h >> 32) % per
+        i = home = (h >> 32) % per
         while q[base + i]:
             i = (i + 1) % per
+            if i == home:  # a whole lap: never in a sound stripe, which stays below MAX_LOAD
+                raise self._corrupt(stripe, _NO_EMPTY_SLOT)
         self._place(stripe * self.per + i, (h >> 32) << 32 | ref, accessed)
 
     def replace_locked(self, stripe: int, pos: int, h: int, ref: int, accessed: bool) -> None:
@@ -76,7 +109,7 @@ class Index:
         base = self.slot0 + first
         hole = pos
         j = pos
-        while True:
+        for _ in range(per):
             j = (j + 1) % per
             v = q[base + j]
             if not v:
@@ -84,8 +117,11 @@ class Index:
             home = (v >> 32) % per
             # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (j - home) % per >= (j - hole) % per:
+                self._entry_at(stripe, j, v)  # checked: _place writes into the entry
                 self._place(first + hole, v, bool(mm[self.access0 + first + j]))
                 hole = j
+        else:
+            raise self._corrupt(stripe, _NO_EMPTY_SLOT)
         q[base + hole] = 0
         mm[self.access0 + first + hole] = 0
 
@@ -96,8 +132,8 @@ class Index:
         for i in range(self.per):
             v = q[base + i]
             if v:
-                yield i, self.arena_base + ((v & 0xFFFFFFFF) << 3)
+                yield i, self._entry_at(stripe, i, v)
 
     def entry_offset(self, stripe: int, pos: int) -> int:
         v = self._q[self.slot0 + stripe * self.per + pos]
-        return self.arena_base + ((v & 0xFFFFFFFF) << 3) if v else 0
+        return self._entry_at(stripe, pos, v) if v else 0

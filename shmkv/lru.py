@@ -11,11 +11,16 @@ the protected head if it was read meanwhile.
 
 Lists are doubly linked through lru_prev/lru_next in the entry headers (block refs), with head,
 tail, item and byte counts in the region header. Every function here needs the arena lock.
+
+Links and segment bytes are shared memory and may hold anything: before a link is followed or
+written through, the entry it names must lie inside the arena and carry the segment byte of the
+list it is on (one byte read). A bad one raises CorruptRegion before the list is changed.
 """
 
 from __future__ import annotations
 
 from . import layout as L
+from .errors import CorruptRegion
 
 PROBATION, PROTECTED = L.SEG_PROBATION, L.SEG_PROTECTED
 
@@ -29,6 +34,14 @@ class Segments:
         self.access0 = layout.access_offset
         self.index_slots = layout.index_slots
         self.capacity = layout.arena_bytes
+        # A link (or list end) read from the region is used only if 0 < ref <= max_ref (a whole
+        # block fits there) and the entry there has the list's segment byte, at
+        # mm[seg_at + (ref << 3)]; checked inline where every insert and removal comes.
+        self._max_ref = (layout.arena_bytes - L.ALIGN - L.MIN_BLOCK_BYTES) >> 3
+        self._seg_at = self.base + L.E_SEGMENT
+
+    def _bad_link(self, ref: int, seg: int) -> CorruptRegion:
+        return _corrupt(f"list {seg} links to block ref {ref}, which is not an entry on it")
 
     # --- access bytes (readers set them; these are for writers) ---------------------------
     # An entry finds its byte through its slot_no; one not published yet has none (NO_SLOT).
@@ -45,7 +58,11 @@ class Segments:
     def tail(self, seg: int) -> int:
         """Offset of the tail entry of a segment, or 0."""
         ref = self._u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1) + 1]
-        return self.base + (ref << 3) if ref else 0
+        if not ref:
+            return 0
+        if ref > self._max_ref or self._mm[self._seg_at + (ref << 3)] != seg:
+            raise self._bad_link(ref, seg)
+        return self.base + (ref << 3)
 
     def items(self, seg: int) -> int:
         return self._q[(L.H_SEG_ITEMS >> 3) + seg - 1]
@@ -62,6 +79,8 @@ class Segments:
         ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
         ref = (off - self.base) >> 3
         head = u32[ends]
+        if head and (head > self._max_ref or self._mm[self._seg_at + (head << 3)] != seg):
+            raise self._bad_link(head, seg)
         u32[(off + L.E_LRU_PREV) >> 2] = 0
         u32[(off + L.E_LRU_NEXT) >> 2] = head
         if head:
@@ -77,10 +96,17 @@ class Segments:
         seg = self._mm[off + L.E_SEGMENT]
         if seg == L.SEG_NONE:
             return
+        if seg > PROTECTED:  # SEG_RETIRED is on no segment list either; anything else is garbage
+            raise _corrupt(f"entry at arena offset {off - self.base} has segment byte {seg}")
         u32 = self._u32
         ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
         prev = u32[(off + L.E_LRU_PREV) >> 2]
         nxt = u32[(off + L.E_LRU_NEXT) >> 2]
+        max_ref, mm, seg_at = self._max_ref, self._mm, self._seg_at  # both links checked first
+        if prev and (prev > max_ref or mm[seg_at + (prev << 3)] != seg):
+            raise self._bad_link(prev, seg)
+        if nxt and (nxt > max_ref or mm[seg_at + (nxt << 3)] != seg):
+            raise self._bad_link(nxt, seg)
         if prev:
             u32[(self.base + (prev << 3) + L.E_LRU_NEXT) >> 2] = nxt
         else:
@@ -89,7 +115,7 @@ class Segments:
             u32[(self.base + (nxt << 3) + L.E_LRU_PREV) >> 2] = prev
         else:
             u32[ends + 1] = prev
-        self._mm[off + L.E_SEGMENT] = L.SEG_NONE
+        mm[off + L.E_SEGMENT] = L.SEG_NONE
         self._count(seg, -1, -(u32[off >> 2] & L.SIZE_MASK))
 
     def move_locked(self, off: int, seg: int) -> None:
@@ -104,6 +130,8 @@ class Segments:
             if self.bytes(PROTECTED) <= limit:
                 return
             off = self.tail(PROTECTED)
+            if not off:  # its byte count is wrong (the list is empty): nothing to demote
+                return
             if self.accessed(off):
                 self.mark(off, False)
                 self.move_locked(off, PROTECTED)
@@ -113,3 +141,8 @@ class Segments:
     def _count(self, seg: int, items: int, nbytes: int) -> None:
         self._q[(L.H_SEG_ITEMS >> 3) + seg - 1] += items
         self._q[(L.H_SEG_BYTES >> 3) + seg - 1] += nbytes
+
+
+def _corrupt(what: str) -> CorruptRegion:
+    return CorruptRegion(f"segment lists: {what}; the region is corrupt: run `shmkv doctor "
+                         "--repair`, or unlink the region and create it again")

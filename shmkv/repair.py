@@ -16,6 +16,12 @@ and are freed. Checksums are not consulted here: writers of other stripes are al
 filling a new block, or rewriting an entry in place, whose checksum is not written yet; freeing
 such a block would pull it from under them. Known limit: the item counters may be off by the one
 operation the dead writer was in; the next full check (`shmkv doctor --repair`) recounts them.
+
+Garbage (a stray write, a damaged file) is repaired the same way where it can be: slots that do
+not lead to a sound entry are dropped, a stripe record's counters are recomputed, malformed
+collection records are freed (repair_all_locked). What cannot be rebuilt is an arena whose block
+walk breaks (a block word of an impossible size): every structure is rebuilt from that walk, so
+such a region raises CorruptRegion and must be recreated.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import layout as L
-from .arena import MAX_BLOCK_BYTES, bin_of
+from .arena import MAX_BLOCK_BYTES
 from .hashing import checksum32, xxh3_64
 
 if TYPE_CHECKING:
     from .cache import _Region
+
+MAX_WRITES = 2**56 - 1  # a stripe's writes counter must stay below: versions are u64
 
 
 def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
@@ -36,7 +44,7 @@ def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
     checksum matches (with checksum=False, well-formed is enough), and, with stripe, one whose
     key belongs to that stripe."""
     arena, u32, mm, lay = region.arena, region.u32, region.mm, region.layout
-    if not arena.first_block <= off < arena.end or off % L.ALIGN:
+    if not arena.first_block <= off <= arena.end - L.MIN_BLOCK_BYTES or off % L.ALIGN:
         return False
     word = u32[off >> 2]
     size = word & L.SIZE_MASK
@@ -56,9 +64,11 @@ def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
     return True
 
 
-def repair_stripe_locked(region: _Region, stripe: int) -> int:
-    """Rebuild a stripe's sub-table from the entries that validate; returns how many slots
-    were dropped. Stripe lock held."""
+def repair_stripe_locked(region: _Region, stripe: int,
+                         live_collections: set[int] | None = None) -> int:
+    """Rebuild a stripe's sub-table from the entries that validate (and, with
+    live_collections, belong to one of them); returns how many slots were dropped. Stripe lock
+    held."""
     index, q, u32, mm = region.index, region.q, region.u32, region.mm
     lay = region.layout
     rec = lay.stripes_offset + stripe * L.STRIPE_BYTES
@@ -70,7 +80,8 @@ def repair_stripe_locked(region: _Region, stripe: int) -> int:
         if not v:
             continue
         off = region.arena.off(v & 0xFFFFFFFF)
-        if not entry_is_sound(region, off, stripe):
+        if not entry_is_sound(region, off, stripe) or live_collections is not None \
+                and u32[(off + L.E_KEY_COLL) >> 2] >> 16 not in live_collections:
             dropped += 1
             continue
         key_coll = u32[(off + L.E_KEY_COLL) >> 2]
@@ -93,6 +104,12 @@ def repair_stripe_locked(region: _Region, stripe: int) -> int:
     q[(rec + L.S_PAYLOAD) >> 3] = payload
     if q[(rec + L.S_SEQ) >> 3] & 1:
         q[(rec + L.S_SEQ) >> 3] += 1
+    # Versions are writes << 8 | stripe in a u64: a writes counter that leaves no room for the
+    # next version is garbage. Versions must keep rising per key (cas), so restart it from the
+    # newest version kept, not from 0.
+    if q[(rec + L.S_WRITES) >> 3] >= MAX_WRITES:
+        q[(rec + L.S_WRITES) >> 3] = max((version for version, _, _ in kept.values()),
+                                         default=0) >> 8
     return dropped
 
 
@@ -103,13 +120,10 @@ def repair_arena_locked(region: _Region) -> int:
     used: list[int] = []
     free_runs: list[tuple[int, int]] = []  # (start, size) of maximal runs of free space
     freed = 0
-    off = arena.first_block
     run_start = 0
-    while off < arena.end:
-        size = u32[off >> 2] & L.SIZE_MASK
-        is_free = u32[off >> 2] & L.FREE_BIT
+    for off, _, is_free in arena.blocks():  # raises CorruptRegion if the walk breaks
         if not is_free and not entry_is_sound(region, off, checksum=False):
-            is_free, freed = 1, freed + 1  # the dead holder's half-built block
+            is_free, freed = True, freed + 1  # the dead holder's half-built block
         if is_free:
             run_start = run_start or off
         else:
@@ -117,7 +131,6 @@ def repair_arena_locked(region: _Region) -> int:
                 free_runs.append((run_start, off - run_start))
                 run_start = 0
             used.append(off)
-        off += size
     if run_start:
         free_runs.append((run_start, arena.end - run_start))
     # allocator: empty every list, then file each run (split at MAX_BLOCK_BYTES)
@@ -157,7 +170,8 @@ def repair_all_locked(region: _Region) -> dict[str, int]:
     entries that validate, blocks that no slot points to freed, allocator and lists rebuilt,
     every counter recounted from the index. All stripe locks and the arena lock held."""
     lay, q, u32, index = region.layout, region.q, region.u32, region.index
-    dropped = sum(repair_stripe_locked(region, s) for s in range(lay.n_stripes))
+    live, collections_reset = region.colls.reset_damaged_locked()
+    dropped = sum(repair_stripe_locked(region, s, live) for s in range(lay.n_stripes))
     referenced = set()
     per_collection: dict[int, int] = {}
     for stripe in range(lay.n_stripes):
@@ -177,4 +191,6 @@ def repair_all_locked(region: _Region) -> dict[str, int]:
     for idx in range(lay.max_collections):
         q[(lay.collections_offset + idx * L.COLLECTION_BYTES + L.C_ITEMS) >> 3] = \
             per_collection.get(idx, 0)
-    return {"slots_dropped": dropped, "blocks_reclaimed": leaked + freed}
+    return {"slots_dropped": dropped, "blocks_reclaimed": leaked + freed,
+            "collections_reset": collections_reset}
+

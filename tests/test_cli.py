@@ -401,3 +401,19 @@ def test_doctor_repair_reclaims_a_block_a_dead_writer_leaked(region: Shmkv) -> N
     assert region("doctor")["consistent"] is False
     report = region("doctor", "--repair")
     assert report["consistent"] is True and report["repaired"]["blocks_reclaimed"] == 1
+
+
+def test_gc_without_yes_is_a_dry_run_that_prints_one_json_report(region: Shmkv) -> None:
+    # gc of the real host, so only a dry run here: tests/unit/test_gc.py removes orphans in a
+    # private IPC namespace and /dev/shm.
+    region("put", "k", "v")
+    report = region("gc")
+    assert set(report) == {"dry_run", "grace_s", "searched", "orphans", "kept", "removed",
+                           "failed"}
+    assert report["dry_run"] is True and report["removed"] == report["failed"] == 0
+    assert region.region not in {o["region"] for o in report["orphans"] + report["kept"]}
+    assert region("get", "k") == {"key": "k", "value": "v"}
+
+
+def test_gc_with_a_negative_grace_period_is_a_usage_error(region: Shmkv) -> None:
+    assert region("gc", "--grace-s", "-1", code=2)["error"] == "ValueError"

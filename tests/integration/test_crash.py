@@ -14,6 +14,11 @@ and publish. Then the survivor (the parent) must:
 The region is large enough that nothing is evicted, so no other loss is allowed.
 
 SHMKV_CRASH_KILLS sets the number of rounds (CI runs 200; run 1000 by hand).
+
+Then PID reuse, at the lock level: a lock's recorded owner pid says only that its holder left
+without releasing, never whether that holder is alive (pids are reused). A free semaphore with a
+live process's pid recorded is repaired at once, not waited for; a live holder whose record
+shows a bogus pid still excludes everyone (liveness is the kernel's SEM_UNDO).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import pytest
 from tests_support import ctx, is_whole, patterned
 
 import shmkv
+from shmkv import layout as L
 from shmkv.check import check_region
+from shmkv.hashing import xxh3_64
 
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+pytestmark = pytest.mark.multiprocess
 KILLS = int(os.environ.get("SHMKV_CRASH_KILLS", "200"))
 KEYS = 300
 
@@ -69,6 +76,7 @@ def apply(model: dict, op: str, key: str, arg) -> None:
         model[key] = str(int(model.get(key, b"0")) + arg).encode()
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_moments_loses_nothing_acknowledged(region_name) -> None:
     rng = random.Random(12345)
     model: dict[str, bytes] = {}
@@ -107,3 +115,87 @@ def test_writer_killed_at_random_moments_loses_nothing_acknowledged(region_name)
             else:
                 model[in_flight[1]] = c.get(in_flight[1])
         assert c.stats()["evictions"] == 0
+
+
+# --- PID reuse at the lock level -------------------------------------------------------------
+def _key_in_stripe(c: shmkv.Cache, stripe: int) -> str:
+    region = c._region
+    mask = region.layout.n_stripes - 1
+    return next(key for key in (f"k{i}" for i in range(10**6))
+                if xxh3_64(key.encode(), region.seed) & mask == stripe)
+
+
+def _stripe_word(c: shmkv.Cache, stripe: int, field: int) -> int:
+    """u32 index of a field of a stripe record."""
+    return (c._region.layout.stripes_offset + stripe * L.STRIPE_BYTES + field) >> 2
+
+
+def _dead_pid() -> int:
+    proc = ctx.Process(target=os._exit, args=(0,))
+    proc.start()
+    proc.join(30)
+    return proc.pid
+
+
+@pytest.mark.parametrize("lock", ["stripe", "arena"])
+@pytest.mark.parametrize("recorded", ["our own pid", "pid 1"])
+def test_a_lock_left_by_a_dead_holder_whose_pid_now_belongs_to_a_live_process_is_repaired_at_once(
+        region_name: str, lock: str, recorded: str) -> None:
+    pid = os.getpid() if recorded == "our own pid" else 1
+    with shmkv.Cache.create(region_name, arena_bytes=1 << 20, lock_timeout_s=5.0) as c:
+        stripe = 3
+        key, neighbour = _key_in_stripe(c, stripe), f"{_key_in_stripe(c, stripe)}-2"
+        c.set(key, b"old")
+        u32, q = c._region.u32, c._region.q
+        # What a holder that died mid-change leaves: its pid recorded, the lock free (the kernel
+        # gave it back), and the structures it protects half-changed.
+        if lock == "stripe":
+            u32[_stripe_word(c, stripe, L.S_OWNER_PID)] = pid
+            q[_stripe_word(c, stripe, L.S_SEQ) >> 1] += 1  # odd: readers of the stripe wait
+            u32[_stripe_word(c, stripe, L.S_COUNT)] += 3
+        else:
+            u32[L.H_ARENA_OWNER_PID >> 2] = pid
+            q[L.H_ARENA_USED >> 3] += 8
+        assert check_region(c) != []
+        started = time.monotonic()
+        assert c.get(key) == b"old"  # a reader of an odd stripe repairs it, not waits
+        c.set(neighbour, b"new")  # a new key: takes the stripe lock, then the arena lock
+        assert time.monotonic() - started < 1.0, "the next holder waited for a dead one"
+        assert check_region(c) == []
+        assert (c.get(key), c.get(neighbour)) == (b"old", b"new")
+
+
+def _hold_stripe(name: str, stripe: int, recorded: int, holding, release) -> None:
+    with shmkv.Cache.open(name) as c:
+        c._locks.acquire_stripe(stripe)
+        c._region.u32[_stripe_word(c, stripe, L.S_OWNER_PID)] = recorded  # a bogus record
+        holding.set()
+        release.wait(30)
+        c._locks.release_stripe(stripe)
+
+
+@pytest.mark.parametrize("recorded", ["no pid", "a dead pid"])
+def test_a_live_holder_excludes_others_whatever_pid_its_lock_records(region_name: str,
+                                                                    recorded: str) -> None:
+    pid = 0 if recorded == "no pid" else _dead_pid()
+    with shmkv.Cache.create(region_name, arena_bytes=1 << 20, lock_timeout_s=0.5) as c:
+        stripe = 5
+        key = _key_in_stripe(c, stripe)
+        c.set(key, b"old")
+        holding, release = ctx.Event(), ctx.Event()
+        holder = ctx.Process(target=_hold_stripe,
+                             args=(region_name, stripe, pid, holding, release))
+        holder.start()
+        try:
+            assert holding.wait(30), "the holder never took the lock"
+            with pytest.raises(shmkv.LockTimeout):
+                c.set(key, b"taken over")
+            assert not c._locks.try_acquire_stripe(stripe)
+            assert c.get(key) == b"old"  # readers go on; nothing was repaired under the holder
+        finally:
+            release.set()
+            holder.join(30)
+        assert holder.exitcode == 0
+        c.set(key, b"after")
+        assert c.get(key) == b"after"
+        assert check_region(c) == []

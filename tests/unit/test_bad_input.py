@@ -28,6 +28,7 @@ import shmkv
 from shmkv import layout as L
 from shmkv import region as R
 from shmkv.check import check_region
+from shmkv.hashing import xxh3_64
 
 DATA = {f"key-{i}": bytes([i]) * (i * 37) for i in range(60)}
 # The messages of a refused region say what to do about it.
@@ -345,19 +346,18 @@ def _use_a_garbled_region(path: str, conn) -> None:
     conn.send(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nothing checks the body: with garbage in the index set() loops forever and iter/maintain/"
-    "clear raise IndexError; in the arena set/maintain raise IndexError; in the stripe records "
-    "set raises the semaphore library's error (or iter spins); in the collection table len/"
-    "iter/stats raise OverflowError or MemoryError"))
+def _garble(path: str, area: str) -> None:
+    with shmkv.Cache.open(path) as c:
+        lay = c._region.layout
+    start, end = (getattr(lay, attr) for attr in AREAS[area])
+    _patch_file(path, start, random.Random(area).randbytes(end - start))
+
+
 @pytest.mark.parametrize("area", sorted(AREAS))
 def test_a_region_body_overwritten_with_garbage_fails_with_shmkverrors_not_crashes_or_hangs(
         tmp_path: Path, area: str) -> None:
     with stored_file_region(tmp_path) as (path, _):
-        with shmkv.Cache.open(path) as c:
-            lay = c._region.layout
-        start, end = (getattr(lay, attr) for attr in AREAS[area])
-        _patch_file(path, start, random.Random(area).randbytes(end - start))
+        _garble(path, area)
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_use_a_garbled_region, args=(path, send))
         child.start()
@@ -371,6 +371,71 @@ def test_a_region_body_overwritten_with_garbage_fails_with_shmkverrors_not_crash
         else:
             problems = [f"the child died with exit code {child.exitcode}"]
         assert problems == [], problems
+
+
+@pytest.mark.parametrize("area", ["index", "stripe records", "collection table"])
+def test_repair_mends_a_region_body_overwritten_with_garbage(tmp_path: Path, area: str) -> None:
+    with stored_file_region(tmp_path) as (path, _):
+        _garble(path, area)
+        with shmkv.Cache.open(path) as c:
+            c.repair()
+            assert check_region(c) == []
+            if area != "index":  # the entries themselves were not touched
+                assert {key: c.get(key) for key in DATA} == DATA
+            c.set("after", b"repair")
+            assert c.get("after") == b"repair"
+            assert check_region(c) == []
+
+
+def test_repair_of_an_arena_overwritten_with_garbage_says_to_recreate_the_region(
+        tmp_path: Path) -> None:
+    with stored_file_region(tmp_path) as (path, _):
+        _garble(path, "arena")
+        with shmkv.Cache.open(path, lock_timeout_s=0.5) as c:
+            for _ in range(2):  # and the failed repair left no lock taken (else LockTimeout)
+                with pytest.raises(shmkv.CorruptRegion, match="create it again"):
+                    c.repair()
+
+
+def _stripe_of(c: shmkv.Cache, key: bytes) -> int:
+    return xxh3_64(key, c._region.seed) & (c._region.layout.n_stripes - 1)
+
+
+def test_a_slot_whose_ref_leaves_the_arena_raises_corruptregion_until_repaired(
+        cache: shmkv.Cache) -> None:
+    _fill(cache)
+    region, lay = cache._region, cache._region.layout
+    key = b"victim"
+    h = xxh3_64(key, region.seed)
+    base, pos = lay.index_offset // 8 + _stripe_of(cache, key) * lay.slots_per_stripe, \
+        (h >> 32) % lay.slots_per_stripe
+    while region.q[base + pos]:  # where an insert of key would go: in its probe run
+        pos = (pos + 1) % lay.slots_per_stripe
+    region.q[base + pos] = (h >> 32) << 32 | 0xFFFFFFFF  # key's tag, a ref past the mapping
+    for call in (lambda: cache.get(key), lambda: cache.set(key, b"v"),
+                 lambda: cache.delete(key), lambda: key in cache, lambda: list(cache)):
+        with pytest.raises(shmkv.CorruptRegion, match="doctor --repair"):
+            call()
+    assert cache.repair()["slots_dropped"] == 1
+    cache.set(key, b"v")
+    assert cache.get(key) == b"v"
+    _assert_intact(cache)
+
+
+def test_a_stripe_left_odd_without_an_owner_is_repaired_by_the_next_reader_at_once(
+        cache: shmkv.Cache) -> None:
+    """What a writer that raised CorruptRegion between its two seq bumps leaves: the stripe
+    changing, and nobody holding it."""
+    _fill(cache)
+    key = "key-7"
+    seq_at = (cache._region.layout.stripes_offset
+              + _stripe_of(cache, key.encode()) * L.STRIPE_BYTES + L.S_SEQ) >> 3
+    cache._region.q[seq_at] += 1
+    started = time.monotonic()
+    assert cache.get(key) == DATA[key]
+    assert time.monotonic() - started < 1, "the reader waited for a writer that is not there"
+    assert not cache._region.q[seq_at] & 1
+    _assert_intact(cache)
 
 
 # --- semaphores removed behind the region's back ---------------------------------------
