@@ -306,14 +306,15 @@ def doctor(
     ctx: typer.Context,
     repair: Annotated[bool, typer.Option("--repair", help="Repair what the check finds.")] = False,
 ) -> None:
-    """Check the region: allocator, index, entries (checksums), lists and counters. With
+    """Check the region: allocator, index, entries (checksums), lists and counters, and list
+    the processes holding views (dead ones' pins are dropped by --repair). With
     --repair, first repair it (takes every lock in turn; writers wait meanwhile). The report
     says whether the region is consistent; the command itself succeeded either way."""
     with _opened(ctx.obj) as cache:
         repaired = cache.repair() if repair else None
         problems = check_region(cache)
         _emit({"region": ctx.obj, "consistent": not problems, "problems": problems,
-               "repaired": repaired})
+               "repaired": repaired, "view_records": cache._region.pins.records()})
 
 
 @app.command("gc", rich_help_panel=_REGION)

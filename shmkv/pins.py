@@ -113,6 +113,25 @@ class PinTable:
                 freed += 1
         return freed
 
+    def records(self) -> list[dict[str, object]]:
+        """The claimed records, for `shmkv doctor`: owner pid (as recorded), pins held, and
+        whether the owner is alive (its semaphore is held: a dead owner's is free, and the
+        probe gives it straight back)."""
+        u32, locks = self.r.u32, self.r.locks
+        out: list[dict[str, object]] = []
+        for rec in range(self._max):
+            pid = u32[self._owner_at(rec)]
+            if not pid:
+                continue
+            first = self._pins_at(rec)
+            pins = sum(1 for i in range(first, first + L.PINS_PER_PROC) if u32[i])
+            mine = rec == self.record and self._pid == os.getpid()
+            alive = mine or not locks.try_hold_record(rec)
+            if not alive:
+                locks.release_record(rec)
+            out.append({"record": rec, "pid": pid, "pins": pins, "owner_alive": alive})
+        return out
+
     # --- pinning (by the view's process) ----------------------------------------------
     def pin_locked(self, off: int) -> int:
         """Pin the published entry at off (its stripe lock held); returns the pin's handle

@@ -390,7 +390,7 @@ def test_installed_command_runs_init_put_get(region_name: str, isolated_env: Pat
 def test_doctor_reports_a_consistent_region(region: Shmkv) -> None:
     region("put", "k", "v")
     assert region("doctor") == {"region": region.region, "consistent": True, "problems": [],
-                                "repaired": None}
+                                "repaired": None, "view_records": []}
 
 
 def test_doctor_repair_reclaims_a_block_a_dead_writer_leaked(region: Shmkv) -> None:

@@ -158,3 +158,21 @@ def test_liveness_is_the_records_semaphore_not_the_pid_it_shows(region_name,
         stats = c.stats()
         assert stats["retired_blocks"] == 1  # the live reader's block only
         assert u32[owner_at[dead_rec]] == 0 and u32[owner_at[live_rec]] == 0x7FFFFFFF
+
+
+def test_doctor_lists_view_records_and_repair_drops_a_dead_owners_pins(region_name,
+                                                                        started) -> None:
+    with shmkv.Cache.create(region_name, arena_bytes=4 << 20) as c:
+        c.set("k", b"x" * 5000)
+        ready = ctx.Event()
+        reader = start(started, hold_view_until_killed, region_name, "k", ready)
+        assert ready.wait(JOIN_TIMEOUT_S)
+        c.delete("k")
+        [rec] = c._region.pins.records()
+        assert rec["pid"] == reader.pid and rec["pins"] == 1 and rec["owner_alive"]
+        reader.kill()
+        reader.join(JOIN_TIMEOUT_S)
+        assert c._region.pins.records()[0]["owner_alive"] is False
+        c.repair()
+        assert c._region.pins.records() == [] and c.stats()["retired_blocks"] == 0
+        assert check_region(c) == []
