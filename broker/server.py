@@ -175,11 +175,12 @@ class _Node:
                 return
             started = time.perf_counter()
             reply = dispatcher.handle(message[1:])  # frame 0 is the client's routing id
-            # Forward the request's events before replying (an empty pump costs a few µs): the
-            # rings keep order only per stripe, so this is what publishes the events of
-            # requests in the order they were made (publish("a") before publish("b")), and
-            # before anything the client does once it has the reply.
-            publisher.pump(events)
+            # While someone listens, forward the request's events before replying: the rings
+            # keep order only per stripe, so this is what publishes the events of requests in
+            # the order they were made (publish("a") before publish("b")), and before anything
+            # the client does once it has the reply. Nobody listening: the loop's pump drains.
+            if publisher.listening:
+                publisher.pump(events)
             # A ROUTER never blocks on send: a reply to a client that has gone is dropped.
             router.send_multipart([message[0], *protocol.encode_reply(reply)], copy=False)
             self._observe(reply.op, time.perf_counter() - started, reply.error)
