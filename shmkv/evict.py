@@ -119,17 +119,19 @@ class Evictor:
         """Evict one entry and return its stripe (-1 if nothing could be evicted). First by
         the rules (probation tail; promote what was read since it came in); if every entry
         looked at had been read, as in a workload whose whole set is hot, a second pass
-        evicts from the tails regardless: a write must not fail while anything is evictable."""
+        evicts from the tails regardless: a write must not fail while anything is evictable.
+        `keep` (the entry an overwrite replaces) is passed over where it lies, never moved: a
+        probation list that holds only it must not hide the protected one."""
         lru = self.r.lru
         now = self.r.clock()
         for honour_reads in (True, False):
             for _ in range(MAX_VICTIM_TRIES):
-                off = lru.tail(PROBATION) or lru.tail(PROTECTED)
+                off = lru.tail(PROBATION)
+                if off and off == keep:  # the entry being overwritten stays; look past it
+                    off = lru.prev(keep)
+                off = off or lru.tail(PROTECTED)
                 if not off:
                     return -1
-                if off == keep:
-                    lru.move_locked(off, PROBATION)
-                    continue
                 expired = self.expired(off, now)
                 if honour_reads and lru.accessed(off) and not expired:
                     lru.mark(off, False)

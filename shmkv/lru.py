@@ -64,6 +64,16 @@ class Segments:
             raise self._bad_link(ref, seg)
         return self.base + (ref << 3)
 
+    def prev(self, off: int) -> int:
+        """Offset of the entry before off on its list (towards the head), or 0."""
+        seg = self._mm[off + L.E_SEGMENT]
+        ref = self._u32[(off + L.E_LRU_PREV) >> 2]
+        if not ref:
+            return 0
+        if ref > self._max_ref or self._mm[self._seg_at + (ref << 3)] != seg:
+            raise self._bad_link(ref, seg)
+        return self.base + (ref << 3)
+
     def items(self, seg: int) -> int:
         return self._q[(L.H_SEG_ITEMS >> 3) + seg - 1]
 

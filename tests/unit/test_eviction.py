@@ -195,3 +195,24 @@ def test_stats_report_memory_overhead_per_item(region_name) -> None:
         s = c.stats()
         assert s["items"] == 100_000
         assert 0 < s["overhead_bytes_per_item"] < 80
+
+
+def test_overwrite_of_a_large_value_evicts_from_protected_when_probation_holds_only_the_key(
+        small) -> None:
+    # Fill the arena with entries that are read, so that eviction promotes them to protected,
+    # then delete most of them: the free space is large but in pieces between the survivors.
+    n = 0
+    while small.stats()["evictions"] == 0:
+        small.set(f"k{n}", b"x" * 1000)
+        small.get(f"k{n}")
+        n += 1
+    for i in range(n):
+        if i % 16:
+            small.delete(f"k{i}")
+    small.set("big", b"a" * (512 << 10))
+    segments = small.stats()["segments"]
+    assert segments["probation"]["items"] == 1 and segments["protected"]["items"] > 100
+    for round_no in range(3):  # the new block must come from evicting protected entries
+        small.set("big", bytes([round_no]) * (512 << 10))
+        assert small.get("big") == bytes([round_no]) * (512 << 10)
+    assert check_region(small) == []
