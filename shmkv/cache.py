@@ -150,7 +150,7 @@ class _Region:
             raise
         self.index = Index(self.mm, self.q, self.u32, layout)
         self.arena = Arena(self.q, self.u32, layout)
-        self.colls = CollectionTable(self.mm, self.q, layout)
+        self.colls = CollectionTable(self.mm, self.u32, layout)
         self.lru = Segments(self.mm, self.q, self.u32, layout)
         self.evictor = Evictor(self)
         self.pins = PinTable(self)
@@ -215,12 +215,12 @@ class Cache:
         self._smask = lay.n_stripes - 1
         self._per = lay.slots_per_stripe
         self._slot0 = lay.index_offset >> 3
-        self._seq0 = lay.stripes_offset >> 3  # seq of stripe s is q[_seq0 + s * 8]
-        self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * 16]
+        self._seq0 = lay.stripes_offset >> 3  # seq of stripe s is q[_seq0 + s * STRIPE_Q]
+        self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * STRIPE_U32]
         self._abase = lay.arena_offset
         self._aend = lay.arena_offset + lay.arena_bytes
         # q-indexes of each stripe's seq and first slot
-        stripes = [(self._seq0 + (s << 3), self._slot0 + s * self._per)
+        stripes = [(self._seq0 + s * L.STRIPE_Q, self._slot0 + s * self._per)
                    for s in range(lay.n_stripes)]
         # hits, misses of this handle, not yet added to the region's counters (see stats())
         self._counts = [0, 0]
@@ -265,7 +265,11 @@ class Cache:
         try:
             seed = int.from_bytes(os.urandom(8), "little")
             mm = mapping.mm
-            mm[0:L.HEADER.size] = L.pack_header(layout, seed, time.time_ns())
+            st = os.fstat(mapping.fd)
+            head = L.pack_header(layout, seed, time.time_ns(),
+                                 region_id=int.from_bytes(os.urandom(8), "little"),
+                                 file_id=(st.st_dev, st.st_ino))
+            mm[0:len(head)] = head
             mv = memoryview(mm)
             with mv, mv.cast("I") as u32:
                 u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(RegionLocks.count(layout),
@@ -500,6 +504,9 @@ class Cache:
         return self._read(key, _MISSING, False) is not _MISSING
 
     def __len__(self) -> int:
+        """Entries stored in this collection, counting expired ones that no read, write or
+        maintain() has reclaimed yet (as Redis's DBSIZE does); iteration skips those. Exact
+        through any crash: counts change with the slots, under the stripe lock."""
         self._q[0]  # raises CacheClosed on a closed handle
         return self._region.colls.items(self._coll)
 
@@ -513,7 +520,7 @@ class Cache:
 
     def _stripe_keys(self, stripe: int) -> list[bytes]:
         q, u32, mm = self._q, self._u32, self._mm
-        seq_at = self._seq0 + (stripe << 3)
+        seq_at = self._seq0 + stripe * L.STRIPE_Q
         spins = 0
         while True:
             s1 = q[seq_at]
@@ -679,6 +686,7 @@ class Cache:
                 return False
             # one aligned 8-byte store: a reader sees the old or the new time, never a mix
             self._q[(off + L.E_EXPIRES_AT) >> 3] = exp
+            self._q[self._seq0 + stripe * L.STRIPE_Q + _CHANGES] += 1
             return True
         finally:
             self._locks.release_stripe(stripe)
@@ -776,7 +784,7 @@ class Cache:
             self._flush_counts_locked()
             retired = region.pins.retired()
         stripes = self._hot[4]
-        items = q[L.H_ITEMS >> 3]
+        items = sum(self._u32[self._count0 + s * L.STRIPE_U32] for s in range(lay.n_stripes))
         used = region.arena.used_bytes()
         payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at, _ in stripes)
         # what the region spends on an entry beyond its key and value: header, padding, slot
@@ -841,7 +849,7 @@ class Cache:
         need = (L.ENTRY_HEADER_BYTES + klen + vlen + L.ALIGN - 1) & ~(L.ALIGN - 1)
         q, u32 = self._q, self._u32
         region = self._region
-        seq_at = self._seq0 + (stripe << 3)
+        seq_at = self._seq0 + stripe * L.STRIPE_Q
         writes_at = seq_at + (L.S_WRITES >> 3)
         # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
         version = (q[writes_at] + 1) << 8 | stripe
@@ -850,8 +858,13 @@ class Cache:
                                 "corrupt; run `shmkv doctor --repair`")
         if old and vlen <= INPLACE_MAX_BYTES and self._mm[old + L.E_KIND] < L.KIND_PINNED \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
+            if not (version >> 8) % WRITER_EXPIRY_EVERY:  # as inserts do (see _allocate_locked)
+                with self._locks.arena_held:
+                    region.evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)
+                    self._flush_counts_locked()
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
             q[writes_at] = version >> 8
+            q[seq_at + _CHANGES] += 1
             q[seq_at] += 1
             q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
             self._fill_entry(old, k, v, version, exp, kind, new=False)
@@ -885,6 +898,7 @@ class Cache:
                 "with a larger arena_bytes"
             )
         q[writes_at] = version >> 8
+        q[seq_at + _CHANGES] += 1
         if old and touched_own:  # evictions shifted this stripe's slots
             pos, _ = self._index.find_locked(stripe, h, k, self._coll)
         self._fill_entry(off, k, v, version, exp, kind, new=False)
@@ -895,7 +909,8 @@ class Cache:
             self._index.replace_locked(stripe, pos, h, ref, accessed=True)
         else:
             self._index.insert_locked(stripe, h, ref)
-            u32[self._count0 + (stripe << 4)] += 1
+            u32[self._count0 + stripe * L.STRIPE_U32] += 1
+            region.colls.count_locked(stripe, self._coll, 1)
         q[seq_at + (L.S_PAYLOAD >> 3)] += klen + vlen
         q[seq_at] += 1
         if old:  # only now: a reader that still copies from it will see seq moved and retry
@@ -912,7 +927,7 @@ class Cache:
         region = self._region
         evictor = region.evictor
         touched_own = False
-        if not old and self._u32[self._count0 + (stripe << 4)] >= self._index.max_count:
+        if not old and self._u32[self._count0 + stripe * L.STRIPE_U32] >= self._index.max_count:
             if not evictor.evict_in_stripe_locked(stripe, old):
                 raise IndexFull(
                     "the index stripe for this key is full and holds nothing evictable; "
@@ -929,9 +944,6 @@ class Cache:
         # computes this stripe, finds it locked by us, and leaves the block alone.
         self._fill_entry(off, k, b"", version, exp, kind, new=True)
         region.lru.push_head_locked(off, L.SEG_PROBATION)
-        if not old:
-            self._q[_ITEMS] += 1
-            region.colls.add_items_locked(self._coll, 1)
         return off, touched_own or evicted_own
 
     def _fill_entry(self, off: int, k: bytes, v: Value, version: int, exp: int,
@@ -984,7 +996,7 @@ class Cache:
         return removed
 
 
-_ITEMS = L.H_ITEMS >> 3
+_CHANGES = L.S_CHANGES >> 3
 _EVENTS_ON = L.H_EVENTS_ENABLED >> 2
 
 

@@ -162,7 +162,7 @@ class EventReader:
             if coll >= colls.max:
                 return -1
             # the record's name, read now: a collection renamed since reports its new name
-            name = colls.read(coll)[3].decode("utf-8", "replace")
+            name = colls.read(coll)[2].decode("utf-8", "replace")
             events.append(Event(KIND_NAMES[kind], name, raw[body:body + klen],
                                 raw[body + klen:body + klen + dlen]))
             pos += size

@@ -48,15 +48,17 @@ class Evictor:
         """Remove the slot at pos (pointing at off) between two seq bumps, and tell event
         readers why (counter: H_DELETES, H_EVICTIONS or H_EXPIRATIONS). Stripe lock."""
         r = self.r
+        key_coll = r.u32[(off + L.E_KEY_COLL) >> 2]
         if r.u32[_EVENTS_ON]:
-            key_coll = r.u32[(off + L.E_KEY_COLL) >> 2]
             body = off + L.ENTRY_HEADER_BYTES
             emit_locked(r, stripe, _EVENT_OF[counter], key_coll >> 16,
                         r.mm[body:body + (key_coll & 0xFFFF)])
-        seq_at = self._seq0 + (stripe << 3)
+        seq_at = self._seq0 + stripe * L.STRIPE_Q
+        r.q[seq_at + (L.S_CHANGES >> 3)] += 1
         r.q[seq_at] += 1
         r.index.remove_locked(stripe, pos)
-        r.u32[self._count0 + (stripe << 4)] -= 1
+        r.u32[self._count0 + stripe * L.STRIPE_U32] -= 1
+        r.colls.count_locked(stripe, key_coll >> 16, -1)
         r.q[seq_at + (L.S_PAYLOAD >> 3)] -= self.payload_bytes(off)
         r.q[seq_at] += 1
 
@@ -65,8 +67,6 @@ class Evictor:
         says why (H_DELETES, H_EVICTIONS, H_EXPIRATIONS). Arena lock."""
         r = self.r
         r.lru.unlink_locked(off)
-        r.colls.add_items_locked(r.u32[(off + L.E_KEY_COLL) >> 2] >> 16, -1)
-        r.q[L.H_ITEMS >> 3] -= 1
         r.q[counter >> 3] += 1
         r.pins.free_or_retire_locked(off)  # freed, unless a view pins it
 

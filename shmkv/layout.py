@@ -1,12 +1,17 @@
 """The shared-memory format of a shmkv region: the one place that knows every offset.
 
 A region is one fixed-size mapping (a POSIX shm object in /dev/shm or a regular file) laid out
-as seven areas, each 64-byte aligned. Nothing in it is a pointer: every reference is an offset,
+as eight areas, each 64-byte aligned. Nothing in it is a pointer: every reference is an offset,
 so the same bytes work at any address, in any process, and from a file after a restart.
 
-    +--------+---------+-------+-------------+--------+-------+--------+------------------+
-    | header | stripes | procs | collections | access | index | events |      arena       |
-    +--------+---------+-------+-------------+--------+-------+--------+------------------+
+    +--------+---------+-------+-------------+--------+--------+-------+--------+---------+
+    | header | stripes | procs | collections | counts | access | index | events |  arena  |
+    +--------+---------+-------+-------------+--------+--------+-------+--------+---------+
+
+Version 6 is the layout of the compiled core's turn: besides per-stripe item counts, it reserves
+(zero, and ignored by this release) what persistence, replication and in-region locks will
+use, so that regions made from now on are not stranded by them. A field marked "reserved:"
+names its future use; until then it is zero.
 
 Region header (HEADER_BYTES = 4096; little-endian)
 --------------------------------------------------
@@ -32,9 +37,10 @@ Region header (HEADER_BYTES = 4096; little-endian)
     112   8     created_at_ns       -       unix time
     120   4     state               -       STATE_READY once initialised
     124   4     next_collection     arena   round-robin cursor into the collection table
-    128   8     reserved
+    128   8     counts_offset       -       offset of the counts area
     136   8     arena_used_bytes    arena   bytes in used blocks, headers and padding included
-    144   8     items               arena   live entries in all collections
+    144   8     reserved            -       (live entries are the stripes' counts, exact by
+                                            construction: see the counts area)
     152   8     reserved            -       (sets are counted per stripe: see `writes`)
     160   8     deletes             arena   entries removed by delete/clear/drop
     168   8     evictions           arena   entries removed to make room
@@ -56,12 +62,36 @@ Region header (HEADER_BYTES = 4096; little-endian)
     332   4     retired_count       arena   blocks on it
     336   8     retired_bytes       arena   their block bytes (held for open views only)
     344   4     events_enabled      -       1: writers record keyspace events (events.py)
+    348   4     lock_kind           -       LOCKS_SYSV: SysV semaphores found through sem_key.
+                                            A process refuses a kind it does not implement
+                                            (reserved: LOCKS_ROBUST, mutexes in the region)
+    352   8     writable_until_ns   -       reserved: replication's write fence (unix ns; 0 =
+                                            no fence); writers refuse to write past it
+    360   8     region_id           -       random at creation; names the region's contents
+                                            in snapshots and replication
+    368   8     file_dev            -       st_dev and st_ino of the object the region was
+    376   8     file_ino            -       created in: a copy (cp) of a file region sees other
+                                            values and knows it is not the original
+    384   8     clean_marker        -       reserved: written by the last process to close
+                                            the region cleanly (checksummed), zeroed at open
+    392   4     lock_generation     -       reserved: bumped each time the locks are rebuilt
+    396   4     reserved
+    400   40    repl_id             -       reserved: replication id (40 hex digits, Redis's)
+    440   8     repl_offset         -       reserved: changes applied under repl_id
+    448   40    repl_id2            -       reserved: the previous primary's id, and the
+    488   8     repl_offset2        -       offset up to which it is valid (partial resync
+                                            after a failover)
+    496   8     repl_epoch          -       reserved: the epoch (leader key revision) of the
+                                            last change applied
+    504   8     reserved
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
-    2560  1536  reserved            -       zero
+    2560  64    arena_mutex         -       reserved: the arena lock under LOCKS_ROBUST
+    2624  1472  reserved            -       zero
 
-Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
--------------------------------------------------------------------------
+Stripe record (STRIPE_BYTES = 128, n_stripes of them; two cache lines: what readers poll,
+then what only writers touch)
+----------------------------------------------------------------------------------------
     off   size  field            lock    notes
     0     8     seq              stripe  seqlock: odd while the stripe's slots or entries change
     8     4     count            stripe  occupied slots in this stripe's sub-table
@@ -74,6 +104,11 @@ Stripe record (STRIPE_BYTES = 64, n_stripes of them; one cache line each)
     40    8     payload_bytes    stripe  key + value bytes of the stripe's entries
     48    8     events_head      stripe  bytes ever written to the stripe's event ring
     56    8     events_count     stripe  events ever written to it
+    64    8     changes          stripe  every change to the stripe's keys (write, delete,
+                                         expiry, eviction, TTL change): a replica or a
+                                         snapshot that saw N changes knows it missed some
+    72    8     digest           stripe  reserved: xor of the live entries' digests
+    80    48    mutex            -       reserved: the stripe lock under LOCKS_ROBUST
 
 Process record (PROC_BYTES = 512, max_procs of them): the pins of one process's open views
 ----------------------------------------------------------------------------------------
@@ -94,9 +129,15 @@ Collection record (COLLECTION_BYTES = 64, max_collections of them; record 0 is t
     2     1     state        arena   COLL_FREE, COLL_LIVE
     3     1     name_len     arena
     4     4     reserved
-    8     8     items        arena   live entries in this collection
+    8     8     reserved             (its entries are counted in the counts area)
     16    8     reserved
     24    40    name         arena   UTF-8, MAX_COLLECTION_NAME_BYTES at most
+
+Counts: n_stripes rows of max_collections u32, stripe-major: counts[stripe * max_collections +
+coll] is the number of entries of collection coll whose slots lie in stripe's sub-table. Changed
+with the slot (stripe lock, between the seq bumps) and recounted by the stripe's repair, so the
+counts follow the slots exactly through any crash: `len()` is the sum of a collection's column,
+and the region's item count is the sum of the stripes' `count`.
 
 Access bytes: one byte per index slot, set to 1 by a reader that found its entry through that
 slot, cleared by writers; they move with the slot in a backward shift. Never locked: a lost
@@ -122,6 +163,7 @@ overwritten oldest first, and readers (the node) tell that they were overtaken f
     off   size  field          notes
     0     4     record_bytes   the whole record, padding included
     4     1     kind           EV_SET, EV_DEL, EV_EXPIRED, EV_EVICTED, EV_MESSAGE
+                                   (reserved: EV_EXPIRE, EV_PERSIST, EV_RENAME)
     5     1     reserved
     6     2     collection     index in the collection table
     8     2     key_len        the key (the channel, for EV_MESSAGE)
@@ -180,12 +222,14 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
 HEADER_BYTES = 4096
-STRIPE_BYTES = 64
+STRIPE_BYTES = 128
+STRIPE_Q = STRIPE_BYTES >> 3  # a stripe record in u64 / u32 indexes
+STRIPE_U32 = STRIPE_BYTES >> 2
 PROC_BYTES = 512
 COLLECTION_BYTES = 64
 ALIGN = 8
@@ -216,7 +260,7 @@ HEADER = struct.Struct("<8sIIQQIIIIIIQQQQQQQQI")
 H_STATE = 120  # u32
 H_NEXT_COLLECTION = 124  # u32
 H_ARENA_USED = 136
-H_ITEMS = 144
+H_COUNTS_OFFSET = 128
 H_DELETES = 160
 H_EVICTIONS = 168
 H_EXPIRATIONS = 176
@@ -234,6 +278,21 @@ H_RETIRED_HEAD = 328  # u32
 H_RETIRED_COUNT = 332  # u32
 H_RETIRED_BYTES = 336
 H_EVENTS_ENABLED = 344  # u32
+H_LOCK_KIND = 348  # u32
+H_WRITABLE_UNTIL = 352
+H_REGION_ID = 360
+H_FILE_DEV = 368
+H_FILE_INO = 376
+H_CLEAN_MARKER = 384
+H_LOCK_GENERATION = 392  # u32
+H_REPL_ID = 400  # 40 bytes
+H_REPL_OFFSET = 440
+H_REPL_ID2 = 448  # 40 bytes
+H_REPL_OFFSET2 = 488
+H_REPL_EPOCH = 496
+H_ARENA_MUTEX = 2560  # 64 bytes
+LOCKS_SYSV = 1
+LOCKS_ROBUST = 2
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024
 NBINS = 384
@@ -249,12 +308,16 @@ S_WRITES = 32
 S_PAYLOAD = 40
 S_EVENTS_HEAD = 48
 S_EVENTS_COUNT = 56
+S_CHANGES = 64
+S_DIGEST = 72
+S_MUTEX = 80  # 48 bytes
 
 # --- event rings -------------------------------------------------------------------------
 MIN_EVENT_RING_BYTES = 4 << 10
 MAX_EVENT_RING_BYTES = 64 << 10
 EVENT_HEADER = struct.Struct("<IBxHHxxI")
 EV_SET, EV_DEL, EV_EXPIRED, EV_EVICTED, EV_MESSAGE = 1, 2, 3, 4, 5
+EV_EXPIRE, EV_PERSIST, EV_RENAME = 6, 7, 8  # reserved
 
 # --- process record --------------------------------------------------------------------
 P_OWNER_PID = 0  # u32
@@ -263,9 +326,8 @@ P_PINS = 16  # PINS_PER_PROC x u32
 PINS_PER_PROC = (PROC_BYTES - P_PINS) // 4
 
 # --- collection record -----------------------------------------------------------------
-COLLECTION = struct.Struct("<HBB4xQ8x40s")
+COLLECTION = struct.Struct("<HBB4x16x40s")  # generation, state, name_len, name
 C_GENERATION = 0  # u16
-C_ITEMS = 8
 
 # --- entry -----------------------------------------------------------------------------
 E_BLOCK_WORD = 0  # u32
@@ -301,6 +363,7 @@ class Layout:
     stripes_offset: int
     procs_offset: int
     collections_offset: int
+    counts_offset: int
     access_offset: int
     index_offset: int
     arena_offset: int
@@ -369,7 +432,8 @@ def plan_layout(
     stripes_offset = HEADER_BYTES
     procs_offset = _align(stripes_offset + n_stripes * STRIPE_BYTES)
     collections_offset = _align(procs_offset + max_procs * PROC_BYTES)
-    access_offset = _align(collections_offset + max_collections * COLLECTION_BYTES)
+    counts_offset = _align(collections_offset + max_collections * COLLECTION_BYTES)
+    access_offset = _align(counts_offset + n_stripes * max_collections * 4)
     index_offset = _align(access_offset + n_stripes * per_stripe)
     events_offset = _align(index_offset + n_stripes * per_stripe * 8)
     arena_offset = _align(events_offset
@@ -384,6 +448,7 @@ def plan_layout(
         stripes_offset=stripes_offset,
         procs_offset=procs_offset,
         collections_offset=collections_offset,
+        counts_offset=counts_offset,
         access_offset=access_offset,
         index_offset=index_offset,
         arena_offset=arena_offset,
@@ -392,9 +457,21 @@ def plan_layout(
     )
 
 
-def pack_header(layout: Layout, hash_seed: int, created_at_ns: int) -> bytes:
-    """The immutable part of the header, with magic and state left zero (written last)."""
-    return HEADER.pack(
+# What creation writes after HEADER: counts_offset, then (at 348) lock_kind, writable_until_ns,
+# region_id, file_dev, file_ino
+_CREATION_COUNTS = struct.Struct("<Q")
+_CREATION_IDS = struct.Struct("<IQQQQ")
+CREATION_HEADER_BYTES = H_CLEAN_MARKER
+
+
+def pack_header(layout: Layout, hash_seed: int, created_at_ns: int, region_id: int = 0,
+                file_id: tuple[int, int] = (0, 0)) -> bytes:
+    """The part of the header fixed at creation (its first CREATION_HEADER_BYTES), with magic
+    and state left zero (written last) and the counters zero."""
+    buf = bytearray(CREATION_HEADER_BYTES)
+    _CREATION_COUNTS.pack_into(buf, H_COUNTS_OFFSET, layout.counts_offset)
+    _CREATION_IDS.pack_into(buf, H_LOCK_KIND, LOCKS_SYSV, 0, region_id, *file_id)
+    HEADER.pack_into(buf, 0,
         b"\0" * 8,
         LAYOUT_VERSION,
         HEADER_BYTES,
@@ -416,11 +493,12 @@ def pack_header(layout: Layout, hash_seed: int, created_at_ns: int) -> bytes:
         created_at_ns,
         0,
     )
+    return bytes(buf)
 
 
 def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, int]:
     """Validate a header against the bytes actually mapped; return (layout, hash_seed)."""
-    if len(buf) < HEADER.size:
+    if len(buf) < CREATION_HEADER_BYTES:
         raise IncompatibleLayout("region is smaller than a shmkv header; it is not a shmkv region")
     (magic, version, header_bytes, region_bytes, seed, hash_id, n_stripes, per_stripe,
      max_collections, max_procs, max_key_bytes, stripes_off, procs_off, colls_off, access_off,
@@ -437,8 +515,14 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         )
     if hash_id != HASH_XXH3_64 or header_bytes != HEADER_BYTES or max_key_bytes != MAX_KEY_BYTES:
         raise IncompatibleLayout("region was created with other hashing or limits; recreate it")
+    lock_kind = _CREATION_IDS.unpack_from(buf, H_LOCK_KIND)[0]
+    if lock_kind != LOCKS_SYSV:
+        raise IncompatibleLayout(f"region uses lock kind {lock_kind}, which this shmkv release "
+                                 "does not implement; use the release that created it")
+    counts_off = int.from_bytes(bytes(buf[H_COUNTS_OFFSET:H_COUNTS_OFFSET + 8]), "little")
     layout = Layout(n_stripes, per_stripe, max_collections, max_procs, stripes_off, procs_off,
-                    colls_off, access_off, index_off, arena_off, arena_bytes, region_bytes)
+                    colls_off, counts_off, access_off, index_off, arena_off, arena_bytes,
+                    region_bytes)
     try:
         expected = plan_layout(arena_bytes, None, n_stripes, max_collections, max_procs)
     except (ValueError, TypeError) as exc:
@@ -448,6 +532,7 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
         expected.stripes_offset == stripes_off
         and expected.procs_offset == procs_off
         and expected.collections_offset == colls_off
+        and expected.counts_offset == counts_off
         and expected.access_offset == access_off
         and arena_off + arena_bytes == region_bytes
         and layout.events_offset + n_stripes * layout.event_ring_bytes <= arena_off

@@ -71,7 +71,7 @@ class RegionLocks:
                  on_dead_arena_holder: Callable[[], None]) -> None:
         self.timeout_s = timeout_s
         self._u32 = u32
-        self._owner_at = (layout.stripes_offset + L.S_OWNER_PID) >> 2  # + stripe * 16
+        self._owner_at = (layout.stripes_offset + L.S_OWNER_PID) >> 2  # + stripe * L.STRIPE_U32
         self._max_count = layout.slots_per_stripe
         self._arena_owner_at = L.H_ARENA_OWNER_PID >> 2
         try:
@@ -165,7 +165,7 @@ class RegionLocks:
         except sysv_ipc.BusyError:
             if not _wait(self._sems[stripe].id, self.timeout_s):
                 raise self._timeout(f"stripe {stripe}",
-                                    self._u32[self._owner_at + stripe * 16]) from None
+                                    self._u32[self._owner_at + stripe * L.STRIPE_U32]) from None
         self._claim_stripe(stripe)
 
     def try_acquire_stripe(self, stripe: int) -> bool:
@@ -177,7 +177,7 @@ class RegionLocks:
         return True
 
     def _claim_stripe(self, stripe: int) -> None:
-        u32, at = self._u32, self._owner_at + stripe * 16
+        u32, at = self._u32, self._owner_at + stripe * L.STRIPE_U32
         # The previous holder left without releasing (the kernel released it for the dead), or
         # left the stripe's seq odd (died or raised between its two bumps), or the record says
         # the stripe holds more entries than it has slots (garbage). One u32 read each: every
@@ -188,7 +188,7 @@ class RegionLocks:
         u32[at] = self.pid
 
     def release_stripe(self, stripe: int) -> None:
-        self._u32[self._owner_at + stripe * 16] = 0
+        self._u32[self._owner_at + stripe * L.STRIPE_U32] = 0
         self._sems[stripe].release()
 
     # --- arena -----------------------------------------------------------------------

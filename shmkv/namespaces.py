@@ -7,13 +7,14 @@ one fail on write with CollectionNotFound instead of writing into a dead collect
 caller deletes the entries, then the record is freed. Records are handed out round-robin, so a
 freed index is reused as late as possible.
 
-Every function here needs the arena lock.
+Every function here needs the arena lock, except the item counts: a collection's entries are
+counted per stripe in the counts area (layout.py), changed with their slots under the stripe
+lock (`count_locked`), so that they stay exact through any crash.
 
 Records are shared memory and may hold anything. Every path that decides something from a record
 (is it live, which index is free, what is its name) reads it through `_checked`: a state that is
 not one of ours, a name longer than MAX_COLLECTION_NAME_BYTES or not UTF-8, raise CorruptRegion.
-An item count is checked where it is read: no collection can hold more entries than the arena
-holds blocks. Writes go on past a bad count (it costs no data), never below 0. `read` stays
+`read` stays
 raw, for event readers that must never stop on a bad record (they print a damaged name with
 replacement characters).
 """
@@ -46,24 +47,26 @@ def check_collection_name(name: object) -> bytes:
 
 
 class CollectionTable:
-    def __init__(self, mm, q: memoryview, layout: L.Layout) -> None:
+    def __init__(self, mm, u32: memoryview, layout: L.Layout) -> None:
         self._mm = mm
-        self._q = q
+        self._u32 = u32
         self._base = layout.collections_offset
         self.max = layout.max_collections
-        self._max_items = layout.arena_bytes // L.MIN_BLOCK_BYTES  # every entry has a block
+        self._counts0 = layout.counts_offset >> 2  # u32 index of counts[stripe 0][coll 0]
+        self._counts_end = self._counts0 + layout.n_stripes * self.max
+        self._max_items = layout.index_slots
 
     def _rec(self, idx: int) -> int:
         return self._base + idx * L.COLLECTION_BYTES
 
-    def read(self, idx: int) -> tuple[int, int, int, bytes]:
-        """(generation, state, items, name) of record idx, as stored (unchecked)."""
-        gen, state, name_len, items, name = L.COLLECTION.unpack_from(self._mm, self._rec(idx))
-        return gen, state, items, name[:name_len]
+    def read(self, idx: int) -> tuple[int, int, bytes]:
+        """(generation, state, name) of record idx, as stored (unchecked)."""
+        gen, state, name_len, name = L.COLLECTION.unpack_from(self._mm, self._rec(idx))
+        return gen, state, name[:name_len]
 
     def damage(self, idx: int) -> str | None:
         """What is wrong with record idx, or None if it is well-formed."""
-        _, state, name_len, _, name = L.COLLECTION.unpack_from(self._mm, self._rec(idx))
+        _, state, name_len, name = L.COLLECTION.unpack_from(self._mm, self._rec(idx))
         if state not in _STATES or name_len > L.MAX_COLLECTION_NAME_BYTES:
             return f"record {idx} holds state {state} and a name of {name_len} bytes"
         if idx == 0 and (state != L.COLL_LIVE or name_len):
@@ -80,8 +83,7 @@ class CollectionTable:
         what = self.damage(idx)
         if what:
             raise _corrupt(what)
-        gen, state, _, name = self.read(idx)
-        return gen, state, name
+        return self.read(idx)
 
     def reset_damaged_locked(self) -> tuple[set[int], int]:
         """Free every malformed record, its generation bumped so that handles on it fail, and
@@ -93,9 +95,9 @@ class CollectionTable:
             if self.damage(idx):
                 gen = self.read(idx)[0]
                 if idx:
-                    self._write_locked(idx, (gen + 1) & 0xFFFF, L.COLL_FREE, 0, b"")
+                    self._write_locked(idx, (gen + 1) & 0xFFFF, L.COLL_FREE, b"")
                 else:
-                    self._write_locked(0, gen, L.COLL_LIVE, 0, b"")
+                    self._write_locked(0, gen, L.COLL_LIVE, b"")
                 reset += 1
             elif idx and self.read(idx)[1] == L.COLL_LIVE:
                 live.add(idx)
@@ -105,32 +107,35 @@ class CollectionTable:
         g, state, _ = self._checked(idx)
         return state == L.COLL_LIVE and g == gen
 
+    # --- item counts (stripe lock) -------------------------------------------------------
     def items(self, idx: int) -> int:
-        items = self._q[(self._rec(idx) + L.C_ITEMS) >> 3]
-        if items > self._max_items:
-            raise _corrupt(f"record {idx} counts {items} items")
+        """Entries of collection idx (expired ones not yet reclaimed included): its column of
+        the counts area. No lock: each stripe's count is exact, the sum is a moment's view."""
+        items = sum(self._u32[self._counts0 + idx:self._counts_end:self.max])
+        if items > self._max_items:  # shared memory may hold anything: no slot, no entry
+            raise _corrupt(f"the counts area says collection {idx} holds {items} entries, "
+                           f"more than the index's {self._max_items} slots")
         return items
 
-    def add_items_locked(self, idx: int, delta: int) -> None:
-        # idx comes from an entry, which may be garbage too: check it before writing there
-        if idx >= self.max:
+    def stripe_counts(self, stripe: int) -> memoryview:
+        """The row of counts of one stripe, indexed by collection (stripe lock to write)."""
+        start = self._counts0 + stripe * self.max
+        return self._u32[start:start + self.max]
+
+    def count_locked(self, stripe: int, idx: int, delta: int) -> None:
+        """Count an entry of collection idx in or out of stripe, with its slot (stripe lock,
+        between the seq bumps)."""
+        if idx >= self.max:  # idx comes from an entry, which may be garbage: check it first
             raise _corrupt(f"an entry names collection {idx}, beyond the table's {self.max} "
                            "records")
-        at = (self._base + idx * L.COLLECTION_BYTES + L.C_ITEMS) >> 3
-        items = self._q[at] + delta
-        if 0 <= items <= self._max_items:
-            self._q[at] = items
-        elif items < 0:
-            # Off by the one operation a dead writer was in (repair.py): harmless, and no
-            # reason to fail a write; `shmkv doctor --repair` recounts. A count beyond what
-            # the arena can hold is garbage, left for items() to refuse.
-            self._q[at] = 0
+        at = self._counts0 + stripe * self.max + idx
+        self._u32[at] = (self._u32[at] + delta) & 0xFFFFFFFF
 
-    def _write_locked(self, idx: int, gen: int, state: int, items: int, name: bytes) -> None:
-        L.COLLECTION.pack_into(self._mm, self._rec(idx), gen, state, len(name), items, name)
+    def _write_locked(self, idx: int, gen: int, state: int, name: bytes) -> None:
+        L.COLLECTION.pack_into(self._mm, self._rec(idx), gen, state, len(name), name)
 
     def init_default_locked(self) -> None:
-        self._write_locked(0, 0, L.COLL_LIVE, 0, b"")
+        self._write_locked(0, 0, L.COLL_LIVE, b"")
 
     def live(self) -> list[tuple[int, int, bytes]]:
         """(index, generation, name) of every live named collection."""
@@ -154,7 +159,7 @@ class CollectionTable:
             gen, state, _ = self._checked(idx)
             if state == L.COLL_FREE:
                 gen = (gen + 1) & 0xFFFF
-                self._write_locked(idx, gen, L.COLL_LIVE, 0, name)
+                self._write_locked(idx, gen, L.COLL_LIVE, name)
                 _U32.pack_into(self._mm, L.H_NEXT_COLLECTION, idx % (self.max - 1))
                 return idx, gen
         raise TooManyCollections(
@@ -169,19 +174,19 @@ class CollectionTable:
         if self.find(new) is not None:
             raise CollectionExists(f"collection {new.decode()!r} already exists")
         idx, gen = found
-        self._write_locked(idx, gen, L.COLL_LIVE, self.items(idx), new)
+        self._write_locked(idx, gen, L.COLL_LIVE, new)
 
     def begin_drop_locked(self, name: bytes) -> int:
         found = self.find(name)
         if found is None:
             raise CollectionNotFound(f"no collection {name.decode()!r}")
         idx, gen = found
-        self._write_locked(idx, (gen + 1) & 0xFFFF, COLL_DROPPING, self.items(idx), name)
+        self._write_locked(idx, (gen + 1) & 0xFFFF, COLL_DROPPING, name)
         return idx
 
     def end_drop_locked(self, idx: int) -> None:
         gen, _, _ = self._checked(idx)
-        self._write_locked(idx, gen, L.COLL_FREE, 0, b"")
+        self._write_locked(idx, gen, L.COLL_FREE, b"")
 
 
 def _corrupt(what: str) -> CorruptRegion:

@@ -14,8 +14,8 @@ keeps the blocks tiling the arena (a split writes the tail block before shrinkin
 Blocks whose header is not even well-formed can only be one the dead holder had just allocated,
 and are freed. Checksums are not consulted here: writers of other stripes are alive and may be
 filling a new block, or rewriting an entry in place, whose checksum is not written yet; freeing
-such a block would pull it from under them. Known limit: the item counters may be off by the one
-operation the dead writer was in; the next full check (`shmkv doctor --repair`) recounts them.
+such a block would pull it from under them. Item counts need no repair there: they follow the
+slots (the counts area, layout.py), which the stripe repair recounts.
 
 Garbage (a stray write, a damaged file) is repaired the same way where it can be: slots that do
 not lead to a sound entry are dropped, a stripe record's counters are recomputed, malformed
@@ -94,13 +94,18 @@ def repair_stripe_locked(region: _Region, stripe: int,
     for pos in range(index.per):
         q[base + pos] = 0
         mm[index.access0 + stripe * index.per + pos] = 0
+    counts = region.colls.stripe_counts(stripe)
+    for coll in range(len(counts)):
+        counts[coll] = 0
     payload = 0
     for ident, (_, off, accessed) in kept.items():
         key_coll = int.from_bytes(ident[:4], "little")
         h = xxh3_64(ident[4:], region.seed ^ (key_coll >> 16))
         index.insert_locked(stripe, h, region.arena.ref(off), accessed)
         payload += (key_coll & 0xFFFF) + u32[(off + L.E_VALUE_LEN) >> 2]
+        counts[key_coll >> 16] += 1  # entry_is_sound checked the collection index
     u32[(rec + L.S_COUNT) >> 2] = len(kept)
+    q[(rec + L.S_CHANGES) >> 3] += 1  # a replica or snapshot that counted changes must look
     q[(rec + L.S_PAYLOAD) >> 3] = payload
     if q[(rec + L.S_SEQ) >> 3] & 1:
         q[(rec + L.S_SEQ) >> 3] += 1
@@ -168,17 +173,11 @@ def repair_arena_locked(region: _Region) -> int:
 def repair_all_locked(region: _Region) -> dict[str, int]:
     """Make the region consistent again, whatever crashes left: every stripe rebuilt from the
     entries that validate, blocks that no slot points to freed, allocator and lists rebuilt,
-    every counter recounted from the index. All stripe locks and the arena lock held."""
-    lay, q, u32, index = region.layout, region.q, region.u32, region.index
+    every count recounted from the slots. All stripe locks and the arena lock held."""
+    lay, u32, index = region.layout, region.u32, region.index
     live, collections_reset = region.colls.reset_damaged_locked()
     dropped = sum(repair_stripe_locked(region, s, live) for s in range(lay.n_stripes))
-    referenced = set()
-    per_collection: dict[int, int] = {}
-    for stripe in range(lay.n_stripes):
-        for _, off in index.slots(stripe):
-            referenced.add(off)
-            coll = u32[(off + L.E_KEY_COLL) >> 2] >> 16
-            per_collection[coll] = per_collection.get(coll, 0) + 1
+    referenced = {off for stripe in range(lay.n_stripes) for _, off in index.slots(stripe)}
     leaked = 0
     for off, _, is_free in list(region.arena.blocks()):
         if not is_free and off not in referenced and region.mm[off + L.E_SEGMENT] != L.SEG_RETIRED:
@@ -187,10 +186,6 @@ def repair_all_locked(region: _Region) -> dict[str, int]:
     freed = repair_arena_locked(region)
     region.pins.reclaim_dead_locked()
     region.pins.sweep_locked()
-    q[L.H_ITEMS >> 3] = len(referenced)
-    for idx in range(lay.max_collections):
-        q[(lay.collections_offset + idx * L.COLLECTION_BYTES + L.C_ITEMS) >> 3] = \
-            per_collection.get(idx, 0)
     return {"slots_dropped": dropped, "blocks_reclaimed": leaked + freed,
             "collections_reset": collections_reset}
 

@@ -104,6 +104,8 @@ def test_writer_killed_at_random_moments_loses_nothing_acknowledged(region_name)
                 if key.startswith(b"k") and value is not None:
                     assert is_whole(key.decode(), value), f"round {round_no}: torn {key!r}"
 
+            # counts follow the slots through any crash, before any full repair
+            assert len(c) == len(list(c)) == c.stats()["items"], f"round {round_no}"
             c.repair()
             assert check_region(c) == [], f"round {round_no}"
             for key, value in model.items():
@@ -115,6 +117,50 @@ def test_writer_killed_at_random_moments_loses_nothing_acknowledged(region_name)
             else:
                 model[in_flight[1]] = c.get(in_flight[1])
         assert c.stats()["evictions"] == 0
+
+
+def _overwrite_and_die_before_publishing(name: str, collection: str, key: str,
+                                         value: bytes) -> None:
+    """Overwrite key, and SIGKILL this process once the new block is allocated and its key
+    written (what _allocate_locked does under the arena lock), before the value goes in and
+    the slot is switched to it."""
+    real_fill = shmkv.Cache._fill_entry
+
+    def fill_then_die(self, off, k, v, version, exp, kind, new):
+        if not new:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_fill(self, off, k, v, version, exp, kind, new)
+
+    with shmkv.Cache.open(name) as c:
+        handle = c.collection(collection) if collection else c
+        shmkv.Cache._fill_entry = fill_then_die  # type: ignore[method-assign]
+        handle.set(key, value)
+
+
+def test_a_writer_killed_between_allocating_an_overwrite_and_publishing_it_leaves_counts_exact(
+        region_name) -> None:
+    big = 100 << 10  # beyond INPLACE_MAX_BYTES: an overwrite relocates
+    with shmkv.Cache.create(region_name, arena_bytes=4 << 20, lock_timeout_s=1.0) as c:
+        users = c.collection("users")
+        users.set("victim", b"a" * big)
+        c.set("victim", b"c" * big)
+        for collection in ("users", ""):
+            proc = ctx.Process(target=_overwrite_and_die_before_publishing,
+                               args=(region_name, collection, "victim", b"b" * big))
+            proc.start()
+            proc.join(30)
+            assert proc.exitcode == -signal.SIGKILL
+        assert users.get("victim") == b"a" * big  # the old values stay published
+        assert c.get("victim") == b"c" * big
+        # Fill the region so that eviction reaches the leaked blocks and frees them.
+        for i in range(200):
+            c.set(f"fill{i}", bytes([i]) * (40 << 10))
+        assert c.stats()["evictions"] > 0
+        assert len(c) == len(list(c))
+        assert len(users) == len(list(users))
+        assert c.stats()["items"] == len(c) + len(users)
+        c.repair()
+        assert check_region(c) == []
 
 
 # --- PID reuse at the lock level -------------------------------------------------------------

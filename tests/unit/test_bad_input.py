@@ -296,7 +296,8 @@ AREAS = {  # area -> (first byte, end) as Layout attributes
     "index": ("index_offset", "arena_offset"),
     "arena": ("arena_offset", "region_bytes"),
     "stripe records": ("stripes_offset", "procs_offset"),
-    "collection table": ("collections_offset", "access_offset"),
+    "collection table": ("collections_offset", "counts_offset"),
+    "item counts": ("counts_offset", "access_offset"),
 }
 STEP_S = 1  # a step that takes longer than this is taken to hang
 
