@@ -216,3 +216,19 @@ def test_overwrite_of_a_large_value_evicts_from_protected_when_probation_holds_o
         small.set("big", bytes([round_no]) * (512 << 10))
         assert small.get("big") == bytes([round_no]) * (512 << 10)
     assert check_region(small) == []
+
+
+def test_expired_entries_are_reclaimed_by_a_process_that_only_overwrites(region_name,
+                                                                         fake_clock) -> None:
+    with shmkv.Cache.create(region_name, arena_bytes=1 << 20, clock=fake_clock) as c:
+        for i in range(100):
+            c.set(f"ttl{i}", b"t" * 100, ttl_s=10)
+        c.set("counter", b"0")
+        fake_clock.advance(11)
+        # In-place overwrites only (no insert, no maintain()): writers sample about one slot
+        # per write (a slot whose entry was removed is looked at again), so this many writes
+        # sweep the whole index.
+        for n in range(2 * c.stats()["index_slots"]):
+            c.set("counter", str(n % 10).encode())
+        assert c.stats()["expirations"] == 100
+        assert len(c) == 1
