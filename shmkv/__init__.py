@@ -6,11 +6,13 @@
     c.set("k", b"v"); d.get("k")  # -> b"v"
 """
 
+from .backend import PurePythonWarning
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
 from . import errors
 from .errors import *  # noqa: F403  (the hierarchy, listed once in errors.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = sorted(["DEFAULT_ARENA_BYTES", "DEFAULT_REGION", "Cache", "__version__",
+__all__ = sorted(["DEFAULT_ARENA_BYTES", "DEFAULT_REGION", "Cache", "PurePythonWarning",
+                  "__version__",
                  *errors.__all__])

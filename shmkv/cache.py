@@ -1,11 +1,6 @@
-"""`Cache`: the public handle on a shared-memory region. It composes region, locks, index,
-arena, collections and lists; what takes entries out of the region lives in evict.py.
-
-Reads take no lock. `get` hashes the key, reads its stripe's seq, probes the sub-table, copies
-the value out of the arena, and re-reads seq: if seq was odd or has changed, a writer touched
-the stripe meanwhile and the read is retried. A writer frees a block only after its seq bump,
-and only writers of the same stripe free a stripe's entries, so whatever a reader copied from a
-block that was freed and reused under it is thrown away by that check.
+"""`Cache`: the public handle on a shared-memory region (shared_region.py holds what its
+handles share). Reads go through a Reader, compiled or pure (backend.py, reader.py), and take no
+lock; what takes entries out of the region lives in evict.py.
 
 Writes follow one order (see locks.py), under the key's stripe lock. An overwrite whose entry
 fits the key's block snugly rewrites it in place between the two seq bumps (readers retry, as
@@ -15,8 +10,8 @@ then is the old block freed. A writer killed before the publish leaves an unreac
 never a torn entry; one killed between the bumps leaves seq odd and its pid recorded, and the
 next holder repairs the stripe (repair.py).
 
-The get path is written for the interpreter on purpose: every Python-level call and attribute
-lookup costs 20-60 ns, and a get is ~12k instructions (see bench/README.md).
+A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`
+(instance attributes): a Python wrapper around a compiled get would cost a fifth of it.
 """
 
 from __future__ import annotations
@@ -25,16 +20,15 @@ import os
 import re
 import struct
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from . import arrays
+from . import arrays, backend
 from . import layout as L
 from . import region as R
-from .arena import MAX_BLOCK_BYTES, Arena
+from .arena import MAX_BLOCK_BYTES
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
 from .errors import (
@@ -51,13 +45,10 @@ from .hashing import checksum32, xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
 from .events import set_enabled as set_events_enabled
-from .evict import Evictor
-from .index import Index
-from .lru import Segments
 from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
-from .namespaces import CollectionTable, check_collection_name
-from .pins import PinTable
-from .repair import repair_all_locked, repair_arena_locked, repair_stripe_locked
+from .namespaces import check_collection_name
+from .repair import repair_all_locked
+from .shared_region import SharedRegion
 from .views import ValueView, copy_array
 
 DEFAULT_REGION = "shmkv"
@@ -70,9 +61,7 @@ MAKE_ROOM_ATTEMPTS = 20  # arena-lock sections a write may spend evicting before
 READ_SPINS_BEFORE_YIELD = 64
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
-# What a reader needs of an entry, in one unpack at E_EXPIRES_AT:
-# expires_at_ns, value_len, key_len | collection << 16
-_ENTRY_READ = struct.Struct("<QII")
+_BOUND_READS = ("get", "get_with_version", "get_many", "_contains")  # see _bind_reads
 # What an in-place overwrite changes, at E_VERSION: version, expires_at_ns, value_len
 _ENTRY_REWRITE = struct.Struct("<QQI")
 # An overwrite reuses the key's block when the new entry fits it and wastes less than this;
@@ -121,70 +110,6 @@ def _expires_at(ttl_s: object, now_ns: int) -> int:
     return now_ns + max(1, int(ttl_s * 1e9))
 
 
-class _Region:
-    """What every handle on one mapped region shares: the mapping, the views, the locks."""
-
-    def __init__(self, mapping: R.Mapping, layout: L.Layout, seed: int, lock_timeout_s: float,
-                 clock: Clock) -> None:
-        self.name = mapping.name
-        self.mapping = mapping
-        self.mm = mapping.mm
-        self.layout = layout
-        self.seed = seed
-        self.clock = clock
-        self.mv = memoryview(self.mm)
-        self.ro = self.mv.toreadonly()  # what views are made of: read-only from the start
-        self.q = self.mv.cast("Q")
-        self.u32 = self.mv.cast("I")
-        try:
-            self.locks = RegionLocks(
-                self.u32[L.H_SEM_KEY >> 2], self.u32, layout, lock_timeout_s,
-                on_dead_stripe_holder=lambda stripe: repair_stripe_locked(self, stripe),
-                on_dead_arena_holder=lambda: repair_arena_locked(self),
-            )
-        except BaseException:  # the caller closes the mapping, which needs our views gone
-            self.q.release()
-            self.u32.release()
-            self.ro.release()
-            self.mv.release()
-            raise
-        self.index = Index(self.mm, self.q, self.u32, layout)
-        self.arena = Arena(self.q, self.u32, layout)
-        self.colls = CollectionTable(self.mm, self.u32, layout)
-        self.lru = Segments(self.mm, self.q, self.u32, layout)
-        self.evictor = Evictor(self)
-        self.pins = PinTable(self)
-        self.lingering: list[ValueView] = []  # closed views whose bytes are still referenced
-        self.handles: weakref.WeakSet[Cache] = weakref.WeakSet()
-        self.closed = False
-
-    def release_lingering(self) -> None:
-        if self.lingering:
-            self.lingering = [view for view in self.lingering if not view.try_unpin()]
-
-    def close(self) -> None:
-        """Detach every handle. The mapping and the locks go once no view pins anything any
-        more: a view that outlives its handle stays valid (views.py)."""
-        if self.closed:
-            return
-        self.closed = True
-        for handle in list(self.handles):
-            handle._detach()
-        self.release_lingering()
-        if not self.pins.open_pins:
-            self.finish_close()
-
-    def finish_close(self) -> None:
-        self.pins.release()
-        self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
-        self.q.release()
-        self.u32.release()
-        self.ro.release()
-        self.mv.release()
-        self.locks.close()
-        self.mapping.close()
-
-
 class Cache:
     """A handle on a shared-memory key/value region (or on one collection inside it).
 
@@ -194,7 +119,7 @@ class Cache:
     """
 
     # --- construction -------------------------------------------------------------------
-    def __init__(self, region: _Region, coll: int = 0, gen: int = 0, name: str = "",
+    def __init__(self, region: SharedRegion, coll: int = 0, gen: int = 0, name: str = "",
                  owns_region: bool = True) -> None:
         self._region = region
         self._owns_region = owns_region
@@ -219,14 +144,19 @@ class Cache:
         self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * STRIPE_U32]
         self._abase = lay.arena_offset
         self._aend = lay.arena_offset + lay.arena_bytes
-        # q-indexes of each stripe's seq and first slot
-        stripes = [(self._seq0 + s * L.STRIPE_Q, self._slot0 + s * self._per)
-                   for s in range(lay.n_stripes)]
-        # hits, misses of this handle, not yet added to the region's counters (see stats())
-        self._counts = [0, 0]
-        self._hot = (self._q, self._mm, self._seed, self._smask, stripes, self._per,
-                     self._key_coll, self._abase, self._aend, self._clock,
-                     lay.access_offset - self._slot0, self._counts)
+        # It counts this handle's hits and misses until they are flushed into the region's
+        # counters (stats()).
+        self._reader = backend.Reader(
+            region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
+            lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes, region.seed,
+            coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
+        self._bind_reads(self._reader)
+
+    def _bind_reads(self, reader: Any) -> None:
+        self.get = reader.get  # type: ignore[method-assign]
+        self.get_with_version = reader.get_with_version  # type: ignore[method-assign]
+        self.get_many = reader.get_many  # type: ignore[method-assign]
+        self._contains = reader.contains  # type: ignore[method-assign]
 
     @classmethod
     def create(
@@ -274,7 +204,7 @@ class Cache:
             with mv, mv.cast("I") as u32:
                 u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(RegionLocks.count(layout),
                                                                  mode)
-            region = _Region(mapping, layout, seed, lock_timeout_s, clock)
+            region = SharedRegion(mapping, layout, seed, lock_timeout_s, clock)
             region.arena.init_locked()
             region.colls.init_default_locked()
             region.u32[L.H_PROTECTED_PCT >> 2] = protected_pct
@@ -301,7 +231,7 @@ class Cache:
         mapping = R.open_mapping(name)
         try:
             layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
-            region = _Region(mapping, layout, seed, lock_timeout_s, clock)
+            region = SharedRegion(mapping, layout, seed, lock_timeout_s, clock)
         except BaseException:
             mapping.close()
             raise
@@ -332,17 +262,22 @@ class Cache:
         handles too; a collection handle's close() closes only itself."""
         if self.closed:
             return
-        if any(self._counts):
-            with self._locks.arena_held:
-                self._flush_counts_locked()
+        with self._locks.arena_held:
+            self._flush_counts_locked()
         if self._owns_region:
             self._region.close()
         else:
             self._detach()
 
     def _detach(self) -> None:
-        self._mm = self._q = self._u32 = self._hot = _CLOSED  # type: ignore[assignment]
+        if self._reader is _CLOSED:
+            return
+        self._mm = self._q = self._u32 = _CLOSED  # type: ignore[assignment]
         self._index = self._locks = _CLOSED  # type: ignore[assignment]
+        self._reader.close()
+        self._reader = _CLOSED
+        for name in _BOUND_READS:  # the class's methods again, which raise CacheClosed now
+            self.__dict__.pop(name, None)
 
     @property
     def closed(self) -> bool:
@@ -359,67 +294,7 @@ class Cache:
         coll = f" collection={self.collection_name!r}" if self._coll else ""
         return f"<shmkv.Cache {self._region.name!r}{coll} {state}>"
 
-    # --- reads (no locks) ---------------------------------------------------------------
-    def _read(self, key: object, default: Any, versioned: bool) -> Any:
-        """The value of a live entry (with its version if asked), read consistently, or
-        default.
-
-        This is the whole cost of a get, so it is written for the interpreter (measured in
-        instructions with callgrind, the machine being too noisy for timings): every constant
-        comes from one tuple, per-stripe offsets from a precomputed table, the entry's fields
-        from one struct unpack; arithmetic on 64-bit ints (which allocates) is kept to the
-        hash and the slot."""
-        if type(key) is not bytes or len(key) > L.MAX_KEY_BYTES:
-            key = _key_bytes(key)
-        q, mm, seed, smask, stripes, per, key_coll, abase, aend, clock, access0, counts = \
-            self._hot
-        h = xxh3_64(key, seed)
-        seq_at, base = stripes[h & smask]
-        tag = h >> 32
-        klen = len(key)
-        key_coll |= klen
-        spins = 0
-        while True:
-            s1 = q[seq_at]
-            found = default
-            i = tag % per
-            left = per  # bounded: a read torn by a writer must not loop forever
-            while left:
-                v = q[base + i]
-                if not v:
-                    break
-                if v >> 32 == tag:
-                    off = (v & 0xFFFFFFFF) * 8 + abase
-                    try:  # free unless raised (CPython 3.11+), unlike a check of the ref here
-                        exp, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
-                    except struct.error:  # the slot's ref points past the mapping: garbage
-                        raise CorruptRegion(f"index stripe {h & smask}, slot {i} holds {v:#x}, "
-                                            "whose ref is outside the arena: the region is "
-                                            "corrupt; run `shmkv doctor --repair`") from None
-                    if kc == key_coll:
-                        start = off + L.ENTRY_HEADER_BYTES + klen
-                        # bounds first: a block reused under us may hold any bytes
-                        if start + vlen <= aend and mm[start - klen:start] == key:
-                            if not exp or exp > clock():
-                                found = mm[start:start + vlen]
-                                if versioned:
-                                    found = (found, q[(off + L.E_VERSION) >> 3])
-                            break
-                i = (i + 1) % per
-                left -= 1
-            if q[seq_at] == s1 and not s1 & 1:
-                if found is default:
-                    counts[1] += 1
-                else:
-                    counts[0] += 1
-                    # mark the entry read, for the segmented LRU: its slot's byte, outside the
-                    # arena, written only when clear so that hot entries do not bounce lines
-                    at = access0 + base + i
-                    if not mm[at]:
-                        mm[at] = 1
-                return found
-            spins = self._wait_writer(spins, stripe=h & smask)
-
+    # --- reads (no locks; reader.py, or its compiled twin) --------------------------------
     def _wait_writer(self, spins: int, stripe: int) -> int:
         # A writer is between its two seq bumps: a few stores. Spin, then give up the CPU (and
         # the GIL, in case the writer is a thread of this process). A seq that stays odd that
@@ -438,23 +313,23 @@ class Cache:
             self._locks.release_stripe(stripe)
         return spins + 1
 
+    # These three are what an open handle binds from its reader (see _bind_reads); they
+    # stand for the API here and serve a handle that was closed.
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of key as bytes, or default if it is absent or expired."""
-        return self._read(key, default, False)
+        return self._reader.get(key, default)
 
     def get_with_version(self, key: str | bytes) -> tuple[bytes, int] | None:
         """(value, version) for use with cas(), or None if absent."""
-        return self._read(key, None, True)  # type: ignore[no-any-return]
+        return self._reader.get_with_version(key)  # type: ignore[no-any-return]
 
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
         """{key: value} of the keys that are present (keys as given); each read is
         consistent on its own, not the set of them."""
-        found = {}
-        for key in keys:
-            value = self._read(key, _MISSING, False)
-            if value is not _MISSING:
-                found[key] = value
-        return found
+        return self._reader.get_many(keys)  # type: ignore[no-any-return]
+
+    def _contains(self, key: object) -> bool:
+        return self._reader.contains(key)  # type: ignore[no-any-return]
 
     # --- zero-copy reads and arrays (views.py, arrays.py) ---------------------------------
     def view(self, key: str | bytes) -> ValueView:
@@ -495,13 +370,13 @@ class Cache:
         return pin, off, off + L.ENTRY_HEADER_BYTES + len(k), vlen, self._mm[off + L.E_KIND]
 
     def __getitem__(self, key: str | bytes) -> bytes:
-        found = self._read(key, _MISSING, False)
+        found = self.get(key, _MISSING)
         if found is _MISSING:
             raise KeyError(key)
         return found  # type: ignore[no-any-return]
 
     def __contains__(self, key: object) -> bool:
-        return self._read(key, _MISSING, False) is not _MISSING
+        return self._contains(key)  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         """Entries stored in this collection, counting expired ones that no read, write or
@@ -734,10 +609,9 @@ class Cache:
 
     def _flush_counts_locked(self) -> None:
         """Add this handle's hits and misses to the region's counters (arena lock)."""
-        counts = self._counts
-        self._q[L.H_HITS >> 3] += counts[0]
-        self._q[L.H_MISSES >> 3] += counts[1]
-        counts[0] = counts[1] = 0
+        hits, misses = self._reader.take_counts()
+        self._q[L.H_HITS >> 3] += hits
+        self._q[L.H_MISSES >> 3] += misses
 
     # --- collections --------------------------------------------------------------------
     def collection(self, name: str) -> Cache:
@@ -783,16 +657,17 @@ class Cache:
         with self._locks.arena_held:
             self._flush_counts_locked()
             retired = region.pins.retired()
-        stripes = self._hot[4]
+        seqs = range(self._seq0, self._seq0 + lay.n_stripes * L.STRIPE_Q, L.STRIPE_Q)
         items = sum(self._u32[self._count0 + s * L.STRIPE_U32] for s in range(lay.n_stripes))
         used = region.arena.used_bytes()
-        payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at, _ in stripes)
+        payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at in seqs)
         # what the region spends on an entry beyond its key and value: header, padding, slot
         # and access byte (the index and access areas are counted whole, as they are reserved)
         overhead = used - payload + lay.index_slots * 9  # 8-byte slot + its access byte
         return {
             "region": region.name,
             "layout_version": L.LAYOUT_VERSION,
+            "engine": backend.engine_of(self._reader),
             "region_bytes": lay.region_bytes,
             "arena_bytes": lay.arena_bytes,
             "arena_used_bytes": used,
@@ -806,7 +681,7 @@ class Cache:
             "items": items,
             "hits": q[L.H_HITS >> 3],
             "misses": q[L.H_MISSES >> 3],
-            "sets": sum(q[seq_at + (L.S_WRITES >> 3)] for seq_at, _ in stripes),
+            "sets": sum(q[seq_at + (L.S_WRITES >> 3)] for seq_at in seqs),
             "deletes": q[L.H_DELETES >> 3],
             "evictions": q[L.H_EVICTIONS >> 3],
             "expirations": q[L.H_EXPIRATIONS >> 3],

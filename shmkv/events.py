@@ -29,7 +29,8 @@ from . import layout as L
 from .errors import ValueTooLarge
 
 if TYPE_CHECKING:
-    from .cache import Cache, _Region
+    from .cache import Cache
+    from .shared_region import SharedRegion
 
 KIND_NAMES = {L.EV_SET: "set", L.EV_DEL: "del", L.EV_EXPIRED: "expired",
               L.EV_EVICTED: "evicted", L.EV_MESSAGE: "message"}
@@ -44,15 +45,15 @@ class Event:
     data: bytes = b""  # for "message", the message
 
 
-def enabled(region: _Region) -> bool:
+def enabled(region: SharedRegion) -> bool:
     return bool(region.u32[_ENABLED])
 
 
-def set_enabled(region: _Region, on: bool) -> None:
+def set_enabled(region: SharedRegion, on: bool) -> None:
     region.u32[_ENABLED] = int(on)
 
 
-def max_message_bytes(region: _Region, channel_bytes: int) -> int:
+def max_message_bytes(region: SharedRegion, channel_bytes: int) -> int:
     """The longest message publish() takes on a channel of that length in this region: a
     record may fill a quarter of a ring."""
     return max_record_bytes(region.layout) - L.EVENT_HEADER.size - channel_bytes
@@ -62,7 +63,7 @@ def max_record_bytes(layout: L.Layout) -> int:
     return layout.event_ring_bytes // 4
 
 
-def emit_locked(region: _Region, stripe: int, kind: int, coll: int, key: bytes,
+def emit_locked(region: SharedRegion, stripe: int, kind: int, coll: int, key: bytes,
                 data: bytes | memoryview = b"") -> None:
     """Append one event to the stripe's ring (the stripe's lock held by the caller)."""
     ring = region.layout.event_ring_bytes

@@ -25,7 +25,7 @@ from .hashing import xxh3_64
 from .lru import PROBATION, PROTECTED
 
 if TYPE_CHECKING:
-    from .cache import _Region
+    from .shared_region import SharedRegion
 
 _EVENTS_ON = L.H_EVENTS_ENABLED >> 2
 _EVENT_OF = {L.H_DELETES: L.EV_DEL, L.H_EVICTIONS: L.EV_EVICTED, L.H_EXPIRATIONS: L.EV_EXPIRED}
@@ -35,7 +35,7 @@ STRIPE_SAMPLE = 16  # slots sampled to pick a victim when a stripe of the index 
 
 
 class Evictor:
-    def __init__(self, region: _Region, rng: random.Random | None = None) -> None:
+    def __init__(self, region: SharedRegion, rng: random.Random | None = None) -> None:
         self.r = region
         self._rng = rng or random.Random()
         lay = region.layout

@@ -37,7 +37,7 @@ from . import layout as L
 from .errors import TooManyViews
 
 if TYPE_CHECKING:
-    from .cache import _Region
+    from .shared_region import SharedRegion
 
 _RETIRED_HEAD = L.H_RETIRED_HEAD >> 2
 _RETIRED_COUNT = L.H_RETIRED_COUNT >> 2
@@ -47,7 +47,7 @@ _RETIRED_BYTES = L.H_RETIRED_BYTES >> 3
 class PinTable:
     """This process's view of the region's process records (one per mapped region)."""
 
-    def __init__(self, region: _Region) -> None:
+    def __init__(self, region: SharedRegion) -> None:
         self.r = region
         lay = region.layout
         self._rec0 = lay.procs_offset

@@ -33,12 +33,12 @@ from .arena import MAX_BLOCK_BYTES
 from .hashing import checksum32, xxh3_64
 
 if TYPE_CHECKING:
-    from .cache import _Region
+    from .shared_region import SharedRegion
 
 MAX_WRITES = 2**56 - 1  # a stripe's writes counter must stay below: versions are u64
 
 
-def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
+def entry_is_sound(region: SharedRegion, off: int, stripe: int | None = None,
                    checksum: bool = True) -> bool:
     """Whether the entry at off can be trusted: a used block holding a well-formed entry whose
     checksum matches (with checksum=False, well-formed is enough), and, with stripe, one whose
@@ -64,7 +64,7 @@ def entry_is_sound(region: _Region, off: int, stripe: int | None = None,
     return True
 
 
-def repair_stripe_locked(region: _Region, stripe: int,
+def repair_stripe_locked(region: SharedRegion, stripe: int,
                          live_collections: set[int] | None = None) -> int:
     """Rebuild a stripe's sub-table from the entries that validate (and, with
     live_collections, belong to one of them); returns how many slots were dropped. Stripe lock
@@ -118,7 +118,7 @@ def repair_stripe_locked(region: _Region, stripe: int,
     return dropped
 
 
-def repair_arena_locked(region: _Region) -> int:
+def repair_arena_locked(region: SharedRegion) -> int:
     """Rebuild free lists, bitmap, used bytes and segment lists from the block walk; returns
     how many half-built blocks were freed. Arena lock held."""
     arena, u32, q, mm = region.arena, region.u32, region.q, region.mm
@@ -170,7 +170,7 @@ def repair_arena_locked(region: _Region) -> int:
     return freed
 
 
-def repair_all_locked(region: _Region) -> dict[str, int]:
+def repair_all_locked(region: SharedRegion) -> dict[str, int]:
     """Make the region consistent again, whatever crashes left: every stripe rebuilt from the
     entries that validate, blocks that no slot points to freed, allocator and lists rebuilt,
     every count recounted from the slots. All stripe locks and the arena lock held."""

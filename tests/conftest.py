@@ -1,10 +1,12 @@
 """Fixtures shared by the suite: unique region names that are always unlinked, an injected
-clock, and a check that no test leaves shared-memory objects behind."""
+clock, both engines for the engine's tests, and a check that no test leaves shared-memory
+objects behind."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tests_support import (
@@ -17,9 +19,42 @@ from tests_support import (
 )
 
 import shmkv
+from shmkv import backend, reader
 from shmkv.locks import KEY_MAX, KEY_MIN
 
+# --- engines -----------------------------------------------------------------------------
+# The engine's tests run once per engine: the compiled core (when it was built) and the
+# pure-Python reference. The node's tests run with the engine the installation picked, and
+# test_core.py holds the two readers to each other itself.
+ENGINES = ["c", "python"] if backend.ENGINE == "c" else ["python"]
+_TESTS = Path(__file__).parent
+_SINGLE_RUN = ("test_node", "test_pubsub", "test_remote_node", "test_cli", "test_core")
 
+
+def _runs_per_engine(path: Path) -> bool:
+    rel = path.relative_to(_TESTS).parts
+    return rel[0] in ("unit", "contract", "property", "integration") \
+        and rel[:2] != ("unit", "broker") and not path.stem.startswith(_SINGLE_RUN)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _runs_per_engine(metafunc.definition.path):
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine this test's handles use ("c" or "python"). Processes the test starts get it
+    too: forked ones inherit the switch, spawned ones read SHMKV_PURE_PYTHON."""
+    name = getattr(request, "param", backend.ENGINE)
+    if name == "python":
+        monkeypatch.setattr(backend, "Reader", reader.Reader)
+        monkeypatch.setattr(backend, "ENGINE", "python")
+        monkeypatch.setenv("SHMKV_PURE_PYTHON", "1")
+    return name
+
+
+# --- regions -----------------------------------------------------------------------------
 @pytest.fixture
 def region_name() -> Iterator[str]:
     """A fresh region name; the region and its semaphores are unlinked after the test,

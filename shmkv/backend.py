@@ -1,0 +1,52 @@
+"""Which engine runs: the compiled core (`shmkv._core`, built from shmkv/_core.c by
+`pip install .`) or the pure-Python reference, as msgpack and py-lmdb choose theirs.
+
+Both provide READER_API (reader.py is the reference, tests/unit/test_core.py holds the two to
+each other). The compiled one is used unless SHMKV_PURE_PYTHON=1 is set, or it is missing or
+was built for another region layout; then the pure one runs and one PurePythonWarning says
+why. `ENGINE` ("c" or "python") says which one new handles get; stats() and `shmkv status`
+report a handle's own (`engine_of`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from . import layout as L
+from . import reader as _pure
+
+READER_API = ("get", "get_with_version", "contains", "get_many", "take_counts", "close")
+
+
+class PurePythonWarning(RuntimeWarning):
+    """The compiled core could not be used; shmkv runs its pure-Python engine (correct, but
+    reads are several times slower)."""
+
+
+def _compiled() -> tuple[type | None, str]:
+    """(the compiled Reader, "") or (None, why not)."""
+    if os.environ.get("SHMKV_PURE_PYTHON", "") not in ("", "0"):
+        return None, ""  # asked for: no warning
+    try:
+        from . import _core
+    except ImportError as exc:
+        return None, f"shmkv._core cannot be imported ({exc}); reinstall shmkv with a C compiler"
+    mismatched = sorted(name for name, value in _core.LAYOUT.items()
+                        if getattr(L, name, None) != value)
+    if mismatched:
+        return None, (f"shmkv._core was built for another region layout ({', '.join(mismatched)}"
+                      " differ); rebuild it: pip install --force-reinstall .")
+    return _core.Reader, ""
+
+
+_reader, _why = _compiled()
+if _why:
+    warnings.warn(f"{_why}; using the pure-Python engine", PurePythonWarning, stacklevel=2)
+Reader = _reader or _pure.Reader
+ENGINE = "c" if _reader else "python"
+
+
+def engine_of(reader: object) -> str:
+    """"c" or "python": which engine a handle's reader is."""
+    return "python" if isinstance(reader, _pure.Reader) else "c"
