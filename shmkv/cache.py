@@ -1,14 +1,8 @@
-"""`Cache`: the public handle on a shared-memory region (shared_region.py holds what its
-handles share). Reads go through a Reader, compiled or pure (backend.py, reader.py), and take no
-lock; what takes entries out of the region lives in evict.py.
-
-Writes follow one order (see locks.py), under the key's stripe lock. An overwrite whose entry
-fits the key's block snugly rewrites it in place between the two seq bumps (readers retry, as
-for a slot change). Otherwise the new entry is built in a freshly allocated block that no reader
-can reach yet (checksum included), published by one slot store between the seq bumps, and only
-then is the old block freed. A writer killed before the publish leaves an unreachable block,
-never a torn entry; one killed between the bumps leaves seq odd and its pid recorded, and the
-next holder repairs the stripe (repair.py).
+"""`Cache`: the public handle on a shared-memory region: argument checks, locks, collections,
+expiry, stats. shared_region.py holds what a region's handles share; reads go through a Reader,
+compiled or pure (backend.py, reader.py), and take no lock; writes take the key's stripe lock
+here (in the order locks.py gives) and go through writer.py; what takes entries out of the
+region lives in evict.py.
 
 A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`
 (instance attributes): a Python wrapper around a compiled get would cost a fifth of it.
@@ -16,9 +10,7 @@ A handle binds its reader's methods as its own `get`, `get_with_version` and `ge
 
 from __future__ import annotations
 
-import os
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -28,51 +20,37 @@ import numpy as np
 from . import arrays, backend
 from . import layout as L
 from . import region as R
-from .arena import MAX_BLOCK_BYTES
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
 from .errors import (
     CacheClosed,
-    CollectionNotFound,
     CorruptRegion,
-    IndexFull,
     NotAnInteger,
     RegionExists,
-    RegionFull,
-    ValueTooLarge,
 )
-from .hashing import checksum32, xxh3_64
+from .hashing import xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
 from .events import set_enabled as set_events_enabled
-from .locks import DEFAULT_LOCK_TIMEOUT_S, RegionLocks
+from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .namespaces import check_collection_name
 from .repair import repair_all_locked
 from .shared_region import SharedRegion
+from .stats import region_stats
 from .views import ValueView, copy_array
+from .writer import Writer
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
 DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they came in
 MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
-WRITER_EXPIRY_EVERY = 16  # every so many inserts, a writer samples slots for expired entries
-WRITER_EXPIRY_SLOTS = 16
-MAKE_ROOM_ATTEMPTS = 20  # arena-lock sections a write may spend evicting before RegionFull
 READ_SPINS_BEFORE_YIELD = 64
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
 _BOUND_READS = ("get", "get_with_version", "get_many", "_contains")  # see _bind_reads
-# What an in-place overwrite changes, at E_VERSION: version, expires_at_ns, value_len
-_ENTRY_REWRITE = struct.Struct("<QQI")
-# An overwrite reuses the key's block when the new entry fits it and wastes less than this;
-# larger values are relocated so that readers of the stripe never wait for a long copy.
-INPLACE_SLACK_BYTES = 64
-INPLACE_MAX_BYTES = 64 << 10
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
-# What a write stores: bytes, a buffer, or an array's (header, data) (see arrays.py)
-Value = bytes | memoryview | tuple[bytes, memoryview]
 
 
 class _Closed:
@@ -151,6 +129,7 @@ class Cache:
             lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes, region.seed,
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
         self._bind_reads(self._reader)
+        self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
 
     def _bind_reads(self, reader: Any) -> None:
         self.get = reader.get  # type: ignore[method-assign]
@@ -187,32 +166,11 @@ class Cache:
             raise ValueError("protected_pct must be an int between 0 and 95")
         layout = L.plan_layout(arena_bytes, max_keys, n_stripes, max_collections)
         try:
-            mapping = R.create_mapping(name, layout.region_bytes, mode)
+            region = SharedRegion.create(name, layout, protected_pct, mode, lock_timeout_s,
+                                         clock)
         except RegionExists:
             if exist_ok:
                 return cls.open(name, lock_timeout_s=lock_timeout_s, clock=clock)
-            raise
-        try:
-            seed = int.from_bytes(os.urandom(8), "little")
-            mm = mapping.mm
-            st = os.fstat(mapping.fd)
-            head = L.pack_header(layout, seed, time.time_ns(),
-                                 region_id=int.from_bytes(os.urandom(8), "little"),
-                                 file_id=(st.st_dev, st.st_ino))
-            mm[0:len(head)] = head
-            mv = memoryview(mm)
-            with mv, mv.cast("I") as u32:
-                u32[L.H_SEM_KEY >> 2] = RegionLocks.create_all(RegionLocks.count(layout),
-                                                                 mode)
-            region = SharedRegion(mapping, layout, seed, lock_timeout_s, clock)
-            region.arena.init_locked()
-            region.colls.init_default_locked()
-            region.u32[L.H_PROTECTED_PCT >> 2] = protected_pct
-            region.u32[L.H_STATE >> 2] = L.STATE_READY
-            mm[0:8] = L.MAGIC  # last: until now, openers wait
-        except BaseException:
-            mapping.close()
-            cls.unlink(name)
             raise
         return cls(region)
 
@@ -225,36 +183,17 @@ class Cache:
         clock: Clock = time.time_ns,
     ) -> Cache:
         """Attach to an existing region. RegionNotFound if absent, IncompatibleLayout if its
-        header is not one this version reads."""
+        header is not one this version reads. The first process to open a region that nobody
+        has open re-initialises its locks (SharedRegion.attach)."""
         R.check_name(name)
         _check_timeout(lock_timeout_s)
-        mapping = R.open_mapping(name)
-        try:
-            layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
-            region = SharedRegion(mapping, layout, seed, lock_timeout_s, clock)
-        except BaseException:
-            mapping.close()
-            raise
-        return cls(region)
+        return cls(SharedRegion.attach(name, lock_timeout_s, clock))
 
     @staticmethod
     def unlink(name: str = DEFAULT_REGION) -> bool:
-        """Remove a region and its semaphores. Processes that have it open keep using their
-        mapping until they close it; True if the region existed."""
+        """Remove a region's name. Processes that have it open keep using their mapping until
+        they close it (everything a region needs lives in it); True if the region existed."""
         R.check_name(name)
-        try:
-            mapping = R.open_mapping(name)
-        except Exception:
-            pass
-        else:
-            try:  # the semaphores are found through the header; garbage has none to remove
-                layout = L.unpack_header(mapping.mm, len(mapping.mm))[0]
-                key = int.from_bytes(mapping.mm[L.H_SEM_KEY:L.H_SEM_KEY + 4], "little")
-                if key:
-                    RegionLocks.remove_all(key, RegionLocks.count(layout))
-            except Exception:
-                pass
-            mapping.close()
         return R.unlink_mapping(name)
 
     def close(self) -> None:
@@ -275,7 +214,7 @@ class Cache:
         self._mm = self._q = self._u32 = _CLOSED  # type: ignore[assignment]
         self._index = self._locks = _CLOSED  # type: ignore[assignment]
         self._reader.close()
-        self._reader = _CLOSED
+        self._reader = self._w = _CLOSED  # type: ignore[assignment]
         for name in _BOUND_READS:  # the class's methods again, which raise CacheClosed now
             self.__dict__.pop(name, None)
 
@@ -360,7 +299,7 @@ class Cache:
         """Pin key's entry for a view: (pin, entry offset, value offset, value bytes, kind)."""
         k, _, stripe, _, off = self._lock_and_find(key)
         try:
-            if not off or self._expired(off):
+            if not off or self._w.expired(off):
                 raise KeyError(key)
             pin = self._region.pins.pin_locked(off)
         finally:
@@ -445,7 +384,7 @@ class Cache:
         self._locks.acquire_stripe(stripe)
         try:
             if self._coll:
-                self._check_collection_locked()
+                self._w.check_collection_locked()
             pos, old = self._index.find_locked(stripe, h, k, self._coll)
         except BaseException:
             self._locks.release_stripe(stripe)
@@ -460,9 +399,9 @@ class Cache:
         k, h, stripe, pos, old = self._lock_and_find(key)
         try:
             if if_version is not None:
-                if not old or self._expired(old) or self._version_at(old) != if_version:
+                if not old or self._w.expired(old) or self._w.version_at(old) != if_version:
                     return False
-            self._put_locked(stripe, h, k, v, exp, pos, old, kind)  # type: ignore[arg-type]
+            self._w.put_locked(stripe, h, k, v, exp, pos, old, kind)  # type: ignore[arg-type]
             return True
         finally:
             self._locks.release_stripe(stripe)
@@ -476,8 +415,8 @@ class Cache:
         k, h, stripe, pos, old = self._lock_and_find(key)
         try:
             current, exp = 0, 0
-            if old and not self._expired(old):
-                raw = self._value_at(old)
+            if old and not self._w.expired(old):
+                raw = self._w.value_at(old)
                 if not _DECIMAL.fullmatch(raw):
                     raise NotAnInteger(f"value at {k!r} is not a decimal integer; incr() needs"
                                        " one (set it to a number or delete it first)")
@@ -486,7 +425,7 @@ class Cache:
             result = current + delta
             if not _INT64_MIN <= result <= _INT64_MAX:
                 raise NotAnInteger(f"incr would overflow a signed 64-bit integer at {k!r}")
-            self._put_locked(stripe, h, k, str(result).encode(), exp, pos, old)
+            self._w.put_locked(stripe, h, k, str(result).encode(), exp, pos, old)
             return result
         finally:
             self._locks.release_stripe(stripe)
@@ -497,8 +436,8 @@ class Cache:
         try:
             if not old:
                 return False
-            live = not self._expired(old)
-            self._remove_locked(stripe, pos, old, L.H_DELETES if live else L.H_EXPIRATIONS)
+            live = not self._w.expired(old)
+            self._w.remove_locked(stripe, pos, old, L.H_DELETES if live else L.H_EXPIRATIONS)
             return live
         finally:
             self._locks.release_stripe(stripe)
@@ -509,7 +448,7 @@ class Cache:
 
     def clear(self) -> int:
         """Delete every key of this collection; returns how many were removed."""
-        return self._delete_collection_entries(self._coll)
+        return self._w.delete_collection_entries(self._coll)
 
     # --- events (events.py) ---------------------------------------------------------------
     def publish(self, channel: str | bytes, message: Any) -> None:
@@ -557,7 +496,7 @@ class Cache:
     def _set_expiry(self, key: object, exp: int) -> bool:
         _, _, stripe, _, off = self._lock_and_find(key)
         try:
-            if not off or self._expired(off):
+            if not off or self._w.expired(off):
                 return False
             # one aligned 8-byte store: a reader sees the old or the new time, never a mix
             self._q[(off + L.E_EXPIRES_AT) >> 3] = exp
@@ -641,7 +580,7 @@ class Cache:
         raw = check_collection_name(name)
         with self._locks.arena_held:
             idx = self._region.colls.begin_drop_locked(raw)
-        removed = self._delete_collection_entries(idx)
+        removed = self._w.delete_collection_entries(idx)
         with self._locks.arena_held:
             self._region.colls.end_drop_locked(idx)
         return removed
@@ -652,230 +591,13 @@ class Cache:
         are counted by each handle and reach the region when it inserts, runs maintain(),
         asks for stats or closes."""
         self._q[0]
-        region = self._region
-        lay, q, lru = region.layout, self._q, region.lru
         with self._locks.arena_held:
             self._flush_counts_locked()
-            retired = region.pins.retired()
-        seqs = range(self._seq0, self._seq0 + lay.n_stripes * L.STRIPE_Q, L.STRIPE_Q)
-        items = sum(self._u32[self._count0 + s * L.STRIPE_U32] for s in range(lay.n_stripes))
-        used = region.arena.used_bytes()
-        payload = sum(q[seq_at + (L.S_PAYLOAD >> 3)] for seq_at in seqs)
-        # what the region spends on an entry beyond its key and value: header, padding, slot
-        # and access byte (the index and access areas are counted whole, as they are reserved)
-        overhead = used - payload + lay.index_slots * 9  # 8-byte slot + its access byte
-        return {
-            "region": region.name,
-            "layout_version": L.LAYOUT_VERSION,
-            "engine": backend.engine_of(self._reader),
-            "region_bytes": lay.region_bytes,
-            "arena_bytes": lay.arena_bytes,
-            "arena_used_bytes": used,
-            "arena_free_bytes": region.arena.free_bytes(),
-            "payload_bytes": payload,
-            "index_slots": lay.index_slots,
-            "n_stripes": lay.n_stripes,
-            "collections": len(region.colls.live()),
-            "collection": self.collection_name,
-            "collection_items": len(self),
-            "items": items,
-            "hits": q[L.H_HITS >> 3],
-            "misses": q[L.H_MISSES >> 3],
-            "sets": sum(q[seq_at + (L.S_WRITES >> 3)] for seq_at in seqs),
-            "deletes": q[L.H_DELETES >> 3],
-            "evictions": q[L.H_EVICTIONS >> 3],
-            "expirations": q[L.H_EXPIRATIONS >> 3],
-            "segments": {
-                name: {"items": lru.items(seg), "bytes": lru.bytes(seg)}
-                for name, seg in (("probation", L.SEG_PROBATION), ("protected", L.SEG_PROTECTED))
-            },
-            "protected_limit_bytes": lru.protected_limit(),
-            "retired_blocks": retired[0],
-            "retired_bytes": retired[1],
-            "open_views": region.pins.open_pins,
-            "overhead_bytes_per_item": round(overhead / items, 1) if items else None,
-        }
-
-    # --- internals (callers hold the stripe lock) ----------------------------------------
-    def _check_collection_locked(self) -> None:
-        if not self._region.colls.is_live(self._coll, self._gen):
-            raise CollectionNotFound(
-                f"collection {self.collection_name!r} was dropped; get a new handle with "
-                "collection()"
-            )
-
-    def _expired(self, off: int) -> bool:
-        exp = self._q[(off + L.E_EXPIRES_AT) >> 3]
-        return bool(exp) and exp <= self._clock()
-
-    def _version_at(self, off: int) -> int:
-        return self._q[(off + L.E_VERSION) >> 3]
-
-    def _value_at(self, off: int) -> bytes:
-        start = off + L.ENTRY_HEADER_BYTES + (self._u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF)
-        return self._mm[start:start + self._u32[(off + L.E_VALUE_LEN) >> 2]]
-
-    def _put_locked(self, stripe: int, h: int, k: bytes, v: Value, exp: int,
-                    pos: int, old: int, kind: int = L.KIND_BYTES) -> None:
-        """Store k -> v: rewrite the key's block in place when the new entry fits it snugly,
-        else build a new entry off to the side and publish it with one slot store."""
-        klen = len(k)
-        vlen = len(v) if type(v) is bytes else _nbytes(v)
-        need = (L.ENTRY_HEADER_BYTES + klen + vlen + L.ALIGN - 1) & ~(L.ALIGN - 1)
-        q, u32 = self._q, self._u32
-        region = self._region
-        seq_at = self._seq0 + stripe * L.STRIPE_Q
-        writes_at = seq_at + (L.S_WRITES >> 3)
-        # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
-        version = (q[writes_at] + 1) << 8 | stripe
-        if version >> 64:  # no writer gets there (2**56 writes): the counter is garbage
-            raise CorruptRegion(f"stripe {stripe} counts {q[writes_at]} writes: the region is "
-                                "corrupt; run `shmkv doctor --repair`")
-        if old and vlen <= INPLACE_MAX_BYTES and self._mm[old + L.E_KIND] < L.KIND_PINNED \
-                and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
-            if not (version >> 8) % WRITER_EXPIRY_EVERY:  # as inserts do (see _allocate_locked)
-                with self._locks.arena_held:
-                    region.evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)
-                    self._flush_counts_locked()
-            # Readers of this stripe retry while seq is odd, as they do for a slot change.
-            q[writes_at] = version >> 8
-            q[seq_at + _CHANGES] += 1
-            q[seq_at] += 1
-            q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
-            self._fill_entry(old, k, v, version, exp, kind, new=False)
-            q[seq_at] += 1
-            region.lru.mark(old, True)  # a write is a use: it keeps the entry's segment
-            if u32[_EVENTS_ON]:
-                emit_locked(region, stripe, L.EV_SET, self._coll, k)
-            return
-        arena = region.arena
-        if vlen > L.MAX_VALUE_BYTES or need > min(MAX_BLOCK_BYTES, arena.end - arena.first_block):
-            raise ValueTooLarge(
-                f"value of {vlen} bytes can never fit: this region's arena is "
-                f"{arena.bytes} bytes; create the region with a larger arena_bytes"
-            )
-        locks = self._locks
-        touched_own = False
-        for attempt in range(MAKE_ROOM_ATTEMPTS):
-            if attempt:
-                # Writers queued on the arena lock hold their stripes, whose entries we may not
-                # evict: let them finish and release those stripes, then try again.
-                time.sleep(0)
-            with locks.arena_held:
-                off, touched = self._allocate_locked(stripe, k, version, exp, kind, need, old)
-                touched_own |= touched
-            if off:
-                break
-        else:
-            raise RegionFull(
-                f"no room for an entry of {need} bytes even after evicting what could be "
-                f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
-                "with a larger arena_bytes"
-            )
-        q[writes_at] = version >> 8
-        q[seq_at + _CHANGES] += 1
-        if old and touched_own:  # evictions shifted this stripe's slots
-            pos, _ = self._index.find_locked(stripe, h, k, self._coll)
-        self._fill_entry(off, k, v, version, exp, kind, new=False)
-        ref = (off - self._abase) >> 3
-        q[seq_at] += 1
-        if old:  # an overwrite is a use of the key
-            q[seq_at + (L.S_PAYLOAD >> 3)] -= region.evictor.payload_bytes(old)
-            self._index.replace_locked(stripe, pos, h, ref, accessed=True)
-        else:
-            self._index.insert_locked(stripe, h, ref)
-            u32[self._count0 + stripe * L.STRIPE_U32] += 1
-            region.colls.count_locked(stripe, self._coll, 1)
-        q[seq_at + (L.S_PAYLOAD >> 3)] += klen + vlen
-        q[seq_at] += 1
-        if old:  # only now: a reader that still copies from it will see seq moved and retry
-            with locks.arena_held:
-                region.lru.unlink_locked(old)
-                region.pins.free_or_retire_locked(old)
-        if u32[_EVENTS_ON]:
-            emit_locked(region, stripe, L.EV_SET, self._coll, k)
-
-    def _allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
-                         need: int, old: int) -> tuple[int, bool]:
-        """Find room for a new entry (evicting if needed), write its key and put it on the
-        probation list: (offset or 0, whether this stripe's slots moved). Arena lock held."""
-        region = self._region
-        evictor = region.evictor
-        touched_own = False
-        if not old and self._u32[self._count0 + stripe * L.STRIPE_U32] >= self._index.max_count:
-            if not evictor.evict_in_stripe_locked(stripe, old):
-                raise IndexFull(
-                    "the index stripe for this key is full and holds nothing evictable; "
-                    "create the region with a larger max_keys"
-                )
-            touched_own = True
-        if not (version >> 8) % WRITER_EXPIRY_EVERY:
-            touched_own |= evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]
-            self._flush_counts_locked()
-        off, evicted_own = evictor.make_room_locked(need, stripe, old)
-        if not off:
-            return 0, touched_own or evicted_own
-        # The key goes in before the block joins a list, so that an evictor looking at it
-        # computes this stripe, finds it locked by us, and leaves the block alone.
-        self._fill_entry(off, k, b"", version, exp, kind, new=True)
-        region.lru.push_head_locked(off, L.SEG_PROBATION)
-        return off, touched_own or evicted_own
-
-    def _fill_entry(self, off: int, k: bytes, v: Value, version: int, exp: int,
-                    kind: int, new: bool) -> None:
-        """Write the header and key of a new block (new=True), or the value, its length and
-        checksum into a block whose key is in place (new=False). A block's list links and
-        segment are the lists' business and are left alone."""
-        mm = self._mm
-        klen = len(k)
-        body = off + L.ENTRY_HEADER_BYTES
-        end = body + klen + (len(v) if type(v) is bytes else _nbytes(v))
-        if new:
-            mm[body:body + klen] = k
-            L.ENTRY_HEADER.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen,
-                                     klen, self._coll, L.NO_SLOT, kind, L.SEG_NONE)
-            return
-        if type(v) is tuple:  # an array: its header, then its data
-            mm[body + klen:body + klen + len(v[0])] = v[0]
-            mm[body + klen + len(v[0]):end] = v[1]
-        else:
-            mm[body + klen:end] = v
-        _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
-        mm[off + L.E_KIND] = kind
-        self._u32[(off + L.E_CHECKSUM) >> 2] = checksum32(self._region.mv[body:end],
-                                                           self._region.seed)
-
-    def _remove_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
-        """Take one entry out: slot first (stripe lock, held by the caller), then block."""
-        evictor = self._region.evictor
-        evictor.unpublish_locked(stripe, pos, off, counter)
-        with self._locks.arena_held:
-            evictor.release_locked(off, counter)
-
-    def _delete_collection_entries(self, coll: int) -> int:
-        removed = 0
-        for stripe in range(self._smask + 1):
-            self._locks.acquire_stripe(stripe)
-            try:
-                pos = 0
-                while pos < self._per:
-                    off = self._index.entry_offset(stripe, pos)
-                    if off and self._u32[(off + L.E_KEY_COLL) >> 2] >> 16 == coll:
-                        # the backward shift may pull a later entry into pos: look again
-                        self._remove_locked(stripe, pos, off, L.H_DELETES)
-                        removed += 1
-                    else:
-                        pos += 1
-            finally:
-                self._locks.release_stripe(stripe)
-        return removed
+            retired = self._region.pins.retired()
+        return region_stats(self._region, retired, backend.engine_of(self._reader),
+                            self.collection_name, len(self))
 
 
 _CHANGES = L.S_CHANGES >> 3
 _EVENTS_ON = L.H_EVENTS_ENABLED >> 2
 
-
-def _nbytes(v: Value) -> int:
-    if type(v) is tuple:
-        return len(v[0]) + v[1].nbytes
-    return v.nbytes  # type: ignore[union-attr]

@@ -281,7 +281,8 @@ def init(
 
 @app.command(rich_help_panel=_REGION)
 def status(ctx: typer.Context, collection: Collection = None) -> None:
-    """Show the region, the current collection and how full the region is."""
+    """Show the region, the current collection, how full the region is and which engine
+    (compiled "c" or pure "python") this process runs."""
     with _opened(ctx.obj) as cache:
         stats = _in_collection(cache, _current(ctx.obj, collection)).stats()
         _emit({
@@ -291,6 +292,7 @@ def status(ctx: typer.Context, collection: Collection = None) -> None:
             "arena_used_bytes": stats["arena_used_bytes"],
             "arena_free_bytes": stats["arena_free_bytes"],
             "collections": stats["collections"],
+            "engine": stats["engine"],
         })
 
 
@@ -326,13 +328,13 @@ def collect(
     )] = DEFAULT_GRACE_S,
     search: Annotated[list[str] | None, typer.Option(
         "--search", metavar="DIR", show_default=False,
-        help="A directory of file-backed regions whose semaphores must be kept (repeatable; "
-        f"default: {', '.join(DEFAULT_SEARCH_DIRS)}). Regions open in a process are found "
-        "anywhere.")] = None,
+        help="A directory of file-backed regions to look in as well as /dev/shm (repeatable; "
+        f"default: {', '.join(DEFAULT_SEARCH_DIRS)}).")] = None,
 ) -> None:
-    """Find what dead shmkv processes left on this host, and with --yes remove it: semaphores
-    whose region is gone, regions whose creator died before finishing them, regions whose
-    semaphores were removed. Regions in use, or merely unused, are never touched. Ignores
+    """Find what dead shmkv processes left on this host, and with --yes remove it: regions
+    whose creator died before finishing them (no magic, older than --grace-s, open in no
+    process), owned by the user running gc. Ready regions, in use or merely unused, are never
+    touched; regions of an older layout (SysV semaphores) are reported, never removed. Ignores
     --region. Prints what was found, kept and removed; a removal that fails is reported in the
     document (and counted in "failed"), the command exits 0."""
     with _reporting_errors():

@@ -48,9 +48,7 @@ Region header (HEADER_BYTES = 4096; little-endian)
     184   4     arena_owner_pid     arena   holder of the arena lock (diagnostics, recovery)
     188   4     protected_pct       -       share of the arena the protected segment may hold
     192   8     arena_owner_token   arena
-    200   4     sem_key             -       SysV key of stripe 0's semaphore; stripe i uses
-                                            sem_key + i, the arena lock sem_key + n_stripes,
-                                            process record p sem_key + n_stripes + 1 + p
+    200   4     reserved            -       (was the SysV key of the semaphores)
     256   16    seg_ends            arena   head, tail u32 refs of the probation list, then of
                                             the protected list (0 = empty)
     272   16    seg_items           arena   entries on each list (probation, protected)
@@ -62,9 +60,9 @@ Region header (HEADER_BYTES = 4096; little-endian)
     332   4     retired_count       arena   blocks on it
     336   8     retired_bytes       arena   their block bytes (held for open views only)
     344   4     events_enabled      -       1: writers record keyspace events (events.py)
-    348   4     lock_kind           -       LOCKS_SYSV: SysV semaphores found through sem_key.
-                                            A process refuses a kind it does not implement
-                                            (reserved: LOCKS_ROBUST, mutexes in the region)
+    348   4     lock_kind           -       LOCKS_ROBUST: robust process-shared pthread
+                                            mutexes in the region (locks.py). A process
+                                            refuses a kind it does not implement
     352   8     writable_until_ns   -       reserved: replication's write fence (unix ns; 0 =
                                             no fence); writers refuse to write past it
     360   8     region_id           -       random at creation; names the region's contents
@@ -86,7 +84,7 @@ Region header (HEADER_BYTES = 4096; little-endian)
     504   8     reserved
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
-    2560  64    arena_mutex         -       reserved: the arena lock under LOCKS_ROBUST
+    2560  64    arena_mutex         -       the arena lock (pthread_mutex_t)
     2624  1472  reserved            -       zero
 
 Stripe record (STRIPE_BYTES = 128, n_stripes of them; two cache lines: what readers poll,
@@ -108,14 +106,15 @@ then what only writers touch)
                                          expiry, eviction, TTL change): a replica or a
                                          snapshot that saw N changes knows it missed some
     72    8     digest           stripe  reserved: xor of the live entries' digests
-    80    48    mutex            -       reserved: the stripe lock under LOCKS_ROBUST
+    80    48    mutex            -       the stripe lock (pthread_mutex_t: 40 bytes on
+                                         x86_64, 48 on aarch64)
 
 Process record (PROC_BYTES = 512, max_procs of them): the pins of one process's open views
 ----------------------------------------------------------------------------------------
     off   size  field          lock    notes
     0     4     owner_pid      arena   pid of the process that claimed it, 0 = free (for
-                                       diagnostics only: liveness is the record's semaphore,
-                                       which the owner holds with SEM_UNDO, see pins.py)
+                                       diagnostics only: liveness is the record's OFD
+                                       lock on the region's file, see holders.py)
     4     4     reserved
     8     8     claimed_at_ns  arena   unix time
     16    496   pins           owner   PINS_PER_PROC u32 block refs, 0 = unused; written only
@@ -267,7 +266,6 @@ H_EXPIRATIONS = 176
 H_ARENA_OWNER_PID = 184  # u32
 H_ARENA_OWNER_TOKEN = 192
 H_PROTECTED_PCT = 188  # u32
-H_SEM_KEY = 200  # u32
 H_SEG_ENDS = 256  # 4 x u32: probation head, tail, protected head, tail
 H_SEG_ITEMS = 272  # 2 x u64
 H_SEG_BYTES = 288  # 2 x u64
@@ -291,8 +289,7 @@ H_REPL_ID2 = 448  # 40 bytes
 H_REPL_OFFSET2 = 488
 H_REPL_EPOCH = 496
 H_ARENA_MUTEX = 2560  # 64 bytes
-LOCKS_SYSV = 1
-LOCKS_ROBUST = 2
+LOCKS_ROBUST = 2  # 1 was SysV semaphores, never in a released layout
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024
 NBINS = 384
@@ -470,7 +467,7 @@ def pack_header(layout: Layout, hash_seed: int, created_at_ns: int, region_id: i
     and state left zero (written last) and the counters zero."""
     buf = bytearray(CREATION_HEADER_BYTES)
     _CREATION_COUNTS.pack_into(buf, H_COUNTS_OFFSET, layout.counts_offset)
-    _CREATION_IDS.pack_into(buf, H_LOCK_KIND, LOCKS_SYSV, 0, region_id, *file_id)
+    _CREATION_IDS.pack_into(buf, H_LOCK_KIND, LOCKS_ROBUST, 0, region_id, *file_id)
     HEADER.pack_into(buf, 0,
         b"\0" * 8,
         LAYOUT_VERSION,
@@ -516,7 +513,7 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
     if hash_id != HASH_XXH3_64 or header_bytes != HEADER_BYTES or max_key_bytes != MAX_KEY_BYTES:
         raise IncompatibleLayout("region was created with other hashing or limits; recreate it")
     lock_kind = _CREATION_IDS.unpack_from(buf, H_LOCK_KIND)[0]
-    if lock_kind != LOCKS_SYSV:
+    if lock_kind != LOCKS_ROBUST:
         raise IncompatibleLayout(f"region uses lock kind {lock_kind}, which this shmkv release "
                                  "does not implement; use the release that created it")
     counts_off = int.from_bytes(bytes(buf[H_COUNTS_OFFSET:H_COUNTS_OFFSET + 8]), "little")

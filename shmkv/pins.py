@@ -16,10 +16,10 @@ pin cleared late only delays the sweep that frees the block, it can never free a
 Pinned-ever (KIND_PINNED) keeps the cost off writers that never meet a view: only for such an
 entry does a writer scan the table of pins.
 
-Liveness without pids: a process claims a record by taking the record's own SysV semaphore with
-SEM_UNDO, and holds it while it has the region open. However the process dies, the kernel gives
-the semaphore back, so "can I take it without waiting?" is an exact test of "is the owner gone?",
-which a pid never is (pids are reused, and mean nothing across pid namespaces). Records of dead
+Liveness without pids: a process claims a record by taking the record's own OFD lock on the
+region's file (holders.py), and holds it while it has the region open. However the process dies,
+the kernel drops the lock, so "does anyone else hold it?" is an exact test of "is the owner
+alive?", which a pid never is (pids are reused, and mean nothing across pid namespaces). Records of dead
 owners are reclaimed, their pins dropped, by maintain() (the node runs it every 100 ms) and by a
 writer that finds no room; the pid in a record is for people reading `shmkv doctor`.
 
@@ -99,24 +99,22 @@ class PinTable:
 
     def reclaim_dead_locked(self) -> int:
         """Drop the pins of processes that died with views open (sweep_locked then frees what
-        they held); returns how many records were freed. Bounded: one non-blocking semaphore
+        they held); returns how many records were freed. Bounded: one non-blocking lock
         operation per claimed record."""
         u32, locks = self.r.u32, self.r.locks
         freed = 0
         for rec in range(self._max):
             if rec == self.record and self._pid == os.getpid():
                 continue
-            if u32[self._owner_at(rec)] and locks.try_hold_record(rec):
+            if u32[self._owner_at(rec)] and not locks.record_owner_alive(rec):
                 self._clear(self._pins_at(rec))
                 u32[self._owner_at(rec)] = 0
-                locks.release_record(rec)
                 freed += 1
         return freed
 
     def records(self) -> list[dict[str, object]]:
         """The claimed records, for `shmkv doctor`: owner pid (as recorded), pins held, and
-        whether the owner is alive (its semaphore is held: a dead owner's is free, and the
-        probe gives it straight back)."""
+        whether the owner is alive (it holds the record's lock)."""
         u32, locks = self.r.u32, self.r.locks
         out: list[dict[str, object]] = []
         for rec in range(self._max):
@@ -126,9 +124,7 @@ class PinTable:
             first = self._pins_at(rec)
             pins = sum(1 for i in range(first, first + L.PINS_PER_PROC) if u32[i])
             mine = rec == self.record and self._pid == os.getpid()
-            alive = mine or not locks.try_hold_record(rec)
-            if not alive:
-                locks.release_record(rec)
+            alive = mine or locks.record_owner_alive(rec)
             out.append({"record": rec, "pid": pid, "pins": pins, "owner_alive": alive})
         return out
 

@@ -1,15 +1,19 @@
 """`SharedRegion`: what every handle on one mapped region shares in a process: the mapping,
 its typed views, the locks and the structures over them (index, arena, collections, lists,
-eviction, pins). Policy-free: the Cache API (cache.py) and the read and write paths decide what
-to do with it; the structures' modules take it as their argument and never import the API.
+eviction, pins), and how a region comes to be (create) or is joined (attach). Policy-free: the
+Cache API (cache.py) and the read and write paths decide what to do with it; the structures'
+modules take it as their argument and never import the API.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import holders
 from . import layout as L
 from . import region as R
 from .arena import Arena
@@ -44,7 +48,7 @@ class SharedRegion:
         self.u32 = self.mv.cast("I")
         try:
             self.locks = RegionLocks(
-                self.u32[L.H_SEM_KEY >> 2], self.u32, layout, lock_timeout_s,
+                self.mm, mapping.fd, self.u32, layout, lock_timeout_s,
                 on_dead_stripe_holder=lambda stripe: repair_stripe_locked(self, stripe),
                 on_dead_arena_holder=lambda: repair_arena_locked(self),
             )
@@ -63,6 +67,54 @@ class SharedRegion:
         self.lingering: list[ValueView] = []  # closed views whose bytes are still referenced
         self.handles: weakref.WeakSet[Any] = weakref.WeakSet()  # the Cache handles on it
         self.closed = False
+
+    @classmethod
+    def create(cls, name: str, layout: L.Layout, protected_pct: int, mode: int,
+               lock_timeout_s: float, clock: Clock) -> SharedRegion:
+        """Make a new region object and initialise it. The header's magic goes in last and
+        its creator holds the region's INIT lock throughout (holders.py): openers wait until
+        it is whole. RegionExists if the name is taken; a failure leaves nothing behind."""
+        mapping = R.create_mapping(name, layout.region_bytes, mode)
+        try:
+            seed = int.from_bytes(os.urandom(8), "little")
+            mm = mapping.mm
+            st = os.fstat(mapping.fd)
+            head = L.pack_header(layout, seed, time.time_ns(),
+                                 region_id=int.from_bytes(os.urandom(8), "little"),
+                                 file_id=(st.st_dev, st.st_ino))
+            mm[0:len(head)] = head
+            holders.attach(mapping.fd, lock_timeout_s)  # a new object: we are alone
+            RegionLocks.init_all(mm, layout)
+            region = cls(mapping, layout, seed, lock_timeout_s, clock)
+            region.arena.init_locked()
+            region.colls.init_default_locked()
+            region.u32[L.H_PROTECTED_PCT >> 2] = protected_pct
+            region.u32[L.H_STATE >> 2] = L.STATE_READY
+            mm[0:8] = L.MAGIC  # last: until now, openers wait
+            holders.attached(mapping.fd)
+        except BaseException:
+            mapping.close()
+            R.unlink_mapping(name)
+            raise
+        return region
+
+    @classmethod
+    def attach(cls, name: str, lock_timeout_s: float, clock: Clock) -> SharedRegion:
+        """Map an existing region. The first process to open a region that nobody has open
+        (after a reboot, or after every process using it died) re-initialises its locks,
+        which may have been left held by processes the kernel never saw die (holders.py);
+        what their holders left half done is repaired by the next holder of each lock
+        (locks.py)."""
+        mapping = R.open_mapping(name)
+        try:
+            layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
+            if holders.attach(mapping.fd, lock_timeout_s):
+                RegionLocks.init_all(mapping.mm, layout)
+                holders.attached(mapping.fd)
+            return cls(mapping, layout, seed, lock_timeout_s, clock)
+        except BaseException:
+            mapping.close()
+            raise
 
     def release_lingering(self) -> None:
         if self.lingering:

@@ -9,18 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests_support import (
-    TEST_PREFIX,
-    FakeClock,
-    leftovers,
-    live_region_semaphore_keys,
-    new_region_name,
-    sysv_semaphore_keys,
-)
+from tests_support import FakeClock, leftovers, new_region_name
 
 import shmkv
 from shmkv import backend, reader
-from shmkv.locks import KEY_MAX, KEY_MIN
 
 # --- engines -----------------------------------------------------------------------------
 # The engine's tests run once per engine: the compiled core (when it was built) and the
@@ -57,8 +49,8 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 # --- regions -----------------------------------------------------------------------------
 @pytest.fixture
 def region_name() -> Iterator[str]:
-    """A fresh region name; the region and its semaphores are unlinked after the test,
-    whatever happened in it."""
+    """A fresh region name; the region is unlinked after the test, whatever happened in
+    it."""
     name = new_region_name()
     try:
         yield name
@@ -85,20 +77,11 @@ def fake_clock() -> FakeClock:
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind() -> Iterator[None]:
     before = set(leftovers())
-    sems_before = sysv_semaphore_keys()
     yield
     left = sorted(set(leftovers()) - before)
-    sems_left = {key for key in sysv_semaphore_keys() - sems_before
-                 - live_region_semaphore_keys()
-                 if KEY_MIN <= key < KEY_MAX}  # outside that range: not a region's
     for name in left:  # clean up, then fail loudly: a fixture is missing a cleanup
         try:
             os.unlink(os.path.join("/dev/shm", name))
         except FileNotFoundError:
             pass
     assert not left, f"tests left shared-memory objects behind: {left}"
-    # SysV keys cannot be traced to the session that made them: keys of regions that exist now
-    # are someone's (excluded above), and the rest are judged only when no other test session
-    # is running on this machine (CI runs one).
-    others = [f for f in os.listdir("/dev/shm") if f.startswith(TEST_PREFIX)]
-    assert not sems_left or others, f"tests left SysV semaphores behind (keys {sorted(sems_left)})"

@@ -162,6 +162,7 @@ def test_status_reports_current_collection_and_sizes(region: Shmkv) -> None:
     assert status["collections"] == 1
     assert status["arena_used_bytes"] > 0
     assert status["arena_free_bytes"] > 0
+    assert status["engine"] == shmkv.backend.ENGINE
 
 
 def test_stats_prints_counters(region: Shmkv) -> None:

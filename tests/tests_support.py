@@ -30,33 +30,6 @@ def region_objects(name: str) -> list[str]:
     return sorted(f for f in os.listdir("/dev/shm") if f == name)
 
 
-def sysv_semaphore_keys() -> set[int]:
-    """Keys of the SysV semaphore sets on the machine (regions' locks live there)."""
-    with open("/proc/sysvipc/sem") as f:
-        next(f)
-        return {int(line.split()[0]) for line in f if line.strip()}
-
-
-def live_region_semaphore_keys() -> set[int]:
-    """Keys that belong to a region in /dev/shm now, whoever made it (another process's
-    region is not a leftover of ours): read from each region's header."""
-    from shmkv import layout as L
-    from shmkv.locks import RegionLocks
-
-    keys: set[int] = set()
-    for name in os.listdir("/dev/shm"):
-        try:
-            with open(os.path.join("/dev/shm", name), "rb") as f:
-                head = f.read(L.HEADER_BYTES)
-                size = os.fstat(f.fileno()).st_size
-            layout = L.unpack_header(head, size)[0]
-        except Exception:  # not a region (or not readable): nothing of ours
-            continue
-        base = int.from_bytes(head[L.H_SEM_KEY:L.H_SEM_KEY + 4], "little")
-        keys.update(range(base, base + RegionLocks.count(layout)))
-    return keys
-
-
 class FakeClock:
     """A clock for TTL tests: unix nanoseconds that move only when the test says so."""
 

@@ -16,9 +16,10 @@ The region is large enough that nothing is evicted, so no other loss is allowed.
 SHMKV_CRASH_KILLS sets the number of rounds (CI runs 200; run 1000 by hand).
 
 Then PID reuse, at the lock level: a lock's recorded owner pid says only that its holder left
-without releasing, never whether that holder is alive (pids are reused). A free semaphore with a
+without releasing, never whether that holder is alive (pids are reused). A free lock with a
 live process's pid recorded is repaired at once, not waited for; a live holder whose record
-shows a bogus pid still excludes everyone (liveness is the kernel's SEM_UNDO).
+shows a bogus pid still excludes everyone (ownership is the mutex's, which the kernel hands on
+with EOWNERDEAD when its holder dies).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import shmkv
 from shmkv import layout as L
 from shmkv.check import check_region
 from shmkv.hashing import xxh3_64
+from shmkv.writer import Writer
 
 pytestmark = pytest.mark.multiprocess
 KILLS = int(os.environ.get("SHMKV_CRASH_KILLS", "200"))
@@ -122,9 +124,9 @@ def test_writer_killed_at_random_moments_loses_nothing_acknowledged(region_name)
 def _overwrite_and_die_before_publishing(name: str, collection: str, key: str,
                                          value: bytes) -> None:
     """Overwrite key, and SIGKILL this process once the new block is allocated and its key
-    written (what _allocate_locked does under the arena lock), before the value goes in and
+    written (what allocate_locked does under the arena lock), before the value goes in and
     the slot is switched to it."""
-    real_fill = shmkv.Cache._fill_entry
+    real_fill = Writer.fill_entry
 
     def fill_then_die(self, off, k, v, version, exp, kind, new):
         if not new:
@@ -133,7 +135,7 @@ def _overwrite_and_die_before_publishing(name: str, collection: str, key: str,
 
     with shmkv.Cache.open(name) as c:
         handle = c.collection(collection) if collection else c
-        shmkv.Cache._fill_entry = fill_then_die  # type: ignore[method-assign]
+        Writer.fill_entry = fill_then_die  # type: ignore[method-assign]
         handle.set(key, value)
 
 

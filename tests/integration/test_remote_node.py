@@ -33,14 +33,14 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 @contextmanager
-def stripe_lock_held(cache: shmkv.Cache, key: bytes) -> Iterator[Callable[[], int]]:
+def stripe_lock_held(cache: shmkv.Cache, key: bytes) -> Iterator[Callable[[], bool]]:
     """Hold the writer lock of key's stripe, as a slow local writer would, and yield a function
-    that counts the processes waiting for it. This reaches into the engine on purpose: no
+    that tells whether anyone sleeps waiting for it. This reaches into the engine on purpose: no
     public API holds a lock, and a lock is the one way to keep a request of the node in
     progress for as long as a test needs."""
     _, _, stripe, _, _ = cache._lock_and_find(key)
     try:
-        yield lambda: cache._locks._sems[stripe].waiting_for_nonzero
+        yield lambda: cache._locks.stripe_has_waiters(stripe)
     finally:
         cache._locks.release_stripe(stripe)
 
@@ -82,7 +82,7 @@ def test_node_answers_a_request_in_progress_before_it_stops(region_name, stop) -
             dealer(node.endpoint) as sock:
         with stripe_lock_held(local, b"k") as waiting:
             sock.send_multipart(protocol.encode_request(1, "set", {}, [b"k", b"acknowledged"]))
-            wait_until(lambda: waiting() == 1, "the node's set waits for the stripe lock")
+            wait_until(waiting, "the node's set waits for the stripe lock")
             node.process.send_signal(stop)  # arrives while the request is in progress
         assert sock.poll(WAIT_S * 1000), "the request in progress was not answered"
         reply = protocol.decode_reply(sock.recv_multipart())

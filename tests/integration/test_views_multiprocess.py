@@ -132,7 +132,7 @@ def test_a_dead_readers_pins_are_reclaimed_by_maintain(region_name, started) -> 
         assert c.stats()["retired_blocks"] == 0 and check_region(c) == []
 
 
-def test_liveness_is_the_records_semaphore_not_the_pid_it_shows(region_name,
+def test_liveness_is_the_records_lock_not_the_pid_it_shows(region_name,
                                                                 started) -> None:
     """PID reuse: a dead owner whose recorded pid now belongs to a live process is still
     reclaimed, and a live owner whose recorded pid is stale is not."""

@@ -1,6 +1,6 @@
 """Bad input at the region level: files that are not regions, regions cut short or grown,
-headers from elsewhere, a file system too small, bad names and parameters, semaphores removed
-behind a region's back, and region bodies overwritten with garbage.
+headers from elsewhere, a file system too small, bad names and parameters, locks left held by
+processes the kernel never saw die, and region bodies overwritten with garbage.
 
 Each test expects a clear error (a ShmKVError, or TypeError/ValueError for a bad argument) and
 checks that nothing already stored was lost or changed. Where today's behaviour is a bug, the
@@ -11,7 +11,6 @@ that it starts failing (and asks for the marker to go) the day the bug is fixed.
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import random
 import signal
@@ -63,8 +62,7 @@ def _patch_file(path: str, offset: int, data: bytes) -> bytes:
 @contextmanager
 def stored_file_region(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
     """A closed file-backed region holding DATA: (path, its bytes). However the test mangles
-    the file, its bytes are put back at the end so that unlink finds and removes the region's
-    semaphores through the header."""
+    the file, its bytes are put back at the end, so that unlink knows it for a region."""
     path = str(tmp_path / "region.shmkv")
     with shmkv.Cache.create(path, arena_bytes=1 << 20) as c:
         _fill(c)
@@ -439,58 +437,47 @@ def test_a_stripe_left_odd_without_an_owner_is_repaired_by_the_next_reader_at_on
     _assert_intact(cache)
 
 
-# --- semaphores removed behind the region's back ---------------------------------------
-def _remove_one_semaphore(name: str) -> None:
-    """Remove stripe 0's semaphore of a /dev/shm region, the way a cleanup job that knows
-    nothing of shmkv (or systemd-logind's RemoveIPC) would."""
-    if hasattr(L, "H_SEM_KEY"):  # SysV semaphores under consecutive keys, found in the header
-        import sysv_ipc
-
-        with open(f"/dev/shm/{name}", "rb") as f:
-            f.seek(L.H_SEM_KEY)
-            key = int.from_bytes(f.read(4), "little")
-        sysv_ipc.Semaphore(key).remove()
-    else:  # named POSIX semaphores /<name>.lk<stripe>
-        import posix_ipc
-
-        posix_ipc.unlink_semaphore(f"/{name}.lk0")
+# --- locks left held by processes the kernel never saw die ----------------------------------
+def _stale_lock_words(path: str) -> list[int]:
+    """Offsets of the first u32 (glibc's lock word: the owner's thread id) of every mutex."""
+    with shmkv.Cache.open(path) as c:
+        from shmkv.locks import mutex_offsets
+        return mutex_offsets(c._region.layout)
 
 
 @pytest.mark.parametrize("how", ["open", "create(exist_ok=True)"])
-def test_a_region_whose_semaphore_was_removed_is_refused_with_a_shmkverror(
-        region_name: str, how: str) -> None:
-    with shmkv.Cache.create(region_name, arena_bytes=1 << 20) as c:
-        _fill(c)
-    _remove_one_semaphore(region_name)
-    fds = _open_fds()
-    with pytest.raises(shmkv.ShmKVError, match="semaphore"):
+def test_a_region_whose_locks_were_left_held_opens_and_writes_at_once(tmp_path: Path,
+                                                                      how: str) -> None:
+    """After a reboot (or a power loss) a file region's mutexes can say "held by thread N"
+    for a thread that no longer exists and that the kernel never saw die (no EOWNERDEAD):
+    the first opener, finding nobody else attached, re-initialises them."""
+    with stored_file_region(tmp_path) as (path, _):
+        for off in _stale_lock_words(path):  # "locked by thread 0x3FFFFFF0", for ever
+            _patch_file(path, off, (0x3FFFFFF0).to_bytes(4, "little"))
+        started = time.monotonic()
         if how == "open":
-            shmkv.Cache.open(region_name)
+            c = shmkv.Cache.open(path, lock_timeout_s=1)
         else:
-            shmkv.Cache.create(region_name, exist_ok=True)
-    assert _open_fds() == fds
+            c = shmkv.Cache.create(path, exist_ok=True, lock_timeout_s=1)
+        with c:
+            for i in range(64):  # a write in every stripe, and the arena lock
+                c.set(f"new{i}", b"v" * 100)
+            assert time.monotonic() - started < 1, "the opener waited for a dead holder"
+            _assert_intact(c)
+
+
+def test_an_opener_does_not_reinitialise_locks_that_live_processes_hold(
+        cache: shmkv.Cache, region_name: str) -> None:
+    cache._locks.acquire_stripe(0)
+    try:
+        with shmkv.Cache.open(region_name, lock_timeout_s=0.2) as other:
+            with pytest.raises(shmkv.LockTimeout):
+                other._locks.acquire_stripe(0)  # still ours: not reset under us
+    finally:
+        cache._locks.release_stripe(0)
 
 
 # --- parameters --------------------------------------------------------------------------
-@pytest.fixture
-def semaphore_calls(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every semaphore opened or created from now on, through either IPC library (SysV
-    semaphores live outside /dev/shm, and other processes may be making some meanwhile)."""
-    calls: list = []
-    for module_name in ("posix_ipc", "sysv_ipc"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-
-        def spy(*args, _real=module.Semaphore, _module=module_name, **kwargs):
-            calls.append((_module, args, kwargs))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "Semaphore", spy)
-    return calls
-
-
 def _refused_create(name: str, kwargs: dict) -> Exception:
     """Create with kwargs; return the error. An accepted create is closed, then fails."""
     kwargs = {"arena_bytes": 1 << 20, **kwargs}
@@ -527,14 +514,12 @@ def test_bad_lock_timeout_and_max_keys_are_refused_at_create(region_name: str,
     {"max_collections": 0}, {"max_collections": 70_000}, {"max_collections": 1.0},
 ], ids=repr)
 def test_absurd_create_parameters_are_refused_and_leave_nothing(
-        cache: shmkv.Cache, semaphore_calls: list, kwargs: dict) -> None:
+        cache: shmkv.Cache, kwargs: dict) -> None:
     _fill(cache)
     name = new_region_name()
     try:
         _refused_create(name, kwargs)
         assert region_objects(name) == []
-        assert not any(f.startswith(f"sem.{name}.") for f in os.listdir("/dev/shm"))
-        assert semaphore_calls == []  # refused before any semaphore was made
     finally:
         shmkv.Cache.unlink(name)
     _assert_intact(cache)

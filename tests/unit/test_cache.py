@@ -308,7 +308,7 @@ def test_region_objects_are_created_private(cache, region_name) -> None:
     assert stat.S_IMODE(mode) == 0o600
 
 
-def test_unlink_removes_region_and_semaphores(region_name) -> None:
+def test_unlink_removes_the_region(region_name) -> None:
     shmkv.Cache.create(region_name, arena_bytes=1 << 20).close()
     assert region_objects(region_name)
     assert shmkv.Cache.unlink(region_name) is True

@@ -74,15 +74,34 @@ def test_service_restarts_on_failure_and_stops_on_sigterm(unit: Unit) -> None:
     assert one(unit, "Service", "RestartPreventExitStatus") == "2"
 
 
-def test_service_runs_as_a_static_user_that_keeps_its_ipc_objects(unit: Unit) -> None:
-    """DynamicUser=yes would imply RemoveIPC=yes: the region and its semaphores would be
-    removed at every stop. A static system user with RemoveIPC=no keeps them."""
+def test_service_runs_as_a_static_user_that_keeps_its_region(unit: Unit) -> None:
+    """RemoveIPC=yes removes the user's POSIX shm objects, the files in /dev/shm, when the
+    unit stops, and DynamicUser=yes implies it: the region would be unlinked at every stop.
+    A static system user with RemoveIPC=no keeps it."""
     assert one(unit, "Service", "User") == "shmkv"
     assert unit["Service"].get("DynamicUser", ["no"]) == ["no"]
     assert one(unit, "Service", "RemoveIPC") == "no"
-    assert unit["Service"].get("PrivateIPC", ["no"]) == ["no"]
-    for key in ("InaccessiblePaths", "TemporaryFileSystem", "ReadOnlyPaths"):
-        assert not any("/dev/shm" in v for v in unit["Service"].get(key, [])), key
+
+
+def _covers_dev_shm(value: str) -> bool:
+    """Whether a path setting's value names /dev/shm or a directory above it. Values are
+    space-separated paths, each perhaps prefixed with - or + and followed by :options."""
+    for entry in value.split():
+        path = entry.lstrip("-+").split(":", 1)[0].rstrip("/") or "/"
+        if path in ("/", "/dev", "/dev/shm"):
+            return True
+    return False
+
+
+def test_dev_shm_stays_the_hosts_and_writable(unit: Unit) -> None:
+    """The region is a /dev/shm object: the unit must see the host's /dev/shm, writable. (A
+    private IPC namespace would not matter: the region's locks live in it, not in SysV IPC.)"""
+    service = unit["Service"]
+    for key in ("InaccessiblePaths", "TemporaryFileSystem", "ReadOnlyPaths", "BindPaths",
+                "BindReadOnlyPaths"):
+        assert not any(_covers_dev_shm(v) for v in service.get(key, [])), key
+    assert _covers_dev_shm("-/dev/shm:ro") and _covers_dev_shm("/dev") \
+        and not _covers_dev_shm("/var/lib/shmkv /dev/shmkv")
 
 
 def test_service_has_a_runtime_directory(unit: Unit) -> None:
@@ -106,11 +125,15 @@ def test_environment_defaults_are_known_settings_that_load(unit: Unit) -> None:
     assert (config.region, config.arena_bytes) == ("shmkv", 64 << 20)
 
 
-def test_comments_say_which_shm_names_the_service_owns_and_who_unlinks_them() -> None:
+def test_comments_say_what_the_service_owns_and_who_unlinks_it() -> None:
     text = UNIT_PATH.read_text()
     comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    assert "/dev/shm/$SHMKV_REGION" in comments and "semaphores" in comments
+    assert "/dev/shm/$SHMKV_REGION" in comments and "Nothing else" in comments
     assert "never unlinks" in comments and "shmkv unlink" in comments
+    assert "RemoveIPC=yes" in comments and "/dev/shm" in comments
+    # what SysV semaphores needed is gone: no stale advice about them
+    for stale in ("ipcs -s", "SEM_UNDO", "semget"):
+        assert stale not in comments, stale
 
 
 def _installed_shmkv() -> str:
