@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 from . import layout as L
 from . import reader as _pure
 
 READER_API = ("get", "get_with_version", "contains", "get_many", "take_counts", "close")
+# The compiled engine also has a Writer: the fast path of set, cas and incr (in-place
+# overwrites), handing every other case to the Python write path. The pure engine has none.
+WRITER_API = ("set", "cas", "incr", "take_counts", "close")
 
 
 class PurePythonWarning(RuntimeWarning):
@@ -24,8 +28,8 @@ class PurePythonWarning(RuntimeWarning):
     reads are several times slower)."""
 
 
-def _compiled() -> tuple[type | None, str]:
-    """(the compiled Reader, "") or (None, why not)."""
+def _compiled() -> tuple[Any, str]:
+    """(the compiled module, "") or (None, why not)."""
     if os.environ.get("SHMKV_PURE_PYTHON", "") not in ("", "0"):
         return None, ""  # asked for: no warning
     try:
@@ -37,14 +41,15 @@ def _compiled() -> tuple[type | None, str]:
     if mismatched:
         return None, (f"shmkv._core was built for another region layout ({', '.join(mismatched)}"
                       " differ); rebuild it: pip install --force-reinstall .")
-    return _core.Reader, ""
+    return _core, ""
 
 
-_reader, _why = _compiled()
+_core, _why = _compiled()
 if _why:
     warnings.warn(f"{_why}; using the pure-Python engine", PurePythonWarning, stacklevel=2)
-Reader = _reader or _pure.Reader
-ENGINE = "c" if _reader else "python"
+Reader = _core.Reader if _core else _pure.Reader
+Writer = _core.Writer if _core else None
+ENGINE = "c" if _core else "python"
 
 
 def engine_of(reader: object) -> str:

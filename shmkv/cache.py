@@ -4,8 +4,9 @@ compiled or pure (backend.py, reader.py), and take no lock; writes take the key'
 here (in the order locks.py gives) and go through writer.py; what takes entries out of the
 region lives in evict.py.
 
-A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`
-(instance attributes): a Python wrapper around a compiled get would cost a fifth of it.
+A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`, and the
+compiled writer's as its `set`, `cas` and `incr` (instance attributes): a Python wrapper around
+a compiled call would cost a fifth of it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ from . import layout as L
 from . import region as R
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
-from .errors import (
-    CacheClosed,
-    CorruptRegion,
-    NotAnInteger,
-    RegionExists,
-)
+from .errors import CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, RegionExists
 from .hashing import xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
@@ -38,7 +34,7 @@ from .repair import repair_all_locked
 from .shared_region import SharedRegion
 from .stats import region_stats
 from .views import ValueView, copy_array
-from .writer import Writer
+from .writer import WRITER_EXPIRY_SLOTS, Writer
 
 DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
@@ -47,7 +43,7 @@ MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() lo
 READ_SPINS_BEFORE_YIELD = 64
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
-_BOUND_READS = ("get", "get_with_version", "get_many", "_contains")  # see _bind_reads
+_BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr")  # _bind
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
@@ -128,14 +124,25 @@ class Cache:
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes, region.seed,
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
-        self._bind_reads(self._reader)
         self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
+        # The compiled writer does in-place overwrites (set, cas, incr) itself and hands every
+        # other case to the Python methods given here, before it has changed anything.
+        self._cw = None if backend.Writer is None else backend.Writer(
+            region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
+            lay.collections_offset, lay.access_offset, lay.index_offset, lay.arena_offset,
+            lay.arena_bytes, region.seed, coll, gen, region.locks.timeout_s, region.clock,
+            _key_bytes, LockTimeout, CorruptRegion, self._write, self._incr, self._expire_pass)
+        self._bind(self._reader, self._cw)
 
-    def _bind_reads(self, reader: Any) -> None:
+    def _bind(self, reader: Any, writer: Any) -> None:
         self.get = reader.get  # type: ignore[method-assign]
         self.get_with_version = reader.get_with_version  # type: ignore[method-assign]
         self.get_many = reader.get_many  # type: ignore[method-assign]
         self._contains = reader.contains  # type: ignore[method-assign]
+        if writer is not None:
+            self.set = writer.set  # type: ignore[method-assign]
+            self.cas = writer.cas  # type: ignore[method-assign]
+            self.incr = writer.incr  # type: ignore[method-assign]
 
     @classmethod
     def create(
@@ -214,8 +221,10 @@ class Cache:
         self._mm = self._q = self._u32 = _CLOSED  # type: ignore[assignment]
         self._index = self._locks = _CLOSED  # type: ignore[assignment]
         self._reader.close()
-        self._reader = self._w = _CLOSED  # type: ignore[assignment]
-        for name in _BOUND_READS:  # the class's methods again, which raise CacheClosed now
+        if self._cw is not None:
+            self._cw.close()
+        self._reader = self._w = self._cw = _CLOSED  # type: ignore[assignment]
+        for name in _BOUND:  # the class's methods again, which raise CacheClosed now
             self.__dict__.pop(name, None)
 
     @property
@@ -363,10 +372,10 @@ class Cache:
         if ttl_s is not None:
             _expires_at(ttl_s, 0)
         for key, value in pairs:
-            self._write(key, value, ttl_s, None)
+            self.set(key, value, ttl_s)
 
     def __setitem__(self, key: str | bytes, value: Any) -> None:
-        self._write(key, value, None, None)
+        self.set(key, value)
 
     def cas(self, key: str | bytes, value: Any, version: int,
             ttl_s: float | None = None) -> bool:
@@ -410,6 +419,9 @@ class Cache:
         """Add delta to the integer stored at key (absent counts as 0) and return the result.
         Atomic across processes. The value is stored as decimal ASCII, like Redis; its TTL is
         kept."""
+        return self._incr(key, delta)
+
+    def _incr(self, key: object, delta: int) -> int:
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError("delta must be an int")
         k, h, stripe, pos, old = self._lock_and_find(key)
@@ -429,6 +441,17 @@ class Cache:
             return result
         finally:
             self._locks.release_stripe(stripe)
+
+    def _expire_pass(self) -> None:
+        """What the compiled writer calls when its sampling of slots saw an expired entry: the
+        writers' expiry pass, done here (writer.py does the same in its in-place branch). It
+        is opportunistic: a busy arena lock skips it rather than fail the write just done."""
+        try:
+            with self._locks.arena_held:
+                self._region.evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, -1, 0)
+                self._flush_counts_locked()
+        except LockTimeout:
+            pass
 
     def delete(self, key: str | bytes) -> bool:
         """Remove key; True if it was present (and not expired)."""

@@ -19,9 +19,10 @@ entry does a writer scan the table of pins.
 Liveness without pids: a process claims a record by taking the record's own OFD lock on the
 region's file (holders.py), and holds it while it has the region open. However the process dies,
 the kernel drops the lock, so "does anyone else hold it?" is an exact test of "is the owner
-alive?", which a pid never is (pids are reused, and mean nothing across pid namespaces). Records of dead
-owners are reclaimed, their pins dropped, by maintain() (the node runs it every 100 ms) and by a
-writer that finds no room; the pid in a record is for people reading `shmkv doctor`.
+alive?", which a pid never is (pids are reused, and mean nothing across pid namespaces).
+Records of dead owners are reclaimed, their pins dropped, by maintain() (the node runs it every
+100 ms) and by a writer that finds no room; the pid in a record is for people reading
+`shmkv doctor`.
 
 All functions named *_locked need the arena lock; pin_locked needs the entry's stripe lock.
 """

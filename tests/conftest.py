@@ -41,6 +41,7 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     name = getattr(request, "param", backend.ENGINE)
     if name == "python":
         monkeypatch.setattr(backend, "Reader", reader.Reader)
+        monkeypatch.setattr(backend, "Writer", None)
         monkeypatch.setattr(backend, "ENGINE", "python")
         monkeypatch.setenv("SHMKV_PURE_PYTHON", "1")
     return name
