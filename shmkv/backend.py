@@ -1,4 +1,4 @@
-"""Which engine runs: the compiled core (`shmkv._core`, built from shmkv/_core.c by
+"""Which engine runs: the compiled core (`shmkv._core`, built from shmkv/_core_src/ by
 `pip install .`) or the pure-Python reference, as msgpack and py-lmdb choose theirs.
 
 Both provide READER_API (reader.py is the reference, tests/unit/test_core.py holds the two to

@@ -1,0 +1,233 @@
+/* shmkv/_core_src/core.h: what every part of the shmkv._core extension shares: the includes,
+ * the region layout's constants, the atomic loads and stores of region fields, the key
+ * coercion and the clock read that both the Reader and the Writer do, the process-wide state
+ * that module init sets up, and the two type objects.
+ *
+ * shmkv._core: the compiled read path of a shmkv region, and the compiled fast path of its
+ * common writes.
+ *
+ * One `Reader` per Cache handle does what the pure-Python Reader does (reader.py, formerly
+ * Cache._read), in C, with the same arguments and results: coerce the key, hash it with xxh3_64
+ * (seed ^ collection), probe the key's stripe sub-table, check the entry, copy the value, and
+ * validate the copy with the stripe's seqlock, retrying if a writer moved it. It takes no lock
+ * and writes nothing but the slot's access byte on a hit. See reader.c.
+ *
+ * One `Writer` per Cache handle does the common writes (set, cas and incr of a key that is
+ * there, whose new entry fits its block: an in-place overwrite) exactly as the Python engine's
+ * in-place branch (Cache._put_locked, _fill_entry) does, under the stripe's robust mutex
+ * (locks.py's protocol), and hands every other case, before it has changed anything, to the
+ * Python engine through the fallbacks it was given: inserts, relocations, pinned entries,
+ * events, the write fence, dropped collections, stripes that need a repair, every unusual
+ * argument and every error. See writer.c (the type, its methods and an overview), fastpath.c
+ * (the in-place write), lock.c (the stripe lock) and args.c (argument parsing).
+ *
+ * module.c holds the module: its init, its functions and its constants.
+ *
+ * The region format is the table in layout.py; the constants used here are #defined below and
+ * exported as `_core.LAYOUT` (tests/unit/test_core.py checks them against layout.py).
+ */
+#ifndef SHMKV_CORE_H
+#define SHMKV_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Names shared between the files of the extension, and only there: not exported from the
+ * shared object (only PyInit__core is), and not interposable by another library's symbol. */
+#define SHMKV_INTERNAL __attribute__((visibility("hidden")))
+
+/* --- layout (layout.py, LAYOUT_VERSION 6): same names there ------------------------------- */
+/* These are layout.py's names and values. module.c exports them as `_core.LAYOUT` (and the
+ * few that layout.py does not name one by one), and tests/unit/test_core.py checks them
+ * against layout.py. */
+#define LAYOUT_VERSION 6
+#define ALIGN 8
+#define STRIPE_BYTES 128
+#define S_SEQ 0
+#define S_COUNT 8            /* u32 */
+#define S_OWNER_PID 12       /* u32 */
+#define S_WRITES 32
+#define S_PAYLOAD 40
+#define S_CHANGES 64
+#define S_MUTEX 80           /* pthread_mutex_t, 48 bytes reserved */
+#define H_EXPIRE_CURSOR 320
+#define H_EVENTS_ENABLED 344 /* u32 */
+#define H_LOCK_KIND 348      /* u32 */
+#define H_WRITABLE_UNTIL 352
+#define H_ARENA_MUTEX 2560   /* never taken here: every path that needs it goes to Python */
+#define LOCKS_ROBUST 2
+#define COLLECTION_BYTES 64
+#define C_GENERATION 0       /* u16 */
+#define COLL_LIVE 1
+#define MAX_COLLECTION_NAME_BYTES 40
+#define ENTRY_HEADER_BYTES 46
+#define MIN_BLOCK_BYTES 48
+#define E_BLOCK_WORD 0       /* u32 */
+#define E_CHECKSUM 4         /* u32 */
+#define E_VERSION 16
+#define E_EXPIRES_AT 24
+#define E_VALUE_LEN 32       /* u32 */
+#define E_KEY_COLL 36        /* u32 */
+#define E_SLOT_NO 40         /* u32 */
+#define E_KIND 44            /* u8 */
+#define KIND_BYTES 0
+#define KIND_PINNED 0x80
+#define SIZE_MASK 0xFFFFFFF8u
+#define MAX_KEY_BYTES 4096
+/* not named in layout.py: the u32 after the 8-byte magic (layout.HEADER "<8sI..."), and the
+ * collection record's u8 state, after its u16 generation (layout.COLLECTION "<HBB...") */
+#define H_LAYOUT_VERSION 8
+#define C_STATE 2
+#define C_NAME_LEN 3         /* u8 */
+#define C_NAME 24
+#define S_MUTEX_BYTES 48
+/* what a reader loads at E_EXPIRES_AT: expires_at_ns u64, value_len u32, key_coll u32 */
+#define ENTRY_READ_BYTES 16
+
+/* --- read path (cache.py, reader.py) ----------------------------------------------------- */
+#define READ_SPINS_BEFORE_YIELD 64
+/* values at least this large are copied with the GIL released */
+#define GIL_RELEASE_BYTES (1u << 20)
+
+/* --- write path (cache.py) ---------------------------------------------------------------- */
+#define INPLACE_SLACK_BYTES 64
+#define INPLACE_MAX_BYTES (64u << 10)
+#define WRITER_EXPIRY_EVERY 16
+#define WRITER_EXPIRY_SLOTS 16
+#define MAX_LOAD 0.9                           /* layout.MAX_LOAD: a stripe's max_count */
+#define MAX_TTL_S (10.0 * 365 * 86400)         /* cache._expires_at */
+#define MAX_WRITES (((uint64_t)1 << 56) - 1)   /* repair.MAX_WRITES: versions are u64 */
+/* a contended lock is waited for in slices of this, so that signal handlers run (locks.py) */
+#define WAIT_SLICE_NS 50000000L
+
+_Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8,
+               "u64 fields must be loadable as naturally aligned atomics");
+_Static_assert(sizeof(_Atomic uint32_t) == 4 && sizeof(_Atomic uint8_t) == 1,
+               "u32/u8 fields must be loadable as atomics");
+_Static_assert(E_EXPIRES_AT + ENTRY_READ_BYTES <= ENTRY_HEADER_BYTES, "entry read in header");
+_Static_assert(sizeof(pthread_mutex_t) <= S_MUTEX_BYTES && S_MUTEX + S_MUTEX_BYTES <= STRIPE_BYTES,
+               "a stripe's mutex must fit its record");
+_Static_assert(S_MUTEX % _Alignof(pthread_mutex_t) == 0 && H_ARENA_MUTEX % 64 == 0,
+               "mutexes must be aligned");
+
+/* --- process-wide state, set up by module init (module.c) ---------------------------------- */
+SHMKV_INTERNAL extern PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
+SHMKV_INTERNAL extern pid_t writer_pid;       /* getpid(), refreshed in a forked child */
+
+/* --- the two types (reader.c, writer.c), which module init readies and adds ----------------- */
+SHMKV_INTERNAL extern PyTypeObject ReaderType;
+SHMKV_INTERNAL extern PyTypeObject WriterType;
+
+/* --- hashing (hash.c) ------------------------------------------------------------------------ */
+/* XXH3_64bits_withSeed of the vendored xxHash */
+SHMKV_INTERNAL uint64_t xxh3_64(const void *data, size_t len, uint64_t seed);
+SHMKV_INTERNAL extern const char xxh_version[]; /* "major.minor.release" of that xxHash */
+
+/* --- atomic loads and stores of region fields ----------------------------------------------- */
+static inline uint64_t
+ld64(const uint8_t *p, memory_order mo)
+{
+    return atomic_load_explicit((const _Atomic uint64_t *)(const void *)p, mo);
+}
+
+static inline uint32_t
+ld32(const uint8_t *p)
+{
+    return atomic_load_explicit((const _Atomic uint32_t *)(const void *)p,
+                                memory_order_relaxed);
+}
+
+static inline uint16_t
+ld16(const uint8_t *p)
+{
+    return atomic_load_explicit((const _Atomic uint16_t *)(const void *)p,
+                                memory_order_relaxed);
+}
+
+static inline uint8_t
+ld8(const uint8_t *p)
+{
+    return atomic_load_explicit((const _Atomic uint8_t *)(const void *)p, memory_order_relaxed);
+}
+
+static inline void
+st64(uint8_t *p, uint64_t v, memory_order mo)
+{
+    atomic_store_explicit((_Atomic uint64_t *)(void *)p, v, mo);
+}
+
+static inline void
+st32(uint8_t *p, uint32_t v)
+{
+    atomic_store_explicit((_Atomic uint32_t *)(void *)p, v, memory_order_relaxed);
+}
+
+static inline void
+st8(uint8_t *p, uint8_t v)
+{
+    atomic_store_explicit((_Atomic uint8_t *)(void *)p, v, memory_order_relaxed);
+}
+
+/* --- what both types do ---------------------------------------------------------------------- */
+
+/* Unix ns from the system clock: what time.time_ns() would return. */
+static inline uint64_t
+realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The key's bytes: exact bytes and str directly, anything else (and every error) through
+ * coerce_key (the handle's, given to the Reader and the Writer), so that errors carry the
+ * project's messages. *owned gets a new reference to keep while the bytes are used, or NULL.
+ * 0, or -1 with an exception set. */
+static inline int
+key_bytes(PyObject *coerce_key, PyObject *key, const char **data, Py_ssize_t *len,
+          PyObject **owned)
+{
+    *owned = NULL;
+    if (PyBytes_CheckExact(key)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(key);
+        if (n <= MAX_KEY_BYTES) {
+            *data = PyBytes_AS_STRING(key);
+            *len = n;
+            return 0;
+        }
+    }
+    else if (PyUnicode_CheckExact(key)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(key, &n);
+        if (s && n <= MAX_KEY_BYTES) {
+            *data = s;
+            *len = n;
+            return 0;
+        }
+        if (!s)
+            PyErr_Clear();
+    }
+    PyObject *b = PyObject_CallOneArg(coerce_key, key);
+    if (!b)
+        return -1;
+    if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) > MAX_KEY_BYTES) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "coerce_key must return bytes of at most "
+                                         "MAX_KEY_BYTES");
+        return -1;
+    }
+    *data = PyBytes_AS_STRING(b);
+    *len = PyBytes_GET_SIZE(b);
+    *owned = b;
+    return 0;
+}
+
+#endif /* SHMKV_CORE_H */

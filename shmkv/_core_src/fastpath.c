@@ -1,0 +1,352 @@
+/* shmkv/_core_src/fastpath.c: the Writer's fast path, the in-place overwrite of
+ * Cache._put_locked: a call's value and expiry prepared as Python would, the key found and
+ * rewritten under the stripe lock (or the call handed back, nothing changed), and the expiry
+ * sampling after the write. writer.c explains when it applies and what it does. */
+#include "writer.h"
+
+/* --- a call's arguments, as Python takes them ------------------------------------------------- */
+
+/* Unix ns from the clock: 1 (in *now), 0 if the clock gave something the fast path leaves to
+ * Python (not an int, negative, past 2**63), -1 if it raised. */
+static int
+writer_now(Writer *self, uint64_t *now)
+{
+    if (self->clock_is_time_ns) {
+        *now = realtime_ns();
+        return 1;
+    }
+    PyObject *res = PyObject_CallNoArgs(self->clock);
+    if (!res)
+        return -1;
+    int ok = 0;
+    if (PyLong_CheckExact(res)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(res, &overflow);
+        if (!overflow && n >= 0) {
+            *now = (uint64_t)n;
+            ok = 1;
+        }
+    }
+    Py_DECREF(res);
+    return ok;
+}
+
+/* The value's bytes: exact bytes, or exact str as UTF-8; 0 for anything else (Python's). */
+int
+value_bytes(PyObject *value, wreq *r)
+{
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(value)) {
+        r->val = PyBytes_AS_STRING(value);
+        n = PyBytes_GET_SIZE(value);
+    }
+    else if (PyUnicode_CheckExact(value)) {
+        r->val = PyUnicode_AsUTF8AndSize(value, &n);
+        if (!r->val) {
+            PyErr_Clear(); /* a lone surrogate: Python raises its own error */
+            return 0;
+        }
+    }
+    else {
+        return 0;
+    }
+    if ((size_t)n > INPLACE_MAX_BYTES) /* never rewritten in place */
+        return 0;
+    r->vlen = (uint32_t)n;
+    return 1;
+}
+
+/* expires_at_ns for ttl_s as cache._expires_at computes it: 1 (in r->exp), 0 for what the
+ * fast path leaves to Python, -1 if the clock raised. */
+int
+expiry(Writer *self, PyObject *ttl, wreq *r)
+{
+    double t;
+    if (ttl == Py_None) {
+        r->exp = 0;
+        return 1;
+    }
+    if (PyFloat_CheckExact(ttl)) {
+        t = PyFloat_AS_DOUBLE(ttl);
+    }
+    else if (PyLong_CheckExact(ttl)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(ttl, &overflow);
+        if (overflow || n <= 0 || n > (long long)MAX_TTL_S)
+            return 0;
+        t = (double)n; /* ttl_s * 1e9 is a float product in Python too */
+    }
+    else {
+        return 0;
+    }
+    if (!(t > 0 && t <= MAX_TTL_S))
+        return 0; /* NaN included */
+    uint64_t now;
+    int rc = writer_now(self, &now);
+    if (rc <= 0)
+        return rc;
+    int64_t d = (int64_t)(t * 1e9); /* int() truncates; at most 3.2e17 */
+    r->exp = now + (uint64_t)(d < 1 ? 1 : d);
+    return 1;
+}
+
+static int
+parse_decimal(const uint8_t *p, uint32_t n, int64_t *out)
+{
+    /* the fullmatch of -?[0-9]{1,19} (cache._DECIMAL) whose value fits an int64: 1, else 0 */
+    uint32_t i = 0;
+    int neg = n && p[0] == '-';
+    i = (uint32_t)neg;
+    if (n - i < 1 || n - i > 19)
+        return 0;
+    uint64_t mag = 0;
+    for (; i < n; i++) {
+        unsigned d = (unsigned)p[i] - '0';
+        if (d > 9)
+            return 0;
+        mag = mag * 10 + d;
+    }
+    if (neg) {
+        if (mag > (uint64_t)INT64_MAX + 1)
+            return 0;
+        *out = (int64_t)(0 - mag);
+    }
+    else {
+        if (mag > (uint64_t)INT64_MAX)
+            return 0;
+        *out = (int64_t)mag;
+    }
+    return 1;
+}
+
+static uint32_t
+format_decimal(int64_t v, char *buf)
+{
+    /* str(v).encode(): at most 20 bytes */
+    char tmp[20];
+    uint64_t mag = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + mag % 10);
+        mag /= 10;
+    } while (mag);
+    uint32_t len = 0;
+    if (v < 0)
+        buf[len++] = '-';
+    while (n)
+        buf[len++] = tmp[--n];
+    return len;
+}
+
+/* --- the write, and the expiry sampling after it ------------------------------------------- */
+
+/* Under the stripe lock: find the key and, if the fast path applies, write. */
+static int
+writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
+{
+    uint8_t *const base = self->base;
+    const uint64_t stripe = h & self->smask;
+    uint8_t *const rec = base + self->stripes_off + stripe * STRIPE_BYTES;
+    pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(rec + S_MUTEX);
+    if (lock_stripe(self, m, rec, stripe) < 0)
+        return FAST_ERROR;
+    /* A pid still recorded (its holder died inside), an odd seq, an impossible count: the
+     * stripe needs Python's repair. Leave everything as it is, the pid above all. */
+    if (ld32(rec + S_OWNER_PID) || ld64(rec + S_SEQ, memory_order_relaxed) & 1
+            || ld32(rec + S_COUNT) > self->max_count) {
+        pthread_mutex_unlock(m);
+        return FAST_FALLBACK;
+    }
+    st32(rec + S_OWNER_PID, (uint32_t)writer_pid);
+    int out = FAST_FALLBACK;
+
+    if (self->coll) {
+        /* a dropped collection (Python raises CollectionNotFound), or a record Python finds
+         * damaged (CorruptRegion): its name must be of a possible length, and UTF-8, which
+         * the fast path checks for ASCII names only */
+        const uint8_t *c = base + self->coll_rec_off;
+        const uint8_t name_len = ld8(c + C_NAME_LEN);
+        if (ld16(c + C_GENERATION) != self->gen || ld8(c + C_STATE) != COLL_LIVE
+                || name_len > MAX_COLLECTION_NAME_BYTES)
+            goto release;
+        uint8_t high = 0;
+        for (uint8_t k = 0; k < name_len; k++)
+            high |= ld8(c + C_NAME + k);
+        if (high & 0x80)
+            goto release;
+    }
+    if (ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed) || ld32(base + H_EVENTS_ENABLED))
+        goto release;
+
+    /* index.find_locked */
+    const uint32_t per = self->per, tag = (uint32_t)(h >> 32);
+    const uint32_t key_coll = self->coll_hi | klen;
+    const uint8_t *const slots = base + self->index_off + stripe * per * 8;
+    uint8_t *e = NULL;
+    uint64_t off = 0;
+    uint32_t i = tag % per;
+    for (uint32_t left = per; left; left--) {
+        const uint64_t v = ld64(slots + (uint64_t)i * 8, memory_order_relaxed);
+        if (!v)
+            break;
+        if ((uint32_t)(v >> 32) == tag) {
+            const uint32_t ref = (uint32_t)v;
+            if (!ref || ref > self->max_ref)
+                goto release; /* garbage: Python raises CorruptRegion */
+            off = self->arena_off + (uint64_t)ref * ALIGN;
+            if (ld32(base + off + E_KEY_COLL) == key_coll
+                    && off + ENTRY_HEADER_BYTES + klen <= self->arena_end
+                    && memcmp(base + off + ENTRY_HEADER_BYTES, key, klen) == 0) {
+                e = base + off;
+                break;
+            }
+        }
+        i = i + 1 == per ? 0 : i + 1;
+    }
+    if (!e) {
+        if (r->op == W_CAS) { /* absent: False */
+            r->cas_ok = 0;
+            out = FAST_DONE;
+        }
+        goto release; /* set, incr: an insert */
+    }
+    uint64_t exp = ld64(e + E_EXPIRES_AT, memory_order_relaxed);
+    if (exp && r->op != W_SET) {
+        uint64_t now;
+        int rc = writer_now(self, &now);
+        if (rc <= 0) {
+            out = rc < 0 ? FAST_ERROR : FAST_FALLBACK;
+            goto release;
+        }
+        if (exp <= now) { /* expired: cas fails, incr starts from 0 (Python's) */
+            if (r->op == W_CAS) {
+                r->cas_ok = 0;
+                out = FAST_DONE;
+            }
+            goto release;
+        }
+    }
+    if (r->op == W_CAS && ld64(e + E_VERSION, memory_order_relaxed) != r->version) {
+        r->cas_ok = 0;
+        out = FAST_DONE;
+        goto release;
+    }
+    const uint32_t old_vlen = ld32(e + E_VALUE_LEN);
+    if (r->op == W_INCR) {
+        int64_t current;
+        if (off + ENTRY_HEADER_BYTES + klen + old_vlen > self->arena_end
+                || !parse_decimal(e + ENTRY_HEADER_BYTES + klen, old_vlen, &current)
+                || __builtin_add_overflow(current, r->delta, &r->result))
+            goto release; /* not an integer, or an overflow: Python raises NotAnInteger */
+        r->vlen = format_decimal(r->result, r->digits);
+        r->val = r->digits;
+    }
+    else {
+        exp = r->exp; /* incr keeps the TTL */
+    }
+    /* in place only, as _put_locked: a snug fit in an entry no view pins */
+    const uint32_t vlen = r->vlen;
+    const uint64_t need = (ENTRY_HEADER_BYTES + (uint64_t)klen + vlen + ALIGN - 1)
+                          & ~(uint64_t)(ALIGN - 1);
+    const uint32_t block = ld32(e + E_BLOCK_WORD) & SIZE_MASK;
+    if (ld8(e + E_KIND) >= KIND_PINNED || block < need || block >= need + INPLACE_SLACK_BYTES
+            || off + block > self->arena_end)
+        goto release;
+    const uint64_t writes = ld64(rec + S_WRITES, memory_order_relaxed) + 1;
+    if (writes > MAX_WRITES)
+        goto release; /* garbage: Python raises CorruptRegion */
+    const uint64_t version = writes << 8 | stripe;
+
+    /* the write: readers of the stripe retry while seq is odd */
+    const uint64_t seq = ld64(rec + S_SEQ, memory_order_relaxed);
+    st64(rec + S_SEQ, seq + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    st64(rec + S_WRITES, writes, memory_order_relaxed);
+    st64(rec + S_CHANGES, ld64(rec + S_CHANGES, memory_order_relaxed) + 1, memory_order_relaxed);
+    st64(rec + S_PAYLOAD, ld64(rec + S_PAYLOAD, memory_order_relaxed) + vlen - old_vlen,
+         memory_order_relaxed);
+    uint8_t *const body = e + ENTRY_HEADER_BYTES;
+    memcpy(body + klen, r->val, vlen);
+    st64(e + E_VERSION, version, memory_order_relaxed);
+    st64(e + E_EXPIRES_AT, exp, memory_order_relaxed);
+    st32(e + E_VALUE_LEN, vlen);
+    st8(e + E_KIND, KIND_BYTES);
+    st32(e + E_CHECKSUM, (uint32_t)xxh3_64(body, (size_t)klen + vlen, self->seed));
+    atomic_thread_fence(memory_order_release);
+    st64(rec + S_SEQ, seq + 2, memory_order_release);
+    /* a write is a use: it keeps the entry's segment (lru.mark(off, True)) */
+    const uint32_t slot_no = ld32(e + E_SLOT_NO);
+    if (slot_no < self->index_slots) {
+        uint8_t *a = base + self->access_off + slot_no;
+        if (ld8(a) != 1)
+            st8(a, 1);
+    }
+    r->cas_ok = 1;
+    r->writes = writes;
+    out = FAST_DONE;
+release:
+    st32(rec + S_OWNER_PID, 0);
+    pthread_mutex_unlock(m);
+    return out;
+}
+
+/* After every WRITER_EXPIRY_EVERY-th write: a lock-free look at the next slots of the expiry
+ * cursor, and the Python expiry pass if something there looks expired. 0, or -1 on error. */
+static int
+writer_expiry_sample(Writer *self)
+{
+    uint8_t *const base = self->base;
+    const uint64_t total = self->index_slots;
+    uint64_t now;
+    int rc = writer_now(self, &now);
+    if (rc < 0)
+        return -1;
+    int found = rc == 0; /* a clock the fast path does not read: Python judges */
+    uint64_t cursor = ld64(base + H_EXPIRE_CURSOR, memory_order_relaxed) % total;
+    for (int k = 0; k < WRITER_EXPIRY_SLOTS && !found; k++) {
+        const uint64_t v = ld64(base + self->index_off + cursor * 8, memory_order_relaxed);
+        cursor = cursor + 1 == total ? 0 : cursor + 1;
+        const uint32_t ref = (uint32_t)v;
+        if (!v || !ref || ref > self->max_ref)
+            continue; /* empty, or garbage the next locked pass will meet */
+        const uint64_t exp = ld64(base + self->arena_off + (uint64_t)ref * ALIGN + E_EXPIRES_AT,
+                                  memory_order_relaxed);
+        found = exp && exp <= now;
+    }
+    if (!found) {
+        /* as expire_sample_locked would have moved it; a racing store loses a hint only */
+        st64(base + H_EXPIRE_CURSOR, cursor, memory_order_relaxed);
+        return 0;
+    }
+    /* the cursor stays: the Python pass samples the same slots */
+    self->expire_calls++;
+    PyObject *res = PyObject_CallNoArgs(self->expire_hook);
+    if (!res)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* The fast path of one call, its arguments prepared in r: FAST_DONE, FAST_FALLBACK (nothing
+ * was changed) or FAST_ERROR. */
+int
+writer_run(Writer *self, PyObject *key_obj, wreq *r)
+{
+    const char *key;
+    Py_ssize_t klen;
+    PyObject *owned;
+    /* A key that is not exact bytes or str goes through coerce_key here already: every other
+     * argument was taken by the fast path, so Python would raise the key's error now too, and
+     * coerce_key gives its exact message. */
+    if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
+        return FAST_ERROR;
+    const uint64_t h = xxh3_64(key, (size_t)klen, self->hseed);
+    int rc = writer_locked(self, key, (uint32_t)klen, h, r);
+    Py_XDECREF(owned);
+    if (rc == FAST_DONE) {
+        self->fast++;
+        if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && writer_expiry_sample(self) < 0)
+            return FAST_ERROR; /* the write is done; the expiry pass failed */
+    }
+    return rc;
+}

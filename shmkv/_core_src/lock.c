@@ -1,0 +1,77 @@
+/* shmkv/_core_src/lock.c: taking a stripe's robust process-shared mutex for the Writer
+ * (locks.py's protocol): trylock; if busy, wait with the GIL released, in slices so that signal
+ * handlers run, until lock_timeout_s; a dead holder's lock is made consistent at once. What the
+ * Writer does once it holds the lock is in fastpath.c; see writer.c for the whole protocol. */
+#include "writer.h"
+
+static inline void
+timespec_add_ns(struct timespec *t, int64_t ns)
+{
+    t->tv_sec += ns / 1000000000;
+    t->tv_nsec += ns % 1000000000;
+    if (t->tv_nsec >= 1000000000) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000;
+    }
+}
+
+static inline int
+timespec_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* Take stripe's mutex (locks.py's acquire_stripe, without the claim): 0, or -1 with
+ * LockTimeout, CorruptRegion or what a signal handler raised. */
+int
+lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec, uint64_t stripe)
+{
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EBUSY) {
+        struct timespec now, deadline, until;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        deadline = now;
+        timespec_add_ns(&deadline, (int64_t)(self->timeout_s * 1e9));
+        for (;;) {
+            until = now;
+            timespec_add_ns(&until, WAIT_SLICE_NS);
+            if (timespec_before(&deadline, &until))
+                until = deadline;
+            Py_BEGIN_ALLOW_THREADS
+            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
+            Py_END_ALLOW_THREADS
+            if (rc != ETIMEDOUT)
+                break;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (!timespec_before(&now, &deadline)) {
+                unsigned pid = ld32(rec + S_OWNER_PID);
+                char who[16] = "?";
+                if (pid)
+                    PyOS_snprintf(who, sizeof who, "%u", pid);
+                PyErr_Format(self->timeout_exc,
+                             "stripe %llu lock not acquired within %U s; held by pid %s, which "
+                             "is alive (a dead holder's lock passes to the next locker). If it "
+                             "is stopped or stuck, stop it; if it is just busy, raise "
+                             "lock_timeout_s", (unsigned long long)stripe, self->timeout_str,
+                             who);
+                return -1;
+            }
+            if (PyErr_CheckSignals() < 0) /* Ctrl-C while waiting */
+                return -1;
+        }
+    }
+    if (rc == 0)
+        return 0;
+    if (rc == EOWNERDEAD) { /* its holder died: consistent now, repaired by Python (pid) */
+        pthread_mutex_consistent(m);
+        return 0;
+    }
+    if (rc == EDEADLK)
+        PyErr_Format(self->timeout_exc, "stripe %llu lock: this thread holds it already (a "
+                     "lock is not re-entrant: a bug in the caller)", (unsigned long long)stripe);
+    else
+        PyErr_Format(self->corrupt_exc, "stripe %llu lock: pthread says %s (error %d); close "
+                     "every process using the region and open it again, which re-initialises "
+                     "its locks", (unsigned long long)stripe, strerror(rc), rc);
+    return -1;
+}

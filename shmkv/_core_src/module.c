@@ -1,0 +1,163 @@
+/* shmkv/_core_src/module.c: the shmkv._core module: its init (the two types, the process-wide
+ * state, the atfork handler), its constants (LAYOUT and the others, which the tests compare
+ * with the Python engine's) and its functions (xxh3_64, _writer_pid). */
+#include "core.h"
+
+PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
+pid_t writer_pid;       /* getpid(), refreshed in a forked child */
+
+static void
+writer_atfork_child(void)
+{
+    writer_pid = getpid();
+}
+
+/* --- module functions ------------------------------------------------------------------- */
+static PyObject *
+core_xxh3_64(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "xxh3_64(data, seed=0) takes 1 or 2 arguments");
+        return NULL;
+    }
+    unsigned long long seed = 0;
+    if (nargs == 2) {
+        seed = PyLong_AsUnsignedLongLong(args[1]);
+        if (seed == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint64_t h = xxh3_64(b.buf, (size_t)b.len, (uint64_t)seed);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *
+core_writer_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong((long)writer_pid);
+}
+
+static PyMethodDef core_methods[] = {
+    {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
+     "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},
+    {"_writer_pid", (PyCFunction)core_writer_pid, METH_NOARGS,
+     "_writer_pid(): the pid Writers record as a stripe lock's holder (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmkv._core",
+    .m_doc = "The compiled read path and in-place write path of a shmkv region (see _core_src/).",
+    .m_size = -1,
+    .m_methods = core_methods,
+};
+
+static int
+add_layout(PyObject *m)
+{
+    static const struct { const char *name; long value; } consts[] = {
+        {"LAYOUT_VERSION", LAYOUT_VERSION},
+        {"ALIGN", ALIGN},
+        {"STRIPE_BYTES", STRIPE_BYTES},
+        {"S_SEQ", S_SEQ},
+        {"ENTRY_HEADER_BYTES", ENTRY_HEADER_BYTES},
+        {"E_VERSION", E_VERSION},
+        {"E_EXPIRES_AT", E_EXPIRES_AT},
+        {"E_VALUE_LEN", E_VALUE_LEN},
+        {"E_KEY_COLL", E_KEY_COLL},
+        {"MAX_KEY_BYTES", MAX_KEY_BYTES},
+        {"S_COUNT", S_COUNT},
+        {"S_OWNER_PID", S_OWNER_PID},
+        {"S_WRITES", S_WRITES},
+        {"S_PAYLOAD", S_PAYLOAD},
+        {"S_CHANGES", S_CHANGES},
+        {"S_MUTEX", S_MUTEX},
+        {"H_EXPIRE_CURSOR", H_EXPIRE_CURSOR},
+        {"H_EVENTS_ENABLED", H_EVENTS_ENABLED},
+        {"H_LOCK_KIND", H_LOCK_KIND},
+        {"H_WRITABLE_UNTIL", H_WRITABLE_UNTIL},
+        {"H_ARENA_MUTEX", H_ARENA_MUTEX},
+        {"LOCKS_ROBUST", LOCKS_ROBUST},
+        {"COLLECTION_BYTES", COLLECTION_BYTES},
+        {"C_GENERATION", C_GENERATION},
+        {"COLL_LIVE", COLL_LIVE},
+        {"MAX_COLLECTION_NAME_BYTES", MAX_COLLECTION_NAME_BYTES},
+        {"MIN_BLOCK_BYTES", MIN_BLOCK_BYTES},
+        {"E_BLOCK_WORD", E_BLOCK_WORD},
+        {"E_CHECKSUM", E_CHECKSUM},
+        {"E_SLOT_NO", E_SLOT_NO},
+        {"E_KIND", E_KIND},
+        {"KIND_BYTES", KIND_BYTES},
+        {"KIND_PINNED", KIND_PINNED},
+        {"SIZE_MASK", (long)SIZE_MASK},
+    };
+    PyObject *d = PyDict_New();
+    if (!d)
+        return -1;
+    for (size_t k = 0; k < sizeof consts / sizeof consts[0]; k++) {
+        PyObject *v = PyLong_FromLong(consts[k].value);
+        if (!v || PyDict_SetItemString(d, consts[k].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return -1;
+        }
+        Py_DECREF(v);
+    }
+    if (PyModule_AddObject(m, "LAYOUT", d) < 0) {
+        Py_DECREF(d);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "H_LAYOUT_VERSION", H_LAYOUT_VERSION) < 0
+            || PyModule_AddIntConstant(m, "READ_SPINS_BEFORE_YIELD", READ_SPINS_BEFORE_YIELD) < 0
+            || PyModule_AddIntConstant(m, "GIL_RELEASE_BYTES", GIL_RELEASE_BYTES) < 0
+            || PyModule_AddIntConstant(m, "C_STATE", C_STATE) < 0
+            || PyModule_AddIntConstant(m, "C_NAME_LEN", C_NAME_LEN) < 0
+            || PyModule_AddIntConstant(m, "C_NAME", C_NAME) < 0
+            || PyModule_AddIntConstant(m, "INPLACE_SLACK_BYTES", INPLACE_SLACK_BYTES) < 0
+            || PyModule_AddIntConstant(m, "INPLACE_MAX_BYTES", INPLACE_MAX_BYTES) < 0
+            || PyModule_AddIntConstant(m, "WRITER_EXPIRY_EVERY", WRITER_EXPIRY_EVERY) < 0
+            || PyModule_AddIntConstant(m, "WRITER_EXPIRY_SLOTS", WRITER_EXPIRY_SLOTS) < 0
+            || PyModule_AddObject(m, "MAX_LOAD", PyFloat_FromDouble(MAX_LOAD)) < 0
+            || PyModule_AddObject(m, "WAIT_SLICE_S",
+                                  PyFloat_FromDouble(WAIT_SLICE_NS / 1e9)) < 0
+            || PyModule_AddStringConstant(m, "XXH_VERSION", xxh_version) < 0)
+        return -1;
+    return 0;
+}
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0)
+        return NULL;
+    if (!writer_pid) {
+        writer_pid = getpid();
+        int rc = pthread_atfork(NULL, NULL, writer_atfork_child);
+        if (rc) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    if (!time_ns_func) {
+        PyObject *time_mod = PyImport_ImportModule("time");
+        if (!time_mod)
+            return NULL;
+        time_ns_func = PyObject_GetAttrString(time_mod, "time_ns");
+        Py_DECREF(time_mod);
+        if (!time_ns_func)
+            return NULL;
+    }
+    PyObject *m = PyModule_Create(&core_module);
+    if (!m)
+        return NULL;
+    if (add_layout(m) < 0 || PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0
+            || PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,479 @@
+/* shmkv/_core_src/writer.c: the Writer type, shmkv._core.Writer, the compiled fast path of a
+ * Cache handle's set, cas and incr: the object, its methods, and the hand-over of every other
+ * case to the Python engine. The in-place write is in fastpath.c, the stripe lock in lock.c,
+ * the argument parsing in args.c. */
+#include "writer.h"
+
+/* --- the Writer, an overview ---------------------------------------------------------------
+ *
+ * One `Writer` per Cache handle: set(key, value, ttl_s=None), cas(key, value, version,
+ * ttl_s=None) and incr(key, delta=1), with Cache's signatures, so that the handle can bind them
+ * as its own methods. The fast path is the in-place overwrite of Cache._put_locked, and only
+ * that: exact bytes or str keys and values (others are coerced by coerce_key, or handed over),
+ * a key that is present, a new entry that fits its block snugly, no pin, no events, no write
+ * fence, a live collection, a sound stripe. Anything else goes to the Python engine (the
+ * fallbacks), which then does the whole call itself: the fast path decides before it changes
+ * anything, so a call is done either all in C or all in Python, and behaves as Python's.
+ *
+ * Locking (locks.py's protocol): the stripe's robust process-shared mutex, in the stripe
+ * record. trylock; if busy, wait (GIL released) with pthread_mutex_clocklock in slices until
+ * lock_timeout_s, then LockTimeout naming the recorded pid. EOWNERDEAD: made consistent at once
+ * (lock.c). Held (fastpath.c), the stripe needs the Python repair if a pid is still recorded
+ * (a holder died inside), its seq is odd or its count is impossible: then the lock is given
+ * back untouched (the pid stays: it is the needs-repair mark) and the call goes to Python,
+ * which repairs. Else our pid is recorded for the time we hold it. The arena lock is never
+ * taken here.
+ *
+ * The write (fastpath.c), as the in-place branch of _put_locked with _fill_entry(new=False):
+ * seq made odd (relaxed store, release fence), the stripe's writes, changes and payload
+ * counters, the value, version, expiry, length, kind and checksum of the entry, a release
+ * fence, seq made even (release store); then the slot's access byte (lru.mark(off, True)).
+ *
+ * Expiry sampling (fastpath.c): an in-place writer must reclaim expired entries too (a process
+ * that only overwrites would never reclaim anything otherwise). Every WRITER_EXPIRY_EVERY-th
+ * write of a stripe (by its writes counter), once the stripe lock is released,
+ * WRITER_EXPIRY_SLOTS slots from the region's expiry cursor are looked at without any lock
+ * (every ref bounds-checked); if one looks expired, expire_hook() is called (Python: the real
+ * expiry pass, under the arena lock, which verifies everything), else the cursor is moved past
+ * them (a relaxed store; it is only a hint).
+ */
+
+/* --- the object ------------------------------------------------------------------------------- */
+static void
+writer_release(Writer *self)
+{
+    if (self->has_view) {
+        self->has_view = 0;
+        self->base = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static inline int
+writer_enter(Writer *self)
+{
+    if (self->closed) {
+        PyErr_SetString(PyExc_ValueError, "closed");
+        return -1;
+    }
+    self->inflight++;
+    return 0;
+}
+
+static inline void
+writer_leave(Writer *self)
+{
+    if (--self->inflight == 0 && self->closed)
+        writer_release(self);
+}
+
+static int
+Writer_init(Writer *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "n_stripes", "slots_per_stripe", "stripes_offset",
+                             "collections_offset", "access_offset", "index_offset",
+                             "arena_offset", "arena_bytes", "seed", "coll", "gen",
+                             "lock_timeout_s", "clock", "coerce_key", "lock_timeout_exc",
+                             "corrupt_exc", "write_fallback", "incr_fallback", "expire_hook",
+                             NULL};
+    PyObject *buffer, *seed_obj, *timeout_obj, *clock, *coerce_key, *timeout_exc, *corrupt_exc;
+    PyObject *write_fallback, *incr_fallback, *expire_hook;
+    Py_ssize_t n_stripes, per, stripes_off, colls_off, access_off, index_off, arena_off;
+    Py_ssize_t arena_bytes, coll, gen;
+
+    if (self->has_view || self->clock) {
+        PyErr_SetString(PyExc_TypeError, "Writer is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO:Writer", kwlist, &buffer,
+                                     &n_stripes, &per, &stripes_off, &colls_off, &access_off,
+                                     &index_off, &arena_off, &arena_bytes, &seed_obj, &coll,
+                                     &gen, &timeout_obj, &clock, &coerce_key, &timeout_exc,
+                                     &corrupt_exc, &write_fallback, &incr_fallback,
+                                     &expire_hook))
+        return -1;
+    if (n_stripes < 1 || n_stripes > 256 || (n_stripes & (n_stripes - 1))) {
+        PyErr_SetString(PyExc_ValueError, "n_stripes must be a power of two between 1 and 256");
+        return -1;
+    }
+    if (per < 1 || per > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "slots_per_stripe must be between 1 and 2**24");
+        return -1;
+    }
+    if (coll < 0 || coll > 0xFFFF || gen < 0 || gen > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "coll and gen must be between 0 and 65535");
+        return -1;
+    }
+    if (stripes_off < 0 || colls_off < 0 || index_off < 0 || access_off < 0 || arena_off < 0
+            || arena_bytes < ALIGN + MIN_BLOCK_BYTES
+            || (stripes_off | colls_off | index_off | arena_off) % ALIGN) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be >= 0, and those of the stripes, "
+                                          "the collections, the index and the arena multiples "
+                                          "of 8; arena_bytes must hold an entry");
+        return -1;
+    }
+    if (arena_bytes > ((Py_ssize_t)1 << 35)) {
+        PyErr_SetString(PyExc_ValueError, "arena_bytes is beyond what 32-bit refs address");
+        return -1;
+    }
+    unsigned long long seed = PyLong_AsUnsignedLongLong(seed_obj);
+    if (seed == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (PyBool_Check(timeout_obj) || !(PyLong_Check(timeout_obj) || PyFloat_Check(timeout_obj))) {
+        PyErr_SetString(PyExc_TypeError, "lock_timeout_s must be a number of seconds");
+        return -1;
+    }
+    double timeout_s = PyFloat_AsDouble(timeout_obj);
+    if (timeout_s == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(timeout_s > 0 && timeout_s <= 3600)) {
+        PyErr_SetString(PyExc_ValueError, "lock_timeout_s must be > 0 and at most an hour");
+        return -1;
+    }
+    if (!PyCallable_Check(clock) || !PyCallable_Check(coerce_key)
+            || !PyCallable_Check(write_fallback) || !PyCallable_Check(incr_fallback)
+            || !PyCallable_Check(expire_hook)) {
+        PyErr_SetString(PyExc_TypeError, "clock, coerce_key, write_fallback, incr_fallback and "
+                                         "expire_hook must be callable");
+        return -1;
+    }
+    if (!PyExceptionClass_Check(timeout_exc) || !PyExceptionClass_Check(corrupt_exc)) {
+        PyErr_SetString(PyExc_TypeError, "lock_timeout_exc and corrupt_exc must be exception "
+                                         "classes");
+        return -1;
+    }
+    PyObject *timeout_str = PyObject_Format(timeout_obj, NULL);
+    if (timeout_str) { /* as locks.py's f"{timeout_s:g}" */
+        PyObject *spec = PyUnicode_FromString("g");
+        Py_DECREF(timeout_str);
+        timeout_str = spec ? PyObject_Format(timeout_obj, spec) : NULL;
+        Py_XDECREF(spec);
+    }
+    if (!timeout_str)
+        return -1;
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(timeout_str);
+        return -1;
+    }
+    self->has_view = 1;
+    uint64_t len = (uint64_t)self->view.len;
+    uint64_t ns = (uint64_t)n_stripes, pp = (uint64_t)per;
+    const uint8_t *buf = (const uint8_t *)self->view.buf;
+    const char *bad = NULL;
+    if ((uintptr_t)buf % ALIGN)
+        bad = "buffer is not 8-byte aligned";
+    else if (len < H_ARENA_MUTEX + S_MUTEX_BYTES || ld32(buf + H_LAYOUT_VERSION) != LAYOUT_VERSION)
+        bad = "buffer is not a region of the layout version shmkv._core was built for";
+    else if (ld32(buf + H_LOCK_KIND) != LOCKS_ROBUST)
+        bad = "the region's locks are not robust mutexes (lock_kind is not LOCKS_ROBUST)";
+    else if ((uint64_t)stripes_off + ns * STRIPE_BYTES > len
+             || (uint64_t)colls_off + ((uint64_t)coll + 1) * COLLECTION_BYTES > len
+             || (uint64_t)access_off + ns * pp > len
+             || (uint64_t)index_off + ns * pp * 8 > len
+             || (uint64_t)arena_off + (uint64_t)arena_bytes > len)
+        bad = "layout does not fit in the buffer";
+    if (bad) {
+        writer_release(self);
+        Py_DECREF(timeout_str);
+        PyErr_SetString(PyExc_ValueError, bad);
+        return -1;
+    }
+    self->base = (uint8_t *)self->view.buf;
+    self->smask = ns - 1;
+    self->per = (uint32_t)per;
+    self->max_count = (uint32_t)((double)per * MAX_LOAD); /* int(per * L.MAX_LOAD) */
+    self->max_ref = (uint32_t)(((uint64_t)arena_bytes - ALIGN - MIN_BLOCK_BYTES) >> 3);
+    self->index_slots = ns * pp;
+    self->stripes_off = (uint64_t)stripes_off;
+    self->coll_rec_off = (uint64_t)colls_off + (uint64_t)coll * COLLECTION_BYTES;
+    self->access_off = (uint64_t)access_off;
+    self->index_off = (uint64_t)index_off;
+    self->arena_off = (uint64_t)arena_off;
+    self->arena_end = (uint64_t)arena_off + (uint64_t)arena_bytes;
+    self->seed = (uint64_t)seed;
+    self->hseed = (uint64_t)seed ^ (uint64_t)coll;
+    self->coll = (uint32_t)coll;
+    self->coll_hi = (uint32_t)coll << 16;
+    self->gen = (uint16_t)gen;
+    self->timeout_s = timeout_s;
+    self->timeout_str = timeout_str;
+    self->clock_is_time_ns = clock == time_ns_func;
+    self->clock = Py_NewRef(clock);
+    self->coerce_key = Py_NewRef(coerce_key);
+    self->timeout_exc = Py_NewRef(timeout_exc);
+    self->corrupt_exc = Py_NewRef(corrupt_exc);
+    self->write_fallback = Py_NewRef(write_fallback);
+    self->incr_fallback = Py_NewRef(incr_fallback);
+    self->expire_hook = Py_NewRef(expire_hook);
+    self->closed = 0;
+    return 0;
+}
+
+static int
+Writer_traverse(Writer *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->clock);
+    Py_VISIT(self->coerce_key);
+    Py_VISIT(self->timeout_exc);
+    Py_VISIT(self->corrupt_exc);
+    Py_VISIT(self->write_fallback);
+    Py_VISIT(self->incr_fallback);
+    Py_VISIT(self->expire_hook);
+    if (self->has_view)
+        Py_VISIT(self->view.obj);
+    return 0;
+}
+
+static int
+Writer_clear(Writer *self)
+{
+    self->closed = 1;
+    if (!self->inflight)
+        writer_release(self);
+    Py_CLEAR(self->timeout_str);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->coerce_key);
+    Py_CLEAR(self->timeout_exc);
+    Py_CLEAR(self->corrupt_exc);
+    Py_CLEAR(self->write_fallback);
+    Py_CLEAR(self->incr_fallback);
+    Py_CLEAR(self->expire_hook);
+    return 0;
+}
+
+static void
+Writer_dealloc(Writer *self)
+{
+    PyObject_GC_UnTrack(self);
+    Writer_clear(self);
+    writer_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    Writer *self = (Writer *)type->tp_alloc(type, 0);
+    if (self)
+        self->closed = 1; /* until __init__ succeeds */
+    return (PyObject *)self;
+}
+
+/* --- the methods ------------------------------------------------------------------------------ */
+static PyObject *
+call_write_fallback(Writer *self, PyObject *key, PyObject *value, PyObject *ttl,
+                    PyObject *version)
+{
+    self->fallbacks++;
+    PyObject *args[4] = {key, value, ttl, version};
+    return PyObject_Vectorcall(self->write_fallback, args, 4, NULL);
+}
+
+static PyObject *
+Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (parse_args(&set_sig, args, nargs, kwnames, a) < 0)
+        return NULL;
+    PyObject *key = a[0], *value = a[1], *ttl = a[2] ? a[2] : Py_None;
+    if (writer_enter(self) < 0)
+        return NULL;
+    wreq r;
+    r.op = W_SET;
+    r.writes = 0;
+    int rc = value_bytes(value, &r);
+    if (rc > 0)
+        rc = expiry(self, ttl, &r);
+    if (rc > 0)
+        rc = writer_run(self, key, &r);
+    PyObject *res = NULL;
+    if (rc == FAST_DONE) {
+        res = Py_NewRef(Py_None);
+    }
+    else if (rc == FAST_FALLBACK) {
+        res = call_write_fallback(self, key, value, ttl, Py_None);
+        if (res)
+            Py_SETREF(res, Py_NewRef(Py_None));
+    }
+    writer_leave(self);
+    return res;
+}
+
+static PyObject *
+Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[4];
+    if (parse_args(&cas_sig, args, nargs, kwnames, a) < 0)
+        return NULL;
+    PyObject *key = a[0], *value = a[1], *version = a[2], *ttl = a[3] ? a[3] : Py_None;
+    if (PyBool_Check(version) || !PyLong_Check(version)) { /* Cache.cas's own check */
+        PyErr_SetString(PyExc_TypeError, "version must be the int returned by get_with_version");
+        return NULL;
+    }
+    if (writer_enter(self) < 0)
+        return NULL;
+    wreq r;
+    r.op = W_CAS;
+    r.writes = 0;
+    int rc = 0;
+    if (PyLong_CheckExact(version)) {
+        r.version = PyLong_AsUnsignedLongLong(version);
+        if (r.version == (uint64_t)-1 && PyErr_Occurred())
+            PyErr_Clear(); /* negative or past u64: no entry has it; Python says so */
+        else
+            rc = 1;
+    }
+    if (rc > 0)
+        rc = value_bytes(value, &r);
+    if (rc > 0)
+        rc = expiry(self, ttl, &r);
+    if (rc > 0)
+        rc = writer_run(self, key, &r);
+    PyObject *res = NULL;
+    if (rc == FAST_DONE)
+        res = PyBool_FromLong(r.cas_ok);
+    else if (rc == FAST_FALLBACK)
+        res = call_write_fallback(self, key, value, ttl, version);
+    writer_leave(self);
+    return res;
+}
+
+static PyObject *
+Writer_incr(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[2];
+    if (parse_args(&incr_sig, args, nargs, kwnames, a) < 0)
+        return NULL;
+    PyObject *key = a[0];
+    PyObject *delta = a[1];
+    static PyObject *one;
+    if (!delta) {
+        if (!one && !(one = PyLong_FromLong(1)))
+            return NULL;
+        delta = one;
+    }
+    if (PyBool_Check(delta) || !PyLong_Check(delta)) { /* Cache.incr's own check */
+        PyErr_SetString(PyExc_TypeError, "delta must be an int");
+        return NULL;
+    }
+    if (writer_enter(self) < 0)
+        return NULL;
+    wreq r;
+    r.op = W_INCR;
+    r.writes = 0;
+    int rc = 0;
+    if (PyLong_CheckExact(delta)) {
+        int overflow;
+        r.delta = PyLong_AsLongLongAndOverflow(delta, &overflow);
+        rc = !overflow;
+    }
+    if (rc > 0)
+        rc = writer_run(self, key, &r);
+    PyObject *res = NULL;
+    if (rc == FAST_DONE) {
+        res = PyLong_FromLongLong(r.result);
+    }
+    else if (rc == FAST_FALLBACK) {
+        self->fallbacks++;
+        PyObject *fargs[2] = {key, delta};
+        res = PyObject_Vectorcall(self->incr_fallback, fargs, 2, NULL);
+    }
+    writer_leave(self);
+    return res;
+}
+
+static PyObject *
+Writer_close(Writer *self, PyObject *Py_UNUSED(ignored))
+{
+    self->closed = 1;
+    if (!self->inflight)
+        writer_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Writer_take_counts(Writer *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *res = Py_BuildValue("(KKK)", (unsigned long long)self->fast,
+                                  (unsigned long long)self->fallbacks,
+                                  (unsigned long long)self->expire_calls);
+    if (res)
+        self->fast = self->fallbacks = self->expire_calls = 0;
+    return res;
+}
+
+static PyObject *
+Writer_get_closed(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+Writer_get_fast(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->fast);
+}
+
+static PyObject *
+Writer_get_fallbacks(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->fallbacks);
+}
+
+static PyObject *
+Writer_get_expire_calls(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->expire_calls);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
+     "set(key, value, ttl_s=None): Cache.set; in place in C, else write_fallback."},
+    {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
+     "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
+    {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
+     "incr(key, delta=1): Cache.incr; in place in C, else incr_fallback."},
+    {"take_counts", (PyCFunction)Writer_take_counts, METH_NOARGS,
+     "take_counts(): (calls done in C, calls handed to the fallbacks, expire_hook calls) "
+     "since the last call, then zeroed."},
+    {"close", (PyCFunction)Writer_close, METH_NOARGS,
+     "close(): release the buffer (once no call is in flight); idempotent."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Writer_getset[] = {
+    {"closed", (getter)Writer_get_closed, NULL, "True once close() was called", NULL},
+    {"fast", (getter)Writer_get_fast, NULL, "calls done in C, not yet taken", NULL},
+    {"fallbacks", (getter)Writer_get_fallbacks, NULL,
+     "calls handed to the fallbacks, not yet taken", NULL},
+    {"expire_calls", (getter)Writer_get_expire_calls, NULL,
+     "expire_hook calls, not yet taken", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmkv._core.Writer",
+    .tp_doc = PyDoc_STR(
+        "Writer(buffer, n_stripes, slots_per_stripe, stripes_offset, collections_offset, "
+        "access_offset, index_offset, arena_offset, arena_bytes, seed, coll, gen, "
+        "lock_timeout_s, clock, coerce_key, lock_timeout_exc, corrupt_exc, write_fallback, "
+        "incr_fallback, expire_hook)\n\n"
+        "The in-place write path of one Cache handle (set, cas, incr) over a region's writable "
+        "buffer, which it holds until close(); every other case goes to the fallbacks: "
+        "write_fallback(key, value, ttl_s, if_version) (Cache._write) and "
+        "incr_fallback(key, delta) (Cache.incr's Python body). expire_hook() runs the expiry "
+        "pass when the writer's sampling saw an expired entry."),
+    .tp_basicsize = sizeof(Writer),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Writer_new,
+    .tp_init = (initproc)Writer_init,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_traverse = (traverseproc)Writer_traverse,
+    .tp_clear = (inquiry)Writer_clear,
+    .tp_methods = Writer_methods,
+    .tp_getset = Writer_getset,
+};
