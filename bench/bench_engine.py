@@ -90,8 +90,9 @@ def lmdb_map_size(n: int, key_bytes: int, value_bytes: int) -> int:
 
 def open_lmdb(path: str, map_size: int) -> Any:
     # sync/metasync off: no fsync per commit, so LMDB is a memory cache like shmkv, not a
-    # durable store. Both processes must open it with the same flags.
-    return lmdb.open(path, map_size=map_size, sync=False, metasync=False)
+    # durable store; writemap: writes go straight to the map, LMDB's fastest put (measured
+    # here: ~1.3 us against ~5 us without). Both processes must open it with the same flags.
+    return lmdb.open(path, map_size=map_size, sync=False, metasync=False, writemap=True)
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -450,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if lmdb:
         notes += [
-            "LMDB opened with sync=False, metasync=False (durability off, no fsync per commit) "
+            "LMDB opened with sync=False, metasync=False, writemap=True (durability off, no fsync "
+            "per commit, writes straight to the map: its fastest put) "
             f"in a directory on {'tmpfs' if shm else 'the temp filesystem'}, to make it a "
             "like-for-like memory cache.",
             "lmdb 'reused read txn': one read txn for the whole pass; it reads a stale snapshot "

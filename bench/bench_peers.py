@@ -638,10 +638,11 @@ def general_notes(p: Params, res: dict[str, Any], skipped: list[str]) -> list[st
         f"start gap between two of them was {res['start_skew_us']:,.0f} µs. Each reads "
         "perf_counter_ns (CLOCK_MONOTONIC: one clock for all processes) after every batch "
         f"(1 op for round-trip systems, {p.batch} ops for the others).",
-        "py-lmdb: sync=False, metasync=False (no fsync per commit), env on tmpfs, a txn per "
-        "op (one extra Python function per op, ~30-40 ns); Redis: --save '' --appendonly no; "
-        "memcached: pymemcache with noreply off (a set waits for the server's reply). All "
-        "servers on unix sockets in a private temp dir, started and stopped by this script.",
+        "py-lmdb: sync=False, metasync=False, writemap=True (no fsync per commit), env on "
+        "tmpfs, a txn per op (one extra Python function per op, ~30-40 ns); Redis: --save '' "
+        "--appendonly no; memcached: pymemcache with noreply off (a set waits for the "
+        "server's reply). All servers on unix sockets in a private temp dir, started and "
+        "stopped by this script.",
         f"Redis parser: {peers.redis_parser()}. dict: a plain in-process dict, the floor for "
         "a Python call; single-process workloads only.",
         f"Seeded: --seed {p.seed} (keys, values, orders, Zipf draws). Every pass of workload 1 "

@@ -107,7 +107,8 @@ class LmdbClient(Client):
     def __init__(self, path: str, map_bytes: int) -> None:
         # sync/metasync off: no fsync per commit, so LMDB is a memory cache like shmkv, not a
         # durable store. Every process must open it with the same flags.
-        self._env = lmdb.open(path, map_size=map_bytes, sync=False, metasync=False)
+        self._env = lmdb.open(path, map_size=map_bytes, sync=False, metasync=False,
+                              writemap=True)
         begin = self._env.begin
 
         def get(key: bytes) -> bytes | None:
