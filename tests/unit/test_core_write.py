@@ -1421,7 +1421,8 @@ def test_a_reader_never_sees_a_torn_value_while_a_writer_rewrites_in_place(cache
         [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]))
     writer = subprocess.Popen([sys.executable, "-c", _TORN_WRITER, region.name,
                                os.path.dirname(__file__), str(TORN_LENGTH)],
-                              stdout=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=os.path.dirname(__file__))  # not the checkout: CI installs
     try:
         assert writer.stdout is not None
         assert writer.stdout.readline().strip() == "ready"
