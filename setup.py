@@ -21,6 +21,7 @@ setup(
             sources=[
                 f"{CORE_SRC}/module.c",
                 f"{CORE_SRC}/reader.c",
+                f"{CORE_SRC}/batch.c",
                 f"{CORE_SRC}/writer.c",
                 f"{CORE_SRC}/fastpath.c",
                 f"{CORE_SRC}/lock.c",

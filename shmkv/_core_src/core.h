@@ -126,6 +126,33 @@ SHMKV_INTERNAL extern pid_t writer_pid;       /* getpid(), refreshed in a forked
 SHMKV_INTERNAL extern PyTypeObject ReaderType;
 SHMKV_INTERNAL extern PyTypeObject WriterType;
 
+/* --- the Reader (reader.c; its get_many is batch.c) ------------------------------------------ */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view;        /* view holds the buffer: released by the last user after close() */
+    int closed;
+    Py_ssize_t inflight; /* method calls in progress (one may have released the GIL) */
+    uint8_t *base;
+    uint64_t smask;      /* n_stripes - 1 */
+    uint32_t per;        /* slots_per_stripe */
+    uint64_t stripes_off, index_off, access_off, arena_off, arena_end;
+    uint64_t seed;       /* region seed ^ collection */
+    uint32_t coll_hi;    /* collection << 16 */
+    int clock_is_time_ns;
+    PyObject *clock, *coerce_key, *wait_writer, *corrupt_exc;
+    uint64_t hits, misses;
+} Reader;
+
+enum want { WANT_CONTAINS, WANT_VALUE, WANT_VERSIONED };
+
+/* The read of one key, already coerced and hashed (h: xxh3_64 with self->seed): 1 on a hit
+ * (*out: a new reference), 0 on a miss, -1 on error; counts it, as get does (reader.c). */
+SHMKV_INTERNAL int reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen,
+                                      uint64_t h, enum want want, PyObject **out);
+/* get_many's body, called between reader_enter and reader_leave (batch.c) */
+SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys);
+
 /* --- hashing (hash.c) ------------------------------------------------------------------------ */
 /* XXH3_64bits_withSeed of the vendored xxHash */
 SHMKV_INTERNAL uint64_t xxh3_64(const void *data, size_t len, uint64_t seed);

@@ -19,24 +19,7 @@ cpu_relax(void)
 #endif
 }
 
-/* --- the Reader type -------------------------------------------------------------------- */
-typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    int has_view;        /* view holds the buffer: released by the last user after close() */
-    int closed;
-    Py_ssize_t inflight; /* method calls in progress (one may have released the GIL) */
-    uint8_t *base;
-    uint64_t smask;      /* n_stripes - 1 */
-    uint32_t per;        /* slots_per_stripe */
-    uint64_t stripes_off, index_off, access_off, arena_off, arena_end;
-    uint64_t seed;       /* region seed ^ collection */
-    uint32_t coll_hi;    /* collection << 16 */
-    int clock_is_time_ns;
-    PyObject *clock, *coerce_key, *wait_writer, *corrupt_exc;
-    uint64_t hits, misses;
-} Reader;
-
+/* --- the Reader type (its struct is in core.h) ------------------------------------------ */
 static void
 reader_release(Reader *self)
 {
@@ -253,22 +236,15 @@ call_wait_writer(Reader *self, Py_ssize_t spins, uint64_t stripe)
     return n;
 }
 
-enum want { WANT_CONTAINS, WANT_VALUE, WANT_VERSIONED };
-
-/* Read key consistently. Returns 1 on a hit (*out: new reference to the value, the
- * (value, version) tuple, or Py_True for WANT_CONTAINS), 0 on a miss, -1 on error. Counts the
- * hit or miss and marks the slot's access byte on a hit, like the pure-Python Reader. */
-static int
-reader_read(Reader *self, PyObject *key_obj, enum want want, PyObject **out)
+/* Read the key of bytes key[:klen], whose xxh3_64 with self->seed is h, consistently.
+ * Returns 1 on a hit (*out: new reference to the value, the (value, version) tuple, or Py_True
+ * for WANT_CONTAINS), 0 on a miss, -1 on error. Counts the hit or miss and marks the slot's
+ * access byte on a hit, like the pure-Python Reader. */
+static inline __attribute__((always_inline)) int
+read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum want want,
+            PyObject **out)
 {
-    const char *key;
-    Py_ssize_t klen;
-    PyObject *owned;
-    if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
-        return -1;
-
     uint8_t *const base = self->base;
-    const uint64_t h = xxh3_64(key, (size_t)klen, self->seed);
     const uint64_t stripe = h & self->smask;
     const uint32_t tag = (uint32_t)(h >> 32);
     const uint32_t per = self->per;
@@ -383,6 +359,27 @@ reader_read(Reader *self, PyObject *key_obj, enum want want, PyObject **out)
         }
     }
 done:
+    return rc;
+}
+
+/* read_hashed, for get_many (batch.c), which coerces and hashes its keys ahead */
+int
+reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum want want,
+                   PyObject **out)
+{
+    return read_hashed(self, key, klen, h, want, out);
+}
+
+/* read_hashed of key as given: coerced (the handle's errors) and hashed */
+static int
+reader_read(Reader *self, PyObject *key_obj, enum want want, PyObject **out)
+{
+    const char *key;
+    Py_ssize_t klen;
+    PyObject *owned;
+    if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
+        return -1;
+    int rc = read_hashed(self, key, klen, xxh3_64(key, (size_t)klen, self->seed), want, out);
     Py_XDECREF(owned);
     return rc;
 }
@@ -459,28 +456,9 @@ Reader_get_many(Reader *self, PyObject *keys)
 {
     if (reader_enter(self) < 0)
         return NULL;
-    PyObject *result = NULL, *it = NULL, *key;
-    PyObject *dict = PyDict_New();
-    if (!dict || !(it = PyObject_GetIter(keys)))
-        goto out;
-    while ((key = PyIter_Next(it))) {
-        PyObject *found = NULL;
-        int rc = reader_read(self, key, WANT_VALUE, &found);
-        if (rc > 0) {
-            rc = PyDict_SetItem(dict, key, found);
-            Py_DECREF(found);
-        }
-        Py_DECREF(key);
-        if (rc < 0)
-            goto out;
-    }
-    if (!PyErr_Occurred())
-        result = Py_NewRef(dict);
-out:
-    Py_XDECREF(it);
-    Py_XDECREF(dict);
+    PyObject *found = reader_get_many(self, keys); /* batch.c */
     reader_leave(self);
-    return result;
+    return found;
 }
 
 static PyObject *

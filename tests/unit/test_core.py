@@ -6,6 +6,7 @@ layout.py's."""
 from __future__ import annotations
 
 import gc
+import os
 import random
 import subprocess
 import sys
@@ -336,6 +337,105 @@ def test_get_many_keeps_keys_as_given_and_skips_misses(cache, readers, reference
     assert r.get_many([bytearray(b"missing")]) == {}
 
 
+def _stripes_of(c: shmkv.Cache, keys: list) -> set[int]:
+    lay = c._region.layout
+    return {xxh3_64(key_bytes(k), c._region.seed ^ c._coll) & (lay.n_stripes - 1) for k in keys}
+
+
+def _read_many_both(c: shmkv.Cache, readers, keys_of: Callable[[], object]) -> object:
+    """get_many through the compiled and the pure reader: the results (or the errors), the
+    counts and the access bytes marked, which must all be the same."""
+    if PureReader is None:
+        pytest.skip("this tree has no pure-Python Reader to compare with")
+    lay, mm = c._region.layout, c._region.mm
+    area = slice(lay.access_offset, lay.access_offset + lay.index_slots)
+    outcome = []
+    for engine in (None, PureReader):
+        r = readers(c, engine=engine)
+        mm[area] = bytes(lay.index_slots)
+        try:
+            got: object = r.get_many(keys_of())
+        except Exception as exc:  # noqa: BLE001 - compared between the engines
+            got = (type(exc), str(exc))
+        outcome.append((got, r.take_counts(), bytes(mm[area])))
+    assert outcome[0] == outcome[1]
+    return outcome[0][0]
+
+
+@pytest.mark.parametrize("n", [31, 32, 33, 64, 65, 100, 257])
+def test_get_many_of_batches_larger_than_a_group(cache, readers, n) -> None:
+    keys = [f"k{i}" for i in range(n)]
+    for i, k in enumerate(keys[::2]):
+        cache.set(k, b"v%d" % i * (i % 7))
+    batch = keys + keys[::3] + [b"k0", "absent"]  # duplicates, bytes and str, misses
+    random.Random(n).shuffle(batch)
+    got = _read_many_both(cache, readers, lambda: batch)
+    assert got == {k: cache.get(k) for k in batch if cache.get(k) is not None}
+    assert list(got) == list(dict.fromkeys(k for k in batch if k in got))  # the keys' order
+    assert _read_many_both(cache, readers, lambda: iter(batch)) == got
+    assert _read_many_both(cache, readers, lambda: tuple(batch)) == got
+
+
+def test_get_many_mixes_present_absent_and_expired_keys_across_stripes_and_collections(
+        cache, readers, fake_clock) -> None:
+    rng = random.Random(5)
+    handles = [cache, cache.collection("users"), cache.collection("other")]
+    keys = [f"key{i}" for i in range(120)]
+    for h in handles:
+        for k in rng.sample(keys, 80):
+            h.set(k, rng.randbytes(rng.choice([0, 1, 100, 3000])),
+                  ttl_s=rng.choice([None, None, 1, 5]))
+    fake_clock.advance(2)  # the 1 s ones expire, the 5 s ones do not
+    batch = keys + rng.choices(keys, k=80)
+    rng.shuffle(batch)
+    assert len(_stripes_of(cache, batch)) == cache._region.layout.n_stripes > 1
+    for h in handles:
+        got = _read_many_both(h, readers, lambda: batch)
+        assert got == {k: h.get(k) for k in batch if h.get(k) is not None}
+        assert 0 < len(got) < len(set(batch))
+
+
+@pytest.mark.parametrize("at", [0, 5, 31, 32, 50, 99])
+@pytest.mark.parametrize("bad", [1, None, "\ud800", b"x" * (L.MAX_KEY_BYTES + 1)])
+def test_a_bad_key_in_a_batch_raises_what_get_raises_after_the_keys_before_it(
+        cache, readers, at, bad) -> None:
+    keys: list[object] = [f"k{i}" for i in range(100)]
+    for k in keys[::2]:
+        cache.set(k, b"v")
+    expected = _error(lambda: readers().get(bad))
+    batch = keys[:at] + [bad] + keys[at:]
+    # the same error, with the keys before it read and counted (their access bytes marked)
+    # and none after it, as the pure reader's loop does
+    assert _read_many_both(cache, readers, lambda: batch) == expected
+    assert _read_many_both(cache, readers, lambda: (k for k in batch)) == expected
+    r = readers()
+    with pytest.raises(expected[0]):
+        r.get_many(batch)
+    assert sum(r.take_counts()) == at
+
+
+@pytest.mark.parametrize("at", [0, 7, 32, 70])
+def test_an_iterator_that_raises_mid_batch_raises_after_the_keys_before_it(
+        cache, readers, at) -> None:
+    keys = [f"k{i}" for i in range(100)]
+    for k in keys[::3]:
+        cache.set(k, b"v")
+
+    def gen() -> Iterator[str]:
+        yield from keys[:at]
+        raise RuntimeError("keys ran dry")
+
+    assert _read_many_both(cache, readers, gen) == (RuntimeError, "keys ran dry")
+
+
+def test_get_many_of_a_generator_of_keys(cache, readers) -> None:
+    for i in range(0, 300, 3):
+        cache.set(f"k{i}", str(i).encode())
+    got = _read_many_both(cache, readers, lambda: (f"k{i}" for i in range(300)))
+    assert got == {f"k{i}": str(i).encode() for i in range(0, 300, 3)}
+    assert _read_many_both(cache, readers, lambda: (k for k in [])) == {}
+
+
 def test_hits_and_misses_are_counted_once_per_read(cache, readers, reference,
                                                   fake_clock) -> None:
     r, ref = readers(), reference()
@@ -595,7 +695,8 @@ def test_a_reader_never_returns_a_torn_value_while_another_process_overwrites(
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, big_cache._region.name,
          ",".join(map(str, TORN_LENGTHS))],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(__file__))  # the installed shmkv, not the checkout's (CI installs)
     try:
         assert writer.stdout is not None
         assert writer.stdout.readline().strip() == "ready"
