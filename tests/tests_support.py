@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import subprocess
+import time
 import urllib.request
 import uuid
 
@@ -61,6 +63,40 @@ def is_whole(key: str, value: bytes) -> bool:
         return False
     writer, seq = int(parts[1]), int(parts[2])
     return value == patterned(key, writer, seq, len(value))
+
+
+def torn_reads(writer: subprocess.Popen, stop, get, lengths, reads: int,
+               min_reads: int | None = None, seconds: float = 0.0) -> tuple[str, list, set, int]:
+    """Read get() back to back while the writer process rewrites the value: once it has
+    printed "ready", `reads` times, or, given min_reads, at least min_reads times and then only
+    until `seconds` have passed; then stop() it and wait for it to exit (0) with its report,
+    killing it if anything failed. (its output, torn, seen, reads done): torn, (length, sorted
+    distinct bytes) of each value that is not one byte repeated to one of `lengths`; seen, the
+    first bytes of all values read."""
+    if min_reads is None:
+        min_reads = reads
+    torn: list = []
+    seen: set = set()
+    done = 0
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(0.05)
+        deadline = time.monotonic() + seconds
+        while done < reads and (done < min_reads or time.monotonic() < deadline):
+            done += 1
+            v = get()
+            if len(v) not in lengths or v != v[:1] * len(v):
+                torn.append((len(v), sorted(set(v))))
+            seen.add(v[:1])
+        stop()
+        out, _ = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0
+    return out, torn, seen, done
 
 
 def run_workers(target, args_list: list[tuple]) -> list:

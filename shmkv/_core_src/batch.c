@@ -82,7 +82,7 @@ unstash(Stashed *s, int raise)
 static inline void
 prefetch_entry(const Reader *self, Pending *p)
 {
-    const uint8_t *const base = self->base;
+    const uint8_t *const base = self->map.base;
     const uint64_t stripe = p->h & self->smask;
     const uint32_t tag = (uint32_t)(p->h >> 32), per = self->per;
     const uint8_t *const slots = base + self->index_off + stripe * per * 8;
@@ -114,7 +114,7 @@ prefetch_value(const Reader *self, const Pending *p)
 {
     if (!p->at)
         return;
-    const uint8_t *const base = self->base;
+    const uint8_t *const base = self->map.base;
     const uint64_t off = p->at - ENTRY_HEADER_BYTES - (uint64_t)p->len;
     uint64_t end = p->at + ld32(base + off + E_VALUE_LEN);
     if (end > p->at + BATCH_VALUE_BYTES)
@@ -151,7 +151,7 @@ reader_get_many(Reader *self, PyObject *keys)
             }
             p->h = xxh3_64(p->data, (size_t)p->len, self->seed);
             const uint64_t stripe = p->h & self->smask;
-            __builtin_prefetch(self->base + self->index_off
+            __builtin_prefetch(self->map.base + self->index_off
                                + (stripe * self->per + (uint32_t)(p->h >> 32) % self->per) * 8);
             n++;
         }

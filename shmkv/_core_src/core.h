@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -122,6 +123,27 @@ _Static_assert(S_MUTEX % _Alignof(pthread_mutex_t) == 0 && H_ARENA_MUTEX % 64 ==
 SHMKV_INTERNAL extern PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
 SHMKV_INTERNAL extern pid_t writer_pid;       /* getpid(), refreshed in a forked child */
 
+/* --- the borrowed mapping that both types hold (the helpers are below) ----------------------- */
+/* A Py_buffer on the region's mmap, taken at __init__ and held until close(). A close() while
+ * a method call is in flight (from another thread while the call has released the GIL, or from
+ * a callback the call makes) only marks the object closed: the last call leaving releases the
+ * buffer, so that no call reads memory that is no longer held. */
+typedef struct {
+    Py_buffer view;
+    int has_view;        /* view holds the buffer: released by the last user after close() */
+    int closed;
+    Py_ssize_t inflight; /* method calls in progress (one may have released the GIL) */
+    uint8_t *base;       /* view.buf while it is held, else NULL */
+} MappedView;
+
+/* What the Reader and the Writer begin with, so that their tp_new, tp_dealloc and `closed`
+ * getter can be shared (each type checks with _Static_assert that its map is where this one's
+ * is). */
+typedef struct {
+    PyObject_HEAD
+    MappedView map;
+} MappedObject;
+
 /* --- the two types (reader.c, writer.c), which module init readies and adds ----------------- */
 SHMKV_INTERNAL extern PyTypeObject ReaderType;
 SHMKV_INTERNAL extern PyTypeObject WriterType;
@@ -129,11 +151,7 @@ SHMKV_INTERNAL extern PyTypeObject WriterType;
 /* --- the Reader (reader.c; its get_many is batch.c) ------------------------------------------ */
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
-    int has_view;        /* view holds the buffer: released by the last user after close() */
-    int closed;
-    Py_ssize_t inflight; /* method calls in progress (one may have released the GIL) */
-    uint8_t *base;
+    MappedView map;      /* first, as in every MappedObject */
     uint64_t smask;      /* n_stripes - 1 */
     uint32_t per;        /* slots_per_stripe */
     uint64_t stripes_off, index_off, access_off, arena_off, arena_end;
@@ -150,7 +168,7 @@ enum want { WANT_CONTAINS, WANT_VALUE, WANT_VERSIONED };
  * (*out: a new reference), 0 on a miss, -1 on error; counts it, as get does (reader.c). */
 SHMKV_INTERNAL int reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen,
                                       uint64_t h, enum want want, PyObject **out);
-/* get_many's body, called between reader_enter and reader_leave (batch.c) */
+/* get_many's body, called between mapped_enter and mapped_leave (batch.c) */
 SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys);
 
 /* --- hashing (hash.c) ------------------------------------------------------------------------ */
@@ -255,6 +273,100 @@ key_bytes(PyObject *coerce_key, PyObject *key, const char **data, Py_ssize_t *le
     *len = PyBytes_GET_SIZE(b);
     *owned = b;
     return 0;
+}
+
+/* --- the borrowed mapping (MappedView) -------------------------------------------------------- */
+
+/* Take the buffer of obj (writable: PyBUF_WRITABLE, else read-only) into m: 0, or -1 with an
+ * exception set. The caller checks the buffer, and releases it with mapped_release if it is
+ * not the region it wants; m stays closed until the caller's __init__ sets closed = 0. */
+static inline int
+mapped_acquire(MappedView *m, PyObject *obj, int writable)
+{
+    if (PyObject_GetBuffer(obj, &m->view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        return -1;
+    m->has_view = 1;
+    m->base = (uint8_t *)m->view.buf;
+    return 0;
+}
+
+/* Give the buffer back, if it is held (idempotent). Only when no call is in flight. */
+static inline void
+mapped_release(MappedView *m)
+{
+    if (m->has_view) {
+        m->has_view = 0;
+        m->base = NULL;
+        PyBuffer_Release(&m->view);
+    }
+}
+
+/* Before a method call uses the buffer: 0, or -1 with ValueError("closed"). */
+static inline int
+mapped_enter(MappedView *m)
+{
+    if (m->closed) {
+        PyErr_SetString(PyExc_ValueError, "closed");
+        return -1;
+    }
+    m->inflight++;
+    return 0;
+}
+
+/* After a method call that mapped_enter let in: the last one out after a close() releases. */
+static inline void
+mapped_leave(MappedView *m)
+{
+    if (--m->inflight == 0 && m->closed)
+        mapped_release(m);
+}
+
+/* close(), tp_clear: closed from now on; the buffer is released at once if no call is in
+ * flight, else the last call in flight releases it (mapped_leave). Idempotent. */
+static inline void
+mapped_close(MappedView *m)
+{
+    m->closed = 1;
+    if (!m->inflight)
+        mapped_release(m);
+}
+
+/* tp_traverse's part for the buffer's exporter */
+static inline int
+mapped_traverse(MappedView *m, visitproc visit, void *arg)
+{
+    if (m->has_view)
+        Py_VISIT(m->view.obj);
+    return 0;
+}
+
+/* tp_new of a MappedObject type: closed until __init__ succeeds */
+static inline PyObject *
+mapped_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    MappedObject *self = (MappedObject *)type->tp_alloc(type, 0);
+    if (self)
+        self->map.closed = 1; /* until __init__ succeeds */
+    return (PyObject *)self;
+}
+
+/* tp_dealloc of a MappedObject type, whose tp_clear closes the map */
+static inline void
+mapped_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_TYPE(self)->tp_clear(self);
+    mapped_release(&((MappedObject *)self)->map);
+    Py_TYPE(self)->tp_free(self);
+}
+
+/* the `closed` getter of a MappedObject type */
+static inline PyObject *
+mapped_get_closed(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((MappedObject *)self)->map.closed);
 }
 
 #endif /* SHMKV_CORE_H */

@@ -144,7 +144,7 @@ format_decimal(int64_t v, char *buf)
 static int
 writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
 {
-    uint8_t *const base = self->base;
+    uint8_t *const base = self->map.base;
     const uint64_t stripe = h & self->smask;
     uint8_t *const rec = base + self->stripes_off + stripe * STRIPE_BYTES;
     pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(rec + S_MUTEX);
@@ -295,7 +295,7 @@ release:
 static int
 writer_expiry_sample(Writer *self)
 {
-    uint8_t *const base = self->base;
+    uint8_t *const base = self->map.base;
     const uint64_t total = self->index_slots;
     uint64_t now;
     int rc = writer_now(self, &now);

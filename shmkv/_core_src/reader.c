@@ -20,33 +20,8 @@ cpu_relax(void)
 }
 
 /* --- the Reader type (its struct is in core.h) ------------------------------------------ */
-static void
-reader_release(Reader *self)
-{
-    if (self->has_view) {
-        self->has_view = 0;
-        self->base = NULL;
-        PyBuffer_Release(&self->view);
-    }
-}
-
-static inline int
-reader_enter(Reader *self)
-{
-    if (self->closed) {
-        PyErr_SetString(PyExc_ValueError, "closed");
-        return -1;
-    }
-    self->inflight++;
-    return 0;
-}
-
-static inline void
-reader_leave(Reader *self)
-{
-    if (--self->inflight == 0 && self->closed)
-        reader_release(self);
-}
+_Static_assert(offsetof(Reader, map) == offsetof(MappedObject, map),
+               "a Reader is a MappedObject");
 
 static int
 Reader_init(Reader *self, PyObject *args, PyObject *kwds)
@@ -58,7 +33,7 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     PyObject *buffer, *seed_obj, *clock, *coerce_key, *wait_writer, *corrupt_exc;
     Py_ssize_t n_stripes, per, stripes_off, index_off, access_off, arena_off, arena_bytes, coll;
 
-    if (self->has_view || self->clock) {
+    if (self->map.has_view || self->clock) {
         PyErr_SetString(PyExc_TypeError, "Reader is already initialised");
         return -1;
     }
@@ -97,16 +72,15 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "corrupt_exc must be an exception class");
         return -1;
     }
-    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+    if (mapped_acquire(&self->map, buffer, 1) < 0)
         return -1;
-    self->has_view = 1;
-    uint64_t len = (uint64_t)self->view.len;
+    uint64_t len = (uint64_t)self->map.view.len;
     uint64_t ns = (uint64_t)n_stripes, pp = (uint64_t)per;
     const char *bad = NULL;
-    if ((uintptr_t)self->view.buf % ALIGN)
+    if ((uintptr_t)self->map.base % ALIGN)
         bad = "buffer is not 8-byte aligned";
     else if (len < H_LAYOUT_VERSION + 4
-             || ld32((uint8_t *)self->view.buf + H_LAYOUT_VERSION) != LAYOUT_VERSION)
+             || ld32(self->map.base + H_LAYOUT_VERSION) != LAYOUT_VERSION)
         bad = "buffer is not a region of the layout version shmkv._core was built for";
     else if ((uint64_t)stripes_off + ns * STRIPE_BYTES > len
              || (uint64_t)access_off + ns * pp > len
@@ -114,11 +88,10 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
              || (uint64_t)arena_off + (uint64_t)arena_bytes > len)
         bad = "layout does not fit in the buffer";
     if (bad) {
-        reader_release(self);
+        mapped_release(&self->map);
         PyErr_SetString(PyExc_ValueError, bad);
         return -1;
     }
-    self->base = (uint8_t *)self->view.buf;
     self->smask = ns - 1;
     self->per = (uint32_t)per;
     self->stripes_off = (uint64_t)stripes_off;
@@ -137,7 +110,7 @@ Reader_init(Reader *self, PyObject *args, PyObject *kwds)
     self->wait_writer = wait_writer;
     Py_INCREF(corrupt_exc);
     self->corrupt_exc = corrupt_exc;
-    self->closed = 0;
+    self->map.closed = 0;
     return 0;
 }
 
@@ -148,42 +121,18 @@ Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->coerce_key);
     Py_VISIT(self->wait_writer);
     Py_VISIT(self->corrupt_exc);
-    if (self->has_view)
-        Py_VISIT(self->view.obj);
-    return 0;
+    return mapped_traverse(&self->map, visit, arg);
 }
 
 static int
 Reader_clear(Reader *self)
 {
-    self->closed = 1;
-    if (!self->inflight)
-        reader_release(self);
+    mapped_close(&self->map);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->coerce_key);
     Py_CLEAR(self->wait_writer);
     Py_CLEAR(self->corrupt_exc);
     return 0;
-}
-
-static void
-Reader_dealloc(Reader *self)
-{
-    PyObject_GC_UnTrack(self);
-    Reader_clear(self);
-    reader_release(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    (void)args;
-    (void)kwds;
-    Reader *self = (Reader *)type->tp_alloc(type, 0);
-    if (self)
-        self->closed = 1; /* until __init__ succeeds */
-    return (PyObject *)self;
 }
 
 /* --- the read ----------------------------------------------------------------------------- */
@@ -244,7 +193,7 @@ static inline __attribute__((always_inline)) int
 read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum want want,
             PyObject **out)
 {
-    uint8_t *const base = self->base;
+    uint8_t *const base = self->map.base;
     const uint64_t stripe = h & self->smask;
     const uint32_t tag = (uint32_t)(h >> 32);
     const uint32_t per = self->per;
@@ -412,11 +361,11 @@ Reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         PyErr_SetString(PyExc_TypeError, "get() missing required argument 'key'");
         return NULL;
     }
-    if (reader_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
     int rc = reader_read(self, key, WANT_VALUE, &found);
-    reader_leave(self);
+    mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
     if (rc == 0)
@@ -427,11 +376,11 @@ Reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
 static PyObject *
 Reader_get_with_version(Reader *self, PyObject *key)
 {
-    if (reader_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
     int rc = reader_read(self, key, WANT_VERSIONED, &found);
-    reader_leave(self);
+    mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
     return rc ? found : Py_NewRef(Py_None);
@@ -440,11 +389,11 @@ Reader_get_with_version(Reader *self, PyObject *key)
 static PyObject *
 Reader_contains(Reader *self, PyObject *key)
 {
-    if (reader_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
     int rc = reader_read(self, key, WANT_CONTAINS, &found);
-    reader_leave(self);
+    mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
     Py_XDECREF(found);
@@ -454,10 +403,10 @@ Reader_contains(Reader *self, PyObject *key)
 static PyObject *
 Reader_get_many(Reader *self, PyObject *keys)
 {
-    if (reader_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = reader_get_many(self, keys); /* batch.c */
-    reader_leave(self);
+    mapped_leave(&self->map);
     return found;
 }
 
@@ -474,9 +423,7 @@ Reader_take_counts(Reader *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Reader_close(Reader *self, PyObject *Py_UNUSED(ignored))
 {
-    self->closed = 1;
-    if (!self->inflight)
-        reader_release(self); /* else the last call in flight releases it */
+    mapped_close(&self->map);
     Py_RETURN_NONE;
 }
 
@@ -490,12 +437,6 @@ static PyObject *
 Reader_get_misses(Reader *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromUnsignedLongLong(self->misses);
-}
-
-static PyObject *
-Reader_get_closed(Reader *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->closed);
 }
 
 static PyMethodDef Reader_methods[] = {
@@ -517,7 +458,7 @@ static PyMethodDef Reader_methods[] = {
 static PyGetSetDef Reader_getset[] = {
     {"hits", (getter)Reader_get_hits, NULL, "hits not yet taken by take_counts()", NULL},
     {"misses", (getter)Reader_get_misses, NULL, "misses not yet taken by take_counts()", NULL},
-    {"closed", (getter)Reader_get_closed, NULL, "True once close() was called", NULL},
+    {"closed", (getter)mapped_get_closed, NULL, "True once close() was called", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -533,9 +474,9 @@ PyTypeObject ReaderType = {
     .tp_basicsize = sizeof(Reader),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = Reader_new,
+    .tp_new = mapped_new,
     .tp_init = (initproc)Reader_init,
-    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_dealloc = mapped_dealloc,
     .tp_traverse = (traverseproc)Reader_traverse,
     .tp_clear = (inquiry)Reader_clear,
     .tp_methods = Reader_methods,

@@ -39,33 +39,8 @@
  */
 
 /* --- the object ------------------------------------------------------------------------------- */
-static void
-writer_release(Writer *self)
-{
-    if (self->has_view) {
-        self->has_view = 0;
-        self->base = NULL;
-        PyBuffer_Release(&self->view);
-    }
-}
-
-static inline int
-writer_enter(Writer *self)
-{
-    if (self->closed) {
-        PyErr_SetString(PyExc_ValueError, "closed");
-        return -1;
-    }
-    self->inflight++;
-    return 0;
-}
-
-static inline void
-writer_leave(Writer *self)
-{
-    if (--self->inflight == 0 && self->closed)
-        writer_release(self);
-}
+_Static_assert(offsetof(Writer, map) == offsetof(MappedObject, map),
+               "a Writer is a MappedObject");
 
 static int
 Writer_init(Writer *self, PyObject *args, PyObject *kwds)
@@ -81,7 +56,7 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     Py_ssize_t n_stripes, per, stripes_off, colls_off, access_off, index_off, arena_off;
     Py_ssize_t arena_bytes, coll, gen;
 
-    if (self->has_view || self->clock) {
+    if (self->map.has_view || self->clock) {
         PyErr_SetString(PyExc_TypeError, "Writer is already initialised");
         return -1;
     }
@@ -151,14 +126,13 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     }
     if (!timeout_str)
         return -1;
-    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0) {
+    if (mapped_acquire(&self->map, buffer, 1) < 0) {
         Py_DECREF(timeout_str);
         return -1;
     }
-    self->has_view = 1;
-    uint64_t len = (uint64_t)self->view.len;
+    uint64_t len = (uint64_t)self->map.view.len;
     uint64_t ns = (uint64_t)n_stripes, pp = (uint64_t)per;
-    const uint8_t *buf = (const uint8_t *)self->view.buf;
+    const uint8_t *buf = self->map.base;
     const char *bad = NULL;
     if ((uintptr_t)buf % ALIGN)
         bad = "buffer is not 8-byte aligned";
@@ -173,12 +147,11 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
              || (uint64_t)arena_off + (uint64_t)arena_bytes > len)
         bad = "layout does not fit in the buffer";
     if (bad) {
-        writer_release(self);
+        mapped_release(&self->map);
         Py_DECREF(timeout_str);
         PyErr_SetString(PyExc_ValueError, bad);
         return -1;
     }
-    self->base = (uint8_t *)self->view.buf;
     self->smask = ns - 1;
     self->per = (uint32_t)per;
     self->max_count = (uint32_t)((double)per * MAX_LOAD); /* int(per * L.MAX_LOAD) */
@@ -205,7 +178,7 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     self->write_fallback = Py_NewRef(write_fallback);
     self->incr_fallback = Py_NewRef(incr_fallback);
     self->expire_hook = Py_NewRef(expire_hook);
-    self->closed = 0;
+    self->map.closed = 0;
     return 0;
 }
 
@@ -219,17 +192,13 @@ Writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->incr_fallback);
     Py_VISIT(self->expire_hook);
-    if (self->has_view)
-        Py_VISIT(self->view.obj);
-    return 0;
+    return mapped_traverse(&self->map, visit, arg);
 }
 
 static int
 Writer_clear(Writer *self)
 {
-    self->closed = 1;
-    if (!self->inflight)
-        writer_release(self);
+    mapped_close(&self->map);
     Py_CLEAR(self->timeout_str);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->coerce_key);
@@ -239,26 +208,6 @@ Writer_clear(Writer *self)
     Py_CLEAR(self->incr_fallback);
     Py_CLEAR(self->expire_hook);
     return 0;
-}
-
-static void
-Writer_dealloc(Writer *self)
-{
-    PyObject_GC_UnTrack(self);
-    Writer_clear(self);
-    writer_release(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    (void)args;
-    (void)kwds;
-    Writer *self = (Writer *)type->tp_alloc(type, 0);
-    if (self)
-        self->closed = 1; /* until __init__ succeeds */
-    return (PyObject *)self;
 }
 
 /* --- the methods ------------------------------------------------------------------------------ */
@@ -278,7 +227,7 @@ Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     if (parse_args(&set_sig, args, nargs, kwnames, a) < 0)
         return NULL;
     PyObject *key = a[0], *value = a[1], *ttl = a[2] ? a[2] : Py_None;
-    if (writer_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     wreq r;
     r.op = W_SET;
@@ -297,7 +246,7 @@ Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         if (res)
             Py_SETREF(res, Py_NewRef(Py_None));
     }
-    writer_leave(self);
+    mapped_leave(&self->map);
     return res;
 }
 
@@ -312,7 +261,7 @@ Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         PyErr_SetString(PyExc_TypeError, "version must be the int returned by get_with_version");
         return NULL;
     }
-    if (writer_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     wreq r;
     r.op = W_CAS;
@@ -336,7 +285,7 @@ Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         res = PyBool_FromLong(r.cas_ok);
     else if (rc == FAST_FALLBACK)
         res = call_write_fallback(self, key, value, ttl, version);
-    writer_leave(self);
+    mapped_leave(&self->map);
     return res;
 }
 
@@ -358,7 +307,7 @@ Writer_incr(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         PyErr_SetString(PyExc_TypeError, "delta must be an int");
         return NULL;
     }
-    if (writer_enter(self) < 0)
+    if (mapped_enter(&self->map) < 0)
         return NULL;
     wreq r;
     r.op = W_INCR;
@@ -380,16 +329,14 @@ Writer_incr(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         PyObject *fargs[2] = {key, delta};
         res = PyObject_Vectorcall(self->incr_fallback, fargs, 2, NULL);
     }
-    writer_leave(self);
+    mapped_leave(&self->map);
     return res;
 }
 
 static PyObject *
 Writer_close(Writer *self, PyObject *Py_UNUSED(ignored))
 {
-    self->closed = 1;
-    if (!self->inflight)
-        writer_release(self);
+    mapped_close(&self->map);
     Py_RETURN_NONE;
 }
 
@@ -402,12 +349,6 @@ Writer_take_counts(Writer *self, PyObject *Py_UNUSED(ignored))
     if (res)
         self->fast = self->fallbacks = self->expire_calls = 0;
     return res;
-}
-
-static PyObject *
-Writer_get_closed(Writer *self, void *Py_UNUSED(closure))
-{
-    return PyBool_FromLong(self->closed);
 }
 
 static PyObject *
@@ -444,7 +385,7 @@ static PyMethodDef Writer_methods[] = {
 };
 
 static PyGetSetDef Writer_getset[] = {
-    {"closed", (getter)Writer_get_closed, NULL, "True once close() was called", NULL},
+    {"closed", (getter)mapped_get_closed, NULL, "True once close() was called", NULL},
     {"fast", (getter)Writer_get_fast, NULL, "calls done in C, not yet taken", NULL},
     {"fallbacks", (getter)Writer_get_fallbacks, NULL,
      "calls handed to the fallbacks, not yet taken", NULL},
@@ -469,9 +410,9 @@ PyTypeObject WriterType = {
     .tp_basicsize = sizeof(Writer),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = Writer_new,
+    .tp_new = mapped_new,
     .tp_init = (initproc)Writer_init,
-    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_dealloc = mapped_dealloc,
     .tp_traverse = (traverseproc)Writer_traverse,
     .tp_clear = (inquiry)Writer_clear,
     .tp_methods = Writer_methods,

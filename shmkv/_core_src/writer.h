@@ -9,11 +9,7 @@
 /* --- the Writer object (writer.c) --------------------------------------------------------- */
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
-    int has_view;
-    int closed;
-    Py_ssize_t inflight;
-    uint8_t *base;
+    MappedView map;       /* first, as in every MappedObject */
     uint64_t smask;       /* n_stripes - 1 */
     uint32_t per;         /* slots_per_stripe */
     uint32_t max_count;   /* int(per * MAX_LOAD): more entries in a stripe is garbage */

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests_support import new_region_name
+from tests_support import new_region_name, torn_reads
 
 import shmkv
 from shmkv import cache as C
@@ -698,23 +698,10 @@ def test_a_reader_never_returns_a_torn_value_while_another_process_overwrites(
         stdout=subprocess.PIPE, text=True,
         cwd=os.path.dirname(__file__))  # the installed shmkv, not the checkout's (CI installs)
     try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.05)
-        torn, seen = [], set()
-        for _ in range(TORN_READS):
-            v = r.get(b"torn")
-            if len(v) not in TORN_LENGTHS or v != v[:1] * len(v):
-                torn.append((len(v), sorted(set(v))))
-            seen.add(v[:1])
-        big_cache.set(b"stop", b"1")
-        out, _ = writer.communicate(timeout=120)
+        out, torn, seen, _ = torn_reads(writer, lambda: big_cache.set(b"stop", b"1"),
+                                        lambda: r.get(b"torn"), TORN_LENGTHS, TORN_READS)
     finally:
         r.close()
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-    assert writer.returncode == 0
     assert int(out.strip()) > 0
     assert len(seen) > 2, "the writer did not overlap the reads; the test proved nothing"
     assert not torn, f"{len(torn)} torn reads out of {TORN_READS}, e.g. {torn[:3]}"

@@ -6,6 +6,7 @@ the Python engine leaves it, return what it returns and raise what it raises."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import math
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests_support import ctx, new_region_name
+from tests_support import ctx, new_region_name, torn_reads
 
 import shmkv
 from shmkv import cache as C
@@ -962,10 +963,10 @@ def test_our_pid_is_recorded_while_we_hold_the_lock_and_cleared_after(cache) -> 
         w.close()
 
 
-def test_a_busy_lock_is_waited_for_without_the_gil_and_times_out_naming_its_holder(
-        cache) -> None:
-    cache.set("k", b"12345678")
-    stripe = _stripe(cache, b"k")
+@contextlib.contextmanager
+def _held_by_another_thread(cache: shmkv.Cache, stripe: int) -> Iterator[threading.Event]:
+    """A thread of ours holds the stripe's lock from the time this is entered (it has taken it
+    by then) until the event it gives is set, or this is left."""
     locks = cache._region.locks
     taken, release = threading.Event(), threading.Event()
 
@@ -975,30 +976,40 @@ def test_a_busy_lock_is_waited_for_without_the_gil_and_times_out_naming_its_hold
         release.wait(30)
         locks.release_stripe(stripe)
 
-    w = make_writer(cache, lock_timeout_s=0.3)
     t = threading.Thread(target=holder)
     t.start()
     try:
         assert taken.wait(10)
-        started = time.monotonic()
-        kind, message = _error(lambda: w.set("k", b"abcdefgh"))
-        assert 0.25 < time.monotonic() - started < 5
-        assert kind is shmkv.LockTimeout
-        assert message == (f"stripe {stripe} lock not acquired within 0.3 s; held by pid "
-                           f"{os.getpid()}, which is alive (a dead holder's lock passes to the "
-                           "next locker). If it is stopped or stuck, stop it; if it is just "
-                           "busy, raise lock_timeout_s")
-        # released while we wait: the holder needs the GIL to let go
-        threading.Timer(0.1, release.set).start()
-        w2 = make_writer(cache, lock_timeout_s=10)
-        try:
-            w2.set("k", b"ABCDEFGH")
-            assert _counts(w2) == (1, 0)
-        finally:
-            w2.close()
+        yield release
     finally:
         release.set()
         t.join(30)
+
+
+def test_a_busy_lock_is_waited_for_without_the_gil_and_times_out_naming_its_holder(
+        cache) -> None:
+    cache.set("k", b"12345678")
+    stripe = _stripe(cache, b"k")
+    w = make_writer(cache, lock_timeout_s=0.3)
+    try:
+        with _held_by_another_thread(cache, stripe) as release:
+            started = time.monotonic()
+            kind, message = _error(lambda: w.set("k", b"abcdefgh"))
+            assert 0.25 < time.monotonic() - started < 5
+            assert kind is shmkv.LockTimeout
+            assert message == (f"stripe {stripe} lock not acquired within 0.3 s; held by pid "
+                               f"{os.getpid()}, which is alive (a dead holder's lock passes to "
+                               "the next locker). If it is stopped or stuck, stop it; if it is "
+                               "just busy, raise lock_timeout_s")
+            # released while we wait: the holder needs the GIL to let go
+            threading.Timer(0.1, release.set).start()
+            w2 = make_writer(cache, lock_timeout_s=10)
+            try:
+                w2.set("k", b"ABCDEFGH")
+                assert _counts(w2) == (1, 0)
+            finally:
+                w2.close()
+    finally:
         w.close()
     assert cache.get("k") == b"ABCDEFGH"
 
@@ -1012,33 +1023,21 @@ def test_a_signal_handler_runs_while_a_busy_lock_is_waited_for(cache) -> None:
     lock_timeout_s."""
     cache.set("k", b"12345678")
     stripe = _stripe(cache, b"k")
-    locks = cache._region.locks
-    taken, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        locks.acquire_stripe(stripe)
-        taken.set()
-        release.wait(30)
-        locks.release_stripe(stripe)
 
     def interrupted(signum: int, frame: object) -> None:
         raise _Interrupted
 
     old = signal.signal(signal.SIGUSR1, interrupted)
     w = make_writer(cache, lock_timeout_s=20)
-    t = threading.Thread(target=holder)
-    t.start()
     try:
-        assert taken.wait(10)
-        main = threading.main_thread().ident
-        threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGUSR1)).start()
-        started = time.monotonic()
-        with pytest.raises(_Interrupted):
-            w.set("k", b"abcdefgh")
-        assert time.monotonic() - started < 5
+        with _held_by_another_thread(cache, stripe):
+            main = threading.main_thread().ident
+            threading.Timer(0.2, lambda: signal.pthread_kill(main, signal.SIGUSR1)).start()
+            started = time.monotonic()
+            with pytest.raises(_Interrupted):
+                w.set("k", b"abcdefgh")
+            assert time.monotonic() - started < 5
     finally:
-        release.set()
-        t.join(30)
         signal.signal(signal.SIGUSR1, old)
         w.close()
     assert cache.get("k") == b"12345678"
@@ -1424,27 +1423,13 @@ def test_a_reader_never_sees_a_torn_value_while_a_writer_rewrites_in_place(cache
                               stdout=subprocess.PIPE, text=True, env=env,
                               cwd=os.path.dirname(__file__))  # not the checkout: CI installs
     try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.05)
-        torn, seen, reads = [], set(), 0
         # Bounded in time too: on a machine whose cores are all busy, a writer preempted
         # between its seq bumps holds every reader up for a scheduler tick.
-        deadline = time.monotonic() + TORN_SECONDS
-        while reads < TORN_READS and (reads < TORN_MIN_READS or time.monotonic() < deadline):
-            reads += 1
-            v = r.get(b"torn")
-            if len(v) != TORN_LENGTH or v != v[:1] * TORN_LENGTH:
-                torn.append(sorted(set(v)))
-            seen.add(v[:1])
-        cache.set(b"stop", b"1")
-        out, _ = writer.communicate(timeout=120)
+        out, torn, seen, reads = torn_reads(writer, lambda: cache.set(b"stop", b"1"),
+                                            lambda: r.get(b"torn"), (TORN_LENGTH,), TORN_READS,
+                                            TORN_MIN_READS, TORN_SECONDS)
     finally:
         r.close()
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-    assert writer.returncode == 0
     n, fast, fallbacks = map(int, out.split())
     assert n > 0 and fast == n and fallbacks == 0  # every write was in place, in C
     assert len(seen) > 2, "the writer did not overlap the reads; the test proved nothing"
