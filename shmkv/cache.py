@@ -30,6 +30,7 @@ from .events import enabled as events_enabled
 from .events import set_enabled as set_events_enabled
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .namespaces import check_collection_name
+from .reader import READ_SPINS_BEFORE_YIELD
 from .repair import repair_all_locked
 from .shared_region import SharedRegion
 from .stats import region_stats
@@ -40,7 +41,6 @@ DEFAULT_REGION = "shmkv"
 DEFAULT_ARENA_BYTES = 64 << 20
 DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they came in
 MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
-READ_SPINS_BEFORE_YIELD = 64
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
 _BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr")  # _bind
@@ -107,16 +107,11 @@ class Cache:
         self._q = region.q
         self._u32 = region.u32
         self._seed = region.seed ^ coll
-        self._key_coll = coll << 16
         self._index = region.index
         self._locks = region.locks
         self._clock = region.clock
         self._smask = lay.n_stripes - 1
-        self._per = lay.slots_per_stripe
-        self._slot0 = lay.index_offset >> 3
         self._seq0 = lay.stripes_offset >> 3  # seq of stripe s is q[_seq0 + s * STRIPE_Q]
-        self._count0 = (lay.stripes_offset + L.S_COUNT) >> 2  # u32[_count0 + s * STRIPE_U32]
-        self._abase = lay.arena_offset
         self._aend = lay.arena_offset + lay.arena_bytes
         # It counts this handle's hits and misses until they are flushed into the region's
         # counters (stats()).
@@ -622,5 +617,3 @@ class Cache:
 
 
 _CHANGES = L.S_CHANGES >> 3
-_EVENTS_ON = L.H_EVENTS_ENABLED >> 2
-
