@@ -546,6 +546,13 @@ class Cache:
             unpinned_bytes = self._region.pins.sweep_locked()
         return {"expired": removed, "slots_scanned": max_slots, "unpinned_bytes": unpinned_bytes}
 
+    def flush(self) -> None:
+        """Write every change to the region's file and wait for the disk (fsync), so that a
+        power loss from now on cannot take it: what `shmkv serve --flush-interval-s` runs. A
+        /dev/shm region has no disk behind it; there it costs nothing and keeps nothing."""
+        self._q[0]  # raises CacheClosed on a closed handle
+        self._region.flush()
+
     def repair(self) -> dict[str, int]:
         """Check and repair the whole region (what `shmkv doctor --repair` runs): take every
         lock in order, which also repairs after any holder that died, then free blocks no

@@ -20,7 +20,9 @@ Byte ranges locked (nothing else locks these bytes; the data is never locked):
 
     offset   lock       who
     0        INIT       exclusive, briefly: an opener deciding whether it is alone and, if
-                        so, initialising the mutexes before anyone else attaches
+                        so, initialising the mutexes (and recovering the region, recovery.py)
+                        before anyone else attaches; or the last handle closing, while it
+                        marks the region clean
     1        HOLDERS    shared, by every handle for as long as it has the region mapped
     2 + p    RECORD(p)  exclusive, by the owner of process record p
 
@@ -90,6 +92,22 @@ def attached(fd: int) -> None:
     """The first opener is done initialising: share HOLDERS, let others attach."""
     _set(fd, fcntl.F_RDLCK, HOLDERS)  # replaces our exclusive lock in one step
     _set(fd, fcntl.F_UNLCK, INIT)
+
+
+def try_last(fd: int) -> bool:
+    """For a handle about to close: True if it is the last one anywhere, and then nobody can
+    attach until `release_last(fd)` (or the close of fd): it holds INIT and HOLDERS
+    exclusively. False, holding nothing more, if others have the region open or are opening
+    it. Never waits."""
+    if not _set(fd, fcntl.F_WRLCK, INIT):
+        return False
+    if _set(fd, fcntl.F_WRLCK, HOLDERS):
+        return True
+    _set(fd, fcntl.F_UNLCK, INIT)
+    return False
+
+
+release_last = attached  # the same two steps: share HOLDERS again, let openers in
 
 
 def others_attached(fd: int) -> bool:

@@ -70,9 +70,11 @@ Region header (HEADER_BYTES = 4096; little-endian)
     368   8     file_dev            -       st_dev and st_ino of the object the region was
     376   8     file_ino            -       created in: a copy (cp) of a file region sees other
                                             values and knows it is not the original
-    384   8     clean_marker        -       reserved: written by the last process to close
-                                            the region cleanly (checksummed), zeroed at open
-    392   4     lock_generation     -       reserved: bumped each time the locks are rebuilt
+    384   8     clean_marker        -       written by the last process to close the region,
+                                            after flushing it to its file: a checksum of the
+                                            region's identity (recovery.py); zeroed, durably,
+                                            by the first opener before anything changes
+    392   4     lock_generation     -       bumped each time a first opener rebuilds the locks
     396   4     reserved
     400   40    repl_id             -       reserved: replication id (40 hex digits, Redis's)
     440   8     repl_offset         -       reserved: changes applied under repl_id
@@ -81,7 +83,9 @@ Region header (HEADER_BYTES = 4096; little-endian)
                                             after a failover)
     496   8     repl_epoch          -       reserved: the epoch (leader key revision) of the
                                             last change applied
-    504   8     reserved
+    504   8     boot_id             -       the kernel boot the region was last opened in
+                                            (recovery.py): a region not closed cleanly in
+                                            another boot lost pages in any order
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
     2560  64    arena_mutex         -       the arena lock (pthread_mutex_t)
@@ -288,6 +292,7 @@ H_REPL_OFFSET = 440
 H_REPL_ID2 = 448  # 40 bytes
 H_REPL_OFFSET2 = 488
 H_REPL_EPOCH = 496
+H_BOOT_ID = 504
 H_ARENA_MUTEX = 2560  # 64 bytes
 LOCKS_ROBUST = 2  # 1 was SysV semaphores, never in a released layout
 H_BIN_BITMAP = 512

@@ -121,12 +121,11 @@ def repair_stripe_locked(region: SharedRegion, stripe: int,
 def repair_arena_locked(region: SharedRegion) -> int:
     """Rebuild free lists, bitmap, used bytes and segment lists from the block walk; returns
     how many half-built blocks were freed. Arena lock held."""
-    arena, u32, q, mm = region.arena, region.u32, region.q, region.mm
     used: list[int] = []
     free_runs: list[tuple[int, int]] = []  # (start, size) of maximal runs of free space
     freed = 0
     run_start = 0
-    for off, _, is_free in arena.blocks():  # raises CorruptRegion if the walk breaks
+    for off, _, is_free in region.arena.blocks():  # raises CorruptRegion if the walk breaks
         if not is_free and not entry_is_sound(region, off, checksum=False):
             is_free, freed = True, freed + 1  # the dead holder's half-built block
         if is_free:
@@ -137,7 +136,17 @@ def repair_arena_locked(region: SharedRegion) -> int:
                 run_start = 0
             used.append(off)
     if run_start:
-        free_runs.append((run_start, arena.end - run_start))
+        free_runs.append((run_start, region.arena.end - run_start))
+    rebuild_allocator_locked(region, used, free_runs)
+    return freed
+
+
+def rebuild_allocator_locked(region: SharedRegion, used: list[int],
+                             free_runs: list[tuple[int, int]]) -> None:
+    """Make the allocator, the retired list and the segment lists describe exactly these
+    blocks: `used` (entries, in address order) and `free_runs` ((start, size) of maximal runs
+    of free space between them; together they tile the arena). Arena lock held."""
+    arena, u32, q, mm = region.arena, region.u32, region.q, region.mm
     # allocator: empty every list, then file each run (split at MAX_BLOCK_BYTES)
     for b in range(L.NBINS):
         u32[(L.H_BIN_HEADS >> 2) + b] = 0
@@ -167,7 +176,6 @@ def repair_arena_locked(region: SharedRegion) -> int:
     for off in sorted(used, key=lambda o: q[(o + L.E_VERSION) >> 3]):
         mm[off + L.E_SEGMENT] = L.SEG_NONE
         lru.push_head_locked(off, L.SEG_PROBATION)
-    return freed
 
 
 def repair_all_locked(region: SharedRegion) -> dict[str, int]:

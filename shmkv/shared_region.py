@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import holders
 from . import layout as L
+from . import recovery
 from . import region as R
 from .arena import Arena
 from .evict import Evictor
@@ -67,6 +68,7 @@ class SharedRegion:
         self.lingering: list[ValueView] = []  # closed views whose bytes are still referenced
         self.handles: weakref.WeakSet[Any] = weakref.WeakSet()  # the Cache handles on it
         self.closed = False
+        self.recovery: dict[str, int] | None = None  # what recovery.recover found at open
 
     @classmethod
     def create(cls, name: str, layout: L.Layout, protected_pct: int, mode: int,
@@ -89,6 +91,7 @@ class SharedRegion:
             region.arena.init_locked()
             region.colls.init_default_locked()
             region.u32[L.H_PROTECTED_PCT >> 2] = protected_pct
+            region.q[L.H_BOOT_ID >> 3] = recovery.boot_id()
             region.u32[L.H_STATE >> 2] = L.STATE_READY
             mm[0:8] = L.MAGIC  # last: until now, openers wait
             holders.attached(mapping.fd)
@@ -108,13 +111,22 @@ class SharedRegion:
         mapping = R.open_mapping(name)
         try:
             layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
-            if holders.attach(mapping.fd, lock_timeout_s):
+            first = holders.attach(mapping.fd, lock_timeout_s)
+            if first:
                 RegionLocks.init_all(mapping.mm, layout)
-                holders.attached(mapping.fd)
-            return cls(mapping, layout, seed, lock_timeout_s, clock)
+            region = cls(mapping, layout, seed, lock_timeout_s, clock)
         except BaseException:
             mapping.close()
             raise
+        if first:
+            try:
+                region.recovery = recovery.first_open(region)
+            except BaseException:
+                region.closed = True
+                region.finish_close(mark_clean=False)
+                raise
+            holders.attached(mapping.fd)
+        return region
 
     def release_lingering(self) -> None:
         if self.lingering:
@@ -132,8 +144,15 @@ class SharedRegion:
         if not self.pins.open_pins:
             self.finish_close()
 
-    def finish_close(self) -> None:
+    def flush(self) -> None:
+        """Write the region's changed pages to its file and wait for the disk."""
+        recovery.flush(self)
+
+    def finish_close(self, mark_clean: bool = True) -> None:
+        """Unmap; the last handle on the region anywhere flushes it and marks it clean."""
         self.pins.release()
+        if mark_clean:
+            recovery.close_cleanly(self)
         self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
         self.q.release()
         self.u32.release()
