@@ -24,6 +24,7 @@ setup(
                 f"{CORE_SRC}/batch.c",
                 f"{CORE_SRC}/writer.c",
                 f"{CORE_SRC}/fastpath.c",
+                f"{CORE_SRC}/pin.c",
                 f"{CORE_SRC}/lock.c",
                 f"{CORE_SRC}/args.c",
                 f"{CORE_SRC}/hash.c",

@@ -22,6 +22,11 @@ aligned to the item size, and no plain dtype needs more than 8. A block starts 8
 value sits after ENTRY_HEADER_BYTES + key_len, so the padding follows from the key's length
 alone and an overwrite in place keeps it right. The descr is parsed with ast.literal_eval, never
 eval: a region is shared, and its bytes are data, not code.
+
+Decoding a header (literal_eval, descr_to_dtype) costs several microseconds, more than the rest
+of opening a view, and the same few headers come back again and again: decode() keeps what it
+found per header bytes (DECODED, at most DECODED_MAX of them), and the compiled view (pin.c)
+looks there first.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ ARRAY_MAGIC = b"\x93SKA"
 ARRAY_VERSION = 1
 MAX_NDIM = 64
 _HEAD = struct.Struct("<4sBBHI4x")
+DECODED_MAX = 1024
+MAX_CACHED_HEADER_BYTES = 4096  # pin.c looks up headers of at most this many bytes
+# header bytes (up to data_offset) -> (dtype, shape, data_offset, data bytes); the last, because
+# the same header over a value of another length is damaged
+DECODED: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}
 
 
 def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
@@ -68,7 +78,29 @@ def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
 def decode(value: bytes | memoryview | np.ndarray) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, data_offset) from the start of an array value. Raises TypeError if the
     value is not one (the key was written by set(), or the bytes are damaged)."""
+    return decode_cached(value)[:3]  # type: ignore[return-value]
+
+
+def decode_cached(value: bytes | memoryview | np.ndarray
+                  ) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """decode(value), with the value's data bytes as a fourth item, through DECODED."""
+    value = memoryview(value).cast("B") if not isinstance(value, bytes) else value
     head = bytes(value[:_HEAD.size])
+    header = b""
+    if len(head) == _HEAD.size:
+        header = bytes(value[:_HEAD.unpack(head)[4]])
+        hit = DECODED.get(header)
+        if hit is not None and hit[2] + hit[3] == len(value):
+            return hit
+    found = _decode(value, head)
+    if len(header) <= MAX_CACHED_HEADER_BYTES:
+        if len(DECODED) >= DECODED_MAX:
+            DECODED.clear()
+        DECODED[header] = found
+    return found
+
+
+def _decode(value: bytes | memoryview, head: bytes) -> tuple[np.dtype, tuple[int, ...], int, int]:
     if len(head) < _HEAD.size:
         raise TypeError("the value is not an array stored by set_array()")
     magic, version, ndim, descr_len, data_offset = _HEAD.unpack(head)
@@ -88,4 +120,4 @@ def decode(value: bytes | memoryview | np.ndarray) -> tuple[np.dtype, tuple[int,
     if dtype.hasobject or data_offset < shape_end + descr_len \
             or data_offset + nbytes != len(value):
         raise TypeError("the array header of this value is damaged")
-    return dtype, shape, data_offset
+    return dtype, shape, data_offset, nbytes
