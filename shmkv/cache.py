@@ -131,7 +131,7 @@ class Cache:
         if self._cw is not None:  # its views pin in C too, and hand every unusual case here
             self._cw.enable_views(region.pins._free, lay.procs_offset, lay.max_procs,
                                   self._pin_entry, region.pins.after_unpin, arrays.DECODED,
-                                  arrays.decode_cached, np.ndarray)
+                                  arrays.decode_header, np.ndarray)
         self._bind(self._reader, self._cw)
 
     def _bind(self, reader: Any, writer: Any) -> None:

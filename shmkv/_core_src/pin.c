@@ -367,35 +367,58 @@ PyTypeObject PinType = {
 
 /* --- the View: what `with cache.view(key) as mv:` enters ------------------------------------- */
 
-/* (dtype, shape, data_offset) of the array value that p exports, from arrays.py's cache of
- * decoded headers (a new reference to a tuple whose first three items are those), or
- * decode_array's answer (it raises TypeError for what is not an array). */
+/* more than any valid array header (arrays.py: 16 + 8 * MAX_NDIM + a u16 descr + padding) */
+#define ARRAY_HEADER_MAX_BYTES (1u << 17)
+/* the largest header looked up in arrays.py's cache from C (arrays.MAX_CACHED_HEADER_BYTES) */
+#define ARRAY_HEADER_CACHED_BYTES 4096u
+
+/* (dtype, shape, data_offset, data bytes) of the array value that p exports: from arrays.py's
+ * cache of decoded headers, else decode_array(head, value bytes) (arrays.decode_header), which
+ * raises TypeError for what is not an array. A new reference, or NULL with an exception. Only
+ * bytes go to Python, never the Pin: a traceback must not keep the pin alive. */
 static PyObject *
 array_header(Writer *w, Pin *p)
 {
-    if (p->len >= 16) {
+    uint64_t n = (uint64_t)p->len;
+    if (n >= 16) {
         uint32_t data_offset;
         memcpy(&data_offset, p->ptr + 8, 4); /* the header's data_offset (arrays.py), LE */
-        if (data_offset >= 16 && data_offset <= (uint64_t)p->len && data_offset <= 4096) {
-            PyObject *head = PyBytes_FromStringAndSize((const char *)p->ptr, data_offset);
-            if (!head)
-                return NULL;
-            PyObject *hit = PyDict_GetItemWithError(w->array_headers, head);
+        n = data_offset < 16 ? 16 : data_offset;
+        if (n > (uint64_t)p->len)
+            n = (uint64_t)p->len;
+        if (n > ARRAY_HEADER_MAX_BYTES)
+            n = ARRAY_HEADER_MAX_BYTES;
+    }
+    PyObject *head = PyBytes_FromStringAndSize((const char *)p->ptr, (Py_ssize_t)n);
+    if (!head)
+        return NULL;
+    if (n <= ARRAY_HEADER_CACHED_BYTES) {
+        PyObject *hit = PyDict_GetItemWithError(w->array_headers, head);
+        if (hit && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 4) {
+            /* the data must end the value: the same header over another length is damaged */
+            const unsigned long long data_offset = PyLong_AsUnsignedLongLong(
+                PyTuple_GET_ITEM(hit, 2));
+            const unsigned long long nbytes = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 3));
+            if (!PyErr_Occurred() && data_offset + nbytes == (uint64_t)p->len) {
+                Py_DECREF(head);
+                return Py_NewRef(hit);
+            }
+            PyErr_Clear();
+        }
+        else if (PyErr_Occurred()) {
             Py_DECREF(head);
-            if (hit && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 4) {
-                /* (dtype, shape, data_offset, data bytes): the data must end the value */
-                const unsigned long long nbytes =
-                    PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 3));
-                if (!PyErr_Occurred() && nbytes + data_offset == (uint64_t)p->len)
-                    return Py_NewRef(hit);
-                PyErr_Clear();
-            }
-            else if (PyErr_Occurred()) {
-                return NULL;
-            }
+            return NULL;
         }
     }
-    return PyObject_CallOneArg(w->decode_array, (PyObject *)p);
+    PyObject *len_obj = PyLong_FromSsize_t(p->len);
+    PyObject *res = NULL;
+    if (len_obj) {
+        PyObject *args[2] = {head, len_obj};
+        res = PyObject_Vectorcall(w->decode_array, args, 2, NULL);
+        Py_DECREF(len_obj);
+    }
+    Py_DECREF(head);
+    return res;
 }
 
 static PyObject *
@@ -410,7 +433,8 @@ view_array_of(View *self, Pin *p, uint8_t kind)
         return NULL;
     if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) < 3) {
         Py_DECREF(head);
-        PyErr_SetString(PyExc_TypeError, "decode_array must return (dtype, shape, data_offset)");
+        PyErr_SetString(PyExc_TypeError, "decode_array must return (dtype, shape, data_offset, "
+                                         "data bytes)");
         return NULL;
     }
     /* numpy.ndarray(shape, dtype, buffer, offset): read-only (the buffer is), its base the Pin */

@@ -414,7 +414,7 @@ static PyMethodDef Writer_methods[] = {
      "enable_views(free_pins, procs_offset, max_procs, pin_fallback, after_unpin, "
      "array_headers, decode_array, ndarray): what views need: the PinTable's list of free pin "
      "slots, where the process records are, Cache._pin_entry, PinTable.after_unpin, "
-     "arrays.py's cache of decoded headers and its decode, numpy.ndarray."},
+     "arrays.py's cache of decoded headers and its decode_header, numpy.ndarray."},
     {"pin", (PyCFunction)writer_pin, METH_O,
      "pin(key): pin key's entry as a view does: (pin, entry offset, value offset, value "
      "bytes, kind); KeyError if absent."},
