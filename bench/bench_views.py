@@ -183,7 +183,8 @@ def rows_and_checks(samples: dict[str, list[int]]) -> tuple[list[dict], list[str
                   - medians[f"shmkv|{kind} open|{label}"] for label in SIZES]
         checks.append(f"closing a {kind} (open+close - open, medians): "
                       + ", ".join(f"{x:,.0f} ns" for x in closes))
-        small, large = (medians[f"shmkv|{kind} open+close|{label}"] for label in ("1 KiB", "64 MiB"))
+        small, large = (medians[f"shmkv|{kind} open+close|{label}"]
+                        for label in ("1 KiB", "64 MiB"))
         checks.append(f"O(1): shmkv {kind} open+close of 64 MiB / of 1 KiB = {large / small:.2f} "
                       f"({'met' if large < 2 * small else 'NOT met'}: target about 1)")
     lmdb_1m = medians.get("py-lmdb buffers=True|view open+close|1 MiB")

@@ -11,8 +11,11 @@ when a view of a retired block closes, in maintain(), and when a writer finds no
 Why the stripe lock to pin: a writer must see the pin before it decides that a block is free,
 and Python has no memory fences. A reader storing its pin and then re-checking the entry, and a
 writer unpublishing the entry and then scanning pins, could each miss the other's store (x86
-lets a load pass an earlier store). The lock hand-off orders them. Unpinning needs no lock: a
-pin cleared late only delays the sweep that frees the block, it can never free a block early.
+lets a load pass an earlier store). The lock hand-off orders them. The compiled pin
+(shmkv/_core_src/pin.c) takes the same lock: an uncontended pair costs ~14 ns in C, and a
+lock-free pin would need a full fence on the writer side too, which these writers cannot issue.
+Unpinning needs no lock: a pin cleared late only delays the sweep that frees the block, it can
+never free a block early.
 Pinned-ever (KIND_PINNED) keeps the cost off writers that never meet a view: only for such an
 entry does a writer scan the table of pins.
 
@@ -22,7 +25,8 @@ the kernel drops the lock, so "does anyone else hold it?" is an exact test of "i
 alive?", which a pid never is (pids are reused, and mean nothing across pid namespaces).
 Records of dead owners are reclaimed, their pins dropped, by maintain() (the node runs it every
 100 ms) and by a writer that finds no room; the pid in a record is for people reading
-`shmkv doctor`.
+`shmkv doctor`, and for the compiled pin, which takes a slot from _free only while the slot's
+record shows its own pid (a forked child's _free is its parent's: Python claims the child's).
 
 All functions named *_locked need the arena lock; pin_locked needs the entry's stripe lock.
 """

@@ -7,13 +7,13 @@
  * ref stored into one of this process's pin slots and KIND_PINNED set on the entry, the mutex
  * released. The lock, not a fence: the writer must see the pin before it decides that a block
  * is free, and every Python writer reads pins under this same mutex; a lock-free pin would need
- * a full fence on both sides, the Python writer has none, and the uncontended mutex costs about
- * 40 ns of a view's ~600 (bench/results/views-*.md). Every unusual case goes, before anything
- * is changed, to the Python path (pin_fallback, Cache._pin_entry), which stays the reference:
- * no free pin slot in the list, a slot whose record this process does not hold (no record
- * claimed yet, or a child forked from the claimer: the record's owner pid is not ours), a
- * stripe that needs a repair, a collection that is not plainly live, a ref out of bounds, a
- * clock that is not an int.
+ * a full fence on both sides, the Python writer has none, and the uncontended mutex pair costs
+ * ~14 ns of a view's ~320 ns open+close (bench/README.md, bench/results/views-*.md). Every
+ * unusual case goes, before anything is changed, to the Python path (pin_fallback,
+ * Cache._pin_entry), which stays the reference: no free pin slot in the list, a slot whose
+ * record this process does not hold (no record claimed yet, or a child forked from the
+ * claimer: the record's owner pid is not ours), a stripe that needs a repair, a collection that
+ * is not plainly live, a ref out of bounds, a clock that is not an int.
  *
  * Pin slots: the free ones are the u32 indexes in the region's PinTable._free, a Python list
  * that both paths pop from and append to (one owner of that state: PinTable claims the record
@@ -27,7 +27,11 @@
  * managed buffer, and the pin goes exactly when the last of them goes. A Pin also holds its
  * Writer's mapping (map.inflight), so that a view outlives its closed handle. Unpinning takes
  * no lock (a slot cleared late only delays a sweep); when the entry was retired meanwhile, or
- * the handle is closed, after_unpin (PinTable.after_unpin) sweeps or finishes the close.
+ * the handle is closed, after_unpin (PinTable.after_unpin) sweeps or finishes the close. A Pin
+ * that a forked child inherited and drops leaves the pin alone: it is the parent's.
+ *
+ * view_array decodes the array header (arrays.py) once per distinct header bytes: it looks the
+ * bytes up in arrays.DECODED, and calls arrays.decode_header only when they are not there.
  */
 #include "writer.h"
 
@@ -61,7 +65,7 @@ typedef struct {
     uint8_t kind;
 } pinned;
 
-/* --- the pin ----------------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
 
 static void
 key_error(PyObject *key)
@@ -242,7 +246,7 @@ pin_any(Writer *self, PyObject *key, pinned *out)
     return 0;
 }
 
-/* --- unpinning --------------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
 
 /* Drop the pin in slot at of the entry at off (pins.py's unpin): clear the slot, give it back to
  * free_pins, and call after_unpin(off) if the entry was retired meanwhile or the handle closed.
@@ -285,7 +289,7 @@ drop_pin(Writer *self, PyObject *at, uint64_t off)
     return 0;
 }
 
-/* --- the Pin: one pin, exported read-only by the buffer protocol -------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
 
 static Pin *
 pin_new(Writer *owner, const pinned *p)
@@ -561,7 +565,7 @@ PyTypeObject ViewType = {
     .tp_methods = View_methods,
 };
 
-/* --- the Writer's methods ---------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
 
 static int
 views_enabled(Writer *self)

@@ -87,7 +87,7 @@ SHMKV_INTERNAL int lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *
  * leave to Python (not an int, negative, past 2**63), -1 if it raised (fastpath.c). */
 SHMKV_INTERNAL int writer_now(Writer *self, uint64_t *now);
 
-/* --- views (pin.c) ----------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
 SHMKV_INTERNAL extern PyTypeObject ViewType;
 SHMKV_INTERNAL extern PyTypeObject PinType;
 /* Writer.view(key) and Writer.view_array(key): a View, not yet entered */
@@ -96,7 +96,7 @@ SHMKV_INTERNAL PyObject *writer_enable_views(Writer *self, PyObject *args);
 SHMKV_INTERNAL PyObject *writer_pin(Writer *self, PyObject *key);
 SHMKV_INTERNAL PyObject *writer_unpin(Writer *self, PyObject *const *args, Py_ssize_t nargs);
 
-/* --- what the fast paths share, under the stripe lock ------------------------------------------ */
+/* ---------------------------------------------------------------------------------------------- */
 
 /* Whether this handle's collection is live and its record sound; else Python decides (a dropped
  * collection raises CollectionNotFound, a damaged record CorruptRegion): its name must be of a
