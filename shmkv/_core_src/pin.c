@@ -128,33 +128,37 @@ pin_fast(Writer *self, PyObject *key_obj, pinned *out)
 {
     uint8_t *const base = self->map.base;
     PyObject *const free_pins = self->free_pins;
-    const Py_ssize_t n = PyList_GET_SIZE(free_pins);
-    if (!n)
-        return FAST_FALLBACK; /* no record claimed yet, or every slot in use */
-    PyObject *at = PyList_GET_ITEM(free_pins, n - 1);
-    if (!PyLong_CheckExact(at))
-        return FAST_FALLBACK;
-    const unsigned long at_u32 = PyLong_AsUnsignedLong(at);
-    if (at_u32 == (unsigned long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return FAST_FALLBACK;
-    }
-    /* the slot must be in a record that this process holds: after a fork, the list is the
-     * parent's, whose record the child must not use */
-    const uint64_t slot_off = (uint64_t)at_u32 * 4;
-    const uint64_t in_procs = slot_off - self->procs_off;
-    if (slot_off < self->procs_off || in_procs >= (uint64_t)self->max_procs * PROC_BYTES
-            || in_procs % PROC_BYTES < P_PINS)
-        return FAST_FALLBACK;
-    const uint64_t rec_off = self->procs_off + in_procs / PROC_BYTES * PROC_BYTES;
-    if (ld32(base + rec_off + P_OWNER_PID) != (uint32_t)writer_pid)
-        return FAST_FALLBACK;
-
+    /* the key first: coerce_key may run Python code, which may change the list */
     const char *key;
     Py_ssize_t klen;
     PyObject *owned;
     if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
         return FAST_ERROR;
+    const Py_ssize_t n = PyList_GET_SIZE(free_pins);
+    PyObject *at = n ? PyList_GET_ITEM(free_pins, n - 1) : NULL;
+    unsigned long at_u32 = 0;
+    if (at && PyLong_CheckExact(at)) {
+        at_u32 = PyLong_AsUnsignedLong(at);
+        if (at_u32 == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            at = NULL;
+        }
+    }
+    else {
+        at = NULL; /* no record claimed yet, or every slot in use */
+    }
+    /* the slot must be in a record that this process holds: after a fork, the list is the
+     * parent's, whose record the child must not use */
+    const uint64_t slot_off = (uint64_t)at_u32 * 4;
+    const uint64_t in_procs = slot_off - self->procs_off;
+    if (!at || slot_off < self->procs_off
+            || in_procs >= (uint64_t)self->max_procs * PROC_BYTES
+            || in_procs % PROC_BYTES < P_PINS
+            || ld32(base + self->procs_off + in_procs / PROC_BYTES * PROC_BYTES + P_OWNER_PID)
+               != (uint32_t)writer_pid) {
+        Py_XDECREF(owned);
+        return FAST_FALLBACK;
+    }
     Py_INCREF(at);
     if (PyList_SetSlice(free_pins, n - 1, n, NULL) < 0) { /* ours until given back */
         Py_DECREF(at);

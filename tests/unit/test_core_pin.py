@@ -193,3 +193,19 @@ def test_a_forked_child_views_through_its_own_record_and_never_drops_its_parents
     view.close()
     assert slot_ref(warm, at) == 0
 
+
+
+def test_a_stripe_that_needs_a_repair_is_left_to_python_which_repairs_it(warm) -> None:
+    from shmkv.hashing import xxh3_64
+    warm.set("k", VALUE)
+    lay = warm._region.layout
+    stripe = xxh3_64(b"k", warm._seed) & (lay.n_stripes - 1)
+    owner_at = (lay.stripes_offset + stripe * L.STRIPE_BYTES + L.S_OWNER_PID) >> 2
+    warm._region.u32[owner_at] = 0x7FFFFFFF  # a holder that died inside: the repair mark
+    with warm.view("k") as mv:
+        assert mv == VALUE
+        assert (warm._cw.pins_fast, warm._cw.pins_fallback) == (0, 2)
+    assert warm._region.u32[owner_at] == 0  # repaired by the Python path
+    with warm.view("k"):
+        assert warm._cw.pins_fast == 1
+    assert check_region(warm) == []
