@@ -21,6 +21,11 @@
  * argument and every error. See writer.c (the type, its methods and an overview), fastpath.c
  * (the in-place write), lock.c (the stripe lock) and args.c (argument parsing).
  *
+ * The Writer also makes the handle's views (Cache.view, Cache.view_array): a `View` pins the
+ * value under the same stripe mutex, and a `Pin` exports its bytes read-only and drops the pin
+ * when the last object built on them goes; every unusual case goes to the Python pin. See
+ * pin.c.
+ *
  * module.c holds the module: its init, its functions and its constants.
  *
  * The region format is the table in layout.py; the constants used here are #defined below and

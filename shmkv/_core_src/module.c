@@ -1,4 +1,4 @@
-/* shmkv/_core_src/module.c: the shmkv._core module: its init (the two types, the process-wide
+/* shmkv/_core_src/module.c: the shmkv._core module: its init (the types, the process-wide
  * state, the atfork handler), its constants (LAYOUT and the others, which the tests compare
  * with the Python engine's) and its functions (xxh3_64, _writer_pid). */
 #include "writer.h"
@@ -51,7 +51,8 @@ static PyMethodDef core_methods[] = {
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "shmkv._core",
-    .m_doc = "The compiled read path and in-place write path of a shmkv region (see _core_src/).",
+    .m_doc = "The compiled read path, in-place write path and view pin of a shmkv region (see "
+             "_core_src/).",
     .m_size = -1,
     .m_methods = core_methods,
 };
