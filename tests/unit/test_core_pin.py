@@ -10,7 +10,7 @@ import pytest
 from tests_support import JOIN_TIMEOUT_S, ctx
 
 import shmkv
-from shmkv import arrays
+from shmkv import arrays, backend
 from shmkv import layout as L
 from shmkv.check import check_region
 
@@ -18,6 +18,8 @@ try:
     from shmkv import _core
 except ImportError as exc:  # pragma: no cover - a build without a C compiler
     pytest.skip(f"shmkv._core is not built ({exc})", allow_module_level=True)
+if backend.ENGINE != "c":  # SHMKV_PURE_PYTHON=1: handles have no compiled Writer
+    pytest.skip("handles use the pure-Python engine", allow_module_level=True)
 
 VALUE = bytes(range(256)) * 40  # 10 KiB: relocated on overwrite
 SMALL = b"s" * 100  # rewritten in place when not pinned
