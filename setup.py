@@ -1,7 +1,7 @@
 """Only the C extension lives here; everything else is in pyproject.toml.
 
-shmkv._core is the compiled read and write paths (the Reader, and the Writer's in-place fast
-path of set, cas and incr). Its sources are in shmkv/_core_src/ (core.h first; one .c file per
+shmkv._core is the compiled read and write paths (the Reader, the Writer's in-place fast path
+of set, cas and incr, and its views' pin). Its sources are in shmkv/_core_src/ (core.h first; one .c file per
 part), with the vendored single-file xxHash header, shmkv/_vendor/xxhash.h. It is built with the
 system C compiler by `pip install .`.
 
@@ -24,6 +24,7 @@ setup(
                 f"{CORE_SRC}/batch.c",
                 f"{CORE_SRC}/writer.c",
                 f"{CORE_SRC}/fastpath.c",
+                f"{CORE_SRC}/pin.c",
                 f"{CORE_SRC}/lock.c",
                 f"{CORE_SRC}/args.c",
                 f"{CORE_SRC}/hash.c",

@@ -22,6 +22,11 @@ aligned to the item size, and no plain dtype needs more than 8. A block starts 8
 value sits after ENTRY_HEADER_BYTES + key_len, so the padding follows from the key's length
 alone and an overwrite in place keeps it right. The descr is parsed with ast.literal_eval, never
 eval: a region is shared, and its bytes are data, not code.
+
+Decoding a header (literal_eval, descr_to_dtype) costs several microseconds, more than the rest
+of opening a view, and the same few headers come back again and again: decode() keeps what it
+found per header bytes (DECODED, at most DECODED_MAX of them), and the compiled view (pin.c)
+looks there first, and calls decode_header when it finds nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ ARRAY_MAGIC = b"\x93SKA"
 ARRAY_VERSION = 1
 MAX_NDIM = 64
 _HEAD = struct.Struct("<4sBBHI4x")
+DECODED_MAX = 1024
+MAX_CACHED_HEADER_BYTES = 4096  # pin.c looks up headers of at most this many bytes
+MAX_HEADER_BYTES = 16 + 8 * MAX_NDIM + 0xFFFF + 7  # the largest valid data_offset
+# header bytes (up to data_offset) -> (dtype, shape, data_offset, data bytes); the last, because
+# the same header over a value of another length is damaged
+DECODED: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}
 
 
 def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
@@ -68,24 +79,49 @@ def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
 def decode(value: bytes | memoryview | np.ndarray) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, data_offset) from the start of an array value. Raises TypeError if the
     value is not one (the key was written by set(), or the bytes are damaged)."""
-    head = bytes(value[:_HEAD.size])
+    with memoryview(value) as mv:
+        head = bytes(mv[:_HEAD.size])
+        if len(head) == _HEAD.size:
+            head = bytes(mv[:min(max(_HEAD.unpack(head)[4], _HEAD.size), MAX_HEADER_BYTES)])
+        value_len = mv.nbytes
+    return decode_header(head, value_len)[:3]  # type: ignore[return-value]
+
+
+def decode_header(head: bytes, value_len: int) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, data_offset, data bytes) of an array value of value_len bytes that
+    starts with head: its bytes up to data_offset (fewer if the value is shorter, or not an
+    array), through DECODED. Only bytes, never the value itself: an exception's traceback
+    must not keep a view's bytes, and with them its pin, alive."""
+    hit = DECODED.get(head)
+    if hit is not None and hit[2] + hit[3] == value_len:
+        return hit
+    found = _decode(head, value_len)
+    if len(head) <= MAX_CACHED_HEADER_BYTES:
+        if len(DECODED) >= DECODED_MAX:
+            DECODED.clear()
+        DECODED[head] = found
+    return found
+
+
+def _decode(head: bytes, value_len: int) -> tuple[np.dtype, tuple[int, ...], int, int]:
     if len(head) < _HEAD.size:
         raise TypeError("the value is not an array stored by set_array()")
-    magic, version, ndim, descr_len, data_offset = _HEAD.unpack(head)
+    magic, version, ndim, descr_len, data_offset = _HEAD.unpack(head[:_HEAD.size])
     if magic != ARRAY_MAGIC or version != ARRAY_VERSION or ndim > MAX_NDIM:
         raise TypeError("the value is not an array stored by set_array() (or by another "
                         "version of shmkv)")
     shape_end = _HEAD.size + 8 * ndim
+    if data_offset != len(head) or data_offset < shape_end + descr_len:
+        raise TypeError("the array header of this value is damaged")
     try:
-        shape = struct.unpack(f"<{ndim}Q", bytes(value[_HEAD.size:shape_end]))
-        descr = ast.literal_eval(bytes(value[shape_end:shape_end + descr_len]).decode("ascii"))
+        shape = struct.unpack(f"<{ndim}Q", head[_HEAD.size:shape_end])
+        descr = ast.literal_eval(head[shape_end:shape_end + descr_len].decode("ascii"))
         dtype = npy_format.descr_to_dtype(descr)
     except (struct.error, ValueError, TypeError, SyntaxError, UnicodeDecodeError):
         raise TypeError("the array header of this value is damaged") from None
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    if dtype.hasobject or data_offset < shape_end + descr_len \
-            or data_offset + nbytes != len(value):
+    if dtype.hasobject or data_offset + nbytes != value_len:
         raise TypeError("the array header of this value is damaged")
-    return dtype, shape, data_offset
+    return dtype, shape, data_offset, nbytes

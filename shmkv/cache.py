@@ -43,7 +43,8 @@ DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they ca
 MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
-_BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr")  # _bind
+_BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr", "view",
+          "view_array")  # _bind
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
@@ -127,6 +128,10 @@ class Cache:
             lay.collections_offset, lay.access_offset, lay.index_offset, lay.arena_offset,
             lay.arena_bytes, region.seed, coll, gen, region.locks.timeout_s, region.clock,
             _key_bytes, LockTimeout, CorruptRegion, self._write, self._incr, self._expire_pass)
+        if self._cw is not None:  # its views pin in C too, and hand every unusual case here
+            self._cw.enable_views(region.pins._free, lay.procs_offset, lay.max_procs,
+                                  self._pin_entry, region.pins.after_unpin, arrays.DECODED,
+                                  arrays.decode_header, np.ndarray)
         self._bind(self._reader, self._cw)
 
     def _bind(self, reader: Any, writer: Any) -> None:
@@ -138,6 +143,8 @@ class Cache:
             self.set = writer.set  # type: ignore[method-assign]
             self.cas = writer.cas  # type: ignore[method-assign]
             self.incr = writer.incr  # type: ignore[method-assign]
+            self.view = writer.view  # type: ignore[method-assign]
+            self.view_array = writer.view_array  # type: ignore[method-assign]
 
     @classmethod
     def create(

@@ -11,8 +11,11 @@ when a view of a retired block closes, in maintain(), and when a writer finds no
 Why the stripe lock to pin: a writer must see the pin before it decides that a block is free,
 and Python has no memory fences. A reader storing its pin and then re-checking the entry, and a
 writer unpublishing the entry and then scanning pins, could each miss the other's store (x86
-lets a load pass an earlier store). The lock hand-off orders them. Unpinning needs no lock: a
-pin cleared late only delays the sweep that frees the block, it can never free a block early.
+lets a load pass an earlier store). The lock hand-off orders them. The compiled pin
+(shmkv/_core_src/pin.c) takes the same lock: an uncontended pair costs ~14 ns in C, and a
+lock-free pin would need a full fence on the writer side too, which these writers cannot issue.
+Unpinning needs no lock: a pin cleared late only delays the sweep that frees the block, it can
+never free a block early.
 Pinned-ever (KIND_PINNED) keeps the cost off writers that never meet a view: only for such an
 entry does a writer scan the table of pins.
 
@@ -22,7 +25,8 @@ the kernel drops the lock, so "does anyone else hold it?" is an exact test of "i
 alive?", which a pid never is (pids are reused, and mean nothing across pid namespaces).
 Records of dead owners are reclaimed, their pins dropped, by maintain() (the node runs it every
 100 ms) and by a writer that finds no room; the pid in a record is for people reading
-`shmkv doctor`.
+`shmkv doctor`, and for the compiled pin, which takes a slot from _free only while the slot's
+record shows its own pid (a forked child's _free is its parent's: Python claims the child's).
 
 All functions named *_locked need the arena lock; pin_locked needs the entry's stripe lock.
 """
@@ -55,7 +59,9 @@ class PinTable:
         self._max = lay.max_procs
         self.record = -1  # our record, claimed at the first pin
         self._pid = 0  # the process that claimed it (a forked child must claim its own)
-        self._free: list[int] = []  # u32 indexes of our unused pin slots
+        # u32 indexes of our unused pin slots. The compiled engine's views (pin.c) pop from and
+        # append to this very list: it is only ever changed in place.
+        self._free: list[int] = []
 
     # --- records -----------------------------------------------------------------------
     def _owner_at(self, rec: int) -> int:
@@ -75,7 +81,7 @@ class PinTable:
                     self.r.q[(self._rec0 + rec * L.PROC_BYTES + L.P_CLAIMED_AT) >> 3] = \
                         self.r.clock()
                     self.record, self._pid = rec, os.getpid()
-                    self._free = list(range(first + L.PINS_PER_PROC - 1, first - 1, -1))
+                    self._free[:] = range(first + L.PINS_PER_PROC - 1, first - 1, -1)
                     return
             if not attempt and not self.reclaim_dead_locked():
                 break
@@ -97,6 +103,7 @@ class PinTable:
             self.r.u32[self._owner_at(self.record)] = 0
             self.r.locks.release_record(self.record)
             self.record = -1
+            self._free.clear()
 
     def reclaim_dead_locked(self) -> int:
         """Drop the pins of processes that died with views open (sweep_locked then frees what
@@ -134,7 +141,8 @@ class PinTable:
         """Pin the published entry at off (its stripe lock held); returns the pin's handle
         for unpin()."""
         if self._pid != os.getpid():  # first pin, or a child forked from the claimer
-            self.record, self._free = -1, []
+            self.record = -1
+            self._free.clear()
             with self.r.locks.arena_held:
                 self._claim_locked()
         if not self._free:
@@ -149,6 +157,12 @@ class PinTable:
         """Drop a pin taken by pin_locked; frees the block if it was retired meanwhile."""
         self.r.u32[at] = 0
         self._free.append(at)
+        self.after_unpin(off)
+
+    def after_unpin(self, off: int) -> None:
+        """What follows the drop of a pin of the entry at off (by unpin, or by the compiled
+        view, which calls it only when the entry is retired or its handle closed): free the
+        block if it was retired meanwhile; close the region if this was its last view."""
         if self.r.mm[off + L.E_SEGMENT] == L.SEG_RETIRED:
             with self.r.locks.arena_held:
                 self.sweep_locked()

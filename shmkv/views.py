@@ -12,12 +12,18 @@ At the end of the block the memoryview is released: using it afterwards raises V
 ("operation forbidden on released memoryview object"), never shows reused memory. Anything
 still built on the bytes after the block (a slice of the memoryview, the ndarray of
 view_array, an array made with np.frombuffer) keeps the pin, so it stays valid and unchanged
-as long as it lives; the pin is dropped by the first view(), maintain() or close() of this
-handle after it is gone. Views are for reading: the memory is read-only.
+as long as it lives; the pin is dropped when it goes (on the compiled engine), or by the first
+view(), maintain() or close() of this handle after it is gone (pure-Python engine). Views are
+for reading: the memory is read-only.
 
-How lingering is detected: the view's memory is exported by a private ndarray over the region.
-Every object built on it (memoryview slices, arrays) holds a reference to that ndarray, so its
-reference count says exactly whether anything still uses the bytes.
+Two implementations, one behaviour. The compiled engine's handle binds its Writer's view and
+view_array (shmkv/_core_src/pin.c): the pin is taken in C, and the bytes are exported by a small
+`Pin` object that drops the pin when it dies; the memoryview and the ndarray are built on it, so
+whatever still uses the bytes holds it. `ValueView` below is the reference and the pure-Python
+engine's: its memory is exported by a private ndarray over the region; every object built on it
+(memoryview slices, arrays) holds a reference to that ndarray, so its reference count says
+exactly whether anything still uses the bytes. Both pin through the same table (pins.py), and
+the compiled one hands every unusual case to Cache._pin_entry.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ class ValueView:
 def copy_array(cache: Cache, key: object) -> np.ndarray:
     """A copy of the array at key (KeyError if absent, TypeError if not an array), read under a
     pin: the copy is never torn, however large."""
-    view = ValueView(cache, key, as_array=True)
+    view = cache.view_array(key)
     arr = view.__enter__()
     try:
         return arr.copy()

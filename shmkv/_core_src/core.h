@@ -21,6 +21,11 @@
  * argument and every error. See writer.c (the type, its methods and an overview), fastpath.c
  * (the in-place write), lock.c (the stripe lock) and args.c (argument parsing).
  *
+ * The Writer also makes the handle's views (Cache.view, Cache.view_array): a `View` pins the
+ * value under the same stripe mutex, and a `Pin` exports its bytes read-only and drops the pin
+ * when the last object built on them goes; every unusual case goes to the Python pin. See
+ * pin.c.
+ *
  * module.c holds the module: its init, its functions and its constants.
  *
  * The region format is the table in layout.py; the constants used here are #defined below and
@@ -82,6 +87,14 @@
 #define KIND_BYTES 0
 #define KIND_PINNED 0x80
 #define SIZE_MASK 0xFFFFFFF8u
+#define KIND_ARRAY 1
+#define KIND_MASK 0x7F
+#define E_SEGMENT 45         /* u8 */
+#define SEG_RETIRED 3
+#define PROC_BYTES 512
+#define P_OWNER_PID 0        /* u32 */
+#define P_PINS 16            /* PINS_PER_PROC u32 block refs */
+#define PINS_PER_PROC ((PROC_BYTES - P_PINS) / 4)
 #define MAX_KEY_BYTES 4096
 /* not named in layout.py: the u32 after the 8-byte magic (layout.HEADER "<8sI..."), and the
  * collection record's u8 state, after its u16 generation (layout.COLLECTION "<HBB...") */

@@ -6,9 +6,8 @@
 
 /* --- a call's arguments, as Python takes them ------------------------------------------------- */
 
-/* Unix ns from the clock: 1 (in *now), 0 if the clock gave something the fast path leaves to
- * Python (not an int, negative, past 2**63), -1 if it raised. */
-static int
+/* writer.h */
+int
 writer_now(Writer *self, uint64_t *now)
 {
     if (self->clock_is_time_ns) {
@@ -160,49 +159,16 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
     st32(rec + S_OWNER_PID, (uint32_t)writer_pid);
     int out = FAST_FALLBACK;
 
-    if (self->coll) {
-        /* a dropped collection (Python raises CollectionNotFound), or a record Python finds
-         * damaged (CorruptRegion): its name must be of a possible length, and UTF-8, which
-         * the fast path checks for ASCII names only */
-        const uint8_t *c = base + self->coll_rec_off;
-        const uint8_t name_len = ld8(c + C_NAME_LEN);
-        if (ld16(c + C_GENERATION) != self->gen || ld8(c + C_STATE) != COLL_LIVE
-                || name_len > MAX_COLLECTION_NAME_BYTES)
-            goto release;
-        uint8_t high = 0;
-        for (uint8_t k = 0; k < name_len; k++)
-            high |= ld8(c + C_NAME + k);
-        if (high & 0x80)
-            goto release;
-    }
+    if (self->coll && !writer_coll_is_live(self))
+        goto release;
     if (ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed) || ld32(base + H_EVENTS_ENABLED))
         goto release;
 
     /* index.find_locked */
-    const uint32_t per = self->per, tag = (uint32_t)(h >> 32);
-    const uint32_t key_coll = self->coll_hi | klen;
-    const uint8_t *const slots = base + self->index_off + stripe * per * 8;
-    uint8_t *e = NULL;
     uint64_t off = 0;
-    uint32_t i = tag % per;
-    for (uint32_t left = per; left; left--) {
-        const uint64_t v = ld64(slots + (uint64_t)i * 8, memory_order_relaxed);
-        if (!v)
-            break;
-        if ((uint32_t)(v >> 32) == tag) {
-            const uint32_t ref = (uint32_t)v;
-            if (!ref || ref > self->max_ref)
-                goto release; /* garbage: Python raises CorruptRegion */
-            off = self->arena_off + (uint64_t)ref * ALIGN;
-            if (ld32(base + off + E_KEY_COLL) == key_coll
-                    && off + ENTRY_HEADER_BYTES + klen <= self->arena_end
-                    && memcmp(base + off + ENTRY_HEADER_BYTES, key, klen) == 0) {
-                e = base + off;
-                break;
-            }
-        }
-        i = i + 1 == per ? 0 : i + 1;
-    }
+    uint8_t *const e = writer_find_locked(self, key, klen, h, &off);
+    if (e == FIND_GARBAGE)
+        goto release; /* garbage: Python raises CorruptRegion */
     if (!e) {
         if (r->op == W_CAS) { /* absent: False */
             r->cas_ok = 0;

@@ -1,7 +1,7 @@
-/* shmkv/_core_src/module.c: the shmkv._core module: its init (the two types, the process-wide
+/* shmkv/_core_src/module.c: the shmkv._core module: its init (the types, the process-wide
  * state, the atfork handler), its constants (LAYOUT and the others, which the tests compare
  * with the Python engine's) and its functions (xxh3_64, _writer_pid). */
-#include "core.h"
+#include "writer.h"
 
 PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
 pid_t writer_pid;       /* getpid(), refreshed in a forked child */
@@ -51,7 +51,8 @@ static PyMethodDef core_methods[] = {
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "shmkv._core",
-    .m_doc = "The compiled read path and in-place write path of a shmkv region (see _core_src/).",
+    .m_doc = "The compiled read path, in-place write path and view pin of a shmkv region (see "
+             "_core_src/).",
     .m_size = -1,
     .m_methods = core_methods,
 };
@@ -94,6 +95,14 @@ add_layout(PyObject *m)
         {"KIND_BYTES", KIND_BYTES},
         {"KIND_PINNED", KIND_PINNED},
         {"SIZE_MASK", (long)SIZE_MASK},
+        {"KIND_ARRAY", KIND_ARRAY},
+        {"KIND_MASK", KIND_MASK},
+        {"E_SEGMENT", E_SEGMENT},
+        {"SEG_RETIRED", SEG_RETIRED},
+        {"PROC_BYTES", PROC_BYTES},
+        {"P_OWNER_PID", P_OWNER_PID},
+        {"P_PINS", P_PINS},
+        {"PINS_PER_PROC", PINS_PER_PROC},
     };
     PyObject *d = PyDict_New();
     if (!d)
@@ -132,7 +141,8 @@ add_layout(PyObject *m)
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0)
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0
+            || PyType_Ready(&ViewType) < 0 || PyType_Ready(&PinType) < 0)
         return NULL;
     if (!writer_pid) {
         writer_pid = getpid();
@@ -155,7 +165,9 @@ PyInit__core(void)
     if (!m)
         return NULL;
     if (add_layout(m) < 0 || PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0
-            || PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+            || PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0
+            || PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0
+            || PyModule_AddObjectRef(m, "Pin", (PyObject *)&PinType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

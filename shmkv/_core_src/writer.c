@@ -192,6 +192,12 @@ Writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->incr_fallback);
     Py_VISIT(self->expire_hook);
+    Py_VISIT(self->free_pins);
+    Py_VISIT(self->pin_fallback);
+    Py_VISIT(self->after_unpin);
+    Py_VISIT(self->array_headers);
+    Py_VISIT(self->decode_array);
+    Py_VISIT(self->ndarray_type);
     return mapped_traverse(&self->map, visit, arg);
 }
 
@@ -207,6 +213,12 @@ Writer_clear(Writer *self)
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->incr_fallback);
     Py_CLEAR(self->expire_hook);
+    Py_CLEAR(self->free_pins);
+    Py_CLEAR(self->pin_fallback);
+    Py_CLEAR(self->after_unpin);
+    Py_CLEAR(self->array_headers);
+    Py_CLEAR(self->decode_array);
+    Py_CLEAR(self->ndarray_type);
     return 0;
 }
 
@@ -369,7 +381,45 @@ Writer_get_expire_calls(Writer *self, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong(self->expire_calls);
 }
 
+static PyObject *
+Writer_view(Writer *self, PyObject *key)
+{
+    return writer_view(self, key, 0);
+}
+
+static PyObject *
+Writer_view_array(Writer *self, PyObject *key)
+{
+    return writer_view(self, key, 1);
+}
+
+static PyObject *
+Writer_get_pins_fast(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->pins_fast);
+}
+
+static PyObject *
+Writer_get_pins_fallback(Writer *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->pins_fallback);
+}
+
 static PyMethodDef Writer_methods[] = {
+    {"view", (PyCFunction)Writer_view, METH_O,
+     "view(key): Cache.view, a View to enter (pin.c)."},
+    {"view_array", (PyCFunction)Writer_view_array, METH_O,
+     "view_array(key): Cache.view_array, a View to enter (pin.c)."},
+    {"enable_views", (PyCFunction)writer_enable_views, METH_VARARGS,
+     "enable_views(free_pins, procs_offset, max_procs, pin_fallback, after_unpin, "
+     "array_headers, decode_array, ndarray): what views need: the PinTable's list of free pin "
+     "slots, where the process records are, Cache._pin_entry, PinTable.after_unpin, "
+     "arrays.py's cache of decoded headers and its decode_header, numpy.ndarray."},
+    {"pin", (PyCFunction)writer_pin, METH_O,
+     "pin(key): pin key's entry as a view does: (pin, entry offset, value offset, value "
+     "bytes, kind); KeyError if absent."},
+    {"unpin", (PyCFunction)(void (*)(void))writer_unpin, METH_FASTCALL,
+     "unpin(pin, off): drop a pin (from pin() or PinTable.pin_locked)."},
     {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
      "set(key, value, ttl_s=None): Cache.set; in place in C, else write_fallback."},
     {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
@@ -391,6 +441,9 @@ static PyGetSetDef Writer_getset[] = {
      "calls handed to the fallbacks, not yet taken", NULL},
     {"expire_calls", (getter)Writer_get_expire_calls, NULL,
      "expire_hook calls, not yet taken", NULL},
+    {"pins_fast", (getter)Writer_get_pins_fast, NULL, "pins taken in C", NULL},
+    {"pins_fallback", (getter)Writer_get_pins_fallback, NULL,
+     "pins handed to pin_fallback", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -27,6 +27,13 @@ typedef struct {
     PyObject *clock, *coerce_key, *timeout_exc, *corrupt_exc;
     PyObject *write_fallback, *incr_fallback, *expire_hook;
     uint64_t fast, fallbacks, expire_calls;
+    /* views (pin.c), set by enable_views(); NULL until then */
+    uint64_t procs_off;    /* the process records */
+    uint32_t max_procs;
+    PyObject *free_pins;   /* the region's PinTable._free: u32 indexes of this process's free
+                            * pin slots, shared with the Python path (one owner of that state) */
+    PyObject *pin_fallback, *after_unpin, *array_headers, *decode_array, *ndarray_type;
+    uint64_t pins_fast, pins_fallback;
 } Writer;
 
 /* --- arguments, with the messages CPython gives for the Python methods (args.c) -------------
@@ -75,5 +82,71 @@ SHMKV_INTERNAL int writer_run(Writer *self, PyObject *key_obj, wreq *r);
 /* --- the stripe lock (lock.c): 0, or -1 with an exception set -------------------------------- */
 SHMKV_INTERNAL int lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec,
                                uint64_t stripe);
+
+/* Unix ns from the handle's clock: 1 (in *now), 0 if the clock gave something the fast paths
+ * leave to Python (not an int, negative, past 2**63), -1 if it raised (fastpath.c). */
+SHMKV_INTERNAL int writer_now(Writer *self, uint64_t *now);
+
+/* ---------------------------------------------------------------------------------------------- */
+SHMKV_INTERNAL extern PyTypeObject ViewType;
+SHMKV_INTERNAL extern PyTypeObject PinType;
+/* Writer.view(key) and Writer.view_array(key): a View, not yet entered */
+SHMKV_INTERNAL PyObject *writer_view(Writer *self, PyObject *key, int as_array);
+SHMKV_INTERNAL PyObject *writer_enable_views(Writer *self, PyObject *args);
+SHMKV_INTERNAL PyObject *writer_pin(Writer *self, PyObject *key);
+SHMKV_INTERNAL PyObject *writer_unpin(Writer *self, PyObject *const *args, Py_ssize_t nargs);
+
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Whether this handle's collection is live and its record sound; else Python decides (a dropped
+ * collection raises CollectionNotFound, a damaged record CorruptRegion): its name must be of a
+ * possible length, and UTF-8, which the fast paths check for ASCII names only. */
+static inline int
+writer_coll_is_live(const Writer *self)
+{
+    const uint8_t *c = self->map.base + self->coll_rec_off;
+    const uint8_t name_len = ld8(c + C_NAME_LEN);
+    if (ld16(c + C_GENERATION) != self->gen || ld8(c + C_STATE) != COLL_LIVE
+            || name_len > MAX_COLLECTION_NAME_BYTES)
+        return 0;
+    uint8_t high = 0;
+    for (uint8_t k = 0; k < name_len; k++)
+        high |= ld8(c + C_NAME + k);
+    return !(high & 0x80);
+}
+
+#define FIND_GARBAGE ((uint8_t *)(uintptr_t)1)
+
+/* index.find_locked, the stripe lock held: the key's entry (its offset in *off), NULL if
+ * absent, or FIND_GARBAGE for a ref out of bounds (Python raises CorruptRegion). */
+static inline uint8_t *
+writer_find_locked(const Writer *self, const char *key, uint32_t klen, uint64_t h, uint64_t *off)
+{
+    uint8_t *const base = self->map.base;
+    const uint64_t stripe = h & self->smask;
+    const uint32_t per = self->per, tag = (uint32_t)(h >> 32);
+    const uint32_t key_coll = self->coll_hi | klen;
+    const uint8_t *const slots = base + self->index_off + stripe * per * 8;
+    uint32_t i = tag % per;
+    for (uint32_t left = per; left; left--) {
+        const uint64_t v = ld64(slots + (uint64_t)i * 8, memory_order_relaxed);
+        if (!v)
+            return NULL;
+        if ((uint32_t)(v >> 32) == tag) {
+            const uint32_t ref = (uint32_t)v;
+            if (!ref || ref > self->max_ref)
+                return FIND_GARBAGE;
+            const uint64_t o = self->arena_off + (uint64_t)ref * ALIGN;
+            if (ld32(base + o + E_KEY_COLL) == key_coll
+                    && o + ENTRY_HEADER_BYTES + klen <= self->arena_end
+                    && memcmp(base + o + ENTRY_HEADER_BYTES, key, klen) == 0) {
+                *off = o;
+                return base + o;
+            }
+        }
+        i = i + 1 == per ? 0 : i + 1;
+    }
+    return NULL;
+}
 
 #endif /* SHMKV_WRITER_H */

@@ -1,0 +1,682 @@
+/* shmkv/_core_src/pin.c: the compiled view: Writer.view(key) and Writer.view_array(key), the
+ * context managers that Cache.view and Cache.view_array return on the compiled engine, and the
+ * compiled pin under them (pins.py's pin_locked and unpin, cache.py's _pin_entry).
+ *
+ * The pin, as pins.py says and under the same lock: the key's stripe mutex is taken (lock.c),
+ * the key found (index.find_locked), its expiry checked with the handle's clock, the block's
+ * ref stored into one of this process's pin slots and KIND_PINNED set on the entry, the mutex
+ * released. The lock, not a fence: the writer must see the pin before it decides that a block
+ * is free, and every Python writer reads pins under this same mutex; a lock-free pin would need
+ * a full fence on both sides, the Python writer has none, and the uncontended mutex pair costs
+ * ~14 ns of a view's ~320 ns open+close (bench/README.md, bench/results/views-*.md). Every
+ * unusual case goes, before anything is changed, to the Python path (pin_fallback,
+ * Cache._pin_entry), which stays the reference: no free pin slot in the list, a slot whose
+ * record this process does not hold (no record claimed yet, or a child forked from the
+ * claimer: the record's owner pid is not ours), a stripe that needs a repair, a collection that
+ * is not plainly live, a ref out of bounds, a clock that is not an int.
+ *
+ * Pin slots: the free ones are the u32 indexes in the region's PinTable._free, a Python list
+ * that both paths pop from and append to (one owner of that state: PinTable claims the record
+ * and fills it; C only takes and gives back). A slot is popped before the mutex is taken (the
+ * wait for it releases the GIL) and appended back if nothing was pinned.
+ *
+ * The lifetime rule (views.py): a `Pin` object owns one pin, and drops it when it dies. It
+ * exports the value's bytes, read-only, by the buffer protocol; the memoryview of view() and
+ * the ndarray of view_array() are built on it, so anything that still uses the bytes (a slice
+ * of the memoryview, an array over it) holds the Pin through numpy's base or the memoryview's
+ * managed buffer, and the pin goes exactly when the last of them goes. A Pin also holds its
+ * Writer's mapping (map.inflight), so that a view outlives its closed handle. Unpinning takes
+ * no lock (a slot cleared late only delays a sweep); when the entry was retired meanwhile, or
+ * the handle is closed, after_unpin (PinTable.after_unpin) sweeps or finishes the close. A Pin
+ * that a forked child inherited and drops leaves the pin alone: it is the parent's.
+ *
+ * view_array decodes the array header (arrays.py) once per distinct header bytes: it looks the
+ * bytes up in arrays.DECODED, and calls arrays.decode_header only when they are not there.
+ */
+#include "writer.h"
+
+typedef struct {
+    PyObject_HEAD
+    Writer *owner;  /* holds one of owner->map.inflight: the mapping stays while the pin does */
+    PyObject *at;   /* the pin slot, a u32 index into the region, given back to free_pins */
+    uint64_t off;   /* the pinned entry */
+    uint8_t *ptr;   /* the value's bytes */
+    Py_ssize_t len;
+    pid_t pid;      /* the pinning process: a forked child never drops its parent's pins */
+} Pin;
+
+typedef struct {
+    PyObject_HEAD
+    Writer *owner;
+    PyObject *key;
+    Pin *pin;       /* while open */
+    PyObject *mv;   /* view(): the memoryview handed out, released at the end of the block */
+    int as_array;
+    int state;      /* 0, VIEW_OPEN, VIEW_CLOSED */
+} View;
+
+enum { VIEW_OPEN = 1, VIEW_CLOSED = 2 };
+
+/* What a pin gives a view (the tuple of Cache._pin_entry). */
+typedef struct {
+    PyObject *at;   /* new reference */
+    uint64_t off, start;
+    uint32_t vlen;
+    uint8_t kind;
+} pinned;
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static void
+key_error(PyObject *key)
+{
+    PyObject *t = PyTuple_Pack(1, key); /* KeyError(key) even for a tuple key */
+    if (t) {
+        PyErr_SetObject(PyExc_KeyError, t);
+        Py_DECREF(t);
+    }
+}
+
+/* Under the stripe mutex, what pin_fast decides: FAST_DONE (pinned), FAST_FALLBACK (nothing
+ * changed), FAST_ERROR (KeyError, or the clock raised). */
+static int
+pin_locked(Writer *self, PyObject *key_obj, const char *key, uint32_t klen, uint64_t h,
+           uint64_t slot_off, pinned *out)
+{
+    uint8_t *const base = self->map.base;
+    if (self->coll && !writer_coll_is_live(self))
+        return FAST_FALLBACK;
+    uint64_t off = 0;
+    uint8_t *const e = writer_find_locked(self, key, klen, h, &off);
+    if (e == FIND_GARBAGE)
+        return FAST_FALLBACK; /* Python raises CorruptRegion */
+    if (!e) {
+        key_error(key_obj);
+        return FAST_ERROR;
+    }
+    const uint64_t exp = ld64(e + E_EXPIRES_AT, memory_order_relaxed);
+    if (exp) {
+        uint64_t now;
+        int rc = writer_now(self, &now);
+        if (rc <= 0)
+            return rc < 0 ? FAST_ERROR : FAST_FALLBACK;
+        if (exp <= now) {
+            key_error(key_obj);
+            return FAST_ERROR;
+        }
+    }
+    const uint32_t vlen = ld32(e + E_VALUE_LEN);
+    const uint64_t start = off + ENTRY_HEADER_BYTES + klen;
+    if (start + vlen > self->arena_end)
+        return FAST_FALLBACK; /* garbage: Python decides */
+    /* the pin, then the mark that makes writers look for pins (pins.py's pin_locked); both
+     * are seen by the next holder of this mutex, which is where writers read them */
+    st32(base + slot_off, (uint32_t)((off - self->arena_off) >> 3));
+    const uint8_t kind = ld8(e + E_KIND);
+    st8(e + E_KIND, kind | KIND_PINNED);
+    out->off = off;
+    out->start = start;
+    out->vlen = vlen;
+    out->kind = kind | KIND_PINNED;
+    return FAST_DONE;
+}
+
+/* The compiled pin: FAST_DONE (out filled), FAST_FALLBACK (nothing changed) or FAST_ERROR.
+ * Called between mapped_enter and mapped_leave. */
+static int
+pin_fast(Writer *self, PyObject *key_obj, pinned *out)
+{
+    uint8_t *const base = self->map.base;
+    PyObject *const free_pins = self->free_pins;
+    /* the key first: coerce_key may run Python code, which may change the list */
+    const char *key;
+    Py_ssize_t klen;
+    PyObject *owned;
+    if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
+        return FAST_ERROR;
+    const Py_ssize_t n = PyList_GET_SIZE(free_pins);
+    PyObject *at = n ? PyList_GET_ITEM(free_pins, n - 1) : NULL;
+    unsigned long at_u32 = 0;
+    if (at && PyLong_CheckExact(at)) {
+        at_u32 = PyLong_AsUnsignedLong(at);
+        if (at_u32 == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            at = NULL;
+        }
+    }
+    else {
+        at = NULL; /* no record claimed yet, or every slot in use */
+    }
+    /* the slot must be in a record that this process holds: after a fork, the list is the
+     * parent's, whose record the child must not use */
+    const uint64_t slot_off = (uint64_t)at_u32 * 4;
+    const uint64_t in_procs = slot_off - self->procs_off;
+    if (!at || slot_off < self->procs_off
+            || in_procs >= (uint64_t)self->max_procs * PROC_BYTES
+            || in_procs % PROC_BYTES < P_PINS
+            || ld32(base + self->procs_off + in_procs / PROC_BYTES * PROC_BYTES + P_OWNER_PID)
+               != (uint32_t)writer_pid) {
+        Py_XDECREF(owned);
+        return FAST_FALLBACK;
+    }
+    Py_INCREF(at);
+    if (PyList_SetSlice(free_pins, n - 1, n, NULL) < 0) { /* ours until given back */
+        Py_DECREF(at);
+        Py_XDECREF(owned);
+        return FAST_ERROR;
+    }
+    const uint64_t h = xxh3_64(key, (size_t)klen, self->hseed);
+    const uint64_t stripe = h & self->smask;
+    uint8_t *const rec = base + self->stripes_off + stripe * STRIPE_BYTES;
+    pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(rec + S_MUTEX);
+    int out_rc;
+    if (lock_stripe(self, m, rec, stripe) < 0) {
+        out_rc = FAST_ERROR;
+    }
+    else if (ld32(rec + S_OWNER_PID) || ld64(rec + S_SEQ, memory_order_relaxed) & 1
+             || ld32(rec + S_COUNT) > self->max_count) {
+        /* needs Python's repair: leave the recorded pid as it is (fastpath.c) */
+        pthread_mutex_unlock(m);
+        out_rc = FAST_FALLBACK;
+    }
+    else {
+        st32(rec + S_OWNER_PID, (uint32_t)writer_pid);
+        out_rc = pin_locked(self, key_obj, key, (uint32_t)klen, h, slot_off, out);
+        st32(rec + S_OWNER_PID, 0);
+        pthread_mutex_unlock(m);
+    }
+    Py_XDECREF(owned);
+    if (out_rc == FAST_DONE) {
+        out->at = at;
+        self->pins_fast++;
+        return FAST_DONE;
+    }
+    /* nothing pinned: the slot goes back where it was */
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    int rc = PyList_Append(free_pins, at);
+    Py_DECREF(at);
+    if (rc < 0) {
+        Py_XDECREF(exc_type);
+        Py_XDECREF(exc_value);
+        Py_XDECREF(exc_tb);
+        return FAST_ERROR;
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    return out_rc;
+}
+
+/* Pin key: the fast path, else pin_fallback (Cache._pin_entry). 0 (out filled), or -1 with an
+ * exception set. Called between mapped_enter and mapped_leave. */
+static int
+pin_any(Writer *self, PyObject *key, pinned *out)
+{
+    int rc = pin_fast(self, key, out);
+    if (rc == FAST_DONE)
+        return 0;
+    if (rc == FAST_ERROR)
+        return -1;
+    self->pins_fallback++;
+    PyObject *res = PyObject_CallOneArg(self->pin_fallback, key);
+    if (!res)
+        return -1;
+    unsigned long long off, start, vlen, kind;
+    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 5
+            || !PyLong_Check(PyTuple_GET_ITEM(res, 0))) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "pin_fallback must return (pin, entry offset, value "
+                                         "offset, value bytes, kind)");
+        return -1;
+    }
+    off = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 1));
+    start = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 2));
+    vlen = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 3));
+    kind = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(res, 4));
+    if (PyErr_Occurred()) {
+        Py_DECREF(res);
+        return -1;
+    }
+    if (start + vlen > self->arena_end || kind > 0xFF) { /* cannot be: Python checked it */
+        Py_DECREF(res);
+        PyErr_SetString(self->corrupt_exc, "pin_fallback pinned a value outside the arena");
+        return -1;
+    }
+    out->at = Py_NewRef(PyTuple_GET_ITEM(res, 0));
+    out->off = off;
+    out->start = start;
+    out->vlen = (uint32_t)vlen;
+    out->kind = (uint8_t)kind;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+/* Drop the pin in slot at of the entry at off (pins.py's unpin): clear the slot, give it back to
+ * free_pins, and call after_unpin(off) if the entry was retired meanwhile or the handle closed.
+ * The caller holds one count of the mapping (map.inflight), which this gives back before it
+ * calls after_unpin: that may finish the close of the region, which needs the mapping
+ * released. 0, or -1 with an exception set. */
+static int
+drop_pin(Writer *self, PyObject *at, uint64_t off)
+{
+    uint8_t *const base = self->map.base;
+    int rc = 0, retired = 0;
+    const unsigned long at_u32 = PyLong_AsUnsignedLong(at);
+    const uint64_t slot_off = (uint64_t)at_u32 * 4, in_procs = slot_off - self->procs_off;
+    if (at_u32 == (unsigned long)-1 && PyErr_Occurred()) {
+        rc = -1;
+    }
+    else if (slot_off < self->procs_off || in_procs >= (uint64_t)self->max_procs * PROC_BYTES
+             || in_procs % PROC_BYTES < P_PINS) {
+        PyErr_SetString(PyExc_ValueError, "not a pin slot of the region");
+        rc = -1;
+    }
+    else {
+        /* release: every read of the bytes comes before the slot is seen free */
+        atomic_store_explicit((_Atomic uint32_t *)(void *)(base + slot_off), 0,
+                              memory_order_release);
+        retired = ld8(base + off + E_SEGMENT) == SEG_RETIRED;
+        rc = PyList_Append(self->free_pins, at);
+    }
+    mapped_leave(&self->map);
+    if (rc < 0 || !(retired || self->map.closed))
+        return rc;
+    PyObject *off_obj = PyLong_FromUnsignedLongLong(off);
+    if (!off_obj)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(self->after_unpin, off_obj);
+    Py_DECREF(off_obj);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static Pin *
+pin_new(Writer *owner, const pinned *p)
+{
+    Pin *self = PyObject_New(Pin, &PinType);
+    if (!self) {
+        Py_DECREF(p->at); /* the slot stays taken: a pin nobody can drop; memory is gone */
+        return NULL;
+    }
+    self->owner = (Writer *)Py_NewRef(owner);
+    owner->map.inflight++; /* the mapping stays until this pin goes (mapped_leave) */
+    self->at = p->at;
+    self->off = p->off;
+    self->ptr = owner->map.base + p->start;
+    self->len = (Py_ssize_t)p->vlen;
+    self->pid = writer_pid;
+    return self;
+}
+
+static void
+Pin_dealloc(Pin *self)
+{
+    Writer *w = self->owner;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    if (self->pid == writer_pid) {
+        if (drop_pin(w, self->at, self->off) < 0)
+            PyErr_WriteUnraisable(w->after_unpin);
+    }
+    else { /* a child forked with a view open: the pin is the parent's, and stays */
+        mapped_leave(&w->map);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    Py_DECREF(self->at);
+    Py_DECREF(w);
+    PyObject_Free(self);
+}
+
+static int
+Pin_getbuffer(Pin *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, 1, flags);
+}
+
+static PyBufferProcs Pin_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Pin_getbuffer,
+    .bf_releasebuffer = NULL,
+};
+
+static PyObject *
+Pin_get_slot(Pin *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->at);
+}
+
+static PyObject *
+Pin_get_entry(Pin *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->off);
+}
+
+static PyGetSetDef Pin_getset[] = {
+    {"slot", (getter)Pin_get_slot, NULL, "the pin slot (a u32 index into the region)", NULL},
+    {"entry", (getter)Pin_get_entry, NULL, "the pinned entry's offset", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject PinType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmkv._core.Pin",
+    .tp_doc = PyDoc_STR("One view's pin of a value's bytes, exported read-only by the buffer "
+                        "protocol; the pin is dropped when this object goes. Made by View."),
+    .tp_basicsize = sizeof(Pin),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_dealloc = (destructor)Pin_dealloc,
+    .tp_as_buffer = &Pin_as_buffer,
+    .tp_getset = Pin_getset,
+};
+
+/* --- the View: what `with cache.view(key) as mv:` enters ------------------------------------- */
+
+/* more than any valid array header (arrays.py: 16 + 8 * MAX_NDIM + a u16 descr + padding) */
+#define ARRAY_HEADER_MAX_BYTES (1u << 17)
+/* the largest header looked up in arrays.py's cache from C (arrays.MAX_CACHED_HEADER_BYTES) */
+#define ARRAY_HEADER_CACHED_BYTES 4096u
+
+/* (dtype, shape, data_offset, data bytes) of the array value that p exports: from arrays.py's
+ * cache of decoded headers, else decode_array(head, value bytes) (arrays.decode_header), which
+ * raises TypeError for what is not an array. A new reference, or NULL with an exception. Only
+ * bytes go to Python, never the Pin: a traceback must not keep the pin alive. */
+static PyObject *
+array_header(Writer *w, Pin *p)
+{
+    uint64_t n = (uint64_t)p->len;
+    if (n >= 16) {
+        uint32_t data_offset;
+        memcpy(&data_offset, p->ptr + 8, 4); /* the header's data_offset (arrays.py), LE */
+        n = data_offset < 16 ? 16 : data_offset;
+        if (n > (uint64_t)p->len)
+            n = (uint64_t)p->len;
+        if (n > ARRAY_HEADER_MAX_BYTES)
+            n = ARRAY_HEADER_MAX_BYTES;
+    }
+    PyObject *head = PyBytes_FromStringAndSize((const char *)p->ptr, (Py_ssize_t)n);
+    if (!head)
+        return NULL;
+    if (n <= ARRAY_HEADER_CACHED_BYTES) {
+        PyObject *hit = PyDict_GetItemWithError(w->array_headers, head);
+        if (hit && PyTuple_CheckExact(hit) && PyTuple_GET_SIZE(hit) == 4) {
+            /* the data must end the value: the same header over another length is damaged */
+            const unsigned long long data_offset = PyLong_AsUnsignedLongLong(
+                PyTuple_GET_ITEM(hit, 2));
+            const unsigned long long nbytes = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(hit, 3));
+            if (!PyErr_Occurred() && data_offset + nbytes == (uint64_t)p->len) {
+                Py_DECREF(head);
+                return Py_NewRef(hit);
+            }
+            PyErr_Clear();
+        }
+        else if (PyErr_Occurred()) {
+            Py_DECREF(head);
+            return NULL;
+        }
+    }
+    PyObject *len_obj = PyLong_FromSsize_t(p->len);
+    PyObject *res = NULL;
+    if (len_obj) {
+        PyObject *args[2] = {head, len_obj};
+        res = PyObject_Vectorcall(w->decode_array, args, 2, NULL);
+        Py_DECREF(len_obj);
+    }
+    Py_DECREF(head);
+    return res;
+}
+
+static PyObject *
+view_array_of(View *self, Pin *p, uint8_t kind)
+{
+    Writer *w = self->owner;
+    if ((kind & KIND_MASK) != KIND_ARRAY)
+        return PyErr_Format(PyExc_TypeError, "the value at %R was stored with set(), not "
+                            "set_array(); read it with get() or view()", self->key);
+    PyObject *head = array_header(w, p);
+    if (!head)
+        return NULL;
+    if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) < 3) {
+        Py_DECREF(head);
+        PyErr_SetString(PyExc_TypeError, "decode_array must return (dtype, shape, data_offset, "
+                                         "data bytes)");
+        return NULL;
+    }
+    /* numpy.ndarray(shape, dtype, buffer, offset): read-only (the buffer is), its base the Pin */
+    PyObject *args[4] = {PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 0), (PyObject *)p,
+                         PyTuple_GET_ITEM(head, 2)};
+    PyObject *arr = PyObject_Vectorcall(w->ndarray_type, args, 4, NULL);
+    Py_DECREF(head);
+    return arr;
+}
+
+static PyObject *
+View_enter(View *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state) {
+        PyErr_SetString(PyExc_RuntimeError, "a ValueView can be entered once; call view() again");
+        return NULL;
+    }
+    self->state = VIEW_OPEN;
+    Writer *w = self->owner;
+    pinned p;
+    if (mapped_enter(&w->map) < 0) {
+        /* a closed handle: Python raises its CacheClosed */
+        PyErr_Clear();
+        PyObject *r = PyObject_CallOneArg(w->pin_fallback, self->key);
+        Py_XDECREF(r);
+        if (r)
+            PyErr_SetString(PyExc_ValueError, "closed");
+        self->state = VIEW_CLOSED;
+        return NULL;
+    }
+    if (pin_any(w, self->key, &p) < 0) {
+        mapped_leave(&w->map);
+        self->state = VIEW_CLOSED;
+        return NULL;
+    }
+    Pin *pin = pin_new(w, &p);
+    mapped_leave(&w->map);
+    if (!pin) {
+        self->state = VIEW_CLOSED;
+        return NULL;
+    }
+    PyObject *res;
+    if (self->as_array) {
+        res = view_array_of(self, pin, p.kind);
+    }
+    else {
+        res = PyMemoryView_FromObject((PyObject *)pin);
+        if (res)
+            self->mv = Py_NewRef(res);
+    }
+    if (!res) {
+        Py_DECREF(pin); /* unpins */
+        self->state = VIEW_CLOSED;
+        return NULL;
+    }
+    self->pin = pin;
+    return res;
+}
+
+static PyObject *str_release;
+
+/* The end of the block: release the memoryview and drop our hold of the pin. The pin goes now,
+ * unless something built on the bytes still lives (it holds the Pin). */
+static PyObject *
+View_close(View *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state != VIEW_OPEN)
+        Py_RETURN_NONE;
+    self->state = VIEW_CLOSED;
+    if (self->mv) {
+        PyObject *r = PyObject_CallMethodNoArgs(self->mv, str_release);
+        if (r) {
+            Py_DECREF(r);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear(); /* an object made from it (np.frombuffer(mv), ...) lives: it keeps
+                            * the memoryview, which keeps the Pin */
+        }
+        else {
+            return NULL;
+        }
+        Py_CLEAR(self->mv);
+    }
+    Py_CLEAR(self->pin);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+View_exit(View *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    return View_close(self, NULL);
+}
+
+static void
+View_dealloc(View *self)
+{
+    Py_XDECREF(self->mv);
+    Py_XDECREF(self->pin);
+    Py_DECREF(self->key);
+    Py_DECREF(self->owner);
+    PyObject_Free(self);
+}
+
+static PyMethodDef View_methods[] = {
+    {"__enter__", (PyCFunction)View_enter, METH_NOARGS,
+     "Pin the value: its read-only memoryview (view) or ndarray (view_array)."},
+    {"__exit__", (PyCFunction)(void (*)(void))View_exit, METH_FASTCALL,
+     "close(): the end of the with block."},
+    {"close", (PyCFunction)View_close, METH_NOARGS,
+     "Release the view (what the end of the `with` block does); idempotent."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject ViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmkv._core.View",
+    .tp_doc = PyDoc_STR("What Cache.view and Cache.view_array return on the compiled engine: "
+                        "views.py's ValueView, compiled; see views.py for the lifetime rule."),
+    .tp_basicsize = sizeof(View),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_dealloc = (destructor)View_dealloc,
+    .tp_methods = View_methods,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+
+static int
+views_enabled(Writer *self)
+{
+    if (self->free_pins)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "enable_views() was not called on this Writer");
+    return 0;
+}
+
+PyObject *
+writer_view(Writer *self, PyObject *key, int as_array)
+{
+    if (!views_enabled(self))
+        return NULL;
+    View *v = PyObject_New(View, &ViewType);
+    if (!v)
+        return NULL;
+    v->owner = (Writer *)Py_NewRef(self);
+    v->key = Py_NewRef(key);
+    v->pin = NULL;
+    v->mv = NULL;
+    v->as_array = as_array;
+    v->state = 0;
+    return (PyObject *)v;
+}
+
+/* enable_views(free_pins, procs_offset, max_procs, pin_fallback, after_unpin, array_headers,
+ * decode_array, ndarray) */
+PyObject *
+writer_enable_views(Writer *self, PyObject *args)
+{
+    PyObject *free_pins, *pin_fallback, *after_unpin, *array_headers, *decode_array, *ndarray;
+    Py_ssize_t procs_off, max_procs;
+    if (!PyArg_ParseTuple(args, "O!nnOOO!OO:enable_views", &PyList_Type, &free_pins,
+                          &procs_off, &max_procs, &pin_fallback, &after_unpin, &PyDict_Type,
+                          &array_headers, &decode_array, &ndarray))
+        return NULL;
+    if (self->free_pins) {
+        PyErr_SetString(PyExc_RuntimeError, "enable_views() was called already");
+        return NULL;
+    }
+    if (!PyCallable_Check(pin_fallback) || !PyCallable_Check(after_unpin)
+            || !PyCallable_Check(decode_array) || !PyCallable_Check(ndarray)) {
+        PyErr_SetString(PyExc_TypeError, "pin_fallback, after_unpin, decode_array and ndarray "
+                                         "must be callable");
+        return NULL;
+    }
+    if (mapped_enter(&self->map) < 0)
+        return NULL;
+    const uint64_t len = (uint64_t)self->map.view.len;
+    mapped_leave(&self->map);
+    if (procs_off < 0 || procs_off % ALIGN || max_procs < 1 || max_procs > 0xFFFF
+            || (uint64_t)procs_off + (uint64_t)max_procs * PROC_BYTES > len) {
+        PyErr_SetString(PyExc_ValueError, "the process records do not fit in the buffer");
+        return NULL;
+    }
+    if (!str_release && !(str_release = PyUnicode_InternFromString("release")))
+        return NULL;
+    self->procs_off = (uint64_t)procs_off;
+    self->max_procs = (uint32_t)max_procs;
+    self->free_pins = Py_NewRef(free_pins);
+    self->pin_fallback = Py_NewRef(pin_fallback);
+    self->after_unpin = Py_NewRef(after_unpin);
+    self->array_headers = Py_NewRef(array_headers);
+    self->decode_array = Py_NewRef(decode_array);
+    self->ndarray_type = Py_NewRef(ndarray);
+    Py_RETURN_NONE;
+}
+
+/* pin(key): pin as a view does, fast path or pin_fallback: (pin, entry offset, value offset,
+ * value bytes, kind), to be dropped by unpin(pin, off) (or PinTable.unpin: they are the same) */
+PyObject *
+writer_pin(Writer *self, PyObject *key)
+{
+    if (!views_enabled(self) || mapped_enter(&self->map) < 0)
+        return NULL;
+    pinned p;
+    PyObject *res = NULL;
+    if (pin_any(self, key, &p) == 0) {
+        res = Py_BuildValue("(NKKIB)", p.at, (unsigned long long)p.off,
+                            (unsigned long long)p.start, (unsigned int)p.vlen,
+                            (unsigned char)p.kind);
+    }
+    mapped_leave(&self->map);
+    return res;
+}
+
+/* unpin(pin, off): drop a pin taken by pin() or by PinTable.pin_locked */
+PyObject *
+writer_unpin(Writer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "unpin(pin, off) takes 2 arguments");
+        return NULL;
+    }
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[1]);
+    if (off == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!views_enabled(self) || mapped_enter(&self->map) < 0)
+        return NULL;
+    if (off + ENTRY_HEADER_BYTES > self->arena_end || off < self->arena_off) {
+        mapped_leave(&self->map);
+        PyErr_SetString(PyExc_ValueError, "off is not an entry of the arena");
+        return NULL;
+    }
+    if (drop_pin(self, args[0], off) < 0) /* gives the mapping back */
+        return NULL;
+    Py_RETURN_NONE;
+}
