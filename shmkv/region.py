@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from . import layout as L
 from .errors import IncompatibleLayout, OutOfSpace, RegionExists, RegionNotFound
 
 _SHM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+SHM_DIR = "/dev/shm"
 ATTACH_WAIT_S = 2.0  # how long open() waits for a region that is still being created
 
 
@@ -106,7 +108,7 @@ def create_mapping(name: str, region_bytes: int, mode: int) -> Mapping:
         mm = mmap.mmap(fd, region_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
         os.close(fd)
-        unlink_mapping(name)
+        remove_object(name)
         raise
     return Mapping(name, fd, mm)
 
@@ -145,18 +147,45 @@ def open_mapping(name: str) -> Mapping:
 
 def unlink_mapping(name: str) -> bool:
     """Remove the region object's name; True if it existed. Mapped handles keep working.
-    A file is removed only if it is a shmkv region (or one whose creator died before writing
-    the magic): Cache.unlink must never delete some other file a path points at."""
+    Only what is provably a region is removed (`_check_is_region`): Cache.unlink must never
+    delete some other file a path (or a /dev/shm name) points at. A symbolic link is removed,
+    not its target (which stays a whole region: nothing of a region lives outside it)."""
+    try:
+        _check_is_region(name)
+    except FileNotFoundError:
+        return False
+    return remove_object(name)
+
+
+def remove_object(name: str) -> bool:
+    """Remove the name, whatever it holds: for a creator removing the object it just made."""
     try:
         if is_path(name):
-            with open(name, "rb") as f:
-                head = f.read(L.HEADER_BYTES)
-            if head[:8] != L.MAGIC and any(head):
-                raise IncompatibleLayout(f"{name!r} is not a shmkv region; refusing to remove "
-                                         "it (delete it yourself if you mean to)")
             os.unlink(name)
         else:
             posix_ipc.unlink_shared_memory("/" + name)
         return True
     except (FileNotFoundError, posix_ipc.ExistentialError):
         return False
+
+
+def _check_is_region(name: str) -> None:
+    """Raise IncompatibleLayout unless name is a regular file holding a region's header: a
+    ready region (its magic, of any layout version: an older one must stay removable), or one
+    whose creator died before writing the magic (the rest of a header this release writes,
+    consistent with the file's size). An empty or zero-filled file, a device, a directory or
+    a file of some other format is left alone."""
+    where = name if is_path(name) else os.path.join(SHM_DIR, name)
+    st = os.stat(where)
+    if not stat.S_ISREG(st.st_mode):
+        raise IncompatibleLayout(f"{name!r} is not a regular file, so not a shmkv region; "
+                                 "refusing to remove it")
+    with open(where, "rb") as f:
+        head = f.read(L.HEADER_BYTES)
+    if head[:8] == L.MAGIC:
+        return
+    try:
+        L.unpack_header(L.MAGIC + head[8:], st.st_size)
+    except IncompatibleLayout:
+        raise IncompatibleLayout(f"{name!r} is not a shmkv region; refusing to remove it "
+                                 "(delete it yourself if you mean to)") from None

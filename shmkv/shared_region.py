@@ -97,7 +97,7 @@ class SharedRegion:
             holders.attached(mapping.fd)
         except BaseException:
             mapping.close()
-            R.unlink_mapping(name)
+            R.remove_object(name)
             raise
         return region
 

@@ -351,7 +351,7 @@ def test_a_dry_run_of_the_host_removes_nothing(region_name: str) -> None:
             assert c.get("k") == b"v"
     finally:
         shmkv.Cache.unlink(half)
-        shmkv.Cache.unlink(foreign)
+        Path("/dev/shm", foreign).unlink(missing_ok=True)  # not a region: unlink refuses it
 
 
 def test_a_half_created_object_in_dev_shm_is_found_and_removed(region_name: str) -> None:
