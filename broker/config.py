@@ -53,6 +53,13 @@ class NodeConfig:
     metrics_bind: str = "127.0.0.1:9370"
     # Lets bind, pub_bind and metrics_bind name non-loopback addresses (see the module doc).
     allow_remote: bool = False
+    # Persistence (broker/persistence.py). Seconds between two flushes of a file region to its
+    # disk (0: only at stop): what a power loss may take.
+    flush_interval_s: float = 1.0
+    # A snapshot file ("" = none): written every snapshot_interval_s when something changed
+    # (0: only at stop) and at stop; a region that does not exist at start is restored from it.
+    snapshot_path: str = ""
+    snapshot_interval_s: float = 300.0
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -135,6 +142,23 @@ def _seconds(value: object, text: bool) -> float:
     return float(value)
 
 
+def _interval(value: object, text: bool) -> float:
+    """Seconds, or 0 for never."""
+    value = _from_text(value, text, float, "a number of seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected a number of seconds >= 0 (0: never), got {value!r}")
+    return float(value)
+
+
+def _path(value: object, text: bool) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError(f"expected a file path, got {value!r}")
+    if value and os.path.isdir(value):
+        raise ValueError(f"{value!r} is a directory; name a file in it")
+    return value
+
+
 def _count(value: object, text: bool) -> int:
     value = _from_text(value, text, int, "a whole number")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -184,7 +208,8 @@ def _flag(value: object, text: bool) -> bool:
 _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "region": _region, "arena_bytes": _size, "maintain_interval_s": _seconds,
     "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
-    "metrics_bind": _metrics_bind, "allow_remote": _flag,
+    "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
+    "snapshot_path": _path, "snapshot_interval_s": _interval,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 

@@ -8,6 +8,7 @@ an abstract-namespace name when it starts with "@" (the "@" stands for a leading
     STATUS=text        one line shown by `systemctl status`
     WATCHDOG=1         still alive; must come at least every WatchdogSec=
     STOPPING=1         shutdown has begun
+    EXTEND_TIMEOUT_USEC=n  the start or stop takes longer: n more microseconds, please
 
 Without $NOTIFY_SOCKET (not started by systemd, or a unit that is not Type=notify) every call
 is a no-op. A failed send never raises into the node: a node that serves requests but cannot
@@ -57,6 +58,11 @@ class Notifier:
     def status(self, text: str) -> bool:
         """Set the one-line status that `systemctl status` shows."""
         return self._send("STATUS=" + _line(text))
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for seconds more before the unit's start or stop timeout kills us (a long
+        restore or last snapshot that is making progress): EXTEND_TIMEOUT_USEC=."""
+        return self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
 
     def watchdog(self) -> bool:
         """Keep-alive ping; send one every watchdog_interval_s()."""

@@ -53,6 +53,7 @@ from . import protocol
 from .config import NodeConfig, metrics_address
 from .dispatch import Dispatcher
 from .metrics import Metrics
+from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -75,6 +76,8 @@ class Notifier(Protocol):
     """What the node tells its supervisor (broker/notify.py implements it for systemd)."""
 
     def ready(self, status: str | None = None) -> object: ...
+    def status(self, text: str) -> object: ...
+    def extend_timeout(self, seconds: float) -> object: ...
     def watchdog(self) -> object: ...
     def stopping(self, status: str | None = None) -> object: ...
     def watchdog_interval_s(self) -> float | None: ...
@@ -106,9 +109,10 @@ class _Node:
             try:
                 self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm)
-                cache = shmkv.Cache.create(self.config.region, self.config.arena_bytes,
-                                           exist_ok=True)
+                cache = open_or_restore(self.config, self.notifier, self._emit)
+                persistence: Persistence | None = None
                 try:
+                    persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
@@ -117,16 +121,20 @@ class _Node:
                                pub_endpoint=publisher.endpoint, metrics=metrics_at,
                                config=asdict(self.config), stats=cache.stats())
                     self._notify_ready()
-                    self._loop(router, publisher, events, Dispatcher(cache), cache, stop)
+                    self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
+                               persistence)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
                     cache.enable_events(False)
                     publisher.pump(events)  # local writers' last events
                     linger_ms = STOP_LINGER_MS  # deliver the last replies and messages
                     router.setsockopt(zmq.LINGER, linger_ms)
+                    persistence.stop()
                 finally:
                     if self.metrics is not None:
                         self.metrics.stop_http()
+                    if persistence is not None:
+                        persistence.close()
                     cache.close()  # the region itself stays
             finally:
                 router.close()
@@ -136,7 +144,8 @@ class _Node:
         return 0
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
-              dispatcher: Dispatcher, cache: shmkv.Cache, stop: _StopSignals) -> None:
+              dispatcher: Dispatcher, cache: shmkv.Cache, stop: _StopSignals,
+              persistence: Persistence) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
@@ -145,7 +154,7 @@ class _Node:
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
         while stop.received is None:
-            wake_at = min(next_maintain, self._next_watchdog)
+            wake_at = min(next_maintain, self._next_watchdog, persistence.due())
             if publisher.listening:
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -162,6 +171,8 @@ class _Node:
             if now >= next_maintain:
                 self._maintain(cache)
                 next_maintain = now + interval_s
+            if now >= persistence.due():
+                persistence.tick()
             if now >= self._next_watchdog:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)

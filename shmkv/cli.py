@@ -227,6 +227,17 @@ def serve(
     metrics_bind: Annotated[str | None, _node_option(
         "--metrics-bind", "host:port of the Prometheus endpoint (port 0 picks a free one), or "
         "off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
+    flush_interval_s: Annotated[float | None, _node_option(
+        "--flush-interval-s", "Seconds between two flushes of a file region to its disk (0: "
+        "only at stop): about what a power loss may take. (default: $SHMKV_FLUSH_INTERVAL_S, "
+        "else 1)")] = None,
+    snapshot_path: Annotated[str | None, _node_option(
+        "--snapshot-path", "Snapshot file, written on a schedule and at stop; a region that "
+        "does not exist at start is restored from it. (default: $SHMKV_SNAPSHOT_PATH, else "
+        "none)", metavar="PATH")] = None,
+    snapshot_interval_s: Annotated[float | None, _node_option(
+        "--snapshot-interval-s", "Seconds between two snapshots, taken only if something "
+        "changed (0: only at stop). (default: $SHMKV_SNAPSHOT_INTERVAL_S, else 300)")] = None,
     allow_remote: Annotated[bool | None, _node_option(
         "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints: "
         "the node has no authentication. (default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
@@ -244,7 +255,9 @@ def serve(
 
     given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
              maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "pub_hwm": pub_hwm,
-             "metrics_bind": metrics_bind, "allow_remote": allow_remote}
+             "metrics_bind": metrics_bind, "allow_remote": allow_remote,
+             "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
+             "snapshot_interval_s": snapshot_interval_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     source = ctx.find_root().get_parameter_source("region")
