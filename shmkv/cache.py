@@ -151,13 +151,16 @@ class Cache:
         protected_pct: int = DEFAULT_PROTECTED_PCT,
         exist_ok: bool = False,
         mode: int = 0o600,
+        owner: str | int | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         clock: Clock = time.time_ns,
     ) -> Cache:
         """Create a region (a /dev/shm name, or a file path containing '/') and open it.
 
         Raises RegionExists if it exists, unless exist_ok=True, which attaches instead (the
-        other parameters are then ignored). OutOfSpace if /dev/shm cannot hold it.
+        other parameters are then ignored, but owner: see open()). OutOfSpace if /dev/shm
+        cannot hold it. The object gets exactly `mode` (the umask does not apply); a
+        world-writable mode is refused (ValueError).
         """
         R.check_name(name)
         _check_timeout(lock_timeout_s)
@@ -172,7 +175,7 @@ class Cache:
                                          clock)
         except RegionExists:
             if exist_ok:
-                return cls.open(name, lock_timeout_s=lock_timeout_s, clock=clock)
+                return cls.open(name, owner=owner, lock_timeout_s=lock_timeout_s, clock=clock)
             raise
         return cls(region)
 
@@ -181,22 +184,28 @@ class Cache:
         cls,
         name: str = DEFAULT_REGION,
         *,
+        owner: str | int | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         clock: Clock = time.time_ns,
     ) -> Cache:
         """Attach to an existing region. RegionNotFound if absent, IncompatibleLayout if its
         header is not one this version reads. The first process to open a region that nobody
-        has open re-initialises its locks (SharedRegion.attach)."""
+        has open re-initialises its locks (SharedRegion.attach).
+
+        PermissionDenied if the system refuses access, if the region belongs to another user
+        than the caller and `owner` (a user name or uid: the user meant to own a shared
+        region), or if it is writable by every user (refused whoever owns it)."""
         R.check_name(name)
         _check_timeout(lock_timeout_s)
-        return cls(SharedRegion.attach(name, lock_timeout_s, clock))
+        return cls(SharedRegion.attach(name, lock_timeout_s, clock, owner))
 
     @staticmethod
     def unlink(name: str = DEFAULT_REGION) -> bool:
         """Remove a region's name. Processes that have it open keep using their mapping until
         they close it (everything a region needs lives in it); True if the region existed."""
         R.check_name(name)
-        return R.unlink_mapping(name)
+        with R.permission_errors(name, "remove"):  # PermissionDenied, not a raw OSError
+            return R.unlink_mapping(name)
 
     def close(self) -> None:
         """Close the handle. Closing the handle returned by create/open closes its collection
