@@ -107,7 +107,7 @@ class _Node:
                 self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm)
                 cache = shmkv.Cache.create(self.config.region, self.config.arena_bytes,
-                                           exist_ok=True)
+                                           exist_ok=True, owner=self.config.region_owner or None)
                 try:
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
@@ -132,7 +132,12 @@ class _Node:
                 router.close()
                 if publisher is not None:
                     publisher.close(linger_ms)
-                context.term()
+                # destroy, not term: term waits for every socket of the context to be closed,
+                # and a socket whose setup failed half-way (a Publisher refused an option) has
+                # no owner left to close it; the node would hang here with its stop signals
+                # blocked. destroy closes what is left at once; the sockets closed above keep
+                # the linger they were given.
+                context.destroy(linger=0)
         return 0
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
