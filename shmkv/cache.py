@@ -27,7 +27,8 @@ from .errors import CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, Regio
 from .hashing import xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
-from .events import set_enabled as set_events_enabled
+from .events import refresh_locked as refresh_events_locked
+from .events import want as want_events
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .namespaces import check_collection_name
 from .reader import READ_SPINS_BEFORE_YIELD
@@ -119,6 +120,7 @@ class Cache:
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes, region.seed,
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
+        self._events_hold: int | None = None  # this handle's EVENTS lock (events.py)
         self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
         # The compiled writer does in-place overwrites (set, cas, incr) itself and hands every
         # other case to the Python methods given here, before it has changed anything.
@@ -222,6 +224,8 @@ class Cache:
     def _detach(self) -> None:
         if self._reader is _CLOSED:
             return
+        if self._events_hold is not None:  # a closed handle wants no events
+            self._events_hold = want_events(self._region, self._events_hold, False)
         self._mm = self._q = self._u32 = _CLOSED  # type: ignore[assignment]
         self._index = self._locks = _CLOSED  # type: ignore[assignment]
         self._reader.close()
@@ -489,10 +493,12 @@ class Cache:
             self._locks.release_stripe(stripe)
 
     def enable_events(self, on: bool) -> None:
-        """Turn keyspace events (set, del, expired, evicted) on or off for every writer of the
-        region; off, a writer pays one flag read. The node turns them on while it runs."""
+        """Say whether this handle wants keyspace events (set, del, expired, evicted). Every
+        writer of the region records them while any live handle wants them (closing the
+        handle, or its process dying, counts as not wanting); off, a writer pays one flag
+        read. The node wants them while it runs."""
         self._q[0]
-        set_events_enabled(self._region, bool(on))
+        self._events_hold = want_events(self._region, self._events_hold, bool(on))
 
     @property
     def events_enabled(self) -> bool:
@@ -550,6 +556,7 @@ class Cache:
         with self._locks.arena_held:
             self._region.lru.rebalance_locked()
             self._flush_counts_locked()
+            refresh_events_locked(self._region)  # a holder that died wants no events
             # views: drop the pins of processes that died, free what no view pins any more
             self._region.pins.reclaim_dead_locked()
             unpinned_bytes = self._region.pins.sweep_locked()
