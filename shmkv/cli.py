@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 
 from . import sizes
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
-from .check import check_region
+from .check import check_region, object_problems
 from .gc import DEFAULT_GRACE_S, DEFAULT_SEARCH_DIRS, collect_garbage
 from .region import owner_uid
 from .errors import (
@@ -371,11 +371,18 @@ def doctor(
 ) -> None:
     """Check the region: allocator, index, entries (checksums), lists and counters, and list
     the processes holding views (dead ones' pins are dropped by --repair). With
-    --repair, first repair it (takes every lock in turn; writers wait meanwhile). The report
-    says whether the region is consistent; the command itself succeeded either way."""
+    --repair, first repair it. Both hold every lock in turn (writers wait meanwhile), so a
+    live writer's work in progress is never taken for damage. A region file that was
+    truncated or extended is reported as such. The report says whether the region is
+    consistent; the command itself succeeded either way."""
+    broken = object_problems(ctx.obj)  # a resized file: say so rather than fail to open it
+    if broken:
+        _emit({"region": ctx.obj, "consistent": False, "problems": broken, "repaired": None,
+               "view_records": []})
+        return
     with _opened(ctx.obj) as cache:
         repaired = cache.repair() if repair else None
-        problems = check_region(cache)
+        problems = check_region(cache, hold_locks=True)  # live writers' work is not damage
         _emit({"region": ctx.obj, "consistent": not problems, "problems": problems,
                "repaired": repaired, "view_records": cache._region.pins.records()})
 

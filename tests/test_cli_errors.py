@@ -79,3 +79,27 @@ def test_a_region_of_another_user_is_a_json_error_unless_its_owner_is_named(
         assert got["value"] == "v"
         monkeypatch.setenv("SHMKV_REGION_OWNER", str(OTHER_UID))
         assert _run("--region", region_name, "get", "k", code=0)["value"] == "v"
+
+
+@pytest.mark.parametrize(("change", "says"), [(-4096, "truncated"), (+4096, "extended")])
+def test_doctor_says_a_region_file_was_resized_instead_of_failing_to_open_it(
+        tmp_path, change: int, says: str) -> None:
+    path = str(tmp_path / "region.shmkv")
+    with shmkv.Cache.create(path, 1 << 20) as c:
+        c.set("k", "v")
+    with open(path, "rb") as f:
+        original = f.read()
+    region_bytes = len(original)
+    os.truncate(path, region_bytes + change)
+    doc = _run("--region", path, "doctor", code=0)
+    assert doc["consistent"] is False
+    [problem] = doc["problems"]
+    assert says in problem and str(region_bytes) in problem and "SIGBUS" in problem
+    with pytest.raises(shmkv.IncompatibleLayout, match=says):
+        shmkv.Cache.open(path)
+    with open(path, "r+b") as f:  # put it back as it was: the refusals changed nothing
+        f.write(original)
+        f.truncate()
+    with shmkv.Cache.open(path) as c:
+        assert c.get("k") == b"v"
+    assert _run("--region", path, "doctor", code=0)["consistent"] is True
