@@ -32,7 +32,7 @@ from . import sizes
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
 from .check import check_region, object_problems
 from .gc import DEFAULT_GRACE_S, DEFAULT_SEARCH_DIRS, collect_garbage
-from .region import owner_uid
+from .region import check_name, owner_uid
 from .errors import (
     CollectionExists,
     CollectionNotFound,
@@ -234,6 +234,12 @@ def _root(ctx: typer.Context, region: Region = DEFAULT_REGION,
     global _given_owner
     ctx.obj = region
     _given_owner = region_owner or None
+    if ctx.invoked_subcommand != "gc":  # the one command that ignores the region
+        try:
+            check_name(region)
+        except (TypeError, ValueError) as exc:  # a usage error, saying where it came from
+            raise typer.BadParameter(str(exc), param_hint="'--region' ($SHMKV_REGION)") \
+                from None
     if region_owner:
         try:
             owner_uid(region_owner)
@@ -294,7 +300,8 @@ def serve(
 
     Each setting comes from its option, else $SHMKV_<SETTING>, else the config file, else
     its default.
-    The region is the global option: shmkv --region NAME serve.
+    The region is the global option: shmkv --region NAME serve, and so is its owner when
+    another user owns it: shmkv --region-owner USER serve.
     A bad setting exits 2 and names where it came from."""
     from .broker.config import load_config
     from .broker.notify import Notifier

@@ -56,6 +56,13 @@ def test_a_usage_error_is_one_json_error_naming_the_option(region_name: str, arg
     assert not os.path.exists(f"/dev/shm/{region_name}")
 
 
+def test_a_bad_region_from_the_environment_is_a_usage_error_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHMKV_REGION", "not a name")
+    doc = _run("status", code=EXIT_USAGE)
+    assert doc["error"] == "BadParameter" and "$SHMKV_REGION" in doc["message"]
+
+
 def test_a_usage_error_of_the_installed_command_is_json_too(region_name: str) -> None:
     """The same through the entry point, as a shell runs it (no CliRunner in between)."""
     result = subprocess.run(
