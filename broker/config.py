@@ -216,7 +216,8 @@ def _flag(value: object, text: bool) -> bool:
 
 
 _PARSERS: dict[str, Callable[[object, bool], object]] = {
-    "region": _region, "region_owner": _owner, "arena_bytes": _size, "maintain_interval_s": _seconds,
+    "region": _region, "region_owner": _owner, "arena_bytes": _size,
+    "maintain_interval_s": _seconds,
     "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
     "metrics_bind": _metrics_bind, "allow_remote": _flag,
 }

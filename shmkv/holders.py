@@ -12,13 +12,13 @@ descriptor of it closes, however the process ends (SIGKILL included). So:
     mutexes (a mutex whose owner vanished without the kernel seeing it die, as at a power
     loss, would otherwise stay locked for good);
   * the owner of process record p holds RECORD(p) exclusively: "can I take it?" is an exact
-    test of "is its owner gone?" (pins.py).
+    test of "is its owner gone?" (pins.py). It holds it through a descriptor of its own
+    (`own_fd`), so that a forked child, which inherits its parent's descriptors and thereby
+    its parent's locks, does not pass for its parent.
   * every handle that wants keyspace events (Cache.enable_events, the node while it runs)
     holds a shared lock on EVENTS, through a description of its own: the header's
     events_enabled word is "does anyone hold EVENTS?", recomputed by whoever starts or stops
-    wanting them and by maintain(), so a SIGKILLed holder's share goes with it (events.py). It holds it through a descriptor of its own
-    (`own_fd`), so that a forked child, which inherits its parent's descriptors and thereby
-    its parent's locks, does not pass for its parent.
+    wanting them and by maintain(), so a SIGKILLed holder's share goes with it (events.py).
 
 Byte ranges locked (nothing else locks these bytes; the data is never locked):
 
