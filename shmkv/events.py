@@ -63,8 +63,9 @@ def want(region: SharedRegion, hold_fd: int | None, on: bool) -> int | None:
     (None: it holds none); returns its hold now. The flag follows every live holder."""
     with region.locks.arena_held:
         if on and hold_fd is None:
-            # a description of its own: the lock goes when this handle lets go or its process
-            # dies, whoever else shares the mapping's descriptor (a forked child)
+            # a description of its own, not the mapping's: closing it drops this handle's
+            # share alone, and the kernel drops it when the process dies (a forked child that
+            # inherited the descriptor keeps the share until it exits too)
             hold_fd = holders.own_fd(region.mapping.fd)
             try:
                 holders.hold_events(hold_fd)
