@@ -6,8 +6,10 @@ that live processes write to must be checked with hold_locks=True, as doctor doe
 work in progress (a block allocated and not yet in its slot, a slot being moved, counters
 between two updates) looks exactly like damage to a reader, and no amount of re-reading tells
 the two apart. So the check takes every lock in the documented order (each stripe, then the
-arena), as repair() does: writers wait for one check (tens of ms on a 64 MiB region), readers
-go on. Checking stripe by stripe under each stripe's lock alone was rejected: the arena, the
+arena), as repair() does: writers wait for one check, readers go on. The check costs about
+5 us a key (0.41 s for 83,000 keys in a 64 MiB arena, bench/results/doctor-vm-20261130.md), and
+writers give up after lock_timeout_s (5 s by default): a region of a million keys or more
+should be checked when it is quiet. Checking stripe by stripe under each stripe's lock alone was rejected: the arena, the
 lists and "is every used block referenced by exactly one slot" span every stripe.
 
 `object_problems` looks at the region's object before it is mapped: a file whose size is no
