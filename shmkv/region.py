@@ -100,8 +100,8 @@ def owner_uid(owner: Owner) -> int | None:
     except KeyError:
         if owner.isdigit():
             return int(owner)
-        raise ValueError(f"owner {owner!r} is no user of this host (give a user name or a uid)")\
-            from None
+        raise ValueError(
+            f"owner {owner!r} is no user of this host (give a user name or a uid)") from None
 
 
 def _user(uid: int) -> str:
