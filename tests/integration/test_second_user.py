@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from node_process import start_node
+from node_process import running_node, start_node
 
 import shmkv
 
@@ -89,7 +89,7 @@ def _error(stderr: str) -> dict[str, str]:
 
 
 def test_a_region_squatted_by_another_user_is_refused_unless_that_owner_is_named(
-        other_user: User, region_name: str) -> None:
+        other_user: User, region_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     other_user.python(f"import shmkv; shmkv.Cache.create({region_name!r}, 1 << 20, "
                       "mode=0o640).set('planted', 'by the squatter')")
     with pytest.raises(shmkv.PermissionDenied, match=f"user '{other_user.name}'"):
@@ -116,6 +116,14 @@ def test_a_region_squatted_by_another_user_is_refused_unless_that_owner_is_named
     for owner in (None, other_user.name):
         with pytest.raises(shmkv.PermissionDenied, match="writable by every user"):
             shmkv.Cache.open(region_name, owner=owner)
+    other_user.python(f"import os; os.chmod('/dev/shm/{region_name}', 0o640)")
+
+    # the node takes the owner from its settings (here SHMKV_REGION_OWNER); last, as
+    # running_node unlinks the region when it is done
+    monkeypatch.setenv("SHMKV_REGION_OWNER", other_user.name)
+    with running_node(region_name) as node:
+        assert node.ready["config"]["region_owner"] == other_user.name
+        assert node.ready["stats"]["items"] == 1
 
 
 def test_another_user_without_access_gets_permissiondenied_and_json_from_the_cli(
