@@ -14,7 +14,10 @@ nowhere else, in this order (first wins):
 Flags and variables are text and are parsed; a file has types and must use them (a size may
 still be written "64M"). An empty variable counts as unset, as for click's envvar options (the
 CLI's --region). Anything wrong raises `ConfigError` naming the source (flag, variable or file
-path) and the key. A non-loopback address is refused unless allow_remote is set: the node has
+path) and the key. Every number has a range (RANGES): a value a node cannot run with (an
+arena larger than a region holds, a queue limit past what ZeroMQ takes, a maintenance interval
+so short the loop would spin) is refused here, before anything is bound or created. A
+non-loopback address is refused unless allow_remote is set: the node has
 no authentication, so exposing a region must be asked for, never follow from a stray "*".
 """
 
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import shmkv
+from shmkv import layout
+from shmkv import region as shm_region
 from shmkv.errors import ConfigError
 from shmkv.sizes import parse_size
 
@@ -40,6 +45,9 @@ from shmkv.sizes import parse_size
 @dataclass(frozen=True)
 class NodeConfig:
     region: str = shmkv.DEFAULT_REGION
+    # The user besides the node's own that may own an existing region it attaches to (a user
+    # name or uid; "" for none): see the owner rule in shmkv/region.py.
+    region_owner: str = ""
     arena_bytes: int = shmkv.DEFAULT_ARENA_BYTES
     # How often the node runs one bounded Cache.maintain() pass (active expiry, segment balance).
     maintain_interval_s: float = 0.1
@@ -69,6 +77,17 @@ _LOCAL_TRANSPORTS = {"ipc", "inproc"}
 _TRANSPORTS = _LOCAL_TRANSPORTS | {"tcp", "pgm", "epgm", "tipc", "vmci", "udp", "ws", "wss", "norm"}
 _ENDPOINT = re.compile(r"([a-z]+)://(.+)")
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w]+\]|[^:\[\]]+):(\d+|\*)")
+# (lowest, highest) of each numeric setting, both allowed. Why these bounds:
+#   arena_bytes: what plan_layout accepts (a region's refs are u32 in 8-byte units);
+#   maintain_interval_s: under 1 ms the loop would do nothing but maintain (1e-300 spins);
+#     over a day expired memory would wait too long;
+#   pub_hwm: 0 is ZeroMQ's "no limit"; past 10 M messages a slow subscriber could hold many
+#     GB of the node's memory (and ZMQ_SNDHWM is a C int: 3e9 would not even be taken).
+RANGES: dict[str, tuple[float, float]] = {
+    "arena_bytes": (4096, layout.MAX_ARENA_BYTES),
+    "maintain_interval_s": (0.001, 86400.0),
+    "pub_hwm": (0, 10_000_000),
+}
 
 
 def env_var(field: str) -> str:
@@ -122,6 +141,21 @@ def metrics_address(config: NodeConfig) -> tuple[str, int] | None:
 def _region(value: object, text: bool) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a region name (a non-empty string), got {value!r}")
+    try:
+        return shm_region.check_name(value)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _owner(value: object, text: bool) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a user name or uid, got {value!r}")
+    value = str(value).strip()
+    if value:
+        try:
+            shm_region.owner_uid(value)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
     return value
 
 
@@ -206,7 +240,8 @@ def _flag(value: object, text: bool) -> bool:
 
 
 _PARSERS: dict[str, Callable[[object, bool], object]] = {
-    "region": _region, "arena_bytes": _size, "maintain_interval_s": _seconds,
+    "region": _region, "region_owner": _owner, "arena_bytes": _size,
+    "maintain_interval_s": _seconds,
     "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
     "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
     "snapshot_path": _path, "snapshot_interval_s": _interval,
@@ -216,9 +251,19 @@ assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 
 def _parse(key: str, value: object, *, text: bool, source: str) -> object:
     try:
-        return _PARSERS[key](value, text)
+        parsed = _PARSERS[key](value, text)
+        _check_range(key, parsed)
+        return parsed
     except ValueError as exc:
         raise ConfigError(f"{source}, key {key!r}: {exc}") from None
+
+
+def _check_range(key: str, value: object) -> None:
+    if key not in RANGES:
+        return
+    low, high = RANGES[key]
+    if not low <= value <= high:  # type: ignore[operator]  # a number: _PARSERS made it
+        raise ValueError(f"{value!r} is out of range: it must be between {low} and {high}")
 
 
 def _check_known(key: str, source: str) -> None:

@@ -78,13 +78,14 @@ def open_or_restore(config: NodeConfig, supervisor: Supervisor | None,
                     emit: Emit) -> shmkv.Cache:
     """The node's region: opened if it exists; else, with a snapshot at snapshot_path,
     created from it (sized for it, at least arena_bytes); else created empty."""
+    owner = config.region_owner or None
     try:
-        return shmkv.Cache.open(config.region)
+        return shmkv.Cache.open(config.region, owner=owner)
     except RegionNotFound:
         pass
     path = config.snapshot_path
     if not path or not os.path.exists(path):
-        return shmkv.Cache.create(config.region, config.arena_bytes, exist_ok=True)
+        return shmkv.Cache.create(config.region, config.arena_bytes, exist_ok=True, owner=owner)
     sizes = shmkv.Cache.sizes_for_snapshot(path)  # CorruptSnapshot before anything is made
     sizes["arena_bytes"] = max(sizes["arena_bytes"], config.arena_bytes)
     cache = shmkv.Cache.create(config.region, **sizes)

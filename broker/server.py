@@ -140,7 +140,12 @@ class _Node:
                 router.close()
                 if publisher is not None:
                     publisher.close(linger_ms)
-                context.term()
+                # destroy, not term: term waits for every socket of the context to be closed,
+                # and a socket whose setup failed half-way (a Publisher refused an option) has
+                # no owner left to close it; the node would hang here with its stop signals
+                # blocked. destroy closes what is left at once; the sockets closed above keep
+                # the linger they were given.
+                context.destroy(linger=0)
         return 0
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,

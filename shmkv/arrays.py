@@ -32,6 +32,7 @@ looks there first, and calls decode_header when it finds nothing.
 from __future__ import annotations
 
 import ast
+import functools
 import struct
 
 import numpy as np
@@ -61,9 +62,7 @@ def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
                         "use a plain or structured dtype")
     if arr.ndim > MAX_NDIM:
         raise ValueError(f"arrays may have at most {MAX_NDIM} dimensions")
-    descr = repr(npy_format.dtype_to_descr(arr.dtype)).encode("ascii")
-    if len(descr) > 0xFFFF:
-        raise ValueError("the array's dtype description is too long to store")
+    descr = _stored_descr(arr.dtype)
     fixed = _HEAD.size + 8 * arr.ndim + len(descr)
     pad = -(L.ENTRY_HEADER_BYTES + key_len + fixed) % 8
     header = b"".join([
@@ -74,6 +73,23 @@ def encode(arr: object, key_len: int) -> tuple[bytes, memoryview]:
     ])
     data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     return header, memoryview(data)
+
+
+@functools.lru_cache(maxsize=256)
+def _stored_descr(dtype: np.dtype) -> bytes:
+    """The descr stored for dtype, once decode() is known to read it back: a dtype nested
+    deeper than Python's parser takes (about 100 levels of structs) would otherwise be stored
+    and then called damaged by every get_array. Checked by reading it back, not by counting
+    levels, because the limit is the parser's and differs between Python versions."""
+    text = repr(npy_format.dtype_to_descr(dtype))
+    if len(text) > 0xFFFF:
+        raise ValueError("the array's dtype description is too long to store")
+    try:
+        npy_format.descr_to_dtype(ast.literal_eval(text))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("this dtype cannot be stored: its description would not read back "
+                         "(a structured dtype nested too deeply); flatten it") from None
+    return text.encode("ascii")
 
 
 def decode(value: bytes | memoryview | np.ndarray) -> tuple[np.dtype, tuple[int, ...], int]:

@@ -27,7 +27,8 @@ from .errors import CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, Regio
 from .hashing import xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
-from .events import set_enabled as set_events_enabled
+from .events import refresh_locked as refresh_events_locked
+from .events import want as want_events
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .namespaces import check_collection_name
 from .reader import READ_SPINS_BEFORE_YIELD
@@ -120,6 +121,7 @@ class Cache:
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes, region.seed,
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
+        self._events_hold: int | None = None  # this handle's EVENTS lock (events.py)
         self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
         # The compiled writer does in-place overwrites (set, cas, incr) itself and hands every
         # other case to the Python methods given here, before it has changed anything.
@@ -158,13 +160,16 @@ class Cache:
         protected_pct: int = DEFAULT_PROTECTED_PCT,
         exist_ok: bool = False,
         mode: int = 0o600,
+        owner: str | int | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         clock: Clock = time.time_ns,
     ) -> Cache:
         """Create a region (a /dev/shm name, or a file path containing '/') and open it.
 
         Raises RegionExists if it exists, unless exist_ok=True, which attaches instead (the
-        other parameters are then ignored). OutOfSpace if /dev/shm cannot hold it.
+        other parameters are then ignored, but owner: see open()). OutOfSpace if /dev/shm
+        cannot hold it. The object gets exactly `mode` (the umask does not apply); a
+        world-writable mode is refused (ValueError).
         """
         R.check_name(name)
         _check_timeout(lock_timeout_s)
@@ -179,7 +184,7 @@ class Cache:
                                          clock)
         except RegionExists:
             if exist_ok:
-                return cls.open(name, lock_timeout_s=lock_timeout_s, clock=clock)
+                return cls.open(name, owner=owner, lock_timeout_s=lock_timeout_s, clock=clock)
             raise
         return cls(region)
 
@@ -188,22 +193,28 @@ class Cache:
         cls,
         name: str = DEFAULT_REGION,
         *,
+        owner: str | int | None = None,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
         clock: Clock = time.time_ns,
     ) -> Cache:
         """Attach to an existing region. RegionNotFound if absent, IncompatibleLayout if its
         header is not one this version reads. The first process to open a region that nobody
-        has open re-initialises its locks (SharedRegion.attach)."""
+        has open re-initialises its locks (SharedRegion.attach).
+
+        PermissionDenied if the system refuses access, if the region belongs to another user
+        than the caller and `owner` (a user name or uid: the user meant to own a shared
+        region), or if it is writable by every user (refused whoever owns it)."""
         R.check_name(name)
         _check_timeout(lock_timeout_s)
-        return cls(SharedRegion.attach(name, lock_timeout_s, clock))
+        return cls(SharedRegion.attach(name, lock_timeout_s, clock, owner))
 
     @staticmethod
     def unlink(name: str = DEFAULT_REGION) -> bool:
         """Remove a region's name. Processes that have it open keep using their mapping until
         they close it (everything a region needs lives in it); True if the region existed."""
         R.check_name(name)
-        return R.unlink_mapping(name)
+        with R.permission_errors(name, "remove"):  # PermissionDenied, not a raw OSError
+            return R.unlink_mapping(name)
 
     def close(self) -> None:
         """Close the handle. Closing the handle returned by create/open closes its collection
@@ -220,6 +231,8 @@ class Cache:
     def _detach(self) -> None:
         if self._reader is _CLOSED:
             return
+        if self._events_hold is not None:  # a closed handle wants no events
+            self._events_hold = want_events(self._region, self._events_hold, False)
         self._mm = self._q = self._u32 = _CLOSED  # type: ignore[assignment]
         self._index = self._locks = _CLOSED  # type: ignore[assignment]
         self._reader.close()
@@ -487,10 +500,12 @@ class Cache:
             self._locks.release_stripe(stripe)
 
     def enable_events(self, on: bool) -> None:
-        """Turn keyspace events (set, del, expired, evicted) on or off for every writer of the
-        region; off, a writer pays one flag read. The node turns them on while it runs."""
+        """Say whether this handle wants keyspace events (set, del, expired, evicted). Every
+        writer of the region records them while any live handle wants them (closing the
+        handle, or its process dying, counts as not wanting); off, a writer pays one flag
+        read. The node wants them while it runs."""
         self._q[0]
-        set_events_enabled(self._region, bool(on))
+        self._events_hold = want_events(self._region, self._events_hold, bool(on))
 
     @property
     def events_enabled(self) -> bool:
@@ -548,6 +563,7 @@ class Cache:
         with self._locks.arena_held:
             self._region.lru.rebalance_locked()
             self._flush_counts_locked()
+            refresh_events_locked(self._region)  # a holder that died wants no events
             # views: drop the pins of processes that died, free what no view pins any more
             self._region.pins.reclaim_dead_locked()
             unpinned_bytes = self._region.pins.sweep_locked()

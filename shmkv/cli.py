@@ -3,7 +3,7 @@
 Every command prints exactly one JSON document on stdout. On failure stdout stays empty, and one
 JSON object `{"error": "<ExceptionClassName>", "message": "..."}` goes to stderr. Exit codes:
 0 success, 1 a shmkv error (`ShmKVError`), 2 a usage error or a bad value, 3 `get` of a key that
-is absent.
+is absent. Usage errors (an unknown option, `--arena-bytes 64Q`) are JSON too, naming the option.
 
 Key commands work in the current collection: `--collection/-c`, else `$SHMKV_COLLECTION`, else
 the one chosen with `shmkv use` (kept per region in `$XDG_STATE_HOME/shmkv/`), else the default
@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from . import sizes
 from .cache import DEFAULT_ARENA_BYTES, DEFAULT_REGION, Cache
-from .check import check_region
+from .check import check_region, object_problems
 from .gc import DEFAULT_GRACE_S, DEFAULT_SEARCH_DIRS, collect_garbage
+from .region import check_name, owner_uid
 from .errors import (
     CollectionExists,
     CollectionNotFound,
@@ -44,7 +46,22 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_KEY_NOT_FOUND = 3
 
-app = typer.Typer(name="shmkv", no_args_is_help=True)
+
+
+class _JsonUsageErrors(TyperGroup):
+    """Reports a usage error (parsing the root's or a command's options) as the JSON error
+    every other failure is, instead of the Rich box typer prints: scripts read stderr too."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors_as_json():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_errors_as_json():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(name="shmkv", no_args_is_help=True, cls=_JsonUsageErrors)
 _REGION, _COLLECTIONS, _KEYS = "Region", "Collections", "Keys (in the current collection)"
 
 
@@ -59,6 +76,16 @@ def _fail(error: str, message: str, code: int) -> NoReturn:
 
 
 @contextmanager
+def _usage_errors_as_json() -> Iterator[None]:
+    try:
+        yield
+    except typer.BadParameter.__mro__[1] as exc:  # click's UsageError (typer may vendor click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `shmkv` alone: the help, as asked
+            raise
+        _fail(type(exc).__name__, exc.format_message(), EXIT_USAGE)
+
+
+@contextmanager
 def _reporting_errors() -> Iterator[None]:
     """Turn an error of the API into the JSON error on stderr and its exit code."""
     try:
@@ -69,13 +96,23 @@ def _reporting_errors() -> Iterator[None]:
         _fail(type(exc).__name__, str(exc), EXIT_USAGE)
 
 
+# The --region-owner of this command line (or $SHMKV_REGION_OWNER), set by the root callback
+# before any command runs; kept here rather than in ctx.obj (the region name, which every
+# command reads) so that the commands that open a region need no new parameter.
+_given_owner: str | None = None
+
+
+def _region_owner() -> str | None:
+    return _given_owner
+
+
 @contextmanager
 def _opened(region: str) -> Iterator[Cache]:
     """The region, open for the duration of the block; every error inside the block is
     reported as JSON."""
     with _reporting_errors():
         try:
-            cache = Cache.open(region)
+            cache = Cache.open(region, owner=_region_owner())
         except RegionNotFound:
             hint = "shmkv init" if region == DEFAULT_REGION else \
                 f"shmkv --region {shlex.quote(region)} init"
@@ -178,10 +215,37 @@ Collection = Annotated[
 ]
 
 
+RegionOwner = Annotated[
+    str | None,
+    typer.Option(
+        "--region-owner",
+        envvar="SHMKV_REGION_OWNER",
+        show_default=False,
+        help="Accept an existing region owned by this user (name or uid) as well as your own "
+        "ones: a region of another user is refused unless named here (it may be a squatter's).",
+    ),
+]
+
+
 @app.callback()
-def _root(ctx: typer.Context, region: Region = DEFAULT_REGION) -> None:
+def _root(ctx: typer.Context, region: Region = DEFAULT_REGION,
+          region_owner: RegionOwner = None) -> None:
     """Inspect and edit a shmkv shared-memory region. Every command prints one JSON document."""
+    global _given_owner
     ctx.obj = region
+    _given_owner = region_owner or None
+    if ctx.invoked_subcommand != "gc":  # the one command that ignores the region
+        try:
+            check_name(region)
+        except (TypeError, ValueError) as exc:  # a usage error, saying where it came from
+            raise typer.BadParameter(str(exc), param_hint="'--region' ($SHMKV_REGION)") \
+                from None
+    if region_owner:
+        try:
+            owner_uid(region_owner)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--region-owner' "
+                                     "($SHMKV_REGION_OWNER)") from None
 
 
 # --- region commands ----------------------------------------------------------------------
@@ -247,7 +311,8 @@ def serve(
 
     Each setting comes from its option, else $SHMKV_<SETTING>, else the config file, else
     its default.
-    The region is the global option: shmkv --region NAME serve.
+    The region is the global option: shmkv --region NAME serve, and so is its owner when
+    another user owns it: shmkv --region-owner USER serve.
     A bad setting exits 2 and names where it came from."""
     from .broker.config import load_config
     from .broker.notify import Notifier
@@ -260,9 +325,11 @@ def serve(
              "snapshot_interval_s": snapshot_interval_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
-    source = ctx.find_root().get_parameter_source("region")
-    if getattr(source, "name", None) == "COMMANDLINE":
+    root = ctx.find_root()
+    if getattr(root.get_parameter_source("region"), "name", None) == "COMMANDLINE":
         given["region"] = ctx.obj
+    if getattr(root.get_parameter_source("region_owner"), "name", None) == "COMMANDLINE":
+        given["region_owner"] = _given_owner
     try:
         node_config = load_config(given)
     except ConfigError as exc:
@@ -284,7 +351,8 @@ def init(
     """Create the region and print its stats."""
     with _reporting_errors():
         try:
-            cache = Cache.create(ctx.obj, arena_bytes, exist_ok=exist_ok)
+            cache = Cache.create(ctx.obj, arena_bytes, exist_ok=exist_ok,
+                                 owner=_region_owner())
         except RegionExists:
             raise RegionExists(f"region {ctx.obj!r} already exists; pass --exist-ok to attach to "
                                "it, or remove it first with `shmkv unlink`") from None
@@ -323,11 +391,18 @@ def doctor(
 ) -> None:
     """Check the region: allocator, index, entries (checksums), lists and counters, and list
     the processes holding views (dead ones' pins are dropped by --repair). With
-    --repair, first repair it (takes every lock in turn; writers wait meanwhile). The report
-    says whether the region is consistent; the command itself succeeded either way."""
+    --repair, first repair it. Both hold every lock in turn (writers wait meanwhile), so a
+    live writer's work in progress is never taken for damage. A region file that was
+    truncated or extended is reported as such. The report says whether the region is
+    consistent; the command itself succeeded either way."""
+    broken = object_problems(ctx.obj)  # a resized file: say so rather than fail to open it
+    if broken:
+        _emit({"region": ctx.obj, "consistent": False, "problems": broken, "repaired": None,
+               "view_records": []})
+        return
     with _opened(ctx.obj) as cache:
         repaired = cache.repair() if repair else None
-        problems = check_region(cache)
+        problems = check_region(cache, hold_locks=True)  # live writers' work is not damage
         _emit({"region": ctx.obj, "consistent": not problems, "problems": problems,
                "repaired": repaired, "view_records": cache._region.pins.records()})
 

@@ -34,6 +34,11 @@ class OutOfSpace(ShmKVError, OSError):
     """/dev/shm or the file system cannot hold a region of the requested size."""
 
 
+class PermissionDenied(ShmKVError, PermissionError):
+    """The system refused access to a region (EACCES/EPERM), or shmkv refused a region it
+    should not trust: owned by another user than the one named, or writable by everyone."""
+
+
 class KeyTooLarge(ShmKVError, ValueError):
     """The key is longer than the format allows."""
 
@@ -106,6 +111,7 @@ __all__ = [
     "LockTimeout",
     "NotAnInteger",
     "OutOfSpace",
+    "PermissionDenied",
     "ProtocolError",
     "RegionExists",
     "RegionFull",

@@ -11,6 +11,13 @@ lock of its own and writers of different stripes never contend; events of one ke
 stay in order, which is the order subscribers need. Keyspace events are off until someone turns
 them on (`Cache.enable_events`, the node does at start): until then a writer pays one flag read.
 
+Who wants events is the set of live holders of the EVENTS lock (holders.py), not the last word
+written: a second node started and stopped on a region must not turn events off under the first,
+and a holder that died (SIGKILL, a failed start) must not leave them on. The header's
+events_enabled word stays the writers' one fast flag; it is recomputed from the holders, under
+the arena lock so that two recomputations never cross, whenever a handle starts or stops
+wanting events and at every maintain().
+
 Rings are overwritten oldest first and never wait for their reader: a writer must not stall
 because the node is slow or gone. The reader notices that it was overtaken (the ring's head has
 moved more than a ring's worth past what it has read) and counts the events it lost. Records
@@ -22,9 +29,11 @@ and a single record of half a ring could never be read once anything else was wr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import holders
 from . import layout as L
 from .errors import ValueTooLarge
 
@@ -49,8 +58,32 @@ def enabled(region: SharedRegion) -> bool:
     return bool(region.u32[_ENABLED])
 
 
-def set_enabled(region: SharedRegion, on: bool) -> None:
-    region.u32[_ENABLED] = int(on)
+def want(region: SharedRegion, hold_fd: int | None, on: bool) -> int | None:
+    """Start (on) or stop wanting keyspace events for the handle whose EVENTS hold is hold_fd
+    (None: it holds none); returns its hold now. The flag follows every live holder."""
+    with region.locks.arena_held:
+        if on and hold_fd is None:
+            # a description of its own, not the mapping's: closing it drops this handle's
+            # share alone, and the kernel drops it when the process dies (a forked child that
+            # inherited the descriptor keeps the share until it exits too)
+            hold_fd = holders.own_fd(region.mapping.fd)
+            try:
+                holders.hold_events(hold_fd)
+            except BaseException:
+                os.close(hold_fd)
+                raise
+        elif not on and hold_fd is not None:
+            os.close(hold_fd)  # drops the lock
+            hold_fd = None
+        refresh_locked(region)
+    return hold_fd
+
+
+def refresh_locked(region: SharedRegion) -> None:
+    """Set the flag to whether any live handle wants events (the arena lock held)."""
+    on = int(holders.events_wanted(region.mapping.fd))
+    if region.u32[_ENABLED] != on:
+        region.u32[_ENABLED] = on
 
 
 def max_message_bytes(region: SharedRegion, channel_bytes: int) -> int:

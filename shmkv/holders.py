@@ -15,6 +15,10 @@ descriptor of it closes, however the process ends (SIGKILL included). So:
     test of "is its owner gone?" (pins.py). It holds it through a descriptor of its own
     (`own_fd`), so that a forked child, which inherits its parent's descriptors and thereby
     its parent's locks, does not pass for its parent.
+  * every handle that wants keyspace events (Cache.enable_events, the node while it runs)
+    holds a shared lock on EVENTS, through a description of its own: the header's
+    events_enabled word is "does anyone hold EVENTS?", recomputed by whoever starts or stops
+    wanting them and by maintain(), so a SIGKILLed holder's share goes with it (events.py).
 
 Byte ranges locked (nothing else locks these bytes; the data is never locked):
 
@@ -24,7 +28,9 @@ Byte ranges locked (nothing else locks these bytes; the data is never locked):
                         before anyone else attaches; or the last handle closing, while it
                         marks the region clean
     1        HOLDERS    shared, by every handle for as long as it has the region mapped
-    2 + p    RECORD(p)  exclusive, by the owner of process record p
+    2 + p    RECORD(p)  exclusive, by the owner of process record p (p < max_procs <= 65535)
+    2**24    EVENTS     shared, by every handle that wants keyspace events; far past the
+                        RECORD range so that no max_procs can reach it
 
 Locks of one open file description never conflict with each other (a second lock on the same
 bytes replaces the first), so every probe of another's lock is made from a different
@@ -42,6 +48,7 @@ import time
 from .errors import LockTimeout
 
 INIT, HOLDERS, RECORD0 = 0, 1, 2
+EVENTS = 1 << 24
 # struct flock (x86_64 and aarch64): l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
 _FLOCK = struct.Struct("hhqqi4x")
 _BUSY = (errno.EAGAIN, errno.EACCES)
@@ -133,3 +140,14 @@ def release_record(fd: int, rec: int) -> None:
 def record_held_by_another(fd: int, rec: int) -> bool:
     """Whether some other description (a live owner) holds record rec; no side effect."""
     return _held_by_another(fd, fcntl.F_WRLCK, RECORD0 + rec)
+
+
+def hold_events(fd: int) -> None:
+    """Register fd's description as wanting keyspace events (shared: never refused)."""
+    if not _set(fd, fcntl.F_RDLCK, EVENTS):
+        raise OSError(errno.EDEADLK, "the region's EVENTS lock is held exclusively")
+
+
+def events_wanted(fd: int) -> bool:
+    """Whether any description other than fd's holds EVENTS: a live handle wants events."""
+    return _held_by_another(fd, fcntl.F_WRLCK, EVENTS)

@@ -102,13 +102,14 @@ class SharedRegion:
         return region
 
     @classmethod
-    def attach(cls, name: str, lock_timeout_s: float, clock: Clock) -> SharedRegion:
+    def attach(cls, name: str, lock_timeout_s: float, clock: Clock,
+               owner: R.Owner = None) -> SharedRegion:
         """Map an existing region. The first process to open a region that nobody has open
         (after a reboot, or after every process using it died) re-initialises its locks,
         which may have been left held by processes the kernel never saw die (holders.py);
         what their holders left half done is repaired by the next holder of each lock
         (locks.py)."""
-        mapping = R.open_mapping(name)
+        mapping = R.open_mapping(name, owner)  # owner: who besides us may own it (region.py)
         try:
             layout, seed = L.unpack_header(mapping.mm, len(mapping.mm))
             first = holders.attach(mapping.fd, lock_timeout_s)

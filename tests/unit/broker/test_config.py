@@ -37,17 +37,17 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 FILE_VALUES: dict[str, Any] = {
     "region": "from-file", "arena_bytes": "2M", "maintain_interval_s": 0.5,
     "bind": "tcp://127.0.0.1:7001", "pub_bind": "tcp://127.0.0.1:7002", "pub_hwm": 11,
-    "metrics_bind": "127.0.0.1:7003", "allow_remote": True,
+    "metrics_bind": "127.0.0.1:7003", "allow_remote": True, "region_owner": "root",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
     "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
-    "metrics_bind": "[::1]:7013", "allow_remote": "no",
+    "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
     "bind": "tcp://127.0.0.1:*", "pub_bind": "tcp://127.0.0.2:7022", "pub_hwm": 13,
-    "metrics_bind": "off", "allow_remote": True,
+    "metrics_bind": "off", "allow_remote": True, "region_owner": "0",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
