@@ -38,21 +38,24 @@ FILE_VALUES: dict[str, Any] = {
     "region": "from-file", "arena_bytes": "2M", "maintain_interval_s": 0.5,
     "bind": "tcp://127.0.0.1:7001", "pub_bind": "tcp://127.0.0.1:7002", "pub_hwm": 11,
     "metrics_bind": "127.0.0.1:7003", "allow_remote": True, "region_owner": "root",
+    "flush_interval_s": 0, "snapshot_path": "/var/lib/shmkv/file.snap", "snapshot_interval_s": 60,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
     "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
     "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
+    "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
     "bind": "tcp://127.0.0.1:*", "pub_bind": "tcp://127.0.0.2:7022", "pub_hwm": 13,
     "metrics_bind": "off", "allow_remote": True, "region_owner": "0",
+    "flush_interval_s": 2.5, "snapshot_path": "/tmp/flag.snap", "snapshot_interval_s": 10.0,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
-            "allow_remote": False},
+            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
 
