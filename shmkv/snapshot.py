@@ -1,0 +1,305 @@
+"""Snapshots of a live region and their restore (the file format is snapshot_format.py's).
+
+Writing never stops the world. For each stripe in turn, the stripe lock is taken only to copy
+the stripe's slots (a memcpy of its sub-table), then released; the entries those slots point to
+are read afterwards, without any lock, and kept only if they validate: a used block, a sane
+header, a collection that was live when the snapshot began, and a checksum that matches the
+key and value just copied, with the header fields read again after the copy. Why the slots are
+copied under the lock rather than walked by a cursor: a delete's backward shift moves a later
+slot of the probe run back, behind a cursor that already passed it, and the key would be
+missed although nobody touched it. With the copy, every key nobody touched during the snapshot
+is in it: an entry that is not rewritten never moves or changes (only its list links, slot_no,
+access byte and pin bit do, none of which are copied), so it is read whole. A key rewritten
+meanwhile is read at its old or its new value (each key consistent on its own), or not at all
+if its old block was freed or reused under the reader (it was touched: the snapshot may miss
+it); a block reused by another key yields that key's whole entry, which was live during the
+snapshot, and a later record of the same key wins at restore.
+
+The snapshot is not point-in-time: entries are rewritten in place or freed as soon as their
+writers are done, with no copy-on-write to keep the old version alive while a snapshot reads
+it, so keys written during the snapshot come from various moments (as with Redis's BGSAVE if
+it had no fork). The file goes to `path + ".tmp-<pid>"`, is fsynced, renamed over path, and
+the directory is fsynced: a reader of path sees the old file or the new one, whole; the temp
+file is removed if anything fails.
+
+Restore validates the whole file first (snapshot_format.validate), checks that its entries fit
+the target's arena and index and that its collections fit the collection table, and only then
+changes the region: with replace=True it clears every collection, then writes each record
+whose expiry (absolute unix ns) has not passed by the region's clock, with its kind, through
+the ordinary write path (`put_absolute`), creating collections by name as needed. With
+replace=False keys only in the region stay, and may be evicted to make room like on any write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import layout as L
+from . import snapshot_format as F
+from .errors import IndexFull, RegionFull, TooManyCollections
+from .hashing import checksum32
+
+if TYPE_CHECKING:  # cache.py imports this module: no import of it at run time
+    from .cache import Cache
+
+Progress = Callable[[int, int], None] | None
+PROGRESS_EVERY = 4096  # records between two progress calls
+# What a region sized from a snapshot gets beyond its entries' bytes: allocator slack, so
+# that a restore never has to evict what it just wrote.
+SIZING_SLACK = 1.25
+SIZING_MIN_EXTRA_BYTES = 1 << 20
+
+
+# --- writing ------------------------------------------------------------------------------
+def write(cache: Cache, path: str, progress: Progress = None) -> dict[str, Any]:
+    """Write a snapshot of every collection of cache's region to path, atomically."""
+    t0 = time.perf_counter()
+    region = cache._region
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=F.CHUNK_BYTES) as f:
+            counts = _write_to(region, f, progress)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    counts.update(path=path, bytes=os.path.getsize(path),
+                  elapsed_s=round(time.perf_counter() - t0, 6))
+    return counts
+
+
+def _fsync_dir(directory: str) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_to(region: Any, f: Any, progress: Progress) -> dict[str, Any]:
+    lay = region.layout
+    header = F.Header(created_at_ns=region.clock(),
+                      region_id=region.q[L.H_REGION_ID >> 3], arena_bytes=lay.arena_bytes,
+                      index_slots=lay.index_slots, n_stripes=lay.n_stripes,
+                      max_collections=lay.max_collections)
+    f.write(header.pack())  # a placeholder: counts are known at the end, written over it
+    with region.locks.arena_held:  # the collection table is the arena lock's
+        named = [(idx, name) for idx, _, name in region.colls.live()]
+    live = {0, *(idx for idx, _ in named)}
+    payload = F.pack_collections(named)
+    head, checksum = F.pack_chunk(F.CHUNK_COLLECTIONS, len(named), payload)
+    f.write(head)
+    f.write(payload)
+    checksums = [checksum]
+    total = sum(region.u32[(lay.stripes_offset + s * L.STRIPE_BYTES + L.S_COUNT) >> 2]
+                for s in range(lay.n_stripes))
+    parts: list[bytes] = []
+    stats = {"records": 0, "payload": 0, "live": 0, "longest": 0, "expired": 0, "chunk": 0,
+             "in_chunk": 0, "skipped": 0}
+
+    def close_chunk() -> None:
+        body = b"".join(parts)
+        head, checksum = F.pack_chunk(F.CHUNK_RECORDS, stats["in_chunk"], body)
+        f.write(head)
+        f.write(body)
+        checksums.append(checksum)
+        parts.clear()
+        stats["chunk"] = stats["in_chunk"] = 0
+
+    for stripe in range(lay.n_stripes):
+        for off in _stripe_entries(region, stripe):
+            rec = _read_entry(region, off, live, region.clock())
+            if rec is None:
+                stats["skipped"] += 1
+                continue
+            if rec is _EXPIRED:
+                stats["expired"] += 1
+                continue
+            head_bytes, body, klen = rec  # type: ignore[misc]
+            parts.append(head_bytes)
+            parts.append(body)
+            stats["records"] += 1
+            stats["in_chunk"] += 1
+            stats["payload"] += len(body)
+            stats["live"] += F.entry_bytes(klen, len(body) - klen)
+            stats["longest"] = max(stats["longest"], klen)
+            stats["chunk"] += F.RECORD_HEADER_BYTES + len(body)
+            if stats["chunk"] >= F.CHUNK_BYTES:
+                close_chunk()
+            if progress is not None and not stats["records"] % PROGRESS_EVERY:
+                progress(min(stats["records"], total), total)
+    if stats["in_chunk"]:
+        close_chunk()
+    f.write(F.pack_trailer(len(checksums), stats["records"], stats["payload"], checksums))
+    header.live_bytes, header.max_key_bytes = stats["live"], stats["longest"]
+    header.record_count = stats["records"]
+    f.seek(0)
+    f.write(header.pack())
+    if progress is not None:
+        progress(stats["records"], max(total, stats["records"]))
+    return {"keys": stats["records"], "collections": sorted(n.decode() for _, n in named),
+            "live_bytes": stats["live"], "skipped_expired": stats["expired"],
+            "region_id": header.region_id}
+
+
+def _stripe_entries(region: Any, stripe: int) -> list[int]:
+    """The entry offsets of a stripe's occupied slots, copied under its lock (held for a
+    memcpy of the sub-table only). Slots whose ref is not one are left out."""
+    index = region.index
+    start = index.slot0 + stripe * index.per
+    region.locks.acquire_stripe(stripe)
+    try:
+        raw = region.q[start:start + index.per].tobytes()
+    finally:
+        region.locks.release_stripe(stripe)
+    refs = np.frombuffer(raw, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
+    refs = refs[(refs > 0) & (refs <= index.max_ref)]
+    return (refs.astype(np.int64) * L.ALIGN + index.arena_base).tolist()
+
+
+_EXPIRED = object()
+_KIND = L.E_KIND
+_KEY_COLL, _VALUE_LEN = L.E_KEY_COLL >> 2, L.E_VALUE_LEN >> 2
+_CHECKSUM, _EXPIRES = L.E_CHECKSUM >> 2, L.E_EXPIRES_AT >> 3
+
+
+def _read_entry(region: Any, off: int, live: set[int], now_ns: int) -> Any:
+    """(record header, key + value, key_len) of the entry at off, read without a lock;
+    _EXPIRED; or None if it does not validate (freed, reused or rewritten under us)."""
+    u32, q, mm = region.u32, region.q, region.mm
+    w, e = off >> 2, off >> 3
+    word = u32[w]
+    key_coll, vlen, exp, checksum = u32[w + _KEY_COLL], u32[w + _VALUE_LEN], q[e + _EXPIRES], \
+        u32[w + _CHECKSUM]
+    klen, coll = key_coll & 0xFFFF, key_coll >> 16
+    kind = mm[off + _KIND] & L.KIND_MASK
+    size = word & L.SIZE_MASK
+    if word & L.FREE_BIT or coll not in live or kind > L.KIND_ARRAY or klen > L.MAX_KEY_BYTES \
+            or L.ENTRY_HEADER_BYTES + klen + vlen > size or off + size > region.arena.end:
+        return None
+    if exp and exp <= now_ns:
+        return _EXPIRED
+    body = mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen + vlen]
+    # A rewrite that finished between the header reads and the copy: the checksum of the new
+    # value against the old one's fails, and a same-value rewrite with a new TTL shows here.
+    if checksum32(body, region.seed) != checksum or u32[w + _CHECKSUM] != checksum \
+            or q[e + _EXPIRES] != exp or u32[w + _KEY_COLL] != key_coll \
+            or u32[w + _VALUE_LEN] != vlen or u32[w] & L.FREE_BIT:
+        return None
+    return F.RECORD.pack(exp, vlen, klen, coll, kind), body, klen
+
+
+# --- restoring ----------------------------------------------------------------------------
+def read_file(path: str) -> bytes:
+    with open(os.fspath(path), "rb") as f:
+        return f.read()
+
+
+def region_sizes(path: str) -> dict[str, int]:
+    """Cache.create() arguments for a region that can hold the snapshot at path: the source's
+    arena, or enough for the snapshot's entries, whichever is larger; as many index slots and
+    stripes as the source. Validates the header only (restore validates the rest)."""
+    with open(os.fspath(path), "rb") as f:
+        head = F.read_header(f.read(F.HEADER_BYTES), os.fspath(path))
+    need = int(head.live_bytes * SIZING_SLACK) + SIZING_MIN_EXTRA_BYTES
+    arena_bytes = min(max(head.arena_bytes, need), L.MAX_ARENA_BYTES)
+    max_keys = max(int(head.index_slots * L.TARGET_LOAD), head.record_count, 1)
+    return {"arena_bytes": arena_bytes, "max_keys": max_keys, "n_stripes": head.n_stripes,
+            "max_collections": max(head.max_collections, 1)}
+
+
+def put_absolute(handle: Cache, key: bytes, value: bytes | memoryview, expires_at_ns: int,
+                 kind: int) -> None:
+    """Store key -> value in handle's collection with an absolute expiry and a kind: the
+    write path of set() (Cache._lock_and_find, Writer.put_locked), minus the relative TTL."""
+    k, h, stripe, pos, old = handle._lock_and_find(key)
+    try:
+        handle._w.put_locked(stripe, h, k, value, expires_at_ns, pos, old, kind)
+    finally:
+        handle._locks.release_stripe(stripe)
+
+
+def restore(cache: Cache, path: str, replace: bool = False,
+            progress: Progress = None) -> dict[str, Any]:
+    """Load the snapshot at path into cache's region (see the module docstring)."""
+    t0 = time.perf_counter()
+    region = cache._region
+    path = os.fspath(path)
+    buf = read_file(path)
+    max_key_bytes = region.u32[52 >> 2]  # the header's max_key_bytes (layout.py)
+    snap = F.validate(buf, path, max_key_bytes)
+    _check_fits(cache, snap)
+    root = _default_handle(cache)
+    handles: dict[int, Cache] = {}
+    try:
+        if replace:
+            root.clear()
+            for name in root.collections():
+                root.collection(name).clear()
+        handles[0] = root
+        for idx, name in snap.collections.items():
+            handles[idx] = root.collection(name)
+        clock, applied, expired = region.clock, 0, 0
+        total = snap.header.record_count
+        for coll, kind, exp, key, value in F.records(buf, snap):
+            if exp and exp <= clock():
+                expired += 1
+                continue
+            put_absolute(handles[coll], bytes(key), value, exp, kind)
+            applied += 1
+            if progress is not None and not (applied + expired) % PROGRESS_EVERY:
+                progress(applied + expired, total)
+        if progress is not None:
+            progress(total, total)
+    finally:
+        for handle in handles.values():
+            if handle is not cache:
+                handle.close()
+    return {"path": path, "keys": applied, "skipped_expired": expired, "bytes": len(buf),
+            "collections": sorted(snap.collections.values()),
+            "source_region_id": snap.header.region_id,
+            "elapsed_s": round(time.perf_counter() - t0, 6)}
+
+
+def _default_handle(cache: Cache) -> Cache:
+    """A handle on the default collection of cache's region (cache itself if it is one)."""
+    if cache._coll == 0:
+        return cache
+    region = cache._region
+    return type(cache)(region, 0, region.colls.read(0)[0], "", owns_region=False)
+
+
+def _check_fits(cache: Cache, snap: F.Snapshot) -> None:
+    """Refuse, before anything is written, a snapshot the target can never hold."""
+    region = cache._region
+    arena, lay, head = region.arena, region.layout, snap.header
+    room = arena.end - arena.first_block
+    if head.live_bytes > room:
+        raise RegionFull(
+            f"the snapshot's entries take {head.live_bytes} arena bytes, this region's arena "
+            f"holds {room}; restore into a region with a larger arena_bytes (`shmkv restore` "
+            "creates one sized from the snapshot when the region does not exist)")
+    slots = region.index.max_count * lay.n_stripes
+    if head.record_count > slots:
+        raise IndexFull(f"the snapshot holds {head.record_count} keys, this region's index "
+                        f"{slots}; restore into a region with a larger max_keys")
+    existing = set(cache.collections())
+    missing = [n for n in snap.collections.values() if n not in existing]
+    if len(existing) + len(missing) > lay.max_collections - 1:
+        raise TooManyCollections(
+            f"the snapshot needs {len(missing)} collections this region does not have, and "
+            f"its table has room for {lay.max_collections - 1 - len(existing)}; drop some or "
+            "restore into a region with a larger max_collections")
