@@ -18,6 +18,7 @@ from tests_support import FakeClock, new_region_name
 
 import shmkv
 from shmkv import snapshot
+from shmkv.hashing import xxh3_64
 from shmkv import snapshot_format as F
 
 
@@ -353,3 +354,54 @@ def test_a_snapshot_into_a_missing_directory_raises_and_creates_nothing(
     with pytest.raises(FileNotFoundError):
         cache.snapshot(str(tmp_path / "missing" / "s.snp"))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- keys moved by a delete during the snapshot ----------------------------------------------
+def _colliding_keys(c: shmkv.Cache) -> tuple[bytes, bytes]:
+    """Two keys of stripe 0 with the same home slot (not the sub-table's last one): the second
+    one stored sits right after the first in the probe run."""
+    lay = c._region.layout
+    homes: dict[int, bytes] = {}
+    for i in range(1_000_000):
+        key = b"k%d" % i
+        h = xxh3_64(key, c._region.seed)
+        home = (h >> 32) % lay.slots_per_stripe
+        if h & (lay.n_stripes - 1) == 0 and home < lay.slots_per_stripe - 1:
+            if home in homes:
+                return homes[home], key
+            homes[home] = key
+    raise AssertionError("no two keys share a home slot")
+
+
+def test_a_key_a_delete_shifts_behind_the_reader_mid_snapshot_is_still_in_it(
+        cache: shmkv.Cache, target: shmkv.Cache, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cursor over the live index would miss it: the delete of the key just read pulls the
+    # next key of the probe run back into the slot the cursor has passed.
+    first, untouched = _colliding_keys(cache)
+    cache.set(first, b"deleted during the snapshot")
+    cache.set(untouched, b"never touched")
+    monkeypatch.setattr(snapshot, "PROGRESS_EVERY", 1)
+    deleted: list[bool] = []
+
+    def delete_the_first(done: int, total: int) -> None:
+        if not deleted:
+            deleted.append(cache.delete(first))
+
+    cache.snapshot(str(tmp_path / "s.snp"), progress=delete_the_first)
+    assert deleted == [True]
+    target.restore(str(tmp_path / "s.snp"))
+    assert target.get(untouched) == b"never touched"
+
+
+def test_an_entry_whose_checksum_fails_is_left_out_of_the_snapshot(
+        cache: shmkv.Cache, target: shmkv.Cache, tmp_path: Path) -> None:
+    # What a reader sees of an entry rewritten or reused while it copies it (here: scribbled).
+    cache.set("good", b"whole value")
+    cache.set("bad", b"scribbled value")
+    _, _, stripe, _, off = cache._lock_and_find("bad")
+    cache._locks.release_stripe(stripe)
+    cache._region.mm[off + shmkv.layout.ENTRY_HEADER_BYTES + 3 + 2] ^= 0xFF
+    assert cache.snapshot(str(tmp_path / "s.snp"))["keys"] == 1
+    target.restore(str(tmp_path / "s.snp"))
+    assert target.keys() == [b"good"]
