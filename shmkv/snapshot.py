@@ -42,13 +42,13 @@ import numpy as np
 from . import layout as L
 from . import snapshot_format as F
 from .errors import IndexFull, RegionFull, TooManyCollections
-from .hashing import checksum32
+from .hashing import xxh3_64
 
 if TYPE_CHECKING:  # cache.py imports this module: no import of it at run time
     from .cache import Cache
 
 Progress = Callable[[int, int], None] | None
-PROGRESS_EVERY = 4096  # records between two progress calls
+PROGRESS_EVERY = 4096  # entries read, or records applied, between two progress calls
 # What a region sized from a snapshot gets beyond its entries' bytes: allocator slack, so
 # that a restore never has to evict what it just wrote.
 SIZING_SLACK = 1.25
@@ -98,64 +98,128 @@ def _write_to(region: Any, f: Any, progress: Progress) -> dict[str, Any]:
     f.write(header.pack())  # a placeholder: counts are known at the end, written over it
     with region.locks.arena_held:  # the collection table is the arena lock's
         named = [(idx, name) for idx, _, name in region.colls.live()]
-    live = {0, *(idx for idx, _ in named)}
     payload = F.pack_collections(named)
     head, checksum = F.pack_chunk(F.CHUNK_COLLECTIONS, len(named), payload)
     f.write(head)
     f.write(payload)
-    checksums = [checksum]
+    out = _ChunkWriter(f, [checksum])
     total = sum(region.u32[(lay.stripes_offset + s * L.STRIPE_BYTES + L.S_COUNT) >> 2]
                 for s in range(lay.n_stripes))
-    parts: list[bytes] = []
-    stats = {"records": 0, "payload": 0, "live": 0, "longest": 0, "expired": 0, "chunk": 0,
-             "in_chunk": 0, "skipped": 0}
-
-    def close_chunk() -> None:
-        body = b"".join(parts)
-        head, checksum = F.pack_chunk(F.CHUNK_RECORDS, stats["in_chunk"], body)
-        f.write(head)
-        f.write(body)
-        checksums.append(checksum)
-        parts.clear()
-        stats["chunk"] = stats["in_chunk"] = 0
-
-    for stripe in range(lay.n_stripes):
-        for off in _stripe_entries(region, stripe):
-            rec = _read_entry(region, off, live, region.clock())
-            if rec is None:
-                stats["skipped"] += 1
-                continue
-            if rec is _EXPIRED:
-                stats["expired"] += 1
-                continue
-            head_bytes, body, klen = rec  # type: ignore[misc]
-            parts.append(head_bytes)
-            parts.append(body)
-            stats["records"] += 1
-            stats["in_chunk"] += 1
-            stats["payload"] += len(body)
-            stats["live"] += F.entry_bytes(klen, len(body) - klen)
-            stats["longest"] = max(stats["longest"], klen)
-            stats["chunk"] += F.RECORD_HEADER_BYTES + len(body)
-            if stats["chunk"] >= F.CHUNK_BYTES:
-                close_chunk()
-            if progress is not None and not stats["records"] % PROGRESS_EVERY:
-                progress(min(stats["records"], total), total)
-    if stats["in_chunk"]:
-        close_chunk()
-    f.write(F.pack_trailer(len(checksums), stats["records"], stats["payload"], checksums))
-    header.live_bytes, header.max_key_bytes = stats["live"], stats["longest"]
-    header.record_count = stats["records"]
+    live = np.array(sorted({0, *(idx for idx, _ in named)}), dtype=np.uint32)
+    fields = _EntryFields(region)
+    try:
+        for stripe in range(lay.n_stripes):
+            offs = _stripe_entries(region, stripe)
+            for at in range(0, offs.size, PROGRESS_EVERY):  # bounded batches of copies
+                _write_entries(region, fields, offs[at:at + PROGRESS_EVERY], live, out)
+                if progress is not None:
+                    progress(min(out.records, total), total)
+    finally:
+        fields.release()
+    out.close_chunk()
+    f.write(F.pack_trailer(len(out.checksums), out.records, out.payload, out.checksums))
+    header.live_bytes, header.max_key_bytes = out.live, out.longest
+    header.record_count = out.records
     f.seek(0)
     f.write(header.pack())
     if progress is not None:
-        progress(stats["records"], max(total, stats["records"]))
-    return {"keys": stats["records"], "collections": sorted(n.decode() for _, n in named),
-            "live_bytes": stats["live"], "skipped_expired": stats["expired"],
+        progress(out.records, max(total, out.records))
+    return {"keys": out.records, "collections": sorted(n.decode() for _, n in named),
+            "live_bytes": out.live, "skipped_expired": out.expired,
             "region_id": header.region_id}
 
 
-def _stripe_entries(region: Any, stripe: int) -> list[int]:
+class _ChunkWriter:
+    """Records go into the current chunk, which is written out once it passes CHUNK_BYTES."""
+
+    def __init__(self, f: Any, checksums: list[int]) -> None:
+        self.f, self.checksums = f, checksums
+        self.parts: list[bytes] = []
+        self.chunk_bytes = self.in_chunk = 0
+        self.records = self.payload = self.live = self.longest = self.expired = 0
+
+    def close_chunk(self) -> None:
+        if not self.in_chunk:
+            return
+        body = b"".join(self.parts)
+        head, checksum = F.pack_chunk(F.CHUNK_RECORDS, self.in_chunk, body)
+        self.f.write(head)
+        self.f.write(body)
+        self.checksums.append(checksum)
+        self.parts.clear()
+        self.chunk_bytes = self.in_chunk = 0
+
+
+class _EntryFields:
+    """numpy views of the whole mapping, to read the header fields of many entries at once
+    (released before the snapshot returns: a region cannot close under a live export)."""
+
+    def __init__(self, region: Any) -> None:
+        self.u8 = np.frombuffer(region.mv, dtype=np.uint8)
+        self.u32 = self.u8.view(np.uint32)
+        self.u64 = self.u8.view(np.uint64)
+
+    def read(self, offs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(block word, key_coll, value_len, checksum, expires_at_ns, kind) of each entry."""
+        w = offs >> 2
+        return (self.u32[w], self.u32[w + _KEY_COLL], self.u32[w + _VALUE_LEN],
+                self.u32[w + _CHECKSUM], self.u64[(offs >> 3) + _EXPIRES],
+                self.u8[offs + L.E_KIND] & L.KIND_MASK)
+
+    def release(self) -> None:
+        del self.u8, self.u32, self.u64
+
+
+def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np.ndarray,
+                  out: _ChunkWriter) -> None:
+    """Read the entries at offs without a lock and add those that validate (see the module
+    docstring) to out; expired ones are counted, not written."""
+    if not offs.size:
+        return
+    now_ns = region.clock()
+    word, key_coll, vlen, checksum, exp, kind = fields.read(offs)
+    klen, coll, size = key_coll & 0xFFFF, key_coll >> 16, word & L.SIZE_MASK
+    sound = ((word & L.FREE_BIT) == 0) & np.isin(coll, live) & (kind <= L.KIND_ARRAY) \
+        & (klen <= L.MAX_KEY_BYTES) & (L.ENTRY_HEADER_BYTES + klen + vlen <= size) \
+        & (offs + size <= region.arena.end)
+    expired = sound & (exp != 0) & (exp <= np.uint64(now_ns))
+    out.expired += int(expired.sum())
+    pick = np.flatnonzero(sound & ~expired)
+    if not pick.size:
+        return
+    offs, klen, vlen, checksum = offs[pick], klen[pick], vlen[pick], checksum[pick]
+    body0 = offs + L.ENTRY_HEADER_BYTES
+    mm, seed = region.mm, region.seed
+    bodies = [mm[a:b] for a, b in zip(body0.tolist(), (body0 + klen + vlen).tolist())]
+    whole = np.array([xxh3_64(b, seed) & 0xFFFFFFFF for b in bodies], dtype=np.uint32) \
+        == checksum
+    # A rewrite that finished between the header reads and the copy: the checksum of the new
+    # value against the old one's fails, and a same-value rewrite with a new TTL shows here.
+    again = fields.read(offs)
+    same = whole & ((again[0] & L.FREE_BIT) == 0) & (again[1] == key_coll[pick]) \
+        & (again[2] == vlen) & (again[3] == checksum) & (again[4] == exp[pick])
+    heads = np.zeros(pick.size, dtype=_RECORD_DTYPE)
+    heads["exp"], heads["vlen"], heads["klen"] = exp[pick], vlen, klen
+    heads["coll"], heads["kind"] = coll[pick], kind[pick]
+    raw = heads.tobytes()
+    hb, parts = F.RECORD_HEADER_BYTES, out.parts
+    for i in np.flatnonzero(same).tolist():
+        body = bodies[i]
+        parts.append(raw[i * hb:i * hb + hb])
+        parts.append(body)
+        out.in_chunk += 1
+        out.chunk_bytes += hb + len(body)
+        if out.chunk_bytes >= F.CHUNK_BYTES:
+            out.close_chunk()
+    kept = same.nonzero()[0]
+    out.records += kept.size
+    out.payload += int((klen[kept].astype(np.int64) + vlen[kept]).sum())
+    out.live += int(np.maximum(L.MIN_BLOCK_BYTES, (L.ENTRY_HEADER_BYTES + klen[kept].astype(
+        np.int64) + vlen[kept] + L.ALIGN - 1) & ~(L.ALIGN - 1)).sum())
+    out.longest = max(out.longest, int(klen[kept].max(initial=0)))
+
+
+def _stripe_entries(region: Any, stripe: int) -> np.ndarray:
     """The entry offsets of a stripe's occupied slots, copied under its lock (held for a
     memcpy of the sub-table only). Slots whose ref is not one are left out."""
     index = region.index
@@ -167,39 +231,14 @@ def _stripe_entries(region: Any, stripe: int) -> list[int]:
         region.locks.release_stripe(stripe)
     refs = np.frombuffer(raw, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
     refs = refs[(refs > 0) & (refs <= index.max_ref)]
-    return (refs.astype(np.int64) * L.ALIGN + index.arena_base).tolist()
+    return refs.astype(np.int64) * L.ALIGN + index.arena_base
 
 
-_EXPIRED = object()
-_KIND = L.E_KIND
 _KEY_COLL, _VALUE_LEN = L.E_KEY_COLL >> 2, L.E_VALUE_LEN >> 2
 _CHECKSUM, _EXPIRES = L.E_CHECKSUM >> 2, L.E_EXPIRES_AT >> 3
-
-
-def _read_entry(region: Any, off: int, live: set[int], now_ns: int) -> Any:
-    """(record header, key + value, key_len) of the entry at off, read without a lock;
-    _EXPIRED; or None if it does not validate (freed, reused or rewritten under us)."""
-    u32, q, mm = region.u32, region.q, region.mm
-    w, e = off >> 2, off >> 3
-    word = u32[w]
-    key_coll, vlen, exp, checksum = u32[w + _KEY_COLL], u32[w + _VALUE_LEN], q[e + _EXPIRES], \
-        u32[w + _CHECKSUM]
-    klen, coll = key_coll & 0xFFFF, key_coll >> 16
-    kind = mm[off + _KIND] & L.KIND_MASK
-    size = word & L.SIZE_MASK
-    if word & L.FREE_BIT or coll not in live or kind > L.KIND_ARRAY or klen > L.MAX_KEY_BYTES \
-            or L.ENTRY_HEADER_BYTES + klen + vlen > size or off + size > region.arena.end:
-        return None
-    if exp and exp <= now_ns:
-        return _EXPIRED
-    body = mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen + vlen]
-    # A rewrite that finished between the header reads and the copy: the checksum of the new
-    # value against the old one's fails, and a same-value rewrite with a new TTL shows here.
-    if checksum32(body, region.seed) != checksum or u32[w + _CHECKSUM] != checksum \
-            or q[e + _EXPIRES] != exp or u32[w + _KEY_COLL] != key_coll \
-            or u32[w + _VALUE_LEN] != vlen or u32[w] & L.FREE_BIT:
-        return None
-    return F.RECORD.pack(exp, vlen, klen, coll, kind), body, klen
+_RECORD_DTYPE = np.dtype({"names": ["exp", "vlen", "klen", "coll", "kind"],
+                          "formats": ["<u8", "<u4", "<u2", "<u2", "u1"],
+                          "offsets": [0, 8, 12, 14, 16], "itemsize": F.RECORD_HEADER_BYTES})
 
 
 # --- restoring ----------------------------------------------------------------------------
