@@ -10,10 +10,15 @@ slot of the probe run back, behind a cursor that already passed it, and the key 
 missed although nobody touched it. With the copy, every key nobody touched during the snapshot
 is in it: an entry that is not rewritten never moves or changes (only its list links, slot_no,
 access byte and pin bit do, none of which are copied), so it is read whole. A key rewritten
-meanwhile is read at its old or its new value (each key consistent on its own), or not at all
-if its old block was freed or reused under the reader (it was touched: the snapshot may miss
-it); a block reused by another key yields that key's whole entry, which was live during the
-snapshot, and a later record of the same key wins at restore.
+meanwhile is read at its old or its new value (each key consistent on its own): when its old
+block was freed under the reader, the stripe's slots are copied again and the entries written
+since are read too (REREADS times at most, so a key rewritten all the while may be missed). A
+freed block can still validate (a block merged into the free one before it keeps its bytes),
+and a reused one yields another key's whole entry: each is a value its key had during the
+snapshot. A key read twice is written twice, and restore applies records in order, so it gets
+one of the values the key had during the snapshot, not always the last one.
+The header fields of a batch of entries are read at once through numpy views of the mapping;
+only the copy and the checksum of each entry are a Python call each.
 
 The snapshot is not point-in-time: entries are rewritten in place or freed as soon as their
 writers are done, with no copy-on-write to keep the old version alive while a snapshot reads
@@ -53,6 +58,10 @@ PROGRESS_EVERY = 4096  # entries read, or records applied, between two progress 
 # that a restore never has to evict what it just wrote.
 SIZING_SLACK = 1.25
 SIZING_MIN_EXTRA_BYTES = 1 << 20
+# Times a stripe whose entries failed validation (rewritten or deleted while they were read) has
+# its slots copied again, for the entries written since; a key rewritten all the while may
+# still be missed.
+REREADS = 3
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -109,11 +118,21 @@ def _write_to(region: Any, f: Any, progress: Progress) -> dict[str, Any]:
     fields = _EntryFields(region)
     try:
         for stripe in range(lay.n_stripes):
-            offs = _stripe_entries(region, stripe)
-            for at in range(0, offs.size, PROGRESS_EVERY):  # bounded batches of copies
-                _write_entries(region, fields, offs[at:at + PROGRESS_EVERY], live, out)
-                if progress is not None:
-                    progress(min(out.records, total), total)
+            offs = seen = _stripe_entries(region, stripe)
+            for _ in range(1 + REREADS):
+                failed = 0
+                for at in range(0, offs.size, PROGRESS_EVERY):  # bounded batches of copies
+                    failed += _write_entries(region, fields, offs[at:at + PROGRESS_EVERY],
+                                             live, out)
+                    if progress is not None:
+                        progress(min(out.records, total), total)
+                if not failed:
+                    break
+                # What failed was rewritten elsewhere or deleted under the reader: a key
+                # rewritten meanwhile has its new entry at a ref the copy did not hold.
+                fresh = _stripe_entries(region, stripe)
+                offs = np.setdiff1d(fresh, seen)
+                seen = np.union1d(seen, fresh)
     finally:
         fields.release()
     out.close_chunk()
@@ -171,11 +190,11 @@ class _EntryFields:
 
 
 def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np.ndarray,
-                  out: _ChunkWriter) -> None:
+                  out: _ChunkWriter) -> int:
     """Read the entries at offs without a lock and add those that validate (see the module
-    docstring) to out; expired ones are counted, not written."""
+    docstring) to out; expired ones are counted, not written. Returns how many failed."""
     if not offs.size:
-        return
+        return 0
     now_ns = region.clock()
     word, key_coll, vlen, checksum, exp, kind = fields.read(offs)
     klen, coll, size = key_coll & 0xFFFF, key_coll >> 16, word & L.SIZE_MASK
@@ -185,8 +204,9 @@ def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np
     expired = sound & (exp != 0) & (exp <= np.uint64(now_ns))
     out.expired += int(expired.sum())
     pick = np.flatnonzero(sound & ~expired)
+    failed = offs.size - pick.size - int(expired.sum())
     if not pick.size:
-        return
+        return failed
     offs, klen, vlen, checksum = offs[pick], klen[pick], vlen[pick], checksum[pick]
     body0 = offs + L.ENTRY_HEADER_BYTES
     mm, seed = region.mm, region.seed
@@ -217,6 +237,7 @@ def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np
     out.live += int(np.maximum(L.MIN_BLOCK_BYTES, (L.ENTRY_HEADER_BYTES + klen[kept].astype(
         np.int64) + vlen[kept] + L.ALIGN - 1) & ~(L.ALIGN - 1)).sum())
     out.longest = max(out.longest, int(klen[kept].max(initial=0)))
+    return failed + pick.size - kept.size
 
 
 def _stripe_entries(region: Any, stripe: int) -> np.ndarray:

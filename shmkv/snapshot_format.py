@@ -75,7 +75,7 @@ Trailer (TRAILER_BYTES = 40, the last bytes of the file)
     32    8     checksum         xxh3_64 of bytes 0..32
 
 A key may appear in two records (a key rewritten while the snapshot was taken, read before and
-after it moved): the later record is the newer value, and a loader applies records in order.
+after it moved): both are values it had, and a loader applies records in order.
 """
 
 from __future__ import annotations

@@ -282,9 +282,9 @@ def test_restore_keeps_keys_only_in_the_region_unless_replace(
     assert contents(populated_target) == contents(cache)
 
 
-def test_a_key_twice_in_a_snapshot_takes_its_later_value(
+def test_a_key_twice_in_a_snapshot_is_restored_at_its_later_record(
         cache: shmkv.Cache, target: shmkv.Cache, tmp_path: Path) -> None:
-    # What a key rewritten during a snapshot can produce: the later record is the newer one.
+    # What a key rewritten during a snapshot can produce: restore applies records in order.
     records = [F.RECORD.pack(0, 3, 1, 0, 0) + b"kold", F.RECORD.pack(0, 3, 1, 0, 0) + b"knew"]
     payload = b"".join(records)
     colls_head, c1 = F.pack_chunk(F.CHUNK_COLLECTIONS, 0, b"")
@@ -405,3 +405,25 @@ def test_an_entry_whose_checksum_fails_is_left_out_of_the_snapshot(
     assert cache.snapshot(str(tmp_path / "s.snp"))["keys"] == 1
     target.restore(str(tmp_path / "s.snp"))
     assert target.keys() == [b"good"]
+
+
+def test_a_key_rewritten_elsewhere_before_the_reader_gets_to_it_is_still_in_the_snapshot(
+        cache: shmkv.Cache, target: shmkv.Cache, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The slots were copied; then the second key gets a larger value, in a new block, and its
+    # old block is freed before the reader reaches it.
+    first, second = _colliding_keys(cache)
+    cache.set(first, b"first")
+    cache.set(second, b"old")
+    monkeypatch.setattr(snapshot, "PROGRESS_EVERY", 1)
+    rewritten: list[bool] = []
+
+    def rewrite_the_second(done: int, total: int) -> None:
+        if not rewritten:
+            cache.set(second, b"new" * 100)
+            rewritten.append(True)
+
+    report = cache.snapshot(str(tmp_path / "s.snp"), progress=rewrite_the_second)
+    assert rewritten and report["keys"] == 2
+    target.restore(str(tmp_path / "s.snp"))
+    assert target.get(first) == b"first" and target.get(second) == b"new" * 100
