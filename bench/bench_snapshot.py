@@ -119,17 +119,11 @@ def shmkv_rounds(case: Case, work: Path, rounds: int, stack: contextlib.ExitStac
     file_bytes = os.path.getsize(path)
     profile_text = ""
     if profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        source.snapshot(path)
-        prof.disable()
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(10)
-        profile_text = out.getvalue()
+        profile_text = "--- snapshot ---\n" + _profiled(lambda: source.snapshot(path))
     source.close()
     shmkv.Cache.unlink(name)  # room for the restored copies
+    target = f"{name}-r"
     for _ in range(rounds):
-        target = f"{name}-r"
         try:
             t0 = time.perf_counter()
             with shmkv.Cache.create(target, **shmkv.Cache.sizes_for_snapshot(path)) as fresh:
@@ -140,9 +134,26 @@ def shmkv_rounds(case: Case, work: Path, rounds: int, stack: contextlib.ExitStac
                                                                      % VALUE_POOL]
         finally:
             shmkv.Cache.unlink(target)
+    if profile:
+        try:
+            with shmkv.Cache.create(target, **shmkv.Cache.sizes_for_snapshot(path)) as fresh:
+                profile_text += "\n--- restore ---\n" + _profiled(lambda: fresh.restore(path))
+        finally:
+            shmkv.Cache.unlink(target)
     notes.append(f"{case.name}: shmkv snapshot file {file_bytes / MIB:,.1f} MiB")
     os.unlink(path)
     return times, profile_text, notes
+
+
+def _profiled(run: Any) -> str:
+    """The top of a cProfile of run(), by own time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    run()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    return out.getvalue().strip()
 
 
 def writer_p99(case: Case, work: Path, snapshots: int, stack: contextlib.ExitStack) \
@@ -348,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p99-snapshots", type=int, default=3,
                     help="snapshots taken while the writer runs (0: skip)")
     ap.add_argument("--no-redis", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="cProfile one snapshot per case")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile one snapshot and one restore per case")
     ap.add_argument("--out", help="directory for the results (.md and .json)")
     ap.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -396,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"p99 during / without: {p99['p99_ratio']:.2f}x (target <= {P99_TARGET}x: "
                  f"{verdict}); snapshots took {p99['snapshot_s']} s", ""]
     for name, text in profiles.items():
-        body += [f"## cProfile of one snapshot, {name} (top 10 by own time)", "", "```",
+        body += [f"## cProfile of one snapshot and one restore, {name} (top 12 by own time)",
+                 "", "```",
                  text.strip(), "```", ""]
     md = "\n".join(body)
     print(md)
