@@ -299,17 +299,17 @@ def restore(cache: Cache, path: str, replace: bool = False,
     region = cache._region
     path = os.fspath(path)
     buf = read_file(path)
-    max_key_bytes = region.u32[52 >> 2]  # the header's max_key_bytes (layout.py)
-    snap = F.validate(buf, path, max_key_bytes)
+    # every region this release opens has this limit (layout.unpack_header checks it)
+    snap = F.validate(buf, path, L.MAX_KEY_BYTES)
     _check_fits(cache, snap)
     root = _default_handle(cache)
-    handles: dict[int, Cache] = {}
+    handles: dict[int, Cache] = {0: root}
     try:
         if replace:
             root.clear()
             for name in root.collections():
-                root.collection(name).clear()
-        handles[0] = root
+                with root.collection(name) as handle:
+                    handle.clear()
         for idx, name in snap.collections.items():
             handles[idx] = root.collection(name)
         clock, applied, expired = region.clock, 0, 0
