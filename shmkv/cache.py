@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import arrays, backend
+from . import arrays, backend, snapshot
 from . import layout as L
 from . import region as R
 from .coerce import key_bytes as _key_bytes
@@ -644,6 +644,32 @@ class Cache:
             retired = self._region.pins.retired()
         return region_stats(self._region, retired, backend.engine_of(self._reader),
                             self.collection_name, len(self))
+
+    # --- snapshots (snapshot.py) ------------------------------------------------------------
+    def snapshot(self, path: str, *, progress: Callable[[int, int], None] | None = None) \
+            -> dict[str, Any]:
+        """Write every collection of the region to the file at path, atomically, while writers
+        go on: every key nobody writes meanwhile is in it, each key consistent on its own (not
+        one moment for all). `progress(done, total)` is called as records are written.
+        Returns {keys, bytes, collections, path, elapsed_s, ...}."""
+        self._q[0]
+        return snapshot.write(self, path, progress)
+
+    def restore(self, path: str, replace: bool = False, *,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Load a snapshot into the region (every collection, created as needed). The whole
+        file is checked first: a damaged one raises CorruptSnapshot and changes nothing.
+        Expiry is absolute: what expired since the snapshot is skipped. replace=True clears
+        every collection first; else keys only in the region stay. Returns {keys,
+        skipped_expired, bytes, ...}."""
+        self._q[0]
+        return snapshot.restore(self, path, replace, progress)
+
+    @staticmethod
+    def sizes_for_snapshot(path: str) -> dict[str, int]:
+        """create() arguments for a region that can hold the snapshot at path:
+        `Cache.create(name, **Cache.sizes_for_snapshot(path))`."""
+        return snapshot.region_sizes(path)
 
 
 _CHANGES = L.S_CHANGES >> 3

@@ -19,8 +19,9 @@ import base64
 import json
 import os
 import shlex
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -437,6 +438,81 @@ def unlink(ctx: typer.Context) -> None:
     if removed:  # a region created later under this name starts in its default collection
         _save_selection(ctx.obj, "")
     _emit({"unlinked": removed})
+
+
+@contextmanager
+def _file_errors() -> Iterator[None]:
+    """A snapshot file that cannot be read or written: the OS's error, as JSON."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, ShmKVError):
+            raise
+        _fail(type(exc).__name__, str(exc), EXIT_ERROR)
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback drawing a bar on stderr, or None when stderr is not a terminal
+    (stdout carries only the JSON document either way)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        pct = 100 if not total else min(100, done * 100 // total)
+        if pct != shown[0]:
+            shown[0] = pct
+            sys.stderr.write(f"\r{label} [{'#' * (pct // 5):<20}] {pct:3d}% {done}/{total}")
+            sys.stderr.flush()
+
+    try:
+        yield show
+    finally:
+        if shown[0] >= 0:
+            sys.stderr.write("\n")
+
+
+@app.command("snapshot", rich_help_panel=_REGION)
+def take_snapshot(ctx: typer.Context, path: str) -> None:
+    """Write every collection of the region to a snapshot file at PATH, atomically (a temp
+    file renamed over PATH), while writers go on: every key nobody writes meanwhile is in
+    it, each key consistent. Expiry is kept as absolute time. Prints keys, bytes, elapsed_s."""
+    with _file_errors(), _opened(ctx.obj) as cache, _progress_bar("snapshot") as bar:
+        _emit({**cache.snapshot(path, progress=bar), "region": ctx.obj})
+
+
+@app.command("restore", rich_help_panel=_REGION)
+def restore_snapshot(
+    ctx: typer.Context,
+    path: str,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Clear every collection first; without it, keys only in the region "
+        "stay.")] = False,
+) -> None:
+    """Load a snapshot file into the region, creating the region (sized from the snapshot)
+    if it does not exist. The whole file is checked first: a damaged one is refused
+    (CorruptSnapshot, naming the byte offset) and changes nothing. Keys whose expiry passed
+    since the snapshot are skipped."""
+    with _file_errors(), _reporting_errors():
+        created = False
+        try:
+            cache = Cache.open(ctx.obj)
+        except RegionNotFound:
+            try:
+                cache = Cache.create(ctx.obj, **Cache.sizes_for_snapshot(path))
+                created = True
+            except RegionExists:  # created by another process meanwhile
+                cache = Cache.open(ctx.obj)
+        try:
+            with cache, _progress_bar("restore") as bar:
+                report = cache.restore(path, replace, progress=bar)
+        except BaseException:
+            if created:  # a region this command made for a file it could not load
+                Cache.unlink(ctx.obj)
+            raise
+    _emit({**report, "region": ctx.obj, "created": created})
 
 
 # --- collection commands ------------------------------------------------------------------

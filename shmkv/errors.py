@@ -82,6 +82,15 @@ class TooManyCollections(ShmKVError):
     """The region's collection table is full."""
 
 
+class CorruptSnapshot(ShmKVError):
+    """A snapshot file is empty, truncated, damaged or not a snapshot; the message names the
+    byte offset of the first damage (also in `offset`), and nothing was restored from it."""
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
 class ProtocolError(ShmKVError):
     """A message on the wire is malformed, of another protocol version, or of an unknown type."""
 
@@ -105,6 +114,7 @@ __all__ = [
     "CollectionNotFound",
     "ConfigError",
     "CorruptRegion",
+    "CorruptSnapshot",
     "IncompatibleLayout",
     "IndexFull",
     "KeyTooLarge",

@@ -418,3 +418,105 @@ def test_gc_without_yes_is_a_dry_run_that_prints_one_json_report(region: Shmkv) 
 
 def test_gc_with_a_negative_grace_period_is_a_usage_error(region: Shmkv) -> None:
     assert region("gc", "--grace-s", "-1", code=2)["error"] == "ValueError"
+
+
+# --- snapshot and restore -----------------------------------------------------------------
+def test_snapshot_then_restore_into_a_new_region_creates_it_sized_from_the_snapshot(
+        region: Shmkv, tmp_path: Path) -> None:
+    region("put", "k", "v", "--ttl", "600")
+    region("new", "users")
+    region("put", "u", "w", "-c", "users")
+    path = str(tmp_path / "s.snp")
+    report = region("snapshot", path)
+    assert report["keys"] == 2 and report["collections"] == ["users"]
+    assert report["path"] == path and report["bytes"] == os.path.getsize(path)
+    name = new_region_name()
+    try:
+        fresh = Shmkv(name)
+        restored = fresh("restore", path)
+        assert restored["created"] is True and restored["keys"] == 2
+        assert fresh("get", "k") == {"key": "k", "value": "v"}
+        assert fresh("get", "u", "-c", "users") == {"key": "u", "value": "w"}
+        with shmkv.Cache.open(name) as c:
+            assert 590 < c.ttl("k") <= 600
+    finally:
+        shmkv.Cache.unlink(name)
+
+
+def test_restore_without_replace_keeps_the_regions_own_keys_and_with_replace_drops_them(
+        region: Shmkv, other_region: Shmkv, tmp_path: Path) -> None:
+    region("put", "k", "from the snapshot")
+    region("snapshot", str(tmp_path / "s.snp"))
+    other_region("put", "own", "kept")
+    assert other_region("restore", str(tmp_path / "s.snp"))["created"] is False
+    assert other_region("get", "own") == {"key": "own", "value": "kept"}
+    other_region("restore", str(tmp_path / "s.snp"), "--replace")
+    assert other_region("get", "own", code=3)["error"] == "KeyError"
+    assert other_region("get", "k") == {"key": "k", "value": "from the snapshot"}
+
+
+def test_restore_of_a_damaged_file_fails_with_json_and_creates_no_region(
+        cli: Shmkv, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.snp"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    error = cli("restore", str(bad), code=1)
+    assert error["error"] == "CorruptSnapshot" and "byte offset 0" in error["message"]
+    assert cli("status", code=1)["error"] == "RegionNotFound"
+
+
+def test_restore_of_a_damaged_file_into_a_new_region_unlinks_the_region_it_made(
+        region: Shmkv, cli: Shmkv, tmp_path: Path) -> None:
+    region("put", "k", "v")
+    path = tmp_path / "s.snp"
+    region("snapshot", str(path))
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 1  # the trailer: the header is fine, so the region is made, then refused
+    path.write_bytes(bytes(data))
+    name = new_region_name()
+    try:
+        assert Shmkv(name)("restore", str(path), code=1)["error"] == "CorruptSnapshot"
+        assert not shmkv.Cache.unlink(name)
+    finally:
+        shmkv.Cache.unlink(name)
+
+
+def test_snapshot_or_restore_of_a_missing_path_fails_with_json(region: Shmkv,
+                                                               tmp_path: Path) -> None:
+    missing = str(tmp_path / "no" / "s.snp")
+    assert region("snapshot", missing, code=1)["error"] == "FileNotFoundError"
+    assert region("restore", missing, code=1)["error"] == "FileNotFoundError"
+
+
+def test_snapshot_draws_a_progress_bar_on_stderr_only_when_it_is_a_terminal(
+        region_name: str, isolated_env: Path, tmp_path: Path) -> None:
+    import pty
+
+    with shmkv.Cache.create(region_name, arena_bytes=8 << 20) as c:
+        for i in range(10_000):
+            c.set(f"k{i}", b"v")
+    env = {**os.environ, "XDG_STATE_HOME": str(isolated_env), "SHMKV_REGION": region_name}
+    argv = [*_shmkv_command(), "snapshot", str(tmp_path / "s.snp")]
+    plain = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0 and plain.stderr == ""
+    assert json.loads(plain.stdout)["keys"] == 10_000
+    primary, secondary = pty.openpty()
+    try:
+        on_tty = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=secondary,
+                                text=True, timeout=60)
+        os.close(secondary)
+        secondary = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the other side is closed and everything was read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert on_tty.returncode == 0 and json.loads(on_tty.stdout)["keys"] == 10_000
+    assert b"snapshot [" in drawn and b"100% 10000/10000" in drawn
