@@ -96,7 +96,8 @@ def open_or_restore(config: NodeConfig, supervisor: Supervisor | None,
         cache.close()
         shmkv.Cache.unlink(config.region)  # half a restore is no region to serve
         raise
-    emit("restored", path=path, elapsed_s=round(time.monotonic() - started, 3), **report)
+    emit("restored", **{"path": path, "elapsed_s": round(time.monotonic() - started, 3),
+                        **report})
     return cache
 
 
