@@ -23,7 +23,8 @@ from . import layout as L
 from . import region as R
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
-from .errors import CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, RegionExists
+from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, ReadOnlyRegion,
+                     RegionExists)
 from .hashing import xxh3_64
 from .events import emit_locked
 from .events import enabled as events_enabled
@@ -321,7 +322,7 @@ class Cache:
 
     def _pin_entry(self, key: object) -> tuple[int, int, int, int, int]:
         """Pin key's entry for a view: (pin, entry offset, value offset, value bytes, kind)."""
-        k, _, stripe, _, off = self._lock_and_find(key)
+        k, _, stripe, _, off = self._lock_and_find(key, write=False)
         try:
             if not off or self._w.expired(off):
                 raise KeyError(key)
@@ -399,14 +400,17 @@ class Cache:
             raise TypeError("version must be the int returned by get_with_version")
         return self._write(key, value, ttl_s, version)
 
-    def _lock_and_find(self, key: object) -> tuple[bytes, int, int, int, int]:
+    def _lock_and_find(self, key: object,
+                       write: bool = True) -> tuple[bytes, int, int, int, int]:
         """Take the key's stripe lock and find it: (key bytes, hash, stripe, position, entry
-        offset or 0). The caller must release_stripe(stripe)."""
+        offset or 0). The caller must release_stripe(stripe). A write also checks the fence."""
         k = _key_bytes(key)
         h = xxh3_64(k, self._seed)
         stripe = h & self._smask
         self._locks.acquire_stripe(stripe)
         try:
+            if write:
+                self._check_fence()
             if self._coll:
                 self._w.check_collection_locked()
             pos, old = self._index.find_locked(stripe, h, k, self._coll)
@@ -414,6 +418,18 @@ class Cache:
             self._locks.release_stripe(stripe)
             raise
         return k, h, stripe, pos, old
+
+    def _check_fence(self) -> None:
+        """Refuse to write once the region's write fence has passed (layout.py:
+        writable_until_ns, 0 = none): set by replication, checked by both engines under the
+        key's lock, so that no write lands after the moment a lease ends."""
+        if self._fenced():
+            raise ReadOnlyRegion("writes to this region are fenced (its write lease ended, or "
+                                 "it is a replica): write to the current primary")
+
+    def _fenced(self) -> bool:
+        until = self._q[_WRITABLE_UNTIL]
+        return bool(until) and self._clock() >= until
 
     def _write(self, key: object, value: object, ttl_s: object, if_version: int | None,
                kind: int = L.KIND_BYTES) -> bool:
@@ -486,6 +502,7 @@ class Cache:
 
     def clear(self) -> int:
         """Delete every key of this collection; returns how many were removed."""
+        self._check_fence()
         return self._w.delete_collection_entries(self._coll)
 
     # --- events (events.py) ---------------------------------------------------------------
@@ -493,7 +510,7 @@ class Cache:
         """Send message to the subscribers of channel, through the region: the node forwards
         it (like every keyspace event) to its subscribers. Fire and forget, as in Redis."""
         data = _value_bytes(message)
-        k, h, stripe, _, _ = self._lock_and_find(channel)
+        k, h, stripe, _, _ = self._lock_and_find(channel, write=False)  # not a key's write
         try:
             emit_locked(self._region, stripe, L.EV_MESSAGE, self._coll, k, data)
         finally:
@@ -516,7 +533,7 @@ class Cache:
     def ttl(self, key: str | bytes) -> float | None:
         """Seconds until key expires; None if it has no expiry or does not exist (tell the two
         apart with `key in cache`)."""
-        _, _, stripe, _, off = self._lock_and_find(key)
+        _, _, stripe, _, off = self._lock_and_find(key, write=False)
         try:
             exp = self._q[(off + L.E_EXPIRES_AT) >> 3] if off else 0
             left = exp - self._clock()
@@ -556,7 +573,8 @@ class Cache:
             raise ValueError("max_slots must be a positive int")
         max_slots = min(max_slots, self._region.layout.index_slots)  # one sweep at most
         evictor, removed = self._region.evictor, 0
-        for _ in range(0, max_slots, MAINTAIN_CHUNK_SLOTS):
+        # a fenced region (a replica) expires nothing itself: its primary's deletes arrive
+        for _ in range(0, 0 if self._fenced() else max_slots, MAINTAIN_CHUNK_SLOTS):
             with self._locks.arena_held:
                 removed += evictor.expire_sample_locked(MAINTAIN_CHUNK_SLOTS, -1, 0)[0]
         self._region.release_lingering()
@@ -619,6 +637,7 @@ class Cache:
     def rename_collection(self, old: str, new: str) -> None:
         """Rename a collection; open handles on it keep working."""
         raw_old, raw_new = check_collection_name(old), check_collection_name(new)
+        self._check_fence()
         with self._locks.arena_held:
             self._region.colls.rename_locked(raw_old, raw_new)
 
@@ -626,6 +645,7 @@ class Cache:
         """Delete a collection and all its keys; returns how many keys it held. Handles on it
         raise CollectionNotFound on their next write."""
         raw = check_collection_name(name)
+        self._check_fence()
         with self._locks.arena_held:
             idx = self._region.colls.begin_drop_locked(raw)
         removed = self._w.delete_collection_entries(idx)
@@ -673,3 +693,4 @@ class Cache:
 
 
 _CHANGES = L.S_CHANGES >> 3
+_WRITABLE_UNTIL = L.H_WRITABLE_UNTIL >> 3

@@ -91,6 +91,12 @@ class CorruptSnapshot(ShmKVError):
         self.offset = offset
 
 
+class ReadOnlyRegion(ShmKVError):
+    """Writes to the region are fenced: its write fence (writable_until_ns in the header) has
+    passed. The region is a replica, or its primary's lease to write ran out; write to the
+    current primary."""
+
+
 class ProtocolError(ShmKVError):
     """A message on the wire is malformed, of another protocol version, or of an unknown type."""
 
@@ -123,6 +129,7 @@ __all__ = [
     "OutOfSpace",
     "PermissionDenied",
     "ProtocolError",
+    "ReadOnlyRegion",
     "RegionExists",
     "RegionFull",
     "RegionNotFound",
