@@ -23,7 +23,7 @@ from . import layout as L
 from . import region as R
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
-from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, ReadOnlyRegion,
+from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, ReadOnlyReplica,
                      RegionExists)
 from .hashing import xxh3_64
 from .events import emit_locked
@@ -424,7 +424,7 @@ class Cache:
         writable_until_ns, 0 = none): set by replication, checked by both engines under the
         key's lock, so that no write lands after the moment a lease ends."""
         if self._fenced():
-            raise ReadOnlyRegion("writes to this region are fenced (its write lease ended, or "
+            raise ReadOnlyReplica("writes to this region are fenced (its write lease ended, or "
                                  "it is a replica): write to the current primary")
 
     def _fenced(self) -> bool:

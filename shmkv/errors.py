@@ -91,9 +91,9 @@ class CorruptSnapshot(ShmKVError):
         self.offset = offset
 
 
-class ReadOnlyRegion(ShmKVError):
+class ReadOnlyReplica(ShmKVError):
     """Writes to the region are fenced: its write fence (writable_until_ns in the header) has
-    passed. The region is a replica, or its primary's lease to write ran out; write to the
+    passed. The region is a replica, or its primary's lease to write ran out: write to the
     current primary."""
 
 
@@ -129,7 +129,7 @@ __all__ = [
     "OutOfSpace",
     "PermissionDenied",
     "ProtocolError",
-    "ReadOnlyRegion",
+    "ReadOnlyReplica",
     "RegionExists",
     "RegionFull",
     "RegionNotFound",

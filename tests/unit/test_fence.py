@@ -1,5 +1,5 @@
 """The write fence (layout.py: writable_until_ns): once it has passed, every write is refused
-with ReadOnlyRegion by both engines and nothing stored changes; reads go on. Replication sets
+with ReadOnlyReplica by both engines and nothing stored changes; reads go on. Replication sets
 it (a replica: in the past; a primary: the end of its lease)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_a_write_after_the_fence_is_refused_and_changes_nothing(
     _fence(cache, fake_clock() + 10**9)
     before = {k: cache.get(k) for k in cache}
     fake_clock.advance(2)
-    with pytest.raises(shmkv.ReadOnlyRegion, match="fenced"):
+    with pytest.raises(shmkv.ReadOnlyReplica, match="fenced"):
         WRITES[write](cache)
     assert {k: cache.get(k) for k in cache} == before
     assert cache.collections() == ["jobs"] and cache.collection("jobs").get("x") == b"x"
