@@ -85,6 +85,9 @@ class CorruptSnapshot(ShmKVError):
         super().__init__(message)
         self.offset = offset
 
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:  # pickles with its offset
+        return type(self), (str(self), self.offset)
+
 
 class ProtocolError(ShmKVError):
     """A message on the wire is malformed, of another protocol version, or of an unknown type."""
