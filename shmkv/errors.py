@@ -90,6 +90,9 @@ class CorruptSnapshot(ShmKVError):
         super().__init__(message)
         self.offset = offset
 
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:  # pickles with its offset
+        return type(self), (str(self), self.offset)
+
 
 class ReadOnlyReplica(ShmKVError):
     """Writes to the region are fenced: its write fence (writable_until_ns in the header) has

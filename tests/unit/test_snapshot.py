@@ -427,3 +427,10 @@ def test_a_key_rewritten_elsewhere_before_the_reader_gets_to_it_is_still_in_the_
     assert rewritten and report["keys"] == 2
     target.restore(str(tmp_path / "s.snp"))
     assert target.get(first) == b"first" and target.get(second) == b"new" * 100
+
+
+def test_corrupt_snapshot_keeps_its_offset_through_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(shmkv.CorruptSnapshot("damaged at byte offset 7", 7)))
+    assert error.offset == 7 and str(error) == "damaged at byte offset 7"
