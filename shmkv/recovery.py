@@ -109,7 +109,9 @@ def first_open(region: SharedRegion) -> dict[str, int] | None:
 
 def close_cleanly(region: SharedRegion) -> bool:
     """Called as a handle's mapping is about to close: if it is the last handle on the region
-    anywhere, flush the region to its file and mark it clean. True if it did."""
+    anywhere, flush the region to its file and mark it clean. True if it did. A flush that
+    fails (a disk error) leaves the region unmarked, which is safe (an opener in another boot
+    recovers it); closing must go on and give back the mapping, so it is not raised."""
     fd = region.mapping.fd
     if not holders.try_last(fd):
         return False
@@ -117,6 +119,9 @@ def close_cleanly(region: SharedRegion) -> bool:
         flush(region)
         region.q[L.H_CLEAN_MARKER >> 3] = clean_marker(region)
         flush(region)
+    except OSError:
+        region.q[L.H_CLEAN_MARKER >> 3] = 0
+        return False
     finally:
         holders.release_last(fd)
     return True

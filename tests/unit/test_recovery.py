@@ -243,3 +243,19 @@ def test_a_copy_of_a_cleanly_closed_region_is_a_region_of_its_own(path: str, tmp
             assert original.get("only-in-copy") is None
     finally:
         shmkv.Cache.unlink(copy)
+
+
+def test_a_close_whose_flush_fails_gives_the_mapping_back_and_leaves_no_marker(
+        path: str, clock: FakeClock, monkeypatch) -> None:
+    c = shmkv.Cache.create(path, arena_bytes=ARENA_BYTES, clock=clock)
+    c.set("k", b"v")
+
+    def disk_error(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(recovery.os, "fsync", disk_error)
+        c.close()
+    assert c.closed and _u64(path, L.H_CLEAN_MARKER) == 0
+    with shmkv.Cache.open(path, clock=clock) as again:
+        assert again.get("k") == b"v"

@@ -330,8 +330,8 @@ def test_a_snapshot_that_fails_leaves_the_old_file_and_no_temp_file(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(snapshot.os, "fsync", no_space)
-    with pytest.raises(OSError) as caught:
+    with monkeypatch.context() as patched, pytest.raises(OSError) as caught:
+        patched.setattr(snapshot.os, "fsync", no_space)
         cache.snapshot(str(path))
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == old and _temp_files(tmp_path) == []
