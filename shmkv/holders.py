@@ -101,6 +101,16 @@ def attached(fd: int) -> None:
     _set(fd, fcntl.F_UNLCK, INIT)
 
 
+def hold_in_child(fd: int) -> int:
+    """For a forked child that inherited a handle: a description of its own holding HOLDERS
+    shared, returned (close it when the handle closes). The inherited description's lock is
+    the parent's too, so without this neither could tell that the other still has the region
+    open. It cannot fail: the parent's shared lock keeps anyone from holding it exclusively."""
+    mine = own_fd(fd)
+    _set(mine, fcntl.F_RDLCK, HOLDERS)
+    return mine
+
+
 def try_last(fd: int) -> bool:
     """For a handle about to close: True if it is the last one anywhere, and then nobody can
     attach until `release_last(fd)` (or the close of fd): it holds INIT and HOLDERS

@@ -69,6 +69,9 @@ class SharedRegion:
         self.handles: weakref.WeakSet[Any] = weakref.WeakSet()  # the Cache handles on it
         self.closed = False
         self.recovery: dict[str, int] | None = None  # what recovery.recover found at open
+        self.pid = os.getpid()  # the process that mapped it; a forked child is another
+        self.child_fd = -1  # in a forked child: its own HOLDERS description (holders.py)
+        _MAPPED.add(self)
 
     @classmethod
     def create(cls, name: str, layout: L.Layout, protected_pct: int, mode: int,
@@ -152,8 +155,13 @@ class SharedRegion:
     def finish_close(self, mark_clean: bool = True) -> None:
         """Unmap; the last handle on the region anywhere flushes it and marks it clean."""
         self.pins.release()
-        if mark_clean:
+        # Only the process that mapped the region marks it clean: a forked child shares its
+        # parent's description, and so its parent's view of who else has the region open.
+        if mark_clean and self.pid == os.getpid():
             recovery.close_cleanly(self)
+        if self.child_fd >= 0:
+            os.close(self.child_fd)
+            self.child_fd = -1
         self.index = self.arena = self.colls = self.lru = self.evictor = None  # type: ignore
         self.q.release()
         self.u32.release()
@@ -161,3 +169,18 @@ class SharedRegion:
         self.mv.release()
         self.locks.close()
         self.mapping.close()
+
+
+_MAPPED: weakref.WeakSet[SharedRegion] = weakref.WeakSet()  # every region mapped here
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has its parent's mappings and descriptors: register it as a holder of
+    each still-open region through a description of its own (holders.hold_in_child), so that
+    the parent's last close does not take the region for closed while the child uses it."""
+    for region in list(_MAPPED):
+        if not region.closed and region.child_fd < 0:
+            region.child_fd = holders.hold_in_child(region.mapping.fd)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -259,3 +259,31 @@ def test_a_close_whose_flush_fails_gives_the_mapping_back_and_leaves_no_marker(
     assert c.closed and _u64(path, L.H_CLEAN_MARKER) == 0
     with shmkv.Cache.open(path, clock=clock) as again:
         assert again.get("k") == b"v"
+
+
+def _keep_open_until_told(c: shmkv.Cache, ready, go) -> None:
+    c.set("from the child", b"1")
+    ready.set()
+    go.wait(30)
+    c.close()
+
+
+def test_a_parent_closing_while_a_forked_child_still_uses_the_region_leaves_it_unmarked(
+        path: str, clock: FakeClock) -> None:
+    from tests_support import ctx
+    c = shmkv.Cache.create(path, arena_bytes=ARENA_BYTES, clock=clock)
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_keep_open_until_told, args=(c, ready, go))
+    child.start()
+    try:
+        assert ready.wait(30)
+        c.close()  # the child still has the region (through the handle it inherited)
+        assert _u64(path, L.H_CLEAN_MARKER) == 0
+    finally:
+        go.set()
+        child.join(30)
+    assert child.exitcode == 0
+    assert _u64(path, L.H_CLEAN_MARKER) == 0, "a child never marks its parent's region clean"
+    with shmkv.Cache.open(path, clock=clock) as again:
+        assert again.get("from the child") == b"1"
+    assert _u64(path, L.H_CLEAN_MARKER) != 0
