@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 # buckets from 20 µs to 100 ms; anything slower lands in +Inf and is a problem whatever it was.
 LATENCY_BUCKETS_S = (20e-6, 50e-6, 100e-6, 200e-6, 500e-6,
                      1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3)
-# A scraper that connects and then stalls must not keep stop_http() waiting for ever.
+# How long a scraper has to send its whole request head (see _QuietHandler).
 REQUEST_TIMEOUT_S = 5.0
 # serve_forever() notices shutdown() only between polls: this bounds how long a stop takes
 # (the node stops within TimeoutStopSec), at the price of ten idle wake-ups a second.
@@ -106,8 +106,10 @@ class Metrics:
             return
         httpd.shutdown()  # returns once serve_forever() has returned
         thread.join()
-        httpd.server_close()  # joins the request threads (block_on_close), each of which
-        # ends within request_timeout_s
+        for handler in list(httpd.reading):  # a stop never waits for a head still arriving
+            handler.cut_off()
+        httpd.server_close()  # joins the request threads (block_on_close): what is left are
+        # scrapes being answered
 
 
 class RegionCollector(Collector):
@@ -167,11 +169,40 @@ class RegionCollector(Collector):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    """A request whose head (request line and headers) has not arrived whole within
+    request_timeout_s is cut off, however its bytes trickle in (a per-read timeout alone lets a
+    client that sends a byte every few seconds hold its thread for ever), and so is every head
+    still arriving when the endpoint stops: stopping waits only for scrapes being answered."""
+
     server: _MetricsServer
 
     def setup(self) -> None:
         self.timeout = self.server.request_timeout_s  # read by StreamRequestHandler.setup()
         super().setup()
+        self._deadline = threading.Timer(self.server.request_timeout_s, self.cut_off)
+        self._deadline.daemon = True
+        self.server.reading.add(self)
+        self._deadline.start()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # has read the headers
+        self._head_read()
+        return parsed
+
+    def finish(self) -> None:
+        self._head_read()
+        super().finish()
+
+    def _head_read(self) -> None:
+        self._deadline.cancel()
+        self.server.reading.discard(self)
+
+    def cut_off(self) -> None:
+        """End the connection now: the request thread's read returns, and it ends."""
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already gone
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """No access log on stderr: the node's stderr is for its own messages."""
@@ -187,6 +218,7 @@ class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     def __init__(self, host: str, port: int, app: Callable[..., Any],
                  request_timeout_s: float) -> None:
         self.request_timeout_s = request_timeout_s
+        self.reading: set[_QuietHandler] = set()  # requests whose head is still arriving
         # IPv6 hosts need an AF_INET6 socket; getaddrinfo decides, without a DNS lookup of its
         # own for a literal address.
         self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]

@@ -7,6 +7,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -228,3 +229,45 @@ def test_metrics_module_does_not_import_zmq() -> None:
     # a neutral cwd: in a checkout, ./shmkv would shadow the installed package
     assert subprocess.run([sys.executable, "-c", code], timeout=60,
                           cwd=tempfile.gettempdir()).returncode == 0
+
+
+def _trickle(port: int, every_s: float, lines: int) -> float:
+    """Send a request head one header line at a time, every_s apart; return how long the
+    server kept the connection open (it cuts it off, or the head ends after `lines`)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=SCRAPE_TIMEOUT_S) as client:
+        try:
+            client.sendall(b"GET /metrics HTTP/1.0\r\n")
+            for i in range(lines):
+                time.sleep(every_s)  # the attacker's pace: the behaviour under test
+                client.sendall(b"X-Slow-%d: 1\r\n" % i)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return time.monotonic() - started
+
+
+def test_a_scraper_trickling_its_request_is_cut_off_at_the_deadline(cache: shmkv.Cache) -> None:
+    metrics = Metrics(cache.stats)
+    try:
+        port = metrics.start_http("127.0.0.1", 0, request_timeout_s=0.5)
+        # each line comes well within the per-read timeout, the whole head never does
+        assert _trickle(port, every_s=0.1, lines=60) < 3.0
+        scrape(port)  # and the endpoint serves others
+    finally:
+        metrics.stop_http()
+
+
+def test_stop_http_does_not_wait_for_a_request_head_still_arriving(cache: shmkv.Cache) -> None:
+    metrics = Metrics(cache.stats)
+    port = metrics.start_http("127.0.0.1", 0, request_timeout_s=30)
+    trickler = threading.Thread(target=_trickle, args=(port, 0.05, 400))
+    trickler.start()
+    try:
+        scrape(port)  # accepted in order: the trickler's connection has its thread by now
+        started = time.monotonic()
+        metrics.stop_http()
+        assert time.monotonic() - started < 2.0
+        assert metrics_threads() == []
+    finally:
+        metrics.stop_http()
+        trickler.join(SCRAPE_TIMEOUT_S * 4)
