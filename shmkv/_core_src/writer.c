@@ -433,7 +433,8 @@ static PyMethodDef Writer_methods[] = {
     {"unpin", (PyCFunction)(void (*)(void))writer_unpin, METH_FASTCALL,
      "unpin(pin, off): drop a pin (from pin() or PinTable.pin_locked)."},
     {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
-     "set(key, value, ttl_s=None): Cache.set; in place in C, else write_fallback."},
+     "set(key, value, ttl_s=None, **options): Cache.set; in place in C, else write_fallback "
+     "(set_fallback with an option)."},
     {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
      "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
