@@ -238,10 +238,48 @@ def _get_array(c: Cache, r: Request) -> Result:
     return fields, [data]
 
 
+def _set_options(c: Cache, r: Request) -> Result:
+    get = _field(r, "get", False)
+    result = c.set(_key(r), r.frames[1], ttl_s=_field(r, "ttl_s", None),
+                   nx=_field(r, "nx", False), xx=_field(r, "xx", False),
+                   keepttl=_field(r, "keepttl", False), get=get)
+    return _value_reply(result) if get is True else (result, [])
+
+
+def _value_reply(value: bytes | None) -> Result:
+    return (True, [value]) if value is not None else (False, [])
+
+
+def _getdel(c: Cache, r: Request) -> Result:
+    return _value_reply(c.getdel(_key(r)))
+
+
+def _getex(c: Cache, r: Request) -> Result:
+    return _value_reply(c.getex(_key(r), _field(r, "ttl_s", None),
+                                persist=_field(r, "persist", False)))
+
+
+def _append(c: Cache, r: Request) -> Result:
+    return c.append(_key(r), r.frames[1]), []
+
+
+def _rename(c: Cache, r: Request) -> Result:
+    return c.rename(_key(r), r.frames[1].tobytes(), nx=_field(r, "nx", False)), []
+
+
+def _strlen(c: Cache, r: Request) -> Result:
+    return c.strlen(_key(r)), []
+
+
+def _type(c: Cache, r: Request) -> Result:
+    return c.type(_key(r)), []
+
+
 _KEY_COMMANDS: dict[str, Handler] = {
     "get": _get, "get_with_version": _get_with_version, "set": _set, "cas": _cas,
     "incr": _incr, "delete": _delete, "contains": _contains, "len": _len, "keys": _keys,
     "ttl": _ttl, "expire": _expire, "persist": _persist, "clear": _clear, "stats": _stats,
     "get_many": _get_many, "set_many": _set_many, "set_array": _set_array,
-    "get_array": _get_array,
+    "get_array": _get_array, "set_options": _set_options, "getdel": _getdel, "getex": _getex,
+    "append": _append, "rename": _rename, "strlen": _strlen, "type": _type,
 }

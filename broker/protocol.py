@@ -69,6 +69,21 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
     rename_collection old, new           -                null                  -
     drop_collection   name               -                removed: int          -
     publish           -                  channel, message null                  -
+    set_options       coll, ttl_s, nx,   key, value       get: found: bool      get: old value
+                      xx, keepttl, get                    else stored: bool     if found
+                                                          or null
+    getdel            coll               key              found: bool           value if found
+    getex             coll, ttl_s,       key              found: bool           value if found
+                      persist
+    append            coll               key, value       the new length        -
+    rename            coll, nx           old key, new key bool                  -
+    strlen            coll               key              int                   -
+    type              coll               key              str or null           -
+
+`set_options` is a set with any of Cache.set's options (nx, xx, keepttl, get; false when
+absent), and returns what Cache.set returns; it is a command of its own rather than fields of
+`set` so that a node that predates the options refuses it (unknown command) instead of doing a
+plain set. The commands after it are Cache's of the same name (shmkv/commands.py).
 
 `publish` sends message to the subscribers of channel through the region, as a local
 Cache.publish does; channels are node-wide (any coll is ignored), a channel frame follows the
@@ -121,7 +136,8 @@ REQUEST_FRAMES: dict[str, int] = {
     "contains": 1, "len": 0, "keys": 0, "ttl": 1, "expire": 1, "persist": 1, "clear": 0,
     "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
-    "publish": 2,
+    "publish": 2, "set_options": 2, "getdel": 1, "getex": 1, "append": 2, "rename": 2,
+    "strlen": 1, "type": 1,
 }
 
 # The exceptions that cross the wire, by code. Built from errors.__all__, so a class added there

@@ -221,9 +221,51 @@ class RemoteCache:
         return [frame.tobytes() for frame in self._call("keys").frames]
 
     # --- writes ---------------------------------------------------------------------------
-    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None) -> None:
-        """Store value under key, replacing any previous value and TTL."""
-        self._call("set", [protocol.key_frame(key), protocol.value_frame(value)], ttl_s=ttl_s)
+    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None, *,
+            nx: bool = False, xx: bool = False, keepttl: bool = False, get: bool = False) -> Any:
+        """Store value under key, replacing any previous value and TTL; with Redis's options,
+        which return what they return for Cache.set (see its docstring)."""
+        frames = [protocol.key_frame(key), protocol.value_frame(value)]
+        if not (nx or xx or keepttl or get):
+            self._call("set", frames, ttl_s=ttl_s)
+            return None
+        reply = self._call("set_options", frames, ttl_s=ttl_s, nx=nx, xx=xx, keepttl=keepttl,
+                           get=get)
+        if get is True:
+            return reply.frames[0].tobytes() if reply.result else None
+        return reply.result
+
+    def getdel(self, key: str | bytes) -> bytes | None:
+        """Delete key and return the value it had; None if absent."""
+        return self._value(self._call("getdel", [protocol.key_frame(key)]))
+
+    def getex(self, key: str | bytes, ttl_s: float | None = None, *,
+              persist: bool = False) -> bytes | None:
+        """The value of key (None if absent), giving it a TTL of ttl_s, or none (persist)."""
+        return self._value(self._call("getex", [protocol.key_frame(key)], ttl_s=ttl_s,
+                                      persist=persist))
+
+    def append(self, key: str | bytes, value: Any) -> int:
+        """Append value to key's value (absent: empty); returns the new length."""
+        frames = [protocol.key_frame(key), protocol.value_frame(value)]
+        return self._call("append", frames).result  # type: ignore[no-any-return]
+
+    def rename(self, old: str | bytes, new: str | bytes, *, nx: bool = False) -> bool:
+        """Move old's value and TTL to new (Cache.rename). KeyError if old is absent."""
+        frames = [protocol.key_frame(old), protocol.key_frame(new)]
+        return self._call("rename", frames, nx=nx).result  # type: ignore[no-any-return]
+
+    def strlen(self, key: str | bytes) -> int:
+        """Length in bytes of key's value, 0 if absent."""
+        return self._call("strlen", [protocol.key_frame(key)]).result  # type: ignore
+
+    def type(self, key: str | bytes) -> str | None:
+        """"string", "shmkv-array", or None if absent."""
+        return self._call("type", [protocol.key_frame(key)]).result  # type: ignore
+
+    @staticmethod
+    def _value(reply: Reply) -> bytes | None:
+        return reply.frames[0].tobytes() if reply.result else None
 
     def __setitem__(self, key: str | bytes, value: Any) -> None:
         self.set(key, value)

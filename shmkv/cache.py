@@ -15,13 +15,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MethodType
 from typing import Any
 
 import numpy as np
 
-from . import arrays, backend
+from . import arrays, backend, commands
 from . import layout as L
 from . import region as R
+from .coerce import expires_at_ns as _expires_at
 from .coerce import key_bytes as _key_bytes
 from .coerce import value_buffer as _value_bytes
 from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, ReadOnlyReplica,
@@ -75,16 +77,6 @@ def _check_timeout(lock_timeout_s: object) -> None:
         raise ValueError("lock_timeout_s must be > 0 and at most an hour")
 
 
-def _expires_at(ttl_s: object, now_ns: int) -> int:
-    if ttl_s is None:
-        return 0
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)):
-        raise TypeError(f"ttl_s must be a number of seconds or None, not {type(ttl_s).__name__}")
-    if not ttl_s > 0 or ttl_s > 10 * 365 * 86400:
-        raise ValueError("ttl_s must be > 0 and at most ten years (None means no expiry)")
-    return now_ns + max(1, int(ttl_s * 1e9))
-
-
 class Cache(Upkeep):
     """A handle on a shared-memory key/value region (or on one collection inside it).
 
@@ -128,7 +120,8 @@ class Cache(Upkeep):
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.collections_offset, lay.access_offset, lay.index_offset, lay.arena_offset,
             lay.arena_bytes, region.seed, coll, gen, region.locks.timeout_s, region.clock,
-            _key_bytes, LockTimeout, CorruptRegion, self._write, self._incr, self._expire_pass)
+            _key_bytes, LockTimeout, CorruptRegion, self._write, self._incr, self._expire_pass,
+            set_fallback=MethodType(Cache.set, self))  # a set with an option, whole
         if self._cw is not None:  # its views pin in C too, and hand every unusual case here
             self._cw.enable_views(region.pins._free, lay.procs_offset, lay.max_procs,
                                   self._pin_entry, region.pins.after_unpin, arrays.DECODED,
@@ -375,9 +368,19 @@ class Cache(Upkeep):
             spins = self._wait_writer(spins, stripe)
 
     # --- writes -------------------------------------------------------------------------
-    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None) -> None:
-        """Store value under key, replacing any previous value and TTL."""
+    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None, *,
+            nx: bool = False, xx: bool = False, keepttl: bool = False, get: bool = False) -> Any:
+        """Store value under key, replacing any previous value and TTL; as Redis's SET.
+
+        nx: only if key is absent (an expired key is absent); xx: only if it is present.
+        keepttl: keep key's expiry (none if it was absent); ttl_s must then be None. Returns
+        the old value (bytes, or None if absent) if get=True, whether or not it stored; else
+        True or False (stored or not) with nx or xx; else None. WrongType (nothing stored) if
+        get=True meets an array; ValueError for nx with xx, or keepttl with a ttl_s."""
+        if nx or xx or keepttl or get:  # (truth tests: the cheapest check for a plain set)
+            return commands.set_with_options(self, key, value, ttl_s, nx, xx, keepttl, get)
         self._write(key, value, ttl_s, None)
+        return None
 
     def set_many(self, mapping: Mapping[str | bytes, Any], ttl_s: float | None = None) -> None:
         """set() every pair. Every key and value is checked before the first is stored; each
@@ -390,6 +393,38 @@ class Cache(Upkeep):
 
     def __setitem__(self, key: str | bytes, value: Any) -> None:
         self.set(key, value)
+
+    # --- read-modify-write commands (commands.py), atomic under the key's stripe lock --------
+    def getdel(self, key: str | bytes) -> bytes | None:
+        """Delete key and return the value it had; None if absent. WrongType on an array."""
+        return commands.getdel(self, key)
+
+    def getex(self, key: str | bytes, ttl_s: float | None = None, *,
+              persist: bool = False) -> bytes | None:
+        """The value of key (None if absent), giving it a TTL of ttl_s from now, or none with
+        persist=True, or leaving its TTL alone with neither. WrongType on an array."""
+        return commands.getex(self, key, ttl_s, persist)
+
+    def append(self, key: str | bytes, value: Any) -> int:
+        """Append value to key's value (an absent key starts empty); its TTL is kept. Returns
+        the new length in bytes. WrongType on an array."""
+        return commands.append(self, key, value)
+
+    def rename(self, old: str | bytes, new: str | bytes, *, nx: bool = False) -> bool:
+        """Move old's value and TTL to new, replacing new. KeyError if old is absent. With
+        nx=True, nothing is done and False returned if new exists (also when new is old);
+        else True. Atomic for writers, which wait on both keys' stripe locks; a reader takes
+        no lock and may see the two keys change one after the other."""
+        return commands.rename(self, old, new, nx)
+
+    def strlen(self, key: str | bytes) -> int:
+        """Length in bytes of key's value, 0 if absent. WrongType on an array."""
+        return commands.strlen(self, key)
+
+    def type(self, key: str | bytes) -> str | None:
+        """"string" for a value stored by set(), "shmkv-array" for set_array's, None if
+        absent."""
+        return commands.type_of(self, key)
 
     def cas(self, key: str | bytes, value: Any, version: int,
             ttl_s: float | None = None) -> bool:

@@ -1,4 +1,4 @@
-"""What a key and a value may be, and their bytes: one set of rules (and messages) for the
+"""What a key, a value and a TTL may be, and their bytes: one set of rules (and messages) for the
 engine and for the wire, so that a RemoteCache refuses exactly what a Cache refuses, before
 anything is sent."""
 
@@ -46,3 +46,14 @@ def value_buffer(value: object) -> bytes | memoryview:
         raise TypeError("values holding Python objects (object dtype) cannot be shared; "
                         "store bytes, or an array of a plain dtype")
     return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+
+
+def expires_at_ns(ttl_s: object, now_ns: int) -> int:
+    """The expiry time of a TTL of ttl_s seconds from now_ns; 0 (no expiry) for None."""
+    if ttl_s is None:
+        return 0
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)):
+        raise TypeError(f"ttl_s must be a number of seconds or None, not {type(ttl_s).__name__}")
+    if not ttl_s > 0 or ttl_s > 10 * 365 * 86400:
+        raise ValueError("ttl_s must be > 0 and at most ten years (None means no expiry)")
+    return now_ns + max(1, int(ttl_s * 1e9))

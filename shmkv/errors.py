@@ -67,6 +67,11 @@ class NotAnInteger(ShmKVError, ValueError):
     """incr() found a value that is not a decimal 64-bit integer."""
 
 
+class WrongType(ShmKVError, TypeError):
+    """A string command (append, getdel, set(get=True), ...) met a value of another type: an
+    array stored by set_array (Redis's WRONGTYPE)."""
+
+
 class CollectionNotFound(ShmKVError, KeyError):
     """No collection of that name exists (or it was dropped)."""
 
@@ -141,4 +146,5 @@ __all__ = [
     "TooManyCollections",
     "TooManyViews",
     "ValueTooLarge",
+    "WrongType",
 ]

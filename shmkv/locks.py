@@ -19,8 +19,12 @@ Lock rules, written once:
   * The arena lock protects the allocator (bins, block words), the segment lists, the header
     counters and the collection table.
   * Order: stripe -> arena. A thread holding the arena lock never waits for a stripe lock
-    (it may only try one, without blocking). At most one stripe lock is held at a time, except
-    by a try-acquire.
+    (it may only try one, without blocking). A thread that holds several stripe locks took
+    them in increasing stripe order and waits for none lower than one it holds: rename (two
+    stripes, commands.py), repair and check (every stripe, 0 up). Everyone else holds at most
+    one stripe lock at a time, except by a try-acquire. So no cycle of waits can form: a
+    wait for a stripe is only ever for a higher stripe than any held, and a wait for the arena
+    lock comes only with no arena lock held.
   * Functions whose name ends in `_locked` expect the caller to hold the lock they need.
   * A lock belongs to the thread that took it: the same thread releases it.
 

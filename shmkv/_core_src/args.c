@@ -11,6 +11,22 @@ const signature cas_sig = {"Cache.cas", cas_names, 4, 3};
 const signature incr_sig = {"Cache.incr", incr_names, 2, 1};
 
 int
+has_other_keyword(const signature *sig, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int known = !PyUnicode_Check(name)
+                    || PyUnicode_CompareWithASCIIString(name, "self") == 0;
+        for (int p = 0; p < sig->n && !known; p++)
+            known = PyUnicode_CompareWithASCIIString(name, sig->names[p]) == 0;
+        if (!known)
+            return 1;
+    }
+    return 0;
+}
+
+int
 parse_args(const signature *sig, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
            PyObject **out)
 {

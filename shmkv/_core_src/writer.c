@@ -50,9 +50,9 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
                              "arena_offset", "arena_bytes", "seed", "coll", "gen",
                              "lock_timeout_s", "clock", "coerce_key", "lock_timeout_exc",
                              "corrupt_exc", "write_fallback", "incr_fallback", "expire_hook",
-                             NULL};
+                             "set_fallback", NULL};
     PyObject *buffer, *seed_obj, *timeout_obj, *clock, *coerce_key, *timeout_exc, *corrupt_exc;
-    PyObject *write_fallback, *incr_fallback, *expire_hook;
+    PyObject *write_fallback, *incr_fallback, *expire_hook, *set_fallback = NULL;
     Py_ssize_t n_stripes, per, stripes_off, colls_off, access_off, index_off, arena_off;
     Py_ssize_t arena_bytes, coll, gen;
 
@@ -60,13 +60,15 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Writer is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO:Writer", kwlist, &buffer,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO|O:Writer", kwlist, &buffer,
                                      &n_stripes, &per, &stripes_off, &colls_off, &access_off,
                                      &index_off, &arena_off, &arena_bytes, &seed_obj, &coll,
                                      &gen, &timeout_obj, &clock, &coerce_key, &timeout_exc,
                                      &corrupt_exc, &write_fallback, &incr_fallback,
-                                     &expire_hook))
+                                     &expire_hook, &set_fallback))
         return -1;
+    if (set_fallback == Py_None)
+        set_fallback = NULL;
     if (n_stripes < 1 || n_stripes > 256 || (n_stripes & (n_stripes - 1))) {
         PyErr_SetString(PyExc_ValueError, "n_stripes must be a power of two between 1 and 256");
         return -1;
@@ -107,7 +109,8 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     }
     if (!PyCallable_Check(clock) || !PyCallable_Check(coerce_key)
             || !PyCallable_Check(write_fallback) || !PyCallable_Check(incr_fallback)
-            || !PyCallable_Check(expire_hook)) {
+            || !PyCallable_Check(expire_hook)
+            || (set_fallback && !PyCallable_Check(set_fallback))) {
         PyErr_SetString(PyExc_TypeError, "clock, coerce_key, write_fallback, incr_fallback and "
                                          "expire_hook must be callable");
         return -1;
@@ -178,6 +181,7 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     self->write_fallback = Py_NewRef(write_fallback);
     self->incr_fallback = Py_NewRef(incr_fallback);
     self->expire_hook = Py_NewRef(expire_hook);
+    self->set_fallback = Py_XNewRef(set_fallback);
     self->map.closed = 0;
     return 0;
 }
@@ -191,6 +195,7 @@ Writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->corrupt_exc);
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->incr_fallback);
+    Py_VISIT(self->set_fallback);
     Py_VISIT(self->expire_hook);
     Py_VISIT(self->free_pins);
     Py_VISIT(self->pin_fallback);
@@ -212,6 +217,7 @@ Writer_clear(Writer *self)
     Py_CLEAR(self->corrupt_exc);
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->incr_fallback);
+    Py_CLEAR(self->set_fallback);
     Py_CLEAR(self->expire_hook);
     Py_CLEAR(self->free_pins);
     Py_CLEAR(self->pin_fallback);
@@ -236,6 +242,12 @@ static PyObject *
 Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *a[3];
+    /* set's options (nx, xx, keepttl, get) are Python's business, the whole call: checked
+     * before anything is looked at, so a plain set pays nothing for them (kwnames is NULL) */
+    if (kwnames && self->set_fallback && has_other_keyword(&set_sig, kwnames)) {
+        self->fallbacks++;
+        return PyObject_Vectorcall(self->set_fallback, args, nargs, kwnames);
+    }
     if (parse_args(&set_sig, args, nargs, kwnames, a) < 0)
         return NULL;
     PyObject *key = a[0], *value = a[1], *ttl = a[2] ? a[2] : Py_None;
@@ -421,7 +433,8 @@ static PyMethodDef Writer_methods[] = {
     {"unpin", (PyCFunction)(void (*)(void))writer_unpin, METH_FASTCALL,
      "unpin(pin, off): drop a pin (from pin() or PinTable.pin_locked)."},
     {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
-     "set(key, value, ttl_s=None): Cache.set; in place in C, else write_fallback."},
+     "set(key, value, ttl_s=None, **options): Cache.set; in place in C, else write_fallback "
+     "(set_fallback with an option)."},
     {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
      "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
@@ -454,11 +467,12 @@ PyTypeObject WriterType = {
         "Writer(buffer, n_stripes, slots_per_stripe, stripes_offset, collections_offset, "
         "access_offset, index_offset, arena_offset, arena_bytes, seed, coll, gen, "
         "lock_timeout_s, clock, coerce_key, lock_timeout_exc, corrupt_exc, write_fallback, "
-        "incr_fallback, expire_hook)\n\n"
+        "incr_fallback, expire_hook, set_fallback=None)\n\n"
         "The in-place write path of one Cache handle (set, cas, incr) over a region's writable "
         "buffer, which it holds until close(); every other case goes to the fallbacks: "
         "write_fallback(key, value, ttl_s, if_version) (Cache._write) and "
-        "incr_fallback(key, delta) (Cache.incr's Python body). expire_hook() runs the expiry "
+        "incr_fallback(key, delta) (Cache.incr's Python body); set_fallback(*args, **kwargs) "
+        "(Cache.set in Python) takes a set with an option (nx, xx, keepttl, get). expire_hook() runs the expiry "
         "pass when the writer's sampling saw an expired entry."),
     .tp_basicsize = sizeof(Writer),
     .tp_itemsize = 0,

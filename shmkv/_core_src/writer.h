@@ -34,6 +34,8 @@ typedef struct {
                             * pin slots, shared with the Python path (one owner of that state) */
     PyObject *pin_fallback, *after_unpin, *array_headers, *decode_array, *ndarray_type;
     uint64_t pins_fast, pins_fallback;
+    /* last, so that the fields above keep their offsets (and cache lines) */
+    PyObject *set_fallback; /* Cache.set in Python, for a set with its options; may be NULL */
 } Writer;
 
 /* --- arguments, with the messages CPython gives for the Python methods (args.c) -------------
@@ -53,6 +55,8 @@ SHMKV_INTERNAL extern const signature set_sig, cas_sig, incr_sig;
  * CPython's TypeError. */
 SHMKV_INTERNAL int parse_args(const signature *sig, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, PyObject **out);
+/* Whether a call passes a keyword that sig does not name (nor "self"). */
+SHMKV_INTERNAL int has_other_keyword(const signature *sig, PyObject *kwnames);
 
 /* --- the fast path (fastpath.c) ------------------------------------------------------------- */
 enum wop { W_SET, W_CAS, W_INCR };

@@ -435,6 +435,204 @@ def test_publish_takes_str_or_bytes_and_returns_nothing(store) -> None:
     assert store.publish(b"news", "text") is None
 
 
+# --- Redis's string commands: set options, getdel, getex, append, rename, strlen, type ----------
+def test_set_nx_stores_only_when_the_key_is_absent(store) -> None:
+    assert store.set("k", b"first", nx=True) is True
+    assert store.set("k", b"second", nx=True) is False
+    assert store.get("k") == b"first"
+
+
+def test_set_xx_stores_only_when_the_key_is_present(store) -> None:
+    assert store.set("k", b"v", xx=True) is False
+    assert "k" not in store
+    store.set("k", b"first")
+    assert store.set("k", b"second", xx=True) is True
+    assert store.get("k") == b"second"
+
+
+def test_set_nx_and_xx_count_an_expired_key_as_absent(store) -> None:
+    store.set("k", b"old", ttl_s=1e-9)
+    assert store.set("k", b"v", xx=True) is False
+    assert store.set("k", b"new", nx=True) is True
+    assert store.get("k") == b"new" and store.ttl("k") is None
+
+
+def test_set_keepttl_keeps_the_expiry_and_ttl_s_replaces_it(store) -> None:
+    store.set("k", b"v", ttl_s=100)
+    assert store.set("k", b"w", keepttl=True) is None
+    assert store.get("k") == b"w" and 0 < store.ttl("k") <= 100
+    store.set("k", b"x", ttl_s=1000)
+    assert 100 < store.ttl("k") <= 1000
+
+
+def test_set_keepttl_on_an_absent_key_stores_it_without_expiry(store) -> None:
+    store.set("k", b"v", keepttl=True)
+    assert store.get("k") == b"v" and store.ttl("k") is None
+
+
+def test_set_get_returns_the_old_value_whether_or_not_it_stored(store) -> None:
+    assert store.set("k", b"first", get=True) is None
+    assert store.set("k", b"second", get=True) == b"first"
+    assert store.set("k", b"third", nx=True, get=True) == b"second"  # not stored
+    assert store.get("k") == b"second"
+    assert store.set("gone", b"v", xx=True, get=True) is None and "gone" not in store
+
+
+def test_set_refuses_nx_with_xx_and_keepttl_with_a_ttl(store) -> None:
+    store.set("k", b"kept", ttl_s=100)
+    with pytest.raises(ValueError, match="exclude"):
+        store.set("k", b"v", nx=True, xx=True)
+    with pytest.raises(ValueError, match="keepttl"):
+        store.set("k", b"v", ttl_s=5, keepttl=True)
+    with pytest.raises(TypeError, match="nx must be True or False"):
+        store.set("k", b"v", nx="yes")
+    assert store.get("k") == b"kept" and 5 < store.ttl("k") <= 100
+
+
+def test_getdel_returns_the_value_and_removes_the_key(store) -> None:
+    store.set("k", b"v")
+    assert store.getdel("k") == b"v"
+    assert "k" not in store
+    assert store.getdel("k") is None
+
+
+def test_getdel_counts_an_expired_key_as_absent(store) -> None:
+    store.set("k", b"v", ttl_s=1e-9)
+    assert store.getdel("k") is None
+    assert len(store) == 0  # and it is reclaimed
+
+
+def test_getex_sets_or_clears_the_ttl_and_returns_the_value(store) -> None:
+    store.set("k", b"v")
+    assert store.getex("k") == b"v" and store.ttl("k") is None
+    assert store.getex("k", 100) == b"v" and 0 < store.ttl("k") <= 100
+    assert store.getex("k", persist=True) == b"v" and store.ttl("k") is None
+    assert store.getex("missing", 100) is None and "missing" not in store
+
+
+def test_getex_counts_an_expired_key_as_absent(store) -> None:
+    store.set("k", b"v", ttl_s=1e-9)
+    assert store.getex("k", persist=True) is None
+    assert "k" not in store
+
+
+def test_getex_refuses_a_ttl_with_persist(store) -> None:
+    store.set("k", b"v", ttl_s=100)
+    with pytest.raises(ValueError, match="not both"):
+        store.getex("k", 5, persist=True)
+    assert 5 < store.ttl("k") <= 100
+
+
+def test_append_creates_extends_and_returns_the_new_length(store) -> None:
+    assert store.append("k", b"ab") == 2
+    assert store.append("k", "cd") == 4
+    assert store.append("k", b"") == 4
+    assert store.get("k") == b"abcd"
+
+
+def test_append_keeps_the_ttl(store) -> None:
+    store.set("k", b"ab", ttl_s=100)
+    assert store.append("k", b"c" * 500) == 502  # relocated: a larger block
+    assert 0 < store.ttl("k") <= 100
+
+
+def test_append_to_an_expired_key_starts_from_empty_without_ttl(store) -> None:
+    store.set("k", b"old", ttl_s=1e-9)
+    assert store.append("k", b"new") == 3
+    assert store.get("k") == b"new" and store.ttl("k") is None
+
+
+def test_append_that_cannot_fit_leaves_the_value_untouched(store) -> None:
+    store.set("k", b"kept")
+    with pytest.raises(shmkv.ValueTooLarge):
+        store.append("k", b"x" * ARENA_BYTES)
+    assert store.get("k") == b"kept"
+
+
+def test_rename_moves_the_value_and_the_ttl(store) -> None:
+    store.set("old", b"v", ttl_s=100)
+    store.set("new", b"replaced")
+    assert store.rename("old", "new") is True
+    assert "old" not in store
+    assert store.get("new") == b"v" and 0 < store.ttl("new") <= 100
+    assert len(store) == 1
+
+
+def test_rename_without_ttl_drops_the_ttl_of_the_key_it_replaces(store) -> None:
+    store.set("old", b"v")
+    store.set("new", b"w", ttl_s=100)
+    store.rename("old", "new")
+    assert store.ttl("new") is None
+
+
+def test_rename_of_an_absent_or_expired_key_raises_keyerror(store) -> None:
+    store.set("new", b"kept")
+    with pytest.raises(KeyError):
+        store.rename("missing", "new")
+    store.set("old", b"v", ttl_s=1e-9)
+    with pytest.raises(KeyError):
+        store.rename("old", "new")
+    assert store.get("new") == b"kept"
+
+
+def test_rename_nx_does_nothing_when_the_new_key_exists(store) -> None:
+    store.set("old", b"v")
+    store.set("new", b"w")
+    assert store.rename("old", "new", nx=True) is False
+    assert store.get("old") == b"v" and store.get("new") == b"w"
+    store.set("expired", b"x", ttl_s=1e-9)
+    assert store.rename("old", "expired", nx=True) is True
+    assert store.get("expired") == b"v" and "old" not in store
+
+
+def test_rename_onto_itself_does_nothing(store) -> None:
+    store.set("k", b"v", ttl_s=100)
+    assert store.rename("k", "k") is True
+    assert store.rename("k", b"k", nx=True) is False  # as RENAMENX: the new key exists
+    assert store.get("k") == b"v" and 0 < store.ttl("k") <= 100
+    with pytest.raises(KeyError):
+        store.rename("missing", "missing")
+
+
+def test_rename_stays_within_the_handle_collection(store) -> None:
+    users = store.collection("users")
+    users.set("old", b"v")
+    store.set("new", b"root's")
+    assert users.rename("old", "new") is True
+    assert users.get("new") == b"v" and store.get("new") == b"root's"
+    with pytest.raises(KeyError):
+        store.rename("old", "other")
+
+
+def test_strlen_and_type_of_a_string_and_of_an_absent_key(store) -> None:
+    store.set("k", b"12345")
+    assert store.strlen("k") == 5 and store.type("k") == "string"
+    assert store.strlen("missing") == 0 and store.type("missing") is None
+    store.set("e", b"v", ttl_s=1e-9)
+    assert store.strlen("e") == 0 and store.type("e") is None
+
+
+@pytest.mark.skipif(not HAS_ARRAYS, reason=NO_ARRAYS)
+def test_string_commands_on_an_array_raise_wrongtype_and_change_nothing(store) -> None:
+    store.set_array("a", np.arange(4), ttl_s=100)
+    for call in (lambda: store.append("a", b"x"), lambda: store.getdel("a"),
+                 lambda: store.getex("a", persist=True), lambda: store.strlen("a"),
+                 lambda: store.set("a", b"v", get=True)):
+        with pytest.raises(shmkv.WrongType):
+            call()
+    assert store.type("a") == "shmkv-array"
+    assert (store.get_array("a") == np.arange(4)).all() and 0 < store.ttl("a") <= 100
+
+
+@pytest.mark.skipif(not HAS_ARRAYS, reason=NO_ARRAYS)
+def test_rename_moves_an_array_to_a_key_of_any_length(store) -> None:
+    arr = np.arange(12, dtype="<f8").reshape(3, 4)
+    store.set_array("a", arr)
+    for new in ("ab", "abc", "a" * 9, "a"):  # the data's alignment follows the key's length
+        store.rename(next(iter(store)), new)
+        assert (store.get_array(new) == arr).all() and store.type(new) == "shmkv-array"
+
+
 # --- the remote client raises what the engine raises -----------------------------------------
 FAILING_CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("key type", lambda s: s.set(5, b"v")),
@@ -454,6 +652,12 @@ FAILING_CALLS: list[tuple[str, Callable[[Any], object]]] = [
     ("publish channel type", lambda s: s.publish(5, b"m")),
     ("publish message type", lambda s: s.publish("news", 5)),
     ("publish message too large", lambda s: s.publish("news", b"x" * (ARENA_BYTES // 16))),
+    ("set nx with xx", lambda s: s.set("k", b"v", nx=True, xx=True)),
+    ("set keepttl with ttl", lambda s: s.set("k", b"v", ttl_s=1, keepttl=True)),
+    ("set option type", lambda s: s.set("k", b"v", get=1)),
+    ("getex ttl with persist", lambda s: s.getex("k", 1, persist=True)),
+    ("rename missing key", lambda s: s.rename("missing", "x")),
+    ("append wrong type", lambda s: (s.set_array("a", np.arange(2)), s.append("a", b"x"))),
 ]
 
 

@@ -92,6 +92,64 @@ class CacheMachine(RuleBasedStateMachine):
         if not stale:
             self.model[(coll, key)] = (value, 0)
 
+    @rule(coll=COLLECTIONS, key=KEYS, value=VALUES, ttl=TTLS,
+          cond=st.sampled_from(["", "nx", "xx"]), keepttl=st.booleans(), get=st.booleans())
+    def set_with_options(self, coll, key, value, ttl, cond, keepttl, get) -> None:
+        if keepttl:
+            ttl = None
+        current = self.live(coll, key)
+        result = self.handle(coll).set(key, value, ttl_s=ttl, nx=cond == "nx", xx=cond == "xx",
+                                       keepttl=keepttl, get=get)
+        stored = not (cond == "nx" and current is not None or cond == "xx" and current is None)
+        assert result == (current if get else stored if cond else None)
+        if stored:
+            exp = self.clock() + int(ttl * 1e9) if ttl else 0
+            if keepttl and current is not None:
+                exp = self.model[(coll, key)][1]
+            self.model[(coll, key)] = (value, exp)
+
+    @rule(coll=COLLECTIONS, key=KEYS)
+    def getdel(self, coll, key) -> None:
+        assert self.handle(coll).getdel(key) == self.live(coll, key)
+        self.model.pop((coll, key), None)  # an expired key is reclaimed too
+
+    @rule(coll=COLLECTIONS, key=KEYS, ttl=TTLS, persist=st.booleans())
+    def getex(self, coll, key, ttl, persist) -> None:
+        if persist:
+            ttl = None
+        current = self.live(coll, key)
+        assert self.handle(coll).getex(key, ttl, persist=persist) == current
+        if current is not None and (ttl or persist):
+            self.model[(coll, key)] = (current, self.clock() + int(ttl * 1e9) if ttl else 0)
+
+    @rule(coll=COLLECTIONS, key=KEYS, value=VALUES)
+    def append(self, coll, key, value) -> None:
+        current = self.live(coll, key)
+        joined = (current or b"") + value
+        assert self.handle(coll).append(key, value) == len(joined)
+        exp = self.model[(coll, key)][1] if current is not None else 0
+        self.model[(coll, key)] = (joined, exp)
+
+    @rule(coll=COLLECTIONS, old=KEYS, new=KEYS, nx=st.booleans())
+    def rename(self, coll, old, new, nx) -> None:
+        h = self.handle(coll)
+        if self.live(coll, old) is None:
+            with pytest.raises(KeyError):
+                h.rename(old, new, nx=nx)
+            return
+        if nx and self.live(coll, new) is not None:
+            assert h.rename(old, new, nx=True) is False
+            return
+        assert h.rename(old, new, nx=nx) is True
+        if old != new:
+            self.model[(coll, new)] = self.model.pop((coll, old))
+
+    @rule(coll=COLLECTIONS, key=KEYS)
+    def strlen_and_type(self, coll, key) -> None:
+        current = self.live(coll, key)
+        assert self.handle(coll).strlen(key) == len(current or b"")
+        assert self.handle(coll).type(key) == (None if current is None else "string")
+
     @rule(coll=COLLECTIONS)
     def clear(self, coll) -> None:
         self.handle(coll).clear()
