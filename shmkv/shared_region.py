@@ -153,7 +153,10 @@ class SharedRegion:
         recovery.flush(self)
 
     def finish_close(self, mark_clean: bool = True) -> None:
-        """Unmap; the last handle on the region anywhere flushes it and marks it clean."""
+        """Unmap; the last handle on the region anywhere flushes it and marks it clean. Once:
+        the last view to go may get here first, from inside close()."""
+        if self.mapping.mm.closed:
+            return
         self.pins.release()
         # Only the process that mapped the region marks it clean: a forked child shares its
         # parent's description, and so its parent's view of who else has the region open.

@@ -284,3 +284,15 @@ def test_a_64_mib_value_can_be_stored_viewed_and_read(region_name) -> None:
         with c.view("big") as mv:
             assert len(mv) > size
         assert check_region(c) == []
+
+
+def test_a_handle_closed_while_an_array_outlives_its_view_closes_once(cache: shmkv.Cache) -> None:
+    """The lingering view is released inside close(), which finishes closing the region; the
+    rest of close() must not close it a second time (the mapping's descriptor is gone)."""
+    cache.set_array("a", np.arange(12))
+    with cache.view_array("a") as arr:
+        pass
+    total = int(arr.sum())  # the array outlives its block: the view lingers
+    del arr
+    cache.close()
+    assert cache.closed and total == 66
