@@ -15,6 +15,9 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
 
+With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
+admits only the allowed client keys (auth.py); the loop does not see it.
+
 This module is the transport only: the wire format is protocol.py, what a request does is
 dispatch.py, what is published and how is pubsub.py. On the way out the node turns keyspace
 events off (writers stop paying for them), closes its sockets and its handle and leaves the
@@ -50,6 +53,7 @@ from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 
 from . import protocol
+from .auth import CurveServer
 from .config import NodeConfig, metrics_address
 from .dispatch import Dispatcher
 from .metrics import Metrics
@@ -105,10 +109,16 @@ class _Node:
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
             publisher: Publisher | None = None
+            curve: CurveServer | None = None
             linger_ms = 0
             try:
+                if self.config.curve_secret_key or self.config.curve_allow:  # before any bind
+                    curve = CurveServer(context, self.config.curve_secret_key,
+                                        self.config.curve_allow)
+                    curve.secure(router)
                 self.endpoint = _bind(router, self.config.bind)
-                publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm)
+                publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
+                                      secure=curve.secure if curve else None)
                 cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
                 try:
@@ -140,6 +150,8 @@ class _Node:
                 router.close()
                 if publisher is not None:
                     publisher.close(linger_ms)
+                if curve is not None:  # after the sockets: lingering ones need no handshake
+                    curve.stop()
                 # destroy, not term: term waits for every socket of the context to be closed,
                 # and a socket whose setup failed half-way (a Publisher refused an option) has
                 # no owner left to close it; the node would hang here with its stop signals
