@@ -57,6 +57,9 @@ class NodeConfig:
     # A port of "*" (tcp://127.0.0.1:*) binds an ephemeral port; the "ready" event reports it.
     bind: str = "tcp://127.0.0.1:7370"  # ROUTER: request/reply for the Cache API
     pub_bind: str = "tcp://127.0.0.1:7371"  # PUB: channels and keyspace events
+    # Directory of the ipc:// endpoints bound next to bind and pub_bind, for same-host clients:
+    # "auto" picks the service's runtime directory, "" (flag: off) binds none (broker/ipc.py).
+    ipc_dir: str = "auto"
     # Messages queued per slow subscriber before the node drops (and counts) the rest.
     pub_hwm: int = 10_000
     # host:port of the Prometheus text endpoint; "" turns it off. Port 0 picks a free one.
@@ -208,6 +211,12 @@ def _directory(value: object, text: bool) -> str:
     return value
 
 
+def _ipc_dir(value: object, text: bool) -> str:
+    if isinstance(value, str) and value.lower() in ("", "off"):  # "off": an empty variable
+        return ""                                                # counts as unset
+    return "auto" if value == "auto" else _directory(value, text)
+
+
 def _count(value: object, text: bool) -> int:
     value = _from_text(value, text, int, "a whole number")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -257,7 +266,7 @@ def _flag(value: object, text: bool) -> bool:
 _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "region": _region, "region_owner": _owner, "arena_bytes": _size,
     "maintain_interval_s": _seconds,
-    "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
+    "bind": _endpoint, "pub_bind": _endpoint, "ipc_dir": _ipc_dir, "pub_hwm": _count,
     "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
     "snapshot_path": _path, "snapshot_interval_s": _interval,
     "curve_secret_key": _path, "curve_allow": _directory,

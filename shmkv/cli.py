@@ -286,6 +286,11 @@ def serve(
     pub_bind: Annotated[str | None, _node_option(
         "--pub-bind", "ZeroMQ endpoint of the publish socket. "
         "(default: $SHMKV_PUB_BIND, else tcp://127.0.0.1:7371)", metavar="ENDPOINT")] = None,
+    ipc_dir: Annotated[str | None, _node_option(
+        "--ipc-dir", "Directory of the ipc:// endpoints (REGION.sock, REGION.pub.sock) bound "
+        "besides --bind and --pub-bind, for clients of this host; auto: the runtime directory "
+        "($RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/shmkv, else /tmp/shmkv-UID), off: none. "
+        "(default: $SHMKV_IPC_DIR, else auto)", metavar="DIR")] = None,
     pub_hwm: Annotated[int | None, _node_option(
         "--pub-hwm", "Messages queued per slow subscriber before the rest are dropped. "
         "(default: $SHMKV_PUB_HWM, else 10000)")] = None,
@@ -328,7 +333,8 @@ def serve(
     from .broker.server import serve as run_node
 
     given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
-             maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "pub_hwm": pub_hwm,
+             maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "ipc_dir": ipc_dir,
+             "pub_hwm": pub_hwm,
              "metrics_bind": metrics_bind, "allow_remote": allow_remote,
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,

@@ -41,13 +41,14 @@ FILE_VALUES: dict[str, Any] = {
     "metrics_bind": "127.0.0.1:7003", "allow_remote": True, "region_owner": "root",
     "flush_interval_s": 0, "snapshot_path": "/var/lib/shmkv/file.snap", "snapshot_interval_s": 60,
     "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
+    "ipc_dir": "/run/shmkv",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
     "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
     "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
-    "curve_secret_key": "env.key_secret", "curve_allow": "env-clients",
+    "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -55,10 +56,11 @@ CLI_VALUES: dict[str, Any] = {
     "metrics_bind": "off", "allow_remote": True, "region_owner": "0",
     "flush_interval_s": 2.5, "snapshot_path": "/tmp/flag.snap", "snapshot_interval_s": 10.0,
     "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
+    "ipc_dir": "/nonexistent/ipc",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
-    "env": {**ENV_VALUES, "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
+    "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
             "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
@@ -176,6 +178,7 @@ def test_config_error_is_a_shmkv_error_and_a_value_error() -> None:
     ("SHMKV_ALLOW_REMOTE", "perhaps", "true or false"),
     ("SHMKV_CURVE_SECRET_KEY", "/", "is a directory"),
     ("SHMKV_CURVE_ALLOW", "/etc/passwd", "is not a directory"),
+    ("SHMKV_IPC_DIR", "/etc/passwd", "is not a directory"),
 ])
 def test_unparsable_variable_names_the_variable_and_key(variable: str, value: str,
                                                         says: str) -> None:
@@ -198,6 +201,7 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("metrics_bind", 9370, "host:port"),
     ("curve_secret_key", 1, "file path"),
     ("curve_allow", ["clients"], "directory path"),
+    ("ipc_dir", False, "directory path"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:
