@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +87,16 @@ def measure(args: argparse.Namespace) -> dict[str, list[int]]:
                 for _ in range(args.rounds):  # alternate: the same machine weather for all
                     for name, remote in remotes.items():
                         it = iter(rng.sample(keys, args.gets))
-                        samples.setdefault(f"{name}|get", []).extend(
-                            _report.time_each(lambda: remote.get(next(it)), args.gets))
+                        samples.setdefault(f"{name}|get", []).extend(_report.time_each(
+                            lambda r=remote, i=it: r.get(next(i)), args.gets))
                         batches = iter([rng.sample(keys, args.batch)
                                         for _ in range(args.batches)])
                         samples.setdefault(f"{name}|batch of {args.batch}", []).extend(
-                            _report.time_each(lambda: remote.get_many(next(batches)),
+                            _report.time_each(lambda r=remote, b=batches: r.get_many(next(b)),
                                               args.batches))
-                        url, kw = clients[name]
                         samples.setdefault(f"{name}|connect + ping", []).extend(
-                            _report.time_each(lambda: _connect(url, kw), args.connects))
+                            _report.time_each(lambda c=clients[name]: _connect(*c),
+                                              args.connects))
                 assert remotes["tcp + CurveZMQ"].get(keys[0]) == values[keys[0]]
     return samples
 
@@ -136,8 +136,8 @@ def main() -> None:
     if args.quick:
         args.keys, args.gets, args.batches, args.connects, args.rounds = 2_000, 300, 30, 20, 1
     rows = report(measure(args), args.batch)
-    notes = [f"ratio = median / the median of plain {BASE} (no CurveZMQ) for the same op; "
-             "ops/s counts keys",
+    notes = [(f"ratio = median / the median of plain {BASE} (no CurveZMQ) for the same op; "
+              "ops/s counts keys"),
              "loopback and ipc:// on one host; the client and both nodes share the 2 cores",
              "connect + ping: a new RemoteCache, its handshake and one round trip"]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))

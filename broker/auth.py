@@ -80,8 +80,8 @@ def create_key_files(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def _certificate(kind: str, public: bytes, secret: bytes | None) -> str:
-    lines = [f"#   ****  Generated on {datetime.datetime.now():%Y-%m-%d %H:%M:%S} "
-             "by shmkv keygen  ****",
+    lines = [(f"#   ****  Generated on {datetime.datetime.now():%Y-%m-%d %H:%M:%S} "
+              "by shmkv keygen  ****"),
              f"#   ZeroMQ CURVE **{kind}** Certificate",
              "#   Do not give this file to anyone." if secret else
              "#   Give this file to the peers that must know this key.",

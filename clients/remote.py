@@ -49,8 +49,8 @@ import zmq
 
 from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
-from shmkv.clients.handshake import HandshakeWatch
 from shmkv.broker.protocol import Reply
+from shmkv.clients.handshake import HandshakeWatch
 from shmkv.errors import CacheClosed, RemoteUnavailable
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"

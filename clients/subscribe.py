@@ -95,6 +95,9 @@ class Subscriber:
         if curve is not None:
             curve.secure(self._socket)
         self._watch = HandshakeWatch(self._socket)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._watch.monitor, zmq.POLLIN)  # a handshake's outcome wakes us
         try:
             self._socket.connect(pub_endpoint)
         except zmq.ZMQError as exc:
@@ -162,16 +165,13 @@ class Subscriber:
         none came in time. Raises RemoteUnavailable if the node refused the handshake."""
         self._check_open()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._watch.monitor, zmq.POLLIN)  # a handshake's outcome wakes us
         while not self._ready:
             failure = self._watch.failure()
             if failure is not None:
                 raise RemoteUnavailable(f"no messages from {self.endpoint}: {failure}")
             wait_ms = -1 if deadline is None else \
                 max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            ready = dict(poller.poll(wait_ms))
+            ready = dict(self._poller.poll(wait_ms))
             if self._socket in ready:
                 self._receive(self._socket.recv_multipart())
             elif not ready:
