@@ -25,6 +25,11 @@ _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH \
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
+# A failure that may be a passing one (a connection reset while a node stops): only its
+# repetition, on the next reconnection, shows that the keys are wrong.
+_MAYBE_PASSING = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}
+
+
 class HandshakeWatch:
     """The monitor of one socket; close() it before the socket."""
 
@@ -32,13 +37,24 @@ class HandshakeWatch:
         self._socket = socket
         self.monitor = socket.get_monitor_socket(_EVENTS)
         self._failure: str | None = None
+        self._in_row = 0  # failed handshakes since the last success
+        self._definite = False
 
     def failure(self) -> str | None:
         """Why the last handshake failed, or None if none has failed since the last success."""
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             self._failure = _FAILURES.get(event)
+            self._in_row = self._in_row + 1 if self._failure else 0
+            self._definite = self._failure is not None and \
+                (event not in _MAYBE_PASSING or self._in_row > 1)
         return self._failure
+
+    def lasting_failure(self) -> str | None:
+        """As failure(), but only once it cannot be a passing one: the node refused the key or
+        the mechanism, or the same handshake failed twice in a row."""
+        failure = self.failure()
+        return failure if self._definite else None
 
     def close(self) -> None:
         try:

@@ -162,11 +162,12 @@ class Subscriber:
     # --- receiving --------------------------------------------------------------------------
     def get_message(self, timeout_s: float | None = None) -> Message | None:
         """The next message, waiting up to timeout_s (None: for ever, 0: not at all); None if
-        none came in time. Raises RemoteUnavailable if the node refused the handshake."""
+        none came in time. Raises RemoteUnavailable if the node refused the handshake (the
+        key or the mechanism; a handshake that fails for no stated reason, twice in a row)."""
         self._check_open()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._ready:
-            failure = self._watch.failure()
+            failure = self._watch.lasting_failure()
             if failure is not None:
                 raise RemoteUnavailable(f"no messages from {self.endpoint}: {failure}")
             wait_ms = -1 if deadline is None else \
