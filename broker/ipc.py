@@ -1,9 +1,10 @@
 """The node's ipc:// doors: Unix sockets for clients on the same host, in a directory that only
 the node's user may write, next to the tcp endpoints.
 
-A tcp port on loopback is open to every local user; a Unix socket is open to whoever may reach
-its file, so the directory decides who connects: with the default ipc_dir that is the node's
-own user (and, under systemd, the unit's group if RuntimeDirectoryMode= lets it in).
+A tcp port on loopback is open to every local user; a Unix socket only to whoever may reach
+its file and write to it, so the directory and the node's umask decide who connects: with the
+default ipc_dir, the node's own user (under systemd, the unit's group as well only if both
+RuntimeDirectoryMode= and UMask= let it in).
 
     ipc_dir           directory
     "auto" (default)  $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else

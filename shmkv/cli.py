@@ -295,8 +295,8 @@ def serve(
         "--pub-hwm", "Messages queued per slow subscriber before the rest are dropped. "
         "(default: $SHMKV_PUB_HWM, else 10000)")] = None,
     metrics_bind: Annotated[str | None, _node_option(
-        "--metrics-bind", "host:port of the Prometheus endpoint (port 0 picks a free one), or "
-        "off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
+        "--metrics-bind", "host:port of the Prometheus endpoint, on loopback only (port 0 picks "
+        "a free one), or off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
     flush_interval_s: Annotated[float | None, _node_option(
         "--flush-interval-s", "Seconds between two flushes of a file region to its disk (0: "
         "only at stop): about what a power loss may take. (default: $SHMKV_FLUSH_INTERVAL_S, "
