@@ -85,14 +85,15 @@ class _Connection:
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.secure(sock)  # before connect: the handshake starts with it
+        watch = HandshakeWatch(sock)  # before connect too, or it could miss the handshake
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
+            watch.close()
             sock.close()
             raise ValueError(f"cannot connect to {self.endpoint!r}: {exc.strerror} (an "
                              "endpoint looks like tcp://host:port or ipc:///path)") from None
-        self._socket = sock
-        self._watch = HandshakeWatch(sock)
+        self._socket, self._watch = sock, watch
         return sock
 
     def _drop_socket(self) -> str | None:

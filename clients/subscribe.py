@@ -94,7 +94,7 @@ class Subscriber:
         self._socket.setsockopt(zmq.RCVHWM, rcv_hwm)  # before connect: it sizes the pipe
         if curve is not None:
             curve.secure(self._socket)
-        self._watch = HandshakeWatch(self._socket)
+        self._watch = HandshakeWatch(self._socket)  # before connect: it sees every handshake
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._watch.monitor, zmq.POLLIN)  # a handshake's outcome wakes us

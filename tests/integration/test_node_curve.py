@@ -21,7 +21,7 @@ from shmkv.clients import RemoteCache, Subscriber
 from shmkv.clients.subscribe import Message
 
 WAIT_S = 10.0
-REFUSED_TIMEOUT_S = 0.5
+REFUSED_TIMEOUT_S = 1.5  # ample for a handshake on a loaded machine
 
 
 @dataclass
@@ -88,12 +88,12 @@ def test_a_client_the_node_does_not_admit_gets_an_authentication_error_and_chang
     with running_node(region_name, *keys.node_options()) as node, \
             RemoteCache(node.endpoint, **client_options(keys, "allowed")) as admitted:
         admitted.set("kept", b"before")
-        with RemoteCache(node.endpoint, timeout_s=REFUSED_TIMEOUT_S, retries=1,
+        with RemoteCache(node.endpoint, timeout_s=REFUSED_TIMEOUT_S, retries=0,
                          **client_options(keys, who)) as refused:
             started = time.monotonic()
             with pytest.raises(shmkv.RemoteUnavailable, match="authentication"):
                 refused.set("kept", b"overwritten")
-            assert time.monotonic() - started < 2 * REFUSED_TIMEOUT_S + 1
+            assert time.monotonic() - started < REFUSED_TIMEOUT_S + 1
             with pytest.raises(shmkv.RemoteUnavailable, match="authentication"):
                 refused.clear()
         with Subscriber(node.ready["pub_endpoint"], **client_options(keys, who)) as sub:
