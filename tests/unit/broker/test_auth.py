@@ -135,3 +135,13 @@ def test_a_client_has_curve_with_both_files_or_neither(tmp_path: Path) -> None:
         CurveClient.from_files(public_path, None)
     with pytest.raises(ValueError, match="needs both"):
         CurveClient.from_files(None, client_secret)
+
+
+def test_keygen_into_a_missing_directory_says_which_file_it_could_not_write(
+        tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["keygen", str(tmp_path / "absent" / "node")])
+    assert result.exit_code == EXIT_ERROR
+    error = json.loads(result.stderr)
+    assert error["error"] == "FileNotFoundError"
+    assert f"cannot write {tmp_path / 'absent' / 'node'}" in error["message"]
+    assert not (tmp_path / "absent").exists()
