@@ -17,8 +17,10 @@ CLI's --region). Anything wrong raises `ConfigError` naming the source (flag, va
 path) and the key. Every number has a range (RANGES): a value a node cannot run with (an
 arena larger than a region holds, a queue limit past what ZeroMQ takes, a maintenance interval
 so short the loop would spin) is refused here, before anything is bound or created. A
-non-loopback address is refused unless allow_remote is set: the node has
-no authentication, so exposing a region must be asked for, never follow from a stray "*".
+non-loopback address is refused unless allow_remote is set, so exposing a region must be asked
+for, never follow from a stray "*"; and even then each exposed door must be protected
+(`doors()`): the ZeroMQ sockets by CurveZMQ (curve_secret_key and curve_allow, broker/auth.py).
+The metrics endpoint has no authentication and stays on loopback whatever allow_remote says.
 """
 
 from __future__ import annotations
@@ -55,12 +57,20 @@ class NodeConfig:
     # A port of "*" (tcp://127.0.0.1:*) binds an ephemeral port; the "ready" event reports it.
     bind: str = "tcp://127.0.0.1:7370"  # ROUTER: request/reply for the Cache API
     pub_bind: str = "tcp://127.0.0.1:7371"  # PUB: channels and keyspace events
+    # Directory of the ipc:// endpoints bound next to bind and pub_bind, for same-host clients:
+    # "auto" picks the service's runtime directory, "" (flag: off) binds none (broker/ipc.py).
+    ipc_dir: str = "auto"
     # Messages queued per slow subscriber before the node drops (and counts) the rest.
     pub_hwm: int = 10_000
     # host:port of the Prometheus text endpoint; "" turns it off. Port 0 picks a free one.
     metrics_bind: str = "127.0.0.1:9370"
-    # Lets bind, pub_bind and metrics_bind name non-loopback addresses (see the module doc).
+    # Lets bind and pub_bind name non-loopback addresses, when CURVE protects them (module doc).
     allow_remote: bool = False
+    # CurveZMQ (broker/auth.py): the node's secret key file (from `shmkv keygen`; "" = off),
+    # and the directory of the public key files of the clients it admits. Both or neither:
+    # the node checks that, and reads the files, when it starts.
+    curve_secret_key: str = ""
+    curve_allow: str = ""
     # Persistence (broker/persistence.py). Seconds between two flushes of a file region to its
     # disk (0: only at stop): what a power loss may take.
     flush_interval_s: float = 1.0
@@ -193,6 +203,20 @@ def _path(value: object, text: bool) -> str:
     return value
 
 
+def _directory(value: object, text: bool) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError(f"expected a directory path, got {value!r}")
+    if value and os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(f"{value!r} is not a directory")
+    return value
+
+
+def _ipc_dir(value: object, text: bool) -> str:
+    if isinstance(value, str) and value.lower() in ("", "off"):  # "off": an empty variable
+        return ""                                                # counts as unset
+    return "auto" if value == "auto" else _directory(value, text)
+
+
 def _count(value: object, text: bool) -> int:
     value = _from_text(value, text, int, "a whole number")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -242,9 +266,10 @@ def _flag(value: object, text: bool) -> bool:
 _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "region": _region, "region_owner": _owner, "arena_bytes": _size,
     "maintain_interval_s": _seconds,
-    "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
+    "bind": _endpoint, "pub_bind": _endpoint, "ipc_dir": _ipc_dir, "pub_hwm": _count,
     "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
     "snapshot_path": _path, "snapshot_interval_s": _interval,
+    "curve_secret_key": _path, "curve_allow": _directory,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 
@@ -296,27 +321,61 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Door:
+    """One way into the node from outside its process."""
+
+    key: str  # the setting that holds its address
+    address: str
+    local: bool  # the address never leaves the host (loopback, ipc://, inproc://)
+    protected: bool  # peers must authenticate, and the traffic is encrypted
+    protection: str  # what protects it, as the settings that turn that on
+
+
+def doors(config: NodeConfig) -> list[Door]:
+    """Every door the node opens and whether each is protected: what the exposure check
+    judges. A new door (another protocol's port) adds itself here with what protects it, and
+    allow_remote then admits it on a non-loopback address only when protected."""
+    curve = bool(config.curve_secret_key and config.curve_allow)
+    found = [Door(key, getattr(config, key), _is_local(getattr(config, key)), curve,
+                  "curve_secret_key and curve_allow") for key in ("bind", "pub_bind")]
+    if config.metrics_bind:  # plain HTTP, no authentication: never protected
+        found.append(Door("metrics_bind", config.metrics_bind,
+                          _is_local(config.metrics_bind), False, ""))
+    return found
+
+
+def _is_local(address: str) -> bool:
+    transport, _, rest = address.rpartition("://")
+    return transport in _LOCAL_TRANSPORTS or \
+        (transport in ("tcp", "") and _is_loopback(_host_port(rest, any_port=True)[0]))
+
+
 def _check_exposure(config: NodeConfig, sources: Mapping[str, str]) -> None:
-    """Refuse a non-loopback address unless allow_remote says it is meant."""
+    """Refuse a non-loopback door unless allow_remote says it is meant and it is protected."""
     if config.bind == config.pub_bind and not config.bind.endswith(":*"):
         raise ConfigError(f"bind and pub_bind are both {config.bind!r} "
                           f"({sources.get('bind', 'default')}, "
                           f"{sources.get('pub_bind', 'default')}): give each its own endpoint")
-    if config.allow_remote:
-        return
-    for key in ("bind", "pub_bind", "metrics_bind"):
-        address = getattr(config, key)
-        if not address:
+    for door in doors(config):
+        if door.local:
             continue
-        transport, _, rest = address.rpartition("://")
-        local = transport in _LOCAL_TRANSPORTS or \
-            (transport in ("tcp", "") and _is_loopback(_host_port(rest, any_port=True)[0]))
-        if not local:
+        where = f"{sources.get(door.key, 'default')}, key {door.key!r}: {door.address!r} is " \
+            "not a loopback address"
+        if not door.protection:
+            raise ConfigError(f"{where}, and {door.key} has no authentication: keep it on "
+                              "loopback (scrape it through a local proxy or an ssh tunnel), or "
+                              "turn it off")
+        if not config.allow_remote:
             raise ConfigError(
-                f"{sources.get(key, 'default')}, key {key!r}: {address!r} is not a loopback "
-                "address, and the node has no authentication; to expose the region anyway, "
-                f"also set allow_remote ({flag('allow_remote')}, {env_var('allow_remote')}=1, "
-                "or allow_remote = true in the config file)")
+                f"{where}; to expose the region, also set allow_remote "
+                f"({flag('allow_remote')}, {env_var('allow_remote')}=1, or allow_remote = true "
+                f"in the config file), and protect it with {door.protection}")
+        if not door.protected:
+            raise ConfigError(
+                f"{where}, and allow_remote is set but {door.key} is not protected: set "
+                f"{door.protection} ({flag('curve_secret_key')} FILE {flag('curve_allow')} "
+                "DIR; make the keys with shmkv keygen)")
 
 
 def _read_file(given: object, source: str) -> Mapping[str, object]:

@@ -57,7 +57,7 @@ What is dropped, and who counts it:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -169,12 +169,16 @@ class Publisher:
     ZeroMQ drops that subscriber's messages (an hwm of 0 means no limit)."""
 
     def __init__(self, context: zmq.Context, endpoint: str, hwm: int,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         """Bind an XPUB socket to endpoint (raises ShmKVError if it cannot); counts go to
-        metrics, which may also be set later."""
+        metrics, which may also be set later. secure (auth.CurveServer.secure) sets the
+        socket's security options before it binds."""
         self.socket = context.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
         self.socket.setsockopt(zmq.SNDHWM, hwm)
+        if secure is not None:
+            secure(self.socket)
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:

@@ -1,8 +1,8 @@
 """The node process: owns one region for the lifetime of a service and serves the Cache API
 over ZeroMQ request/reply, and publishes channel messages and keyspace events.
 
-`shmkv serve` binds a ROUTER socket to config.bind and an XPUB socket to config.pub_bind,
-creates the region if it does not exist (or attaches to it), turns keyspace events on for every
+`shmkv serve` binds a ROUTER socket to config.bind and an XPUB socket to config.pub_bind (both
+also to ipc:// endpoints in config.ipc_dir: ipc.py), creates the region if it does not exist (or attaches to it), turns keyspace events on for every
 writer of the region, reports that it is ready, and runs one loop until SIGTERM or SIGINT:
 
     poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance or watchdog ping is
@@ -14,6 +14,9 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
                             balance), so expired memory is reclaimed even when nobody writes
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
+
+With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
+admits only the allowed client keys (auth.py); the loop does not see it.
 
 This module is the transport only: the wire format is protocol.py, what a request does is
 dispatch.py, what is published and how is pubsub.py. On the way out the node turns keyspace
@@ -50,8 +53,11 @@ from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 
 from . import protocol
+from .auth import CurveServer
 from .config import NodeConfig, metrics_address
 from .dispatch import Dispatcher
+from .ipc import IpcEndpoints
+from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
@@ -105,10 +111,21 @@ class _Node:
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
             publisher: Publisher | None = None
+            curve: CurveServer | None = None
+            ipc: IpcEndpoints | None = None
             linger_ms = 0
             try:
+                if self.config.curve_secret_key or self.config.curve_allow:  # before any bind
+                    curve = CurveServer(context, self.config.curve_secret_key,
+                                        self.config.curve_allow)
+                    curve.secure(router)
                 self.endpoint = _bind(router, self.config.bind)
-                publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm)
+                publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
+                                      secure=curve.secure if curve else None)
+                ipc = ipc_endpoints(self.config.ipc_dir, self.config.region)
+                if ipc is not None:  # the same sockets, also on same-host-only endpoints
+                    _bind(router, ipc.request)
+                    _bind(publisher.socket, ipc.publish)
                 cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
                 try:
@@ -119,6 +136,8 @@ class _Node:
                     publisher.metrics = self.metrics
                     self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
                                pub_endpoint=publisher.endpoint, metrics=metrics_at,
+                               ipc_endpoint=ipc and ipc.request,
+                               ipc_pub_endpoint=ipc and ipc.publish,
                                config=asdict(self.config), stats=cache.stats())
                     self._notify_ready()
                     self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
@@ -140,6 +159,10 @@ class _Node:
                 router.close()
                 if publisher is not None:
                     publisher.close(linger_ms)
+                if curve is not None:  # after the sockets: lingering ones need no handshake
+                    curve.stop()
+                if ipc is not None:
+                    ipc.remove()
                 # destroy, not term: term waits for every socket of the context to be closed,
                 # and a socket whose setup failed half-way (a Publisher refused an option) has
                 # no owner left to close it; the node would hang here with its stop signals
@@ -248,14 +271,16 @@ class _Node:
         self.out.flush()
 
 
-def _bind(router: zmq.Socket, endpoint: str) -> str:
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the endpoint actually bound (a port of * becomes a number)."""
     try:
-        router.bind(endpoint)
+        sock.bind(endpoint)
     except zmq.ZMQError as exc:
-        raise ShmKVError(f"cannot bind the request socket to {endpoint!r}: {exc.strerror}; "
-                         "give another endpoint with --bind") from None
-    return router.getsockopt_string(zmq.LAST_ENDPOINT)
+        option = "--ipc-dir" if endpoint.startswith("ipc:") else "--bind"
+        which = "publish" if sock.type == zmq.XPUB else "request"
+        raise ShmKVError(f"cannot bind the {which} socket to {endpoint!r}: {exc.strerror}; "
+                         f"give another endpoint with {option}") from None
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 class _StopSignals:

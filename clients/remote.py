@@ -21,6 +21,11 @@ What that means for callers:
   * A handle is not thread-safe (a ZeroMQ socket belongs to one thread): use one per thread.
     After a fork, make a new one in the child.
 
+A node with CurveZMQ on (broker/auth.py) admits only clients that know its public key and whose
+own key it allows: RemoteCache(url, curve_server_key="node.key", curve_client_cert="me.key_secret")
+(files from `shmkv keygen`). A refused client is never told so by ZeroMQ, which just never
+connects: its calls time out, and the RemoteUnavailable says that authentication may have failed.
+
 Errors raised by the node arrive as the same class with the same message (KeyTooLarge,
 NotAnInteger, CollectionNotFound, TypeError, ...); argument types are checked here first, with
 the engine's messages, so that a wrong argument is not sent at all.
@@ -34,6 +39,7 @@ that name is created again. maintain() and repair() are the node's business and 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -42,7 +48,9 @@ import numpy as np
 import zmq
 
 from shmkv.broker import protocol
+from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
+from shmkv.clients.handshake import HandshakeWatch
 from shmkv.errors import CacheClosed, RemoteUnavailable
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
@@ -55,7 +63,7 @@ class _Connection:
     """One DEALER socket to one node, shared by a RemoteCache and its collection handles."""
 
     def __init__(self, endpoint: str, timeout_s: float, retries: int,
-                 context: zmq.Context | None) -> None:
+                 context: zmq.Context | None, curve: CurveClient | None = None) -> None:
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
                 or not 0 < timeout_s <= 3600:
             raise ValueError("timeout_s must be a number of seconds, > 0 and at most an hour")
@@ -64,8 +72,10 @@ class _Connection:
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         self.retries = retries
+        self.curve = curve
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._watch: HandshakeWatch | None = None
         self._last_id = 0
         self.closed = False
         self._open()  # now: a malformed endpoint fails here, not at the first call
@@ -73,19 +83,30 @@ class _Connection:
     def _open(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.secure(sock)  # before connect: the handshake starts with it
+        watch = HandshakeWatch(sock)  # before connect too, or it could miss the handshake
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
+            watch.close()
             sock.close()
             raise ValueError(f"cannot connect to {self.endpoint!r}: {exc.strerror} (an "
                              "endpoint looks like tcp://host:port or ipc:///path)") from None
-        self._socket = sock
+        self._socket, self._watch = sock, watch
         return sock
 
-    def _drop_socket(self) -> None:
+    def _drop_socket(self) -> str | None:
+        """Close the socket; returns why its last handshake failed, if it did."""
+        failure = None
+        if self._watch is not None:
+            failure = self._watch.failure()
+            self._watch.close()
+            self._watch = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        return failure
 
     def close(self) -> None:
         self._drop_socket()
@@ -98,6 +119,7 @@ class _Connection:
         self._last_id += 1
         request_id = self._last_id
         message = protocol.encode_request(request_id, op, fields, frames)
+        failure = None
         for _ in range(self.retries + 1):
             sock = self._socket or self._open()
             sock.send_multipart(message, copy=False)
@@ -106,10 +128,12 @@ class _Connection:
                 if not reply.ok:
                     raise protocol.exception_from(reply)
                 return reply
-            self._drop_socket()  # Lazy Pirate: the next attempt starts on a fresh socket
-        raise RemoteUnavailable(
-            f"no reply from {self.endpoint} to {op} within {self.timeout_s} s, "
-            f"{self.retries + 1} attempt(s); is the node running (shmkv serve)?")
+            # Lazy Pirate: the next attempt starts on a fresh socket
+            failure = self._drop_socket() or failure
+        why = failure or (AUTH_HINT if self.curve is not None else
+                          "is the node running (shmkv serve)?")
+        raise RemoteUnavailable(f"no reply from {self.endpoint} to {op} within {self.timeout_s} "
+                                f"s, {self.retries + 1} attempt(s); {why}")
 
     def _await(self, sock: zmq.Socket, request_id: int) -> Reply | None:
         deadline = time.monotonic() + self.timeout_s
@@ -131,8 +155,14 @@ class RemoteCache:
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None) -> None:
-        self._link = _Connection(endpoint, timeout_s, retries, context)
+                 retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
+                 curve_server_key: str | os.PathLike[str] | None = None,
+                 curve_client_cert: str | os.PathLike[str] | None = None) -> None:
+        """curve_server_key is the node's public key file (node.key), curve_client_cert this
+        client's secret key file (me.key_secret): both for a node with CurveZMQ, else neither.
+        A file that cannot be read raises ValueError now."""
+        curve = CurveClient.from_files(curve_server_key, curve_client_cert)
+        self._link = _Connection(endpoint, timeout_s, retries, context, curve)
         self._owns_link = True
         self._closed = False
         self.collection_name = ""

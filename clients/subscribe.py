@@ -21,6 +21,11 @@ messages; `dropped` counts them, from the per-subscription numbers the node puts
 message (the format is in broker/pubsub.py). It counts every lost message that matched the
 ZeroMQ prefixes, which may include some that the exact match would have discarded anyway.
 
+A node with CurveZMQ on (broker/auth.py) sends only to subscribers it admits:
+Subscriber(url, curve_server_key="node.key", curve_client_cert="me.key_secret"). When the
+node refuses the handshake (a key it does not allow, a wrong node key, or CURVE on one side
+only), get_message raises RemoteUnavailable saying so, rather than waiting in silence.
+
 A Subscriber is not thread-safe (a ZeroMQ socket belongs to one thread); after a fork, make a
 new one in the child.
 """
@@ -28,6 +33,7 @@ new one in the child.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -37,7 +43,9 @@ from fnmatch import fnmatchcase
 import zmq
 
 from shmkv.broker import pubsub
-from shmkv.errors import CacheClosed
+from shmkv.broker.auth import CurveClient
+from shmkv.clients.handshake import HandshakeWatch
+from shmkv.errors import CacheClosed, RemoteUnavailable
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:7371"
 DEFAULT_RCV_HWM = 10_000
@@ -73,16 +81,27 @@ class Subscriber:
     """
 
     def __init__(self, pub_endpoint: str = DEFAULT_PUB_ENDPOINT, *,
-                 rcv_hwm: int = DEFAULT_RCV_HWM, context: zmq.Context | None = None) -> None:
+                 rcv_hwm: int = DEFAULT_RCV_HWM, context: zmq.Context | None = None,
+                 curve_server_key: str | os.PathLike[str] | None = None,
+                 curve_client_cert: str | os.PathLike[str] | None = None) -> None:
+        """curve_server_key and curve_client_cert: as for RemoteCache (clients/remote.py)."""
         if isinstance(rcv_hwm, bool) or not isinstance(rcv_hwm, int) or rcv_hwm < 0:
             raise ValueError("rcv_hwm must be an int >= 0 (0: no limit)")
+        curve = CurveClient.from_files(curve_server_key, curve_client_cert)
         self.endpoint = pub_endpoint
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, rcv_hwm)  # before connect: it sizes the pipe
+        if curve is not None:
+            curve.secure(self._socket)
+        self._watch = HandshakeWatch(self._socket)  # before connect: it sees every handshake
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._watch.monitor, zmq.POLLIN)  # a handshake's outcome wakes us
         try:
             self._socket.connect(pub_endpoint)
         except zmq.ZMQError as exc:
+            self._watch.close()
             self._socket.close()
             raise ValueError(f"cannot connect to {pub_endpoint!r}: {exc.strerror} (an endpoint "
                              "looks like tcp://host:port or ipc:///path)") from None
@@ -143,15 +162,21 @@ class Subscriber:
     # --- receiving --------------------------------------------------------------------------
     def get_message(self, timeout_s: float | None = None) -> Message | None:
         """The next message, waiting up to timeout_s (None: for ever, 0: not at all); None if
-        none came in time."""
+        none came in time. Raises RemoteUnavailable if the node refused the handshake (the
+        key or the mechanism; a handshake that fails for no stated reason, twice in a row)."""
         self._check_open()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._ready:
+            failure = self._watch.lasting_failure()
+            if failure is not None:
+                raise RemoteUnavailable(f"no messages from {self.endpoint}: {failure}")
             wait_ms = -1 if deadline is None else \
                 max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(wait_ms, zmq.POLLIN):
+            ready = dict(self._poller.poll(wait_ms))
+            if self._socket in ready:
+                self._receive(self._socket.recv_multipart())
+            elif not ready:
                 return None
-            self._receive(self._socket.recv_multipart())
         return self._ready.popleft()
 
     def __iter__(self) -> Iterator[Message]:
@@ -193,6 +218,7 @@ class Subscriber:
     # --- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
         if not self.closed:
+            self._watch.close()
             self._socket.close(linger=0)
             self.closed = True
 

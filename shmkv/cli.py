@@ -286,12 +286,17 @@ def serve(
     pub_bind: Annotated[str | None, _node_option(
         "--pub-bind", "ZeroMQ endpoint of the publish socket. "
         "(default: $SHMKV_PUB_BIND, else tcp://127.0.0.1:7371)", metavar="ENDPOINT")] = None,
+    ipc_dir: Annotated[str | None, _node_option(
+        "--ipc-dir", "Directory of the ipc:// endpoints (REGION.sock, REGION.pub.sock) bound "
+        "besides --bind and --pub-bind, for clients of this host; auto: the runtime directory "
+        "($RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/shmkv, else /tmp/shmkv-UID), off: none. "
+        "(default: $SHMKV_IPC_DIR, else auto)", metavar="DIR")] = None,
     pub_hwm: Annotated[int | None, _node_option(
         "--pub-hwm", "Messages queued per slow subscriber before the rest are dropped. "
         "(default: $SHMKV_PUB_HWM, else 10000)")] = None,
     metrics_bind: Annotated[str | None, _node_option(
-        "--metrics-bind", "host:port of the Prometheus endpoint (port 0 picks a free one), or "
-        "off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
+        "--metrics-bind", "host:port of the Prometheus endpoint, on loopback only (port 0 picks "
+        "a free one), or off. (default: $SHMKV_METRICS_BIND, else 127.0.0.1:9370)", metavar="HOST:PORT")] = None,
     flush_interval_s: Annotated[float | None, _node_option(
         "--flush-interval-s", "Seconds between two flushes of a file region to its disk (0: "
         "only at stop): about what a power loss may take. (default: $SHMKV_FLUSH_INTERVAL_S, "
@@ -304,8 +309,16 @@ def serve(
         "--snapshot-interval-s", "Seconds between two snapshots, taken only if something "
         "changed (0: only at stop). (default: $SHMKV_SNAPSHOT_INTERVAL_S, else 300)")] = None,
     allow_remote: Annotated[bool | None, _node_option(
-        "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints: "
-        "the node has no authentication. (default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
+        "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints; "
+        "they must be protected by CurveZMQ (--curve-secret-key, --curve-allow). "
+        "(default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
+    curve_secret_key: Annotated[str | None, _node_option(
+        "--curve-secret-key", "The node's CurveZMQ secret key file (PATH.key_secret from "
+        "shmkv keygen): encrypts the ZeroMQ sockets and admits only the clients in "
+        "--curve-allow. (default: $SHMKV_CURVE_SECRET_KEY, else off)", metavar="FILE")] = None,
+    curve_allow: Annotated[str | None, _node_option(
+        "--curve-allow", "Directory of the public key files (*.key) of the clients admitted; "
+        "read at start. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -320,10 +333,12 @@ def serve(
     from .broker.server import serve as run_node
 
     given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
-             maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "pub_hwm": pub_hwm,
+             maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "ipc_dir": ipc_dir,
+             "pub_hwm": pub_hwm,
              "metrics_bind": metrics_bind, "allow_remote": allow_remote,
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
-             "snapshot_interval_s": snapshot_interval_s}
+             "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
+             "curve_allow": curve_allow}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()
@@ -337,8 +352,26 @@ def serve(
         _fail("ConfigError", str(exc), EXIT_USAGE)
     with _reporting_errors():
         with Notifier() as notifier:  # systemd's NOTIFY_SOCKET; does nothing without it
-            code = run_node(node_config, notifier=notifier)
+            try:
+                code = run_node(node_config, notifier=notifier)
+            except ConfigError as exc:  # a setting found wrong at start (a key file)
+                _fail("ConfigError", str(exc), EXIT_USAGE)
     raise typer.Exit(code)
+
+
+@app.command(rich_help_panel=_REGION)
+def keygen(path: str) -> None:
+    """Make a CurveZMQ key pair for a node or a client: PATH.key (public, for the peers) and
+    PATH.key_secret (secret, mode 0600). Never overwrites; prints the paths and the public key."""
+    from .broker.auth import create_key_files, read_public_key
+
+    try:
+        public_path, secret_path = create_key_files(path)
+    except OSError as exc:
+        _fail(type(exc).__name__, str(exc) if isinstance(exc, FileExistsError) else
+              f"cannot write {exc.filename}: {exc.strerror}", EXIT_ERROR)
+    _emit({"public_key_file": str(public_path), "secret_key_file": str(secret_path),
+           "public_key": read_public_key(str(public_path), "keygen").decode()})
 
 
 @app.command(rich_help_panel=_REGION)

@@ -22,7 +22,7 @@ def start_node(region: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes", "2M",
          "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "127.0.0.1:0"],
+         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -51,7 +51,7 @@ def node(region_name: str, notify_socket: tuple[socket.socket, str]
     proc = subprocess.Popen(
         [sys.executable, "-m", "shmkv.cli", "--region", region_name, "serve",
          "--arena-bytes", "2M", "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "127.0.0.1:0"],
+         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(),
         env=env,
     )

@@ -101,7 +101,7 @@ def test_a_restoring_node_tells_systemd_its_progress_before_it_is_ready(
         proc = subprocess.Popen(
             [sys.executable, "-m", "shmkv", "--region", region_name, "serve",
              "--snapshot-path", snapshot_path, "--bind", "tcp://127.0.0.1:*",
-             "--pub-bind", "tcp://127.0.0.1:*", "--metrics-bind", "off"],
+             "--pub-bind", "tcp://127.0.0.1:*", "--metrics-bind", "off", "--ipc-dir", "off"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             cwd=tempfile.gettempdir(), env=env)
         told = []

@@ -18,6 +18,7 @@ from shmkv.broker.config import (
     CONFIG_ENV,
     FIELDS,
     NodeConfig,
+    doors,
     env_var,
     flag,
     load_config,
@@ -39,22 +40,27 @@ FILE_VALUES: dict[str, Any] = {
     "bind": "tcp://127.0.0.1:7001", "pub_bind": "tcp://127.0.0.1:7002", "pub_hwm": 11,
     "metrics_bind": "127.0.0.1:7003", "allow_remote": True, "region_owner": "root",
     "flush_interval_s": 0, "snapshot_path": "/var/lib/shmkv/file.snap", "snapshot_interval_s": 60,
+    "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
+    "ipc_dir": "/run/shmkv",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
     "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
     "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
+    "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
     "bind": "tcp://127.0.0.1:*", "pub_bind": "tcp://127.0.0.2:7022", "pub_hwm": 13,
     "metrics_bind": "off", "allow_remote": True, "region_owner": "0",
     "flush_interval_s": 2.5, "snapshot_path": "/tmp/flag.snap", "snapshot_interval_s": 10.0,
+    "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
+    "ipc_dir": "/nonexistent/ipc",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
-    "env": {**ENV_VALUES, "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
+    "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
             "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
@@ -131,10 +137,13 @@ def test_local_endpoints_need_no_allow_remote(endpoint: str) -> None:
     assert load_config({"bind": endpoint}, env={}).bind == endpoint
 
 
+CURVE_ENV = {"SHMKV_CURVE_SECRET_KEY": "node.key_secret", "SHMKV_CURVE_ALLOW": "clients"}
+
+
 @pytest.mark.parametrize("endpoint", ["tcp://*:7370", "tcp://0.0.0.0:7370", "tcp://eth0:7370",
                                       "tcp://192.0.2.1:7370", "tcp://[::]:7370"])
-def test_non_loopback_endpoint_is_allowed_when_asked_for(endpoint: str) -> None:
-    config = load_config({"bind": endpoint}, env={"SHMKV_ALLOW_REMOTE": "1"})
+def test_non_loopback_endpoint_is_allowed_when_asked_for_and_protected(endpoint: str) -> None:
+    config = load_config({"bind": endpoint}, env={"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV})
     assert config.bind == endpoint and config.allow_remote
 
 
@@ -167,6 +176,9 @@ def test_config_error_is_a_shmkv_error_and_a_value_error() -> None:
     ("SHMKV_METRICS_BIND", "9370", "host:port"),
     ("SHMKV_METRICS_BIND", "127.0.0.1:*", "port number"),
     ("SHMKV_ALLOW_REMOTE", "perhaps", "true or false"),
+    ("SHMKV_CURVE_SECRET_KEY", "/", "is a directory"),
+    ("SHMKV_CURVE_ALLOW", "/etc/passwd", "is not a directory"),
+    ("SHMKV_IPC_DIR", "/etc/passwd", "is not a directory"),
 ])
 def test_unparsable_variable_names_the_variable_and_key(variable: str, value: str,
                                                         says: str) -> None:
@@ -187,6 +199,9 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("region", 7, "region name"),
     ("bind", ["tcp://127.0.0.1:1"], "ZeroMQ endpoint"),
     ("metrics_bind", 9370, "host:port"),
+    ("curve_secret_key", 1, "file path"),
+    ("curve_allow", ["clients"], "directory path"),
+    ("ipc_dir", False, "directory path"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:
@@ -251,13 +266,44 @@ def test_unparsable_config_file_names_the_path(tmp_path: Path, name: str, text: 
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind", "metrics_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind"])
 def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
-    value = "0.0.0.0:9370" if key == "metrics_bind" else "tcp://*:7999"
     with pytest.raises(shmkv.ConfigError, match="not a loopback address") as info:
-        load_config({}, env={env_var(key): value})
+        load_config({}, env={env_var(key): "tcp://*:7999", **CURVE_ENV})
     assert f"environment variable {env_var(key)}, key {key!r}" in str(info.value)
     assert "--allow-remote" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["bind", "pub_bind"])
+def test_allow_remote_without_curve_is_refused_naming_the_curve_settings(key: str) -> None:
+    with pytest.raises(shmkv.ConfigError, match=f"{key} is not protected") as info:
+        load_config({"allow_remote": True}, env={env_var(key): "tcp://0.0.0.0:7999"})
+    assert "curve_secret_key and curve_allow" in str(info.value)
+    assert "--curve-secret-key" in str(info.value)
+
+
+def test_curve_without_its_allow_list_does_not_count_as_protection() -> None:
+    with pytest.raises(shmkv.ConfigError, match="bind is not protected"):
+        load_config({"allow_remote": True, "bind": "tcp://*:7999",
+                     "curve_secret_key": "node.key_secret"}, env={})
+
+
+@pytest.mark.parametrize("env", [{}, {"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV}])
+def test_non_loopback_metrics_address_is_refused_whatever_else_is_set(env: dict[str, str]) \
+        -> None:
+    with pytest.raises(shmkv.ConfigError, match="metrics_bind has no authentication") as info:
+        load_config({"metrics_bind": "0.0.0.0:9370"}, env=env)
+    assert "flag --metrics-bind, key 'metrics_bind'" in str(info.value)
+    assert "ssh tunnel" in str(info.value)
+
+
+def test_doors_lists_each_endpoint_with_whether_it_is_local_and_protected() -> None:
+    config = load_config({"allow_remote": True, "bind": "tcp://*:7370",
+                          "pub_bind": "ipc:///run/shmkv/pub.sock"}, env=CURVE_ENV)
+    assert [(d.key, d.local, d.protected) for d in doors(config)] == [
+        ("bind", False, True), ("pub_bind", True, True), ("metrics_bind", True, False)]
+    assert [d.key for d in doors(NodeConfig(metrics_bind=""))] == ["bind", "pub_bind"]
+    assert not any(d.protected for d in doors(NodeConfig()))
 
 
 def test_non_loopback_address_from_file_names_the_file(tmp_path: Path) -> None:
@@ -318,10 +364,12 @@ def test_serve_passes_given_flags_and_leaves_the_rest_to_file_and_environment(
     path = write(tmp_path, "node.toml", 'pub_hwm = 5\narena_bytes = "1M"\nregion = "f"\n')
     monkeypatch.setenv("SHMKV_PUB_HWM", "6")
     result = run_cli("serve", "--config", path, "--arena-bytes", "2M",
-                     "--metrics-bind", "127.0.0.1:0", "--allow-remote", "--bind", "tcp://*:*")
+                     "--metrics-bind", "127.0.0.1:0", "--allow-remote", "--bind", "tcp://*:*",
+                     "--curve-secret-key", "n.key_secret", "--curve-allow", "clients")
     assert result.exit_code == 0, result.output
     assert served == [NodeConfig(region="f", arena_bytes=2 << 20, pub_hwm=6,
-                                 metrics_bind="127.0.0.1:0", allow_remote=True, bind="tcp://*:*")]
+                                 metrics_bind="127.0.0.1:0", allow_remote=True, bind="tcp://*:*",
+                                 curve_secret_key="n.key_secret", curve_allow="clients")]
 
 
 def test_serve_region_flag_outranks_environment_and_file(
@@ -343,3 +391,11 @@ def test_serve_reports_a_config_error_as_json_and_exits_2(
     error = json.loads(result.stderr)
     assert error["error"] == "ConfigError"
     assert "SHMKV_ARENA_BYTES" in error["message"] and "'arena_bytes'" in error["message"]
+
+
+def test_serve_refuses_allow_remote_on_all_interfaces_without_curve(
+        served: list[NodeConfig]) -> None:
+    result = run_cli("serve", "--allow-remote", "--bind", "tcp://0.0.0.0:7370")
+    assert result.exit_code == EXIT_USAGE and served == []
+    error = json.loads(result.stderr)
+    assert error["error"] == "ConfigError" and "curve_secret_key" in error["message"]

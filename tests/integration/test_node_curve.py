@@ -1,0 +1,148 @@
+"""CurveZMQ through a real node: a client whose key the node allows reads, writes and receives
+published messages; a client with another key, the wrong node key or no CURVE at all gets a
+RemoteUnavailable naming authentication within its timeout, and nothing it sent is applied; the
+node refuses to listen beyond loopback without CURVE, and to use a secret key others may read."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_process import STOP_TIMEOUT_S, running_node, start_node
+
+import shmkv
+from shmkv.broker.auth import create_key_files
+from shmkv.cli import EXIT_USAGE
+from shmkv.clients import RemoteCache, Subscriber
+from shmkv.clients.subscribe import Message
+
+WAIT_S = 10.0
+REFUSED_TIMEOUT_S = 1.5  # ample for a handshake on a loaded machine
+
+
+@dataclass
+class Keys:
+    node_secret: Path
+    node_public: Path
+    allowed: Path  # a client's secret key file, its public one in the allow-list
+    other: Path  # a client's secret key file, not in the allow-list
+    allow_dir: Path
+
+    def node_options(self) -> tuple[str, ...]:
+        return ("--curve-secret-key", str(self.node_secret), "--curve-allow", str(self.allow_dir))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    allow_dir = tmp_path / "allow"
+    allow_dir.mkdir()
+    node_public, node_secret = create_key_files(tmp_path / "node")
+    create_key_files(allow_dir / "app")
+    create_key_files(tmp_path / "stranger")
+    return Keys(node_secret, node_public, allow_dir / "app.key_secret",
+                tmp_path / "stranger.key_secret", allow_dir)
+
+
+def client_options(keys: Keys, who: str) -> dict[str, Any]:
+    """The CURVE arguments of a client: allowed, not allowed, wrong node key, or none."""
+    return {
+        "allowed": {"curve_server_key": keys.node_public, "curve_client_cert": keys.allowed},
+        "not allowed": {"curve_server_key": keys.node_public, "curve_client_cert": keys.other},
+        "wrong node key": {"curve_server_key": keys.other.with_suffix(".key"),
+                           "curve_client_cert": keys.allowed},
+        "no curve": {},
+    }[who]
+
+
+def first_message(sub: Subscriber, remote: RemoteCache, channel: str) -> Message:
+    """Publish on channel until the subscriber receives one (its subscription takes effect
+    some time after the call: ZeroMQ's slow joiner)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        remote.publish(channel, b"hello")
+        message = sub.get_message(0.05)
+        if message is not None:
+            return message
+    raise AssertionError("the subscriber received nothing")
+
+
+def test_a_client_with_an_allowed_key_reads_writes_and_receives_messages(
+        region_name: str, keys: Keys) -> None:
+    with running_node(region_name, *keys.node_options()) as node, \
+            RemoteCache(node.endpoint, **client_options(keys, "allowed")) as remote, \
+            Subscriber(node.ready["pub_endpoint"], **client_options(keys, "allowed")) as sub:
+        remote.set("user:1", b"Ada")
+        assert remote.get("user:1") == b"Ada"
+        sub.subscribe("news")
+        message = first_message(sub, remote, "news")
+        assert (message.channel, message.data) == (b"news", b"hello")
+
+
+@pytest.mark.parametrize("who", ["not allowed", "wrong node key", "no curve"])
+def test_a_client_the_node_does_not_admit_gets_an_authentication_error_and_changes_nothing(
+        region_name: str, keys: Keys, who: str) -> None:
+    with running_node(region_name, *keys.node_options()) as node, \
+            RemoteCache(node.endpoint, **client_options(keys, "allowed")) as admitted:
+        admitted.set("kept", b"before")
+        with RemoteCache(node.endpoint, timeout_s=REFUSED_TIMEOUT_S, retries=0,
+                         **client_options(keys, who)) as refused:
+            started = time.monotonic()
+            with pytest.raises(shmkv.RemoteUnavailable, match="authentication"):
+                refused.set("kept", b"overwritten")
+            assert time.monotonic() - started < REFUSED_TIMEOUT_S + 1
+            with pytest.raises(shmkv.RemoteUnavailable, match="authentication"):
+                refused.clear()
+        with Subscriber(node.ready["pub_endpoint"], **client_options(keys, who)) as sub:
+            sub.subscribe("news")
+            with pytest.raises(shmkv.RemoteUnavailable, match="authentication"):
+                deadline = time.monotonic() + WAIT_S
+                while time.monotonic() < deadline:
+                    admitted.publish("news", b"secret")
+                    assert sub.get_message(0.05) is None
+        assert admitted.get("kept") == b"before"
+        assert len(admitted) == 1
+
+
+def test_the_node_serves_all_interfaces_when_curve_protects_them(
+        region_name: str, keys: Keys) -> None:
+    with running_node(region_name, "--allow-remote", "--bind", "tcp://0.0.0.0:*",
+                      *keys.node_options()) as node:
+        port = node.endpoint.rsplit(":", 1)[1]
+        with RemoteCache(f"tcp://127.0.0.1:{port}", **client_options(keys, "allowed")) as remote:
+            remote.set("k", b"v")
+            assert remote.get("k") == b"v"
+
+
+def refusal(region: str, *options: str) -> dict[str, Any]:
+    """Start a node that must refuse to start: its JSON error (exit status 2)."""
+    process = start_node(region, *options)
+    try:
+        out, err = process.communicate(timeout=STOP_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == EXIT_USAGE, (out, err)
+    assert out == ""
+    return json.loads(err)  # type: ignore[no-any-return]
+
+
+def test_the_node_refuses_allow_remote_on_all_interfaces_without_curve(
+        region_name: str) -> None:
+    error = refusal(region_name, "--allow-remote", "--bind", "tcp://0.0.0.0:*")
+    assert error["error"] == "ConfigError"
+    assert "curve_secret_key" in error["message"] and "'bind'" in error["message"]
+    with pytest.raises(shmkv.RegionNotFound):  # refused before anything was created
+        shmkv.Cache.open(region_name)
+
+
+def test_the_node_refuses_a_secret_key_that_others_may_read(region_name: str,
+                                                            keys: Keys) -> None:
+    keys.node_secret.chmod(0o644)
+    error = refusal(region_name, *keys.node_options())
+    assert error["error"] == "ConfigError" and "chmod 600" in error["message"]
+
