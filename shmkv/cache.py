@@ -1,9 +1,10 @@
-"""`Cache`: the public handle on a shared-memory region: argument checks, locks, collections,
-expiry, stats. shared_region.py holds what a region's handles share; reads go through a Reader,
+"""`Cache`: the public handle on a shared-memory region: argument checks, locks, reads,
+writes, expiry, events. shared_region.py holds what a region's handles share; reads go through a Reader,
 compiled or pure (backend.py, reader.py), and take no lock; writes take the key's stripe lock
 here (in the order locks.py gives) and go through writer.py; what takes entries out of the
 region lives in evict.py; the region-wide operations (maintain, repair, flush, stats,
-snapshots) in upkeep.py, a mixin of Cache.
+snapshots, collections) in upkeep.py, a mixin of Cache; Redis's read-modify-write commands
+(getdel, getex, append, rename, set's options) in commands.py.
 
 A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`, and the
 compiled writer's as its `set`, `cas` and `incr` (instance attributes): a Python wrapper around
@@ -33,7 +34,6 @@ from .events import emit_locked
 from .events import enabled as events_enabled
 from .events import want as want_events
 from .locks import DEFAULT_LOCK_TIMEOUT_S
-from .namespaces import check_collection_name
 from .reader import READ_SPINS_BEFORE_YIELD
 from .shared_region import SharedRegion
 from .upkeep import Upkeep
@@ -594,41 +594,6 @@ class Cache(Upkeep):
             return True
         finally:
             self._locks.release_stripe(stripe)
-
-    # --- collections --------------------------------------------------------------------
-    def collection(self, name: str) -> Cache:
-        """A handle on the named collection, created if it does not exist. Its keys are
-        isolated from the keys of every other collection (and of the default one)."""
-        raw = check_collection_name(name)
-        region = self._region
-        self._q[0]
-        with self._locks.arena_held:
-            found = region.colls.find(raw) or region.colls.create_locked(raw)
-        return Cache(region, found[0], found[1], name, owns_region=False)
-
-    def collections(self) -> list[str]:
-        """Names of the named collections (the default collection is not listed)."""
-        self._q[0]
-        return sorted(name.decode() for _, _, name in self._region.colls.live())
-
-    def rename_collection(self, old: str, new: str) -> None:
-        """Rename a collection; open handles on it keep working."""
-        raw_old, raw_new = check_collection_name(old), check_collection_name(new)
-        self._check_fence()
-        with self._locks.arena_held:
-            self._region.colls.rename_locked(raw_old, raw_new)
-
-    def drop_collection(self, name: str) -> int:
-        """Delete a collection and all its keys; returns how many keys it held. Handles on it
-        raise CollectionNotFound on their next write."""
-        raw = check_collection_name(name)
-        self._check_fence()
-        with self._locks.arena_held:
-            idx = self._region.colls.begin_drop_locked(raw)
-        removed = self._w.delete_collection_entries(idx)
-        with self._locks.arena_held:
-            self._region.colls.end_drop_locked(idx)
-        return removed
 
 
 _CHANGES = L.S_CHANGES >> 3

@@ -1,5 +1,5 @@
 """The region-wide operations of a `Cache` handle: background maintenance, repair, flushing
-to the disk, stats and snapshots. A mixin of Cache (cache.py), apart so that the key API reads
+to the disk, stats, snapshots and the collections. A mixin of Cache (cache.py), apart so that the key API reads
 in one sitting; it uses the handle's region, locks and reader as Cache sets them up.
 """
 
@@ -11,18 +11,21 @@ from typing import TYPE_CHECKING, Any
 from . import backend, snapshot
 from . import layout as L
 from .events import refresh_locked as refresh_events_locked
+from .namespaces import check_collection_name
 from .repair import repair_all_locked
 from .stats import region_stats
 
 if TYPE_CHECKING:
     from .locks import RegionLocks
     from .shared_region import SharedRegion
+    from .writer import Writer
 
 MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
 
 
 class Upkeep:
-    """maintain, flush, repair, stats, snapshot, restore: see each method."""
+    """maintain, flush, repair, stats, snapshot, restore, collection(s), rename_collection,
+    drop_collection: see each method."""
 
     # set by Cache.__init__
     _region: SharedRegion
@@ -32,8 +35,11 @@ class Upkeep:
     _smask: int
     collection_name: str
 
+    _w: Writer
+
     if TYPE_CHECKING:  # Cache's
         def _fenced(self) -> bool: ...
+        def _check_fence(self) -> None: ...
         def __len__(self) -> int: ...
 
     def maintain(self, max_slots: int = 4096) -> dict[str, int]:
@@ -130,3 +136,37 @@ class Upkeep:
         `Cache.create(name, **Cache.sizes_for_snapshot(path))`."""
         return snapshot.region_sizes(path)
 
+    # --- collections --------------------------------------------------------------------
+    def collection(self, name: str) -> Any:
+        """A handle on the named collection, created if it does not exist. Its keys are
+        isolated from the keys of every other collection (and of the default one)."""
+        raw = check_collection_name(name)
+        region = self._region
+        self._q[0]
+        with self._locks.arena_held:
+            found = region.colls.find(raw) or region.colls.create_locked(raw)
+        return type(self)(region, found[0], found[1], name, owns_region=False)
+
+    def collections(self) -> list[str]:
+        """Names of the named collections (the default collection is not listed)."""
+        self._q[0]
+        return sorted(name.decode() for _, _, name in self._region.colls.live())
+
+    def rename_collection(self, old: str, new: str) -> None:
+        """Rename a collection; open handles on it keep working."""
+        raw_old, raw_new = check_collection_name(old), check_collection_name(new)
+        self._check_fence()
+        with self._locks.arena_held:
+            self._region.colls.rename_locked(raw_old, raw_new)
+
+    def drop_collection(self, name: str) -> int:
+        """Delete a collection and all its keys; returns how many keys it held. Handles on it
+        raise CollectionNotFound on their next write."""
+        raw = check_collection_name(name)
+        self._check_fence()
+        with self._locks.arena_held:
+            idx = self._region.colls.begin_drop_locked(raw)
+        removed = self._w.delete_collection_entries(idx)
+        with self._locks.arena_held:
+            self._region.colls.end_drop_locked(idx)
+        return removed
