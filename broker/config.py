@@ -68,6 +68,12 @@ class NodeConfig:
     # (0: only at stop) and at stop; a region that does not exist at start is restored from it.
     snapshot_path: str = ""
     snapshot_interval_s: float = 300.0
+    # host:port of the Redis-protocol door (broker/resp_door.py); "" (the default) is off.
+    # Port 0 picks a free one; the "ready" event reports it.
+    resp_bind: str = ""
+    # The password RESP clients must give (AUTH, HELLO ... AUTH); "" asks none. It guards
+    # the RESP door only: the ZeroMQ endpoints have no authentication.
+    requirepass: str = ""
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -132,6 +138,14 @@ def metrics_address(config: NodeConfig) -> tuple[str, int] | None:
     if not config.metrics_bind:
         return None
     host, port = _host_port(config.metrics_bind)
+    return host, int(port)
+
+
+def resp_address(config: NodeConfig) -> tuple[str, int] | None:
+    """(host, port) for the Redis-protocol door, or None when resp_bind is "" (off)."""
+    if not config.resp_bind:
+        return None
+    host, port = _host_port(config.resp_bind)
     return host, int(port)
 
 
@@ -219,6 +233,12 @@ def _endpoint(value: object, text: bool) -> str:
     return value  # type: ignore[return-value]  # a str: the regex matched it
 
 
+def _password(value: object, text: bool) -> str:
+    if not isinstance(value, str) or "\0" in value or "\n" in value:
+        raise ValueError("expected a password (a string without newlines)")  # never shown
+    return value
+
+
 def _metrics_bind(value: object, text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, or \"off\", got {value!r}")
@@ -245,6 +265,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "bind": _endpoint, "pub_bind": _endpoint, "pub_hwm": _count,
     "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
     "snapshot_path": _path, "snapshot_interval_s": _interval,
+    "resp_bind": _metrics_bind, "requirepass": _password,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 
@@ -304,7 +325,7 @@ def _check_exposure(config: NodeConfig, sources: Mapping[str, str]) -> None:
                           f"{sources.get('pub_bind', 'default')}): give each its own endpoint")
     if config.allow_remote:
         return
-    for key in ("bind", "pub_bind", "metrics_bind"):
+    for key in ("bind", "pub_bind", "metrics_bind", "resp_bind"):
         address = getattr(config, key)
         if not address:
             continue

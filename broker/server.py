@@ -50,11 +50,12 @@ from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 
 from . import protocol
-from .config import NodeConfig, metrics_address
+from .config import NodeConfig, metrics_address, resp_address
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
+from .resp_door import EventTee, RespDoor
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
@@ -111,18 +112,26 @@ class _Node:
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm)
                 cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
+                door: RespDoor | None = None
                 try:
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
+                    door = self._open_door(cache)
+                    if door is not None:
+                        events = EventTee(events, door)  # the door's subscribers get them too
+                        door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
                     self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
                                pub_endpoint=publisher.endpoint, metrics=metrics_at,
-                               config=asdict(self.config), stats=cache.stats())
+                               resp=door.address if door else None,
+                               config={**asdict(self.config), "requirepass":
+                                       "(set)" if self.config.requirepass else ""},
+                               stats=cache.stats())
                     self._notify_ready()
                     self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
-                               persistence)
+                               persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
                     cache.enable_events(False)
@@ -131,6 +140,8 @@ class _Node:
                     router.setsockopt(zmq.LINGER, linger_ms)
                     persistence.stop()
                 finally:
+                    if door is not None:
+                        door.close()
                     if self.metrics is not None:
                         self.metrics.stop_http()
                     if persistence is not None:
@@ -150,8 +161,10 @@ class _Node:
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
               dispatcher: Dispatcher, cache: shmkv.Cache, stop: _StopSignals,
-              persistence: Persistence) -> None:
+              persistence: Persistence, door: RespDoor | None = None) -> None:
         poller = zmq.Poller()
+        if door is not None:
+            door.attach(poller)
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
@@ -160,7 +173,7 @@ class _Node:
         events_left = False  # the last pump stopped at its limit
         while stop.received is None:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due())
-            if publisher.listening:
+            if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
             with stop.deliverable():
@@ -171,6 +184,8 @@ class _Node:
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
+            if door is not None:
+                door.service(ready)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:
@@ -224,6 +239,13 @@ class _Node:
     def _notify_stopping(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping("stopping")
+
+    def _open_door(self, cache: shmkv.Cache) -> RespDoor | None:
+        """The Redis-protocol door, if configured."""
+        address = resp_address(self.config)
+        if address is None:
+            return None
+        return RespDoor(cache, self.config, *address, requirepass=self.config.requirepass)
 
     def _start_metrics(self, cache: shmkv.Cache) -> str | None:
         """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""

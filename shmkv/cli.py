@@ -306,6 +306,12 @@ def serve(
     allow_remote: Annotated[bool | None, _node_option(
         "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints: "
         "the node has no authentication. (default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
+    resp_bind: Annotated[str | None, _node_option(
+        "--resp-bind", "host:port of the Redis-protocol door (port 0 picks a free one), or "
+        "off. (default: $SHMKV_RESP_BIND, else off)", metavar="HOST:PORT")] = None,
+    requirepass: Annotated[str | None, _node_option(
+        "--requirepass", "Password Redis-protocol clients must give with AUTH. "
+        "(default: $SHMKV_REQUIREPASS, else none)", metavar="PASSWORD")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -323,7 +329,8 @@ def serve(
              maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "pub_hwm": pub_hwm,
              "metrics_bind": metrics_bind, "allow_remote": allow_remote,
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
-             "snapshot_interval_s": snapshot_interval_s}
+             "snapshot_interval_s": snapshot_interval_s, "resp_bind": resp_bind,
+             "requirepass": requirepass}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

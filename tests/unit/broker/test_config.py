@@ -39,18 +39,21 @@ FILE_VALUES: dict[str, Any] = {
     "bind": "tcp://127.0.0.1:7001", "pub_bind": "tcp://127.0.0.1:7002", "pub_hwm": 11,
     "metrics_bind": "127.0.0.1:7003", "allow_remote": True, "region_owner": "root",
     "flush_interval_s": 0, "snapshot_path": "/var/lib/shmkv/file.snap", "snapshot_interval_s": 60,
+    "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
     "bind": "ipc:///run/shmkv/env.sock", "pub_bind": "tcp://localhost:7012", "pub_hwm": "12",
     "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
+    "resp_bind": "[::1]:7014", "requirepass": "env-secret",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
     "bind": "tcp://127.0.0.1:*", "pub_bind": "tcp://127.0.0.2:7022", "pub_hwm": 13,
     "metrics_bind": "off", "allow_remote": True, "region_owner": "0",
     "flush_interval_s": 2.5, "snapshot_path": "/tmp/flag.snap", "snapshot_interval_s": 10.0,
+    "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
@@ -187,6 +190,8 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("region", 7, "region name"),
     ("bind", ["tcp://127.0.0.1:1"], "ZeroMQ endpoint"),
     ("metrics_bind", 9370, "host:port"),
+    ("resp_bind", 6379, "host:port"),
+    ("requirepass", 1234, "a password"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:
@@ -251,13 +256,19 @@ def test_unparsable_config_file_names_the_path(tmp_path: Path, name: str, text: 
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind", "metrics_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "metrics_bind", "resp_bind"])
 def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
-    value = "0.0.0.0:9370" if key == "metrics_bind" else "tcp://*:7999"
+    value = "0.0.0.0:9370" if key in ("metrics_bind", "resp_bind") else "tcp://*:7999"
     with pytest.raises(shmkv.ConfigError, match="not a loopback address") as info:
         load_config({}, env={env_var(key): value})
     assert f"environment variable {env_var(key)}, key {key!r}" in str(info.value)
     assert "--allow-remote" in str(info.value)
+
+
+def test_a_bad_password_setting_is_refused_without_showing_it() -> None:
+    with pytest.raises(shmkv.ConfigError, match="without newlines") as info:
+        load_config({}, env={env_var("requirepass"): "sec\nret"})
+    assert "sec" not in str(info.value).replace("newlines", "")
 
 
 def test_non_loopback_address_from_file_names_the_file(tmp_path: Path) -> None:
