@@ -482,7 +482,7 @@ def _flush_mode(a: list[bytes]) -> None:
 
 @command("select", 2, "readonly")
 def _select(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    db = integer(a[1], "ERR invalid DB index")
+    db = integer(a[1])
     if not 0 <= db <= MAX_DB:
         raise err("ERR DB index is out of range")
     s.db = db

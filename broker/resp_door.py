@@ -340,6 +340,7 @@ class RespDoor:
         requests = s.parser.requests()
         broken = s.parser.error
         ctx, encode, out = self.ctx, s.encoder._add, []
+        queued, counted = len(s.out), 0
         for args in requests:
             reply = execute(ctx, s, args)
             if type(reply) is Replies:
@@ -349,6 +350,14 @@ class RespDoor:
                 encode(reply, out)
             if s.closing:
                 break
+            # Counted as it grows: one read can hold thousands of GETs of a large value,
+            # whose replies must not all be made before the cap is looked at.
+            for part in out[counted:]:
+                queued += len(part)
+            counted = len(out)
+            if queued > MAX_OUTPUT_BYTES:
+                self._cut_off(s, queued)
+                return
         if broken is not None:
             out.append(b"-ERR " + str(broken).encode("utf-8", "replace") + b"\r\n")
             s.closing = True
@@ -374,13 +383,16 @@ class RespDoor:
         if not out and s.closing:
             self._drop(s)
         elif len(out) > MAX_OUTPUT_BYTES:
-            # a client that does not read what it asked for: cut off, the node stays bounded
-            print(f"resp: closing client id={s.id} addr={s.peer}: {len(out)} bytes of "
-                  "replies unread", file=sys.stderr, flush=True)
-            self._drop(s)
+            self._cut_off(s, len(out))
         elif self._poller is not None and s.fd in self.ctx.sessions:
             # ask about writability only while something waits: else poll would spin
             self._poller.register(s.fd, zmq.POLLIN | (zmq.POLLOUT if out else 0))
+
+    def _cut_off(self, s: Session, queued: int) -> None:
+        """A client that does not read what it asked for: closed, so the node stays bounded."""
+        print(f"resp: closing client id={s.id} addr={s.peer}: {queued} bytes of replies "
+              "unread", file=sys.stderr, flush=True)
+        self._drop(s)
 
     def _drop(self, s: Session) -> None:
         if self.ctx.sessions.pop(s.fd, None) is None:

@@ -107,8 +107,16 @@ def _client(ctx: Context, s: Session, a: list[bytes]) -> Any:
         return _client_line(s).encode() + b"\n"
     if sub == b"list" and len(a) == 2:
         return "".join(_client_line(c) + "\n" for c in ctx.sessions.values()).encode()
-    raise err(f"ERR unknown subcommand or wrong number of arguments for "
-              f"'{sub.decode('utf-8', 'replace')}'. Try CLIENT HELP.")
+    raise _subcommand_error("client", a[1], ("setname", "getname", "id", "setinfo", "info",
+                                             "list"))
+
+
+def _subcommand_error(command_name: str, given: bytes, known: tuple[str, ...]) -> Exception:
+    """Redis's error for an unknown subcommand, or a known one with the wrong arguments."""
+    sub = given.decode("utf-8", "replace")
+    if sub.lower() in known:
+        return err(f"ERR wrong number of arguments for '{command_name}|{sub.lower()}' command")
+    return err(f"ERR unknown subcommand '{sub[:128]}'. Try {command_name.upper()} HELP.")
 
 
 def _client_line(s: Session) -> str:
@@ -128,8 +136,7 @@ def _command(ctx: Context, s: Session, a: list[bytes]) -> Any:
                 for n in a[2:]]
     if sub is None:
         return [_command_info(c) for c in COMMANDS.values()]
-    raise err(f"ERR unknown subcommand '{sub.decode('utf-8', 'replace')}'. "
-              "Try COMMAND HELP.")
+    raise _subcommand_error("command", a[1], ("count", "docs", "info"))
 
 
 def _command_info(cmd: Any) -> Any:
@@ -187,8 +194,7 @@ def _config(ctx: Context, s: Session, a: list[bytes]) -> Any:
         return OK
     if sub == b"resetstat" and len(a) == 2:
         return OK
-    raise err(f"ERR unknown subcommand or wrong number of arguments for "
-              f"'{sub.decode('utf-8', 'replace')}'. Try CONFIG HELP.")
+    raise _subcommand_error("config", a[1], ("get", "set", "resetstat"))
 
 
 # --- INFO -----------------------------------------------------------------------------------
