@@ -112,6 +112,7 @@ class Context:
         self.patterns: dict[bytes, tuple[Callable[[bytes], bool], set[Session]]] = {}
         self.notify_flags = ""
         self._notify_classes = ""
+        self._keyspace = self._keyevent = False
         self._dbs: dict[int, shmkv.Cache] = {}
         self._last_id = 0
         self.run_id = secrets.token_hex(20)
@@ -151,12 +152,14 @@ class Context:
     def set_notify_flags(self, flags: str) -> None:
         if any(c not in "KEA" + _ALL_CLASSES for c in flags):
             raise ValueError(flags)
-        classes = "".join(sorted(set(flags.replace("A", _ALL_CLASSES)) - set("KE")))
+        wanted = set(flags.replace("A", _ALL_CLASSES))
+        classes = "".join(c for c in _ALL_CLASSES if c in wanted)
         # without K or E nothing is sent, whatever the classes (as in Redis)
-        self._notify_classes = classes if ("K" in flags or "E" in flags) else ""
-        self.notify_flags = ("K" if "K" in flags else "") + ("E" if "E" in flags else "") + \
-            classes if self._notify_classes else ""
         self._keyspace, self._keyevent = "K" in flags, "E" in flags
+        self._notify_classes = classes if (self._keyspace or self._keyevent) else ""
+        # how Redis shows them back (keyspaceEventsFlagsToString)
+        self.notify_flags = ("A" if classes == _ALL_CLASSES else classes) + \
+            ("K" if self._keyspace else "") + ("E" if self._keyevent else "")
 
     @property
     def listening(self) -> bool:
