@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
+from shmkv.broker import resp
 from shmkv.broker.resp import (
     NIL_ARRAY, OK, Encoder, Error, Push, RequestParser, Simple, encode_request, split_inline,
 )
@@ -16,18 +18,27 @@ EXPECTED = [[b"SET", b"k", b"v\r\n\x00"], [b"GET", b"k"], [b"PING"], [b"MGET", b
             [b"SET", b"a b", b"c"]]
 
 
-def parse(data: bytes, parser: RequestParser | None = None) -> list[list[bytes]]:
-    parser = parser or RequestParser()
-    parser.feed(data)
-    return parser.requests()
+@pytest.fixture(params=["hiredis", "python"])
+def parse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """parse(data, parser=None): RequestParser.parse, with hiredis's fast path (when it is
+    installed) or the Python parser alone: both must give the same requests and errors."""
+    if request.param == "hiredis":
+        if resp.hiredis is None:
+            pytest.skip("hiredis is not installed")
+    else:
+        monkeypatch.setattr(resp, "hiredis", None)
+
+    def run(data: bytes, parser: RequestParser | None = None) -> list[list[bytes]]:
+        return (parser or RequestParser()).parse(data)
+    return run
 
 
-def test_a_pipeline_of_requests_parses_in_order() -> None:
+def test_a_pipeline_of_requests_parses_in_order(parse: Any) -> None:
     assert parse(PIPELINE) == EXPECTED
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_requests_split_anywhere_parse_the_same(seed: int) -> None:
+def test_requests_split_anywhere_parse_the_same(parse: Any, seed: int) -> None:
     rng = random.Random(seed)
     parser, got = RequestParser(), []
     pos = 0
@@ -38,7 +49,7 @@ def test_requests_split_anywhere_parse_the_same(seed: int) -> None:
     assert got == EXPECTED and parser.error is None and parser.pending_bytes == 0
 
 
-def test_every_truncation_of_a_request_waits_for_the_rest() -> None:
+def test_every_truncation_of_a_request_waits_for_the_rest(parse: Any) -> None:
     whole = encode_request("SET", "key", "value")
     for cut in range(len(whole)):
         parser = RequestParser()
@@ -46,7 +57,7 @@ def test_every_truncation_of_a_request_waits_for_the_rest() -> None:
         assert parse(whole[cut:], parser) == [[b"SET", b"key", b"value"]]
 
 
-def test_empty_and_null_multibulks_are_skipped_as_redis_does() -> None:
+def test_empty_and_null_multibulks_are_skipped_as_redis_does(parse: Any) -> None:
     assert parse(b"*0\r\n*-1\r\n\r\n" + encode_request("PING")) == [[b"PING"]]
 
 
@@ -62,7 +73,7 @@ def test_empty_and_null_multibulks_are_skipped_as_redis_does() -> None:
     (b'GET "abc\r\n', "unbalanced quotes"),
 ])
 def test_malformed_or_oversized_requests_break_the_stream_with_redis_wording(
-        data: bytes, says: str) -> None:
+        parse: Any, data: bytes, says: str) -> None:
     parser = RequestParser()
     before = encode_request("PING")
     assert parse(before + data + encode_request("PING"), parser) == [[b"PING"]]
@@ -117,3 +128,41 @@ def test_replies_encode_as_resp2_and_resp3(value: object, resp2: bytes, resp3: b
 def test_a_value_with_no_resp_form_is_refused() -> None:
     with pytest.raises(TypeError, match="no RESP form"):
         Encoder(2).encode(object())
+
+
+@pytest.mark.parametrize("data", [
+    b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n",  # a length with a leading zero
+    b"*1\r\n+GET\r\n",  # a simple string where a bulk belongs
+    b"*2\r\n$3\r\nGET\r\n$-1\r\n",  # a nil argument
+    b"*1\r\n*1\r\n$1\r\nx\r\n",  # a nested array
+    b"*2000000000\r\n",
+])
+def test_what_hiredis_would_read_differently_gets_the_python_parsers_answer(
+        data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    if resp.hiredis is None:
+        pytest.skip("hiredis is not installed")
+    fast = RequestParser()
+    got = fast.parse(data + encode_request("PING"))
+    monkeypatch.setattr(resp, "hiredis", None)
+    slow = RequestParser()
+    assert got == slow.parse(data + encode_request("PING"))
+    assert str(fast.error) == str(slow.error)
+
+
+def test_a_huge_array_count_never_reaches_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    # hiredis would allocate, then free element by element, an array of that many elements
+    fed: list[bytes] = []
+
+    class Reader:
+        def feed(self, data: bytes) -> None:
+            fed.append(data)
+
+        def gets(self) -> object:
+            return False
+
+    monkeypatch.setattr(resp, "hiredis", type("FakeHiredis", (), {"Reader": Reader}))
+    parser = RequestParser()
+    assert parser.parse(b"*2000000000\r\n") == []
+    assert fed == [] and "invalid multibulk length" in str(parser.error)
+    RequestParser().parse(encode_request("PING"))
+    assert fed == [encode_request("PING")]  # what is not huge does reach it
