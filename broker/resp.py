@@ -6,7 +6,8 @@ test code can use the same two classes.
 What is supported
 -----------------
     direction  form                                  notes
-    request    array of bulk strings                 *<n>\\r\\n then n times $<len>\\r\\n<bytes>\\r\\n
+    request    array of bulk strings                 *<n>\\r\\n, then n times
+                                                     $<len>\\r\\n<bytes>\\r\\n
                                                      (what every client library sends); *0 and
                                                      *-1 are skipped, as Redis does
     request    inline command                        a line of words split on blanks, with
@@ -344,7 +345,8 @@ class Encoder:
                 self._add(k, out)
                 self._add(v, out)
         elif kind is Push:
-            out.append((b">%d\r\n" if self.resp3 else b"*%d\r\n") % len(value))  # type: ignore[arg-type]
+            count = len(value)  # type: ignore[arg-type]
+            out.append((b">%d\r\n" if self.resp3 else b"*%d\r\n") % count)
             for item in value:  # type: ignore[attr-defined]
                 self._add(item, out)
         elif isinstance(value, list | tuple):

@@ -95,7 +95,16 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
                      "PING / QUIT / RESET are allowed in this context")
     ctx.commands_processed += 1
     try:
-        return cmd.handler(ctx, session, args)
+        try:
+            return cmd.handler(ctx, session, args)
+        except errors.CollectionNotFound:
+            if not session.db:
+                raise
+            # Another process dropped this database's collection: the database is empty,
+            # as after FLUSHDB, and made anew by the write (a write checks its collection
+            # before it changes anything, so running it again is safe).
+            session.cache = ctx.reopen(session.db, session.cache)
+            return cmd.handler(ctx, session, args)
     except CommandError as exc:
         return Error(str(exc))
     except errors.NotAnInteger as exc:

@@ -140,6 +140,13 @@ class Context:
             handle = self._dbs[n] = self.cache.collection(f"db{n}")
         return handle
 
+    def reopen(self, n: int, stale: shmkv.Cache) -> shmkv.Cache:
+        """Database n's handle after `stale` found its collection dropped."""
+        if self._dbs.get(n) is stale:  # the first session to notice replaces it for all
+            del self._dbs[n]
+            stale.close()
+        return self.db(n)  # type: ignore[return-value]  # create=True: never None
+
     def open_dbs(self) -> Iterable[tuple[int, shmkv.Cache]]:
         yield 0, self.cache
         for n in range(1, MAX_DB + 1):

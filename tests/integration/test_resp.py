@@ -164,6 +164,20 @@ def test_a_key_written_locally_is_read_over_resp_and_the_other_way_round(
         local.close()
 
 
+def test_a_database_whose_collection_another_process_dropped_is_made_anew(
+        served: tuple[Node, str], r: redis.Redis) -> None:
+    r.execute_command("SELECT", "4")
+    r.set("before", "1")
+    local = shmkv.Cache.open(served[1])
+    try:
+        assert local.drop_collection("db4") == 1
+        assert r.get("before") is None
+        assert r.set("after", "2") is True and r.dbsize() == 1
+        assert local.collection("db4").get("after") == b"2"
+    finally:
+        local.close()
+
+
 def test_a_pipeline_is_answered_in_order(r: redis.Redis) -> None:
     pipe = r.pipeline(transaction=False)
     for i in range(2000):
