@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import shmkv
 from shmkv import errors
+from shmkv.arrays import ARRAY_MAGIC
 
 from .resp import NIL_ARRAY, OK, Error, Simple
 
@@ -153,10 +154,24 @@ def need(cache: shmkv.Cache, method: str) -> Any:
     return found
 
 
+def _is_array(cache: shmkv.Cache, key: bytes) -> bool:
+    kind = getattr(cache, "type", None)
+    return kind is not None and kind(key) == "shmkv-array"
+
+
+def _string(cache: shmkv.Cache, key: bytes, value: bytes | None) -> bytes | None:
+    """value, unless key holds an array (set_array): Redis's WRONGTYPE, as for a list. The
+    engine's get returns an array's encoding as bytes; its magic prefix is checked first, so
+    that a string GET pays no second lookup."""
+    if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(cache, key):
+        raise err(WRONGTYPE)
+    return value
+
+
 # --- strings ------------------------------------------------------------------------------
 @command("get", 2, "readonly", keys=(1, 1, 1))
 def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return s.cache.get(a[1])
+    return _string(s.cache, a[1], s.cache.get(a[1]))
 
 
 @command("set", -3, "write", keys=(1, 1, 1))
@@ -195,6 +210,8 @@ def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
     result = _set_with(s.cache, a[1], a[2], ttl_s, nx=nx, xx=xx, keepttl=keepttl, get=get)
     if get:
         return result
+    if not (nx or xx):  # KEEPTTL alone always stores
+        return OK
     return OK if result else None
 
 
@@ -260,7 +277,11 @@ def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("mget", -2, "readonly", keys=(1, -1, 1))
 def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
     get = s.cache.get
-    return [get(key) for key in a[1:]]
+    values = [get(key) for key in a[1:]]
+    for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
+        if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(s.cache, a[i + 1]):
+            values[i] = None
+    return values
 
 
 @command("mset", -3, "write", keys=(1, -1, 2))
@@ -288,7 +309,12 @@ def _strlen(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 
 def _add(s: Session, key: bytes, delta: int) -> int:
-    return s.cache.incr(key, delta)
+    try:
+        return s.cache.incr(key, delta)
+    except errors.NotAnInteger:
+        if _is_array(s.cache, key):
+            raise err(WRONGTYPE) from None
+        raise
 
 
 @command("incr", 2, "write", keys=(1, 1, 1))

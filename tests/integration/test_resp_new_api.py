@@ -110,6 +110,7 @@ def test_an_array_value_is_shmkv_array_and_string_commands_answer_wrongtype(
             with pytest.raises(redis.ResponseError, match="^WRONGTYPE Operation against a key "
                                                           "holding the wrong kind of value$"):
                 c.execute_command(*args)
+        assert c.mget("arr", "none") == [None, None]  # as Redis's MGET of a list
         assert local.get_array("arr").tolist() == [0, 1, 2, 3]
     finally:
         c.close()
