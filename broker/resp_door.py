@@ -161,7 +161,7 @@ class Context:
 
     # --- pub/sub ------------------------------------------------------------------------
     def set_notify_flags(self, flags: str) -> None:
-        if any(c not in "KEA" + _ALL_CLASSES for c in flags):
+        if any(c not in "KEAmn" + _ALL_CLASSES for c in flags):
             raise ValueError(flags)
         wanted = set(flags.replace("A", _ALL_CLASSES))
         classes = "".join(c for c in _ALL_CLASSES if c in wanted)
@@ -169,8 +169,10 @@ class Context:
         self._keyspace, self._keyevent = "K" in flags, "E" in flags
         self._notify_classes = classes if (self._keyspace or self._keyevent) else ""
         # how Redis shows them back (keyspaceEventsFlagsToString)
+        # m (key misses) and n (new keys) are accepted; the rings have no such events
         self.notify_flags = ("A" if classes == _ALL_CLASSES else classes) + \
-            ("K" if self._keyspace else "") + ("E" if self._keyevent else "")
+            ("K" if self._keyspace else "") + ("E" if self._keyevent else "") + \
+            "".join(c for c in "mn" if c in flags)
 
     @property
     def listening(self) -> bool:

@@ -184,7 +184,12 @@ def _config(ctx: Context, s: Session, a: list[bytes]) -> Any:
         for i in range(2, len(a), 2):
             name = a[i].decode("utf-8", "replace").lower()
             if name == "notify-keyspace-events":
-                ctx.set_notify_flags(a[i + 1].decode("utf-8", "replace"))
+                try:
+                    ctx.set_notify_flags(a[i + 1].decode("utf-8", "replace"))
+                except ValueError:
+                    raise err("ERR CONFIG SET failed (possibly related to argument "
+                              "'notify-keyspace-events') - Invalid event class character. "
+                              "Use 'Ag$lshzxeKEtmdn'.") from None
             elif name in _READ_ONLY:
                 raise err(f"ERR CONFIG SET failed (possibly related to argument '{name}') - "
                           "can't set immutable config")

@@ -99,6 +99,12 @@ SCRIPT: list[tuple[Any, ...]] = [
     ("CONFIG", "GET", "appendonly"), ("CLIENT", "SETNAME", "tester"),
     ("CLIENT", "GETNAME"), ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "NOSUCH"),
     ("CLIENT", "SETNAME"), ("CONFIG", "NOSUCH"), ("CONFIG", "GET"),
+    ("CONFIG", "SET", "notify-keyspace-events", "KQ"),
+    ("CONFIG", "SET", "notify-keyspace-events", "Kx"),
+    ("CONFIG", "GET", "notify-keyspace-events"),
+    ("CONFIG", "SET", "notify-keyspace-events", "E$"),
+    ("CONFIG", "GET", "notify-keyspace-events"),
+    ("CONFIG", "SET", "notify-keyspace-events", ""),
 ]
 
 
