@@ -175,6 +175,11 @@ class RequestParser:
 _LARGE_COUNT = re.compile(rb"\*[1-9][0-9]{5}")
 
 
+# bytes around an argument of n bytes ($<n>\r\n ... \r\n), for the common small n
+_FRAMED = 1024
+_BULK_FRAMING = tuple(len(str(n)) + 5 for n in range(_FRAMED))
+
+
 def _whole_requests(reader: object, chunk: bytes) -> list[list[bytes]] | None:
     """The requests of chunk as hiredis's reader reads them, if they are canonical arrays of
     bulk strings that make up exactly the whole chunk; else None."""
@@ -189,7 +194,8 @@ def _whole_requests(reader: object, chunk: bytes) -> list[list[bytes]] | None:
             for arg in request:
                 if type(arg) is not bytes:
                     return None
-                encoded += len(arg) + len(str(len(arg))) + 5  # $<len>\r\n<arg>\r\n
+                n = len(arg)  # + $<len>\r\n and \r\n
+                encoded += n + (_BULK_FRAMING[n] if n < _FRAMED else len(str(n)) + 5)
             found.append(request)
             size += encoded
     except (hiredis.ProtocolError, MemoryError):  # a MemoryError: "*4294967295" asks 32 GiB

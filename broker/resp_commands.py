@@ -55,14 +55,21 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# The lower- and upper-case spellings of each name, as bytes: what clients send
+_BY_WIRE_NAME: dict[bytes, Command] = {}
 
 
 def command(name: str, arity: int, *flags: str, keys: tuple[int, int, int] = (0, 0, 0)) \
         -> Callable[[Handler], Handler]:
     def add(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, arity, handler, frozenset(flags), *keys)
+        register(Command(name, arity, handler, frozenset(flags), *keys))
         return handler
     return add
+
+
+def register(cmd: Command) -> None:
+    COMMANDS[cmd.name] = cmd
+    _BY_WIRE_NAME[cmd.name.encode()] = _BY_WIRE_NAME[cmd.name.upper().encode()] = cmd
 
 
 class CommandError(Exception):
@@ -81,18 +88,20 @@ _WRONG_TYPE_ERROR = getattr(errors, "WrongType", None) or getattr(shmkv, "WrongT
 
 def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
     """The reply to one request (args[0] is the command name); never raises for bad input."""
-    name = args[0].decode("utf-8", "replace").lower()
-    cmd = COMMANDS.get(name)
+    cmd = _BY_WIRE_NAME.get(args[0])  # "GET" or "get" as sent: no decoding on the way
+    if cmd is None:
+        cmd = COMMANDS.get(args[0].decode("utf-8", "replace").lower())
     if cmd is None:
         shown = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in args[1:])
         return Error(f"ERR unknown command '{args[0][:128].decode('utf-8', 'replace')}', "
                      f"with args beginning with: {shown}")
     if (cmd.arity > 0 and len(args) != cmd.arity) or (cmd.arity < 0 and len(args) < -cmd.arity):
-        return Error(f"ERR wrong number of arguments for '{name}' command")
+        return Error(f"ERR wrong number of arguments for '{cmd.name}' command")
     if not session.authenticated and "noauth" not in cmd.flags:
         return Error("NOAUTH Authentication required.")
-    if session.subscribed and not session.resp3 and "pubsub" not in cmd.flags:
-        return Error(f"ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+    if (session.channels or session.patterns) and not session.resp3 \
+            and "pubsub" not in cmd.flags:
+        return Error(f"ERR Can't execute '{cmd.name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
                      "PING / QUIT / RESET are allowed in this context")
     ctx.commands_processed += 1
     try:
@@ -347,7 +356,7 @@ def _del(ctx: Context, s: Session, a: list[bytes]) -> Any:
     return sum(delete(key) for key in a[1:])
 
 
-COMMANDS["unlink"] = Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1)
+register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
 
 
 @command("exists", -2, "readonly", keys=(1, -1, 1))
