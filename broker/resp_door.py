@@ -39,7 +39,8 @@ from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
 from .resp import Encoder, Push, RequestParser
-from .resp_commands import MAX_DB, execute, glob_matcher
+from .resp_commands import MAX_DB, execute
+from .resp_glob import glob_matcher
 from .resp_server_commands import Replies
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ import shmkv
 
 from .resp import OK, Error, Push, Simple
 from .resp_commands import COMMANDS, SYNTAX, command, err, integer
+from .resp_glob import glob_matcher
 
 if TYPE_CHECKING:
     from .resp_door import Context, Session
@@ -173,7 +174,6 @@ def _config_values(ctx: Context) -> dict[str, str]:
 def _config(ctx: Context, s: Session, a: list[bytes]) -> Any:
     sub = a[1].lower()
     if sub == b"get" and len(a) >= 3:
-        from .resp_commands import glob_matcher
         values = _config_values(ctx)
         found: dict[str, str] = {}
         for pattern in a[2:]:
