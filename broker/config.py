@@ -78,6 +78,12 @@ class NodeConfig:
     # (0: only at stop) and at stop; a region that does not exist at start is restored from it.
     snapshot_path: str = ""
     snapshot_interval_s: float = 300.0
+    # host:port of the Redis-protocol door (broker/resp_door.py); "" (the default) is off.
+    # Port 0 picks a free one; the "ready" event reports it.
+    resp_bind: str = ""
+    # The password RESP clients must give (AUTH, HELLO ... AUTH); "" asks none. It guards
+    # the RESP door only: the ZeroMQ endpoints have no authentication.
+    requirepass: str = ""
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -142,6 +148,14 @@ def metrics_address(config: NodeConfig) -> tuple[str, int] | None:
     if not config.metrics_bind:
         return None
     host, port = _host_port(config.metrics_bind)
+    return host, int(port)
+
+
+def resp_address(config: NodeConfig) -> tuple[str, int] | None:
+    """(host, port) for the Redis-protocol door, or None when resp_bind is "" (off)."""
+    if not config.resp_bind:
+        return None
+    host, port = _host_port(config.resp_bind)
     return host, int(port)
 
 
@@ -243,6 +257,12 @@ def _endpoint(value: object, text: bool) -> str:
     return value  # type: ignore[return-value]  # a str: the regex matched it
 
 
+def _password(value: object, text: bool) -> str:
+    if not isinstance(value, str) or "\0" in value or "\n" in value:
+        raise ValueError("expected a password (a string without newlines)")  # never shown
+    return value
+
+
 def _metrics_bind(value: object, text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, or \"off\", got {value!r}")
@@ -270,6 +290,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "metrics_bind": _metrics_bind, "allow_remote": _flag, "flush_interval_s": _interval,
     "snapshot_path": _path, "snapshot_interval_s": _interval,
     "curve_secret_key": _path, "curve_allow": _directory,
+    "resp_bind": _metrics_bind, "requirepass": _password,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 
@@ -342,6 +363,9 @@ def doors(config: NodeConfig) -> list[Door]:
     if config.metrics_bind:  # plain HTTP, no authentication: never protected
         found.append(Door("metrics_bind", config.metrics_bind,
                           _is_local(config.metrics_bind), False, ""))
+    if config.resp_bind:  # requirepass alone sends the password in the clear; no TLS yet
+        found.append(Door("resp_bind", config.resp_bind, _is_local(config.resp_bind), False,
+                          ""))
     return found
 
 
@@ -363,9 +387,9 @@ def _check_exposure(config: NodeConfig, sources: Mapping[str, str]) -> None:
         where = f"{sources.get(door.key, 'default')}, key {door.key!r}: {door.address!r} is " \
             "not a loopback address"
         if not door.protection:
-            raise ConfigError(f"{where}, and {door.key} has no authentication: keep it on "
-                              "loopback (scrape it through a local proxy or an ssh tunnel), or "
-                              "turn it off")
+            raise ConfigError(f"{where}, and {door.key} has no encrypted authentication: keep "
+                              "it on loopback (reach it through a local proxy or an ssh "
+                              "tunnel), or turn it off")
         if not config.allow_remote:
             raise ConfigError(
                 f"{where}; to expose the region, also set allow_remote "

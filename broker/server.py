@@ -54,13 +54,14 @@ from shmkv.events import EventReader
 
 from . import protocol
 from .auth import CurveServer
-from .config import NodeConfig, metrics_address
+from .config import NodeConfig, metrics_address, resp_address
 from .dispatch import Dispatcher
 from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
+from .resp_door import EventTee, RespDoor
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
@@ -128,20 +129,28 @@ class _Node:
                     _bind(publisher.socket, ipc.publish)
                 cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
+                door: RespDoor | None = None
                 try:
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
+                    door = self._open_door(cache)
+                    if door is not None:
+                        events = EventTee(events, door)  # the door's subscribers get them too
+                        door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
                     self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
                                pub_endpoint=publisher.endpoint, metrics=metrics_at,
                                ipc_endpoint=ipc and ipc.request,
                                ipc_pub_endpoint=ipc and ipc.publish,
-                               config=asdict(self.config), stats=cache.stats())
+                               resp=door.address if door else None,
+                               config={**asdict(self.config), "requirepass":
+                                       "(set)" if self.config.requirepass else ""},
+                               stats=cache.stats())
                     self._notify_ready()
                     self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
-                               persistence)
+                               persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
                     cache.enable_events(False)
@@ -150,6 +159,8 @@ class _Node:
                     router.setsockopt(zmq.LINGER, linger_ms)
                     persistence.stop()
                 finally:
+                    if door is not None:
+                        door.close()
                     if self.metrics is not None:
                         self.metrics.stop_http()
                     if persistence is not None:
@@ -173,8 +184,10 @@ class _Node:
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
               dispatcher: Dispatcher, cache: shmkv.Cache, stop: _StopSignals,
-              persistence: Persistence) -> None:
+              persistence: Persistence, door: RespDoor | None = None) -> None:
         poller = zmq.Poller()
+        if door is not None:
+            door.attach(poller)
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
@@ -183,7 +196,7 @@ class _Node:
         events_left = False  # the last pump stopped at its limit
         while stop.received is None:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due())
-            if publisher.listening:
+            if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
             with stop.deliverable():
@@ -194,6 +207,8 @@ class _Node:
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
+            if door is not None:
+                door.service(ready)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:
@@ -247,6 +262,13 @@ class _Node:
     def _notify_stopping(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping("stopping")
+
+    def _open_door(self, cache: shmkv.Cache) -> RespDoor | None:
+        """The Redis-protocol door, if configured."""
+        address = resp_address(self.config)
+        if address is None:
+            return None
+        return RespDoor(cache, self.config, *address, requirepass=self.config.requirepass)
 
     def _start_metrics(self, cache: shmkv.Cache) -> str | None:
         """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""

@@ -319,6 +319,12 @@ def serve(
     curve_allow: Annotated[str | None, _node_option(
         "--curve-allow", "Directory of the public key files (*.key) of the clients admitted; "
         "read at start. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
+    resp_bind: Annotated[str | None, _node_option(
+        "--resp-bind", "host:port of the Redis-protocol door (port 0 picks a free one), or "
+        "off. (default: $SHMKV_RESP_BIND, else off)", metavar="HOST:PORT")] = None,
+    requirepass: Annotated[str | None, _node_option(
+        "--requirepass", "Password Redis-protocol clients must give with AUTH. "
+        "(default: $SHMKV_REQUIREPASS, else none)", metavar="PASSWORD")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -338,7 +344,7 @@ def serve(
              "metrics_bind": metrics_bind, "allow_remote": allow_remote,
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
-             "curve_allow": curve_allow}
+             "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

@@ -20,7 +20,7 @@ from shmkv import backend, reader
 # test_core.py holds the two readers to each other itself.
 ENGINES = ["c", "python"] if backend.ENGINE == "c" else ["python"]
 _TESTS = Path(__file__).parent
-_SINGLE_RUN = ("test_node", "test_pubsub", "test_remote_node", "test_cli", "test_core")
+_SINGLE_RUN = ("test_node", "test_pubsub", "test_remote_node", "test_cli", "test_core", "test_resp")
 
 
 def _runs_per_engine(path: Path) -> bool:

@@ -42,6 +42,7 @@ FILE_VALUES: dict[str, Any] = {
     "flush_interval_s": 0, "snapshot_path": "/var/lib/shmkv/file.snap", "snapshot_interval_s": 60,
     "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
     "ipc_dir": "/run/shmkv",
+    "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -49,6 +50,7 @@ ENV_VALUES = {
     "metrics_bind": "[::1]:7013", "allow_remote": "no", "region_owner": "1001",
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
+    "resp_bind": "[::1]:7014", "requirepass": "env-secret",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -57,6 +59,7 @@ CLI_VALUES: dict[str, Any] = {
     "flush_interval_s": 2.5, "snapshot_path": "/tmp/flag.snap", "snapshot_interval_s": 10.0,
     "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
     "ipc_dir": "/nonexistent/ipc",
+    "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
@@ -202,6 +205,8 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("curve_secret_key", 1, "file path"),
     ("curve_allow", ["clients"], "directory path"),
     ("ipc_dir", False, "directory path"),
+    ("resp_bind", 6379, "host:port"),
+    ("requirepass", 1234, "a password"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:
@@ -291,10 +296,17 @@ def test_curve_without_its_allow_list_does_not_count_as_protection() -> None:
 @pytest.mark.parametrize("env", [{}, {"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV}])
 def test_non_loopback_metrics_address_is_refused_whatever_else_is_set(env: dict[str, str]) \
         -> None:
-    with pytest.raises(shmkv.ConfigError, match="metrics_bind has no authentication") as info:
+    with pytest.raises(shmkv.ConfigError, match="metrics_bind has no encrypted authentication") as info:
         load_config({"metrics_bind": "0.0.0.0:9370"}, env=env)
     assert "flag --metrics-bind, key 'metrics_bind'" in str(info.value)
     assert "ssh tunnel" in str(info.value)
+
+
+@pytest.mark.parametrize("env", [{}, {"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV}])
+def test_non_loopback_resp_address_is_refused_whatever_else_is_set(env: dict[str, str]) -> None:
+    """requirepass sends the password in the clear, and the door has no TLS yet."""
+    with pytest.raises(shmkv.ConfigError, match="resp_bind has no encrypted authentication"):
+        load_config({"resp_bind": "0.0.0.0:6379", "requirepass": "pw"}, env=env)
 
 
 def test_doors_lists_each_endpoint_with_whether_it_is_local_and_protected() -> None:
@@ -304,6 +316,12 @@ def test_doors_lists_each_endpoint_with_whether_it_is_local_and_protected() -> N
         ("bind", False, True), ("pub_bind", True, True), ("metrics_bind", True, False)]
     assert [d.key for d in doors(NodeConfig(metrics_bind=""))] == ["bind", "pub_bind"]
     assert not any(d.protected for d in doors(NodeConfig()))
+
+
+def test_a_bad_password_setting_is_refused_without_showing_it() -> None:
+    with pytest.raises(shmkv.ConfigError, match="without newlines") as info:
+        load_config({}, env={env_var("requirepass"): "sec\nret"})
+    assert "sec" not in str(info.value).replace("newlines", "")
 
 
 def test_non_loopback_address_from_file_names_the_file(tmp_path: Path) -> None:

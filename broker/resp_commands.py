@@ -1,0 +1,565 @@
+"""The Redis commands the node answers: `COMMANDS`, name -> Command(arity, handler, flags), and
+`execute(ctx, session, args)`, which checks a request against the table and runs it over the
+node's Cache, answering as Redis does (the wording of its errors included).
+
+No sockets here: the door (resp_door.py) parses a request (resp.py), calls execute, and
+encodes what it returns. A handler returns a reply value (see resp.py's table: bytes, int,
+None, list, dict, Simple, Error, ...) or raises; `execute` turns the engine's errors into
+Redis's errors and never raises for a client's input.
+
+Databases are collections: SELECT 0 is the default collection, SELECT n (1 to 15) the
+collection "db<n>", created on first use. Commands that need Cache calls the engine does not
+have yet (SET NX/XX/KEEPTTL/GET, GETDEL, GETEX, APPEND, RENAME) answer `-ERR ... not supported
+by this node's engine` until it has them; they are written against that API.
+
+Pub/sub and the client-facing facts (INFO, CLIENT, CONFIG, HELLO, AUTH) are in
+resp_server_commands.py, which adds its commands to the same table.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import shmkv
+from shmkv import errors
+from shmkv.arrays import ARRAY_MAGIC
+
+from .resp import NIL_ARRAY, OK, Error, Simple
+from .resp_glob import glob_matcher
+
+if TYPE_CHECKING:
+    from .resp_door import Context, Session
+
+Handler = Callable[["Context", "Session", list[bytes]], Any]
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_DB = 15  # SELECT 0..15, as a default Redis has 16 databases
+SCAN_DEFAULT_COUNT = 10
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    arity: int  # Redis's: n = exactly n words (the name included), -n = at least n
+    handler: Handler
+    # "noauth": allowed before AUTH; "pubsub": allowed in RESP2 subscriber mode;
+    # "write"/"readonly": COMMAND's flags
+    flags: frozenset[str] = field(default_factory=frozenset)
+    first_key: int = 0
+    last_key: int = 0
+    key_step: int = 0
+
+
+COMMANDS: dict[str, Command] = {}
+# The lower- and upper-case spellings of each name, as bytes: what clients send
+_BY_WIRE_NAME: dict[bytes, Command] = {}
+
+
+def command(name: str, arity: int, *flags: str, keys: tuple[int, int, int] = (0, 0, 0)) \
+        -> Callable[[Handler], Handler]:
+    def add(handler: Handler) -> Handler:
+        register(Command(name, arity, handler, frozenset(flags), *keys))
+        return handler
+    return add
+
+
+def register(cmd: Command) -> None:
+    COMMANDS[cmd.name] = cmd
+    _BY_WIRE_NAME[cmd.name.encode()] = _BY_WIRE_NAME[cmd.name.upper().encode()] = cmd
+
+
+class CommandError(Exception):
+    """A reply error raised inside a handler: str is the whole error line (code first)."""
+
+
+def err(text: str) -> CommandError:
+    return CommandError(text)
+
+
+SYNTAX = "ERR syntax error"
+NOT_INTEGER = "ERR value is not an integer or out of range"
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+_WRONG_TYPE_ERROR = getattr(errors, "WrongType", None) or getattr(shmkv, "WrongType", None)
+
+
+def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
+    """The reply to one request (args[0] is the command name); never raises for bad input."""
+    cmd = _BY_WIRE_NAME.get(args[0])  # "GET" or "get" as sent: no decoding on the way
+    if cmd is None:
+        cmd = COMMANDS.get(args[0].decode("utf-8", "replace").lower())
+    if cmd is None:
+        shown = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in args[1:])
+        return Error(f"ERR unknown command '{args[0][:128].decode('utf-8', 'replace')}', "
+                     f"with args beginning with: {shown}")
+    if (cmd.arity > 0 and len(args) != cmd.arity) or (cmd.arity < 0 and len(args) < -cmd.arity):
+        return Error(f"ERR wrong number of arguments for '{cmd.name}' command")
+    if not session.authenticated and "noauth" not in cmd.flags:
+        return Error("NOAUTH Authentication required.")
+    if (session.channels or session.patterns) and not session.resp3 \
+            and "pubsub" not in cmd.flags:
+        return Error(f"ERR Can't execute '{cmd.name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / "
+                     "PING / QUIT / RESET are allowed in this context")
+    ctx.commands_processed += 1
+    try:
+        try:
+            return cmd.handler(ctx, session, args)
+        except errors.CollectionNotFound:
+            if not session.db:
+                raise
+            # Another process dropped this database's collection: the database is empty,
+            # as after FLUSHDB, and made anew by the write (a write checks its collection
+            # before it changes anything, so running it again is safe).
+            session.cache = ctx.reopen(session.db, session.cache)
+            return cmd.handler(ctx, session, args)
+    except CommandError as exc:
+        return Error(str(exc))
+    except errors.NotAnInteger as exc:
+        return Error("ERR increment or decrement would overflow" if "overflow" in str(exc)
+                     else NOT_INTEGER)
+    except (errors.KeyTooLarge, errors.ValueTooLarge) as exc:
+        return Error(f"ERR {exc}")
+    except (errors.RegionFull, errors.IndexFull) as exc:
+        # what Redis answers when maxmemory is reached and nothing can be evicted
+        return Error(f"OOM command not allowed when used memory > 'maxmemory'. ({exc})")
+    except Exception as exc:
+        if _WRONG_TYPE_ERROR is not None and isinstance(exc, _WRONG_TYPE_ERROR):
+            return Error(WRONGTYPE)
+        if isinstance(exc, TypeError) and "array" in str(exc):  # get_array on a string...
+            return Error(WRONGTYPE)
+        if not isinstance(exc, errors.ShmKVError):
+            traceback.print_exc(file=sys.stderr)  # a bug: worth a traceback
+        return Error(f"ERR {type(exc).__name__}: {exc}".replace("\n", " "))
+
+
+# --- argument parsing ---------------------------------------------------------------------
+def integer(arg: bytes, message: str = NOT_INTEGER) -> int:
+    """A Redis integer argument: optional minus and digits only, within int64."""
+    if not arg or len(arg) > 20 or not (arg.isdigit() or (arg[:1] == b"-" and arg[1:].isdigit())) \
+            or (len(arg) > 1 and arg[:1] == b"0") or arg[:2] == b"-0":
+        raise err(message)
+    value = int(arg)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise err(message)
+    return value
+
+
+def expire_seconds(arg: bytes, unit_s: float, command_name: str) -> float:
+    value = integer(arg)
+    if value <= 0:
+        raise err(f"ERR invalid expire time in '{command_name}' command")
+    return value * unit_s
+
+
+def need(cache: shmkv.Cache, method: str) -> Any:
+    """A Cache method some commands need that an older engine lacks."""
+    found = getattr(cache, method, None)
+    if found is None:
+        raise err(f"ERR this node's engine has no Cache.{method}; the command is not "
+                  "supported by it")
+    return found
+
+
+def _is_array(cache: shmkv.Cache, key: bytes) -> bool:
+    kind = getattr(cache, "type", None)
+    return kind is not None and kind(key) == "shmkv-array"
+
+
+def _string(cache: shmkv.Cache, key: bytes, value: bytes | None) -> bytes | None:
+    """value, unless key holds an array (set_array): Redis's WRONGTYPE, as for a list. The
+    engine's get returns an array's encoding as bytes; its magic prefix is checked first, so
+    that a string GET pays no second lookup."""
+    if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(cache, key):
+        raise err(WRONGTYPE)
+    return value
+
+
+# --- strings ------------------------------------------------------------------------------
+@command("get", 2, "readonly", keys=(1, 1, 1))
+def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return _string(s.cache, a[1], s.cache.get(a[1]))
+
+
+@command("set", -3, "write", keys=(1, 1, 1))
+def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    ttl_s: float | None = None
+    nx = xx = keepttl = get = False
+    i = 3
+    while i < len(a):
+        opt = a[i].upper()
+        if opt in (b"EX", b"PX", b"EXAT", b"PXAT") and i + 1 < len(a) and ttl_s is None \
+                and not keepttl:
+            if opt in (b"EX", b"PX"):
+                ttl_s = expire_seconds(a[i + 1], 1.0 if opt == b"EX" else 0.001, "set")
+            else:
+                at = integer(a[i + 1])
+                if at <= 0:
+                    raise err("ERR invalid expire time in 'set' command")
+                ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
+                if ttl_s <= 0:  # already past: Redis stores it and it is gone at once
+                    s.cache.delete(a[1])
+                    return OK
+            i += 2
+        elif opt == b"NX" and not xx:
+            nx, i = True, i + 1
+        elif opt == b"XX" and not nx:
+            xx, i = True, i + 1
+        elif opt == b"KEEPTTL" and ttl_s is None:
+            keepttl, i = True, i + 1
+        elif opt == b"GET":
+            get, i = True, i + 1
+        else:
+            raise err(SYNTAX)
+    if not (nx or xx or keepttl or get):
+        s.cache.set(a[1], a[2], ttl_s=ttl_s)
+        return OK
+    result = _set_with(s.cache, a[1], a[2], ttl_s, nx=nx, xx=xx, keepttl=keepttl, get=get)
+    if get:
+        return result
+    if not (nx or xx):  # KEEPTTL alone always stores
+        return OK
+    return OK if result else None
+
+
+def _set_with(cache: shmkv.Cache, key: bytes, value: bytes, ttl_s: float | None,
+              **options: bool) -> Any:
+    try:
+        return cache.set(key, value, ttl_s=ttl_s, **options)  # type: ignore[call-arg]
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise err("ERR this node's engine has no Cache.set(nx=, xx=, keepttl=, get=); "
+                      "SET NX/XX/KEEPTTL/GET is not supported by it") from None
+        raise
+
+
+@command("setnx", 3, "write", keys=(1, 1, 1))
+def _setnx(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return int(bool(_set_with(s.cache, a[1], a[2], None, nx=True)))
+
+
+@command("setex", 4, "write", keys=(1, 1, 1))
+def _setex(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 1.0, "setex"))
+    return OK
+
+
+@command("psetex", 4, "write", keys=(1, 1, 1))
+def _psetex(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 0.001, "psetex"))
+    return OK
+
+
+@command("getdel", 2, "write", keys=(1, 1, 1))
+def _getdel(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return need(s.cache, "getdel")(a[1])
+
+
+@command("getex", -2, "write", keys=(1, 1, 1))
+def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    ttl_s: float | None = None
+    persist = False
+    rest = a[2:]
+    if rest:
+        opt = rest[0].upper()
+        if opt == b"PERSIST" and len(rest) == 1:
+            persist = True
+        elif opt in (b"EX", b"PX") and len(rest) == 2:
+            ttl_s = expire_seconds(rest[1], 1.0 if opt == b"EX" else 0.001, "getex")
+        elif opt in (b"EXAT", b"PXAT") and len(rest) == 2:
+            at = integer(rest[1])
+            if at <= 0:
+                raise err("ERR invalid expire time in 'getex' command")
+            ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
+        else:
+            raise err(SYNTAX)
+    getex = need(s.cache, "getex")
+    if ttl_s is not None and ttl_s <= 0:  # a time already past: read it, then it is gone
+        value = s.cache.get(a[1])
+        s.cache.delete(a[1])
+        return value
+    return getex(a[1], ttl_s, persist=persist)
+
+
+@command("mget", -2, "readonly", keys=(1, -1, 1))
+def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    get = s.cache.get
+    values = [get(key) for key in a[1:]]
+    for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
+        if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(s.cache, a[i + 1]):
+            values[i] = None
+    return values
+
+
+@command("mset", -3, "write", keys=(1, -1, 2))
+def _mset(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    if len(a) % 2 == 0:
+        return Error("ERR wrong number of arguments for 'mset' command")
+    # Not atomic as Redis's is: each pair is stored on its own (as set_many does)
+    for i in range(1, len(a), 2):
+        s.cache.set(a[i], a[i + 1])
+    return OK
+
+
+@command("append", 3, "write", keys=(1, 1, 1))
+def _append(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return need(s.cache, "append")(a[1], a[2])
+
+
+@command("strlen", 2, "readonly", keys=(1, 1, 1))
+def _strlen(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    strlen = getattr(s.cache, "strlen", None)
+    if strlen is not None:
+        return strlen(a[1])
+    value = s.cache.get(a[1])  # an engine without strlen: one copy of the value
+    return 0 if value is None else len(value)
+
+
+def _add(s: Session, key: bytes, delta: int) -> int:
+    try:
+        return s.cache.incr(key, delta)
+    except errors.NotAnInteger:
+        if _is_array(s.cache, key):
+            raise err(WRONGTYPE) from None
+        raise
+
+
+@command("incr", 2, "write", keys=(1, 1, 1))
+def _incr(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return _add(s, a[1], 1)
+
+
+@command("decr", 2, "write", keys=(1, 1, 1))
+def _decr(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return _add(s, a[1], -1)
+
+
+@command("incrby", 3, "write", keys=(1, 1, 1))
+def _incrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return _add(s, a[1], integer(a[2]))
+
+
+@command("decrby", 3, "write", keys=(1, 1, 1))
+def _decrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    delta = integer(a[2])
+    if delta == INT64_MIN:  # its negation is not an int64
+        raise err("ERR decrement would overflow")
+    return _add(s, a[1], -delta)
+
+
+# --- keys ---------------------------------------------------------------------------------
+@command("del", -2, "write", keys=(1, -1, 1))
+def _del(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    delete = s.cache.delete
+    return sum(delete(key) for key in a[1:])
+
+
+register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
+
+
+@command("exists", -2, "readonly", keys=(1, -1, 1))
+def _exists(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    cache = s.cache
+    return sum(key in cache for key in a[1:])
+
+
+@command("type", 2, "readonly", keys=(1, 1, 1))
+def _type(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    kind = getattr(s.cache, "type", None)
+    if kind is not None:
+        return Simple(kind(a[1]) or "none")
+    return Simple("string" if a[1] in s.cache else "none")  # an engine without type()
+
+
+def _expire_in(s: Session, key: bytes, ttl_s: float) -> int:
+    if ttl_s <= 0:  # Redis deletes a key given a time already past
+        return int(s.cache.delete(key))
+    return int(s.cache.expire(key, ttl_s))
+
+
+def _expire_args(a: list[bytes]) -> None:
+    if len(a) > 3:  # NX/XX/GT/LT (Redis 7): not supported yet
+        raise err(f"ERR Unsupported option {a[3].decode('utf-8', 'replace')}")
+
+
+@command("expire", -3, "write", keys=(1, 1, 1))
+def _expire(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _expire_args(a)
+    return _expire_in(s, a[1], integer(a[2]))
+
+
+@command("pexpire", -3, "write", keys=(1, 1, 1))
+def _pexpire(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _expire_args(a)
+    return _expire_in(s, a[1], integer(a[2]) / 1000)
+
+
+@command("expireat", -3, "write", keys=(1, 1, 1))
+def _expireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _expire_args(a)
+    return _expire_in(s, a[1], integer(a[2]) - ctx.now_s())
+
+
+@command("pexpireat", -3, "write", keys=(1, 1, 1))
+def _pexpireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _expire_args(a)
+    return _expire_in(s, a[1], integer(a[2]) / 1000 - ctx.now_s())
+
+
+def _ttl_s(s: Session, key: bytes) -> float | int:
+    left = s.cache.ttl(key)
+    if left is not None:
+        return left
+    return -1 if key in s.cache else -2  # Redis's codes: no expiry, no key
+
+
+@command("ttl", 2, "readonly", keys=(1, 1, 1))
+def _ttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    left = _ttl_s(s, a[1])
+    return left if isinstance(left, int) else int(left + 0.5)  # Redis rounds
+
+
+@command("pttl", 2, "readonly", keys=(1, 1, 1))
+def _pttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    left = _ttl_s(s, a[1])
+    return left if isinstance(left, int) else int(left * 1000 + 0.5)
+
+
+@command("persist", 2, "write", keys=(1, 1, 1))
+def _persist(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    # Redis answers 1 only if a TTL was removed
+    return int(s.cache.ttl(a[1]) is not None and s.cache.persist(a[1]))
+
+
+@command("rename", 3, "write", keys=(1, 2, 1))
+def _rename(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    try:
+        need(s.cache, "rename")(a[1], a[2])
+    except KeyError:
+        raise err("ERR no such key") from None
+    return OK
+
+
+@command("renamenx", 3, "write", keys=(1, 2, 1))
+def _renamenx(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    try:
+        return int(bool(need(s.cache, "rename")(a[1], a[2], nx=True)))
+    except KeyError:
+        raise err("ERR no such key") from None
+
+
+@command("keys", 2, "readonly")
+def _keys(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    keys = s.cache.keys()
+    if a[1] == b"*":
+        return keys
+    match = glob_matcher(a[1])
+    return [k for k in keys if match(k)]
+
+
+@command("scan", -2, "readonly")
+def _scan(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    """The cursor is the next index stripe to read: each call reads whole stripes until it has
+    COUNT keys. A key present from the first call to the last is in its stripe when that
+    stripe is read, so it is returned at least once, as Redis promises; a key written or
+    deleted meanwhile may or may not be."""
+    cursor = integer(a[1], "ERR invalid cursor")
+    count, pattern = SCAN_DEFAULT_COUNT, None
+    i = 2
+    while i < len(a):
+        opt = a[i].upper()
+        if opt == b"COUNT" and i + 1 < len(a):
+            count = integer(a[i + 1])
+            if count < 1:
+                raise err(SYNTAX)
+        elif opt == b"MATCH" and i + 1 < len(a):
+            pattern = a[i + 1]
+        elif opt == b"TYPE" and i + 1 < len(a):
+            if a[i + 1].lower() != b"string":
+                return [b"0", []]
+        else:
+            raise err(SYNTAX)
+        i += 2
+    cache = s.cache
+    # The engine's per-stripe listing (what Cache.__iter__ is made of); one stripe at a time
+    # bounds each call's work to a stripe's share of the keys.
+    n_stripes = cache._smask + 1
+    found: list[bytes] = []
+    stripe = cursor if 0 <= cursor < n_stripes else n_stripes
+    while stripe < n_stripes and len(found) < count:
+        found.extend(cache._stripe_keys(stripe))
+        stripe += 1
+    if pattern is not None and pattern != b"*":
+        match = glob_matcher(pattern)
+        found = [k for k in found if match(k)]
+    return [b"%d" % (0 if stripe >= n_stripes else stripe), found]
+
+
+@command("dbsize", 1, "readonly")
+def _dbsize(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return len(s.cache)
+
+
+@command("flushdb", -1, "write")
+def _flushdb(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _flush_mode(a)
+    s.cache.clear()
+    return OK
+
+
+@command("flushall", -1, "write")
+def _flushall(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    _flush_mode(a)
+    for db in range(MAX_DB + 1):
+        cache = ctx.db(db, create=False)
+        if cache is not None:
+            cache.clear()
+    return OK
+
+
+def _flush_mode(a: list[bytes]) -> None:
+    if len(a) > 2 or (len(a) == 2 and a[1].upper() not in (b"SYNC", b"ASYNC")):
+        raise err(SYNTAX)
+
+
+@command("select", 2, "readonly")
+def _select(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    db = integer(a[1])
+    if not 0 <= db <= MAX_DB:
+        raise err("ERR DB index is out of range")
+    s.db = db
+    s.cache = ctx.db(db)
+    return OK
+
+
+@command("ping", -1, "pubsub")
+def _ping(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    if len(a) > 2:
+        raise err("ERR wrong number of arguments for 'ping' command")
+    if s.subscribed and not s.resp3:  # in subscriber mode Redis answers an array
+        return [b"pong", a[1] if len(a) == 2 else b""]
+    return a[1] if len(a) == 2 else Simple("PONG")
+
+
+@command("echo", 2)
+def _echo(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    return a[1]
+
+
+@command("wait", 3)
+def _wait(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    integer(a[1])
+    if integer(a[2], "ERR timeout is not an integer or out of range") < 0:
+        raise err("ERR timeout is negative")
+    return 0  # no replicas
+
+
+@command("quit", -1, "noauth", "pubsub")
+def _quit(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    s.closing = True
+    return OK
+
+
+__all__ = ["COMMANDS", "Command", "CommandError", "NIL_ARRAY", "execute", "integer"]
