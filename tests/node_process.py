@@ -50,6 +50,20 @@ def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE) -> sub
     )
 
 
+def failed_start(region: str, *options: str,
+                 timeout_s: float = STOP_TIMEOUT_S) -> tuple[int, str, str]:
+    """Start a node that must not start: (exit status, stdout, stderr). One that runs after
+    all is killed, and its status then says so."""
+    process = start_node(region, *options)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
 @contextmanager
 def running_node(region: str, *options: str) -> Iterator[Node]:
     """A node serving region (created by the node if absent), ready when this yields; at the

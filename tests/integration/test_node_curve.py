@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_process import STOP_TIMEOUT_S, running_node, start_node
+from node_process import failed_start, running_node
 
 import shmkv
 from shmkv.broker.auth import create_key_files
@@ -119,14 +119,8 @@ def test_the_node_serves_all_interfaces_when_curve_protects_them(
 
 def refusal(region: str, *options: str) -> dict[str, Any]:
     """Start a node that must refuse to start: its JSON error (exit status 2)."""
-    process = start_node(region, *options)
-    try:
-        out, err = process.communicate(timeout=STOP_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == EXIT_USAGE, (out, err)
+    code, out, err = failed_start(region, *options)
+    assert code == EXIT_USAGE, (out, err)
     assert out == ""
     return json.loads(err)  # type: ignore[no-any-return]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 
-from node_process import running_node, start_node
+from node_process import failed_start, running_node
 
 import shmkv
 
@@ -30,14 +30,9 @@ def test_a_node_that_fails_to_start_leaves_events_as_they_were(region_name: str)
         port = busy.getsockname()[1]
         with shmkv.Cache.create(region_name, 1 << 20) as cache:
             # the node attaches and wants events, then cannot serve its metrics
-            process = start_node(region_name, "--metrics-bind", f"127.0.0.1:{port}")
-            try:
-                out, err = process.communicate(timeout=FAILED_START_TIMEOUT_S)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-            assert process.returncode == 1 and out == ""
+            code, out, err = failed_start(region_name, "--metrics-bind", f"127.0.0.1:{port}",
+                                          timeout_s=FAILED_START_TIMEOUT_S)
+            assert code == 1 and out == ""
             assert "cannot serve metrics" in json.loads(err)["message"]
             assert not cache.events_enabled
     finally:

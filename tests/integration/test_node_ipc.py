@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from node_process import STOP_TIMEOUT_S, running_node, start_node
+from node_process import failed_start, running_node
 
 from shmkv.cli import EXIT_ERROR
 from shmkv.clients import RemoteCache, Subscriber
@@ -57,14 +57,8 @@ def test_clients_reach_the_node_through_its_private_ipc_directory(region_name: s
 def test_a_second_node_does_not_take_the_sockets_of_a_running_one(region_name: str,
                                                                  ipc_dir: Path) -> None:
     with running_node(region_name, "--ipc-dir", str(ipc_dir)) as node:
-        second = start_node(region_name, "--ipc-dir", str(ipc_dir))
-        try:
-            out, err = second.communicate(timeout=STOP_TIMEOUT_S)
-        finally:
-            if second.poll() is None:
-                second.kill()
-                second.wait()
-        assert second.returncode == EXIT_ERROR and out == ""
+        code, out, err = failed_start(region_name, "--ipc-dir", str(ipc_dir))
+        assert code == EXIT_ERROR and out == ""
         assert "another process listens on" in json.loads(err)["message"]
         with RemoteCache(node.ready["ipc_endpoint"]) as remote:  # still the first node's
             assert remote.ping()

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from node_process import running_node, start_node
+from node_process import failed_start, running_node
 
 import shmkv
 
@@ -97,14 +97,9 @@ def test_a_region_squatted_by_another_user_is_refused_unless_that_owner_is_named
     with pytest.raises(shmkv.PermissionDenied, match="--region-owner"):
         shmkv.Cache.create(region_name, 1 << 20, exist_ok=True)
 
-    node = start_node(region_name)  # a service starting on the squatted name
-    try:
-        out, err = node.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait()
-    assert node.returncode == 1 and out == ""
+    # a service starting on the squatted name
+    code, out, err = failed_start(region_name, timeout_s=RUN_TIMEOUT_S)
+    assert code == 1 and out == ""
     assert _error(err)["error"] == "PermissionDenied"
 
     with shmkv.Cache.open(region_name, owner=other_user.name) as c:
