@@ -217,11 +217,14 @@ mapping, which index by offset // size (a misaligned offset would silently hit i
 The block word is only ever written under the arena lock, the kind byte only under the entry's
 stripe lock (or by whoever alone can reach the entry): they share no byte.
 
-Versions: the API's version (stored << 8 | stripe) is unique in the region and rises with every
-write of a key for 2**32 writes to its stripe; then the stored counter wraps, and a version seen
-before may come back (ABA) for a cas that held it across exactly a multiple of 2**32 writes to
-its stripe. Repair and recovery compare two copies of a key by the wrapping difference of their
-stored versions, which is right while they are less than 2**31 writes apart.
+Versions: the API's version is the stored one << 8 | stripe. Within the last 2**32 writes to
+each stripe it is unique in the region, and it rises with each write of a key except when the
+stripe's counter crosses a multiple of 2**32 (the stored bits wrap: the version comes out
+smaller, and a cas holding the older one fails as for any other write). ABA is possible only
+for a cas that holds a version while its stripe takes a multiple of 2**32 writes, the last of
+which stores the same key. Repair and recovery compare two copies of a key by the wrapping
+difference of their stored versions (newer_version), right while they are less than 2**31
+writes apart.
 
 A retired block is an entry taken out of the index while a view still pins it: it sits on the
 retired list (linked through lru_next, segment SEG_RETIRED) until no process pins it, and is

@@ -45,6 +45,18 @@ def test_header_with_other_version_is_refused_with_a_clear_error() -> None:
         L.unpack_header(bytes(buf), lay.region_bytes)
 
 
+def test_a_version_6_region_is_refused_with_how_to_move_its_data() -> None:
+    lay = L.plan_layout(1 << 20)
+    buf = bytearray(L.pack_header(lay, 1, 5))
+    buf[0:8] = L.MAGIC
+    buf[8] = 6
+    with pytest.raises(shmkv.IncompatibleLayout) as info:
+        L.unpack_header(bytes(buf), lay.region_bytes)
+    message = str(info.value)
+    assert "layout version 6" in message and "version 7" in message
+    assert "shmkv snapshot PATH" in message and "shmkv restore PATH" in message
+
+
 def test_header_of_a_truncated_region_is_refused() -> None:
     lay = L.plan_layout(1 << 20)
     buf = bytearray(L.pack_header(lay, 1, 5))
