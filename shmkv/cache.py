@@ -275,7 +275,8 @@ class Cache(Upkeep):
         return self._reader.get(key, default)
 
     def get_with_version(self, key: str | bytes) -> tuple[bytes, int] | None:
-        """(value, version) for use with cas(), or None if absent."""
+        """(value, version) for use with cas(), or None if absent. A key's versions are unique
+        and rise with each write for 2**32 writes to its stripe (layout.py)."""
         return self._reader.get_with_version(key)  # type: ignore[no-any-return]
 
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
@@ -358,7 +359,7 @@ class Cache(Upkeep):
             now = self._clock()
             for _, off in self._index.slots(stripe):
                 key_coll = u32[(off + L.E_KEY_COLL) >> 2]
-                klen = key_coll & 0xFFFF
+                klen = key_coll & L.KEY_LEN_MASK
                 exp = q[(off + L.E_EXPIRES_AT) >> 3]
                 if key_coll >> 16 == self._coll and (not exp or exp > now) \
                         and off + L.ENTRY_HEADER_BYTES + klen <= self._aend:
@@ -472,7 +473,7 @@ class Cache(Upkeep):
         k, h, stripe, pos, old = self._lock_and_find(key)
         try:
             if if_version is not None:
-                if not old or self._w.expired(old) or self._w.version_at(old) != if_version:
+                if not old or self._w.expired(old) or self._w.version_at(old, stripe) != if_version:
                     return False
             self._w.put_locked(stripe, h, k, v, exp, pos, old, kind)  # type: ignore[arg-type]
             return True

@@ -105,12 +105,13 @@ def object_problems(name: str) -> list[str]:
 
 def _check_retired(region, used: dict[int, int], problems: list[str]) -> set[int]:
     """The retired list (blocks held for views): used blocks, marked, counted right."""
-    u32, q, mm, arena = region.u32, region.q, region.mm, region.arena
+    u32, q, arena = region.u32, region.q, region.arena
     retired: set[int] = set()
     ref, nbytes = u32[L.H_RETIRED_HEAD >> 2], 0
     while ref:
         off = arena.off(ref)
-        if off not in used or off in retired or mm[off + L.E_SEGMENT] != L.SEG_RETIRED:
+        if off not in used or off in retired \
+                or L.segment_of(u32[off >> 2]) != L.SEG_RETIRED:
             problems.append(f"retired: list holds {off}, not a retired block (or twice)")
             break
         retired.add(off)
@@ -123,7 +124,7 @@ def _check_retired(region, used: dict[int, int], problems: list[str]) -> set[int
 
 
 def _check_lists(region, used: dict[int, int], retired: set[int], problems: list[str]) -> None:
-    u32, q, mm, arena = region.u32, region.q, region.mm, region.arena
+    u32, q, arena = region.u32, region.q, region.arena
     on_list: set[int] = set()
     for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
         ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
@@ -133,8 +134,8 @@ def _check_lists(region, used: dict[int, int], retired: set[int], problems: list
             if off not in used or off in on_list:
                 problems.append(f"lists: segment {seg} holds {off}, not a used block (or twice)")
                 break
-            if u32[(off + L.E_LRU_PREV) >> 2] != prev_ref or mm[off + L.E_SEGMENT] != seg:
-                problems.append(f"lists: entry {off} has a wrong back link or segment byte")
+            if u32[(off + L.E_LRU_PREV) >> 2] != prev_ref or L.segment_of(u32[off >> 2]) != seg:
+                problems.append(f"lists: entry {off} has a wrong back link or segment bits")
             on_list.add(off)
             items += 1
             nbytes += used[off]
@@ -226,7 +227,7 @@ def _check_index(region, used: dict[int, int], retired: set[int], problems: list
                                 "not a used block")
                 continue
             key_coll = u32[(off + L.E_KEY_COLL) >> 2]
-            klen, coll = key_coll & 0xFFFF, key_coll >> 16
+            klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
             vlen = u32[(off + L.E_VALUE_LEN) >> 2]
             body = off + L.ENTRY_HEADER_BYTES
             key = mm[body:body + klen]
@@ -234,8 +235,9 @@ def _check_index(region, used: dict[int, int], retired: set[int], problems: list
             if L.ENTRY_HEADER_BYTES + klen + vlen > used[off]:
                 problems.append(f"entry at {off}: key+value overrun its block")
                 continue
-            if u32[(off + L.E_SLOT_NO) >> 2] != stripe * index.per + pos:
-                problems.append(f"entry at {off} ({key!r}): slot_no disagrees with its slot")
+            if not mm[off + L.E_KIND] & L.PUBLISHED:
+                problems.append(f"entry at {off} ({key!r}): a slot points here, but it is not "
+                                "marked PUBLISHED")
             if checksum32(mm[body:body + klen + vlen], region.seed) \
                     != u32[(off + L.E_CHECKSUM) >> 2]:
                 problems.append(f"entry at {off} ({key!r}): checksum mismatch")

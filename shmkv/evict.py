@@ -52,7 +52,7 @@ class Evictor:
         if r.u32[_EVENTS_ON]:
             body = off + L.ENTRY_HEADER_BYTES
             emit_locked(r, stripe, _EVENT_OF[counter], key_coll >> 16,
-                        r.mm[body:body + (key_coll & 0xFFFF)])
+                        r.mm[body:body + (key_coll & L.KEY_LEN_MASK)])
         seq_at = self._seq0 + stripe * L.STRIPE_Q
         r.q[seq_at + (L.S_CHANGES >> 3)] += 1
         r.q[seq_at] += 1
@@ -72,7 +72,7 @@ class Evictor:
 
     def payload_bytes(self, off: int) -> int:
         u32 = self.r.u32
-        return (u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF) + u32[(off + L.E_VALUE_LEN) >> 2]
+        return (u32[(off + L.E_KEY_COLL) >> 2] & L.KEY_LEN_MASK) + u32[(off + L.E_VALUE_LEN) >> 2]
 
     def expired(self, off: int, now_ns: int) -> bool:
         exp = self.r.q[(off + L.E_EXPIRES_AT) >> 3]
@@ -82,7 +82,7 @@ class Evictor:
         """(stripe, hash, collection, key) of the entry at off, from its own bytes."""
         r = self.r
         key_coll = r.u32[(off + L.E_KEY_COLL) >> 2]
-        klen, coll = key_coll & 0xFFFF, key_coll >> 16
+        klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
         key = r.mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen]
         h = xxh3_64(key, r.seed ^ coll)
         return h & self._smask, h, coll, key
@@ -150,16 +150,18 @@ class Evictor:
 
         Sampled, as Redis approximates LRU: among STRIPE_SAMPLE random slots of the stripe,
         evict the entry not read lately with the oldest write (versions rise with each write
-        to a stripe). Walking the lists for an entry of this stripe does not work: evicting
-        the one nearest the tail each time leaves the stripe only young entries, far from
-        any tail."""
+        to a stripe; a stored version wraps after 2**32 writes, which costs precision only).
+        Walking the lists for an entry of this stripe does not work: evicting the one nearest
+        the tail each time leaves the stripe only young entries, far from any tail."""
         r = self.r
-        index, lru = r.index, r.lru
+        index, mm, u32 = r.index, r.mm, r.u32
+        access = index.access0 + stripe * index.per  # the sampled slot's own access byte
         best, best_score = 0, None
         for _ in range(STRIPE_SAMPLE):
-            off = index.entry_offset(stripe, self._rng.randrange(index.per))
+            pos = self._rng.randrange(index.per)
+            off = index.entry_offset(stripe, pos)
             if off and off != keep:
-                score = (lru.accessed(off), r.q[(off + L.E_VERSION) >> 3])
+                score = (mm[access + pos], u32[(off + L.E_VERSION) >> 2])
                 if best_score is None or score < best_score:
                     best, best_score = off, score
         if not best:

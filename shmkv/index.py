@@ -11,8 +11,10 @@ been there, so a delete-heavy workload never degrades the index.
 
 Writers change slots only between the two increments of their stripe's seq (odd = changing);
 readers re-check seq after reading and retry, so a slot moved by a backward shift is never
-missed for good. Whenever a slot is filled or moved, the entry's slot_no and the slot's access
-byte go with it. Every function that writes here needs the stripe lock (`_locked`).
+missed for good. Whenever a slot is moved, the slot's access byte goes with it; an entry whose
+ref a slot takes gets its PUBLISHED bit (never cleared: recovery.py brings back only entries
+that a slot once pointed to). Entries do not record their slot: `slot_of` finds it from the
+key. Every function that writes here needs the stripe lock (`_locked`).
 
 Slots are shared memory that another process (or a stray write) may have filled with anything,
 so nothing here trusts one: every probe loop stops after one lap of the sub-table, and a ref is
@@ -26,13 +28,16 @@ from __future__ import annotations
 
 from . import layout as L
 from .errors import CorruptRegion
+from .hashing import xxh3_64
 
 _NO_EMPTY_SLOT = f"no slot is empty, though writers keep a stripe {L.MAX_LOAD:.0%} full at most"
 
 
 class Index:
-    def __init__(self, mm, q: memoryview, u32: memoryview, layout: L.Layout) -> None:
+    def __init__(self, mm, q: memoryview, u32: memoryview, layout: L.Layout, seed: int) -> None:
         self._mm = mm
+        self._seed = seed
+        self._smask = layout.n_stripes - 1
         self._q = q
         self._u32 = u32
         self.slot0 = layout.index_offset >> 3  # q-index of slot 0 of stripe 0
@@ -67,6 +72,7 @@ class Index:
         i = tag % per
         klen = len(key)
         key_coll = klen | coll << 16
+        mask = L.KEY_COLL_MASK
         for _ in range(self.per):
             v = q[base + i]
             if not v:
@@ -76,12 +82,33 @@ class Index:
                 if not 0 < ref <= max_ref:
                     raise self._bad_slot(stripe, i, v)
                 off = self.arena_base + (ref << 3)
-                if u32[(off + L.E_KEY_COLL) >> 2] == key_coll \
+                if u32[(off + L.E_KEY_COLL) >> 2] & mask == key_coll \
                         and mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen] \
                         == key:
                     return i, off
             i = (i + 1) % per
         return -1, 0
+
+    def slot_of(self, off: int) -> int:
+        """Number of the slot (stripe * per + position) that points at the entry at off, from
+        its key's hash, or -1. Exact under the entry's stripe lock; without it, a backward
+        shift running meanwhile may hide the slot (-1), which the lists accept (lru.py)."""
+        u32, q, per = self._u32, self._q, self.per
+        key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+        body = off + L.ENTRY_HEADER_BYTES
+        h = xxh3_64(self._mm[body:body + (key_coll & L.KEY_LEN_MASK)], self._seed ^ key_coll >> 16)
+        stripe = h & self._smask
+        want = (h >> 32) << 32 | (off - self.arena_base) >> 3
+        base = self.slot0 + stripe * per
+        i = (h >> 32) % per
+        for _ in range(per):
+            v = q[base + i]
+            if v == want:
+                return stripe * per + i
+            if not v:
+                return -1
+            i = (i + 1) % per
+        return -1
 
     def insert_locked(self, stripe: int, h: int, ref: int, accessed: bool = False) -> None:
         """Put a new slot in the first empty place of the key's probe run."""
@@ -93,13 +120,19 @@ class Index:
             if i == home:  # a whole lap: never in a sound stripe, which stays below MAX_LOAD
                 raise self._corrupt(stripe, _NO_EMPTY_SLOT)
         self._place(stripe * self.per + i, (h >> 32) << 32 | ref, accessed)
+        self._published(ref)
 
     def replace_locked(self, stripe: int, pos: int, h: int, ref: int, accessed: bool) -> None:
         self._place(stripe * self.per + pos, (h >> 32) << 32 | ref, accessed)
+        self._published(ref)
+
+    def _published(self, ref: int) -> None:
+        """Mark the entry a slot now points to, after the slot store: a writer killed between
+        the two leaves it unmarked, and recovery does not bring it back."""
+        self._mm[self.arena_base + (ref << 3) + L.E_KIND] |= L.PUBLISHED
 
     def _place(self, slot_no: int, v: int, accessed: bool) -> None:
         self._q[self.slot0 + slot_no] = v
-        self._u32[(self.arena_base + ((v & 0xFFFFFFFF) << 3) + L.E_SLOT_NO) >> 2] = slot_no
         self._mm[self.access0 + slot_no] = accessed
 
     def remove_locked(self, stripe: int, pos: int) -> None:
@@ -117,7 +150,7 @@ class Index:
             home = (v >> 32) % per
             # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (j - home) % per >= (j - hole) % per:
-                self._entry_at(stripe, j, v)  # checked: _place writes into the entry
+                self._entry_at(stripe, j, v)  # checked: a garbage slot is not moved around
                 self._place(first + hole, v, bool(mm[self.access0 + first + j]))
                 hole = j
         else:

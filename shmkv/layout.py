@@ -8,10 +8,13 @@ so the same bytes work at any address, in any process, and from a file after a r
     | header | stripes | procs | collections | counts | access | index | events |  arena  |
     +--------+---------+-------+-------------+--------+--------+-------+--------+---------+
 
-Version 6 is the layout of the compiled core's turn: besides per-stripe item counts, it reserves
-(zero, and ignored by this release) what persistence, replication and in-region locks will
-use, so that regions made from now on are not stranded by them. A field marked "reserved:"
-names its future use; until then it is zero.
+Version 7 shrinks the entry header from 46 to 36 bytes (the per-item overhead target: at most
+48 B beyond key and value for 16 B keys and 100 B values): an entry no longer records its slot
+(whoever needs its access byte finds the slot by hashing the key), its stored version is the
+low 32 bits of its stripe's writes counter, and kind and segment live in spare bits of key_coll
+and of the block word. Version 6 reserved (zero, and ignored by this release) what persistence,
+replication and in-region locks will use, so that regions made from now on are not stranded by
+them. A field marked "reserved:" names its future use; until then it is zero.
 
 Region header (HEADER_BYTES = 4096; little-endian)
 --------------------------------------------------
@@ -101,8 +104,10 @@ then what only writers touch)
     16    8     owner_token      stripe  holder's process token
     24    8     acquired_at_ns   stripe
     32    8     writes           stripe  entries written (published or rewritten in place);
-                                         also the source of versions: version = writes << 8
-                                         | stripe, unique in the region and rising per key
+                                         also the source of versions: an entry stores the
+                                         low 32 bits of the counter after its write (never
+                                         0: a writer skips the values that would store 0),
+                                         and its version is stored << 8 | stripe
     40    8     payload_bytes    stripe  key + value bytes of the stripe's entries
     48    8     events_head      stripe  bytes ever written to the stripe's event ring
     56    8     events_count     stripe  events ever written to it
@@ -147,7 +152,10 @@ slot, cleared by writers; they move with the slot in a backward shift. Never loc
 store costs eviction precision only. Kept outside the arena, so a reader can never write into a
 block that a writer has just reused (a stale store marks at worst the wrong entry), and one per
 slot rather than per arena granule, so that their cost does not grow with value size. An
-entry records the number of its slot (slot_no), so that the lists can find its byte.
+entry does not record its slot: a writer that needs its byte (the lists, under the arena lock)
+hashes the entry's key and probes for the slot holding its ref. Without the stripe lock, a
+backward shift may hide the slot from that probe for a moment: the entry then looks unread, or
+a clear is lost, which costs eviction precision only.
 
 Index: n_stripes sub-tables of slots_per_stripe u64 slots, open addressing with linear probing
 that wraps inside the sub-table, deletion by backward shift (no tombstones). A key's stripe owns
@@ -178,34 +186,51 @@ Arena: ALIGN-byte blocks with boundary tags (a TLSF-style allocator, see arena.p
 is the block's offset inside the arena divided by ALIGN, so 32-bit refs address 32 GiB. Arena
 bytes 0..7 are never allocated, so ref 0 means "none". A used block holds one entry:
 
-Entry (ENTRY_HEADER_BYTES = 46, then the key, then the value)
+Entry (ENTRY_HEADER_BYTES = 36, then the key, then the value)
 -------------------------------------------------------------
     off   size  field          lock    notes
-    0     4     block_word     arena   block bytes | FREE (bit 0) | PREV_FREE (bit 1)
+    0     4     block_word     arena   block bytes | FREE (bit 0) | PREV_FREE (bit 1) | the
+                                       segment's low bit (bit 2) and high bit (bit 31):
+                                       SEG_NONE, SEG_PROBATION, SEG_PROTECTED, SEG_RETIRED
+                                       (SEG_WORD[seg]); so a block is < 2 GiB (SIZE_MASK)
     4     4     checksum       -       low 32 bits of xxh3_64(key + value, hash_seed)
     8     4     lru_prev       arena   segment list links (block refs, 0 = none)
     12    4     lru_next       arena
-    16    8     version        -       the stripe's writes counter, see the stripe record
-    24    8     expires_at_ns  stripe  unix ns, 0 = never; changed in place (aligned store)
-    32    4     value_len      -
-    36    2     key_len        -       key_len | collection << 16 is one aligned u32: a reader
-    38    2     collection     -       checks both with a single load
-    40    4     slot_no        stripe  number of the index slot that points here (stripe *
-                                       slots_per_stripe + position), NO_SLOT until published;
-                                       kept right by every slot move
-    44    1     kind           stripe  KIND_BYTES or KIND_ARRAY, | KIND_PINNED once a view
-                                       has pinned the entry (it is never rewritten in place)
-    45    1     segment        arena   SEG_NONE, SEG_PROBATION, SEG_PROTECTED or SEG_RETIRED
-    46    ..    key bytes, value bytes
+    16    8     expires_at_ns  stripe  unix ns, 0 = never; changed in place (aligned store)
+    24    4     version        -       the stripe's writes counter after this write, low 32
+                                       bits (see the stripe record); the API's version is
+                                       version << 8 | stripe
+    28    4     value_len      -
+    32    4     key_coll       -       key_len (bits 0-12) | kind bits (13-15) | collection
+                                       << 16: a reader checks key_len and collection with one
+                                       aligned u32 load, masked with KEY_COLL_MASK
+                                       The kind bits are byte 33 (E_KIND) above key_len's
+                                       high bits (KEY_LEN_HI_MASK), changed under the stripe
+                                       lock by a byte store that keeps the rest:
+                                       KIND_ARRAY (else KIND_BYTES), KIND_PINNED once a view
+                                       has pinned the entry (never rewritten in place then),
+                                       PUBLISHED once a slot has pointed here (never cleared)
+    36    ..    key bytes, value bytes
 
 Every field is aligned to its size: fields are read and written through u32/u64 views of the
 mapping, which index by offset // size (a misaligned offset would silently hit its neighbour).
+The block word is only ever written under the arena lock, the kind byte only under the entry's
+stripe lock (or by whoever alone can reach the entry): they share no byte.
+
+Versions: the API's version is the stored one << 8 | stripe. Within the last 2**32 writes to
+each stripe it is unique in the region, and it rises with each write of a key except when the
+stripe's counter crosses a multiple of 2**32 (the stored bits wrap: the version comes out
+smaller, and a cas holding the older one fails as for any other write). ABA is possible only
+for a cas that holds a version while its stripe takes a multiple of 2**32 writes, the last of
+which stores the same key. Repair and recovery compare two copies of a key by the wrapping
+difference of their stored versions (newer_version), right while they are less than 2**31
+writes apart.
 
 A retired block is an entry taken out of the index while a view still pins it: it sits on the
 retired list (linked through lru_next, segment SEG_RETIRED) until no process pins it, and is
 freed then. A KIND_ARRAY value starts with the array header described in arrays.py.
 
-A reader touches bytes 24..46+key_len only, next to the key, so that a get costs one cache miss
+A reader touches bytes 16..36+key_len only, next to the key, so that a get costs one cache miss
 for the entry and not two (measured: 400 ns per get on this VM when the key sat on another line
 than key_len). Writer-only fields come first.
 
@@ -225,7 +250,7 @@ from dataclasses import dataclass
 from .errors import IncompatibleLayout
 
 MAGIC = b"SHMKV\x00r\x01"
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 HASH_XXH3_64 = 1
 STATE_READY = 1
 
@@ -236,8 +261,8 @@ STRIPE_U32 = STRIPE_BYTES >> 2
 PROC_BYTES = 512
 COLLECTION_BYTES = 64
 ALIGN = 8
-ENTRY_HEADER_BYTES = 46
-MIN_BLOCK_BYTES = 48  # the smallest entry; smaller leftovers are not worth a free-list node
+ENTRY_HEADER_BYTES = 36
+MIN_BLOCK_BYTES = 40  # the smallest entry (an empty key and value); no smaller block exists
 
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 2**32 - 1
@@ -248,11 +273,15 @@ SEG_NONE = 0
 SEG_PROBATION = 1
 SEG_PROTECTED = 2
 
-KIND_BYTES = 0
-KIND_ARRAY = 1
-KIND_PINNED = 0x80
-KIND_MASK = 0x7F
 SEG_RETIRED = 3
+
+# the kind byte (E_KIND): key_len's high bits, then the kind bits
+KIND_BYTES = 0
+KIND_ARRAY = 0x20
+KIND_PINNED = 0x40
+PUBLISHED = 0x80
+KIND_MASK = KIND_ARRAY  # what a value is (bytes or array), without the other flags
+KEY_LEN_HI_MASK = 0x1F
 
 COLL_FREE = 0
 COLL_LIVE = 1
@@ -336,22 +365,37 @@ E_BLOCK_WORD = 0  # u32
 E_CHECKSUM = 4  # u32
 E_LRU_PREV = 8  # u32
 E_LRU_NEXT = 12  # u32
-E_VERSION = 16
-E_EXPIRES_AT = 24
-E_VALUE_LEN = 32  # u32
-E_KEY_COLL = 36  # u32: key_len | collection << 16
-E_COLLECTION = 38  # u16
-E_SLOT_NO = 40  # u32
-E_KIND = 44  # u8
-E_SEGMENT = 45  # u8
-NO_SLOT = 0xFFFFFFFF
-# What a writer puts down first in a new block, at E_VERSION (block_word belongs to the
-# allocator, the links to the lists, the checksum comes with the value): version,
-# expires_at_ns, value_len, key_len, collection, slot_no, kind, segment
-ENTRY_HEADER = struct.Struct("<QQIHHIBB")
+E_EXPIRES_AT = 16
+E_VERSION = 24  # u32
+E_VALUE_LEN = 28  # u32
+E_KEY_COLL = 32  # u32: key_len | kind bits << 8 | collection << 16
+E_KIND = 33  # u8: the kind byte
+E_COLLECTION = 34  # u16
+KEY_LEN_MASK = 0x1FFF
+KEY_COLL_MASK = 0xFFFF0000 | KEY_LEN_MASK  # key_coll without the kind bits
+# What a writer puts down first in a new block, at E_EXPIRES_AT (block_word belongs to the
+# allocator, the links to the lists, the checksum comes with the value): expires_at_ns,
+# version, value_len, key_coll
+ENTRY_HEADER = struct.Struct("<QIII")
 FREE_BIT = 1
 PREV_FREE_BIT = 2
-SIZE_MASK = ~7 & 0xFFFFFFFF
+SIZE_MASK = 0x7FFFFFF8
+# the segment in the block word: bit 2 is its low bit, bit 31 its high bit
+SEG_BITS = 0x80000004
+SEG_WORD = (0, 0x4, 0x80000000, 0x80000004)  # SEG_NONE .. SEG_RETIRED
+SEG_RETIRED_WORD = SEG_WORD[SEG_RETIRED]
+VERSION_MASK = 0xFFFFFFFF  # the stored version: the writes counter's low 32 bits
+
+
+def segment_of(block_word: int) -> int:
+    """The segment recorded in a block word (SEG_NONE .. SEG_RETIRED)."""
+    return (block_word >> 2 & 1) | (block_word >> 30 & 2)
+
+
+def newer_version(a: int, b: int) -> bool:
+    """Whether stored version a was written after b (same stripe): their wrapping difference,
+    right while they are less than 2**31 writes apart."""
+    return 0 < (a - b) & VERSION_MASK < 2**31
 
 
 @dataclass(frozen=True)
@@ -513,7 +557,9 @@ def unpack_header(buf: bytes | memoryview, mapped_bytes: int) -> tuple[Layout, i
     if version != LAYOUT_VERSION:
         raise IncompatibleLayout(
             f"region has layout version {version}, this shmkv reads version {LAYOUT_VERSION}; "
-            "use the shmkv release that created it, or unlink and recreate the region"
+            "to move its data, open it with the shmkv release that created it and run "
+            "`shmkv snapshot PATH`, then `shmkv restore PATH` with this release (or unlink "
+            "and recreate the region)"
         )
     if hash_id != HASH_XXH3_64 or header_bytes != HEADER_BYTES or max_key_bytes != MAX_KEY_BYTES:
         raise IncompatibleLayout("region was created with other hashing or limits; recreate it")

@@ -10,48 +10,66 @@ the arena; past that, its tail is demoted to the head of probation, or given a s
 the protected head if it was read meanwhile.
 
 Lists are doubly linked through lru_prev/lru_next in the entry headers (block refs), with head,
-tail, item and byte counts in the region header. Every function here needs the arena lock.
+tail, item and byte counts in the region header; an entry's segment is two bits of its block
+word (layout.py), which the arena lock guards too. Every function here needs the arena lock.
 
-Links and segment bytes are shared memory and may hold anything: before a link is followed or
-written through, the entry it names must lie inside the arena and carry the segment byte of the
-list it is on (one byte read). A bad one raises CorruptRegion before the list is changed.
+An entry does not record its index slot: its access byte is found by hashing its key and
+probing its stripe for the slot that holds its ref (Index.slot_of). The entry's stripe lock is
+not held here (eviction looks at list tails before trying their stripes), so a backward shift
+running meanwhile may hide the slot: the entry then looks unread, or a clear is lost, which
+costs eviction precision, never correctness.
+
+Links and segment bits are shared memory and may hold anything: before a link is followed or
+written through, the entry it names must lie inside the arena and carry the segment bits of the
+list it is on (one u32 read). A bad one raises CorruptRegion before the list is changed.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import layout as L
 from .errors import CorruptRegion
+
+if TYPE_CHECKING:
+    from .index import Index
 
 PROBATION, PROTECTED = L.SEG_PROBATION, L.SEG_PROTECTED
 
 
 class Segments:
-    def __init__(self, mm, q: memoryview, u32: memoryview, layout: L.Layout) -> None:
+    def __init__(self, mm, q: memoryview, u32: memoryview, layout: L.Layout,
+                 index: Index) -> None:
         self._mm = mm
         self._q = q
         self._u32 = u32
+        self._index = index
         self.base = layout.arena_offset
         self.access0 = layout.access_offset
-        self.index_slots = layout.index_slots
         self.capacity = layout.arena_bytes
         # A link (or list end) read from the region is used only if 0 < ref <= max_ref (a whole
-        # block fits there) and the entry there has the list's segment byte, at
-        # mm[seg_at + (ref << 3)]; checked inline where every insert and removal comes.
+        # block fits there) and the block word there, u32[word0 + 2 * ref], has the list's
+        # segment bits; checked inline where every insert and removal comes.
         self._max_ref = (layout.arena_bytes - L.ALIGN - L.MIN_BLOCK_BYTES) >> 3
-        self._seg_at = self.base + L.E_SEGMENT
+        self._word0 = self.base >> 2
 
     def _bad_link(self, ref: int, seg: int) -> CorruptRegion:
         return _corrupt(f"list {seg} links to block ref {ref}, which is not an entry on it")
 
+    def set_segment_locked(self, off: int, seg: int) -> None:
+        """Record seg in the block word of the entry at off (its other bits are kept)."""
+        at = off >> 2
+        self._u32[at] = self._u32[at] & ~L.SEG_BITS & 0xFFFFFFFF | L.SEG_WORD[seg]
+
     # --- access bytes (readers set them; these are for writers) ---------------------------
-    # An entry finds its byte through its slot_no; one not published yet has none (NO_SLOT).
+    # An entry finds its byte through its slot (Index.slot_of); one not published has none.
     def accessed(self, off: int) -> bool:
-        slot_no = self._u32[(off + L.E_SLOT_NO) >> 2]
-        return slot_no < self.index_slots and bool(self._mm[self.access0 + slot_no])
+        slot_no = self._index.slot_of(off)
+        return slot_no >= 0 and bool(self._mm[self.access0 + slot_no])
 
     def mark(self, off: int, accessed: bool) -> None:
-        slot_no = self._u32[(off + L.E_SLOT_NO) >> 2]
-        if slot_no < self.index_slots:
+        slot_no = self._index.slot_of(off)
+        if slot_no >= 0:
             self._mm[self.access0 + slot_no] = accessed
 
     # --- lists ------------------------------------------------------------------------
@@ -60,17 +78,19 @@ class Segments:
         ref = self._u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1) + 1]
         if not ref:
             return 0
-        if ref > self._max_ref or self._mm[self._seg_at + (ref << 3)] != seg:
+        if ref > self._max_ref or self._u32[self._word0 + (ref << 1)] & L.SEG_BITS \
+                != L.SEG_WORD[seg]:
             raise self._bad_link(ref, seg)
         return self.base + (ref << 3)
 
     def prev(self, off: int) -> int:
         """Offset of the entry before off on its list (towards the head), or 0."""
-        seg = self._mm[off + L.E_SEGMENT]
+        seg_bits = self._u32[off >> 2] & L.SEG_BITS
         ref = self._u32[(off + L.E_LRU_PREV) >> 2]
         if not ref:
             return 0
-        if ref > self._max_ref or self._mm[self._seg_at + (ref << 3)] != seg:
+        if ref > self._max_ref or self._u32[self._word0 + (ref << 1)] & L.SEG_BITS != seg_bits:
+            seg = L.segment_of(seg_bits)
             raise self._bad_link(ref, seg)
         return self.base + (ref << 3)
 
@@ -89,7 +109,9 @@ class Segments:
         ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
         ref = (off - self.base) >> 3
         head = u32[ends]
-        if head and (head > self._max_ref or self._mm[self._seg_at + (head << 3)] != seg):
+        seg_bits = L.SEG_WORD[seg]
+        if head and (head > self._max_ref
+                     or u32[self._word0 + (head << 1)] & L.SEG_BITS != seg_bits):
             raise self._bad_link(head, seg)
         u32[(off + L.E_LRU_PREV) >> 2] = 0
         u32[(off + L.E_LRU_NEXT) >> 2] = head
@@ -98,12 +120,14 @@ class Segments:
         else:
             u32[ends + 1] = ref
         u32[ends] = ref
-        self._mm[off + L.E_SEGMENT] = seg
-        self._count(seg, 1, u32[off >> 2] & L.SIZE_MASK)
+        word = u32[off >> 2]
+        u32[off >> 2] = word & _NOT_SEG | seg_bits
+        self._count(seg, 1, word & L.SIZE_MASK)
 
     def unlink_locked(self, off: int) -> None:
         """Take an entry off its list (a no-op for an entry on none)."""
-        seg = self._mm[off + L.E_SEGMENT]
+        word = self._u32[off >> 2]
+        seg = L.segment_of(word)
         if seg == L.SEG_NONE:
             return
         if seg > PROTECTED:  # SEG_RETIRED is on no segment list either; anything else is garbage
@@ -112,10 +136,11 @@ class Segments:
         ends = (L.H_SEG_ENDS >> 2) + 2 * (seg - 1)
         prev = u32[(off + L.E_LRU_PREV) >> 2]
         nxt = u32[(off + L.E_LRU_NEXT) >> 2]
-        max_ref, mm, seg_at = self._max_ref, self._mm, self._seg_at  # both links checked first
-        if prev and (prev > max_ref or mm[seg_at + (prev << 3)] != seg):
+        max_ref, word0 = self._max_ref, self._word0  # both links checked first
+        seg_bits = word & L.SEG_BITS
+        if prev and (prev > max_ref or u32[word0 + (prev << 1)] & L.SEG_BITS != seg_bits):
             raise self._bad_link(prev, seg)
-        if nxt and (nxt > max_ref or mm[seg_at + (nxt << 3)] != seg):
+        if nxt and (nxt > max_ref or u32[word0 + (nxt << 1)] & L.SEG_BITS != seg_bits):
             raise self._bad_link(nxt, seg)
         if prev:
             u32[(self.base + (prev << 3) + L.E_LRU_NEXT) >> 2] = nxt
@@ -125,8 +150,8 @@ class Segments:
             u32[(self.base + (nxt << 3) + L.E_LRU_PREV) >> 2] = prev
         else:
             u32[ends + 1] = prev
-        mm[off + L.E_SEGMENT] = L.SEG_NONE
-        self._count(seg, -1, -(u32[off >> 2] & L.SIZE_MASK))
+        u32[off >> 2] = word & _NOT_SEG
+        self._count(seg, -1, -(word & L.SIZE_MASK))
 
     def move_locked(self, off: int, seg: int) -> None:
         self.unlink_locked(off)
@@ -151,6 +176,9 @@ class Segments:
     def _count(self, seg: int, items: int, nbytes: int) -> None:
         self._q[(L.H_SEG_ITEMS >> 3) + seg - 1] += items
         self._q[(L.H_SEG_BYTES >> 3) + seg - 1] += nbytes
+
+
+_NOT_SEG = ~L.SEG_BITS & 0xFFFFFFFF
 
 
 def _corrupt(what: str) -> CorruptRegion:

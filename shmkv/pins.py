@@ -163,7 +163,7 @@ class PinTable:
         """What follows the drop of a pin of the entry at off (by unpin, or by the compiled
         view, which calls it only when the entry is retired or its handle closed): free the
         block if it was retired meanwhile; close the region if this was its last view."""
-        if self.r.mm[off + L.E_SEGMENT] == L.SEG_RETIRED:
+        if self.r.u32[off >> 2] & L.SEG_BITS == L.SEG_RETIRED_WORD:
             with self.r.locks.arena_held:
                 self.sweep_locked()
         if self.r.closed and not self.open_pins:  # the last view of a closed handle
@@ -194,7 +194,7 @@ class PinTable:
     def _push_retired_locked(self, off: int) -> None:
         r = self.r
         r.u32[(off + L.E_LRU_NEXT) >> 2] = r.u32[_RETIRED_HEAD]
-        r.mm[off + L.E_SEGMENT] = L.SEG_RETIRED
+        r.lru.set_segment_locked(off, L.SEG_RETIRED)
         r.u32[_RETIRED_HEAD] = r.arena.ref(off)
         r.u32[_RETIRED_COUNT] += 1
         r.q[_RETIRED_BYTES] += r.u32[off >> 2] & L.SIZE_MASK
@@ -216,7 +216,7 @@ class PinTable:
                 kept.append(off)
             else:
                 freed_bytes += u32[off >> 2] & L.SIZE_MASK
-                r.mm[off + L.E_SEGMENT] = L.SEG_NONE
+                r.lru.set_segment_locked(off, L.SEG_NONE)
                 arena.free_locked(off)
         self.rebuild_retired_locked(kept)
         return freed_bytes

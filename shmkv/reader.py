@@ -25,9 +25,10 @@ from .hashing import xxh3_64
 
 READ_SPINS_BEFORE_YIELD = 64  # as in the compiled reader: spin, then ask wait_writer
 _MISSING = object()
-# What a reader needs of an entry, in one unpack at E_EXPIRES_AT:
-# expires_at_ns, value_len, key_len | collection << 16
-_ENTRY_READ = struct.Struct("<QII")
+# What a reader needs of an entry, in one unpack at E_EXPIRES_AT: expires_at_ns, version,
+# value_len, key_coll (key_len | kind bits << 8 | collection << 16)
+_ENTRY_READ = struct.Struct("<QIII")
+_KEY_COLL_MASK = L.KEY_COLL_MASK
 
 
 class Reader:
@@ -75,20 +76,20 @@ class Reader:
                 if v >> 32 == tag:
                     off = (v & 0xFFFFFFFF) * 8 + abase
                     try:  # free unless raised (CPython 3.11+), unlike a check of the ref here
-                        exp, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
+                        exp, ver, vlen, kc = _ENTRY_READ.unpack_from(mm, off + L.E_EXPIRES_AT)
                     except struct.error:  # the slot's ref points past the mapping: garbage
                         raise self._corrupt_exc(
                             f"index stripe {h & smask}, slot {i} holds {v:#x}, whose ref is "
                             "outside the arena: the region is corrupt; run `shmkv doctor "
                             "--repair`") from None
-                    if kc == key_coll:
+                    if kc & _KEY_COLL_MASK == key_coll:
                         start = off + L.ENTRY_HEADER_BYTES + klen
                         # bounds first: a block reused under us may hold any bytes
                         if start + vlen <= aend and mm[start - klen:start] == key:
                             if not exp or exp > clock():
                                 found = mm[start:start + vlen]
                                 if versioned:
-                                    found = (found, q[(off + L.E_VERSION) >> 3])
+                                    found = (found, ver << 8 | h & smask)
                             break
                 i = (i + 1) % per
                 left -= 1

@@ -171,12 +171,14 @@ def _scan(region: SharedRegion, live: set[int]) -> tuple[dict[bytes, int], dict[
         size = word & L.SIZE_MASK
         if not word & L.FREE_BIT and _whole_entry(region, off, live):
             exp = q[(off + L.E_EXPIRES_AT) >> 3]
-            key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+            key_coll = u32[(off + L.E_KEY_COLL) >> 2] & L.KEY_COLL_MASK
             ident = key_coll.to_bytes(4, "little") + bytes(
-                mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + (key_coll & 0xFFFF)])
+                mm[off + L.ENTRY_HEADER_BYTES:
+                   off + L.ENTRY_HEADER_BYTES + (key_coll & L.KEY_LEN_MASK)])
             if ident in newest:
                 stats["stale_copies"] += 1
-                if q[(newest[ident] + L.E_VERSION) >> 3] < q[(off + L.E_VERSION) >> 3]:
+                if L.newer_version(u32[(off + L.E_VERSION) >> 2],
+                                   u32[(newest[ident] + L.E_VERSION) >> 2]):
                     newest[ident] = off
             else:
                 newest[ident] = off
@@ -198,15 +200,15 @@ def _scan(region: SharedRegion, live: set[int]) -> tuple[dict[bytes, int], dict[
 
 
 def _whole_entry(region: SharedRegion, off: int, live: set[int]) -> bool:
-    """A used block holding an entry that a writer published (it got a slot), of a live
-    collection, not a retired block (held for a view that no longer exists), checksum right."""
+    """A used block holding an entry that a writer published (a slot pointed to it: its
+    PUBLISHED bit), of a live collection, not a retired block (held for a view that no longer
+    exists), checksum right."""
     mm, u32 = region.mm, region.u32
     if not entry_is_sound(region, off):
         return False
     return (u32[(off + L.E_KEY_COLL) >> 2] >> 16 in live
-            and u32[(off + L.E_SLOT_NO) >> 2] != L.NO_SLOT
-            and mm[off + L.E_SEGMENT] != L.SEG_RETIRED
-            and mm[off + L.E_KIND] & L.KIND_MASK in (L.KIND_BYTES, L.KIND_ARRAY))
+            and mm[off + L.E_KIND] & L.PUBLISHED
+            and u32[off >> 2] & L.SEG_BITS != L.SEG_RETIRED_WORD)
 
 
 def _fill_index(region: SharedRegion, newest: dict[bytes, int]) -> set[int]:
@@ -222,31 +224,36 @@ def _fill_index(region: SharedRegion, newest: dict[bytes, int]) -> set[int]:
     for ident, off in newest.items():
         coll = int.from_bytes(ident[2:4], "little")
         h = xxh3_64(ident[4:], region.seed ^ coll)
-        by_stripe[h & (lay.n_stripes - 1)].append((q[(off + L.E_VERSION) >> 3], h, off))
+        by_stripe[h & (lay.n_stripes - 1)].append((u32[(off + L.E_VERSION) >> 2], h, off))
     limit = int(lay.slots_per_stripe * L.MAX_LOAD)
     kept: set[int] = set()
     for stripe, entries in enumerate(by_stripe):
-        entries.sort(reverse=True)
-        entries = entries[:limit]
         rec = lay.stripes_offset + stripe * L.STRIPE_BYTES
+        # Versions keep rising per key (cas): the stripe's counter goes past every version
+        # found (its low 32 bits, by the wrapping difference: layout.py); then newest first,
+        # by how far each lies behind it.
+        writes = q[(rec + L.S_WRITES) >> 3]
+        for version, _, _ in entries:
+            if L.newer_version(version, writes):
+                writes += (version - writes) & L.VERSION_MASK
+        entries.sort(key=lambda e: (writes - e[0]) & L.VERSION_MASK)
+        entries = entries[:limit]
         counts = region.colls.stripe_counts(stripe)
         payload = 0
         for _, h, off in entries:
-            mm[off + L.E_KIND] &= L.KIND_MASK  # no view survives: in-place writes may resume
+            mm[off + L.E_KIND] &= ~L.KIND_PINNED  # no view survives: in-place writes may resume
             index.insert_locked(stripe, h, region.arena.ref(off))
             key_coll = u32[(off + L.E_KEY_COLL) >> 2]
             counts[key_coll >> 16] += 1
-            payload += (key_coll & 0xFFFF) + u32[(off + L.E_VALUE_LEN) >> 2]
+            payload += (key_coll & L.KEY_LEN_MASK) + u32[(off + L.E_VALUE_LEN) >> 2]
             kept.add(off)
-        newest_version = entries[0][0] if entries else 0
         u32[(rec + L.S_COUNT) >> 2] = len(entries)
         u32[(rec + L.S_OWNER_PID) >> 2] = 0
         q[(rec + L.S_OWNER_TOKEN) >> 3] = 0
         q[(rec + L.S_PAYLOAD) >> 3] = payload
         q[(rec + L.S_SEQ) >> 3] += q[(rec + L.S_SEQ) >> 3] & 1
         q[(rec + L.S_CHANGES) >> 3] += 1
-        # versions keep rising per key (cas): the stripe's counter goes past every kept one
-        q[(rec + L.S_WRITES) >> 3] = max(q[(rec + L.S_WRITES) >> 3], newest_version >> 8)
+        q[(rec + L.S_WRITES) >> 3] = writes
     return kept
 
 

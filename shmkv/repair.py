@@ -35,7 +35,7 @@ from .hashing import checksum32, xxh3_64
 if TYPE_CHECKING:
     from .shared_region import SharedRegion
 
-MAX_WRITES = 2**56 - 1  # a stripe's writes counter must stay below: versions are u64
+MAX_WRITES = 2**56 - 1  # a stripe's writes counter stays below: one past it is garbage
 
 
 def entry_is_sound(region: SharedRegion, off: int, stripe: int | None = None,
@@ -49,7 +49,7 @@ def entry_is_sound(region: SharedRegion, off: int, stripe: int | None = None,
     word = u32[off >> 2]
     size = word & L.SIZE_MASK
     key_coll = u32[(off + L.E_KEY_COLL) >> 2]
-    klen, coll = key_coll & 0xFFFF, key_coll >> 16
+    klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
     vlen = u32[(off + L.E_VALUE_LEN) >> 2]
     if word & L.FREE_BIT or off + size > arena.end or klen > L.MAX_KEY_BYTES \
             or coll >= lay.max_collections or L.ENTRY_HEADER_BYTES + klen + vlen > size:
@@ -84,12 +84,13 @@ def repair_stripe_locked(region: SharedRegion, stripe: int,
                 and u32[(off + L.E_KEY_COLL) >> 2] >> 16 not in live_collections:
             dropped += 1
             continue
-        key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+        key_coll = u32[(off + L.E_KEY_COLL) >> 2] & L.KEY_COLL_MASK
         ident = key_coll.to_bytes(4, "little") + mm[off + L.ENTRY_HEADER_BYTES:
                                                      off + L.ENTRY_HEADER_BYTES
-                                                     + (key_coll & 0xFFFF)]
-        version = q[(off + L.E_VERSION) >> 3]
-        if ident not in kept or kept[ident][0] < version:  # a half-done shift copies a slot
+                                                     + (key_coll & L.KEY_LEN_MASK)]
+        version = u32[(off + L.E_VERSION) >> 2]
+        # a half-done shift copies a slot; an overwrite cut short leaves two entries
+        if ident not in kept or L.newer_version(version, kept[ident][0]):
             kept[ident] = (version, off, bool(mm[index.access0 + stripe * index.per + pos]))
     for pos in range(index.per):
         q[base + pos] = 0
@@ -102,19 +103,21 @@ def repair_stripe_locked(region: SharedRegion, stripe: int,
         key_coll = int.from_bytes(ident[:4], "little")
         h = xxh3_64(ident[4:], region.seed ^ (key_coll >> 16))
         index.insert_locked(stripe, h, region.arena.ref(off), accessed)
-        payload += (key_coll & 0xFFFF) + u32[(off + L.E_VALUE_LEN) >> 2]
+        payload += (key_coll & L.KEY_LEN_MASK) + u32[(off + L.E_VALUE_LEN) >> 2]
         counts[key_coll >> 16] += 1  # entry_is_sound checked the collection index
     u32[(rec + L.S_COUNT) >> 2] = len(kept)
     q[(rec + L.S_CHANGES) >> 3] += 1  # a replica or snapshot that counted changes must look
     q[(rec + L.S_PAYLOAD) >> 3] = payload
     if q[(rec + L.S_SEQ) >> 3] & 1:
         q[(rec + L.S_SEQ) >> 3] += 1
-    # Versions are writes << 8 | stripe in a u64: a writes counter that leaves no room for the
-    # next version is garbage. Versions must keep rising per key (cas), so restart it from the
-    # newest version kept, not from 0.
+    # A writes counter past MAX_WRITES is garbage. Versions must keep rising per key (cas), so
+    # restart it from the newest version kept (the low 32 bits it stored), not from 0.
     if q[(rec + L.S_WRITES) >> 3] >= MAX_WRITES:
-        q[(rec + L.S_WRITES) >> 3] = max((version for version, _, _ in kept.values()),
-                                         default=0) >> 8
+        newest = 0
+        for version, _, _ in kept.values():
+            if not newest or L.newer_version(version, newest):
+                newest = version
+        q[(rec + L.S_WRITES) >> 3] = newest
     return dropped
 
 
@@ -146,7 +149,7 @@ def rebuild_allocator_locked(region: SharedRegion, used: list[int],
     """Make the allocator, the retired list and the segment lists describe exactly these
     blocks: `used` (entries, in address order) and `free_runs` ((start, size) of maximal runs
     of free space between them; together they tile the arena). Arena lock held."""
-    arena, u32, q, mm = region.arena, region.u32, region.q, region.mm
+    arena, u32, q = region.arena, region.u32, region.q
     # allocator: empty every list, then file each run (split at MAX_BLOCK_BYTES)
     for b in range(L.NBINS):
         u32[(L.H_BIN_HEADS >> 2) + b] = 0
@@ -164,17 +167,17 @@ def rebuild_allocator_locked(region: SharedRegion, used: list[int],
     q[L.H_ARENA_USED >> 3] = sum(u32[o >> 2] & L.SIZE_MASK for o in used)
     # retired blocks (held for views, pins.py) go back on their list; every other entry to
     # probation, oldest write at the tail
-    retired = [off for off in used if mm[off + L.E_SEGMENT] == L.SEG_RETIRED]
+    retired = [off for off in used if u32[off >> 2] & L.SEG_BITS == L.SEG_RETIRED_WORD]
     region.pins.rebuild_retired_locked(retired)
-    used = [off for off in used if mm[off + L.E_SEGMENT] != L.SEG_RETIRED]
+    used = [off for off in used if u32[off >> 2] & L.SEG_BITS != L.SEG_RETIRED_WORD]
     lru = region.lru
     for seg in (L.SEG_PROBATION, L.SEG_PROTECTED):
         u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1)] = 0
         u32[(L.H_SEG_ENDS >> 2) + 2 * (seg - 1) + 1] = 0
         q[(L.H_SEG_ITEMS >> 3) + seg - 1] = 0
         q[(L.H_SEG_BYTES >> 3) + seg - 1] = 0
-    for off in sorted(used, key=lambda o: q[(o + L.E_VERSION) >> 3]):
-        mm[off + L.E_SEGMENT] = L.SEG_NONE
+    for off in sorted(used, key=lambda o: u32[(o + L.E_VERSION) >> 2]):
+        lru.set_segment_locked(off, L.SEG_NONE)
         lru.push_head_locked(off, L.SEG_PROBATION)
 
 
@@ -188,7 +191,8 @@ def repair_all_locked(region: SharedRegion) -> dict[str, int]:
     referenced = {off for stripe in range(lay.n_stripes) for _, off in index.slots(stripe)}
     leaked = 0
     for off, _, is_free in list(region.arena.blocks()):
-        if not is_free and off not in referenced and region.mm[off + L.E_SEGMENT] != L.SEG_RETIRED:
+        if not is_free and off not in referenced \
+                and u32[off >> 2] & L.SEG_BITS != L.SEG_RETIRED_WORD:
             u32[off >> 2] |= L.FREE_BIT  # the rebuild below files it with its free neighbours
             leaked += 1
     freed = repair_arena_locked(region)

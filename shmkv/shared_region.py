@@ -59,10 +59,10 @@ class SharedRegion:
             self.ro.release()
             self.mv.release()
             raise
-        self.index = Index(self.mm, self.q, self.u32, layout)
+        self.index = Index(self.mm, self.q, self.u32, layout, seed)
         self.arena = Arena(self.q, self.u32, layout)
         self.colls = CollectionTable(self.mm, self.u32, layout)
-        self.lru = Segments(self.mm, self.q, self.u32, layout)
+        self.lru = Segments(self.mm, self.q, self.u32, layout, self.index)
         self.evictor = Evictor(self)
         self.pins = PinTable(self)
         self.lingering: list[ValueView] = []  # closed views whose bytes are still referenced

@@ -27,6 +27,7 @@ from .arena import MAX_BLOCK_BYTES
 from .errors import CollectionNotFound, CorruptRegion, IndexFull, RegionFull, ValueTooLarge
 from .events import emit_locked
 from .hashing import checksum32
+from .repair import MAX_WRITES
 
 if TYPE_CHECKING:
     from .shared_region import SharedRegion
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 WRITER_EXPIRY_EVERY = 16  # every so many writes, a writer samples slots for expired entries
 WRITER_EXPIRY_SLOTS = 16
 MAKE_ROOM_ATTEMPTS = 20  # arena-lock sections a write may spend evicting before RegionFull
-# What an in-place overwrite changes, at E_VERSION: version, expires_at_ns, value_len
-_ENTRY_REWRITE = struct.Struct("<QQI")
+# What an in-place overwrite changes, at E_EXPIRES_AT: expires_at_ns, version, value_len
+_ENTRY_REWRITE = struct.Struct("<QII")
 # An overwrite reuses the key's block when the new entry fits it and wastes less than this;
 # larger values are relocated so that readers of the stripe never wait for a long copy.
 INPLACE_SLACK_BYTES = 64
@@ -73,11 +74,13 @@ class Writer:
         exp = self._q[(off + L.E_EXPIRES_AT) >> 3]
         return bool(exp) and exp <= self._clock()
 
-    def version_at(self, off: int) -> int:
-        return self._q[(off + L.E_VERSION) >> 3]
+    def version_at(self, off: int, stripe: int) -> int:
+        """The API's version of the entry at off, of a key of that stripe (layout.py)."""
+        return self._u32[(off + L.E_VERSION) >> 2] << 8 | stripe
 
     def value_at(self, off: int) -> bytes:
-        start = off + L.ENTRY_HEADER_BYTES + (self._u32[(off + L.E_KEY_COLL) >> 2] & 0xFFFF)
+        start = off + L.ENTRY_HEADER_BYTES + (self._u32[(off + L.E_KEY_COLL) >> 2]
+                                              & L.KEY_LEN_MASK)
         return self._mm[start:start + self._u32[(off + L.E_VALUE_LEN) >> 2]]
 
     def put_locked(self, stripe: int, h: int, k: bytes, v: Value, exp: int,
@@ -92,29 +95,38 @@ class Writer:
         seq_at = self._seq0 + stripe * L.STRIPE_Q
         writes_at = seq_at + (L.S_WRITES >> 3)
         # Counted only once the write cannot fail any more (unique: we hold the stripe lock).
-        version = (q[writes_at] + 1) << 8 | stripe
-        if version >> 64:  # no writer gets there (2**56 writes): the counter is garbage
+        writes = q[writes_at] + 1
+        if not writes & L.VERSION_MASK:  # a stored version is never 0 (layout.py)
+            writes += 1
+        if writes > MAX_WRITES:  # no writer gets there (2**56 writes): the counter is garbage
             raise CorruptRegion(f"stripe {stripe} counts {q[writes_at]} writes: the region is "
                                 "corrupt; run `shmkv doctor --repair`")
-        if old and vlen <= INPLACE_MAX_BYTES and self._mm[old + L.E_KIND] < L.KIND_PINNED \
+        if old and vlen <= INPLACE_MAX_BYTES and not self._mm[old + L.E_KIND] & L.KIND_PINNED \
                 and need <= u32[old >> 2] & L.SIZE_MASK < need + INPLACE_SLACK_BYTES:
-            if not (version >> 8) % WRITER_EXPIRY_EVERY:  # as inserts do (see _allocate_locked)
+            if not writes % WRITER_EXPIRY_EVERY:  # as inserts do (see _allocate_locked)
                 with self._locks.arena_held:
-                    region.evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)
+                    if region.evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]:
+                        pos, _ = self._index.find_locked(stripe, h, k, self._coll)  # shifted
                     self._flush_counts_locked()
             # Readers of this stripe retry while seq is odd, as they do for a slot change.
-            q[writes_at] = version >> 8
+            q[writes_at] = writes
             q[seq_at + _CHANGES] += 1
             q[seq_at] += 1
             q[seq_at + (L.S_PAYLOAD >> 3)] += vlen - u32[(old + L.E_VALUE_LEN) >> 2]
-            self.fill_entry(old, k, v, version, exp, kind, new=False)
+            self.fill_entry(old, k, v, writes, exp, kind, new=False)
             q[seq_at] += 1
-            region.lru.mark(old, True)  # a write is a use: it keeps the entry's segment
+            # a write is a use: it keeps the entry's segment (lru.mark, by the known slot)
+            self._mm[self._index.access0 + stripe * self._per + pos] = 1
             if u32[_EVENTS_ON]:
                 emit_locked(region, stripe, L.EV_SET, self._coll, k)
             return
         arena = region.arena
-        if vlen > L.MAX_VALUE_BYTES or need > min(MAX_BLOCK_BYTES, arena.end - arena.first_block):
+        if vlen > L.MAX_VALUE_BYTES or need > MAX_BLOCK_BYTES:
+            raise ValueTooLarge(
+                f"value of {vlen} bytes can never fit: an entry (header, key and value) is at "
+                f"most {MAX_BLOCK_BYTES} bytes; split the value"
+            )
+        if need > arena.end - arena.first_block:
             raise ValueTooLarge(
                 f"value of {vlen} bytes can never fit: this region's arena is "
                 f"{arena.bytes} bytes; create the region with a larger arena_bytes"
@@ -127,7 +139,7 @@ class Writer:
                 # evict: let them finish and release those stripes, then try again.
                 time.sleep(0)
             with locks.arena_held:
-                off, touched = self.allocate_locked(stripe, k, version, exp, kind, need, old)
+                off, touched = self.allocate_locked(stripe, k, writes, exp, kind, need, old)
                 touched_own |= touched
             if off:
                 break
@@ -137,11 +149,11 @@ class Writer:
                 f"evicted ({arena.free_bytes()} bytes free, in pieces); create the region "
                 "with a larger arena_bytes"
             )
-        q[writes_at] = version >> 8
+        q[writes_at] = writes
         q[seq_at + _CHANGES] += 1
         if old and touched_own:  # evictions shifted this stripe's slots
             pos, _ = self._index.find_locked(stripe, h, k, self._coll)
-        self.fill_entry(off, k, v, version, exp, kind, new=False)
+        self.fill_entry(off, k, v, writes, exp, kind, new=False)
         ref = (off - self._abase) >> 3
         q[seq_at] += 1
         if old:  # an overwrite is a use of the key
@@ -160,7 +172,7 @@ class Writer:
         if u32[_EVENTS_ON]:
             emit_locked(region, stripe, L.EV_SET, self._coll, k)
 
-    def allocate_locked(self, stripe: int, k: bytes, version: int, exp: int, kind: int,
+    def allocate_locked(self, stripe: int, k: bytes, writes: int, exp: int, kind: int,
                          need: int, old: int) -> tuple[int, bool]:
         """Find room for a new entry (evicting if needed), write its key and put it on the
         probation list: (offset or 0, whether this stripe's slots moved). Arena lock held."""
@@ -174,7 +186,7 @@ class Writer:
                     "create the region with a larger max_keys"
                 )
             touched_own = True
-        if not (version >> 8) % WRITER_EXPIRY_EVERY:
+        if not writes % WRITER_EXPIRY_EVERY:
             touched_own |= evictor.expire_sample_locked(WRITER_EXPIRY_SLOTS, stripe, old)[1]
             self._flush_counts_locked()
         off, evicted_own = evictor.make_room_locked(need, stripe, old)
@@ -182,31 +194,35 @@ class Writer:
             return 0, touched_own or evicted_own
         # The key goes in before the block joins a list, so that an evictor looking at it
         # computes this stripe, finds it locked by us, and leaves the block alone.
-        self.fill_entry(off, k, b"", version, exp, kind, new=True)
+        self.fill_entry(off, k, b"", writes, exp, kind, new=True)
         region.lru.push_head_locked(off, L.SEG_PROBATION)
         return off, touched_own or evicted_own
 
-    def fill_entry(self, off: int, k: bytes, v: Value, version: int, exp: int,
+    def fill_entry(self, off: int, k: bytes, v: Value, writes: int, exp: int,
                     kind: int, new: bool) -> None:
         """Write the header and key of a new block (new=True), or the value, its length and
-        checksum into a block whose key is in place (new=False). A block's list links and
-        segment are the lists' business and are left alone."""
+        checksum into a block whose key is in place (new=False). writes is the stripe's
+        counter after this write (its low 32 bits are the stored version). A block's list
+        links and segment are the lists' business and are left alone; its PUBLISHED bit is the
+        index's."""
         mm = self._mm
         klen = len(k)
         body = off + L.ENTRY_HEADER_BYTES
         end = body + klen + (len(v) if type(v) is bytes else _nbytes(v))
         if new:
             mm[body:body + klen] = k
-            L.ENTRY_HEADER.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen,
-                                     klen, self._coll, L.NO_SLOT, kind, L.SEG_NONE)
+            L.ENTRY_HEADER.pack_into(mm, off + L.E_EXPIRES_AT, exp, writes & L.VERSION_MASK,
+                                     end - body - klen, klen | kind << 8 | self._coll << 16)
             return
         if type(v) is tuple:  # an array: its header, then its data
             mm[body + klen:body + klen + len(v[0])] = v[0]
             mm[body + klen + len(v[0]):end] = v[1]
         else:
             mm[body + klen:end] = v
-        _ENTRY_REWRITE.pack_into(mm, off + L.E_VERSION, version, exp, end - body - klen)
-        mm[off + L.E_KIND] = kind
+        _ENTRY_REWRITE.pack_into(mm, off + L.E_EXPIRES_AT, exp, writes & L.VERSION_MASK,
+                                 end - body - klen)
+        # the kind byte keeps key_len's high bits and PUBLISHED (never pinned here)
+        mm[off + L.E_KIND] = mm[off + L.E_KIND] & ~L.KIND_MASK | kind
         self._u32[(off + L.E_CHECKSUM) >> 2] = checksum32(self._region.mv[body:end],
                                                            self._region.seed)
 

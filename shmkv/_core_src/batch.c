@@ -96,7 +96,7 @@ prefetch_entry(const Reader *self, Pending *p)
             const uint64_t off = (v & 0xFFFFFFFFu) * ALIGN + self->arena_off;
             const uint64_t at = off + ENTRY_HEADER_BYTES + (uint64_t)p->len;
             if (at < self->arena_end) {
-                __builtin_prefetch(base + off);
+                __builtin_prefetch(base + off + E_EXPIRES_AT); /* what the read loads */
                 __builtin_prefetch(base + at - 1); /* the key's end */
                 __builtin_prefetch(base + at);     /* the value's first line */
                 p->at = at;

@@ -50,11 +50,11 @@
  * shared object (only PyInit__core is), and not interposable by another library's symbol. */
 #define SHMKV_INTERNAL __attribute__((visibility("hidden")))
 
-/* --- layout (layout.py, LAYOUT_VERSION 6): same names there ------------------------------- */
+/* --- layout (layout.py, LAYOUT_VERSION 7): same names there ------------------------------- */
 /* These are layout.py's names and values. module.c exports them as `_core.LAYOUT` (and the
  * few that layout.py does not name one by one), and tests/unit/test_core.py checks them
  * against layout.py. */
-#define LAYOUT_VERSION 6
+#define LAYOUT_VERSION 7
 #define ALIGN 8
 #define STRIPE_BYTES 128
 #define S_SEQ 0
@@ -74,23 +74,27 @@
 #define C_GENERATION 0       /* u16 */
 #define COLL_LIVE 1
 #define MAX_COLLECTION_NAME_BYTES 40
-#define ENTRY_HEADER_BYTES 46
-#define MIN_BLOCK_BYTES 48
+#define ENTRY_HEADER_BYTES 36
+#define MIN_BLOCK_BYTES 40
 #define E_BLOCK_WORD 0       /* u32 */
 #define E_CHECKSUM 4         /* u32 */
-#define E_VERSION 16
-#define E_EXPIRES_AT 24
-#define E_VALUE_LEN 32       /* u32 */
-#define E_KEY_COLL 36        /* u32 */
-#define E_SLOT_NO 40         /* u32 */
-#define E_KIND 44            /* u8 */
+#define E_EXPIRES_AT 16
+#define E_VERSION 24         /* u32: the writes counter's low 32 bits */
+#define E_VALUE_LEN 28       /* u32 */
+#define E_KEY_COLL 32        /* u32: key_len | kind bits << 8 | collection << 16 */
+#define E_KIND 33            /* u8: key_len's high bits, then the kind bits */
+#define KEY_COLL_MASK 0xFFFF1FFFu
+#define KEY_LEN_MASK 0x1FFFu
 #define KIND_BYTES 0
-#define KIND_PINNED 0x80
-#define SIZE_MASK 0xFFFFFFF8u
-#define KIND_ARRAY 1
-#define KIND_MASK 0x7F
-#define E_SEGMENT 45         /* u8 */
+#define KIND_ARRAY 0x20
+#define KIND_PINNED 0x40
+#define PUBLISHED 0x80
+#define KIND_MASK KIND_ARRAY
+#define SIZE_MASK 0x7FFFFFF8u
+#define SEG_BITS 0x80000004u    /* the segment in the block word: bits 2 and 31 */
 #define SEG_RETIRED 3
+#define SEG_RETIRED_WORD 0x80000004u /* layout.SEG_WORD[SEG_RETIRED] */
+#define VERSION_MASK 0xFFFFFFFFu
 #define PROC_BYTES 512
 #define P_OWNER_PID 0        /* u32 */
 #define P_PINS 16            /* PINS_PER_PROC u32 block refs */
@@ -103,8 +107,9 @@
 #define C_NAME_LEN 3         /* u8 */
 #define C_NAME 24
 #define S_MUTEX_BYTES 48
-/* what a reader loads at E_EXPIRES_AT: expires_at_ns u64, value_len u32, key_coll u32 */
-#define ENTRY_READ_BYTES 16
+/* what a reader loads at E_EXPIRES_AT: expires_at_ns u64, version u32, value_len u32,
+ * key_coll u32 */
+#define ENTRY_READ_BYTES 20
 
 /* --- read path (cache.py, reader.py) ----------------------------------------------------- */
 #define READ_SPINS_BEFORE_YIELD 64
@@ -118,7 +123,7 @@
 #define WRITER_EXPIRY_SLOTS 16
 #define MAX_LOAD 0.9                           /* layout.MAX_LOAD: a stripe's max_count */
 #define MAX_TTL_S (10.0 * 365 * 86400)         /* cache._expires_at */
-#define MAX_WRITES (((uint64_t)1 << 56) - 1)   /* repair.MAX_WRITES: versions are u64 */
+#define MAX_WRITES (((uint64_t)1 << 56) - 1)   /* repair.MAX_WRITES: past it, garbage */
 /* a contended lock is waited for in slices of this, so that signal handlers run (locks.py) */
 #define WAIT_SLICE_NS 50000000L
 
@@ -126,7 +131,8 @@ _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8,
                "u64 fields must be loadable as naturally aligned atomics");
 _Static_assert(sizeof(_Atomic uint32_t) == 4 && sizeof(_Atomic uint8_t) == 1,
                "u32/u8 fields must be loadable as atomics");
-_Static_assert(E_EXPIRES_AT + ENTRY_READ_BYTES <= ENTRY_HEADER_BYTES, "entry read in header");
+_Static_assert(E_EXPIRES_AT + ENTRY_READ_BYTES == ENTRY_HEADER_BYTES,
+               "a reader's fields end where the key begins");
 _Static_assert(sizeof(pthread_mutex_t) <= S_MUTEX_BYTES && S_MUTEX + S_MUTEX_BYTES <= STRIPE_BYTES,
                "a stripe's mutex must fit its record");
 _Static_assert(S_MUTEX % _Alignof(pthread_mutex_t) == 0 && H_ARENA_MUTEX % 64 == 0,

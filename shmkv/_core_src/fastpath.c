@@ -165,8 +165,8 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
         goto release;
 
     /* index.find_locked */
-    uint64_t off = 0;
-    uint8_t *const e = writer_find_locked(self, key, klen, h, &off);
+    uint64_t off = 0, slot_no = 0;
+    uint8_t *const e = writer_find_locked(self, key, klen, h, &off, &slot_no);
     if (e == FIND_GARBAGE)
         goto release; /* garbage: Python raises CorruptRegion */
     if (!e) {
@@ -192,7 +192,7 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
             goto release;
         }
     }
-    if (r->op == W_CAS && ld64(e + E_VERSION, memory_order_relaxed) != r->version) {
+    if (r->op == W_CAS && ((uint64_t)ld32(e + E_VERSION) << 8 | stripe) != r->version) {
         r->cas_ok = 0;
         out = FAST_DONE;
         goto release;
@@ -215,13 +215,15 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
     const uint64_t need = (ENTRY_HEADER_BYTES + (uint64_t)klen + vlen + ALIGN - 1)
                           & ~(uint64_t)(ALIGN - 1);
     const uint32_t block = ld32(e + E_BLOCK_WORD) & SIZE_MASK;
-    if (ld8(e + E_KIND) >= KIND_PINNED || block < need || block >= need + INPLACE_SLACK_BYTES
+    const uint8_t kind = ld8(e + E_KIND);
+    if (kind & KIND_PINNED || block < need || block >= need + INPLACE_SLACK_BYTES
             || off + block > self->arena_end)
         goto release;
-    const uint64_t writes = ld64(rec + S_WRITES, memory_order_relaxed) + 1;
+    uint64_t writes = ld64(rec + S_WRITES, memory_order_relaxed) + 1;
+    if (!(writes & VERSION_MASK)) /* a stored version is never 0 (layout.py) */
+        writes++;
     if (writes > MAX_WRITES)
         goto release; /* garbage: Python raises CorruptRegion */
-    const uint64_t version = writes << 8 | stripe;
 
     /* the write: readers of the stripe retry while seq is odd */
     const uint64_t seq = ld64(rec + S_SEQ, memory_order_relaxed);
@@ -233,20 +235,18 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
          memory_order_relaxed);
     uint8_t *const body = e + ENTRY_HEADER_BYTES;
     memcpy(body + klen, r->val, vlen);
-    st64(e + E_VERSION, version, memory_order_relaxed);
+    st32(e + E_VERSION, (uint32_t)writes);
     st64(e + E_EXPIRES_AT, exp, memory_order_relaxed);
     st32(e + E_VALUE_LEN, vlen);
-    st8(e + E_KIND, KIND_BYTES);
+    /* the kind byte keeps key_len's high bits and PUBLISHED; KIND_PINNED is not set here */
+    st8(e + E_KIND, (uint8_t)(kind & ~KIND_MASK));
     st32(e + E_CHECKSUM, (uint32_t)xxh3_64(body, (size_t)klen + vlen, self->seed));
     atomic_thread_fence(memory_order_release);
     st64(rec + S_SEQ, seq + 2, memory_order_release);
     /* a write is a use: it keeps the entry's segment (lru.mark(off, True)) */
-    const uint32_t slot_no = ld32(e + E_SLOT_NO);
-    if (slot_no < self->index_slots) {
-        uint8_t *a = base + self->access_off + slot_no;
-        if (ld8(a) != 1)
-            st8(a, 1);
-    }
+    uint8_t *a = base + self->access_off + slot_no;
+    if (ld8(a) != 1)
+        st8(a, 1);
     r->cas_ok = 1;
     r->writes = writes;
     out = FAST_DONE;

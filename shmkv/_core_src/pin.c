@@ -86,8 +86,8 @@ pin_locked(Writer *self, PyObject *key_obj, const char *key, uint32_t klen, uint
     uint8_t *const base = self->map.base;
     if (self->coll && !writer_coll_is_live(self))
         return FAST_FALLBACK;
-    uint64_t off = 0;
-    uint8_t *const e = writer_find_locked(self, key, klen, h, &off);
+    uint64_t off = 0, slot_no = 0;
+    uint8_t *const e = writer_find_locked(self, key, klen, h, &off, &slot_no);
     if (e == FIND_GARBAGE)
         return FAST_FALLBACK; /* Python raises CorruptRegion */
     if (!e) {
@@ -276,7 +276,7 @@ drop_pin(Writer *self, PyObject *at, uint64_t off)
         /* release: every read of the bytes comes before the slot is seen free */
         atomic_store_explicit((_Atomic uint32_t *)(void *)(base + slot_off), 0,
                               memory_order_release);
-        retired = ld8(base + off + E_SEGMENT) == SEG_RETIRED;
+        retired = (ld32(base + off + E_BLOCK_WORD) & SEG_BITS) == SEG_RETIRED_WORD;
         rc = PyList_Append(self->free_pins, at);
     }
     mapped_leave(&self->map);

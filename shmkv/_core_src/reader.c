@@ -229,7 +229,8 @@ read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum wan
                     goto done;
                 }
                 const uint8_t *e = base + off;
-                const uint32_t kc = ld32(e + E_KEY_COLL);
+                /* one load checks key_len and collection; the kind bits are masked off */
+                const uint32_t kc = ld32(e + E_KEY_COLL) & KEY_COLL_MASK;
                 if (kc == key_coll) {
                     const uint64_t exp = ld64(e + E_EXPIRES_AT, memory_order_relaxed);
                     const uint32_t vlen = ld32(e + E_VALUE_LEN);
@@ -260,7 +261,7 @@ read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum wan
                                     memcpy(PyBytes_AS_STRING(found), base + start, vlen);
                                 }
                                 if (want == WANT_VERSIONED)
-                                    version = ld64(e + E_VERSION, memory_order_relaxed);
+                                    version = (uint64_t)ld32(e + E_VERSION) << 8 | stripe;
                             }
                         }
                         break;

@@ -27,7 +27,8 @@
  * The write (fastpath.c), as the in-place branch of _put_locked with _fill_entry(new=False):
  * seq made odd (relaxed store, release fence), the stripe's writes, changes and payload
  * counters, the value, version, expiry, length, kind and checksum of the entry, a release
- * fence, seq made even (release store); then the slot's access byte (lru.mark(off, True)).
+ * fence, seq made even (release store); then the access byte of the slot the key was found
+ * in (lru.mark(off, True)).
  *
  * Expiry sampling (fastpath.c): an in-place writer must reclaim expired entries too (a process
  * that only overwrites would never reclaim anything otherwise). Every WRITER_EXPIRY_EVERY-th

@@ -121,10 +121,12 @@ writer_coll_is_live(const Writer *self)
 
 #define FIND_GARBAGE ((uint8_t *)(uintptr_t)1)
 
-/* index.find_locked, the stripe lock held: the key's entry (its offset in *off), NULL if
- * absent, or FIND_GARBAGE for a ref out of bounds (Python raises CorruptRegion). */
+/* index.find_locked, the stripe lock held: the key's entry (its offset in *off, the number of
+ * its slot, stripe * per + position, in *slot_no), NULL if absent, or FIND_GARBAGE for a ref
+ * out of bounds (Python raises CorruptRegion). */
 static inline uint8_t *
-writer_find_locked(const Writer *self, const char *key, uint32_t klen, uint64_t h, uint64_t *off)
+writer_find_locked(const Writer *self, const char *key, uint32_t klen, uint64_t h, uint64_t *off,
+                   uint64_t *slot_no)
 {
     uint8_t *const base = self->map.base;
     const uint64_t stripe = h & self->smask;
@@ -141,10 +143,11 @@ writer_find_locked(const Writer *self, const char *key, uint32_t klen, uint64_t 
             if (!ref || ref > self->max_ref)
                 return FIND_GARBAGE;
             const uint64_t o = self->arena_off + (uint64_t)ref * ALIGN;
-            if (ld32(base + o + E_KEY_COLL) == key_coll
+            if ((ld32(base + o + E_KEY_COLL) & KEY_COLL_MASK) == key_coll
                     && o + ENTRY_HEADER_BYTES + klen <= self->arena_end
                     && memcmp(base + o + ENTRY_HEADER_BYTES, key, klen) == 0) {
                 *off = o;
+                *slot_no = stripe * per + i;
                 return base + o;
             }
         }

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import shmkv
+from shmkv import layout as L
 from shmkv.check import check_region
+from shmkv.hashing import xxh3_64
 from tests_support import region_objects
 
 
@@ -108,6 +110,16 @@ def test_value_larger_than_the_arena_raises_valuetoolarge(cache: shmkv.Cache) ->
     assert cache.get("k") == b"v" and "big" not in cache
 
 
+def test_a_value_past_the_largest_entry_raises_valuetoolarge_whatever_the_arena(
+        cache: shmkv.Cache) -> None:
+    # a block's size leaves the block word's top bit to the segment (layout.py): < 2 GiB
+    cache.set("k", b"v")
+    huge = np.zeros(2**31, dtype=np.uint8)  # calloc'd: no page is touched before the refusal
+    with pytest.raises(shmkv.ValueTooLarge, match="split the value"):
+        cache.set("k", huge)
+    assert cache.get("k") == b"v"
+
+
 def test_full_arena_evicts_the_oldest_instead_of_failing(cache: shmkv.Cache) -> None:
     blob = b"x" * (256 << 10)
     for i in range(100):  # 25 MiB through a 4 MiB arena
@@ -190,6 +202,25 @@ def test_every_write_gets_a_new_version(cache: shmkv.Cache) -> None:
     cache.set("k", b"a")
     assert cache.get_with_version("k")[1] > v1
     assert cache.get_with_version("absent") is None
+
+
+def test_a_stored_version_is_never_zero_and_cas_tells_versions_apart_across_its_wrap(
+        cache: shmkv.Cache) -> None:
+    # an entry stores its stripe's writes counter's low 32 bits (layout.py): make it wrap
+    cache.set("k", b"a")
+    region = cache._region
+    stripe = xxh3_64(b"k", region.seed) & (region.layout.n_stripes - 1)
+    writes_at = (region.layout.stripes_offset + stripe * L.STRIPE_BYTES + L.S_WRITES) >> 3
+    region.q[writes_at] = 2**32 - 2
+    cache.set("k", b"b")  # the counter's low 32 bits all ones
+    before = cache.get_with_version("k")[1]
+    assert before == (2**32 - 1) << 8 | stripe
+    cache.set("k", b"c")  # 2**32 would store 0, which means "never written": skipped
+    assert region.q[writes_at] == 2**32 + 1
+    value, version = cache.get_with_version("k")
+    assert (value, version) == (b"c", 1 << 8 | stripe)
+    assert cache.cas("k", b"d", before) is False and cache.cas("k", b"d", version) is True
+    assert cache.get("k") == b"d" and check_region(cache) == []
 
 
 def test_collections_isolate_keys(cache: shmkv.Cache) -> None:

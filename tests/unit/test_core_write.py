@@ -154,7 +154,8 @@ def _counts(w: _core.Writer) -> tuple[int, int]:
 def test_the_write_paths_constants_are_the_python_engines() -> None:
     assert {"S_OWNER_PID", "S_MUTEX", "S_WRITES", "S_CHANGES", "S_PAYLOAD", "S_COUNT",
             "H_ARENA_MUTEX", "H_EXPIRE_CURSOR", "H_EVENTS_ENABLED", "H_WRITABLE_UNTIL",
-            "E_CHECKSUM", "E_SLOT_NO", "E_KIND", "KIND_PINNED", "SIZE_MASK"} <= set(_core.LAYOUT)
+            "E_CHECKSUM", "E_KIND", "KIND_PINNED", "SIZE_MASK", "KEY_COLL_MASK",
+            "SEG_RETIRED_WORD"} <= set(_core.LAYOUT)
     for name, value in _core.LAYOUT.items():
         assert getattr(L, name) == value, name
     for name in ("INPLACE_SLACK_BYTES", "INPLACE_MAX_BYTES", "WRITER_EXPIRY_EVERY",
@@ -308,24 +309,24 @@ def test_same_size_and_snug_overwrites_are_done_in_c_the_rest_in_python(cache,
     cache.set(k, b"v" * 100)
     off = _entry(cache, k)
     block = _u32(cache, off) & L.SIZE_MASK
-    assert block == _need(16, 100) == 168
+    assert block == _need(16, 100) == 152
     slack = _core.INPLACE_SLACK_BYTES
     _counts(w)
     w.set(k, b"w" * 100)  # same size
     assert _counts(w) == (1, 0) and cache.get(k) == b"w" * 100 and _entry(cache, k) == off
-    w.set(k, b"x" * 44)  # smaller, still snug: need 112, 168 < 112 + 64
-    assert _need(16, 44) == 112 and block < 112 + slack
+    w.set(k, b"x" * 44)  # smaller, still snug: need 96, 152 < 96 + 64
+    assert _need(16, 44) == 96 and block < 96 + slack
     assert _counts(w) == (1, 0) and cache.get(k) == b"x" * 44 and _entry(cache, k) == off
     w.set(k, b"y" * 100)  # and back
     assert _counts(w) == (1, 0) and cache.get(k) == b"y" * 100 and _entry(cache, k) == off
-    w.set(k, b"z" * 42)  # need 104: 168 >= 104 + 64 wastes too much: relocated
-    assert _need(16, 42) == 104 and block >= 104 + slack
-    assert _counts(w) == (0, 1) and cache.get(k) == b"z" * 42 and _entry(cache, k) != off
+    w.set(k, b"z" * 36)  # need 88: 152 >= 88 + 64 wastes too much: relocated
+    assert _need(16, 36) == 88 and block >= 88 + slack
+    assert _counts(w) == (0, 1) and cache.get(k) == b"z" * 36 and _entry(cache, k) != off
     off = _entry(cache, k)
     block = _u32(cache, off) & L.SIZE_MASK
-    w.set(k, b"g" * (block - 46 - 16 + 1))  # one byte more than the block holds
+    w.set(k, b"g" * (block - L.ENTRY_HEADER_BYTES - 16 + 1))  # one byte more than it holds
     assert _counts(w) == (0, 1) and _entry(cache, k) != off
-    assert cache.get(k) == b"g" * (block - 46 - 16 + 1)
+    assert cache.get(k) == b"g" * (block - L.ENTRY_HEADER_BYTES - 16 + 1)
     w.set(b"new key", b"v")  # an insert
     assert _counts(w) == (0, 1) and cache.get(b"new key") == b"v"
     big = b"b" * _core.INPLACE_MAX_BYTES
@@ -346,8 +347,7 @@ def test_an_in_place_write_is_the_python_engines_field_by_field(cache, writers,
     stripe = _stripe(cache, k)
     rec = _rec(cache, stripe)
     before = {f: _u64(cache, rec + f) for f in (L.S_SEQ, L.S_WRITES, L.S_CHANGES, L.S_PAYLOAD)}
-    slot_no = _u32(cache, off + L.E_SLOT_NO)
-    access = cache._region.layout.access_offset + slot_no
+    access = cache._region.layout.access_offset + _entry_slot(cache, k)
     cache._region.mm[access] = 0
     w.set(k, b"b" * 25, ttl_s=2.5)
     assert _counts(w) == (1, 0)
@@ -355,16 +355,16 @@ def test_an_in_place_write_is_the_python_engines_field_by_field(cache, writers,
     assert _u64(cache, rec + L.S_WRITES) == before[L.S_WRITES] + 1
     assert _u64(cache, rec + L.S_CHANGES) == before[L.S_CHANGES] + 1
     assert _u64(cache, rec + L.S_PAYLOAD) == before[L.S_PAYLOAD] - 5
-    assert _u64(cache, off + L.E_VERSION) == (before[L.S_WRITES] + 1) << 8 | stripe
+    assert _u32(cache, off + L.E_VERSION) == before[L.S_WRITES] + 1
     assert _u64(cache, off + L.E_EXPIRES_AT) == fake_clock.now_ns + 2_500_000_000
     assert _u32(cache, off + L.E_VALUE_LEN) == 25
-    assert cache._region.mm[off + L.E_KIND] == L.KIND_BYTES
+    assert _u32(cache, off + L.E_KEY_COLL) == 3 | L.PUBLISHED << 8  # kind: KIND_BYTES
     body = off + L.ENTRY_HEADER_BYTES
     assert _u32(cache, off + L.E_CHECKSUM) == checksum32(
         cache._region.mm[body:body + 3 + 25], cache._region.seed)
     assert cache._region.mm[access] == 1  # a write is a use (lru.mark)
     assert _u32(cache, rec + L.S_OWNER_PID) == 0
-    assert cache.get_with_version(k) == (b"b" * 25, _u64(cache, off + L.E_VERSION))
+    assert cache.get_with_version(k) == (b"b" * 25, (before[L.S_WRITES] + 1) << 8 | stripe)
     assert check_region(cache) == []
 
 
@@ -395,7 +395,8 @@ def test_an_array_entry_overwritten_with_bytes_becomes_bytes(cache, writers) -> 
     n = _u32(cache, off + L.E_VALUE_LEN)
     w.set("arr", b"q" * n)
     assert _counts(w) == (1, 0)
-    assert cache.get("arr") == b"q" * n and cache._region.mm[off + L.E_KIND] == L.KIND_BYTES
+    assert cache.get("arr") == b"q" * n
+    assert cache._region.mm[off + L.E_KIND] & L.KIND_MASK == L.KIND_BYTES
     with pytest.raises(TypeError):
         cache.get_array("arr")
 
@@ -554,13 +555,13 @@ def test_an_int_subclass_version_goes_to_python(cache, writers) -> None:
 # --- incr -------------------------------------------------------------------------------------
 def test_incr_in_place_and_through_python(cache, writers, fake_clock) -> None:
     w = writers()
-    assert w.incr("n") == 1  # absent: Python creates it, in a block of 48 bytes
+    assert w.incr("n") == 1  # absent: Python creates it, in a block of 40 bytes
     assert _counts(w) == (0, 1)
-    assert w.incr("n") == 2 and w.incr("n", 7) == 9
-    assert _counts(w) == (2, 0)
-    assert w.incr("n", 1) == 10  # 46 + 1 + 2 bytes: Python moves it to a larger block
+    assert w.incr("n") == 2 and w.incr("n", 7) == 9 and w.incr("n", 1) == 10
+    assert _counts(w) == (3, 0)
+    assert w.incr("n", 990) == 1000  # 36 + 1 + 4 bytes: Python moves it to a larger block
     assert _counts(w) == (0, 1)
-    assert w.incr("n", 32) == 42 and w.incr("n", delta=-50) == -8
+    assert w.incr("n", 32) == 1032 and w.incr("n", delta=-1040) == -8
     assert _counts(w) == (2, 0)
     assert cache.get("n") == b"-8"
     cache.set("z", b"007")
@@ -910,9 +911,10 @@ def test_a_writes_counter_at_its_limit_goes_to_python(cache, writers) -> None:
     saved = q[at]
     q[at] = 2**56 - 2
     try:
-        w.set("k", b"abcdefgh")  # the last version there is
+        w.set("k", b"abcdefgh")  # the last write there is
         assert _counts(w) == (1, 0)
-        assert cache.get_with_version("k")[1] >> 8 == 2**56 - 1
+        assert q[at] == 2**56 - 1
+        assert cache.get_with_version("k")[1] >> 8 == (2**56 - 1) & L.VERSION_MASK
         with pytest.raises(shmkv.CorruptRegion):
             w.set("k", b"ABCDEFGH")
         assert _counts(w) == (0, 1) and cache.get("k") == b"abcdefgh"
@@ -1209,7 +1211,7 @@ def test_the_sampling_moves_the_cursor_only_when_nothing_looked_expired(cache,
 
 
 def _entry_slot(c: shmkv.Cache, key: bytes) -> int:
-    return _u32(c, _entry(c, key) + L.E_SLOT_NO)
+    return c._region.index.slot_of(_entry(c, key))
 
 
 def test_an_error_in_the_expiry_pass_propagates_after_the_write(cache, fake_clock) -> None:

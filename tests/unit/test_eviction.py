@@ -10,6 +10,7 @@ import pytest
 
 import shmkv
 from shmkv.check import check_region
+from shmkv.hashing import xxh3_64
 
 
 @pytest.fixture
@@ -194,7 +195,40 @@ def test_stats_report_memory_overhead_per_item(region_name) -> None:
             c.set(b"%016d" % i, b"v" * 100)
         s = c.stats()
         assert s["items"] == 100_000
-        assert 0 < s["overhead_bytes_per_item"] < 80
+        # the target for 16 B keys and 100 B values, filled to max_keys: a 36 B entry header
+        # (152 B blocks, no padding) and 12 B of index (slot and access byte at TARGET_LOAD)
+        assert 0 < s["overhead_bytes_per_item"] <= 48
+
+
+def test_an_entry_finds_its_slot_and_access_byte_from_its_key_after_slots_moved(
+        region_name, fake_clock) -> None:
+    # one stripe of 65 slots: 40 keys make long probe runs, deletes shift slots backwards
+    with shmkv.Cache.create(region_name, arena_bytes=1 << 20, max_keys=48, n_stripes=1,
+                            clock=fake_clock) as c:
+        region = c._region
+        keys = [b"k%d" % i for i in range(40)]
+        for key in keys:
+            c.set(key, b"v")
+        for key in keys[::3]:
+            del c[key]
+        kept = [key for i, key in enumerate(keys) if i % 3]  # found without a read
+        slot0 = region.layout.index_offset >> 3
+        for key in kept:
+            off = _entry_offset(c, key)
+            slot_no = region.index.slot_of(off)
+            assert region.q[slot0 + slot_no] & 0xFFFFFFFF == region.arena.ref(off)
+            assert not region.lru.accessed(off)
+        read, other = _entry_offset(c, kept[5]), _entry_offset(c, kept[6])
+        assert c.get(kept[5]) == b"v"
+        assert region.lru.accessed(read) and not region.lru.accessed(other)
+        region.lru.mark(read, False)
+        assert not region.lru.accessed(read)
+        assert check_region(c) == []
+
+
+def _entry_offset(c: shmkv.Cache, key: bytes) -> int:
+    stripe = xxh3_64(key, c._region.seed) & (c._region.layout.n_stripes - 1)
+    return c._region.index.find_locked(stripe, xxh3_64(key, c._region.seed), key, 0)[1]
 
 
 def test_overwrite_of_a_large_value_evicts_from_protected_when_probation_holds_only_the_key(

@@ -291,7 +291,7 @@ def test_regions_of_an_older_layout_with_semaphores_are_reported_never_removed(
         dirs: Dirs) -> None:
     shm, state = dirs
     for path, fields in {os.path.join(shm, "v5"): {"version": 5, "magic": 1},
-                         os.path.join(state, "v6-sysv"): {"lock_kind": 1, "magic": 1},
+                         os.path.join(state, "v6-sysv"): {"version": 6, "lock_kind": 1, "magic": 1},
                          os.path.join(shm, "v4-half"): {"version": 4}}.items():
         _write(path, *_header_bytes(**fields))
     report = run_gc(dirs, yes=True, grace_s=0)

@@ -36,6 +36,12 @@ def _patch(path: str, off: int, data: bytes) -> None:
         f.write(data)
 
 
+def _read(path: str, off: int, nbytes: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(off)
+        return f.read(nbytes)
+
+
 def _power_lost(path: str) -> None:
     """What a kernel stop leaves: the file was open (no marker), in another boot."""
     _patch(path, L.H_CLEAN_MARKER, bytes(8))
@@ -202,8 +208,11 @@ def test_entries_never_published_or_held_only_for_views_are_not_brought_back(
         c.set("kept", b"k" * 100)
         unpublished, retired = _entry_of(c, b"unpublished"), _entry_of(c, b"retired")
     _power_lost(path)
-    _patch(path, unpublished + L.E_SLOT_NO, struct.pack("<I", L.NO_SLOT))
-    _patch(path, retired + L.E_SEGMENT, bytes([L.SEG_RETIRED]))
+    # as if its writer died between filling it and the slot store: PUBLISHED never set
+    _patch(path, unpublished + L.E_KIND, bytes([_read(path, unpublished + L.E_KIND, 1)[0]
+                                                & ~L.PUBLISHED]))
+    word = struct.unpack("<I", _read(path, retired, 4))[0]
+    _patch(path, retired, struct.pack("<I", word & ~L.SEG_BITS | L.SEG_RETIRED_WORD))
     with shmkv.Cache.open(path, clock=clock) as c:
         assert c.get("unpublished") is None and c.get("retired") is None
         assert c.get("kept") == b"k" * 100
