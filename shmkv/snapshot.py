@@ -197,7 +197,7 @@ def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np
         return 0
     now_ns = region.clock()
     word, key_coll, vlen, checksum, exp, kind = fields.read(offs)
-    klen, coll, size = key_coll & 0xFFFF, key_coll >> 16, word & L.SIZE_MASK
+    klen, coll, size = key_coll & L.KEY_LEN_MASK, key_coll >> 16, word & L.SIZE_MASK
     sound = ((word & L.FREE_BIT) == 0) & np.isin(coll, live) & (kind <= L.KIND_ARRAY) \
         & (klen <= L.MAX_KEY_BYTES) & (L.ENTRY_HEADER_BYTES + klen + vlen <= size) \
         & (offs + size <= region.arena.end)
@@ -220,7 +220,8 @@ def _write_entries(region: Any, fields: _EntryFields, offs: np.ndarray, live: np
         & (again[2] == vlen) & (again[3] == checksum) & (again[4] == exp[pick])
     heads = np.zeros(pick.size, dtype=_RECORD_DTYPE)
     heads["exp"], heads["vlen"], heads["klen"] = exp[pick], vlen, klen
-    heads["coll"], heads["kind"] = coll[pick], kind[pick]
+    heads["coll"] = coll[pick]
+    heads["kind"] = np.where(kind[pick] == L.KIND_ARRAY, F.RECORD_ARRAY, F.RECORD_BYTES)
     raw = heads.tobytes()
     hb, parts = F.RECORD_HEADER_BYTES, out.parts
     for i in np.flatnonzero(same).tolist():
@@ -318,7 +319,8 @@ def restore(cache: Cache, path: str, replace: bool = False,
             if exp and exp <= clock():
                 expired += 1
                 continue
-            put_absolute(handles[coll], bytes(key), value, exp, kind)
+            put_absolute(handles[coll], bytes(key), value, exp,
+                         L.KIND_ARRAY if kind == F.RECORD_ARRAY else L.KIND_BYTES)
             applied += 1
             if progress is not None and not (applied + expired) % PROGRESS_EVERY:
                 progress(applied + expired, total)

@@ -58,7 +58,7 @@ Record (RECORD_HEADER_BYTES = 20, then the key, then the value; no padding)
     8     4     value_len
     12    2     key_len          at most layout.MAX_KEY_BYTES
     14    2     collection       0 (default) or an index of the collections chunk
-    16    1     kind             layout.KIND_BYTES or layout.KIND_ARRAY (the value then holds
+    16    1     kind             RECORD_BYTES (0) or RECORD_ARRAY (1: the value then holds
                                  the array header of arrays.py, as in the region: the padding
                                  in it follows from key_len alone, which does not change)
     17    3     reserved         zero
@@ -100,6 +100,8 @@ CHUNK_TAG = b"SNPC"
 TRAILER_TAG = b"SNPT"
 CHUNK_COLLECTIONS = 1
 CHUNK_RECORDS = 2
+# A record's kind, the file's own numbers: a region layout's kind bits may move, these do not
+RECORD_BYTES, RECORD_ARRAY = 0, 1
 
 HEADER = struct.Struct("<8sIIQQQQQIIIIQ")  # up to reserved; checksum at H_CHECKSUM
 H_CHECKSUM = 120
@@ -314,13 +316,13 @@ def _check_records(buf: bytes | memoryview, start: int, end: int, named: dict[in
         if coll and coll not in named:
             raise _corrupt(path, pos, f"a record names collection {coll}, which the "
                            "collections chunk does not list")
-        if kind == L.KIND_ARRAY:
+        if kind == RECORD_ARRAY:
             try:
                 arrays.decode(buf[body + klen:body + klen + vlen])
             except TypeError:
                 raise _corrupt(path, pos, "an array record's array header is damaged") \
                     from None
-        elif kind != L.KIND_BYTES:
+        elif kind != RECORD_BYTES:
             raise _corrupt(path, pos, f"a record of kind {kind}, not bytes or array")
         nbytes += entry_bytes(klen, vlen)
         longest = max(longest, klen)

@@ -167,7 +167,7 @@ def test_recovery_drops_what_does_not_validate_and_keeps_every_other_entry(
 
 def test_of_two_copies_of_a_key_the_newest_is_kept(path: str, clock: FakeClock) -> None:
     with shmkv.Cache.create(path, arena_bytes=ARENA_BYTES, clock=clock) as c:
-        c.set("k", b"o" * 21)  # 68 bytes in a block of 72: its footer leaves the value whole
+        c.set("k", b"o" * 21)  # 58 bytes in a block of 64: its footer leaves the value whole
         old = _entry_of(c, b"k")
         c.set("k", b"new" * 500)  # relocates: the old block is freed
         assert _entry_of(c, b"k") != old
