@@ -68,8 +68,8 @@ import zmq
 
 import shmkv
 from shmkv import replica as RP
-from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
+from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
 TAG = b"SHMKV-REPL/1"
 # How often a replica asks for the counters: the lag of an idle replica, at one small request

@@ -276,7 +276,7 @@ def test_unparsable_config_file_names_the_path(tmp_path: Path, name: str, text: 
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "repl_bind"])
 def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
     with pytest.raises(shmkv.ConfigError, match="not a loopback address") as info:
         load_config({}, env={env_var(key): "tcp://*:7999", **CURVE_ENV})
@@ -284,7 +284,7 @@ def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
     assert "--allow-remote" in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "repl_bind"])
 def test_allow_remote_without_curve_is_refused_naming_the_curve_settings(key: str) -> None:
     with pytest.raises(shmkv.ConfigError, match=f"{key} is not protected") as info:
         load_config({"allow_remote": True}, env={env_var(key): "tcp://0.0.0.0:7999"})
