@@ -168,13 +168,17 @@ class StripeReader:
 
 def _slot_entries(region: SharedRegion, stripe: int) -> list[int]:
     """The entry offsets of the stripe's occupied slots, copied under its lock."""
-    index = region.index
-    start = index.slot0 + stripe * index.per
     region.locks.acquire_stripe(stripe)
     try:
-        raw = region.q[start:start + index.per].tobytes()
+        return _slot_entries_locked(region, stripe)
     finally:
         region.locks.release_stripe(stripe)
+
+
+def _slot_entries_locked(region: SharedRegion, stripe: int) -> list[int]:
+    index = region.index
+    start = index.slot0 + stripe * index.per
+    raw = region.q[start:start + index.per].tobytes()
     refs = np.frombuffer(raw, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
     refs = refs[(refs > 0) & (refs <= index.max_ref)]
     return (refs.astype(np.int64) * L.ALIGN + index.arena_base).tolist()
@@ -312,21 +316,22 @@ class Applier:
         removed = 0
         region.locks.acquire_stripe(stripe)
         try:
-            pos = 0
-            while pos < index.per:
-                off = index.entry_offset(stripe, pos)
-                if off:
-                    key_coll = u32[(off + L.E_KEY_COLL) >> 2]
-                    klen = key_coll & L.KEY_LEN_MASK
-                    key = bytes(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])
-                    if (key_coll >> 16, key) not in seen:
-                        # the backward shift may pull a later entry into pos: look again
-                        region.evictor.unpublish_locked(stripe, pos, off, L.H_DELETES)
-                        with region.locks.arena_held:
-                            region.evictor.release_locked(off, L.H_DELETES)
-                        removed += 1
-                        continue
-                pos += 1
+            # only the occupied slots (a stripe has ~4/3 slots per key it is sized for)
+            for off in _slot_entries_locked(region, stripe):
+                key_coll = u32[(off + L.E_KEY_COLL) >> 2]
+                klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
+                key = bytes(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])
+                if (coll, key) in seen:
+                    continue
+                # found again: each removal's backward shift moves later slots of the run
+                pos, found = index.find_locked(stripe, xxh3_64(key, region.seed ^ coll), key,
+                                               coll)
+                if found != off:
+                    continue
+                region.evictor.unpublish_locked(stripe, pos, off, L.H_DELETES)
+                with region.locks.arena_held:
+                    region.evictor.release_locked(off, L.H_DELETES)
+                removed += 1
             region.q[self._seq0 + stripe * L.STRIPE_Q + (L.S_WRITES >> 3)] = primary_writes
         finally:
             region.locks.release_stripe(stripe)
