@@ -25,7 +25,9 @@ answers each with one message, in order)
     hello     -                params: arena_bytes, n_stripes, slots_per_stripe,
                                max_collections, max_procs, hash_seed, protected_pct,
                                region_id (shmkv/replica.py region_params)
-    counters  -                changes, writes: per-stripe counters (lists); collections:
+    counters  -                changes, writes: per-stripe counters (lists); region_id (a
+                               replica stops following another region than hello's: a
+                               primary restarted empty never wipes it); collections:
                                [index, generation, name] of each live named collection
     stripe    stripe           stripe, done, records, + data: the first chunk of the stripe
                                (the primary copies its slots now, see StripeReader)
@@ -67,6 +69,7 @@ from typing import Any
 import zmq
 
 import shmkv
+from shmkv import layout as L
 from shmkv import replica as RP
 from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
@@ -144,6 +147,7 @@ class Source:
             self._seen[peer] = time.monotonic()
             changes, writes = RP.stripe_counters(self.region)
             return {"ok": True, "changes": changes, "writes": writes,
+                    "region_id": self.region.q[L.H_REGION_ID >> 3],
                     "collections": RP.live_collections(self.region)}, b""
         if op in ("stripe", "next"):
             stripe = header["stripe"]
@@ -201,6 +205,7 @@ class Replica:
         self.seen: list[int] = []  # the counters of the last look
         self.last_sync_ns = 0
         self.rounds = 0
+        self.region_id = 0  # the primary region's, from hello
         self._next = 0.0
         self._failing = False
 
@@ -262,6 +267,7 @@ class Replica:
                     f"{self.primary}'s region (another size, layout or hash seed): unlink it, "
                     "or give another --region, so that the replica can create its copy") from None
         RP.fence(cache._region, self.primary)
+        self.region_id = params["region_id"]
         self.cache = cache
         self.applier = RP.Applier(cache)
         self.synced = [None] * params["n_stripes"]
@@ -289,6 +295,13 @@ class Replica:
         assert self.applier is not None
         try:
             reply, _ = self._request({"op": "counters"})
+            if reply["region_id"] != self.region_id:
+                # the primary serves another region now (it restarted with an empty one, or
+                # another --region): what it lists must not wipe this copy
+                raise ShmKVError(f"the primary {self.primary} now serves another region (id "
+                                 f"{reply['region_id']:x}, not {self.region_id:x}); this replica "
+                                 "keeps its copy and stops following: unlink its region and "
+                                 "restart it to copy the new one")
             changes, writes = reply["changes"], reply["writes"]
             self.seen = changes
             self.applier.sync_collections([tuple(c) for c in reply["collections"]])

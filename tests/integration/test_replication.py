@@ -8,7 +8,9 @@ values, kinds, versions and absolute expiry), with a deadline."""
 from __future__ import annotations
 
 import json
+import select
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,7 +117,7 @@ def test_a_replica_starts_with_a_copy_of_the_primarys_existing_data(region_name:
                 replica_node(node, new_region_name()) as (replica, copy):
             assert replica.ready["replication"]["role"] == "replica"
             assert replica.ready["replication"]["stripes_behind"] == 0
-            wait_equal(primary, copy)
+            assert dump(copy) == dump(primary)  # ready means copied: no polling here
             assert copy.get("big") == primary.get("big")
             assert np.array_equal(copy.get_array("matrix"), primary.get_array("matrix"))
             assert copy.stats()["replica_of"] == repl_endpoint(node)
@@ -231,3 +233,38 @@ def test_a_replica_refuses_a_region_that_is_not_a_copy_of_its_primary(region_nam
             assert "not a copy of the primary" in err
     finally:
         shmkv.Cache.unlink(other)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _next_event(node: Node, name: str, timeout_s: float = CONVERGE_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    stdout = node.process.stdout
+    while time.monotonic() < deadline:
+        if select.select([stdout], [], [], 0.1)[0]:
+            event = json.loads(stdout.readline())  # type: ignore[union-attr]
+            if event["event"] == name:
+                return event
+    pytest.fail(f"no {name} event from the node within {timeout_s} s")
+
+
+def test_a_primary_restarted_with_an_empty_region_never_wipes_its_replica(
+        region_name: str) -> None:
+    repl = f"tcp://127.0.0.1:{_free_port()}"
+    with primary_region(region_name) as primary:
+        fill(primary, 1_000)
+        with running_node(region_name, "--repl-bind", repl) as node, \
+                replica_node(node, new_region_name()) as (replica, copy):
+            wait_equal(primary, copy)
+            before = dump(copy)
+            node.stop()
+            primary.close()
+            shmkv.Cache.unlink(region_name)
+            with primary_region(region_name), running_node(region_name, "--repl-bind", repl):
+                event = _next_event(replica, "replication_failed")
+                assert "another region" in event["message"]
+                assert dump(copy) == before
