@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
@@ -289,6 +289,17 @@ class _Node:
         if self.notifier is not None:
             self.notifier.status(text)
 
+    def _stats_source(self, cache: shmkv.Cache) -> Callable[[], dict[str, object]]:
+        """cache.stats, plus a replica's lag (for the metrics' scrapes, on their thread)."""
+        def stats() -> dict[str, object]:
+            found = cache.stats()
+            if isinstance(self.replication, Replica):
+                state = self.replication.state()
+                found.update({f"replication_{key}": state[key] for key in
+                              ("stripes_behind", "changes_behind", "last_sync_age_s")})
+            return found
+        return stats
+
     def _replication(self) -> dict[str, object] | None:
         return self.replication.state() if self.replication is not None else None
 
@@ -313,7 +324,7 @@ class _Node:
         address = metrics_address(self.config)
         if address is None:
             return None
-        self.metrics = Metrics(cache.stats)
+        self.metrics = Metrics(self._stats_source(cache))
         try:
             port = self.metrics.start_http(*address)
         except OSError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from node_process import STOP_TIMEOUT_S, Node, running_node, start_node
-from tests_support import new_region_name
+from tests_support import new_region_name, scrape
 
 import shmkv
 from shmkv.clients import RemoteCache
@@ -121,6 +121,8 @@ def test_a_replica_starts_with_a_copy_of_the_primarys_existing_data(region_name:
             assert copy.get("big") == primary.get("big")
             assert np.array_equal(copy.get_array("matrix"), primary.get_array("matrix"))
             assert copy.stats()["replica_of"] == repl_endpoint(node)
+            port = int(replica.ready["metrics"].rsplit(":", 1)[1])
+            assert scrape(port)[("shmkv_replication_stripes_behind", ())] == 0
 
 
 def test_local_and_remote_changes_reach_the_replicas_region(region_name: str) -> None:
