@@ -51,9 +51,14 @@ its change moved the counter past the recorded one, so the next round reads the 
 Once writes pause for a round, every stripe equals the primary's. Nothing relies on the event
 rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
 
-Known limits of this increment: a stripe that changed is re-read and re-sent whole (1M keys in
-16 stripes: 62.5k entries, several MB, for one write; the event rings as hints of which keys
-moved, and the reserved per-stripe digests to find what differs, will cut that); no backlog,
+Known limits of this increment: a stripe that changed is re-read and re-sent whole. Reading and
+comparing cost about 10 µs per entry in Python (measured: 2,000 keys in 18 ms), so one write
+among 1M keys in 16 stripes costs a round 62.5k entries (~6 MB with 100 B values, ~0.6 s), and
+steady writes touching every stripe make each round a full pass (~10 s of lag). The next
+increment cuts that: the event rings name the keys that moved (hints: a round whose ring was
+overrun, or whose counter moved more than the events seen, falls back to the stripe), and the
+reserved per-stripe digests (xor of the entries' digests) let a stripe whose digests already
+agree be skipped, and one that differs be split into slot ranges to compare. No backlog,
 so no partial resync: a replica that restarts compares every stripe (sending each whole); the
 replica's sync runs in the node's loop, which answers no requests meanwhile; a replica does
 not yet connect to a CURVE-protected primary; no etcd, no WAIT, no promotion.
