@@ -84,6 +84,11 @@ class NodeConfig:
     # The password RESP clients must give (AUTH, HELLO ... AUTH); "" asks none. It guards
     # the RESP door only: the ZeroMQ endpoints have no authentication.
     requirepass: str = ""
+    # Replication (broker/replication.py). repl_bind: the endpoint a primary serves replicas
+    # on ("" = off; a door: loopback unless allow_remote, CURVE-protected then). replica_of:
+    # the primary's repl_bind endpoint; the node's region becomes its read-only copy.
+    repl_bind: str = ""
+    replica_of: str = ""
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -257,6 +262,12 @@ def _endpoint(value: object, text: bool) -> str:
     return value  # type: ignore[return-value]  # a str: the regex matched it
 
 
+def _optional_endpoint(value: object, text: bool) -> str:
+    if isinstance(value, str) and value.lower() in ("", "off"):  # as metrics_bind's "off"
+        return ""
+    return _endpoint(value, text)
+
+
 def _password(value: object, text: bool) -> str:
     if not isinstance(value, str) or "\0" in value or "\n" in value:
         raise ValueError("expected a password (a string without newlines)")  # never shown
@@ -291,6 +302,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "snapshot_path": _path, "snapshot_interval_s": _interval,
     "curve_secret_key": _path, "curve_allow": _directory,
     "resp_bind": _metrics_bind, "requirepass": _password,
+    "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 
@@ -366,6 +378,9 @@ def doors(config: NodeConfig) -> list[Door]:
     if config.resp_bind:  # requirepass alone sends the password in the clear; no TLS yet
         found.append(Door("resp_bind", config.resp_bind, _is_local(config.resp_bind), False,
                           ""))
+    if config.repl_bind:  # the whole region goes out through it: protected as bind is
+        found.append(Door("repl_bind", config.repl_bind, _is_local(config.repl_bind), curve,
+                          "curve_secret_key and curve_allow"))
     return found
 
 

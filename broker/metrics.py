@@ -137,6 +137,15 @@ class RegionCollector(Collector):
                                   "Most bytes the protected LRU segment may hold"),
         "overhead_bytes_per_item": ("shmkv_region_overhead_bytes_per_key",
                                     "Bytes spent per key beyond its key and value"),
+        # a replica node's (broker/replication.py), absent elsewhere
+        "replication_stripes_behind": ("shmkv_replication_stripes_behind",
+                                       "Stripes whose last seen changes the replica has not "
+                                       "copied yet"),
+        "replication_changes_behind": ("shmkv_replication_changes_behind",
+                                       "Changes the replica has seen on its primary and not "
+                                       "copied yet"),
+        "replication_last_sync_age_s": ("shmkv_replication_last_sync_age_seconds",
+                                        "Seconds since the replica's last complete round"),
     }
 
     def __init__(self, stats: StatsSource) -> None:

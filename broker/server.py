@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
@@ -61,6 +61,7 @@ from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
+from .replication import Replica, Source, Stopped
 from .resp_door import EventTee, RespDoor
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -93,7 +94,10 @@ class Notifier(Protocol):
 def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
           notifier: Notifier | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
-    return _Node(config, out, notifier).run()
+    try:
+        return _Node(config, out, notifier).run()
+    except Stopped:  # stopped while a replica waited for its primary: nothing to serve
+        return 0
 
 
 class _Node:
@@ -103,6 +107,7 @@ class _Node:
         self.notifier = notifier
         self.metrics: Metrics | None = None
         self.endpoint = ""
+        self.replication: Replica | Source | None = None
         self._watchdog_s: float | None = None  # how often the supervisor wants a ping
         self._next_watchdog = math.inf
 
@@ -127,10 +132,22 @@ class _Node:
                 if ipc is not None:  # the same sockets, also on same-host-only endpoints
                     _bind(router, ipc.request)
                     _bind(publisher.socket, ipc.publish)
-                cache = open_or_restore(self.config, self.notifier, self._emit)
+                replica = source = None
+                if self.config.replica_of:
+                    replica = Replica(context, self.config, self._emit, self._status,
+                                      stop.wait)
+                    cache = replica.open_region()
+                else:
+                    cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
                 door: RespDoor | None = None
                 try:
+                    if replica is not None:
+                        replica.bootstrap()  # READY=1 only after the first full sync
+                    if self.config.repl_bind:
+                        source = Source(context, cache, self.config.repl_bind,
+                                        curve.secure if curve else None)
+                    self.replication = replica or source
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
@@ -147,7 +164,7 @@ class _Node:
                                resp=door.address if door else None,
                                config={**asdict(self.config), "requirepass":
                                        "(set)" if self.config.requirepass else ""},
-                               stats=cache.stats())
+                               stats=cache.stats(), replication=self._replication())
                     self._notify_ready()
                     self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
                                persistence, door)
@@ -159,6 +176,10 @@ class _Node:
                     router.setsockopt(zmq.LINGER, linger_ms)
                     persistence.stop()
                 finally:
+                    if replica is not None:
+                        replica.close()
+                    if source is not None:
+                        source.close()
                     if door is not None:
                         door.close()
                     if self.metrics is not None:
@@ -191,11 +212,17 @@ class _Node:
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
+        source = self.replication if isinstance(self.replication, Source) else None
+        replica = self.replication if isinstance(self.replication, Replica) else None
+        if source is not None:
+            poller.register(source.socket, zmq.POLLIN)
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
         while stop.received is None:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due())
+            if replica is not None:
+                wake_at = min(wake_at, replica.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -209,6 +236,8 @@ class _Node:
                 self._answer_waiting(router, dispatcher, publisher, events)
             if door is not None:
                 door.service(ready)
+            if source is not None and source.socket in ready:
+                source.service()
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:
@@ -216,6 +245,8 @@ class _Node:
                 next_maintain = now + interval_s
             if now >= persistence.due():
                 persistence.tick()
+            if replica is not None and now >= replica.due():
+                replica.tick()
             if now >= self._next_watchdog:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
@@ -254,6 +285,24 @@ class _Node:
             if self._watchdog_s is not None:
                 self._next_watchdog = time.monotonic()
 
+    def _status(self, text: str) -> None:
+        if self.notifier is not None:
+            self.notifier.status(text)
+
+    def _stats_source(self, cache: shmkv.Cache) -> Callable[[], dict[str, object]]:
+        """cache.stats, plus a replica's lag (for the metrics' scrapes, on their thread)."""
+        def stats() -> dict[str, object]:
+            found = cache.stats()
+            if isinstance(self.replication, Replica):
+                state = self.replication.state()
+                found.update({f"replication_{key}": state[key] for key in
+                              ("stripes_behind", "changes_behind", "last_sync_age_s")})
+            return found
+        return stats
+
+    def _replication(self) -> dict[str, object] | None:
+        return self.replication.state() if self.replication is not None else None
+
     def _notify_alive(self) -> None:
         """Called by the loop every watchdog interval: it is alive and not stuck."""
         if self.notifier is not None:
@@ -275,7 +324,7 @@ class _Node:
         address = metrics_address(self.config)
         if address is None:
             return None
-        self.metrics = Metrics(cache.stats)
+        self.metrics = Metrics(self._stats_source(cache))
         try:
             port = self.metrics.start_http(*address)
         except OSError as exc:
@@ -335,6 +384,12 @@ class _StopSignals:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:  # the first one names the stop
             self.received = signum
+
+    def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
+        """Poll with the stop signals deliverable; False once one has arrived."""
+        with self.deliverable():
+            poller.poll(timeout_ms)
+        return self.received is None
 
     @contextmanager
     def deliverable(self) -> Iterator[None]:

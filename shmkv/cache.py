@@ -458,6 +458,10 @@ class Cache(Upkeep):
         writable_until_ns, 0 = none): set by replication, checked by both engines under the
         key's lock, so that no write lands after the moment a lease ends."""
         if self._fenced():
+            primary = bytes(self._mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES]).rstrip(b"\0")
+            if primary:  # written by the replica's node before it set the fence
+                raise ReadOnlyReplica(f"this region is a replica of "
+                                      f"{primary.decode(errors='replace')}: write to its primary")
             raise ReadOnlyReplica("writes to this region are fenced (its write lease ended, or "
                                  "it is a replica): write to the current primary")
 

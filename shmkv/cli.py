@@ -85,6 +85,7 @@ def status(ctx: typer.Context, collection: Collection = None) -> None:
             "arena_free_bytes": stats["arena_free_bytes"],
             "collections": stats["collections"],
             "engine": stats["engine"],
+            "replica_of": stats["replica_of"],
         })
 
 

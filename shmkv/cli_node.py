@@ -92,6 +92,12 @@ def serve(
     requirepass: Annotated[str | None, _node_option(
         "--requirepass", "Password Redis-protocol clients must give with AUTH. "
         "(default: $SHMKV_REQUIREPASS, else none)", metavar="PASSWORD")] = None,
+    repl_bind: Annotated[str | None, _node_option(
+        "--repl-bind", "ZeroMQ endpoint on which this node serves replicas of its region, or "
+        "off. (default: $SHMKV_REPL_BIND, else off)", metavar="ENDPOINT")] = None,
+    replica_of: Annotated[str | None, _node_option(
+        "--replica-of", "The --repl-bind endpoint of a primary: the region becomes its "
+        "read-only copy. (default: $SHMKV_REPLICA_OF, else none)", metavar="ENDPOINT")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -111,7 +117,8 @@ def serve(
              "metrics_bind": metrics_bind, "allow_remote": allow_remote,
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
-             "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass}
+             "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
+             "repl_bind": repl_bind, "replica_of": replica_of}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

@@ -145,7 +145,7 @@ def append(c: Cache, key: object, value: object) -> int:
 
 
 def strlen(c: Cache, key: object) -> int:
-    k, _, stripe, _, off = c._lock_and_find(key)
+    k, _, stripe, _, off = c._lock_and_find(key, write=False)  # a read: a replica answers
     try:
         if not _live(c, off):
             return 0
@@ -157,7 +157,7 @@ def strlen(c: Cache, key: object) -> int:
 
 
 def type_of(c: Cache, key: object) -> str | None:
-    _, _, stripe, _, off = c._lock_and_find(key)
+    _, _, stripe, _, off = c._lock_and_find(key, write=False)  # a read: a replica answers
     try:
         if not _live(c, off):
             return None

@@ -92,7 +92,11 @@ Region header (HEADER_BYTES = 4096; little-endian)
     512   48    bin_bitmap          arena   NBINS bits: bit c set <=> free list c is not empty
     1024  1536  bin_heads           arena   NBINS x u32 block refs of the free lists (0 = empty)
     2560  64    arena_mutex         -       the arena lock (pthread_mutex_t)
-    2624  1472  reserved            -       zero
+    2624  256   primary             -       a replica's primary: its replication endpoint,
+                                            UTF-8, NUL-padded (all zero = not a replica);
+                                            written before the fence, so that a refused
+                                            writer can name where to write
+    2880  1216  reserved            -       zero
 
 Stripe record (STRIPE_BYTES = 128, n_stripes of them; two cache lines: what readers poll,
 then what only writers touch)
@@ -323,6 +327,8 @@ H_REPL_OFFSET2 = 488
 H_REPL_EPOCH = 496
 H_BOOT_ID = 504
 H_ARENA_MUTEX = 2560  # 64 bytes
+H_PRIMARY = 2624  # PRIMARY_BYTES
+PRIMARY_BYTES = 256
 LOCKS_ROBUST = 2  # 1 was SysV semaphores, never in a released layout
 H_BIN_BITMAP = 512
 H_BIN_HEADS = 1024

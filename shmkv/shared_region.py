@@ -75,13 +75,16 @@ class SharedRegion:
 
     @classmethod
     def create(cls, name: str, layout: L.Layout, protected_pct: int, mode: int,
-               lock_timeout_s: float, clock: Clock) -> SharedRegion:
+               lock_timeout_s: float, clock: Clock, seed: int | None = None) -> SharedRegion:
         """Make a new region object and initialise it. The header's magic goes in last and
         its creator holds the region's INIT lock throughout (holders.py): openers wait until
-        it is whole. RegionExists if the name is taken; a failure leaves nothing behind."""
+        it is whole. RegionExists if the name is taken; a failure leaves nothing behind.
+        seed: the hash seed, random unless given (a replica takes its primary's, so that
+        keys fall in the same stripes and versions compare)."""
         mapping = R.create_mapping(name, layout.region_bytes, mode)
         try:
-            seed = int.from_bytes(os.urandom(8), "little")
+            if seed is None:
+                seed = int.from_bytes(os.urandom(8), "little")
             mm = mapping.mm
             st = os.fstat(mapping.fd)
             head = L.pack_header(layout, seed, time.time_ns(),

@@ -54,4 +54,7 @@ def region_stats(region: SharedRegion, retired: tuple[int, int], engine: str,
         "retired_bytes": retired[1],
         "open_views": region.pins.open_pins,
         "overhead_bytes_per_item": round(overhead / items, 1) if items else None,
+        # a replica's primary (its header's primary field), None on any other region
+        "replica_of": bytes(region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES])
+        .rstrip(b"\0").decode(errors="replace") or None,
     }

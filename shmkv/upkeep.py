@@ -144,7 +144,10 @@ class Upkeep:
         region = self._region
         self._q[0]
         with self._locks.arena_held:
-            found = region.colls.find(raw) or region.colls.create_locked(raw)
+            found = region.colls.find(raw)
+            if found is None:
+                self._check_fence()  # making one is a write
+                found = region.colls.create_locked(raw)
         return type(self)(region, found[0], found[1], name, owns_region=False)
 
     def collections(self) -> list[str]:

@@ -43,6 +43,7 @@ FILE_VALUES: dict[str, Any] = {
     "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
     "ipc_dir": "/run/shmkv",
     "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
+    "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006",
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -51,6 +52,7 @@ ENV_VALUES = {
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
     "resp_bind": "[::1]:7014", "requirepass": "env-secret",
+    "repl_bind": "ipc:///run/shmkv/env-repl.sock", "replica_of": "tcp://localhost:7016",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -60,6 +62,7 @@ CLI_VALUES: dict[str, Any] = {
     "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
     "ipc_dir": "/nonexistent/ipc",
     "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
+    "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
@@ -207,6 +210,8 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("ipc_dir", False, "directory path"),
     ("resp_bind", 6379, "host:port"),
     ("requirepass", 1234, "a password"),
+    ("repl_bind", 7005, "ZeroMQ endpoint"),
+    ("replica_of", ["tcp://127.0.0.1:1"], "ZeroMQ endpoint"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:
@@ -271,7 +276,7 @@ def test_unparsable_config_file_names_the_path(tmp_path: Path, name: str, text: 
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "repl_bind"])
 def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
     with pytest.raises(shmkv.ConfigError, match="not a loopback address") as info:
         load_config({}, env={env_var(key): "tcp://*:7999", **CURVE_ENV})
@@ -279,7 +284,7 @@ def test_non_loopback_address_is_refused_without_allow_remote(key: str) -> None:
     assert "--allow-remote" in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["bind", "pub_bind"])
+@pytest.mark.parametrize("key", ["bind", "pub_bind", "repl_bind"])
 def test_allow_remote_without_curve_is_refused_naming_the_curve_settings(key: str) -> None:
     with pytest.raises(shmkv.ConfigError, match=f"{key} is not protected") as info:
         load_config({"allow_remote": True}, env={env_var(key): "tcp://0.0.0.0:7999"})
