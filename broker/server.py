@@ -15,6 +15,14 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
 
+Hostile clients. The ROUTER drops the connection of a client that sends a frame over the
+region's max_message_bytes (ZMQ_MAXMSGSIZE; protocol.py's limits), reads a message frame by
+frame and drops what is past MAX_FRAMES without keeping it, and queues at most SEND_HWM
+replies to a client that does not read them (then drops them, as it does for a client that
+has gone), so a client holds at most SEND_HWM * max_reply_bytes of the node's memory. A
+request that needs a lock a stopped local process holds waits apart (waits.py): the loop goes
+on serving the others, and answers it LockTimeout before its client gives up.
+
 With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
 admits only the allowed client keys (auth.py); the loop does not see it.
 
@@ -49,7 +57,8 @@ from typing import Protocol, TextIO
 import zmq
 
 import shmkv
-from shmkv.errors import ShmKVError
+from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
+from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 from shmkv.events import EventReader
 
 from . import protocol
@@ -62,6 +71,7 @@ from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 from .resp_door import EventTee, RespDoor
+from .waits import TRY_LOCK_S, LockWaits
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
@@ -77,6 +87,11 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
+# Replies queued to one client before the ROUTER drops more (a RemoteCache has one request in
+# flight; a client that sends more without reading loses the replies past this), and requests
+# queued from one client before libzmq stops reading its connection.
+SEND_HWM = 16
+RECEIVE_HWM = 64
 
 
 class Notifier(Protocol):
@@ -105,12 +120,16 @@ class _Node:
         self.endpoint = ""
         self._watchdog_s: float | None = None  # how often the supervisor wants a ping
         self._next_watchdog = math.inf
+        self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
 
     def run(self) -> int:
         with _StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
+            router.setsockopt(zmq.SNDHWM, SEND_HWM)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client: an error
+            router.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
             publisher: Publisher | None = None
             curve: CurveServer | None = None
             ipc: IpcEndpoints | None = None
@@ -120,6 +139,9 @@ class _Node:
                     curve = CurveServer(context, self.config.curve_secret_key,
                                         self.config.curve_allow)
                     curve.secure(router)
+                # before binding: a listener gives its connections the options it was bound with
+                limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
+                router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
                                       secure=curve.secure if curve else None)
@@ -130,7 +152,12 @@ class _Node:
                 cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
                 door: RespDoor | None = None
+                requests: shmkv.Cache | None = None
                 try:
+                    # The requests' own handle: it waits only a moment for a lock (waits.py)
+                    requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
+                                                owner=self.config.region_owner or None)
+                    dispatcher = Dispatcher(requests, limits)
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
@@ -149,7 +176,7 @@ class _Node:
                                        "(set)" if self.config.requirepass else ""},
                                stats=cache.stats())
                     self._notify_ready()
-                    self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
+                    self._loop(router, publisher, events, dispatcher, cache, stop,
                                persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
@@ -165,6 +192,8 @@ class _Node:
                         self.metrics.stop_http()
                     if persistence is not None:
                         persistence.close()
+                    if requests is not None:
+                        requests.close()
                     cache.close()  # the region itself stays
             finally:
                 router.close()
@@ -194,8 +223,9 @@ class _Node:
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
+        waits = self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
         while stop.received is None:
-            wake_at = min(next_maintain, self._next_watchdog, persistence.due())
+            wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -207,6 +237,10 @@ class _Node:
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
+            if time.monotonic() >= waits.due():
+                self._send(router, waits.retry(dispatcher.attempt,
+                                               lambda: dispatcher.last_lock_timeout),
+                           publisher, events)
             if door is not None:
                 door.service(ready)
             events_left = publisher.pump(events)  # local writers' events
@@ -219,25 +253,41 @@ class _Node:
             if now >= self._next_watchdog:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
+        # a received request is answered before the node stops, if only with LockTimeout
+        self._send(router, waits.expire_all(dispatcher.last_lock_timeout), publisher, events)
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
         for _ in range(MAX_BATCH):
-            try:
-                message = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            received = _receive(router)
+            if received is None:
                 return
             started = time.perf_counter()
-            reply = dispatcher.handle(message[1:])  # frame 0 is the client's routing id
+            routing_id, message = received
+            decoded = message if isinstance(message, protocol.Reply) else \
+                dispatcher.decode(message)
+            if isinstance(decoded, protocol.Reply):
+                reply: protocol.Reply | None = decoded
+            else:
+                reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
+                                           lambda: dispatcher.last_lock_timeout)
+            if reply is not None:  # else parked: waits.py answers it later
+                self._send(router, [(routing_id, reply)], publisher, events, started)
+
+    def _send(self, router: zmq.Socket, replies: list[tuple[object, protocol.Reply]],
+              publisher: Publisher, events: EventReader, started: float | None = None) -> None:
+        for routing_id, reply in replies:
             # While someone listens, forward the request's events before replying: the rings
             # keep order only per stripe, so this is what publishes the events of requests in
             # the order they were made (publish("a") before publish("b")), and before anything
             # the client does once it has the reply. Nobody listening: the loop's pump drains.
             if publisher.listening:
                 publisher.pump(events)
-            # A ROUTER never blocks on send: a reply to a client that has gone is dropped.
-            router.send_multipart([message[0], *protocol.encode_reply(reply)], copy=False)
-            self._observe(reply.op, time.perf_counter() - started, reply.error)
+            _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
+            if started is not None:
+                self._observe(reply.op, time.perf_counter() - started, reply.error)
+            else:
+                self._observe(reply.op, 0.0, reply.error)
 
     def _maintain(self, cache: shmkv.Cache) -> None:
         try:
@@ -291,6 +341,67 @@ class _Node:
     def _emit(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}) + "\n")
         self.out.flush()
+
+
+def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
+    """Send a reply; drop it if its client has gone or has SEND_HWM replies unread. The
+    count libzmq checks lags behind what the client has read (its connection's thread tells
+    the socket every SEND_HWM/2 messages, through a queue the socket reads when it is used),
+    so a full pipe is checked again after reading that queue, or a client that reads every
+    reply would lose one now and then."""
+    for attempt in range(2):
+        try:
+            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            if attempt == 0:
+                router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
+                return
+            raise
+
+
+def _arena_bytes_to_serve(config: NodeConfig) -> int:
+    """The arena size of the region the node is about to serve (open_or_restore's choice)."""
+    try:
+        with shmkv.Cache.open(config.region, owner=config.region_owner or None) as cache:
+            return int(cache.stats()["arena_bytes"])
+    except RegionNotFound:
+        pass
+    if config.snapshot_path and os.path.exists(config.snapshot_path):
+        try:
+            sizes = shmkv.Cache.sizes_for_snapshot(config.snapshot_path)
+        except ShmKVError:  # open_or_restore says what is wrong with it
+            return config.arena_bytes
+        return max(sizes["arena_bytes"], config.arena_bytes)
+    return config.arena_bytes
+
+
+def _receive(router: zmq.Socket) -> tuple[zmq.Frame, list[zmq.Frame] | protocol.Reply] | None:
+    """(routing id, the message's frames) of the next message, or None if none waits. A
+    message of more than MAX_FRAMES frames is read to its end and dropped frame by frame,
+    never held whole (a million empty frames are 2 MB on the wire and ~600 MB as Python
+    objects): the error reply that answers it comes instead of its frames."""
+    try:
+        routing_id = router.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames: list[zmq.Frame] = []
+    # a multipart message is delivered whole, so its other frames are there: no waiting
+    more = routing_id.more
+    while more and len(frames) < protocol.MAX_FRAMES:
+        frames.append(router.recv(copy=False))
+        more = frames[-1].more
+    if not more:
+        return routing_id, frames
+    dropped = 0
+    while router.getsockopt(zmq.RCVMORE):
+        router.recv(copy=True)  # b"" frames are one shared object: nothing piles up
+        dropped += 1
+    return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
+        f"a message of {len(frames) + dropped} frames is over this node's limit of "
+        f"{protocol.MAX_FRAMES} (max_frames)"), op="invalid")
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
