@@ -395,9 +395,12 @@ def _receive(router: zmq.Socket) -> tuple[zmq.Frame, list[zmq.Frame] | protocol.
         more = frames[-1].more
     if not more:
         return routing_id, frames
-    dropped = 0
-    while router.getsockopt(zmq.RCVMORE):
-        router.recv(copy=True)  # b"" frames are one shared object: nothing piles up
+    # recv_into a scratch buffer: no object per frame, and half the time of recv() (~1 us a
+    # frame: the loop serves nobody meanwhile, and a message is all there or not at all)
+    dropped, scratch = 0, bytearray(64)
+    recv_into, more = router.recv_into, router.getsockopt
+    while more(zmq.RCVMORE):
+        recv_into(scratch)
         dropped += 1
     return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
         f"a message of {len(frames) + dropped} frames is over this node's limit of "
