@@ -11,7 +11,8 @@ key with a parked one is parked behind it without a try, and a parked request is
 when no earlier parked one shares a key with it. A request whose keys are not known from its
 frames (batches, whole-collection and region commands) counts as sharing a key with every
 other, so it waits for all the parked requests before it, and all the later ones wait for it.
-At most MAX_WAITING requests wait; one more is answered LockTimeout at once.
+At most MAX_WAITING requests, of at most MAX_WAITING_BYTES of payload in all, wait; one more is
+answered LockTimeout at once (a parked request keeps its message, values included).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .protocol import Reply, Request
 TRY_LOCK_S = 0.001
 RETRY_S = 0.002  # how often parked requests are tried again
 MAX_WAITING = 256  # each retry may cost TRY_LOCK_S of the loop: bound the work per round
+MAX_WAITING_BYTES = 64 << 20
 
 # Commands whose first frame is the one key they touch (rename: its two frames are two keys).
 _ONE_KEY = frozenset(op for op, n in protocol.REQUEST_FRAMES.items() if n in (1, 2)) \
@@ -59,6 +61,7 @@ class _Waiting:
     keys: Keys
     received_s: float
     deadline_s: float
+    payload_bytes: int
 
 
 class LockWaits:
@@ -69,6 +72,7 @@ class LockWaits:
         self.lock_timeout_s = lock_timeout_s
         self._clock = clock
         self._queue: list[_Waiting] = []
+        self._payload_bytes = 0  # of the requests in _queue
         self._next_retry_s = float("inf")
 
     def __len__(self) -> int:
@@ -95,14 +99,19 @@ class LockWaits:
             reply = attempt(request)
             if reply is not None:
                 return reply
-        if len(self._queue) >= MAX_WAITING:
+        payload_bytes = sum(f.nbytes for f in request.frames)
+        if len(self._queue) >= MAX_WAITING \
+                or self._payload_bytes + payload_bytes > MAX_WAITING_BYTES:
             return protocol.error_reply(request.id, LockTimeout(
-                f"{MAX_WAITING} requests already wait for busy locks on this node; "
-                f"try again later (last lock error: {last_error() or 'none'})"), op=request.op)
+                f"{len(self._queue)} requests of {self._payload_bytes} bytes already wait for "
+                f"busy locks on this node (at most {MAX_WAITING}, of {MAX_WAITING_BYTES} "
+                f"bytes); try again later (last lock error: {last_error() or 'none'})"),
+                op=request.op)
         if not self._queue:
             self._next_retry_s = now + RETRY_S
         self._queue.append(_Waiting(routing_id, request, keys, now,
-                                    self.deadline_of(request, now)))
+                                    self.deadline_of(request, now), payload_bytes))
+        self._payload_bytes += payload_bytes
         return None
 
     def retry(self, attempt: Callable[[Request], Reply | None], last_error: Callable[[], str]
@@ -120,6 +129,7 @@ class LockWaits:
                 still.append(w)
             else:
                 done.append((w.routing_id, reply))
+                self._payload_bytes -= w.payload_bytes
         self._queue = still
         self._next_retry_s = self._clock() + RETRY_S
         return done
@@ -141,5 +151,5 @@ class LockWaits:
     def expire_all(self, last_error: str) -> list[tuple[Any, Reply]]:
         """Answer every parked request LockTimeout now (the node is stopping)."""
         done = [(w.routing_id, self._timed_out(w, last_error)) for w in self._queue]
-        self._queue = []
+        self._queue, self._payload_bytes = [], 0
         return done

@@ -36,10 +36,10 @@ class Region:
         return "stripe 3 lock not acquired within 0.001 s; held by pid 4242, which is alive"
 
 
-def req(request_id: int, op: str = "set", key: bytes = b"k", **fields: object) -> Request:
-    frames = [b"", protocol.PROTOCOL_TAG, *protocol.encode_request(
-        request_id, op, fields, [key] * protocol.REQUEST_FRAMES[op])[2:]]
-    return protocol.decode_request(frames)
+def req(request_id: int, op: str = "set", key: bytes = b"k", value: bytes = b"v",
+        **fields: object) -> Request:
+    payload = [key, value, key, value][:protocol.REQUEST_FRAMES[op]]
+    return protocol.decode_request(protocol.encode_request(request_id, op, fields, payload))
 
 
 @pytest.fixture
@@ -125,3 +125,17 @@ def test_expire_all_answers_every_waiting_request(setup) -> None:
     submit(w, region, req(2, "rename"))
     assert [r.error for _, r in w.expire_all(region.last_error())] == ["LockTimeout"] * 2
     assert len(w) == 0
+
+
+def test_past_max_waiting_bytes_a_request_is_answered_lock_timeout_at_once(setup) -> None:
+    w, region, clock = setup
+    region.busy.add(b"k")
+    half = bytes(waits.MAX_WAITING_BYTES // 2 - 1)  # with its 1-byte key
+    assert submit(w, region, req(1, "set", key=b"k", value=half)) is None
+    assert submit(w, region, req(2, "set", key=b"k", value=half)) is None
+    reply = submit(w, region, req(3, "set", key=b"k", value=b"x"))
+    assert reply.error == "LockTimeout" and f"of {waits.MAX_WAITING_BYTES} bytes" in reply.message
+    region.busy.clear()
+    w.retry(region.attempt, region.last_error)  # both done: their bytes are free again
+    region.busy.add(b"k")
+    assert submit(w, region, req(4, "set", key=b"k", value=half)) is None
