@@ -52,14 +52,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import zmq
 
 import shmkv
 from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
-from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 from shmkv.events import EventReader
+from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
 from . import protocol
 from .auth import CurveServer
@@ -223,7 +223,7 @@ class _Node:
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
-        waits = self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
+        waits = self._waits
         while stop.received is None:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
             if publisher.listening or (door is not None and door.listening):
@@ -262,7 +262,7 @@ class _Node:
             received = _receive(router)
             if received is None:
                 return
-            started = time.perf_counter()
+            started = time.monotonic()
             routing_id, message = received
             decoded = message if isinstance(message, protocol.Reply) else \
                 dispatcher.decode(message)
@@ -272,11 +272,12 @@ class _Node:
                 reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
                                            lambda: dispatcher.last_lock_timeout)
             if reply is not None:  # else parked: waits.py answers it later
-                self._send(router, [(routing_id, reply)], publisher, events, started)
+                self._send(router, [(routing_id, reply, started)], publisher, events)
 
-    def _send(self, router: zmq.Socket, replies: list[tuple[object, protocol.Reply]],
-              publisher: Publisher, events: EventReader, started: float | None = None) -> None:
-        for routing_id, reply in replies:
+    def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
+              publisher: Publisher, events: EventReader) -> None:
+        """Send (routing id, reply, when the request arrived: time.monotonic()) each."""
+        for routing_id, reply, started in replies:
             # While someone listens, forward the request's events before replying: the rings
             # keep order only per stripe, so this is what publishes the events of requests in
             # the order they were made (publish("a") before publish("b")), and before anything
@@ -284,10 +285,7 @@ class _Node:
             if publisher.listening:
                 publisher.pump(events)
             _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
-            if started is not None:
-                self._observe(reply.op, time.perf_counter() - started, reply.error)
-            else:
-                self._observe(reply.op, 0.0, reply.error)
+            self._observe(reply.op, time.monotonic() - started, reply.error)
 
     def _maintain(self, cache: shmkv.Cache) -> None:
         try:
@@ -398,8 +396,8 @@ def _receive(router: zmq.Socket) -> tuple[zmq.Frame, list[zmq.Frame] | protocol.
     # recv_into a scratch buffer: no object per frame, and half the time of recv() (~1 us a
     # frame: the loop serves nobody meanwhile, and a message is all there or not at all)
     dropped, scratch = 0, bytearray(64)
-    recv_into, more = router.recv_into, router.getsockopt
-    while more(zmq.RCVMORE):
+    recv_into, option = router.recv_into, router.getsockopt
+    while option(zmq.RCVMORE):
         recv_into(scratch)
         dropped += 1
     return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(

@@ -39,6 +39,7 @@ MAX_WAITING_BYTES = 64 << 20
 _ONE_KEY = frozenset(op for op, n in protocol.REQUEST_FRAMES.items() if n in (1, 2)) \
     - {"get_many", "publish", "rename"}
 Keys = frozenset[tuple[str, bytes]] | None  # None: every key
+Answer = tuple[Any, Reply, float]  # (routing id, reply, when the request arrived)
 
 
 def keys_of(request: Request) -> Keys:
@@ -115,9 +116,9 @@ class LockWaits:
         return None
 
     def retry(self, attempt: Callable[[Request], Reply | None], last_error: Callable[[], str]
-              ) -> list[tuple[Any, Reply]]:
-        """Try the parked requests again, in order; [(routing id, reply)] of those done."""
-        done: list[tuple[Any, Reply]] = []
+              ) -> list[Answer]:
+        """Try the parked requests again, in order; those done, answered."""
+        done: list[Answer] = []
         still: list[_Waiting] = []
         for w in self._queue:
             reply = None
@@ -128,7 +129,7 @@ class LockWaits:
             if reply is None:
                 still.append(w)
             else:
-                done.append((w.routing_id, reply))
+                done.append((w.routing_id, reply, w.received_s))
                 self._payload_bytes -= w.payload_bytes
         self._queue = still
         self._next_retry_s = self._clock() + RETRY_S
@@ -148,8 +149,9 @@ class LockWaits:
             "stopped or stuck, stop it; if it is just busy, give the client a longer "
             "timeout_s"), op=w.request.op)
 
-    def expire_all(self, last_error: str) -> list[tuple[Any, Reply]]:
+    def expire_all(self, last_error: str) -> list[Answer]:
         """Answer every parked request LockTimeout now (the node is stopping)."""
-        done = [(w.routing_id, self._timed_out(w, last_error)) for w in self._queue]
+        done = [(w.routing_id, self._timed_out(w, last_error), w.received_s)
+                for w in self._queue]
         self._queue, self._payload_bytes = [], 0
         return done

@@ -117,8 +117,16 @@ def hostile(endpoint: str, duration_s: float, max_message_bytes: int) -> None:
             protocol.encode_request(sent, "get", {}, [b"k"]) + [b""] * 10_000,  # frames
             protocol.encode_request(sent, "get", {}, [b"hostile:big"]),  # never read
         ]
-        if time.monotonic() >= next_oversize:  # the node drops the connection each time
-            messages.append(protocol.encode_request(sent, "set", {}, [b"k", too_big]))
+        if time.monotonic() >= next_oversize:
+            # on a socket of its own: the node drops the connection it comes on, and a
+            # DEALER keeps what it had queued for after it reconnects (its next oversize
+            # message among them), so on the shared one it would end the other kinds
+            oversize = context.socket(zmq.DEALER)
+            oversize.setsockopt(zmq.LINGER, 2000)  # close() still sends it, meanwhile
+            oversize.connect(endpoint)
+            oversize.send_multipart(protocol.encode_request(sent, "set", {}, [b"k", too_big]))
+            oversize.close()
+            sent += 1
             next_oversize = time.monotonic() + 2.0
         for message in messages:
             try:

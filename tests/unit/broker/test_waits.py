@@ -66,8 +66,8 @@ def test_requests_on_a_busy_key_are_served_in_arrival_order_once_it_is_free(setu
     assert submit(w, region, req(2, key=b"k")) is None
     assert submit(w, region, req(3, key=b"other")).id == 3  # another key is not held up
     clock.now_s = w.due()
-    assert [(rid, r.id) for rid, r in w.retry(region.attempt, region.last_error)] == \
-        [("client1", 1), ("client2", 2)]
+    assert [(rid, r.id, at) for rid, r, at in w.retry(region.attempt, region.last_error)] == \
+        [("client1", 1, 100.0), ("client2", 2, 100.0)]
     assert region.applied == [3, 1, 2]
 
 
@@ -92,7 +92,7 @@ def test_a_waiting_request_is_answered_lock_timeout_at_its_share_of_the_client_t
     clock.now_s += 0.79
     assert w.retry(region.attempt, region.last_error) == []
     clock.now_s += 0.01  # 80% of 1 s
-    [(_, reply)] = w.retry(region.attempt, region.last_error)
+    [(_, reply, _)] = w.retry(region.attempt, region.last_error)
     assert reply.error == "LockTimeout"
     assert "stripe 3 lock" in reply.message and "pid 4242" in reply.message
     assert "lock_timeout_s" not in reply.message  # the engine's advice is for local handles
@@ -106,7 +106,7 @@ def test_without_a_client_timeout_the_deadline_is_the_node_lock_timeout(setup) -
     clock.now_s += 4.99
     assert w.retry(region.attempt, region.last_error) == []
     clock.now_s += 0.01
-    assert [r.id for _, r in w.retry(region.attempt, region.last_error)] == [1, 2]
+    assert [r.id for _, r, _ in w.retry(region.attempt, region.last_error)] == [1, 2]
 
 
 def test_past_max_waiting_a_request_is_answered_lock_timeout_at_once(setup) -> None:
@@ -123,7 +123,7 @@ def test_expire_all_answers_every_waiting_request(setup) -> None:
     region.busy.add(b"k")
     submit(w, region, req(1))
     submit(w, region, req(2, "rename"))
-    assert [r.error for _, r in w.expire_all(region.last_error())] == ["LockTimeout"] * 2
+    assert [r.error for _, r, _ in w.expire_all(region.last_error())] == ["LockTimeout"] * 2
     assert len(w) == 0
 
 
