@@ -114,8 +114,9 @@ node that predates them sends none):
                        (MAX_BATCH_KEYS)
     max_reply_bytes    payload bytes of one reply             RequestTooLarge, naming the limit
                        (get_many, keys)
-A limit no request of this table reaches (a frame count, a batch size) stays constant; the two
-byte limits follow the region, as no value can be larger than its arena.
+The frame and batch limits are constants, far above what any command of the table needs; the
+two byte limits follow the region, as no value can be larger than its arena. While a get_many
+is answered the node holds at most about twice max_reply_bytes (the values read, then packed).
 
 Arrays: `dtype` is numpy's descr of the dtype as in a .npy header (numpy.lib.format), so
 "<f8" for a plain dtype and a list of [name, descr(, shape)] for a structured one; `shape` is a
