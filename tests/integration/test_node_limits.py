@@ -162,7 +162,10 @@ HOLDER = textwrap.dedent("""
     import os, signal, sys
     import shmkv
     cache = shmkv.Cache.open(sys.argv[1])
-    cache._lock_and_find(sys.argv[2].encode())  # holds the key's stripe lock
+    if sys.argv[2] == "<arena>":
+        cache._locks.acquire_arena()
+    else:
+        cache._lock_and_find(sys.argv[2].encode())  # holds the key's stripe lock
     print("holding", flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 """)
@@ -170,7 +173,8 @@ HOLDER = textwrap.dedent("""
 
 @contextmanager
 def stopped_lock_holder(region: str, key: str) -> Iterator[int]:
-    """A local process that holds key's stripe lock and is stopped (SIGSTOP); killed after."""
+    """A local process that holds key's stripe lock (key "<arena>": the arena lock) and is
+    stopped (SIGSTOP); killed after."""
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, region, key],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -209,3 +213,20 @@ def test_a_request_waiting_for_a_lock_does_not_hold_up_the_others(region_name) -
         reply = protocol.decode_reply(waiting.recv_multipart())
         assert (reply.id, reply.error) == (1, "LockTimeout")
         assert served > 10
+
+
+@pytest.mark.multiprocess
+def test_a_stopped_holder_of_the_arena_lock_does_not_stop_the_node_serving_reads(
+        region_name) -> None:
+    # The loop's maintenance takes the arena lock every maintain_interval_s (0.1 s): with the
+    # node's lock timeout it would stall the loop for 5 s each time.
+    with running_node(region_name) as node:
+        with RemoteCache(node.endpoint, timeout_s=WAIT_S) as setup:
+            setup.set("k", b"v")
+        with stopped_lock_holder(region_name, "<arena>"), \
+                RemoteCache(node.endpoint, timeout_s=1.0, retries=0) as remote:
+            deadline = time.monotonic() + 3  # several maintenance intervals
+            while time.monotonic() < deadline:
+                assert remote.get("k") == b"v"
+            with pytest.raises(LockTimeout, match="arena lock"):
+                remote.set("new", b"v")
