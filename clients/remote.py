@@ -109,6 +109,7 @@ class _Connection:
 
     def _drop_socket(self) -> str | None:
         """Close the socket; returns why its last handshake failed, if it did."""
+        self._node_limits = None  # the node may come back serving another region size
         failure = None
         if self._watch is not None:
             failure = self._watch.failure()
