@@ -5,10 +5,12 @@ over ZeroMQ request/reply, and publishes channel messages and keyspace events.
 also to ipc:// endpoints in config.ipc_dir: ipc.py), creates the region if it does not exist (or attaches to it), turns keyspace events on for every
 writer of the region, reports that it is ready, and runs one loop until SIGTERM or SIGINT:
 
-    poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance or watchdog ping is
-         due, or EVENT_POLL_S while anyone subscribes)
+    poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance, watchdog ping or
+         retry of parked requests is due, or EVENT_POLL_S while anyone subscribes)
       subscriptions      -> note which topic prefixes subscribers want (pubsub.py)
-      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py)
+      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py); one
+                            that finds a lock busy is parked instead (waits.py)
+      parked retry due   -> try the parked requests again; answer those done or out of time
       ring events        -> forward them to subscribers (pubsub.py), whoever wrote them
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
                             balance), so expired memory is reclaimed even when nobody writes
