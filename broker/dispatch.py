@@ -11,17 +11,25 @@ The dispatcher keeps one handle per collection name it has seen and resolves a n
 creating anything: only the `collection` command creates, as `Cache.collection()` does. The
 handle of a name is forgotten when this node renames or drops the collection, and when a write
 finds it stale (dropped by another process); the request is then resolved once more by name.
+
+Busy locks. The node's handle waits only a moment for a lock (server.py opens it so): a
+request that finds one busy for longer is not answered by `attempt` (it returns None) and the
+node retries it later, serving others meanwhile (waits.py). A request is retried whole, which
+is safe because every write checks its lock before it changes anything; a batch (set_many,
+clear) that stopped half-way repeats the part it had done, and clear's count is then of the
+second pass only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shmkv import Cache
-from shmkv.errors import CollectionNotFound, ProtocolError
+from shmkv.errors import CollectionNotFound, LockTimeout, ProtocolError, RequestTooLarge
 
 from . import protocol
 from .protocol import Buffer, Reply, Request
@@ -34,18 +42,38 @@ _REQUIRED = object()
 class Dispatcher:
     """Runs requests against one root `Cache` handle (which it does not own)."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, limits: dict[str, int] | None = None) -> None:
         self._cache = cache
         self._scopes: dict[str, Cache] = {}  # collection name -> handle
+        self.limits = limits  # the node's (server.py); None: no reply limit, ping computes
+        self.last_lock_timeout = ""  # the engine's message of the last busy lock
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
-        """The reply to one request; never raises (but lets KeyboardInterrupt through)."""
+        """The reply to one request; never raises (but lets KeyboardInterrupt through). A
+        busy lock is an error reply here (LockTimeout); the node uses decode and attempt."""
+        decoded = self.decode(frames)
+        if isinstance(decoded, Reply):
+            return decoded
+        reply = self.attempt(decoded)
+        if reply is None:
+            return protocol.error_reply(decoded.id, LockTimeout(self.last_lock_timeout),
+                                        op=decoded.op)
+        return reply
+
+    def decode(self, frames: Sequence[Buffer]) -> Request | Reply:
+        """The request, or the error reply to a message that is not one."""
         try:
-            request = protocol.decode_request(frames)
-        except ProtocolError as exc:
+            return protocol.decode_request(frames)
+        except (ProtocolError, RequestTooLarge) as exc:
             return protocol.error_reply(protocol.request_id_of(frames), exc, op="invalid")
+
+    def attempt(self, request: Request) -> Reply | None:
+        """The reply to a request, or None if a lock it needs is busy (try again later)."""
         try:
             result, out = self._run(request)
+        except LockTimeout as exc:
+            self.last_lock_timeout = str(exc)
+            return None
         except Exception as exc:
             if protocol.error_code(exc) is None:  # a bug or an OS failure: worth a traceback
                 traceback.print_exc(file=sys.stderr)
@@ -53,6 +81,9 @@ class Dispatcher:
         return Reply(request.id, result, out, op=request.op)
 
     def _run(self, request: Request) -> Result:
+        if self.limits is not None:
+            request = dataclasses.replace(request,
+                                          max_reply_bytes=self.limits["max_reply_bytes"])
         admin = _ADMIN.get(request.op)
         if admin is not None:
             return admin(self, request)
@@ -87,7 +118,8 @@ class Dispatcher:
 
     # --- commands on the region rather than on keys ----------------------------------------
     def _ping(self, request: Request) -> Result:
-        return {"protocol_version": protocol.PROTOCOL_VERSION}, []
+        limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
+        return {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}, []
 
     def _collection(self, request: Request) -> Result:
         name = _field(request, "name")
@@ -180,6 +212,7 @@ def _len(c: Cache, r: Request) -> Result:
 
 def _keys(c: Cache, r: Request) -> Result:
     keys = c.keys()
+    _check_reply_bytes(r, sum(map(len, keys)))
     return len(keys), keys
 
 
@@ -204,13 +237,22 @@ def _stats(c: Cache, r: Request) -> Result:
 
 
 def _get_many(c: Cache, r: Request) -> Result:
-    found, values = [], []
+    found, values, reply_bytes = [], [], 0
     for key in protocol.unpack(*r.frames):
         value = c.get(key.tobytes())
         found.append(value is not None)
         if value is not None:
+            reply_bytes += len(value)
+            _check_reply_bytes(r, reply_bytes)  # before the next copy, not after them all
             values.append(value)
     return found, protocol.pack(values)
+
+
+def _check_reply_bytes(r: Request, reply_bytes: int) -> None:
+    cap = r.max_reply_bytes
+    if cap is not None and reply_bytes > cap:
+        raise RequestTooLarge(f"the reply to {r.op} would be over this node's limit of {cap} "
+                              "bytes per reply (max_reply_bytes); ask for fewer keys")
 
 
 def _set_many(c: Cache, r: Request) -> Result:

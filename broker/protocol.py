@@ -30,6 +30,11 @@ Header fields. Every field not listed is ignored by both sides, so a peer may ad
                               reply to a request it gave up on)
              op     str       the command, a key of REQUEST_FRAMES
              coll   str       the collection of key commands; "" or absent: the default one
+             timeout_ms int   optional: how long the client waits for this reply. A
+                              request that needs a busy lock is answered with LockTimeout
+                              once DEADLINE_SHARE of it has passed (and at the latest after
+                              the node's lock timeout), so that the client hears LockTimeout
+                              rather than giving up. Absent (older clients): the lock timeout.
              ...              the command's arguments, as named in the table below
     reply    id     int|null  the request's id (null when it could not be read)
              ok     bool      false for an error reply
@@ -41,7 +46,8 @@ Header fields. Every field not listed is ignored by both sides, so a peer may ad
 Commands. "key", "value": one payload frame each; "k1 v1 k2 v2 ..": pairs of frames. A key
 frame holds the key's bytes (a str key in UTF-8, which the engine treats as the same key).
     op                request fields     request frames   reply result          reply frames
-    ping              -                  -                {"protocol_version"}  -
+    ping              -                  -                {"protocol_version",  -
+                                                          "limits"}
     get               coll               key              found: bool           value if found
     get_with_version  coll               key              version or null       value if found
     set               coll, ttl_s        key, value       null                  -
@@ -96,6 +102,22 @@ microseconds per frame, which a batch of 100 one-frame items paid 400 times over
 get_many of 100 cost 9x Redis' MGET); a length table that does not add up to the bytes is a
 ProtocolError.
 
+Limits. A node refuses what would let one client take its memory or its loop; `limits` in
+the ping reply says what they are, so that a client refuses an oversize request itself (a
+node that predates them sends none):
+    limit              what                                   over it
+    max_message_bytes  bytes of one frame (ZMQ_MAXMSGSIZE);   libzmq drops the connection
+                       set from the region's arena size       (no reply: check before sending)
+    max_frames         frames of one message (MAX_FRAMES)     RequestTooLarge; the node reads
+                                                              and drops the rest frame by frame
+    max_batch_keys     items of a packed batch                RequestTooLarge
+                       (MAX_BATCH_KEYS)
+    max_reply_bytes    payload bytes of one reply             RequestTooLarge, naming the limit
+                       (get_many, keys)
+The frame and batch limits are constants, far above what any command of the table needs; the
+two byte limits follow the region, as no value can be larger than its arena. While a get_many
+is answered the node holds at most about twice max_reply_bytes (the values read, then packed).
+
 Arrays: `dtype` is numpy's descr of the dtype as in a .npy header (numpy.lib.format), so
 "<f8" for a plain dtype and a list of [name, descr(, shape)] for a structured one; `shape` is a
 list of ints; data is the array's bytes in C order.
@@ -140,6 +162,25 @@ REQUEST_FRAMES: dict[str, int] = {
     "strlen": 1, "type": 1,
 }
 
+# Limits (the table in the docstring). The most frames a request has is 3 (envelope) + 4
+# (set_many), so 8 leaves no room for abuse; 100k keys is ~50x the largest batch the
+# benchmarks use, and a Python view per key keeps a batch of that size under ~20 MB.
+MAX_FRAMES = 8
+MAX_BATCH_KEYS = 100_000
+# Room beyond the largest value for the header, the key and a batch's length table.
+MESSAGE_HEADROOM_BYTES = 1 << 20
+# The share of the client's timeout_ms after which a request that waits for a lock is
+# answered LockTimeout: the rest is for the reply's way back and the client's own clock.
+DEADLINE_SHARE = 0.8
+
+
+def limits_for(arena_bytes: int) -> dict[str, int]:
+    """The limits of a node serving a region with this arena (the ping reply's `limits`)."""
+    message_bytes = min(arena_bytes, 2**32 - 1) + MESSAGE_HEADROOM_BYTES
+    return {"max_message_bytes": message_bytes, "max_frames": MAX_FRAMES,
+            "max_batch_keys": MAX_BATCH_KEYS, "max_reply_bytes": message_bytes}
+
+
 # The exceptions that cross the wire, by code. Built from errors.__all__, so a class added there
 # is covered without touching this module.
 ERROR_CLASSES: dict[str, type[Exception]] = {
@@ -154,13 +195,15 @@ _CODES = {cls: code for code, cls in ERROR_CLASSES.items()}
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A decoded request. `fields` is the whole header, unknown fields included."""
+    """A decoded request. `fields` is the whole header, unknown fields included;
+    `max_reply_bytes` is the node's limit, which the node sets (None: no limit)."""
 
     id: int
     op: str
     coll: str
     fields: dict[str, Any]
     frames: Sequence[memoryview]
+    max_reply_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -200,6 +243,9 @@ def decode_request(frames: Sequence[Buffer]) -> Request:
                             f"{', '.join(sorted(REQUEST_FRAMES))}")
     if type(coll) is not str:
         raise ProtocolError(f"coll must be a collection name (str), not {coll!r}")
+    timeout_ms = header.get("timeout_ms")
+    if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms <= 0):
+        raise ProtocolError(f"timeout_ms must be an int > 0, not {timeout_ms!r}")
     payload = views[3:]
     expected = REQUEST_FRAMES[op]
     if len(payload) != expected:
@@ -293,10 +339,13 @@ def pack(items: Sequence[Buffer]) -> list[bytes]:
 
 def unpack(lengths: Buffer, data: Buffer) -> list[memoryview]:
     """The items of a packed batch, as views of data. Raises ProtocolError if the length
-    table is not whole or does not add up to the data."""
+    table is not whole or does not add up to the data, RequestTooLarge past MAX_BATCH_KEYS."""
     table, blob = memoryview(lengths), memoryview(data)
     if table.nbytes % 4:
         raise ProtocolError("a packed batch's length table must be whole u32s")
+    if table.nbytes // 4 > MAX_BATCH_KEYS:
+        raise errors.RequestTooLarge(f"a batch of {table.nbytes // 4} items is over the limit "
+                                     f"of {MAX_BATCH_KEYS} per request; split it")
     lens = struct.unpack_from(f"<{table.nbytes // 4}I", table)
     if sum(lens) != blob.nbytes:
         raise ProtocolError("a packed batch's lengths do not add up to its bytes")

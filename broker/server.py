@@ -5,15 +5,25 @@ over ZeroMQ request/reply, and publishes channel messages and keyspace events.
 also to ipc:// endpoints in config.ipc_dir: ipc.py), creates the region if it does not exist (or attaches to it), turns keyspace events on for every
 writer of the region, reports that it is ready, and runs one loop until SIGTERM or SIGINT:
 
-    poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance or watchdog ping is
-         due, or EVENT_POLL_S while anyone subscribes)
+    poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance, watchdog ping or
+         retry of parked requests is due, or EVENT_POLL_S while anyone subscribes)
       subscriptions      -> note which topic prefixes subscribers want (pubsub.py)
-      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py)
+      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py); one
+                            that finds a lock busy is parked instead (waits.py)
+      parked retry due   -> try the parked requests again; answer those done or out of time
       ring events        -> forward them to subscribers (pubsub.py), whoever wrote them
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
                             balance), so expired memory is reclaimed even when nobody writes
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
+
+Hostile clients. The ROUTER drops the connection of a client that sends a frame over the
+region's max_message_bytes (ZMQ_MAXMSGSIZE; protocol.py's limits), reads a message frame by
+frame and drops what is past MAX_FRAMES without keeping it, and queues at most SEND_HWM
+replies to a client that does not read them (then drops them, as it does for a client that
+has gone), so a client holds at most SEND_HWM * max_reply_bytes of the node's memory. A
+request that needs a lock a stopped local process holds waits apart (waits.py): the loop goes
+on serving the others, and answers it LockTimeout before its client gives up.
 
 With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
 admits only the allowed client keys (auth.py); the loop does not see it.
@@ -44,13 +54,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import zmq
 
 import shmkv
-from shmkv.errors import ShmKVError
+from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
 from shmkv.events import EventReader
+from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
 from . import protocol
 from .auth import CurveServer
@@ -63,6 +74,7 @@ from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 from .replication import Replica, Source, Stopped
 from .resp_door import EventTee, RespDoor
+from .waits import TRY_LOCK_S, LockWaits
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
@@ -78,6 +90,11 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
+# Replies queued to one client before the ROUTER drops more (a RemoteCache has one request in
+# flight; a client that sends more without reading loses the replies past this), and requests
+# queued from one client before libzmq stops reading its connection.
+SEND_HWM = 16
+RECEIVE_HWM = 64
 
 
 class Notifier(Protocol):
@@ -110,12 +127,18 @@ class _Node:
         self.replication: Replica | Source | None = None
         self._watchdog_s: float | None = None  # how often the supervisor wants a ping
         self._next_watchdog = math.inf
+        self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
+        self._requests: shmkv.Cache  # the requests' handle (run() opens it)
+        self._maintain_failing = False
 
     def run(self) -> int:
         with _StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
+            router.setsockopt(zmq.SNDHWM, SEND_HWM)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone client: an error
+            router.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
             publisher: Publisher | None = None
             curve: CurveServer | None = None
             ipc: IpcEndpoints | None = None
@@ -125,6 +148,9 @@ class _Node:
                     curve = CurveServer(context, self.config.curve_secret_key,
                                         self.config.curve_allow)
                     curve.secure(router)
+                # before binding: a listener gives its connections the options it was bound with
+                limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
+                router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
                                       secure=curve.secure if curve else None)
@@ -141,6 +167,7 @@ class _Node:
                     cache = open_or_restore(self.config, self.notifier, self._emit)
                 persistence: Persistence | None = None
                 door: RespDoor | None = None
+                requests: shmkv.Cache | None = None
                 try:
                     if replica is not None:
                         replica.bootstrap()  # READY=1 only after the first full sync
@@ -148,6 +175,11 @@ class _Node:
                         source = Source(context, cache, self.config.repl_bind,
                                         curve.secure if curve else None)
                     self.replication = replica or source
+                    # The requests' own handle: it waits only a moment for a lock (waits.py)
+                    requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
+                                                owner=self.config.region_owner or None)
+                    dispatcher = Dispatcher(requests, limits)
+                    self._requests = requests
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
                     cache.enable_events(True)
@@ -166,7 +198,7 @@ class _Node:
                                        "(set)" if self.config.requirepass else ""},
                                stats=cache.stats(), replication=self._replication())
                     self._notify_ready()
-                    self._loop(router, publisher, events, Dispatcher(cache), cache, stop,
+                    self._loop(router, publisher, events, dispatcher, cache, stop,
                                persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
@@ -186,6 +218,8 @@ class _Node:
                         self.metrics.stop_http()
                     if persistence is not None:
                         persistence.close()
+                    if requests is not None:
+                        requests.close()
                     cache.close()  # the region itself stays
             finally:
                 router.close()
@@ -219,8 +253,9 @@ class _Node:
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
+        waits = self._waits
         while stop.received is None:
-            wake_at = min(next_maintain, self._next_watchdog, persistence.due())
+            wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
             if replica is not None:
                 wake_at = min(wake_at, replica.due())
             if publisher.listening or (door is not None and door.listening):
@@ -234,6 +269,10 @@ class _Node:
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
+            if time.monotonic() >= waits.due():
+                self._send(router, waits.retry(dispatcher.attempt,
+                                               lambda: dispatcher.last_lock_timeout),
+                           publisher, events)
             if door is not None:
                 door.service(ready)
             if source is not None and source.socket in ready:
@@ -250,32 +289,56 @@ class _Node:
             if now >= self._next_watchdog:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
+        # a received request is answered before the node stops, if only with LockTimeout
+        self._send(router, waits.expire_all(dispatcher.last_lock_timeout), publisher, events)
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
         for _ in range(MAX_BATCH):
-            try:
-                message = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            received = _receive(router)
+            if received is None:
                 return
-            started = time.perf_counter()
-            reply = dispatcher.handle(message[1:])  # frame 0 is the client's routing id
+            started = time.monotonic()
+            routing_id, message = received
+            decoded = message if isinstance(message, protocol.Reply) else \
+                dispatcher.decode(message)
+            if isinstance(decoded, protocol.Reply):
+                reply: protocol.Reply | None = decoded
+            else:
+                reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
+                                           lambda: dispatcher.last_lock_timeout)
+            if reply is not None:  # else parked: waits.py answers it later
+                self._send(router, [(routing_id, reply, started)], publisher, events)
+
+    def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
+              publisher: Publisher, events: EventReader) -> None:
+        """Send (routing id, reply, when the request arrived: time.monotonic()) each."""
+        for routing_id, reply, started in replies:
             # While someone listens, forward the request's events before replying: the rings
             # keep order only per stripe, so this is what publishes the events of requests in
             # the order they were made (publish("a") before publish("b")), and before anything
             # the client does once it has the reply. Nobody listening: the loop's pump drains.
             if publisher.listening:
                 publisher.pump(events)
-            # A ROUTER never blocks on send: a reply to a client that has gone is dropped.
-            router.send_multipart([message[0], *protocol.encode_reply(reply)], copy=False)
-            self._observe(reply.op, time.perf_counter() - started, reply.error)
+            _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
+            self._observe(reply.op, time.monotonic() - started, reply.error)
 
     def _maintain(self, cache: shmkv.Cache) -> None:
+        # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
+        # node's lock timeout, a stopped local process holding it would stall the loop for 5 s
+        # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's.
+        # Then the main handle's counts (the RESP door reads through it): the lock was free
+        # a moment ago.
         try:
-            cache.maintain()
+            self._requests.maintain()
+            cache.maintain(max_slots=1)
         except ShmKVError as exc:  # a lock held too long by a local process: try next time
-            print(json.dumps({"event": "maintain_failed", "error": type(exc).__name__,
-                              "message": str(exc)}), file=sys.stderr, flush=True)
+            if not self._maintain_failing:  # once a streak, not every interval
+                print(json.dumps({"event": "maintain_failed", "error": type(exc).__name__,
+                                  "message": str(exc)}), file=sys.stderr, flush=True)
+            self._maintain_failing = True
+        else:
+            self._maintain_failing = False
 
     # --- seams for the supervisor and the metrics ----------------------------------------
     def _notify_ready(self) -> None:
@@ -340,6 +403,70 @@ class _Node:
     def _emit(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}) + "\n")
         self.out.flush()
+
+
+def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
+    """Send a reply; drop it if its client has gone or has SEND_HWM replies unread. The
+    count libzmq checks lags behind what the client has read (its connection's thread tells
+    the socket every SEND_HWM/2 messages, through a queue the socket reads when it is used),
+    so a full pipe is checked again after reading that queue, or a client that reads every
+    reply would lose one now and then."""
+    for attempt in range(2):
+        try:
+            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            if attempt == 0:
+                router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
+                return
+            raise
+
+
+def _arena_bytes_to_serve(config: NodeConfig) -> int:
+    """The arena size of the region the node is about to serve (open_or_restore's choice)."""
+    try:
+        with shmkv.Cache.open(config.region, owner=config.region_owner or None) as cache:
+            return int(cache.stats()["arena_bytes"])
+    except RegionNotFound:
+        pass
+    if config.snapshot_path and os.path.exists(config.snapshot_path):
+        try:
+            sizes = shmkv.Cache.sizes_for_snapshot(config.snapshot_path)
+        except ShmKVError:  # open_or_restore says what is wrong with it
+            return config.arena_bytes
+        return max(sizes["arena_bytes"], config.arena_bytes)
+    return config.arena_bytes
+
+
+def _receive(router: zmq.Socket) -> tuple[zmq.Frame, list[zmq.Frame] | protocol.Reply] | None:
+    """(routing id, the message's frames) of the next message, or None if none waits. A
+    message of more than MAX_FRAMES frames is read to its end and dropped frame by frame,
+    never held whole (a million empty frames are 2 MB on the wire and ~600 MB as Python
+    objects): the error reply that answers it comes instead of its frames."""
+    try:
+        routing_id = router.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames: list[zmq.Frame] = []
+    # a multipart message is delivered whole, so its other frames are there: no waiting
+    more = routing_id.more
+    while more and len(frames) < protocol.MAX_FRAMES:
+        frames.append(router.recv(copy=False))
+        more = frames[-1].more
+    if not more:
+        return routing_id, frames
+    # recv_into a scratch buffer: no object per frame, and half the time of recv() (~1 us a
+    # frame: the loop serves nobody meanwhile, and a message is all there or not at all)
+    dropped, scratch = 0, bytearray(64)
+    recv_into, option = router.recv_into, router.getsockopt
+    while option(zmq.RCVMORE):
+        recv_into(scratch)
+        dropped += 1
+    return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
+        f"a message of {len(frames) + dropped} frames is over this node's limit of "
+        f"{protocol.MAX_FRAMES} (max_frames)"), op="invalid")
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> str:

@@ -26,6 +26,13 @@ own key it allows: RemoteCache(url, curve_server_key="node.key", curve_client_ce
 (files from `shmkv keygen`). A refused client is never told so by ZeroMQ, which just never
 connects: its calls time out, and the RemoteUnavailable says that authentication may have failed.
 
+Limits. Each request carries timeout_s (as timeout_ms), so that a node that cannot take a lock
+in time answers LockTimeout before the call gives up. A request with a frame over the node's
+max_message_bytes (protocol.py: about its arena size) would make the node drop the connection
+without a reply, so the first large request asks the node for its limits (a ping) and such a
+request raises RequestTooLarge (a ValueTooLarge) without being sent; so does a batch of more
+than protocol.MAX_BATCH_KEYS keys.
+
 Errors raised by the node arrive as the same class with the same message (KeyTooLarge,
 NotAnInteger, CollectionNotFound, TypeError, ...); argument types are checked here first, with
 the engine's messages, so that a wrong argument is not sent at all.
@@ -51,12 +58,15 @@ from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
 from shmkv.clients.handshake import HandshakeWatch
-from shmkv.errors import CacheClosed, RemoteUnavailable
+from shmkv.errors import CacheClosed, RemoteUnavailable, RequestTooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_RETRIES = 2
 _MISSING = object()
+# A request with a frame larger than this asks the node for its limits first (once): smaller
+# frames are under any node's max_message_bytes (an arena is at least 4 KiB, plus headroom).
+CHECK_LIMITS_ABOVE_BYTES = protocol.MESSAGE_HEADROOM_BYTES
 
 
 class _Connection:
@@ -77,6 +87,7 @@ class _Connection:
         self._socket: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
         self._last_id = 0
+        self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self.closed = False
         self._open()  # now: a malformed endpoint fails here, not at the first call
 
@@ -98,6 +109,7 @@ class _Connection:
 
     def _drop_socket(self) -> str | None:
         """Close the socket; returns why its last handshake failed, if it did."""
+        self._node_limits = None  # the node may come back serving another region size
         failure = None
         if self._watch is not None:
             failure = self._watch.failure()
@@ -116,8 +128,12 @@ class _Connection:
         """Send one request and return its reply; raise what an error reply carries."""
         if self.closed:
             raise CacheClosed("this RemoteCache is closed; create a new one")
+        largest = max((memoryview(f).nbytes for f in frames), default=0)
+        if largest > CHECK_LIMITS_ABOVE_BYTES:
+            self._check_message_bytes(op, largest)
         self._last_id += 1
         request_id = self._last_id
+        fields = {**fields, "timeout_ms": max(1, round(self.timeout_s * 1000))}
         message = protocol.encode_request(request_id, op, fields, frames)
         failure = None
         for _ in range(self.retries + 1):
@@ -134,6 +150,22 @@ class _Connection:
                           "is the node running (shmkv serve)?")
         raise RemoteUnavailable(f"no reply from {self.endpoint} to {op} within {self.timeout_s} "
                                 f"s, {self.retries + 1} attempt(s); {why}")
+
+    def _check_message_bytes(self, op: str, frame_bytes: int) -> None:
+        if self._node_limits is None:
+            self._node_limits = self.call("ping", {}).result.get("limits") or {}
+        cap = self._node_limits.get("max_message_bytes")
+        if type(cap) is int and frame_bytes > cap:
+            raise RequestTooLarge(
+                f"{op}: a frame of {frame_bytes} bytes is over the node's limit of {cap} bytes "
+                "per message (max_message_bytes, from its arena size); no value that large "
+                "fits its region: split it, or serve a region with a larger arena")
+
+    @staticmethod
+    def check_batch(count: int) -> None:
+        if count > protocol.MAX_BATCH_KEYS:
+            raise RequestTooLarge(f"a batch of {count} items is over the limit of "
+                                  f"{protocol.MAX_BATCH_KEYS} per request; split it")
 
     def _await(self, sock: zmq.Socket, request_id: int) -> Reply | None:
         deadline = time.monotonic() + self.timeout_s
@@ -219,6 +251,7 @@ class RemoteCache:
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
         """{key: value} of the keys that are present, in one round trip; keys as given."""
         keys = list(keys)
+        self._link.check_batch(len(keys))
         reply = self._call("get_many", protocol.pack([protocol.key_frame(k) for k in keys]))
         values = iter(protocol.unpack(*reply.frames))
         return {k: next(values).tobytes() for k, found in zip(keys, reply.result, strict=True)
@@ -303,6 +336,7 @@ class RemoteCache:
     def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> None:
         """Store every key -> value of items in one round trip. Not atomic: if one pair
         fails, the pairs before it are stored."""
+        self._link.check_batch(len(items))
         keys = [protocol.key_frame(key) for key in items]
         values = [protocol.value_frame(value) for value in items.values()]
         self._call("set_many", [*protocol.pack(keys), *protocol.pack(values)], ttl_s=ttl_s)

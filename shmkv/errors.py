@@ -47,6 +47,11 @@ class ValueTooLarge(ShmKVError, ValueError):
     """The value can never fit in this region's arena."""
 
 
+class RequestTooLarge(ValueTooLarge):
+    """A request to a node, or its reply, is over one of the node's limits (message bytes,
+    frames per message, keys per batch, reply bytes); the message names the limit."""
+
+
 class RegionFull(ShmKVError):
     """The arena has no room for the value right now."""
 
@@ -142,6 +147,7 @@ __all__ = [
     "RegionFull",
     "RegionNotFound",
     "RemoteUnavailable",
+    "RequestTooLarge",
     "ShmKVError",
     "TooManyCollections",
     "TooManyViews",

@@ -72,7 +72,7 @@ def test_ready_event_reports_the_endpoint_actually_bound(region_name) -> None:
         assert node.ready["config"]["bind"] == "tcp://127.0.0.1:*"
         assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", node.endpoint)
         with RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
-            assert remote.ping() == {"protocol_version": protocol.PROTOCOL_VERSION}
+            assert remote.ping()["protocol_version"] == protocol.PROTOCOL_VERSION
 
 
 @pytest.mark.multiprocess

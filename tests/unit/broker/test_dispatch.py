@@ -91,9 +91,10 @@ def test_get_many_marks_each_key_found_or_not(cache) -> None:
     assert [bytes(f) for f in protocol.unpack(*reply.frames)] == [b"1", b"1"]
 
 
-def test_ping_reports_the_protocol_version(cache) -> None:
+def test_ping_reports_the_protocol_version_and_the_limits(cache) -> None:
     reply = call(Dispatcher(cache), "ping")
-    assert reply.result == {"protocol_version": protocol.PROTOCOL_VERSION}
+    assert reply.result == {"protocol_version": protocol.PROTOCOL_VERSION,
+                            "limits": protocol.limits_for(cache.stats()["arena_bytes"])}
     json.dumps(reply.result)
 
 

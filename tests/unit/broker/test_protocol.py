@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import shmkv
 from shmkv.broker import protocol
 from shmkv.broker.protocol import PROTOCOL_TAG, PROTOCOL_VERSION, Reply
-from shmkv.errors import ProtocolError
+from shmkv.errors import ProtocolError, RequestTooLarge
 
 
 def header(frames: list) -> dict:
@@ -118,6 +119,9 @@ def test_the_version_is_read_without_parsing_the_header() -> None:
     (request_frames({"id": 1, "op": "len"}, b"extra"), "len takes 0 frame"),
     (request_frames({"id": 1, "op": "set_many"}, b"k", b"v", b"k2"), "set_many takes 4 frame"),
     (request_frames({"id": 1, "op": "publish"}, b"channel"), "publish takes 2 frame"),
+    (request_frames({"id": 1, "op": "len", "timeout_ms": 0}), "timeout_ms must be"),
+    (request_frames({"id": 1, "op": "len", "timeout_ms": 1.5}), "timeout_ms must be"),
+    (request_frames({"id": 1, "op": "len", "timeout_ms": True}), "timeout_ms must be"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_malformed_request_raises_protocol_error_saying_what_is_wrong(frames, problem) -> None:
     with pytest.raises(ProtocolError, match=problem):
@@ -222,3 +226,19 @@ def test_array_fields_round_trip_through_json(arr) -> None:
 def test_array_from_refuses_a_bad_description(fields, error) -> None:
     with pytest.raises(error):
         protocol.array_from(fields, b"\0" * 8)
+
+
+def test_a_batch_over_max_batch_keys_is_refused_before_its_items_are_made() -> None:
+    lengths = struct.pack(f"<{protocol.MAX_BATCH_KEYS + 1}I", *[0] * (protocol.MAX_BATCH_KEYS + 1))
+    with pytest.raises(RequestTooLarge, match=f"limit of {protocol.MAX_BATCH_KEYS}"):
+        protocol.unpack(lengths, b"")
+    assert len(protocol.unpack(*protocol.pack([b""] * protocol.MAX_BATCH_KEYS))) == \
+        protocol.MAX_BATCH_KEYS
+
+
+def test_the_byte_limits_follow_the_arena() -> None:
+    limits = protocol.limits_for(8 << 20)
+    assert limits["max_message_bytes"] == limits["max_reply_bytes"] == \
+        (8 << 20) + protocol.MESSAGE_HEADROOM_BYTES
+    assert limits["max_frames"] == protocol.MAX_FRAMES
+    assert protocol.MAX_FRAMES >= 3 + max(protocol.REQUEST_FRAMES.values())
