@@ -51,9 +51,12 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
                              "arena_offset", "arena_bytes", "seed", "coll", "gen",
                              "lock_timeout_s", "clock", "coerce_key", "lock_timeout_exc",
                              "corrupt_exc", "write_fallback", "incr_fallback", "expire_hook",
-                             "set_fallback", NULL};
+                             "set_fallback", "events_offset", "event_ring_bytes",
+                             "counts_offset", "max_collections", "delete_fallback", NULL};
     PyObject *buffer, *seed_obj, *timeout_obj, *clock, *coerce_key, *timeout_exc, *corrupt_exc;
     PyObject *write_fallback, *incr_fallback, *expire_hook, *set_fallback = NULL;
+    PyObject *delete_fallback = NULL;
+    Py_ssize_t events_off = -1, ring_bytes = -1, counts_off = -1, max_colls = -1;
     Py_ssize_t n_stripes, per, stripes_off, colls_off, access_off, index_off, arena_off;
     Py_ssize_t arena_bytes, coll, gen;
 
@@ -61,15 +64,31 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Writer is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO|O:Writer", kwlist, &buffer,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO|O$nnnnO:Writer", kwlist,
+                                     &buffer,
                                      &n_stripes, &per, &stripes_off, &colls_off, &access_off,
                                      &index_off, &arena_off, &arena_bytes, &seed_obj, &coll,
                                      &gen, &timeout_obj, &clock, &coerce_key, &timeout_exc,
                                      &corrupt_exc, &write_fallback, &incr_fallback,
-                                     &expire_hook, &set_fallback))
+                                     &expire_hook, &set_fallback, &events_off, &ring_bytes,
+                                     &counts_off, &max_colls, &delete_fallback))
         return -1;
     if (set_fallback == Py_None)
         set_fallback = NULL;
+    if (delete_fallback == Py_None)
+        delete_fallback = NULL;
+    /* inserts, deletes and events need all four areas' places; without them, Python's */
+    const int ext = events_off >= 0 && ring_bytes > 0 && counts_off >= 0 && max_colls > coll;
+    if (ext && (events_off % ALIGN || counts_off % 4 || ring_bytes % ALIGN
+                || max_colls > 0xFFFF)) {
+        PyErr_SetString(PyExc_ValueError, "events_offset and event_ring_bytes must be multiples "
+                                          "of 8, counts_offset of 4");
+        return -1;
+    }
+    if (delete_fallback && !PyCallable_Check(delete_fallback)) {
+        PyErr_SetString(PyExc_TypeError, "delete_fallback must be callable");
+        return -1;
+    }
     if (n_stripes < 1 || n_stripes > 256 || (n_stripes & (n_stripes - 1))) {
         PyErr_SetString(PyExc_ValueError, "n_stripes must be a power of two between 1 and 256");
         return -1;
@@ -148,7 +167,9 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
              || (uint64_t)colls_off + ((uint64_t)coll + 1) * COLLECTION_BYTES > len
              || (uint64_t)access_off + ns * pp > len
              || (uint64_t)index_off + ns * pp * 8 > len
-             || (uint64_t)arena_off + (uint64_t)arena_bytes > len)
+             || (uint64_t)arena_off + (uint64_t)arena_bytes > len
+             || (ext && ((uint64_t)events_off + ns * (uint64_t)ring_bytes > len
+                         || (uint64_t)counts_off + ns * (uint64_t)max_colls * 4 > len)))
         bad = "layout does not fit in the buffer";
     if (bad) {
         mapped_release(&self->map);
@@ -183,6 +204,14 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     self->incr_fallback = Py_NewRef(incr_fallback);
     self->expire_hook = Py_NewRef(expire_hook);
     self->set_fallback = Py_XNewRef(set_fallback);
+    self->ext = ext;
+    self->events_off = ext ? (uint64_t)events_off : 0;
+    self->ring_bytes = ext ? (uint64_t)ring_bytes : 0;
+    self->counts_off = ext ? (uint64_t)counts_off : 0;
+    self->max_colls = ext ? (uint32_t)max_colls : 0;
+    self->arena_first = (uint64_t)arena_off + ALIGN;
+    self->arena_last = (uint64_t)arena_off + (uint64_t)arena_bytes - ALIGN;
+    self->delete_fallback = Py_XNewRef(delete_fallback);
     self->map.closed = 0;
     return 0;
 }
@@ -197,6 +226,7 @@ Writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->incr_fallback);
     Py_VISIT(self->set_fallback);
+    Py_VISIT(self->delete_fallback);
     Py_VISIT(self->expire_hook);
     Py_VISIT(self->free_pins);
     Py_VISIT(self->pin_fallback);
@@ -219,6 +249,7 @@ Writer_clear(Writer *self)
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->incr_fallback);
     Py_CLEAR(self->set_fallback);
+    Py_CLEAR(self->delete_fallback);
     Py_CLEAR(self->expire_hook);
     Py_CLEAR(self->free_pins);
     Py_CLEAR(self->pin_fallback);
@@ -440,6 +471,8 @@ static PyMethodDef Writer_methods[] = {
      "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
      "incr(key, delta=1): Cache.incr; in place in C, else incr_fallback."},
+    {"delete", (PyCFunction)(void (*)(void))writer_delete, METH_FASTCALL | METH_KEYWORDS,
+     "delete(key): Cache.delete; in C, else delete_fallback."},
     {"take_counts", (PyCFunction)Writer_take_counts, METH_NOARGS,
      "take_counts(): (calls done in C, calls handed to the fallbacks, expire_hook calls) "
      "since the last call, then zeroed."},
