@@ -1509,3 +1509,104 @@ def test_a_reader_never_sees_a_torn_value_while_a_writer_rewrites_in_place(cache
     assert n > 0 and fast == n and fallbacks == 0  # every write was in place, in C
     assert len(seen) > 2, "the writer did not overlap the reads; the test proved nothing"
     assert not torn, f"{len(torn)} torn reads out of {reads}, e.g. {torn[:3]}"
+
+
+_TORN_INSERT_WRITER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import shmkv
+from test_core_write import make_writer
+c = shmkv.Cache.open(sys.argv[1])
+w = make_writer(c)
+short, long = int(sys.argv[3]), int(sys.argv[4])
+n = 0
+deadline = time.monotonic() + 120
+print("ready", flush=True)
+while time.monotonic() < deadline and c.get(b"stop") is None:
+    for j in range(26):
+        # alternately short and long: every set relocates (or inserts, after a delete)
+        w.set(b"torn", bytes([97 + j]) * (long if j % 2 else short))
+        if j % 4 == 3:
+            w.delete(b"torn")
+        n += 1 + (j % 4 == 3)
+fast, fallbacks, _ = w.take_counts()
+print(n, fast, fallbacks, flush=True)
+w.close()
+c.close()
+"""
+TORN_SHORT, TORN_LONG = 3000, 40 << 10
+
+
+@pytest.mark.multiprocess
+def test_a_reader_never_sees_a_torn_value_while_a_writer_inserts_relocates_and_deletes(
+        cache) -> None:
+    """Blocks freed by a delete or a relocation are reused at once by the next insert while
+    readers may still be copying from them: the seqlock must send every such read back."""
+    lay, region = cache._region.layout, cache._region
+    r = _core.Reader(region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
+                     lay.index_offset, lay.access_offset, lay.arena_offset, lay.arena_bytes,
+                     region.seed, 0, region.clock, key_bytes, cache._wait_writer,
+                     shmkv.CorruptRegion)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]))
+    writer = subprocess.Popen([sys.executable, "-c", _TORN_INSERT_WRITER, region.name,
+                               os.path.dirname(__file__), str(TORN_SHORT), str(TORN_LONG)],
+                              stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=os.path.dirname(__file__))
+    try:
+        out, torn, seen, reads = torn_reads(
+            writer, lambda: cache.set(b"stop", b"1"), lambda: r.get(b"torn") or b"",
+            (0, TORN_SHORT, TORN_LONG), TORN_READS, TORN_MIN_READS, TORN_SECONDS)
+    finally:
+        r.close()
+    n, fast, fallbacks = map(int, out.split())
+    # all in C but the inserts' expiry sampling (one write in WRITER_EXPIRY_EVERY)
+    assert n > 0 and fast >= n * 0.8 and fast + fallbacks == n, (n, fast, fallbacks)
+    assert len(seen) > 2, "the writer did not overlap the reads; the test proved nothing"
+    assert not torn, f"{len(torn)} torn reads out of {reads}, e.g. {torn[:3]}"
+    assert check_region(cache) == []
+
+
+KEYS_PER_PROCESS = 3000
+
+
+def _insert_delete_worker(name: str, me: int, start: Any, out: Any) -> None:
+    c = shmkv.Cache.open(name)
+    w = make_writer(c)
+    start.wait(30)
+    removed = 0
+    for i in range(KEYS_PER_PROCESS):
+        w.set(b"p%d-%d" % (me, i), b"v" * (i % 300))
+        if i % 3 == 2:  # and delete one of the keys written before
+            removed += w.delete(b"p%d-%d" % (me, i - 1))
+        w.incr(b"shared")
+    out.put((me, removed, w.take_counts()))
+    w.close()
+    c.close()
+
+
+@pytest.mark.multiprocess
+def test_four_processes_inserting_and_deleting_leave_exact_counts(cache) -> None:
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_insert_delete_worker,
+                         args=(cache._region.name, me, start, out)) for me in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    per_process = KEYS_PER_PROCESS // 3
+    assert all(removed == per_process for _, removed, _ in results)
+    assert len(cache) == 4 * (KEYS_PER_PROCESS - per_process) + 1  # the shared counter too
+    assert cache.get(b"shared") == str(4 * KEYS_PER_PROCESS).encode()
+    stats = cache.stats()
+    assert stats["deletes"] == 4 * per_process and stats["evictions"] == 0
+    for me in range(4):
+        for i in range(KEYS_PER_PROCESS):
+            want = None if i % 3 == 1 else b"v" * (i % 300)
+            assert cache.get(b"p%d-%d" % (me, i)) == want
+    assert sum(r[2][0] for r in results) > 4 * KEYS_PER_PROCESS  # mostly in C
+    assert check_region(cache) == []
+
