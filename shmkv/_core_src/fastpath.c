@@ -139,8 +139,6 @@ format_decimal(int64_t v, char *buf)
 
 /* --- the write, and the expiry sampling after it ------------------------------------------- */
 
-static int expiry_looks_due(Writer *self, uint64_t *cursor_out);
-
 /* Under the stripe lock: find the key and, if the fast path applies, write: in place, or
  * through insert.c in a new block. */
 static int
@@ -245,7 +243,7 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
         /* Python's expiry pass runs before this write's event (writer.py), ours after it:
          * with events on, a pass that would remove something is Python's, whole */
         uint64_t cursor;
-        int rc = expiry_looks_due(self, &cursor);
+        int rc = writer_expiry_due(self, &cursor, 0);
         if (rc) {
             out = rc < 0 ? FAST_ERROR : FAST_FALLBACK;
             goto release;
@@ -284,11 +282,9 @@ release:
     return out;
 }
 
-/* A lock-free look at the WRITER_EXPIRY_SLOTS slots from the expiry cursor (every ref
- * bounds-checked): 1 if one looks expired (or the clock is one the fast path does not read:
- * Python judges), 0 if none does (*cursor: past them), -1 if the clock raised. */
-static int
-expiry_looks_due(Writer *self, uint64_t *cursor_out)
+/* writer.h */
+int
+writer_expiry_due(Writer *self, uint64_t *cursor_out, int strict)
 {
     uint8_t *const base = self->map.base;
     const uint64_t total = self->index_slots;
@@ -301,8 +297,13 @@ expiry_looks_due(Writer *self, uint64_t *cursor_out)
         const uint64_t v = ld64(base + self->index_off + cursor * 8, memory_order_relaxed);
         cursor = cursor + 1 == total ? 0 : cursor + 1;
         const uint32_t ref = (uint32_t)v;
-        if (!v || !ref || ref > self->max_ref)
-            continue; /* empty, or garbage the next locked pass will meet */
+        if (!v)
+            continue;
+        if (!ref || ref > self->max_ref) {
+            if (strict)
+                return 1; /* Python's pass raises CorruptRegion */
+            continue;     /* garbage the next locked pass will meet */
+        }
         const uint64_t exp = ld64(base + self->arena_off + (uint64_t)ref * ALIGN + E_EXPIRES_AT,
                                   memory_order_relaxed);
         if (exp && exp <= now)
@@ -318,7 +319,7 @@ static int
 writer_expiry_sample(Writer *self)
 {
     uint64_t cursor = 0;
-    int rc = expiry_looks_due(self, &cursor);
+    int rc = writer_expiry_due(self, &cursor, 0);
     if (rc < 0)
         return -1;
     if (!rc) {
@@ -349,11 +350,13 @@ writer_run(Writer *self, PyObject *key_obj, wreq *r)
     if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
         return FAST_ERROR;
     const uint64_t h = xxh3_64(key, (size_t)klen, self->hseed);
+    r->sampled = 0;
     int rc = writer_locked(self, key, (uint32_t)klen, h, r);
     Py_XDECREF(owned);
     if (rc == FAST_DONE) {
         self->fast++;
-        if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && writer_expiry_sample(self) < 0)
+        if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && !r->sampled
+                && writer_expiry_sample(self) < 0)
             return FAST_ERROR; /* the write is done; the expiry pass failed */
     }
     return rc;

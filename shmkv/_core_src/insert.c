@@ -1,8 +1,8 @@
 /* shmkv/_core_src/insert.c: the Writer's inserts and relocating overwrites: put_locked's branch
  * that builds the new entry in a block of its own (writer.py), in C, when the arena has a free
  * block that fits and nothing unusual is asked for. Everything that needs eviction or expiry
- * (no block fits, the stripe at its max count, the periodic expiry sampling), a pinned old
- * entry, a damaged list or a lock that needs a repair goes to Python before anything changes.
+ * (no block fits, the stripe at its max count, an expired entry seen by the periodic expiry
+ * sampling), a pinned old entry, a damaged list or a lock that needs a repair goes to Python before anything changes.
  *
  * The order is the Python engine's, so that a writer killed anywhere leaves what a Python
  * writer killed there leaves: the new block is allocated, given its key and header and put on
@@ -45,9 +45,18 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
     uint64_t writes = ld64(rec + S_WRITES, memory_order_relaxed) + 1;
     if (!(writes & VERSION_MASK))
         writes++;
-    /* the expiry sampling of inserts, and a garbage counter, are Python's */
-    if (!(writes % WRITER_EXPIRY_EVERY) || writes > MAX_WRITES)
-        return FAST_FALLBACK;
+    if (writes > MAX_WRITES)
+        return FAST_FALLBACK; /* garbage: Python raises CorruptRegion */
+    /* Every WRITER_EXPIRY_EVERY-th write samples slots for expired entries (allocate_locked):
+     * when one looks expired the whole write is Python's, which removes it; else the pass
+     * would only move the cursor past them, which we do under the arena lock below. */
+    uint64_t cursor = 0;
+    const int sample = !(writes % WRITER_EXPIRY_EVERY);
+    if (sample) {
+        int due = writer_expiry_due(self, &cursor, 1);
+        if (due)
+            return due < 0 ? FAST_ERROR : FAST_FALLBACK;
+    }
 
     int rc = lock_arena(self);
     if (rc <= 0)
@@ -66,6 +75,10 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
     }
     if (rc != A_OK)
         goto torn;
+    /* the write is ours now: its expiry pass found nothing and moves the cursor only (an
+     * arena field) */
+    if (sample)
+        st64(base + H_EXPIRE_CURSOR, cursor, memory_order_relaxed);
     uint8_t *const e = base + off;
     uint8_t *const body = e + ENTRY_HEADER_BYTES;
     /* fill_entry(new=True): the key goes in before the block joins a list, so that an evictor
@@ -131,6 +144,7 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
         emit_event(self, rec, stripe, EV_SET, key, klen);
     r->cas_ok = 1;
     r->writes = writes;
+    r->sampled = sample;
     return FAST_DONE;
 torn:
     unlock_arena(self);

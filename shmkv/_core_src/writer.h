@@ -83,6 +83,7 @@ typedef struct {
     int cas_ok;
     int64_t result;       /* incr */
     uint64_t writes;      /* the stripe's new writes counter, 0 if nothing was written */
+    int sampled;          /* the write did its expiry sampling itself (an insert's) */
     char digits[24];      /* incr: the new value */
 } wreq;
 
@@ -175,6 +176,12 @@ SHMKV_INTERNAL PyObject *writer_delete(Writer *self, PyObject *const *args, Py_s
 /* Unix ns from the handle's clock: 1 (in *now), 0 if the clock gave something the fast paths
  * leave to Python (not an int, negative, past 2**63), -1 if it raised (fastpath.c). */
 SHMKV_INTERNAL int writer_now(Writer *self, uint64_t *now);
+
+/* A lock-free look at the WRITER_EXPIRY_SLOTS slots from the region's expiry cursor: 1 if one
+ * looks expired (or the clock is one the fast path does not read, or, strict, a slot holds a
+ * ref outside the arena: Python judges), 0 if none does (*cursor: where the pass would leave
+ * the cursor), -1 if the clock raised (fastpath.c). */
+SHMKV_INTERNAL int writer_expiry_due(Writer *self, uint64_t *cursor, int strict);
 
 /* ---------------------------------------------------------------------------------------------- */
 SHMKV_INTERNAL extern PyTypeObject ViewType;
