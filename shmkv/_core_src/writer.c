@@ -306,6 +306,49 @@ Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     return res;
 }
 
+/* put_absolute(key, value, expires_at_ns): what snapshot.put_absolute does for a bytes value
+ * (any contiguous buffer), with an absolute expiry: True if it was done in C, False if the
+ * caller must do it in Python (nothing was changed). */
+static PyObject *
+Writer_put_absolute(Writer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "put_absolute(key, value, expires_at_ns)");
+        return NULL;
+    }
+    unsigned long long exp = PyLong_Check(args[2]) ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    if (!PyLong_Check(args[2]) || (exp == (unsigned long long)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        self->fallbacks++;
+        Py_RETURN_FALSE; /* Python says what is wrong with it */
+    }
+    if (mapped_enter(&self->map) < 0)
+        return NULL;
+    Py_buffer vb;
+    int rc = FAST_FALLBACK;
+    if (PyObject_GetBuffer(args[1], &vb, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+    }
+    else {
+        if ((size_t)vb.len <= INPLACE_MAX_BYTES) {
+            wreq r;
+            r.op = W_SET;
+            r.writes = 0;
+            r.val = (const char *)vb.buf;
+            r.vlen = (uint32_t)vb.len;
+            r.exp = (uint64_t)exp;
+            rc = writer_run(self, args[0], &r);
+        }
+        PyBuffer_Release(&vb);
+    }
+    mapped_leave(&self->map);
+    if (rc == FAST_ERROR)
+        return NULL;
+    if (rc == FAST_FALLBACK)
+        self->fallbacks++;
+    return PyBool_FromLong(rc == FAST_DONE);
+}
+
 static PyObject *
 Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -471,6 +514,9 @@ static PyMethodDef Writer_methods[] = {
      "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
      "incr(key, delta=1): Cache.incr; in place in C, else incr_fallback."},
+    {"put_absolute", (PyCFunction)(void (*)(void))Writer_put_absolute, METH_FASTCALL,
+     "put_absolute(key, value, expires_at_ns): a restore's write of a bytes value with an "
+     "absolute expiry; True if done in C, False if the caller must write it in Python."},
     {"delete", (PyCFunction)(void (*)(void))writer_delete, METH_FASTCALL | METH_KEYWORDS,
      "delete(key): Cache.delete; in C, else delete_fallback."},
     {"take_counts", (PyCFunction)Writer_take_counts, METH_NOARGS,

@@ -359,6 +359,37 @@ def test_inserts_relocations_and_deletes_leave_the_region_as_the_python_engine_d
             w.close()
 
 
+def test_a_restore_through_the_compiled_writer_leaves_the_python_engines_bytes(
+        twins, cache, fake_clock, tmp_path, monkeypatch) -> None:
+    """A snapshot (keys with and without an absolute expiry, an array, a collection) restored
+    into one twin through the compiled writer's put_absolute, and into the other through the
+    Python engine alone: the same region, byte for byte."""
+    import numpy as np
+
+    from shmkv import backend
+
+    rng = random.Random(5)
+    users = cache.collection("users")
+    for i in range(1500):
+        (users if i % 5 == 0 else cache).set(b"r%d" % i, rng.randbytes(rng.choice([0, 9, 200])),
+                                             ttl_s=rng.choice([None, 30]))
+    cache.set_array("arr", np.arange(10))
+    path = str(tmp_path / "snap.snp")
+    cache.snapshot(path)
+    a, b = twins
+    before = a._cw.take_counts()
+    a.restore(path)
+    done_in_c = a._cw.take_counts()[0]
+    with monkeypatch.context() as m:
+        m.setattr(backend, "Writer", None)  # the collections' handles b opens: Python
+        m.setattr(b, "_cw", None)
+        b.restore(path)
+    assert _same_state(a, b) == ""
+    assert done_in_c >= 1200, (before, done_in_c)  # the collection's handle counts apart
+    assert a.collection("users").get(b"r0") == users.get(b"r0") and len(a) == len(cache)
+    assert check_region(a) == []
+
+
 class _nothing:
     def __enter__(self) -> None:
         return None
