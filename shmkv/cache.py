@@ -7,8 +7,8 @@ snapshots, collections) in upkeep.py, a mixin of Cache; Redis's read-modify-writ
 (getdel, getex, append, rename, set's options) in commands.py.
 
 A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`, and the
-compiled writer's as its `set`, `cas` and `incr` (instance attributes): a Python wrapper around
-a compiled call would cost a fifth of it.
+compiled writer's as its `set`, `cas`, `incr` and `delete` (instance attributes): a Python
+wrapper around a compiled call would cost a fifth of it.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ class Cache(Upkeep):
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
         self._events_hold: int | None = None  # this handle's EVENTS lock (events.py)
         self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
-        # The compiled writer does in-place overwrites (set, cas, incr) itself and hands every
-        # other case to the Python methods given here, before it has changed anything.
+        # The compiled writer does the common writes (set, cas, incr, delete: in place or into a
+        # free block, with events) itself and hands every other case (eviction above all) to
+        # the Python methods given here, before it has changed anything.
         self._cw = None if backend.Writer is None else backend.Writer(
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.collections_offset, lay.access_offset, lay.index_offset, lay.arena_offset,

@@ -1,34 +1,38 @@
 /* shmkv/_core_src/writer.c: the Writer type, shmkv._core.Writer, the compiled fast path of a
- * Cache handle's set, cas and incr: the object, its methods, and the hand-over of every other
- * case to the Python engine. The in-place write is in fastpath.c, the stripe lock in lock.c,
- * the argument parsing in args.c. */
+ * Cache handle's set, cas, incr and delete: the object, its methods, and the hand-over of every
+ * other case to the Python engine. The in-place write is in fastpath.c, inserts and relocations
+ * in insert.c, deletes in delete.c, the allocator and the lists in alloc.c, events in events.c,
+ * the locks in lock.c, the argument parsing in args.c. */
 #include "writer.h"
 
 /* --- the Writer, an overview ---------------------------------------------------------------
  *
  * One `Writer` per Cache handle: set(key, value, ttl_s=None), cas(key, value, version,
- * ttl_s=None) and incr(key, delta=1), with Cache's signatures, so that the handle can bind them
- * as its own methods. The fast path is the in-place overwrite of Cache._put_locked, and only
- * that: exact bytes or str keys and values (others are coerced by coerce_key, or handed over),
- * a key that is present, a new entry that fits its block snugly, no pin, no events, no write
- * fence, a live collection, a sound stripe. Anything else goes to the Python engine (the
- * fallbacks), which then does the whole call itself: the fast path decides before it changes
- * anything, so a call is done either all in C or all in Python, and behaves as Python's.
+ * ttl_s=None), incr(key, delta=1) and delete(key), with Cache's signatures, so that the handle
+ * can bind them as its own methods; and put_absolute(key, value, expires_at_ns) for a restore.
+ * The fast path is Cache._put_locked's write (in place when the new entry fits the key's block
+ * snugly, else into a new block that a free block of the arena provides) and Cache.delete:
+ * exact bytes or str keys and values (others are coerced by coerce_key, or handed over), no
+ * pinned old entry, no write fence, a live collection, a sound stripe, nothing to evict.
+ * Anything else goes to the Python engine (the fallbacks), which then does the whole call
+ * itself: the fast path decides before it changes anything, so a call is done either all in C
+ * or all in Python, and behaves as Python's (the twin-region tests compare the bytes).
  *
  * Locking (locks.py's protocol): the stripe's robust process-shared mutex, in the stripe
  * record. trylock; if busy, wait (GIL released) with pthread_mutex_clocklock in slices until
  * lock_timeout_s, then LockTimeout naming the recorded pid. EOWNERDEAD: made consistent at once
- * (lock.c). Held (fastpath.c), the stripe needs the Python repair if a pid is still recorded
- * (a holder died inside), its seq is odd or its count is impossible: then the lock is given
- * back untouched (the pid stays: it is the needs-repair mark) and the call goes to Python,
- * which repairs. Else our pid is recorded for the time we hold it. The arena lock is never
- * taken here.
+ * (lock.c). Held, the stripe needs the Python repair if a pid is still recorded (a holder died
+ * inside), its seq is odd or its count is impossible: then the lock is given back untouched
+ * (the pid stays: it is the needs-repair mark) and the call goes to Python, which repairs. Else
+ * our pid is recorded for the time we hold it. Inserts, relocations and deletes then take the
+ * arena lock the same way (a recorded pid or a wait past lock_timeout_s: Python's), and hold
+ * it from the allocation (or, for a delete, from before the slot's removal) to the free.
  *
- * The write (fastpath.c), as the in-place branch of _put_locked with _fill_entry(new=False):
- * seq made odd (relaxed store, release fence), the stripe's writes, changes and payload
- * counters, the value, version, expiry, length, kind and checksum of the entry, a release
- * fence, seq made even (release store); then the access byte of the slot the key was found
- * in (lru.mark(off, True)).
+ * The in-place write (fastpath.c), as the in-place branch of _put_locked with
+ * _fill_entry(new=False): seq made odd (relaxed store, release fence), the stripe's writes,
+ * changes and payload counters, the value, version, expiry, length, kind and checksum of the
+ * entry, a release fence, seq made even (release store); then the access byte of the slot the
+ * key was found in (lru.mark(off, True)), and the EV_SET when events are on.
  *
  * Expiry sampling (fastpath.c): an in-place writer must reclaim expired entries too (a process
  * that only overwrites would never reclaim anything otherwise). Every WRITER_EXPIRY_EVERY-th
@@ -36,7 +40,9 @@
  * WRITER_EXPIRY_SLOTS slots from the region's expiry cursor are looked at without any lock
  * (every ref bounds-checked); if one looks expired, expire_hook() is called (Python: the real
  * expiry pass, under the arena lock, which verifies everything), else the cursor is moved past
- * them (a relaxed store; it is only a hint).
+ * them (a relaxed store; it is only a hint). An insert looks before it writes (insert.c), as
+ * Python's does, and so does an in-place write with events on (Python's pass emits its events
+ * before the write's).
  */
 
 /* --- the object ------------------------------------------------------------------------------- */
@@ -508,12 +514,12 @@ static PyMethodDef Writer_methods[] = {
     {"unpin", (PyCFunction)(void (*)(void))writer_unpin, METH_FASTCALL,
      "unpin(pin, off): drop a pin (from pin() or PinTable.pin_locked)."},
     {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
-     "set(key, value, ttl_s=None, **options): Cache.set; in place in C, else write_fallback "
+     "set(key, value, ttl_s=None, **options): Cache.set; in C, else write_fallback "
      "(set_fallback with an option)."},
     {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
-     "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
+     "cas(key, value, version, ttl_s=None): Cache.cas; in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
-     "incr(key, delta=1): Cache.incr; in place in C, else incr_fallback."},
+     "incr(key, delta=1): Cache.incr; in C, else incr_fallback."},
     {"put_absolute", (PyCFunction)(void (*)(void))Writer_put_absolute, METH_FASTCALL,
      "put_absolute(key, value, expires_at_ns): a restore's write of a bytes value with an "
      "absolute expiry; True if done in C, False if the caller must write it in Python."},
@@ -547,13 +553,16 @@ PyTypeObject WriterType = {
         "Writer(buffer, n_stripes, slots_per_stripe, stripes_offset, collections_offset, "
         "access_offset, index_offset, arena_offset, arena_bytes, seed, coll, gen, "
         "lock_timeout_s, clock, coerce_key, lock_timeout_exc, corrupt_exc, write_fallback, "
-        "incr_fallback, expire_hook, set_fallback=None)\n\n"
-        "The in-place write path of one Cache handle (set, cas, incr) over a region's writable "
-        "buffer, which it holds until close(); every other case goes to the fallbacks: "
-        "write_fallback(key, value, ttl_s, if_version) (Cache._write) and "
-        "incr_fallback(key, delta) (Cache.incr's Python body); set_fallback(*args, **kwargs) "
-        "(Cache.set in Python) takes a set with an option (nx, xx, keepttl, get). expire_hook() runs the expiry "
-        "pass when the writer's sampling saw an expired entry."),
+        "incr_fallback, expire_hook, set_fallback=None, *, events_offset, event_ring_bytes, "
+        "counts_offset, max_collections, delete_fallback)\n\n"
+        "The write path of one Cache handle (set, cas, incr, delete) over a region's writable "
+        "buffer, which it holds until close(); every case it does not do goes to the "
+        "fallbacks: write_fallback(key, value, ttl_s, if_version) (Cache._write), "
+        "incr_fallback(key, delta) (Cache.incr's Python body), delete_fallback(key) "
+        "(Cache.delete's); set_fallback(*args, **kwargs) (Cache.set in Python) takes a set "
+        "with an option (nx, xx, keepttl, get). expire_hook() runs the expiry pass when the "
+        "writer's sampling saw an expired entry. Without the keyword-only areas, inserts, "
+        "relocations, deletes and writes with events on all go to the fallbacks."),
     .tp_basicsize = sizeof(Writer),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
