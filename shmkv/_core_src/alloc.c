@@ -223,6 +223,43 @@ arena_free(Writer *self, uint64_t off, int check_only)
     return file_free(self, start, (uint32_t)total, prev_free);
 }
 
+/* --- retiring a pinned block (pins.py) --------------------------------------------------------- */
+/* Whether any process record pins ref (pins.py's pinned_refs, dead processes' too). */
+static int
+pinned_by_a_process(const Writer *self, uint32_t ref)
+{
+    const uint8_t *base = self->map.base;
+    for (uint32_t p = 0; p < self->max_procs; p++) {
+        const uint8_t *pins = base + self->procs_off + (uint64_t)p * PROC_BYTES + P_PINS;
+        for (uint32_t k = 0; k < PINS_PER_PROC; k++)
+            if (ld32(pins + 4 * k) == ref)
+                return 1;
+    }
+    return 0;
+}
+
+/* writer.h */
+int
+arena_free_or_retire(Writer *self, uint64_t off, int check_only)
+{
+    uint8_t *base = self->map.base;
+    const uint32_t ref = (uint32_t)((off - self->arena_off) >> 3);
+    if (!(ld8(base + off + E_KIND) & KIND_PINNED) || !pinned_by_a_process(self, ref))
+        return arena_free(self, off, check_only);
+    if (check_only)
+        return A_OK;
+    /* _push_retired_locked: linked through lru_next, segment SEG_RETIRED */
+    st32(base + off + E_LRU_NEXT, ld32(base + H_RETIRED_HEAD));
+    const uint32_t word = ld32(base + off);
+    st32(base + off, (word & ~SEG_BITS) | SEG_RETIRED_WORD);
+    st32(base + H_RETIRED_HEAD, ref);
+    st32(base + H_RETIRED_COUNT, ld32(base + H_RETIRED_COUNT) + 1);
+    st64(base + H_RETIRED_BYTES,
+         ld64(base + H_RETIRED_BYTES, memory_order_relaxed) + (word & SIZE_MASK),
+         memory_order_relaxed);
+    return A_OK;
+}
+
 /* --- the segment lists (lru.py) -------------------------------------------------------------- */
 static const uint32_t seg_word[4] = {0, 0x4u, 0x80000000u, 0x80000004u}; /* layout.SEG_WORD */
 

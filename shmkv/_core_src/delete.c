@@ -2,9 +2,9 @@
  * backward shift between the stripe's seq bumps (index.py's remove_locked: access bytes move
  * with their slots), the counts and counters, then the block taken off its list and freed with
  * coalescing (evict.py's unpublish_locked and release_locked), and the EV_DEL (EV_EXPIRED for
- * an entry whose TTL had passed) when events are on. A pinned entry (retired, not freed), a
- * write fence, a dropped collection, a stripe or arena lock that needs a repair, and anything
- * that looks damaged go to Python before anything changes.
+ * an entry whose TTL had passed) when events are on; a block that a view pins is retired,
+ * not freed (pins.py). A write fence, a dropped collection, a stripe or arena lock that needs
+ * a repair, and anything that looks damaged go to Python before anything changes.
  *
  * Unlike Python, which takes the arena lock only for the free, the arena lock is taken before
  * the slot is removed: then nothing can fail between the unpublish and the free. */
@@ -95,7 +95,7 @@ delete_locked(Writer *self, uint8_t *rec, uint64_t stripe, const char *key, uint
     }
     const int events = ld32(base + H_EVENTS_ENABLED) != 0;
     const uint32_t block = ld32(e + E_BLOCK_WORD) & SIZE_MASK;
-    if (ld8(e + E_KIND) & KIND_PINNED || (events && !event_fits(self, klen))
+    if (!writer_can_retire(self, e) || (events && !event_fits(self, klen))
             || off + block > self->arena_end
             || !shift_ok(self, base + self->index_off + stripe * self->per * 8,
                          (uint32_t)(slot_no - stripe * self->per)))
@@ -103,7 +103,7 @@ delete_locked(Writer *self, uint8_t *rec, uint64_t stripe, const char *key, uint
     int rc = lock_arena(self);
     if (rc <= 0)
         return rc < 0 ? FAST_ERROR : FAST_FALLBACK;
-    if (lru_unlink(self, off, 1) != A_OK || arena_free(self, off, 1) != A_OK) {
+    if (lru_unlink(self, off, 1) != A_OK || arena_free_or_retire(self, off, 1) != A_OK) {
         unlock_arena(self);
         return FAST_FALLBACK; /* Python raises CorruptRegion */
     }
@@ -125,7 +125,7 @@ delete_locked(Writer *self, uint8_t *rec, uint64_t stripe, const char *key, uint
     /* release_locked: the block leaves its list and is freed */
     lru_unlink(self, off, 0);
     add64(base + (expired ? H_EXPIRATIONS : H_DELETES), 1);
-    rc = arena_free(self, off, 0);
+    rc = arena_free_or_retire(self, off, 0); /* retired if a view pins it */
     unlock_arena(self);
     if (rc != A_OK) {
         PyErr_SetString(self->corrupt_exc, "arena: a free list links to a block that is not "

@@ -2,14 +2,16 @@
  * that builds the new entry in a block of its own (writer.py), in C, when the arena has a free
  * block that fits and nothing unusual is asked for. Everything that needs eviction or expiry
  * (no block fits, the stripe at its max count, an expired entry seen by the periodic expiry
- * sampling), a pinned old entry, a damaged list or a lock that needs a repair goes to Python before anything changes.
+ * sampling), a damaged list or a lock that needs a repair goes to Python before anything
+ * changes.
  *
  * The order is the Python engine's, so that a writer killed anywhere leaves what a Python
  * writer killed there leaves: the new block is allocated, given its key and header and put on
  * the probation list (arena lock); the value and checksum are written while no reader can reach
  * the block; then, between the stripe's two seq bumps, one slot store publishes it (the
  * PUBLISHED bit after the slot, layout 7), with the count, the collection's count and the
- * payload; only then is the old block (a relocation's) unlinked and freed. Unlike Python, the
+ * payload; only then is the old block (a relocation's) unlinked and freed (retired if a view
+ * pins it). Unlike Python, the
  * arena lock is held from the allocation to that free: one lock section instead of two, and no
  * way to fail between them. */
 #include "writer.h"
@@ -36,8 +38,8 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
         return FAST_FALLBACK; /* Python raises ValueTooLarge */
     const uint64_t old_off = old_e ? (uint64_t)(old_e - base) : 0;
     if (old_e) {
-        if (ld8(old_e + E_KIND) & KIND_PINNED)
-            return FAST_FALLBACK; /* a view's block is retired, not freed: Python's */
+        if (!writer_can_retire(self, old_e))
+            return FAST_FALLBACK; /* a pinned block, and no view state to tell: Python's */
     }
     else if (ld32(rec + S_COUNT) >= self->max_count) {
         return FAST_FALLBACK; /* the stripe must evict first */
@@ -63,7 +65,8 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
         return rc < 0 ? FAST_ERROR : FAST_FALLBACK;
     /* the old block must be freeable before the new one is taken: a relocation has no way
      * back once it is published */
-    if (old_e && (lru_unlink(self, old_off, 1) != A_OK || arena_free(self, old_off, 1) != A_OK)) {
+    if (old_e && (lru_unlink(self, old_off, 1) != A_OK
+                  || arena_free_or_retire(self, old_off, 1) != A_OK)) {
         unlock_arena(self);
         return FAST_FALLBACK; /* Python raises CorruptRegion */
     }
@@ -136,7 +139,7 @@ writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h, co
     st64(rec + S_SEQ, seq + 2, memory_order_release);
     if (old_e) { /* only now: a reader that still copies from it saw seq move and retries */
         lru_unlink(self, old_off, 0);
-        if (arena_free(self, old_off, 0) != A_OK)
+        if (arena_free_or_retire(self, old_off, 0) != A_OK) /* retired if a view pins it */
             goto torn;
     }
     unlock_arena(self);

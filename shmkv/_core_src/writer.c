@@ -13,7 +13,8 @@
  * The fast path is Cache._put_locked's write (in place when the new entry fits the key's block
  * snugly, else into a new block that a free block of the arena provides) and Cache.delete:
  * exact bytes or str keys and values (others are coerced by coerce_key, or handed over), no
- * pinned old entry, no write fence, a live collection, a sound stripe, nothing to evict.
+ * write fence, a live collection, a sound stripe, nothing to evict (a block that a view pins
+ * is retired, as pins.py does, once views are enabled).
  * Anything else goes to the Python engine (the fallbacks), which then does the whole call
  * itself: the fast path decides before it changes anything, so a call is done either all in C
  * or all in Python, and behaves as Python's (the twin-region tests compare the bytes).

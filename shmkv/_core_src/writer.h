@@ -125,6 +125,9 @@ enum { A_OK = 0, A_NONE = 1, A_GARBAGE = -1 /* nothing changed */, A_TORN = -2 /
 #define H_EXPIRATIONS 176
 #define H_ARENA_OWNER_PID 184 /* u32 */
 #define H_SEG_ENDS 256
+#define H_RETIRED_HEAD 328  /* u32 */
+#define H_RETIRED_COUNT 332 /* u32 */
+#define H_RETIRED_BYTES 336
 #define H_SEG_ITEMS 272
 #define H_SEG_BYTES 288
 #define H_BIN_BITMAP 512
@@ -149,6 +152,15 @@ SHMKV_INTERNAL int arena_alloc(Writer *self, uint32_t nbytes, uint64_t *off);
 /* free the used block at off, coalescing; check_only: only whether it could be (A_OK or
  * A_GARBAGE), changing nothing */
 SHMKV_INTERNAL int arena_free(Writer *self, uint64_t off, int check_only);
+/* pins.py's free_or_retire_locked: the block of an entry that left the index is freed, or put
+ * on the retired list if a process pins it (its KIND_PINNED bit set and its ref in a process
+ * record; views must be enabled to tell: writer_can_retire); check_only as arena_free */
+SHMKV_INTERNAL int arena_free_or_retire(Writer *self, uint64_t off, int check_only);
+static inline int
+writer_can_retire(const Writer *self, const uint8_t *e)
+{
+    return !(ld8(e + E_KIND) & KIND_PINNED) || self->free_pins != NULL;
+}
 SHMKV_INTERNAL int lru_push_head(Writer *self, uint64_t off, int seg);
 SHMKV_INTERNAL int lru_unlink(Writer *self, uint64_t off, int check_only);
 
