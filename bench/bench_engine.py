@@ -1,4 +1,5 @@
-"""Engine micro-benchmark: get and set from a second process against py-lmdb and a dict.
+"""Engine micro-benchmark: get, set, delete and insert from a second process against py-lmdb
+and a dict.
 
 100k random 16 B keys with 100 B values, in random order. The parent process creates a fresh
 region and an LMDB environment and fills both; a second process (this script with --worker)
@@ -149,6 +150,32 @@ def sets(set_: Callable[[bytes, bytes], Any]) -> Callable[[list[tuple[bytes, byt
     return body
 
 
+def deletes(delete: Callable[[bytes], Any]) -> Callable[[list[bytes]], None]:
+    def body(batch: list[bytes]) -> None:
+        for k in batch:
+            delete(k)
+    return body
+
+
+def timed_with_events(cache: shmkv.Cache, body: Callable[[Any], None],
+                      batches: Sequence[Any]) -> list[int]:
+    """time_batches with keyspace events on, as a node runs every write."""
+    cache.enable_events(True)
+    try:
+        return time_batches(body, batches)
+    finally:
+        cache.enable_events(False)
+
+
+def churn(system: str, set_: Callable[[bytes, bytes], Any], delete: Callable[[bytes], Any],
+          gb: list, sb: list) -> dict[tuple[str, str], Any]:
+    """Every key of the round deleted, then inserted again (new keys: a new block each): the
+    "delete" and "insert (new keys)" rows."""
+    out = {(system, "delete"): summarize_pass(time_batches(deletes(delete), gb), gb)}
+    out[(system, "insert (new keys)")] = summarize_pass(time_batches(sets(set_), sb), sb)
+    return out
+
+
 def lmdb_gets_per_txn(env: Any) -> Callable[[list[bytes]], None]:
     begin = env.begin
 
@@ -156,6 +183,16 @@ def lmdb_gets_per_txn(env: Any) -> Callable[[list[bytes]], None]:
         for k in batch:
             with begin() as t:
                 t.get(k)
+    return body
+
+
+def lmdb_deletes_per_txn(env: Any) -> Callable[[list[bytes]], None]:
+    begin = env.begin
+
+    def body(batch: list[bytes]) -> None:
+        for k in batch:
+            with begin(write=True) as t:
+                t.delete(k)
     return body
 
 
@@ -205,6 +242,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                        summarize_pass(time_batches(hot_gets(cache.get), gb), gb),
                    ("shmkv", "get_many(100), per key"):
                        summarize_pass(time_batches(many_gets(cache.get_many), gb), gb)}
+            out[("shmkv", "set, events on")] = summarize_pass(
+                timed_with_events(cache, sets(cache.set), sb), sb)
+            out.update(churn("shmkv", cache.set, cache.delete, gb, sb))
             check("shmkv", cache.get, ks, vs)
             return out
 
@@ -213,6 +253,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             # system ran before it
             out = {("shmkv-py", "set"): summarize_pass(time_batches(sets(pure.set), sb), sb),
                    ("shmkv-py", "get"): summarize_pass(time_batches(gets(pure.get), gb), gb)}
+            out[("shmkv-py", "set, events on")] = summarize_pass(
+                timed_with_events(pure, sets(pure.set), sb), sb)
+            out.update(churn("shmkv-py", pure.set, pure.delete, gb, sb))
             check("shmkv-py", pure.get, ks, vs)
             return out
 
@@ -224,6 +267,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 out[("lmdb", "get, reused read txn")] = summarize_pass(
                     time_batches(gets(t.get), gb), gb)
                 check("lmdb (reused read txn)", t.get, ks, vs)
+            out[("lmdb", "delete, per-op write txn")] = summarize_pass(
+                time_batches(lmdb_deletes_per_txn(env), gb), gb)
+            out[("lmdb", "insert (new keys), per-op write txn")] = summarize_pass(
+                time_batches(lmdb_puts_per_txn(env), sb), sb)
             with env.begin() as t:
                 check("lmdb", t.get, ks, vs)
             return out
@@ -233,6 +280,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                    ("dict", "get"): summarize_pass(time_batches(gets(floor.get), gb), gb),
                    ("dict", "get, hot key"):
                        summarize_pass(time_batches(hot_gets(floor.get), gb), gb)}
+            out.update(churn("dict", floor.__setitem__, floor.pop, gb, sb))
             check("dict", floor.get, ks, vs)
             return out
 
@@ -309,8 +357,12 @@ def combine(rounds: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
         })
     base = {r["op"]: r["median_ns"] for r in rows if r["system"] == "shmkv"}
     for r in rows:
-        kind = "set" if r["op"].startswith(("set", "put")) else \
-            "get, hot key" if r["op"] == "get, hot key" else "get"
+        op = r["op"]
+        kind = "set, events on" if op == "set, events on" else \
+            "set" if op.startswith(("set", "put")) else \
+            "delete" if op.startswith("delete") else \
+            "insert (new keys)" if op.startswith("insert") else \
+            "get, hot key" if op == "get, hot key" else "get"
         r["ratio"] = r["median_ns"] / base[kind] if kind in base else None
     return rows
 
@@ -432,13 +484,15 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         *verdicts,
         f"Engine: shmkv = {shmkv.backend.ENGINE!r} (the installation's: compiled reads, and "
-        "compiled in-place overwrites for set/cas/incr), shmkv-py = the pure-Python reference "
-        "engine, in the same process.",
+        "compiled writes: set/cas/incr in place or into a free block, delete, events), "
+        "shmkv-py = the pure-Python reference engine, in the same process.",
         "Ratio = the system's median / shmkv's median for the same kind of op (get, hot-key "
-        "get, or set/put): above 1 is slower than shmkv. The machine is a shared, noisy VM: "
+        "get, set/put, set with events on, delete, insert): above 1 is slower than shmkv. The machine is a shared, noisy VM: "
         "compare ratios, not absolute times.",
         "Timed in a second process: the parent created and filled both stores, the worker "
-        "opened them; every timed set/put overwrites an existing key with a same-size value.",
+        "opened them; every timed set/put overwrites an existing key with a same-size value; "
+        "\"set, events on\" is that with keyspace events on (as a node runs); \"delete\" "
+        "then deletes every key of the round and \"insert (new keys)\" puts them back.",
         f"Timing: perf_counter_ns around batches of {B} ops, per-op ns = batch time / {B}; "
         f"median and p99 are over those batch means (p99 therefore understates single-op "
         f"tails). Timer and call overhead, {result['timer_overhead_ns_per_batch']:.0f} ns per "

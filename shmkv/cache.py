@@ -7,8 +7,8 @@ snapshots, collections) in upkeep.py, a mixin of Cache; Redis's read-modify-writ
 (getdel, getex, append, rename, set's options) in commands.py.
 
 A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`, and the
-compiled writer's as its `set`, `cas` and `incr` (instance attributes): a Python wrapper around
-a compiled call would cost a fifth of it.
+compiled writer's as its `set`, `cas`, `incr` and `delete` (instance attributes): a Python
+wrapper around a compiled call would cost a fifth of it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they ca
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
 _BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr", "view",
-          "view_array")  # _bind
+          "view_array", "delete")  # _bind
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
@@ -114,14 +114,18 @@ class Cache(Upkeep):
             coll, region.clock, _key_bytes, self._wait_writer, CorruptRegion)
         self._events_hold: int | None = None  # this handle's EVENTS lock (events.py)
         self._w = Writer(region, coll, gen, name, self._flush_counts_locked)
-        # The compiled writer does in-place overwrites (set, cas, incr) itself and hands every
-        # other case to the Python methods given here, before it has changed anything.
+        # The compiled writer does the common writes (set, cas, incr, delete: in place or into a
+        # free block, with events) itself and hands every other case (eviction above all) to
+        # the Python methods given here, before it has changed anything.
         self._cw = None if backend.Writer is None else backend.Writer(
             region.mm, lay.n_stripes, lay.slots_per_stripe, lay.stripes_offset,
             lay.collections_offset, lay.access_offset, lay.index_offset, lay.arena_offset,
             lay.arena_bytes, region.seed, coll, gen, region.locks.timeout_s, region.clock,
             _key_bytes, LockTimeout, CorruptRegion, self._write, self._incr, self._expire_pass,
-            set_fallback=MethodType(Cache.set, self))  # a set with an option, whole
+            set_fallback=MethodType(Cache.set, self),  # a set with an option, whole
+            events_offset=lay.events_offset, event_ring_bytes=lay.event_ring_bytes,
+            counts_offset=lay.counts_offset, max_collections=lay.max_collections,
+            delete_fallback=MethodType(Cache.delete, self))
         if self._cw is not None:  # its views pin in C too, and hand every unusual case here
             self._cw.enable_views(region.pins._free, lay.procs_offset, lay.max_procs,
                                   self._pin_entry, region.pins.after_unpin, arrays.DECODED,
@@ -139,6 +143,7 @@ class Cache(Upkeep):
             self.incr = writer.incr  # type: ignore[method-assign]
             self.view = writer.view  # type: ignore[method-assign]
             self.view_array = writer.view_array  # type: ignore[method-assign]
+            self.delete = writer.delete  # type: ignore[method-assign]
 
     @classmethod
     def create(

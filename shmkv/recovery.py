@@ -144,13 +144,14 @@ def recover(region: SharedRegion) -> dict[str, int]:
     kept = _fill_index(region, newest)
     used = sorted(kept)
     free_runs = []
-    start = region.arena.first_block
+    u32 = region.u32
+    start, before = region.arena.first_block, 0
     for off in used:
         if off > start:
-            free_runs.append((start, off - start))
-        start = off + (region.u32[off >> 2] & L.SIZE_MASK)
+            _add_gap(u32, free_runs, before, start, off - start)
+        start, before = off + (u32[off >> 2] & L.SIZE_MASK), off
     if start < region.arena.end:
-        free_runs.append((start, region.arena.end - start))
+        _add_gap(u32, free_runs, before, start, region.arena.end - start)
     _clear_process_state(region)
     rebuild_allocator_locked(region, used, free_runs)
     stats["entries"] = len(used)
@@ -197,6 +198,20 @@ def _scan(region: SharedRegion, live: set[int]) -> tuple[dict[bytes, int], dict[
             del newest[ident]
             stats["expired"] += 1
     return newest, stats
+
+
+def _add_gap(u32: memoryview, free_runs: list[tuple[int, int]], before: int, start: int,
+             size: int) -> None:
+    """Space between kept entries becomes a free run, unless it is smaller than any block: in a
+    file whose pages come from different moments (a copy taken while a writer ran, a power
+    loss), an entry can end a few words before the next kept one begins, where blocks were
+    split differently. Such a sliver goes to the entry before it, as padding (its block grows;
+    the entry's bytes are unchanged). Before the first entry there is none: left as a run."""
+    if size < L.MIN_BLOCK_BYTES and before:
+        word = u32[before >> 2]
+        u32[before >> 2] = word & ~L.SIZE_MASK & 0xFFFFFFFF | ((word & L.SIZE_MASK) + size)
+    else:
+        free_runs.append((start, size))
 
 
 def _whole_entry(region: SharedRegion, off: int, live: set[int]) -> bool:

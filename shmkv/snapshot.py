@@ -286,6 +286,9 @@ def put_absolute(handle: Cache, key: bytes, value: bytes | memoryview, expires_a
                  kind: int) -> None:
     """Store key -> value in handle's collection with an absolute expiry and a kind: the
     write path of set() (Cache._lock_and_find, Writer.put_locked), minus the relative TTL."""
+    cw = handle._cw  # the compiled writer does the common case, or hands it back untouched
+    if cw is not None and kind == L.KIND_BYTES and cw.put_absolute(key, value, expires_at_ns):
+        return
     k, h, stripe, pos, old = handle._lock_and_find(key)
     try:
         handle._w.put_locked(stripe, h, k, value, expires_at_ns, pos, old, kind)

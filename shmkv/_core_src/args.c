@@ -6,9 +6,11 @@
 static const char *const set_names[] = {"key", "value", "ttl_s"};
 static const char *const cas_names[] = {"key", "value", "version", "ttl_s"};
 static const char *const incr_names[] = {"key", "delta"};
+static const char *const delete_names[] = {"key"};
 const signature set_sig = {"Cache.set", set_names, 3, 2};
 const signature cas_sig = {"Cache.cas", cas_names, 4, 3};
 const signature incr_sig = {"Cache.incr", incr_names, 2, 1};
+const signature delete_sig = {"Cache.delete", delete_names, 1, 1};
 
 int
 has_other_keyword(const signature *sig, PyObject *kwnames)

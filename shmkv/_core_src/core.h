@@ -12,14 +12,15 @@
  * validate the copy with the stripe's seqlock, retrying if a writer moved it. It takes no lock
  * and writes nothing but the slot's access byte on a hit. See reader.c.
  *
- * One `Writer` per Cache handle does the common writes (set, cas and incr of a key that is
- * there, whose new entry fits its block: an in-place overwrite) exactly as the Python engine's
- * in-place branch (Cache._put_locked, _fill_entry) does, under the stripe's robust mutex
+ * One `Writer` per Cache handle does the common writes (set, cas, incr and delete) exactly as
+ * the Python engine does them (writer.py's put_locked and fill_entry, evict.py's removal),
+ * under the stripe's robust mutex and, for an insert, a relocation or a delete, the arena's
  * (locks.py's protocol), and hands every other case, before it has changed anything, to the
- * Python engine through the fallbacks it was given: inserts, relocations, pinned entries,
- * events, the write fence, dropped collections, stripes that need a repair, every unusual
- * argument and every error. See writer.c (the type, its methods and an overview), fastpath.c
- * (the in-place write), lock.c (the stripe lock) and args.c (argument parsing).
+ * Python engine through the fallbacks it was given: eviction, pinned entries, the write
+ * fence, dropped collections, locks that need a repair, every unusual argument and every
+ * error. See writer.c (the type, its methods and an overview), fastpath.c (the in-place
+ * write), insert.c, delete.c, alloc.c (the allocator and the lists), events.c, lock.c and
+ * args.c (argument parsing).
  *
  * The Writer also makes the handle's views (Cache.view, Cache.view_array): a `View` pins the
  * value under the same stripe mutex, and a `Pin` exports its bytes read-only and drops the pin
@@ -68,7 +69,7 @@
 #define H_EVENTS_ENABLED 344 /* u32 */
 #define H_LOCK_KIND 348      /* u32 */
 #define H_WRITABLE_UNTIL 352
-#define H_ARENA_MUTEX 2560   /* never taken here: every path that needs it goes to Python */
+#define H_ARENA_MUTEX 2560   /* the arena lock: inserts, relocations, deletes (lock.c) */
 #define LOCKS_ROBUST 2
 #define COLLECTION_BYTES 64
 #define C_GENERATION 0       /* u16 */

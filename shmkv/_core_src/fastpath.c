@@ -139,29 +139,26 @@ format_decimal(int64_t v, char *buf)
 
 /* --- the write, and the expiry sampling after it ------------------------------------------- */
 
-/* Under the stripe lock: find the key and, if the fast path applies, write. */
+/* Under the stripe lock: find the key and, if the fast path applies, write: in place, or
+ * through insert.c in a new block. */
 static int
 writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
 {
     uint8_t *const base = self->map.base;
     const uint64_t stripe = h & self->smask;
-    uint8_t *const rec = base + self->stripes_off + stripe * STRIPE_BYTES;
-    pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(rec + S_MUTEX);
-    if (lock_stripe(self, m, rec, stripe) < 0)
-        return FAST_ERROR;
-    /* A pid still recorded (its holder died inside), an odd seq, an impossible count: the
-     * stripe needs Python's repair. Leave everything as it is, the pid above all. */
-    if (ld32(rec + S_OWNER_PID) || ld64(rec + S_SEQ, memory_order_relaxed) & 1
-            || ld32(rec + S_COUNT) > self->max_count) {
-        pthread_mutex_unlock(m);
-        return FAST_FALLBACK;
-    }
-    st32(rec + S_OWNER_PID, (uint32_t)writer_pid);
-    int out = FAST_FALLBACK;
+    uint8_t *rec = NULL;
+    int out = claim_stripe(self, stripe, &rec);
+    if (out != FAST_DONE)
+        return out;
+    out = FAST_FALLBACK;
 
     if (self->coll && !writer_coll_is_live(self))
         goto release;
-    if (ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed) || ld32(base + H_EVENTS_ENABLED))
+    if (ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed))
+        goto release;
+    /* events: appended here as events.py does (a key too long for a ring: Python raises) */
+    const int events = ld32(base + H_EVENTS_ENABLED) != 0;
+    if (events && !(self->ext && event_fits(self, klen)))
         goto release;
 
     /* index.find_locked */
@@ -173,10 +170,20 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
         if (r->op == W_CAS) { /* absent: False */
             r->cas_ok = 0;
             out = FAST_DONE;
+            goto release;
         }
-        goto release; /* set, incr: an insert */
+        uint64_t exp = r->exp;
+        if (r->op == W_INCR) { /* absent counts as 0, with no TTL */
+            r->result = r->delta;
+            r->vlen = format_decimal(r->result, r->digits);
+            r->val = r->digits;
+            exp = 0;
+        }
+        out = writer_insert_locked(self, rec, stripe, h, key, klen, r, exp, NULL, 0, events);
+        goto release;
     }
     uint64_t exp = ld64(e + E_EXPIRES_AT, memory_order_relaxed);
+    int expired = 0;
     if (exp && r->op != W_SET) {
         uint64_t now;
         int rc = writer_now(self, &now);
@@ -188,8 +195,9 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
             if (r->op == W_CAS) {
                 r->cas_ok = 0;
                 out = FAST_DONE;
+                goto release;
             }
-            goto release;
+            expired = 1;
         }
     }
     if (r->op == W_CAS && ((uint64_t)ld32(e + E_VERSION) << 8 | stripe) != r->version) {
@@ -199,10 +207,14 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
     }
     const uint32_t old_vlen = ld32(e + E_VALUE_LEN);
     if (r->op == W_INCR) {
-        int64_t current;
-        if (off + ENTRY_HEADER_BYTES + klen + old_vlen > self->arena_end
-                || !parse_decimal(e + ENTRY_HEADER_BYTES + klen, old_vlen, &current)
-                || __builtin_add_overflow(current, r->delta, &r->result))
+        int64_t current = 0;
+        if (expired) {
+            exp = 0;
+            r->result = r->delta;
+        }
+        else if (off + ENTRY_HEADER_BYTES + klen + old_vlen > self->arena_end
+                 || !parse_decimal(e + ENTRY_HEADER_BYTES + klen, old_vlen, &current)
+                 || __builtin_add_overflow(current, r->delta, &r->result))
             goto release; /* not an integer, or an overflow: Python raises NotAnInteger */
         r->vlen = format_decimal(r->result, r->digits);
         r->val = r->digits;
@@ -216,14 +228,27 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
                           & ~(uint64_t)(ALIGN - 1);
     const uint32_t block = ld32(e + E_BLOCK_WORD) & SIZE_MASK;
     const uint8_t kind = ld8(e + E_KIND);
-    if (kind & KIND_PINNED || block < need || block >= need + INPLACE_SLACK_BYTES
-            || off + block > self->arena_end)
+    if (off + block > self->arena_end)
         goto release;
+    if (kind & KIND_PINNED || block < need || block >= need + INPLACE_SLACK_BYTES) {
+        out = writer_insert_locked(self, rec, stripe, h, key, klen, r, exp, e, slot_no, events);
+        goto release;
+    }
     uint64_t writes = ld64(rec + S_WRITES, memory_order_relaxed) + 1;
     if (!(writes & VERSION_MASK)) /* a stored version is never 0 (layout.py) */
         writes++;
     if (writes > MAX_WRITES)
         goto release; /* garbage: Python raises CorruptRegion */
+    if (events && !(writes % WRITER_EXPIRY_EVERY)) {
+        /* Python's expiry pass runs before this write's event (writer.py), ours after it:
+         * with events on, a pass that would remove something is Python's, whole */
+        uint64_t cursor;
+        int rc = writer_expiry_due(self, &cursor, 0);
+        if (rc) {
+            out = rc < 0 ? FAST_ERROR : FAST_FALLBACK;
+            goto release;
+        }
+    }
 
     /* the write: readers of the stripe retry while seq is odd */
     const uint64_t seq = ld64(rec + S_SEQ, memory_order_relaxed);
@@ -247,41 +272,59 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
     uint8_t *a = base + self->access_off + slot_no;
     if (ld8(a) != 1)
         st8(a, 1);
+    if (events)
+        emit_event(self, rec, stripe, EV_SET, key, klen);
     r->cas_ok = 1;
     r->writes = writes;
     out = FAST_DONE;
 release:
-    st32(rec + S_OWNER_PID, 0);
-    pthread_mutex_unlock(m);
+    release_stripe(rec);
     return out;
 }
 
-/* After every WRITER_EXPIRY_EVERY-th write: a lock-free look at the next slots of the expiry
- * cursor, and the Python expiry pass if something there looks expired. 0, or -1 on error. */
-static int
-writer_expiry_sample(Writer *self)
+/* writer.h */
+int
+writer_expiry_due(Writer *self, uint64_t *cursor_out, int strict)
 {
     uint8_t *const base = self->map.base;
     const uint64_t total = self->index_slots;
     uint64_t now;
     int rc = writer_now(self, &now);
-    if (rc < 0)
-        return -1;
-    int found = rc == 0; /* a clock the fast path does not read: Python judges */
+    if (rc <= 0)
+        return rc < 0 ? -1 : 1;
     uint64_t cursor = ld64(base + H_EXPIRE_CURSOR, memory_order_relaxed) % total;
-    for (int k = 0; k < WRITER_EXPIRY_SLOTS && !found; k++) {
+    for (int k = 0; k < WRITER_EXPIRY_SLOTS; k++) {
         const uint64_t v = ld64(base + self->index_off + cursor * 8, memory_order_relaxed);
         cursor = cursor + 1 == total ? 0 : cursor + 1;
         const uint32_t ref = (uint32_t)v;
-        if (!v || !ref || ref > self->max_ref)
-            continue; /* empty, or garbage the next locked pass will meet */
+        if (!v)
+            continue;
+        if (!ref || ref > self->max_ref) {
+            if (strict)
+                return 1; /* Python's pass raises CorruptRegion */
+            continue;     /* garbage the next locked pass will meet */
+        }
         const uint64_t exp = ld64(base + self->arena_off + (uint64_t)ref * ALIGN + E_EXPIRES_AT,
                                   memory_order_relaxed);
-        found = exp && exp <= now;
+        if (exp && exp <= now)
+            return 1;
     }
-    if (!found) {
+    *cursor_out = cursor;
+    return 0;
+}
+
+/* After every WRITER_EXPIRY_EVERY-th write: the look above, and the Python expiry pass if
+ * something there looks expired. 0, or -1 on error. */
+static int
+writer_expiry_sample(Writer *self)
+{
+    uint64_t cursor = 0;
+    int rc = writer_expiry_due(self, &cursor, 0);
+    if (rc < 0)
+        return -1;
+    if (!rc) {
         /* as expire_sample_locked would have moved it; a racing store loses a hint only */
-        st64(base + H_EXPIRE_CURSOR, cursor, memory_order_relaxed);
+        st64(self->map.base + H_EXPIRE_CURSOR, cursor, memory_order_relaxed);
         return 0;
     }
     /* the cursor stays: the Python pass samples the same slots */
@@ -307,11 +350,13 @@ writer_run(Writer *self, PyObject *key_obj, wreq *r)
     if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
         return FAST_ERROR;
     const uint64_t h = xxh3_64(key, (size_t)klen, self->hseed);
+    r->sampled = 0;
     int rc = writer_locked(self, key, (uint32_t)klen, h, r);
     Py_XDECREF(owned);
     if (rc == FAST_DONE) {
         self->fast++;
-        if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && writer_expiry_sample(self) < 0)
+        if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && !r->sampled
+                && writer_expiry_sample(self) < 0)
             return FAST_ERROR; /* the write is done; the expiry pass failed */
     }
     return rc;

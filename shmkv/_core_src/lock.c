@@ -75,3 +75,74 @@ lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec, uint64_t strip
                      "its locks", (unsigned long long)stripe, strerror(rc), rc);
     return -1;
 }
+
+/* writer.h */
+int
+claim_stripe(Writer *self, uint64_t stripe, uint8_t **rec_out)
+{
+    uint8_t *const rec = self->map.base + self->stripes_off + stripe * STRIPE_BYTES;
+    pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(rec + S_MUTEX);
+    if (lock_stripe(self, m, rec, stripe) < 0)
+        return FAST_ERROR;
+    /* A pid still recorded (its holder died inside), an odd seq, an impossible count: the
+     * stripe needs Python's repair. Leave everything as it is, the pid above all. */
+    if (ld32(rec + S_OWNER_PID) || ld64(rec + S_SEQ, memory_order_relaxed) & 1
+            || ld32(rec + S_COUNT) > self->max_count) {
+        pthread_mutex_unlock(m);
+        return FAST_FALLBACK;
+    }
+    st32(rec + S_OWNER_PID, (uint32_t)writer_pid);
+    *rec_out = rec;
+    return FAST_DONE;
+}
+
+/* writer.h */
+int
+lock_arena(Writer *self)
+{
+    uint8_t *const base = self->map.base;
+    pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(base + H_ARENA_MUTEX);
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EBUSY) {
+        /* held by a writer of another stripe, for an allocation: short. Waited for here with
+         * the GIL released; past lock_timeout_s, Python waits again and raises LockTimeout. */
+        struct timespec now, deadline, until;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        deadline = now;
+        timespec_add_ns(&deadline, (int64_t)(self->timeout_s * 1e9));
+        for (;;) {
+            until = now;
+            timespec_add_ns(&until, WAIT_SLICE_NS);
+            if (timespec_before(&deadline, &until))
+                until = deadline;
+            Py_BEGIN_ALLOW_THREADS
+            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
+            Py_END_ALLOW_THREADS
+            if (rc != ETIMEDOUT)
+                break;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (!timespec_before(&now, &deadline))
+                return 0;
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+        }
+    }
+    if (rc == EOWNERDEAD)
+        pthread_mutex_consistent(m); /* its holder died: the recorded pid makes Python repair */
+    else if (rc)
+        return 0; /* Python raises what it means */
+    if (ld32(base + H_ARENA_OWNER_PID)) {
+        pthread_mutex_unlock(m); /* the pid stays: the needs-repair mark */
+        return 0;
+    }
+    st32(base + H_ARENA_OWNER_PID, (uint32_t)writer_pid);
+    return 1;
+}
+
+/* writer.h */
+void
+unlock_arena(Writer *self)
+{
+    st32(self->map.base + H_ARENA_OWNER_PID, 0);
+    pthread_mutex_unlock((pthread_mutex_t *)(void *)(self->map.base + H_ARENA_MUTEX));
+}

@@ -51,7 +51,7 @@ static PyMethodDef core_methods[] = {
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "shmkv._core",
-    .m_doc = "The compiled read path, in-place write path and view pin of a shmkv region (see "
+    .m_doc = "The compiled read path, write path and view pin of a shmkv region (see "
              "_core_src/).",
     .m_size = -1,
     .m_methods = core_methods,

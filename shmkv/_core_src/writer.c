@@ -1,34 +1,39 @@
 /* shmkv/_core_src/writer.c: the Writer type, shmkv._core.Writer, the compiled fast path of a
- * Cache handle's set, cas and incr: the object, its methods, and the hand-over of every other
- * case to the Python engine. The in-place write is in fastpath.c, the stripe lock in lock.c,
- * the argument parsing in args.c. */
+ * Cache handle's set, cas, incr and delete: the object, its methods, and the hand-over of every
+ * other case to the Python engine. The in-place write is in fastpath.c, inserts and relocations
+ * in insert.c, deletes in delete.c, the allocator and the lists in alloc.c, events in events.c,
+ * the locks in lock.c, the argument parsing in args.c. */
 #include "writer.h"
 
 /* --- the Writer, an overview ---------------------------------------------------------------
  *
  * One `Writer` per Cache handle: set(key, value, ttl_s=None), cas(key, value, version,
- * ttl_s=None) and incr(key, delta=1), with Cache's signatures, so that the handle can bind them
- * as its own methods. The fast path is the in-place overwrite of Cache._put_locked, and only
- * that: exact bytes or str keys and values (others are coerced by coerce_key, or handed over),
- * a key that is present, a new entry that fits its block snugly, no pin, no events, no write
- * fence, a live collection, a sound stripe. Anything else goes to the Python engine (the
- * fallbacks), which then does the whole call itself: the fast path decides before it changes
- * anything, so a call is done either all in C or all in Python, and behaves as Python's.
+ * ttl_s=None), incr(key, delta=1) and delete(key), with Cache's signatures, so that the handle
+ * can bind them as its own methods; and put_absolute(key, value, expires_at_ns) for a restore.
+ * The fast path is Cache._put_locked's write (in place when the new entry fits the key's block
+ * snugly, else into a new block that a free block of the arena provides) and Cache.delete:
+ * exact bytes or str keys and values (others are coerced by coerce_key, or handed over), no
+ * write fence, a live collection, a sound stripe, nothing to evict (a block that a view pins
+ * is retired, as pins.py does, once views are enabled).
+ * Anything else goes to the Python engine (the fallbacks), which then does the whole call
+ * itself: the fast path decides before it changes anything, so a call is done either all in C
+ * or all in Python, and behaves as Python's (the twin-region tests compare the bytes).
  *
  * Locking (locks.py's protocol): the stripe's robust process-shared mutex, in the stripe
  * record. trylock; if busy, wait (GIL released) with pthread_mutex_clocklock in slices until
  * lock_timeout_s, then LockTimeout naming the recorded pid. EOWNERDEAD: made consistent at once
- * (lock.c). Held (fastpath.c), the stripe needs the Python repair if a pid is still recorded
- * (a holder died inside), its seq is odd or its count is impossible: then the lock is given
- * back untouched (the pid stays: it is the needs-repair mark) and the call goes to Python,
- * which repairs. Else our pid is recorded for the time we hold it. The arena lock is never
- * taken here.
+ * (lock.c). Held, the stripe needs the Python repair if a pid is still recorded (a holder died
+ * inside), its seq is odd or its count is impossible: then the lock is given back untouched
+ * (the pid stays: it is the needs-repair mark) and the call goes to Python, which repairs. Else
+ * our pid is recorded for the time we hold it. Inserts, relocations and deletes then take the
+ * arena lock the same way (a recorded pid or a wait past lock_timeout_s: Python's), and hold
+ * it from the allocation (or, for a delete, from before the slot's removal) to the free.
  *
- * The write (fastpath.c), as the in-place branch of _put_locked with _fill_entry(new=False):
- * seq made odd (relaxed store, release fence), the stripe's writes, changes and payload
- * counters, the value, version, expiry, length, kind and checksum of the entry, a release
- * fence, seq made even (release store); then the access byte of the slot the key was found
- * in (lru.mark(off, True)).
+ * The in-place write (fastpath.c), as the in-place branch of _put_locked with
+ * _fill_entry(new=False): seq made odd (relaxed store, release fence), the stripe's writes,
+ * changes and payload counters, the value, version, expiry, length, kind and checksum of the
+ * entry, a release fence, seq made even (release store); then the access byte of the slot the
+ * key was found in (lru.mark(off, True)), and the EV_SET when events are on.
  *
  * Expiry sampling (fastpath.c): an in-place writer must reclaim expired entries too (a process
  * that only overwrites would never reclaim anything otherwise). Every WRITER_EXPIRY_EVERY-th
@@ -36,7 +41,9 @@
  * WRITER_EXPIRY_SLOTS slots from the region's expiry cursor are looked at without any lock
  * (every ref bounds-checked); if one looks expired, expire_hook() is called (Python: the real
  * expiry pass, under the arena lock, which verifies everything), else the cursor is moved past
- * them (a relaxed store; it is only a hint).
+ * them (a relaxed store; it is only a hint). An insert looks before it writes (insert.c), as
+ * Python's does, and so does an in-place write with events on (Python's pass emits its events
+ * before the write's).
  */
 
 /* --- the object ------------------------------------------------------------------------------- */
@@ -51,9 +58,12 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
                              "arena_offset", "arena_bytes", "seed", "coll", "gen",
                              "lock_timeout_s", "clock", "coerce_key", "lock_timeout_exc",
                              "corrupt_exc", "write_fallback", "incr_fallback", "expire_hook",
-                             "set_fallback", NULL};
+                             "set_fallback", "events_offset", "event_ring_bytes",
+                             "counts_offset", "max_collections", "delete_fallback", NULL};
     PyObject *buffer, *seed_obj, *timeout_obj, *clock, *coerce_key, *timeout_exc, *corrupt_exc;
     PyObject *write_fallback, *incr_fallback, *expire_hook, *set_fallback = NULL;
+    PyObject *delete_fallback = NULL;
+    Py_ssize_t events_off = -1, ring_bytes = -1, counts_off = -1, max_colls = -1;
     Py_ssize_t n_stripes, per, stripes_off, colls_off, access_off, index_off, arena_off;
     Py_ssize_t arena_bytes, coll, gen;
 
@@ -61,15 +71,31 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Writer is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO|O:Writer", kwlist, &buffer,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnnnnnnOnnOOOOOOOO|O$nnnnO:Writer", kwlist,
+                                     &buffer,
                                      &n_stripes, &per, &stripes_off, &colls_off, &access_off,
                                      &index_off, &arena_off, &arena_bytes, &seed_obj, &coll,
                                      &gen, &timeout_obj, &clock, &coerce_key, &timeout_exc,
                                      &corrupt_exc, &write_fallback, &incr_fallback,
-                                     &expire_hook, &set_fallback))
+                                     &expire_hook, &set_fallback, &events_off, &ring_bytes,
+                                     &counts_off, &max_colls, &delete_fallback))
         return -1;
     if (set_fallback == Py_None)
         set_fallback = NULL;
+    if (delete_fallback == Py_None)
+        delete_fallback = NULL;
+    /* inserts, deletes and events need all four areas' places; without them, Python's */
+    const int ext = events_off >= 0 && ring_bytes > 0 && counts_off >= 0 && max_colls > coll;
+    if (ext && (events_off % ALIGN || counts_off % 4 || ring_bytes % ALIGN
+                || max_colls > 0xFFFF)) {
+        PyErr_SetString(PyExc_ValueError, "events_offset and event_ring_bytes must be multiples "
+                                          "of 8, counts_offset of 4");
+        return -1;
+    }
+    if (delete_fallback && !PyCallable_Check(delete_fallback)) {
+        PyErr_SetString(PyExc_TypeError, "delete_fallback must be callable");
+        return -1;
+    }
     if (n_stripes < 1 || n_stripes > 256 || (n_stripes & (n_stripes - 1))) {
         PyErr_SetString(PyExc_ValueError, "n_stripes must be a power of two between 1 and 256");
         return -1;
@@ -148,7 +174,9 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
              || (uint64_t)colls_off + ((uint64_t)coll + 1) * COLLECTION_BYTES > len
              || (uint64_t)access_off + ns * pp > len
              || (uint64_t)index_off + ns * pp * 8 > len
-             || (uint64_t)arena_off + (uint64_t)arena_bytes > len)
+             || (uint64_t)arena_off + (uint64_t)arena_bytes > len
+             || (ext && ((uint64_t)events_off + ns * (uint64_t)ring_bytes > len
+                         || (uint64_t)counts_off + ns * (uint64_t)max_colls * 4 > len)))
         bad = "layout does not fit in the buffer";
     if (bad) {
         mapped_release(&self->map);
@@ -183,6 +211,14 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     self->incr_fallback = Py_NewRef(incr_fallback);
     self->expire_hook = Py_NewRef(expire_hook);
     self->set_fallback = Py_XNewRef(set_fallback);
+    self->ext = ext;
+    self->events_off = ext ? (uint64_t)events_off : 0;
+    self->ring_bytes = ext ? (uint64_t)ring_bytes : 0;
+    self->counts_off = ext ? (uint64_t)counts_off : 0;
+    self->max_colls = ext ? (uint32_t)max_colls : 0;
+    self->arena_first = (uint64_t)arena_off + ALIGN;
+    self->arena_last = (uint64_t)arena_off + (uint64_t)arena_bytes - ALIGN;
+    self->delete_fallback = Py_XNewRef(delete_fallback);
     self->map.closed = 0;
     return 0;
 }
@@ -197,6 +233,7 @@ Writer_traverse(Writer *self, visitproc visit, void *arg)
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->incr_fallback);
     Py_VISIT(self->set_fallback);
+    Py_VISIT(self->delete_fallback);
     Py_VISIT(self->expire_hook);
     Py_VISIT(self->free_pins);
     Py_VISIT(self->pin_fallback);
@@ -219,6 +256,7 @@ Writer_clear(Writer *self)
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->incr_fallback);
     Py_CLEAR(self->set_fallback);
+    Py_CLEAR(self->delete_fallback);
     Py_CLEAR(self->expire_hook);
     Py_CLEAR(self->free_pins);
     Py_CLEAR(self->pin_fallback);
@@ -273,6 +311,49 @@ Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     }
     mapped_leave(&self->map);
     return res;
+}
+
+/* put_absolute(key, value, expires_at_ns): what snapshot.put_absolute does for a bytes value
+ * (any contiguous buffer), with an absolute expiry: True if it was done in C, False if the
+ * caller must do it in Python (nothing was changed). */
+static PyObject *
+Writer_put_absolute(Writer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "put_absolute(key, value, expires_at_ns)");
+        return NULL;
+    }
+    unsigned long long exp = PyLong_Check(args[2]) ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    if (!PyLong_Check(args[2]) || (exp == (unsigned long long)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        self->fallbacks++;
+        Py_RETURN_FALSE; /* Python says what is wrong with it */
+    }
+    if (mapped_enter(&self->map) < 0)
+        return NULL;
+    Py_buffer vb;
+    int rc = FAST_FALLBACK;
+    if (PyObject_GetBuffer(args[1], &vb, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+    }
+    else {
+        if ((size_t)vb.len <= INPLACE_MAX_BYTES) {
+            wreq r;
+            r.op = W_SET;
+            r.writes = 0;
+            r.val = (const char *)vb.buf;
+            r.vlen = (uint32_t)vb.len;
+            r.exp = (uint64_t)exp;
+            rc = writer_run(self, args[0], &r);
+        }
+        PyBuffer_Release(&vb);
+    }
+    mapped_leave(&self->map);
+    if (rc == FAST_ERROR)
+        return NULL;
+    if (rc == FAST_FALLBACK)
+        self->fallbacks++;
+    return PyBool_FromLong(rc == FAST_DONE);
 }
 
 static PyObject *
@@ -434,12 +515,17 @@ static PyMethodDef Writer_methods[] = {
     {"unpin", (PyCFunction)(void (*)(void))writer_unpin, METH_FASTCALL,
      "unpin(pin, off): drop a pin (from pin() or PinTable.pin_locked)."},
     {"set", (PyCFunction)(void (*)(void))Writer_set, METH_FASTCALL | METH_KEYWORDS,
-     "set(key, value, ttl_s=None, **options): Cache.set; in place in C, else write_fallback "
+     "set(key, value, ttl_s=None, **options): Cache.set; in C, else write_fallback "
      "(set_fallback with an option)."},
     {"cas", (PyCFunction)(void (*)(void))Writer_cas, METH_FASTCALL | METH_KEYWORDS,
-     "cas(key, value, version, ttl_s=None): Cache.cas; in place in C, else write_fallback."},
+     "cas(key, value, version, ttl_s=None): Cache.cas; in C, else write_fallback."},
     {"incr", (PyCFunction)(void (*)(void))Writer_incr, METH_FASTCALL | METH_KEYWORDS,
-     "incr(key, delta=1): Cache.incr; in place in C, else incr_fallback."},
+     "incr(key, delta=1): Cache.incr; in C, else incr_fallback."},
+    {"put_absolute", (PyCFunction)(void (*)(void))Writer_put_absolute, METH_FASTCALL,
+     "put_absolute(key, value, expires_at_ns): a restore's write of a bytes value with an "
+     "absolute expiry; True if done in C, False if the caller must write it in Python."},
+    {"delete", (PyCFunction)(void (*)(void))writer_delete, METH_FASTCALL | METH_KEYWORDS,
+     "delete(key): Cache.delete; in C, else delete_fallback."},
     {"take_counts", (PyCFunction)Writer_take_counts, METH_NOARGS,
      "take_counts(): (calls done in C, calls handed to the fallbacks, expire_hook calls) "
      "since the last call, then zeroed."},
@@ -468,13 +554,16 @@ PyTypeObject WriterType = {
         "Writer(buffer, n_stripes, slots_per_stripe, stripes_offset, collections_offset, "
         "access_offset, index_offset, arena_offset, arena_bytes, seed, coll, gen, "
         "lock_timeout_s, clock, coerce_key, lock_timeout_exc, corrupt_exc, write_fallback, "
-        "incr_fallback, expire_hook, set_fallback=None)\n\n"
-        "The in-place write path of one Cache handle (set, cas, incr) over a region's writable "
-        "buffer, which it holds until close(); every other case goes to the fallbacks: "
-        "write_fallback(key, value, ttl_s, if_version) (Cache._write) and "
-        "incr_fallback(key, delta) (Cache.incr's Python body); set_fallback(*args, **kwargs) "
-        "(Cache.set in Python) takes a set with an option (nx, xx, keepttl, get). expire_hook() runs the expiry "
-        "pass when the writer's sampling saw an expired entry."),
+        "incr_fallback, expire_hook, set_fallback=None, *, events_offset, event_ring_bytes, "
+        "counts_offset, max_collections, delete_fallback)\n\n"
+        "The write path of one Cache handle (set, cas, incr, delete) over a region's writable "
+        "buffer, which it holds until close(); every case it does not do goes to the "
+        "fallbacks: write_fallback(key, value, ttl_s, if_version) (Cache._write), "
+        "incr_fallback(key, delta) (Cache.incr's Python body), delete_fallback(key) "
+        "(Cache.delete's); set_fallback(*args, **kwargs) (Cache.set in Python) takes a set "
+        "with an option (nx, xx, keepttl, get). expire_hook() runs the expiry pass when the "
+        "writer's sampling saw an expired entry. Without the keyword-only areas, inserts, "
+        "relocations, deletes and writes with events on all go to the fallbacks."),
     .tp_basicsize = sizeof(Writer),
     .tp_itemsize = 0,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,

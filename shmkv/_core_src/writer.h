@@ -36,6 +36,16 @@ typedef struct {
     uint64_t pins_fast, pins_fallback;
     /* last, so that the fields above keep their offsets (and cache lines) */
     PyObject *set_fallback; /* Cache.set in Python, for a set with its options; may be NULL */
+    /* inserts, relocations, deletes and events (insert.c, delete.c, alloc.c, events.c); all
+     * of them go to Python unless the constructor was given these (ext) */
+    int ext;
+    uint64_t events_off;     /* the event rings */
+    uint64_t ring_bytes;     /* one stripe's ring */
+    uint64_t counts_off;     /* the counts area */
+    uint32_t max_colls;
+    uint64_t arena_first;    /* the first block (arena bytes 0..7 are never allocated) */
+    uint64_t arena_last;     /* the sentinel: blocks end at or before it (arena.py's end) */
+    PyObject *delete_fallback; /* Cache.delete in Python */
 } Writer;
 
 /* --- arguments, with the messages CPython gives for the Python methods (args.c) -------------
@@ -49,7 +59,7 @@ typedef struct {
     int required;             /* the first `required` have no default */
 } signature;
 
-SHMKV_INTERNAL extern const signature set_sig, cas_sig, incr_sig;
+SHMKV_INTERNAL extern const signature set_sig, cas_sig, incr_sig, delete_sig;
 
 /* out[0..sig->n) gets the arguments (NULL for an omitted one with a default): 0, or -1 with
  * CPython's TypeError. */
@@ -73,6 +83,7 @@ typedef struct {
     int cas_ok;
     int64_t result;       /* incr */
     uint64_t writes;      /* the stripe's new writes counter, 0 if nothing was written */
+    int sampled;          /* the write did its expiry sampling itself (an insert's) */
     char digits[24];      /* incr: the new value */
 } wreq;
 
@@ -86,10 +97,103 @@ SHMKV_INTERNAL int writer_run(Writer *self, PyObject *key_obj, wreq *r);
 /* --- the stripe lock (lock.c): 0, or -1 with an exception set -------------------------------- */
 SHMKV_INTERNAL int lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec,
                                uint64_t stripe);
+/* The key's stripe locked and claimed as locks.py's acquire_stripe does (*rec: its record):
+ * FAST_DONE (held, our pid recorded), FAST_FALLBACK (the stripe needs Python's repair: the
+ * lock was given back untouched) or FAST_ERROR. Release with release_stripe. */
+SHMKV_INTERNAL int claim_stripe(Writer *self, uint64_t stripe, uint8_t **rec);
+static inline void
+release_stripe(uint8_t *rec)
+{
+    st32(rec + S_OWNER_PID, 0);
+    pthread_mutex_unlock((pthread_mutex_t *)(void *)(rec + S_MUTEX));
+}
+/* The arena lock, taken after a stripe lock (locks.py's order): 1 held (our pid recorded),
+ * 0 if Python must take it (a dead holder's repair, a wait past lock_timeout_s: nothing was
+ * changed, the call goes to Python, which waits, repairs or raises), -1 with an exception. */
+SHMKV_INTERNAL int lock_arena(Writer *self);
+SHMKV_INTERNAL void unlock_arena(Writer *self);
+
+/* --- the arena and its lists (alloc.c), the arena lock held ----------------------------------
+ * arena.py's alloc_locked and free_locked, lru.py's push_head_locked and unlink_locked, with
+ * the same choices, so that both engines leave the same bytes. Every check of the shared
+ * memory that the Python functions make is made here; the results: */
+enum { A_OK = 0, A_NONE = 1, A_GARBAGE = -1 /* nothing changed */, A_TORN = -2 /* changed */ };
+#define NBINS 384
+#define SMALL_LIMIT 1024
+#define H_ARENA_USED 136
+#define H_DELETES 160
+#define H_EXPIRATIONS 176
+#define H_ARENA_OWNER_PID 184 /* u32 */
+#define H_SEG_ENDS 256
+#define H_RETIRED_HEAD 328  /* u32 */
+#define H_RETIRED_COUNT 332 /* u32 */
+#define H_RETIRED_BYTES 336
+#define H_SEG_ITEMS 272
+#define H_SEG_BYTES 288
+#define H_BIN_BITMAP 512
+#define H_BIN_HEADS 1024
+#define FREE_BIT 1u
+#define PREV_FREE_BIT 2u
+#define MAX_BLOCK_BYTES (0xFFFFFFFFu & SIZE_MASK)
+#define E_LRU_PREV 8
+#define E_LRU_NEXT 12
+#define SEG_PROBATION 1
+#define SEG_PROTECTED 2
+#define S_EVENTS_HEAD 48
+#define S_EVENTS_COUNT 56
+#define EVENT_HEADER_BYTES 16
+#define EV_SET 1
+#define EV_DEL 2
+#define EV_EXPIRED 3
+
+/* a used block of at least nbytes in *off: A_OK, A_NONE (none fits: eviction is Python's),
+ * A_GARBAGE or A_TORN */
+SHMKV_INTERNAL int arena_alloc(Writer *self, uint32_t nbytes, uint64_t *off);
+/* free the used block at off, coalescing; check_only: only whether it could be (A_OK or
+ * A_GARBAGE), changing nothing */
+SHMKV_INTERNAL int arena_free(Writer *self, uint64_t off, int check_only);
+/* pins.py's free_or_retire_locked: the block of an entry that left the index is freed, or put
+ * on the retired list if a process pins it (its KIND_PINNED bit set and its ref in a process
+ * record; views must be enabled to tell: writer_can_retire); check_only as arena_free */
+SHMKV_INTERNAL int arena_free_or_retire(Writer *self, uint64_t off, int check_only);
+static inline int
+writer_can_retire(const Writer *self, const uint8_t *e)
+{
+    return !(ld8(e + E_KIND) & KIND_PINNED) || self->free_pins != NULL;
+}
+SHMKV_INTERNAL int lru_push_head(Writer *self, uint64_t off, int seg);
+SHMKV_INTERNAL int lru_unlink(Writer *self, uint64_t off, int check_only);
+
+/* --- events (events.c), the stripe lock held ------------------------------------------------ */
+/* Whether an event of a key of klen bytes fits a ring (else Python raises ValueTooLarge). */
+static inline int
+event_fits(const Writer *self, uint32_t klen)
+{
+    return ((EVENT_HEADER_BYTES + (uint64_t)klen + 7) & ~(uint64_t)7) <= self->ring_bytes / 4;
+}
+/* events.py's emit_locked, without data; event_fits must hold */
+SHMKV_INTERNAL void emit_event(Writer *self, uint8_t *rec, uint64_t stripe, uint8_t kind,
+                               const char *key, uint32_t klen);
+
+/* --- inserts and relocations (insert.c) ------------------------------------------------------ */
+/* put_locked's branch that builds the entry in a new block (old_e: the key's entry, which is
+ * relocated, or NULL for an insert; slot_no its slot), the stripe lock held and nothing changed
+ * yet: FAST_DONE, FAST_FALLBACK (still nothing changed) or FAST_ERROR. */
+SHMKV_INTERNAL int writer_insert_locked(Writer *self, uint8_t *rec, uint64_t stripe, uint64_t h,
+                                        const char *key, uint32_t klen, wreq *r, uint64_t exp,
+                                        uint8_t *old_e, uint64_t slot_no, int events);
+SHMKV_INTERNAL PyObject *writer_delete(Writer *self, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames);
 
 /* Unix ns from the handle's clock: 1 (in *now), 0 if the clock gave something the fast paths
  * leave to Python (not an int, negative, past 2**63), -1 if it raised (fastpath.c). */
 SHMKV_INTERNAL int writer_now(Writer *self, uint64_t *now);
+
+/* A lock-free look at the WRITER_EXPIRY_SLOTS slots from the region's expiry cursor: 1 if one
+ * looks expired (or the clock is one the fast path does not read, or, strict, a slot holds a
+ * ref outside the arena: Python judges), 0 if none does (*cursor: where the pass would leave
+ * the cursor), -1 if the clock raised (fastpath.c). */
+SHMKV_INTERNAL int writer_expiry_due(Writer *self, uint64_t *cursor, int strict);
 
 /* ---------------------------------------------------------------------------------------------- */
 SHMKV_INTERNAL extern PyTypeObject ViewType;

@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover
     _write_consts = C  # type: ignore[assignment]
 
 TTL_MAX_S = 10 * 365 * 86400
+PY = shmkv.Cache  # the class's methods: the Python engine's, whatever a handle binds
 CHECK_EVERY = int(os.environ.get("CHECK_EVERY", "100"))
 
 
@@ -50,6 +51,12 @@ def py_incr(c: shmkv.Cache) -> Callable[[object, int], int]:
     compiled one in its place)."""
     body = shmkv.Cache.incr
     return lambda key, delta: body(c, key, delta)
+
+
+def py_delete(c: shmkv.Cache) -> Callable[[object], bool]:
+    """Cache.delete's Python body, for handle c."""
+    body = shmkv.Cache.delete
+    return lambda key: body(c, key)
 
 
 def expire_pass(c: shmkv.Cache) -> Callable[[], None]:
@@ -75,7 +82,10 @@ def make_writer(c: shmkv.Cache, clock: Callable[[], int] | None = None,
         region.clock if clock is None else clock, key_bytes, shmkv.LockTimeout,
         shmkv.CorruptRegion, fallbacks.get("write_fallback", c._write),
         fallbacks.get("incr_fallback", py_incr(c)),
-        fallbacks.get("expire_hook", expire_pass(c)))
+        fallbacks.get("expire_hook", expire_pass(c)),
+        events_offset=lay.events_offset, event_ring_bytes=lay.event_ring_bytes,
+        counts_offset=lay.counts_offset, max_collections=lay.max_collections,
+        delete_fallback=fallbacks.get("delete_fallback", py_delete(c)))
 
 
 Writers = Callable[..., "_core.Writer"]
@@ -245,19 +255,19 @@ def test_a_random_workload_leaves_the_region_as_the_python_engine_does(twins,
             ttl = rng.choice([None, None, None, 0.5, 3, 1e-12, 0, -1, True, TTL_MAX_S + 1])
             if op < 0.4:
                 got = _outcome(w.set, key, value, ttl)
-                want = _outcome(cb.set, key, value, ttl)
+                want = _outcome(PY.set, cb, key, value, ttl)
             elif op < 0.55:
                 found = cb.get_with_version(key)  # a read: marks the slot's access byte
                 assert ca.get_with_version(key) == found
                 version = found[1] if found and rng.random() < 0.7 \
                     else rng.choice([0, 1, 2**64 - 1, -5, 2**70])
                 got = _outcome(w.cas, key, value, version, ttl_s=ttl)
-                want = _outcome(cb.cas, key, value, version, ttl_s=ttl)
+                want = _outcome(PY.cas, cb, key, value, version, ttl_s=ttl)
             elif op < 0.75:
                 delta = rng.choice([1, 1, -1, 5, 2**62, -(2**63), 2**63 - 1])
-                got, want = _outcome(w.incr, key, delta), _outcome(cb.incr, key, delta)
+                got, want = _outcome(w.incr, key, delta), _outcome(PY.incr, cb, key, delta)
             elif op < 0.8:
-                got, want = _outcome(ca.delete, key), _outcome(cb.delete, key)
+                got, want = _outcome(w.delete, key), _outcome(PY.delete, cb, key)
             elif op < 0.88:
                 got, want = _outcome(ca.get, key), _outcome(cb.get, key)
             elif op < 0.9:
@@ -266,7 +276,7 @@ def test_a_random_workload_leaves_the_region_as_the_python_engine_does(twins,
             elif op < 0.92:  # an overwrite while a view pins the entry
                 with ca.view(key) if key in ca else _nothing(), \
                         cb.view(key) if key in cb else _nothing():
-                    got, want = _outcome(w.set, key, value), _outcome(cb.set, key, value)
+                    got, want = _outcome(w.set, key, value), _outcome(PY.set, cb, key, value)
             elif op < 0.93:
                 on = rng.random() < 0.3
                 a.enable_events(on)
@@ -274,7 +284,7 @@ def test_a_random_workload_leaves_the_region_as_the_python_engine_does(twins,
                 got = want = None
             else:  # a shorter value: in place while it fits snugly, then relocated
                 short = value[:rng.choice([0, 8, 17])]
-                got, want = _outcome(w.set, key, short), _outcome(cb.set, key, short)
+                got, want = _outcome(w.set, key, short), _outcome(PY.set, cb, key, short)
             assert got == want, (step, op, key)
             if step % CHECK_EVERY == 0:
                 assert _same_state(a, b) == "", (step, op, key, value, ttl)
@@ -321,14 +331,15 @@ def test_same_size_and_snug_overwrites_are_done_in_c_the_rest_in_python(cache,
     assert _counts(w) == (1, 0) and cache.get(k) == b"y" * 100 and _entry(cache, k) == off
     w.set(k, b"z" * 36)  # need 88: 152 >= 88 + 64 wastes too much: relocated
     assert _need(16, 36) == 88 and block >= 88 + slack
-    assert _counts(w) == (0, 1) and cache.get(k) == b"z" * 36 and _entry(cache, k) != off
+    # relocated in C: a free block fits
+    assert _counts(w) == (1, 0) and cache.get(k) == b"z" * 36 and _entry(cache, k) != off
     off = _entry(cache, k)
     block = _u32(cache, off) & L.SIZE_MASK
     w.set(k, b"g" * (block - L.ENTRY_HEADER_BYTES - 16 + 1))  # one byte more than it holds
-    assert _counts(w) == (0, 1) and _entry(cache, k) != off
+    assert _counts(w) == (1, 0) and _entry(cache, k) != off
     assert cache.get(k) == b"g" * (block - L.ENTRY_HEADER_BYTES - 16 + 1)
-    w.set(b"new key", b"v")  # an insert
-    assert _counts(w) == (0, 1) and cache.get(b"new key") == b"v"
+    w.set(b"new key", b"v")  # an insert, in C too
+    assert _counts(w) == (1, 0) and cache.get(b"new key") == b"v"
     big = b"b" * _core.INPLACE_MAX_BYTES
     cache.set(b"big", big)
     w.set(b"big", b"c" * len(big))  # at the limit: in place
@@ -555,12 +566,12 @@ def test_an_int_subclass_version_goes_to_python(cache, writers) -> None:
 # --- incr -------------------------------------------------------------------------------------
 def test_incr_in_place_and_through_python(cache, writers, fake_clock) -> None:
     w = writers()
-    assert w.incr("n") == 1  # absent: Python creates it, in a block of 40 bytes
-    assert _counts(w) == (0, 1)
+    assert w.incr("n") == 1  # absent: inserted in C, in a block of 40 bytes
+    assert _counts(w) == (1, 0)
     assert w.incr("n") == 2 and w.incr("n", 7) == 9 and w.incr("n", 1) == 10
     assert _counts(w) == (3, 0)
-    assert w.incr("n", 990) == 1000  # 36 + 1 + 4 bytes: Python moves it to a larger block
-    assert _counts(w) == (0, 1)
+    assert w.incr("n", 990) == 1000  # 36 + 1 + 4 bytes: moved to a larger block, in C
+    assert _counts(w) == (1, 0)
     assert w.incr("n", 32) == 1032 and w.incr("n", delta=-1040) == -8
     assert _counts(w) == (2, 0)
     assert cache.get("n") == b"-8"
@@ -575,14 +586,14 @@ def test_incr_in_place_and_through_python(cache, writers, fake_clock) -> None:
     assert w.incr("t", 5) == 15
     assert _u64(cache, _entry(cache, b"t") + L.E_EXPIRES_AT) == exp
     assert _counts(w) == (1, 0)
-    # expired: Python starts from 0, without the TTL
+    # expired: starts from 0, without the TTL, as Python does
     fake_clock.advance(5)
     assert w.incr("t", 3) == 3
-    assert _counts(w) == (0, 1) and cache.ttl("t") is None
-    # a value longer than its block: Python relocates it
+    assert _counts(w) == (1, 0) and cache.ttl("t") is None
+    # a value longer than its block: relocated, in C
     cache.set("grow", b"9")
     assert w.incr("grow", 10**17) == 10**17 + 9
-    assert _counts(w) == (0, 1)
+    assert _counts(w) == (1, 0)
     assert check_region(cache) == []
 
 
@@ -730,8 +741,8 @@ def test_a_collection_writer_writes_its_collection_only(cache, writers) -> None:
     w.set("k", b"IN USERS")
     assert _counts(w) == (1, 0)
     assert users.get("k") == b"IN USERS" and cache.get("k") == b"in default"
-    w.set("only-in-default", b"x")
-    assert _counts(w) == (0, 1)
+    w.set("only-in-default", b"x")  # an insert into the collection, in C
+    assert _counts(w) == (1, 0)
     assert users.get("only-in-default") == b"x" and cache.get("only-in-default") is None
     assert check_region(cache) == []
 
@@ -813,7 +824,8 @@ def test_a_damaged_collection_record_goes_to_python_which_raises(cache, writers,
 
 
 # --- what the fast path leaves to Python -----------------------------------------------------------
-def test_with_events_on_every_write_goes_to_python_which_emits_them(cache, writers) -> None:
+def test_with_events_on_writes_and_deletes_emit_in_c_what_python_emits(cache,
+                                                                       writers) -> None:
     from shmkv.events import EventReader
 
     w = writers()
@@ -824,9 +836,10 @@ def test_with_events_on_every_write_goes_to_python_which_emits_them(cache, write
     w.set("k", b"abcdefgh")
     assert w.cas("k", b"ABCDEFGH", cache.get_with_version("k")[1]) is True
     assert w.incr("n") == 2
-    assert _counts(w) == (0, 3)
+    assert w.set("new", b"v" * 200) is None and w.delete("new") is True
+    assert _counts(w) == (5, 0)
     assert sorted((e.kind, e.key) for e in events.poll()) == \
-        [("set", b"k"), ("set", b"k"), ("set", b"n")]
+        [("del", b"new"), ("set", b"k"), ("set", b"k"), ("set", b"n"), ("set", b"new")]
     cache.enable_events(False)
     w.set("k", b"12345678")
     assert _counts(w) == (1, 0)
@@ -1255,7 +1268,7 @@ def test_close_inside_a_fallback_lets_the_call_finish_and_releases_after(cache) 
         return cache._write(*args)
 
     w = make_writer(cache, write_fallback=closing_write)
-    w.set("k", b"v")
+    w.set("k", bytearray(b"v"))  # a value that is not exact bytes: Python's
     assert w.closed and cache.get("k") == b"v"
     cache.close()
 
