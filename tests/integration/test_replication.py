@@ -38,7 +38,11 @@ def dump(cache: shmkv.Cache) -> dict[str | None, dict[bytes, tuple[Any, ...]]]:
     """Every collection's entries: key -> (value, kind, version, ttl by the fixed clock)."""
     out: dict[str | None, dict[bytes, tuple[Any, ...]]] = {}
     for name in [None, *cache.collections()]:
-        handle = cache if name is None else cache.collection(name)
+        try:
+            handle = cache if name is None else cache.collection(name)
+        except shmkv.ReadOnlyReplica:  # dropped by the replicator since collections() listed
+            out[name] = {}  # it: making it again is a write (the next poll looks again)
+            continue
         entries = {}
         for key in handle.keys():
             found = handle.get_with_version(key)
