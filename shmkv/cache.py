@@ -1,9 +1,9 @@
 """`Cache`: the public handle on a shared-memory region: argument checks, locks, reads,
-writes, expiry, events. shared_region.py holds what a region's handles share; reads go through a Reader,
-compiled or pure (backend.py, reader.py), and take no lock; writes take the key's stripe lock
+writes, expiry, publish. shared_region.py holds what a region's handles share; reads go through
+a Reader, compiled or pure (backend.py, reader.py), and take no lock; writes take the key's stripe lock
 here (in the order locks.py gives) and go through writer.py; what takes entries out of the
 region lives in evict.py; the region-wide operations (maintain, repair, flush, stats,
-snapshots, collections) in upkeep.py, a mixin of Cache; Redis's read-modify-write commands
+snapshots, collections, events on/off) in upkeep.py, a mixin of Cache; Redis's read-modify-write commands
 (getdel, getex, append, rename, set's options) in commands.py.
 
 A handle binds its reader's methods as its own `get`, `get_with_version` and `get_many`, and the
@@ -31,7 +31,6 @@ from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, Read
                      RegionExists)
 from .hashing import xxh3_64
 from .events import emit_locked
-from .events import enabled as events_enabled
 from .events import want as want_events
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .reader import READ_SPINS_BEFORE_YIELD
@@ -558,19 +557,6 @@ class Cache(Upkeep):
             emit_locked(self._region, stripe, L.EV_MESSAGE, self._coll, k, data)
         finally:
             self._locks.release_stripe(stripe)
-
-    def enable_events(self, on: bool) -> None:
-        """Say whether this handle wants keyspace events (set, del, expired, evicted). Every
-        writer of the region records them while any live handle wants them (closing the
-        handle, or its process dying, counts as not wanting); off, a writer pays one flag
-        read. The node wants them while it runs."""
-        self._q[0]
-        self._events_hold = want_events(self._region, self._events_hold, bool(on))
-
-    @property
-    def events_enabled(self) -> bool:
-        self._q[0]
-        return events_enabled(self._region)
 
     # --- expiry ------------------------------------------------------------------------
     def ttl(self, key: str | bytes) -> float | None:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import backend, snapshot
 from . import layout as L
+from .events import enabled as events_enabled
 from .events import refresh_locked as refresh_events_locked
+from .events import want as want_events
 from .namespaces import check_collection_name
 from .repair import repair_all_locked
 from .stats import region_stats
@@ -25,7 +27,7 @@ MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() lo
 
 class Upkeep:
     """maintain, flush, repair, stats, snapshot, restore, collection(s), rename_collection,
-    drop_collection: see each method."""
+    drop_collection, enable_events, events_enabled: see each method."""
 
     # set by Cache.__init__
     _region: SharedRegion
@@ -36,6 +38,7 @@ class Upkeep:
     collection_name: str
 
     _w: Writer
+    _events_hold: Any
 
     if TYPE_CHECKING:  # Cache's
         def _fenced(self) -> bool: ...
@@ -173,3 +176,17 @@ class Upkeep:
         with self._locks.arena_held:
             self._region.colls.end_drop_locked(idx)
         return removed
+
+    # --- keyspace events (events.py) ----------------------------------------------------
+    def enable_events(self, on: bool) -> None:
+        """Say whether this handle wants keyspace events (set, del, expired, evicted). Every
+        writer of the region records them while any live handle wants them (closing the
+        handle, or its process dying, counts as not wanting); off, a writer pays one flag
+        read. The node wants them while it runs."""
+        self._q[0]
+        self._events_hold = want_events(self._region, self._events_hold, bool(on))
+
+    @property
+    def events_enabled(self) -> bool:
+        self._q[0]
+        return events_enabled(self._region)
