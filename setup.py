@@ -25,6 +25,7 @@ setup(
                 f"{CORE_SRC}/writer.c",
                 f"{CORE_SRC}/fastpath.c",
                 f"{CORE_SRC}/pin.c",
+                f"{CORE_SRC}/view.c",
                 f"{CORE_SRC}/lock.c",
                 f"{CORE_SRC}/alloc.c",
                 f"{CORE_SRC}/insert.c",
@@ -36,6 +37,7 @@ setup(
             depends=[
                 f"{CORE_SRC}/core.h",
                 f"{CORE_SRC}/writer.h",
+                f"{CORE_SRC}/pin.h",
                 "shmkv/_vendor/xxhash.h",
             ],
             extra_compile_args=["-O2", "-std=c11"],

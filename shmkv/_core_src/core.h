@@ -25,7 +25,7 @@
  * The Writer also makes the handle's views (Cache.view, Cache.view_array): a `View` pins the
  * value under the same stripe mutex, and a `Pin` exports its bytes read-only and drops the pin
  * when the last object built on them goes; every unusual case goes to the Python pin. See
- * pin.c.
+ * pin.c (the pin and the Pin) and view.c (the View).
  *
  * module.c holds the module: its init, its functions and its constants.
  *
