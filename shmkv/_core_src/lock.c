@@ -21,45 +21,59 @@ timespec_before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+#define WAIT_INTERRUPTED (-1) /* not a pthread code: those are positive */
+
+/* Take m, waiting at most lock_timeout_s in WAIT_SLICE_NS slices with the GIL released, so that
+ * signal handlers (Ctrl-C) run between slices: pthread's code (0, EOWNERDEAD, ...), ETIMEDOUT
+ * past the deadline, or WAIT_INTERRUPTED with the exception a signal handler raised. */
+static int
+wait_for(Writer *self, pthread_mutex_t *m)
+{
+    int rc = pthread_mutex_trylock(m);
+    if (rc != EBUSY)
+        return rc;
+    struct timespec now, deadline, until;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    deadline = now;
+    timespec_add_ns(&deadline, (int64_t)(self->timeout_s * 1e9));
+    for (;;) {
+        until = now;
+        timespec_add_ns(&until, WAIT_SLICE_NS);
+        if (timespec_before(&deadline, &until))
+            until = deadline;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
+        Py_END_ALLOW_THREADS
+        if (rc != ETIMEDOUT)
+            return rc;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!timespec_before(&now, &deadline))
+            return ETIMEDOUT;
+        if (PyErr_CheckSignals() < 0)
+            return WAIT_INTERRUPTED;
+    }
+}
+
 /* Take stripe's mutex (locks.py's acquire_stripe, without the claim): 0, or -1 with
  * LockTimeout, CorruptRegion or what a signal handler raised. */
 int
 lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec, uint64_t stripe)
 {
-    int rc = pthread_mutex_trylock(m);
-    if (rc == EBUSY) {
-        struct timespec now, deadline, until;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        deadline = now;
-        timespec_add_ns(&deadline, (int64_t)(self->timeout_s * 1e9));
-        for (;;) {
-            until = now;
-            timespec_add_ns(&until, WAIT_SLICE_NS);
-            if (timespec_before(&deadline, &until))
-                until = deadline;
-            Py_BEGIN_ALLOW_THREADS
-            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
-            Py_END_ALLOW_THREADS
-            if (rc != ETIMEDOUT)
-                break;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (!timespec_before(&now, &deadline)) {
-                unsigned pid = ld32(rec + S_OWNER_PID);
-                char who[16] = "?";
-                if (pid)
-                    PyOS_snprintf(who, sizeof who, "%u", pid);
-                PyErr_Format(self->timeout_exc,
-                             "stripe %llu lock not acquired within %U s; held by pid %s, which "
-                             "is alive (a dead holder's lock passes to the next locker). If it "
-                             "is stopped or stuck, stop it; if it is just busy, raise "
-                             "lock_timeout_s", (unsigned long long)stripe, self->timeout_str,
-                             who);
-                return -1;
-            }
-            if (PyErr_CheckSignals() < 0) /* Ctrl-C while waiting */
-                return -1;
-        }
+    int rc = wait_for(self, m);
+    if (rc == ETIMEDOUT) {
+        unsigned pid = ld32(rec + S_OWNER_PID);
+        char who[16] = "?";
+        if (pid)
+            PyOS_snprintf(who, sizeof who, "%u", pid);
+        PyErr_Format(self->timeout_exc,
+                     "stripe %llu lock not acquired within %U s; held by pid %s, which "
+                     "is alive (a dead holder's lock passes to the next locker). If it "
+                     "is stopped or stuck, stop it; if it is just busy, raise "
+                     "lock_timeout_s", (unsigned long long)stripe, self->timeout_str, who);
+        return -1;
     }
+    if (rc == WAIT_INTERRUPTED)
+        return -1;
     if (rc == 0)
         return 0;
     if (rc == EOWNERDEAD) { /* its holder died: consistent now, repaired by Python (pid) */
@@ -102,31 +116,13 @@ lock_arena(Writer *self)
 {
     uint8_t *const base = self->map.base;
     pthread_mutex_t *const m = (pthread_mutex_t *)(void *)(base + H_ARENA_MUTEX);
-    int rc = pthread_mutex_trylock(m);
-    if (rc == EBUSY) {
-        /* held by a writer of another stripe, for an allocation: short. Waited for here with
-         * the GIL released; past lock_timeout_s, Python waits again and raises LockTimeout. */
-        struct timespec now, deadline, until;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        deadline = now;
-        timespec_add_ns(&deadline, (int64_t)(self->timeout_s * 1e9));
-        for (;;) {
-            until = now;
-            timespec_add_ns(&until, WAIT_SLICE_NS);
-            if (timespec_before(&deadline, &until))
-                until = deadline;
-            Py_BEGIN_ALLOW_THREADS
-            rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &until);
-            Py_END_ALLOW_THREADS
-            if (rc != ETIMEDOUT)
-                break;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (!timespec_before(&now, &deadline))
-                return 0;
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-        }
-    }
+    /* held by a writer of another stripe, for an allocation: short. Waited for here with the
+     * GIL released; past lock_timeout_s, Python waits again and raises LockTimeout. */
+    int rc = wait_for(self, m);
+    if (rc == ETIMEDOUT)
+        return 0;
+    if (rc == WAIT_INTERRUPTED)
+        return -1;
     if (rc == EOWNERDEAD)
         pthread_mutex_consistent(m); /* its holder died: the recorded pid makes Python repair */
     else if (rc)
