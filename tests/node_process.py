@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
+
 import shmkv
 
 STOP_TIMEOUT_S = 30
@@ -62,6 +64,18 @@ def failed_start(region: str, *options: str,
             process.kill()
             process.wait()
     return process.returncode, out, err
+
+
+@contextmanager
+def dealer(endpoint: str) -> Iterator[zmq.Socket]:
+    """A raw DEALER socket connected to a node, for tests that speak the wire protocol."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 @contextmanager

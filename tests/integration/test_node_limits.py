@@ -4,8 +4,6 @@ holds. Memory is the node's own, read from /proc/<pid>/status (VmHWM: the peak).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import zmq
-from node_process import running_node
+from node_process import dealer, running_node
 from tests_support import scrape
 
 from shmkv.broker import protocol
@@ -45,17 +43,6 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.005)
-
-
-@contextmanager
-def dealer(endpoint: str) -> Iterator[zmq.Socket]:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def reply_to(sock: zmq.Socket) -> protocol.Reply:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import zmq
-from node_process import running_node, start_node
+from node_process import dealer, running_node, start_node
 from tests_support import new_region_name, scrape
 
 import shmkv
@@ -43,17 +43,6 @@ def stripe_lock_held(cache: shmkv.Cache, key: bytes) -> Iterator[Callable[[], bo
         yield lambda: cache._locks.stripe_has_waiters(stripe)
     finally:
         cache._locks.release_stripe(stripe)
-
-
-@contextmanager
-def dealer(endpoint: str) -> Iterator[zmq.Socket]:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 @contextmanager
