@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,3 +118,34 @@ def test_replicaof_without_a_primary_is_refused_and_changes_nothing() -> None:
         assert b.get("k") is None  # nothing changed: still a replica
         with pytest.raises(shmkv.ReadOnlyReplica):
             b.set("k", b"v")
+
+
+def test_a_client_of_several_nodes_follows_the_primary_across_a_switchover() -> None:
+    with pair() as (primary, replica, a, b):
+        with RemoteCache([replica.endpoint, primary.endpoint], timeout_s=1.0) as remote:
+            remote.set("k", b"1")  # went to the primary, though the replica is listed first
+            assert a.get("k") == b"1"
+            promoted = cli("promote", "--node", replica.endpoint)
+            cli("replicaof", promoted["endpoint"], "--node", primary.endpoint)
+            remote.set("k", b"2")  # the old primary refuses it: sent to the new one
+            assert b.get("k") == b"2"
+            assert remote.endpoint == replica.endpoint
+            assert remote.incr("n") == 1
+
+
+def test_a_request_not_safe_to_repeat_raises_outcome_unknown_when_the_primary_stops_answering(
+) -> None:
+    with pair() as (primary, replica, a, b):
+        with RemoteCache([primary.endpoint, replica.endpoint], timeout_s=0.5,
+                         retries=1) as remote:
+            assert remote.incr("n") == 1
+            primary.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(shmkv.OutcomeUnknown, match="incr"):
+                    remote.incr("n")
+                with pytest.raises(shmkv.RemoteUnavailable, match="no primary"):
+                    remote.get("n")  # safe to repeat: retried, but nobody is primary
+            finally:
+                primary.process.send_signal(signal.SIGCONT)
+            # the primary answers again: the incr was applied once or not at all, never twice
+            assert remote.get("n") in (b"1", b"2")
