@@ -53,6 +53,11 @@ class Roles:
                  secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.context, self.config, self.emit, self.status = context, config, emit, status
         self._wait, self._secure = wait, secure
+        # Under etcd, a replica whose primary stopped answering must not hold the node's loop
+        # for a whole request timeout: the election runs there (see _replica_wait)
+        self.yield_after_s = config.loop_interval_s if config.etcd else None
+        self._in_tick = False
+        self._waiting: tuple[zmq.Poller, float] | None = None
         self.cache: shmkv.Cache | None = None  # the node's main handle
         self.source: Source | None = None
         self.replica: Replica | None = None
@@ -95,7 +100,11 @@ class Roles:
         if self.source is not None and self.source.socket in ready:
             self.source.service()
         if self.replica is not None and time.monotonic() >= self.replica.due():
-            self.replica.tick()
+            self._in_tick = True
+            try:
+                self.replica.tick()
+            finally:
+                self._in_tick = False
             if self._before_demotion is not None and self.replica.rounds:
                 self._count_discarded()
 
@@ -195,7 +204,22 @@ class Roles:
 
     def _new_replica(self, primary: str) -> Replica:
         config = dataclasses.replace(self.config, replica_of=primary)
-        return Replica(self.context, config, self.emit, self.status, self._wait)
+        return Replica(self.context, config, self.emit, self.status, self._replica_wait)
+
+    def _replica_wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
+        """The Replica's wait for a reply: the node's (False once a stop signal came); and
+        under etcd, False too once one request of a round has waited yield_after_s, so that
+        the round ends (Replica.tick takes it as a stop and retries later) and the node's
+        loop runs the election: a replica of a dead primary must be able to take over within
+        the lease. Each request polls its own Poller: that tells when a new one started."""
+        if not self._wait(poller, timeout_ms):
+            return False
+        if self.yield_after_s is None or not self._in_tick:
+            return True
+        now = time.monotonic()
+        if self._waiting is None or self._waiting[0] is not poller:
+            self._waiting = (poller, now)
+        return now - self._waiting[1] < self.yield_after_s
 
     def _open_source(self) -> Source:
         deadline = time.monotonic() + BIND_RETRY_S

@@ -1,0 +1,259 @@
+"""Failover through etcd on loopback (broker/failover.py): three nodes of one cluster elect
+their primary with an etcd lease. A replica takes over within the lease TTL plus one loop of a
+primary's SIGKILL; a primary stopped past its lease refuses every write when it resumes, then
+follows the new primary; no write is acknowledged by two nodes at once; and the replica that
+had the writes is the one promoted. Each test starts its own etcd (tests/etcd_process.py) and
+skips, saying why, without it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from etcd_process import free_port, running_etcd
+from node_process import STOP_TIMEOUT_S, start_node
+from tests_support import new_region_name
+
+import shmkv
+from shmkv import layout as L
+from shmkv.clients import RemoteCache
+
+LEASE_TTL_S = 3
+LOOP_S = 0.5
+RETRY_S = 0.5
+SETTLE_S = 60.0  # the most a state the tests wait for may take on a loaded machine
+
+
+@dataclass
+class Member:
+    region: str
+    advertise: str
+    process: subprocess.Popen[str]
+    ready: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.ready["endpoint"])
+
+    def role(self) -> str:
+        try:
+            with RemoteCache(self.endpoint, timeout_s=0.5, retries=0) as remote:
+                return str(remote.ping()["role"]["role"])
+        except shmkv.RemoteUnavailable:
+            return "unreachable"
+
+    def read_events(self) -> None:
+        """Keep the node's events (a thread: a pipe nobody reads would block the node)."""
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            self.events.append(json.loads(line))
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in list(self.events) if e.get("event") == name), None)
+
+
+def eventually(check: Any, what: str, timeout_s: float = SETTLE_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def member(etcd: str, cluster: str) -> Iterator[Member]:
+    """A node of cluster, ready when this yields (a replica: after its first sync); at the
+    end it is killed if it still runs, and its region unlinked."""
+    region, port = new_region_name(), free_port()
+    advertise = f"tcp://127.0.0.1:{port}"
+    errors = tempfile.TemporaryFile("w+")
+    process = start_node(region, "--arena-bytes", "8M", "--etcd", etcd, "--cluster", cluster,
+                         "--advertise", advertise, "--repl-bind", advertise,
+                         "--lease-ttl-s", str(LEASE_TTL_S), "--loop-interval-s", str(LOOP_S),
+                         "--retry-timeout-s", str(RETRY_S), stderr=errors)
+    node = Member(region, advertise, process)
+    reader = threading.Thread(target=node.read_events, daemon=True)
+    try:
+        reader.start()
+        node.ready = eventually(lambda: node.event("ready") or process.poll() is not None
+                                and {"exit": process.returncode}, "the node is ready")
+        assert "exit" not in node.ready, errors.seek(0) or errors.read()
+        yield node
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            if process.poll() is None:
+                process.send_signal(sig)
+        process.wait(timeout=STOP_TIMEOUT_S)
+        reader.join(timeout=STOP_TIMEOUT_S)
+        process.stdout.close()  # type: ignore[union-attr]
+        errors.close()
+        shmkv.Cache.unlink(region)
+
+
+@contextmanager
+def cluster_of(n: int) -> Iterator[tuple[str, list[Member]]]:
+    """etcd and n nodes: the first is the primary (the others start once it is)."""
+    with running_etcd() as etcd, ExitStack() as stack:
+        name = f"test-{uuid.uuid4().hex[:8]}"
+        first = stack.enter_context(member(etcd, name))
+        eventually(lambda: first.role() == "primary", "the first node is elected")
+        nodes = [first] + [stack.enter_context(member(etcd, name)) for _ in range(n - 1)]
+        yield etcd, nodes
+
+
+def epoch_of(node: Member) -> int:
+    with shmkv.Cache.open(node.region) as cache:
+        return int(cache._region.q[L.H_REPL_EPOCH >> 3])
+
+
+def test_a_replica_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primarys_sigkill(
+) -> None:
+    with cluster_of(3) as (etcd, nodes):
+        primary, replicas = nodes[0], nodes[1:]
+        with RemoteCache([n.endpoint for n in nodes], timeout_s=0.5, retries=100) as client:
+            client.set("before", b"1")
+            for replica in replicas:
+                eventually(lambda r=replica: shmkv.Cache.open(r.region).get("before") == b"1",
+                           "the replicas have the write")
+            killed = time.monotonic()
+            primary.process.send_signal(signal.SIGKILL)
+            client.set("after", b"2")  # sent again until a new primary takes it
+            took_s = time.monotonic() - killed
+        assert took_s <= LEASE_TTL_S + LOOP_S + 1.0, took_s  # + 1 s: the client's own polls
+        promoted = [r for r in replicas if r.role() == "primary"]
+        assert len(promoted) == 1
+        assert epoch_of(promoted[0]) > epoch_of(primary) > 0
+        with shmkv.Cache.open(promoted[0].region) as cache:
+            assert cache.get("before") == b"1" and cache.get("after") == b"2"
+        other = next(r for r in replicas if r is not promoted[0])
+        eventually(lambda: shmkv.Cache.open(other.region).get("after") == b"2",
+                   "the other replica follows the new primary")
+
+
+def test_a_primary_stopped_past_its_lease_refuses_every_write_then_follows_the_new_one(
+) -> None:
+    with cluster_of(2) as (etcd, (primary, replica)):
+        local = shmkv.Cache.open(primary.region)
+        try:
+            local.set("mine", b"1")
+            eventually(lambda: shmkv.Cache.open(replica.region).get("mine") == b"1",
+                       "the replica has the write")
+            stopped_ns = time.time_ns()
+            primary.process.send_signal(signal.SIGSTOP)
+            fence_ns = int(local._region.q[L.H_WRITABLE_UNTIL >> 3])
+            assert stopped_ns < fence_ns <= stopped_ns + LEASE_TTL_S * 10**9
+            eventually(lambda: replica.role() == "primary", "the replica takes over")
+            # the node is still stopped: only the fence in its region refuses local writers
+            with pytest.raises(shmkv.ReadOnlyReplica, match="fenced"):
+                local.set("mine", b"lost")
+            primary.process.send_signal(signal.SIGCONT)
+            with RemoteCache(primary.endpoint, timeout_s=5) as remote:
+                with pytest.raises(shmkv.ReadOnlyReplica):
+                    remote.set("mine", b"lost")
+            eventually(lambda: primary.role() == "replica", "the old primary follows")
+            with RemoteCache(replica.endpoint) as remote:
+                remote.set("new", b"2")
+            eventually(lambda: local.get("new") == b"2", "the old primary copies the new one")
+            assert local.get("mine") == b"1"
+            assert primary.event("leader_lost") is not None
+        finally:
+            local.close()
+
+
+@dataclass
+class Ack:
+    node: str
+    epoch: int
+    sent: float
+    acked: float
+
+
+def test_no_write_is_acknowledged_by_two_nodes_in_overlapping_terms() -> None:
+    """Writers hammer every node directly through a failover in which the old primary is
+    stopped past its lease and resumed. Each acknowledged write is logged with its node and
+    the epoch in that node's region before the send and after the reply (kept only if both
+    agree). No epoch has two nodes, and no write of an older epoch was sent after one of a
+    newer epoch was acknowledged (which would mean that both accepted writes at once)."""
+    with cluster_of(3) as (etcd, nodes):
+        acks: list[Ack] = []
+        stop = threading.Event()
+
+        def write(node: Member) -> None:
+            handle = shmkv.Cache.open(node.region)
+            with RemoteCache(node.endpoint, timeout_s=0.3, retries=0) as remote:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    before = int(handle._region.q[L.H_REPL_EPOCH >> 3])
+                    sent = time.monotonic()
+                    try:
+                        remote.set(f"w{i}", node.advertise)
+                    except (shmkv.ReadOnlyReplica, shmkv.RemoteUnavailable):
+                        time.sleep(0.01)
+                        continue
+                    acked = time.monotonic()
+                    if int(handle._region.q[L.H_REPL_EPOCH >> 3]) == before:
+                        acks.append(Ack(node.advertise, before, sent, acked))
+            handle.close()
+
+        writers = [threading.Thread(target=write, args=(n,)) for n in nodes]
+        for w in writers:
+            w.start()
+        def more_acks(n: int = 20) -> None:
+            count = len(acks)
+            eventually(lambda: len(acks) >= count + n, f"{n} more writes acknowledged")
+
+        try:
+            more_acks()
+            nodes[0].process.send_signal(signal.SIGSTOP)
+            eventually(lambda: any(n.role() == "primary" for n in nodes[1:]), "a new primary")
+            more_acks()
+            nodes[0].process.send_signal(signal.SIGCONT)
+            eventually(lambda: nodes[0].role() == "replica", "the old primary follows")
+            more_acks()
+        finally:
+            stop.set()
+            for w in writers:
+                w.join()
+        epochs = {a.epoch for a in acks}
+        assert len(epochs) >= 2, "the test saw no failover"
+        for epoch in epochs:
+            assert len({a.node for a in acks if a.epoch == epoch}) == 1, epoch
+        for old in acks:
+            newer = [a.acked for a in acks if a.epoch > old.epoch]
+            assert not newer or old.sent < min(newer), (old, min(newer))
+
+
+def test_the_replica_that_has_the_acknowledged_writes_is_the_one_promoted() -> None:
+    """wait(1) stands here for "a replica has the write": the test polls the up-to-date
+    replica's region, while the other replica is stopped (so it has not). After the primary's
+    SIGKILL, the one with the highest offset takes over and no acknowledged write is lost."""
+    with cluster_of(3) as (etcd, (primary, fresh, stale)):
+        stale.process.send_signal(signal.SIGSTOP)
+        try:
+            with RemoteCache(primary.endpoint) as remote:
+                remote.set_many({f"k{i}": b"v" * i for i in range(500)})
+            with shmkv.Cache.open(fresh.region) as copy:
+                eventually(lambda: copy.get("k499") == b"v" * 499, "the fresh replica has it")
+            primary.process.send_signal(signal.SIGKILL)
+        finally:
+            stale.process.send_signal(signal.SIGCONT)
+        eventually(lambda: fresh.role() == "primary", "the fresh replica takes over")
+        assert stale.role() != "primary"
+        with shmkv.Cache.open(fresh.region) as cache:
+            assert all(cache.get(f"k{i}") == b"v" * i for i in range(500))
+        with shmkv.Cache.open(stale.region) as cache:
+            eventually(lambda: cache.get("k499") == b"v" * 499, "the stale one catches up")
