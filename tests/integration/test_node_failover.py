@@ -7,100 +7,21 @@ skips, saying why, without it."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
-from etcd_process import free_port, running_etcd
-from node_process import STOP_TIMEOUT_S, start_node
-from tests_support import new_region_name
+from etcd_process import running_etcd
+from failover_nodes import LEASE_TTL_S, LOOP_S, Member, eventually, member
 
 import shmkv
 from shmkv import layout as L
 from shmkv.clients import RemoteCache
-
-LEASE_TTL_S = 3
-LOOP_S = 0.5
-RETRY_S = 0.5
-SETTLE_S = 60.0  # the most a state the tests wait for may take on a loaded machine
-
-
-@dataclass
-class Member:
-    region: str
-    advertise: str
-    process: subprocess.Popen[str]
-    ready: dict[str, Any] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.ready["endpoint"])
-
-    def role(self) -> str:
-        try:
-            with RemoteCache(self.endpoint, timeout_s=0.5, retries=0) as remote:
-                return str(remote.ping()["role"]["role"])
-        except shmkv.RemoteUnavailable:
-            return "unreachable"
-
-    def read_events(self) -> None:
-        """Keep the node's events (a thread: a pipe nobody reads would block the node)."""
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.events.append(json.loads(line))
-
-    def event(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in list(self.events) if e.get("event") == name), None)
-
-
-def eventually(check: Any, what: str, timeout_s: float = SETTLE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def member(etcd: str, cluster: str) -> Iterator[Member]:
-    """A node of cluster, ready when this yields (a replica: after its first sync); at the
-    end it is killed if it still runs, and its region unlinked."""
-    region, port = new_region_name(), free_port()
-    advertise = f"tcp://127.0.0.1:{port}"
-    errors = tempfile.TemporaryFile("w+")
-    process = start_node(region, "--arena-bytes", "8M", "--etcd", etcd, "--cluster", cluster,
-                         "--advertise", advertise, "--repl-bind", advertise,
-                         "--lease-ttl-s", str(LEASE_TTL_S), "--loop-interval-s", str(LOOP_S),
-                         "--retry-timeout-s", str(RETRY_S), stderr=errors)
-    node = Member(region, advertise, process)
-    reader = threading.Thread(target=node.read_events, daemon=True)
-    try:
-        reader.start()
-        node.ready = eventually(lambda: node.event("ready") or process.poll() is not None
-                                and {"exit": process.returncode}, "the node is ready")
-        assert "exit" not in node.ready, errors.seek(0) or errors.read()
-        yield node
-    finally:
-        for sig in (signal.SIGCONT, signal.SIGKILL):
-            if process.poll() is None:
-                process.send_signal(sig)
-        process.wait(timeout=STOP_TIMEOUT_S)
-        reader.join(timeout=STOP_TIMEOUT_S)
-        process.stdout.close()  # type: ignore[union-attr]
-        errors.close()
-        shmkv.Cache.unlink(region)
 
 
 @contextmanager
@@ -112,11 +33,6 @@ def cluster_of(n: int) -> Iterator[tuple[str, list[Member]]]:
         eventually(lambda: first.role() == "primary", "the first node is elected")
         nodes = [first] + [stack.enter_context(member(etcd, name)) for _ in range(n - 1)]
         yield etcd, nodes
-
-
-def epoch_of(node: Member) -> int:
-    with shmkv.Cache.open(node.region) as cache:
-        return int(cache._region.q[L.H_REPL_EPOCH >> 3])
 
 
 def test_a_replica_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primarys_sigkill(
@@ -135,7 +51,7 @@ def test_a_replica_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primary
         assert took_s <= LEASE_TTL_S + LOOP_S + 1.0, took_s  # + 1 s: the client's own polls
         promoted = [r for r in replicas if r.role() == "primary"]
         assert len(promoted) == 1
-        assert epoch_of(promoted[0]) > epoch_of(primary) > 0
+        assert promoted[0].epoch() > primary.epoch() > 0
         with shmkv.Cache.open(promoted[0].region) as cache:
             assert cache.get("before") == b"1" and cache.get("after") == b"2"
         other = next(r for r in replicas if r is not promoted[0])
