@@ -43,6 +43,10 @@ from .replication import Emit, Replica, Source
 
 # A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
 BIND_RETRY_S = 2.0
+# Under etcd, how long a replica's request may wait for its primary's reply before the round
+# gives the node's loop back to the election (a live primary answers a chunk well within it;
+# the round resumes from the stripes it had done)
+YIELD_AFTER_S = 0.1
 
 
 class Roles:
@@ -55,7 +59,7 @@ class Roles:
         self._wait, self._secure = wait, secure
         # Under etcd, a replica whose primary stopped answering must not hold the node's loop
         # for a whole request timeout: the election runs there (see _replica_wait)
-        self.yield_after_s = config.loop_interval_s if config.etcd else None
+        self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None
         self._in_tick = False
         self._waiting: tuple[zmq.Poller, float] | None = None
         self.cache: shmkv.Cache | None = None  # the node's main handle
@@ -135,7 +139,7 @@ class Roles:
                 self._poller.register(self.source.socket, zmq.POLLIN)
         self.role = "primary"
         self.emit("promoted", epoch=int(region.q[L.H_REPL_EPOCH >> 3]), repl_id=repl_id,
-                  writable_until_ns=writable_until_ns)
+                  writable_until_ns=writable_until_ns, at_ns=time.time_ns())
         return {"role": "primary", "repl_id": repl_id,
                 "epoch": int(region.q[L.H_REPL_EPOCH >> 3]),
                 "endpoint": self.source.endpoint if self.source is not None else ""}
@@ -208,7 +212,7 @@ class Roles:
 
     def _replica_wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """The Replica's wait for a reply: the node's (False once a stop signal came); and
-        under etcd, False too once one request of a round has waited yield_after_s, so that
+        under etcd, False too once one request of a round has waited YIELD_AFTER_S, so that
         the round ends (Replica.tick takes it as a stop and retries later) and the node's
         loop runs the election: a replica of a dead primary must be able to take over within
         the lease. Each request polls its own Poller: that tells when a new one started."""

@@ -30,6 +30,7 @@ from shmkv.clients import RemoteCache
 LEASE_TTL_S = 3
 LOOP_S = 0.5
 RETRY_S = 0.5
+ETCD_EXPIRY_S = 0.5  # etcd revokes expired leases in a loop of this period (lessor.go)
 SETTLE_S = 60.0  # the most a state the tests wait for may take on a loaded machine
 
 
