@@ -178,7 +178,7 @@ class Failover:
 
     def __init__(self, config: NodeConfig, roles: Roles, emit: Emit,
                  wait: Callable[[zmq.Poller, int], bool] | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, etcd: Etcd | None = None) -> None:
         for key in ("cluster", "advertise", "repl_bind"):
             if not getattr(config, key):
                 raise ConfigError(f"etcd is set ({config.etcd}), so {key} must be too "
@@ -187,7 +187,7 @@ class Failover:
             raise ConfigError("etcd is set, so etcd chooses the primary: drop replica_of")
         self.config, self.roles, self.emit, self.clock = config, roles, emit, clock
         self._wait = wait or roles._wait
-        self.etcd = Etcd(config.etcd.split(","), config.retry_timeout_s)
+        self.etcd = etcd or Etcd(config.etcd.split(","), config.retry_timeout_s)
         self.prefix = f"/shmkv/{config.cluster}/"
         self.me = config.advertise
         self.lease = 0
