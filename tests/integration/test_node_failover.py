@@ -174,3 +174,17 @@ def test_the_replica_that_has_the_acknowledged_writes_is_the_one_promoted() -> N
             assert all(cache.get(f"k{i}") == b"v" * i for i in range(500))
         with shmkv.Cache.open(stale.region) as cache:
             eventually(lambda: cache.get("k499") == b"v" * 499, "the stale one catches up")
+
+
+def test_a_primary_stopped_cleanly_gives_its_lease_back_so_a_replica_takes_over_at_once(
+) -> None:
+    with cluster_of(2) as (etcd, (primary, replica)):
+        stopped_ns = time.time_ns()
+        primary.process.send_signal(signal.SIGTERM)
+        assert primary.process.wait(timeout=30) == 0
+        eventually(lambda: replica.role() == "primary", "the replica takes over")
+        took_s = (replica.event("promoted")["at_ns"] - stopped_ns) / 1e9  # type: ignore
+        assert took_s < LEASE_TTL_S, took_s  # no wait for the lease to expire
+        with shmkv.Cache.open(primary.region) as local:
+            with pytest.raises(shmkv.ReadOnlyReplica, match="fenced"):
+                local.set("k", b"after its stop")
