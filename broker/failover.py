@@ -270,7 +270,14 @@ class Failover:
             primary = leader[0].get("advertise")
             if isinstance(primary, str) and primary != self.me \
                     and self.roles.primary != primary:
-                self.roles.follow(primary)
+                try:
+                    self.roles.follow(primary)
+                except EtcdUnavailable:
+                    raise
+                except ShmKVError as exc:  # its region is not a copy, it did not answer...
+                    print(json.dumps({"event": "follow_failed", "primary": primary,
+                                      "error": type(exc).__name__, "message": str(exc)}),
+                          file=sys.stderr, flush=True)  # fenced still: tried again next loop
             return
         if not self._best_candidate():
             return

@@ -36,10 +36,10 @@ import zmq
 import shmkv
 from shmkv import layout as L
 from shmkv import replica as RP
-from shmkv.errors import ShmKVError
+from shmkv.errors import RemoteUnavailable, ShmKVError
 
 from .config import NodeConfig
-from .replication import Emit, Replica, Source
+from .replication import Emit, Replica, Source, Stopped
 
 # A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
 BIND_RETRY_S = 2.0
@@ -47,6 +47,9 @@ BIND_RETRY_S = 2.0
 # gives the node's loop back to the election (a live primary answers a chunk well within it;
 # the round resumes from the stripes it had done)
 YIELD_AFTER_S = 0.1
+# How long follow() waits for the new primary to answer before it gives up (the node stays
+# fenced, following nobody; etcd's loop tries again, a user can repeat replicaof)
+FOLLOW_TIMEOUT_S = 10.0
 
 
 class Roles:
@@ -62,6 +65,8 @@ class Roles:
         self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None
         self._in_tick = False
         self._waiting: tuple[zmq.Poller, float] | None = None
+        self._give_up_at: float | None = None  # while follow() waits for its new primary
+        self._gave_up = False
         self.cache: shmkv.Cache | None = None  # the node's main handle
         self.source: Source | None = None
         self.replica: Replica | None = None
@@ -153,10 +158,26 @@ class Roles:
         was = self.role
         self._close_source()
         self._close_replica()
-        if was in ("primary", "none", "candidate"):  # its own writes may be discarded
-            self._before_demotion = _versions(cache)
+        before = _versions(cache) if was != "replica" else None  # what it may discard
         self.replica = self._new_replica(primary)
-        self._replica_cache = self.replica.open_region()  # blocks until primary answers
+        self._give_up_at, self._gave_up = time.monotonic() + FOLLOW_TIMEOUT_S, False
+        try:
+            self._replica_cache = self.replica.open_region()  # until the primary answers
+        except Stopped:
+            self._close_replica()
+            self.role = "candidate"
+            if not self._gave_up:  # a stop signal: the node stops
+                raise
+            raise RemoteUnavailable(f"the primary {primary} did not answer within "
+                                    f"{FOLLOW_TIMEOUT_S} s: this node stays fenced and "
+                                    "follows nobody") from None
+        except ShmKVError:
+            self._close_replica()
+            self.role = "candidate"
+            raise
+        finally:
+            self._give_up_at = None
+        self._before_demotion = before
         self.role = "replica"
         self.emit("following", primary=primary, was=was)
         return {"role": "replica", "primary": primary}
@@ -217,6 +238,9 @@ class Roles:
         loop runs the election: a replica of a dead primary must be able to take over within
         the lease. Each request polls its own Poller: that tells when a new one started."""
         if not self._wait(poller, timeout_ms):
+            return False
+        if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+            self._gave_up = True
             return False
         if self.yield_after_s is None or not self._in_tick:
             return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -149,3 +150,20 @@ def test_a_request_not_safe_to_repeat_raises_outcome_unknown_when_the_primary_st
                 primary.process.send_signal(signal.SIGCONT)
             # the primary answers again: the incr was applied once or not at all, never twice
             assert remote.get("n") in (b"1", b"2")
+
+
+def test_replicaof_a_primary_that_never_answers_gives_up_and_leaves_the_node_fenced() -> None:
+    with pair() as (primary, replica, a, b):
+        a.set("k", b"v")
+        with socket.socket() as silent:  # a port that accepts nothing ZeroMQ would answer
+            silent.bind(("127.0.0.1", 0))
+            nowhere = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+            with RemoteCache(primary.endpoint, timeout_s=30) as remote:
+                with pytest.raises(shmkv.RemoteUnavailable, match="did not answer"):
+                    remote._link.call("replicaof", {"primary": nowhere})
+                assert remote.get("k") == b"v"  # still serving reads
+                with pytest.raises(shmkv.ReadOnlyReplica):
+                    remote.set("k", b"refused")
+                assert remote.ping()["role"]["role"] == "candidate"
+                assert remote._link.call("promote", {}).result["role"] == "primary"
+                remote.set("k", b"writable again")
