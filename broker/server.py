@@ -14,6 +14,8 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       ring events        -> forward them to subscribers (pubsub.py), whoever wrote them
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
                             balance), so expired memory is reclaimed even when nobody writes
+      replication        -> the role's work (roles.py: a Source answers replicas, a Replica's
+                            round is due); with etcd, the election loop (failover.py)
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
 
@@ -73,12 +75,12 @@ from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 from .replication import Replica, Stopped
-from .roles import Roles
-
-if TYPE_CHECKING:
-    from .failover import Failover
 from .resp_door import EventTee, RespDoor
+from .roles import Roles
 from .waits import TRY_LOCK_S, LockWaits
+
+if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
+    from .failover import Failover
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a

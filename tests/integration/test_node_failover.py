@@ -38,7 +38,7 @@ def cluster_of(n: int) -> Iterator[tuple[str, list[Member]]]:
 
 def test_a_replica_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primarys_sigkill(
 ) -> None:
-    with cluster_of(3) as (etcd, nodes):
+    with cluster_of(3) as (_, nodes):
         primary, replicas = nodes[0], nodes[1:]
         with RemoteCache([n.endpoint for n in nodes], timeout_s=0.5, retries=100) as client:
             client.set("before", b"1")
@@ -63,7 +63,7 @@ def test_a_replica_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primary
 
 def test_a_primary_stopped_past_its_lease_refuses_every_write_then_follows_the_new_one(
 ) -> None:
-    with cluster_of(2) as (etcd, (primary, replica)):
+    with cluster_of(2) as (_, (primary, replica)):
         local = shmkv.Cache.open(primary.region)
         try:
             local.set("mine", b"1")
@@ -105,7 +105,7 @@ def test_no_write_is_acknowledged_by_two_nodes_in_overlapping_terms() -> None:
     the epoch in that node's region before the send and after the reply (kept only if both
     agree). No epoch has two nodes, and no write of an older epoch was sent after one of a
     newer epoch was acknowledged (which would mean that both accepted writes at once)."""
-    with cluster_of(3) as (etcd, nodes):
+    with cluster_of(3) as (_, nodes):
         acks: list[Ack] = []
         stop = threading.Event()
 
@@ -159,7 +159,7 @@ def test_the_replica_that_has_the_acknowledged_writes_is_the_one_promoted() -> N
     """wait(1) stands here for "a replica has the write": the test polls the up-to-date
     replica's region, while the other replica is stopped (so it has not). After the primary's
     SIGKILL, the one with the highest offset takes over and no acknowledged write is lost."""
-    with cluster_of(3) as (etcd, (primary, fresh, stale)):
+    with cluster_of(3) as (_, (primary, fresh, stale)):
         stale.process.send_signal(signal.SIGSTOP)
         try:
             with RemoteCache(primary.endpoint) as remote:
@@ -179,7 +179,7 @@ def test_the_replica_that_has_the_acknowledged_writes_is_the_one_promoted() -> N
 
 def test_a_primary_stopped_cleanly_gives_its_lease_back_so_a_replica_takes_over_at_once(
 ) -> None:
-    with cluster_of(2) as (etcd, (primary, replica)):
+    with cluster_of(2) as (_, (primary, replica)):
         stopped_ns = time.time_ns()
         primary.process.send_signal(signal.SIGTERM)
         assert primary.process.wait(timeout=30) == 0

@@ -43,7 +43,7 @@ def dump(region: str) -> dict[bytes, tuple[bytes, int]]:
 
 def test_a_replica_host_accepts_writes_within_the_lease_ttl_and_a_loop_of_the_primarys_sigkill(
 ) -> None:
-    with hosts_cluster() as (nodes, hosts):
+    with hosts_cluster() as (nodes, _):
         with RemoteCache([n.endpoint for n in nodes], timeout_s=0.5, retries=100) as client:
             client.set("before", b"1")
             eventually(lambda: all(dump(n.region).get(b"before", (0,))[0] == b"1"
