@@ -1,5 +1,5 @@
 """Following the primary among several nodes: what `RemoteCache([url, url, ...])` talks
-through, and the by-hand role requests (`promote`, `replicaof`).
+through.
 
 A `Primary` holds one connection per node (made by the RemoteCache, without retries of their
 own) and sends each request to the node that said, in its ping reply, that it is the primary
@@ -107,13 +107,3 @@ class Primary:
                     f"for {op}: none answered, or all are replicas (a failover may be under "
                     "way)")
             time.sleep(FIND_PAUSE_S)
-
-
-def promote(link: Link) -> dict[str, Any]:
-    """Make the node a primary (`shmkv promote`): its new state."""
-    return link.call("promote", {}).result  # type: ignore[no-any-return]
-
-
-def replicaof(link: Link, primary: str) -> dict[str, Any]:
-    """Make the node a replica of primary, or a primary with "none" (`shmkv replicaof`)."""
-    return link.call("replicaof", {"primary": primary}).result  # type: ignore[no-any-return]

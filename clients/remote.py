@@ -250,8 +250,19 @@ class RemoteCache:
         return f"<shmkv.clients.RemoteCache {self.endpoint!r}{coll} {state}>"
 
     def ping(self) -> dict[str, Any]:
-        """One round trip to the node: its protocol version. Raises RemoteUnavailable."""
+        """One round trip to the node: its protocol version, and its replication role
+        ({"role": "primary" | "replica" | "candidate" | "none", "primary", "epoch"}).
+        Raises RemoteUnavailable."""
         return self._call("ping").result  # type: ignore[no-any-return]
+
+    def promote(self) -> dict[str, Any]:
+        """Make the node a primary (`shmkv promote`; broker/roles.py): its new state."""
+        return self._link.call("promote", {}).result  # type: ignore[no-any-return]
+
+    def replicaof(self, primary: str) -> dict[str, Any]:
+        """Make the node a replica of primary's replication endpoint, or a primary with
+        "none" (`shmkv replicaof`): its new state."""
+        return self._link.call("replicaof", {"primary": primary}).result  # type: ignore
 
     # --- reads ----------------------------------------------------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:

@@ -19,11 +19,10 @@ def promote(node: Annotated[str, _NODE] = "tcp://127.0.0.1:7370",
             timeout_s: Annotated[float, _TIMEOUT] = 5.0) -> None:
     """Make a running replica node the primary: it stops copying its primary, takes a new
     replication id (keeping the old one), and accepts writes. Prints its new role."""
-    from .clients.primary import promote as promote_node
     from .clients.remote import RemoteCache
 
     with _reporting_errors(), RemoteCache(node, timeout_s=timeout_s, retries=0) as remote:
-        _emit(promote_node(remote._link))
+        _emit(remote.promote())
 
 
 @app.command(rich_help_panel=_REGION)
@@ -35,8 +34,7 @@ def replicaof(primary: Annotated[str, typer.Argument(
     """Make a running node a replica of PRIMARY (writes are refused from now on; what only
     this node had is replaced by the primary's copy), or a primary with none. Prints its new
     role."""
-    from .clients.primary import replicaof as replicaof_node
     from .clients.remote import RemoteCache
 
     with _reporting_errors(), RemoteCache(node, timeout_s=timeout_s, retries=0) as remote:
-        _emit(replicaof_node(remote._link, primary))
+        _emit(remote.replicaof(primary))

@@ -180,6 +180,9 @@ def test_the_replica_that_has_the_acknowledged_writes_is_the_one_promoted() -> N
 def test_a_primary_stopped_cleanly_gives_its_lease_back_so_a_replica_takes_over_at_once(
 ) -> None:
     with cluster_of(2) as (_, (primary, replica)):
+        with RemoteCache(replica.endpoint) as remote:  # etcd decides, not a user
+            with pytest.raises(shmkv.ShmKVError, match="elected through etcd"):
+                remote.promote()
         stopped_ns = time.time_ns()
         primary.process.send_signal(signal.SIGTERM)
         assert primary.process.wait(timeout=30) == 0

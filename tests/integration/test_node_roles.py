@@ -115,7 +115,7 @@ def test_replicaof_without_a_primary_is_refused_and_changes_nothing() -> None:
     with pair() as (primary, replica, a, b):
         with RemoteCache(replica.endpoint) as remote:
             with pytest.raises(ValueError, match="needs a primary"):
-                remote._link.call("replicaof", {})
+                remote.replicaof("")
         assert b.get("k") is None  # nothing changed: still a replica
         with pytest.raises(shmkv.ReadOnlyReplica):
             b.set("k", b"v")
@@ -160,10 +160,10 @@ def test_replicaof_a_primary_that_never_answers_gives_up_and_leaves_the_node_fen
             nowhere = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
             with RemoteCache(primary.endpoint, timeout_s=30) as remote:
                 with pytest.raises(shmkv.RemoteUnavailable, match="did not answer"):
-                    remote._link.call("replicaof", {"primary": nowhere})
+                    remote.replicaof(nowhere)
                 assert remote.get("k") == b"v"  # still serving reads
                 with pytest.raises(shmkv.ReadOnlyReplica):
                     remote.set("k", b"refused")
                 assert remote.ping()["role"]["role"] == "candidate"
-                assert remote._link.call("promote", {}).result["role"] == "primary"
+                assert remote.promote()["role"] == "primary"
                 remote.set("k", b"writable again")
