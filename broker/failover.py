@@ -11,10 +11,13 @@ Keys (values are JSON objects; PREFIX = /shmkv/<cluster>)
                                                                        exist (create_revision
                                                                        == 0)
     PREFIX/members/<advert>  the node's  {"advertise", "role",         every loop
-                                         "epoch", "offset"}
+                                         "epoch", "offset"}            (epoch: its region's, or
+                                                                       the leader's it copied)
     PREFIX/initialize        none        {"advertise"}                 once, by the node that
                                                                        may create the cluster's
-                                                                       first region
+                                                                       first region (delete it
+                                                                       by hand if that node
+                                                                       never came up)
 
 The leader key's create revision is the epoch: written in the region header's repl_epoch on
 promotion (replication refuses changes from an older epoch). One lease per node holds both of
@@ -193,6 +196,7 @@ class Failover:
         self.lease = 0
         self.lease_ttl_s = config.lease_ttl_s
         self.epoch = 0  # the create revision of the leader key this node holds
+        self.synced_epoch = 0  # see _note_synced
         self._next = 0.0
         self._failing = False
 
@@ -232,9 +236,10 @@ class Failover:
             region = self.roles._cache()._region
             self.etcd.put(self.prefix + "members/" + self.me, {
                 "advertise": self.me, "role": self.roles.role,
-                "epoch": int(region.q[L.H_REPL_EPOCH >> 3]),
+                "epoch": max(int(region.q[L.H_REPL_EPOCH >> 3]), self.synced_epoch),
                 "offset": RP.replication_offset(region)}, self.lease)
             leader = self.etcd.get(self.prefix + "leader")
+            self._note_synced(leader)
             until_ns = t0 + ttl_s * 1_000_000_000 - int(self.config.retry_timeout_s * 1e9)
             if self.roles.role == "primary":
                 if leader is not None and leader[1] == self.epoch and leader[2] == self.lease:
@@ -253,6 +258,16 @@ class Failover:
         if self._failing:
             self.emit("etcd_resumed", role=self.roles.role)
         self._failing = False
+
+    def _note_synced(self, leader: tuple[dict[str, Any], int, int] | None) -> None:
+        """The epoch of the leader this node has copied from (a round done since it followed
+        it): what its member key ranks it by, besides the region's repl_epoch, which only a
+        promotion (or a replication that stamps epochs) writes. A node demoted from an old
+        term thus ranks below replicas of the current one until it has synced from it."""
+        replica = getattr(self.roles, "replica", None)
+        if leader is not None and self.roles.role == "replica" and replica is not None \
+                and replica.primary == leader[0].get("advertise") and replica.rounds > 0:
+            self.synced_epoch = max(self.synced_epoch, leader[1])
 
     def _renew(self) -> int:
         """Keep the node's lease alive (a new one if it expired); the TTL granted."""

@@ -170,3 +170,20 @@ def test_the_member_key_says_role_epoch_and_offset(loop: Failover, etcd: FakeEtc
     loop.tick()
     assert etcd.keys["/shmkv/c/members/tcp://me:1"][0] == {
         "advertise": "tcp://me:1", "role": "candidate", "epoch": 7, "offset": 1}
+
+
+def test_a_replica_that_copied_from_the_leader_ranks_by_the_leaders_epoch(
+        loop: Failover, etcd: FakeEtcd) -> None:
+    """Its region's repl_epoch is 0 (only a promotion writes it here); a node demoted from an
+    older term, which has not copied from this leader yet, must rank below it."""
+    epoch = etcd.create("/shmkv/c/leader", {"advertise": "tcp://p:1"}, 999)
+    loop.tick()  # follows; no round done yet
+    roles = loop.roles
+    roles.replica = type("R", (), {"primary": "tcp://p:1", "rounds": 0})()  # type: ignore
+    loop.tick()
+    loop.tick()
+    assert etcd.keys["/shmkv/c/members/tcp://me:1"][0]["epoch"] == 0
+    roles.replica.rounds = 1  # type: ignore[attr-defined]
+    loop.tick()
+    loop.tick()
+    assert etcd.keys["/shmkv/c/members/tcp://me:1"][0]["epoch"] == epoch
