@@ -20,8 +20,8 @@ Keys (values are JSON objects; PREFIX = /shmkv/<cluster>)
                                                                        never came up)
 
 The leader key's create revision is the epoch: written in the region header's repl_epoch on
-promotion (replication refuses changes from an older epoch). One lease per node holds both of
-its keys; its TTL is lease_ttl_s.
+promotion (a replication that stamps it on its replies lets replicas refuse an older term's).
+One lease per node holds both of its keys; its TTL is lease_ttl_s.
 
 The loop (every loop_interval_s, in the node's loop: a switch of role happens between requests)
     t0 = now (unix ns, taken BEFORE the renewal is sent)
@@ -35,6 +35,8 @@ The loop (every loop_interval_s, in the node's loop: a switch of role happens be
               success, promote with epoch = its revision and the fence as above
     an etcd request fails (retry_timeout_s each) -> nothing moves: a primary's fence passes
               by itself, so it stops taking writes; it says so once on stderr
+A replica whose primary stopped answering gives the node's loop back to this one after 0.1 s
+(roles.py), so that it can take over within the lease.
 
 Fencing timeline (one primary P, its replica R; TTL = lease_ttl_s, m = retry_timeout_s)
     time           P                                   etcd                R
@@ -249,7 +251,8 @@ class Failover:
                     self.emit("leader_lost", epoch=self.epoch)
             if self.roles.role != "primary":
                 self._follow_or_run(leader, until_ns)
-        except EtcdUnavailable as exc:
+        # (KeyError, TypeError, ValueError: a reply not shaped as etcd's: a proxy, a bug)
+        except (EtcdUnavailable, KeyError, TypeError, ValueError) as exc:
             if not self._failing:
                 print(json.dumps({"event": "etcd_unavailable", "role": self.roles.role,
                                   "message": str(exc)}), file=sys.stderr, flush=True)
