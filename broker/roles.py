@@ -64,7 +64,7 @@ class Roles:
         # for a whole request timeout: the election runs there (see _replica_wait)
         self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None
         self._in_tick = False
-        self._waiting: tuple[zmq.Poller, float] | None = None
+        self._waiting: tuple[tuple[int, object], float] | None = None  # (request, since)
         self._give_up_at: float | None = None  # while follow() waits for its new primary
         self._gave_up = False
         self.cache: shmkv.Cache | None = None  # the node's main handle
@@ -236,7 +236,8 @@ class Roles:
         under etcd, False too once one request of a round has waited YIELD_AFTER_S, so that
         the round ends (Replica.tick takes it as a stop and retries later) and the node's
         loop runs the election: a replica of a dead primary must be able to take over within
-        the lease. Each request polls its own Poller: that tells when a new one started."""
+        the lease. A request is told from the next by its Poller (each has its own) and the
+        Replica's request id: either changing means a new one started."""
         if not self._wait(poller, timeout_ms):
             return False
         if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
@@ -245,8 +246,9 @@ class Roles:
         if self.yield_after_s is None or not self._in_tick:
             return True
         now = time.monotonic()
-        if self._waiting is None or self._waiting[0] is not poller:
-            self._waiting = (poller, now)
+        request = (id(poller), getattr(self.replica, "_id", None))
+        if self._waiting is None or self._waiting[0] != request:
+            self._waiting = (request, now)
         return now - self._waiting[1] < self.yield_after_s
 
     def _open_source(self) -> Source:
