@@ -89,6 +89,17 @@ class NodeConfig:
     # the primary's repl_bind endpoint; the node's region becomes its read-only copy.
     repl_bind: str = ""
     replica_of: str = ""
+    # Failover through etcd (broker/failover.py). etcd: the etcd cluster's client URLs, comma
+    # separated ("" = off); cluster: this cluster's name in etcd's keys; advertise: this node's
+    # replication endpoint as its peers reach it (where repl_bind listens). lease_ttl_s: the
+    # leader lease (etcd counts whole seconds); loop_interval_s: how often the lease is
+    # renewed; retry_timeout_s: how long one etcd request may take. loop + 2 x retry <= ttl.
+    etcd: str = ""
+    cluster: str = ""
+    advertise: str = ""
+    lease_ttl_s: int = 10
+    loop_interval_s: float = 1.0
+    retry_timeout_s: float = 3.0
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -108,6 +119,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "arena_bytes": (4096, layout.MAX_ARENA_BYTES),
     "maintain_interval_s": (0.001, 86400.0),
     "pub_hwm": (0, 10_000_000),
+    # etcd's leases are whole seconds, and it refuses (raises to its minimum) very short ones
+    "lease_ttl_s": (2, 3600),
+    "loop_interval_s": (0.05, 600.0),
+    "retry_timeout_s": (0.1, 600.0),
 }
 
 
@@ -145,6 +160,7 @@ def load_config(cli: Mapping[str, object], env: Mapping[str, str] = os.environ) 
 
     config = NodeConfig(**values)  # type: ignore[arg-type]  # each value was checked by _parse
     _check_exposure(config, sources)
+    _check_failover(config, sources)
     return config
 
 
@@ -268,6 +284,50 @@ def _optional_endpoint(value: object, text: bool) -> str:
     return _endpoint(value, text)
 
 
+def _etcd_urls(value: object, text: bool) -> str:
+    """Comma-separated http(s)://host:port URLs, or "" / off."""
+    if isinstance(value, str) and value.strip().lower() in ("", "off"):
+        return ""
+    urls = [u.strip() for u in value.split(",")] if isinstance(value, str) else []
+    for url in urls:
+        match = re.fullmatch(r"https?://(.+)", url)
+        if not match:
+            raise ValueError(f"expected etcd client URLs such as http://127.0.0.1:2379, comma "
+                             f"separated, got {value!r}")
+        _host_port(match[1])
+    return ",".join(urls)
+
+
+def _cluster(value: object, text: bool) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", value):
+        raise ValueError(f"expected a cluster name of letters, digits, '_', '.' and '-' (at "
+                         f"most 64), got {value!r}")
+    return value
+
+
+def _whole_seconds(value: object, text: bool) -> int:
+    value = _from_text(value, text, int, "a whole number of seconds")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a whole number of seconds > 0, got {value!r}")
+    return value
+
+
+def _check_failover(config: NodeConfig, sources: Mapping[str, str]) -> None:
+    """With etcd: timings that let a primary renew its lease before its fence passes
+    (Patroni's rule). What etcd needs besides (cluster, advertise, repl_bind) is checked by
+    the node when it starts with etcd (broker/failover.py)."""
+    if not config.etcd:
+        return
+    needed = config.loop_interval_s + 2 * config.retry_timeout_s
+    if needed > config.lease_ttl_s:
+        given = ", ".join(sources.get(k, "default") for k in
+                          ("loop_interval_s", "retry_timeout_s", "lease_ttl_s"))
+        raise ConfigError(
+            f"loop_interval_s + 2 x retry_timeout_s = {needed:g} s is over lease_ttl_s = "
+            f"{config.lease_ttl_s} s ({given}): a primary could not renew its lease before "
+            "its write fence passes; raise lease_ttl_s or lower the others")
+
+
 def _password(value: object, text: bool) -> str:
     if not isinstance(value, str) or "\0" in value or "\n" in value:
         raise ValueError("expected a password (a string without newlines)")  # never shown
@@ -303,6 +363,8 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "curve_secret_key": _path, "curve_allow": _directory,
     "resp_bind": _metrics_bind, "requirepass": _password,
     "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
+    "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
+    "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 

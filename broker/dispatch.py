@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shmkv import Cache
-from shmkv.errors import CollectionNotFound, LockTimeout, ProtocolError, RequestTooLarge
+from shmkv.errors import (CollectionNotFound, LockTimeout, ProtocolError, RequestTooLarge,
+                          ShmKVError)
 
 from . import protocol
 from .protocol import Buffer, Reply, Request
@@ -47,6 +48,9 @@ class Dispatcher:
         self._scopes: dict[str, Cache] = {}  # collection name -> handle
         self.limits = limits  # the node's (server.py); None: no reply limit, ping computes
         self.last_lock_timeout = ""  # the engine's message of the last busy lock
+        # Requests about the node rather than the region (promote, replicaof: broker/roles.py),
+        # handed in by the node; "role" adds the node's role to ping's reply.
+        self.node_ops: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -119,7 +123,10 @@ class Dispatcher:
     # --- commands on the region rather than on keys ----------------------------------------
     def _ping(self, request: Request) -> Result:
         limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
-        return {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}, []
+        found = {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}
+        if "role" in self.node_ops:  # clients of several nodes look for the primary
+            found["role"] = self.node_ops["role"]({})
+        return found, []
 
     def _collection(self, request: Request) -> Result:
         name = _field(request, "name")
@@ -144,6 +151,12 @@ class Dispatcher:
         finally:
             self._forget(name)
 
+    def _node_op(self, request: Request) -> Result:
+        node_op = self.node_ops.get(request.op)
+        if node_op is None:
+            raise ShmKVError(f"{request.op}: this node does not change its replication role")
+        return node_op(request.fields), []
+
     def _publish(self, request: Request) -> Result:
         # on the root handle: channels are node-wide, whatever collection the client holds
         self._cache.publish(request.frames[0].tobytes(), request.frames[1])
@@ -157,6 +170,8 @@ _ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
     "rename_collection": Dispatcher._rename_collection,
     "drop_collection": Dispatcher._drop_collection,
     "publish": Dispatcher._publish,
+    "promote": Dispatcher._node_op,
+    "replicaof": Dispatcher._node_op,
 }
 
 

@@ -47,7 +47,7 @@ Commands. "key", "value": one payload frame each; "k1 v1 k2 v2 ..": pairs of fra
 frame holds the key's bytes (a str key in UTF-8, which the engine treats as the same key).
     op                request fields     request frames   reply result          reply frames
     ping              -                  -                {"protocol_version",  -
-                                                          "limits"}
+                                                          "limits", "role"}
     get               coll               key              found: bool           value if found
     get_with_version  coll               key              version or null       value if found
     set               coll, ttl_s        key, value       null                  -
@@ -85,6 +85,10 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
     rename            coll, nx           old key, new key bool                  -
     strlen            coll               key              int                   -
     type              coll               key              str or null           -
+    promote           -                  -                {"role", "repl_id",   -
+                                                          "epoch"}
+    replicaof         primary (endpoint  -                {"role", "primary"}   -
+                      or "none")
 
 `set_options` is a set with any of Cache.set's options (nx, xx, keepttl, get; false when
 absent), and returns what Cache.set returns; it is a command of its own rather than fields of
@@ -159,7 +163,7 @@ REQUEST_FRAMES: dict[str, int] = {
     "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
     "publish": 2, "set_options": 2, "getdel": 1, "getex": 1, "append": 2, "rename": 2,
-    "strlen": 1, "type": 1,
+    "strlen": 1, "type": 1, "promote": 0, "replicaof": 0,
 }
 
 # Limits (the table in the docstring). The most frames a request has is 3 (envelope) + 4

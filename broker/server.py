@@ -14,6 +14,8 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       ring events        -> forward them to subscribers (pubsub.py), whoever wrote them
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
                             balance), so expired memory is reclaimed even when nobody writes
+      replication        -> the role's work (roles.py: a Source answers replicas, a Replica's
+                            round is due); with etcd, the election loop (failover.py)
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
       stop signal        -> leave the loop
 
@@ -54,7 +56,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import zmq
 
@@ -72,9 +74,13 @@ from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
-from .replication import Replica, Source, Stopped
+from .replication import Replica, Stopped
 from .resp_door import EventTee, RespDoor
+from .roles import Roles
 from .waits import TRY_LOCK_S, LockWaits
+
+if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
+    from .failover import Failover
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
@@ -124,7 +130,8 @@ class _Node:
         self.notifier = notifier
         self.metrics: Metrics | None = None
         self.endpoint = ""
-        self.replication: Replica | Source | None = None
+        self.roles: Roles | None = None
+        self.failover: Failover | None = None
         self._watchdog_s: float | None = None  # how often the supervisor wants a ping
         self._next_watchdog = math.inf
         self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
@@ -158,23 +165,16 @@ class _Node:
                 if ipc is not None:  # the same sockets, also on same-host-only endpoints
                     _bind(router, ipc.request)
                     _bind(publisher.socket, ipc.publish)
-                replica = source = None
-                if self.config.replica_of:
-                    replica = Replica(context, self.config, self._emit, self._status,
-                                      stop.wait)
-                    cache = replica.open_region()
-                else:
-                    cache = open_or_restore(self.config, self.notifier, self._emit)
+                roles = self.roles = Roles(context, self.config, self._emit, self._status,
+                                           stop.wait, curve.secure if curve else None)
+                cache = self._open_region(roles)
                 persistence: Persistence | None = None
                 door: RespDoor | None = None
                 requests: shmkv.Cache | None = None
                 try:
-                    if replica is not None:
-                        replica.bootstrap()  # READY=1 only after the first full sync
-                    if self.config.repl_bind:
-                        source = Source(context, cache, self.config.repl_bind,
-                                        curve.secure if curve else None)
-                    self.replication = replica or source
+                    if roles.replica is not None:
+                        roles.replica.bootstrap()  # READY=1 only after the first full sync
+                    roles.start(cache)
                     # The requests' own handle: it waits only a moment for a lock (waits.py)
                     requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
                                                 owner=self.config.region_owner or None)
@@ -208,10 +208,9 @@ class _Node:
                     router.setsockopt(zmq.LINGER, linger_ms)
                     persistence.stop()
                 finally:
-                    if replica is not None:
-                        replica.close()
-                    if source is not None:
-                        source.close()
+                    if self.failover is not None:
+                        self.failover.close()
+                    roles.close()
                     if door is not None:
                         door.close()
                     if self.metrics is not None:
@@ -246,18 +245,19 @@ class _Node:
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
-        source = self.replication if isinstance(self.replication, Source) else None
-        replica = self.replication if isinstance(self.replication, Replica) else None
-        if source is not None:
-            poller.register(source.socket, zmq.POLLIN)
+        roles = self.roles
+        assert roles is not None
+        roles.attach(poller)
+        dispatcher.node_ops = roles.node_ops()
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
         waits = self._waits
         while stop.received is None:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
-            if replica is not None:
-                wake_at = min(wake_at, replica.due())
+            wake_at = min(wake_at, roles.due())
+            if self.failover is not None:
+                wake_at = min(wake_at, self.failover.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -275,8 +275,7 @@ class _Node:
                            publisher, events)
             if door is not None:
                 door.service(ready)
-            if source is not None and source.socket in ready:
-                source.service()
+            roles.service(ready)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:
@@ -284,8 +283,8 @@ class _Node:
                 next_maintain = now + interval_s
             if now >= persistence.due():
                 persistence.tick()
-            if replica is not None and now >= replica.due():
-                replica.tick()
+            if self.failover is not None and now >= self.failover.due():
+                self.failover.tick()
             if now >= self._next_watchdog:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
@@ -356,15 +355,29 @@ class _Node:
         """cache.stats, plus a replica's lag (for the metrics' scrapes, on their thread)."""
         def stats() -> dict[str, object]:
             found = cache.stats()
-            if isinstance(self.replication, Replica):
-                state = self.replication.state()
+            replica = self.roles.replica if self.roles is not None else None
+            if isinstance(replica, Replica):
+                state = replica.state()
                 found.update({f"replication_{key}": state[key] for key in
                               ("stripes_behind", "changes_behind", "last_sync_age_s")})
             return found
         return stats
 
     def _replication(self) -> dict[str, object] | None:
-        return self.replication.state() if self.replication is not None else None
+        return self.roles.state() if self.roles is not None else None
+
+    def _open_region(self, roles: Roles) -> shmkv.Cache:
+        """The region, as the node's role says: a replica's copy, or its own (under etcd,
+        the election decides first whether it copies the primary's)."""
+        if self.config.etcd:
+            from .failover import Failover  # etcd3gw: an optional extra
+            self.failover = Failover(self.config, roles, self._emit)
+            leader = self.failover.start()
+            if leader:
+                return roles.open_replica(leader)
+        elif self.config.replica_of:
+            return roles.open_replica(self.config.replica_of)
+        return open_or_restore(self.config, self.notifier, self._emit)
 
     def _notify_alive(self) -> None:
         """Called by the loop every watchdog interval: it is alive and not stuck."""

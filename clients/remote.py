@@ -58,6 +58,7 @@ from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
 from shmkv.clients.handshake import HandshakeWatch
+from shmkv.clients.primary import Primary
 from shmkv.errors import CacheClosed, RemoteUnavailable, RequestTooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
@@ -179,6 +180,18 @@ class _Connection:
             # else: the late reply to an earlier request, given up on (e.g. interrupted)
 
 
+def _connect(endpoint: str | Sequence[str], timeout_s: float, retries: int,
+             context: zmq.Context | None, curve: CurveClient | None) -> Any:
+    """One node's connection, or a Primary over several nodes' (each without retries: the
+    Primary decides what is sent again)."""
+    if isinstance(endpoint, str):
+        return _Connection(endpoint, timeout_s, retries, context, curve)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError("retries must be an int >= 0")
+    return Primary(list(endpoint), lambda e: _Connection(e, timeout_s, 0, context, curve),
+                   retries)
+
+
 class RemoteCache:
     """A handle on the region a node serves; the same surface as `shmkv.Cache`.
 
@@ -186,15 +199,18 @@ class RemoteCache:
     thread-safe. `with RemoteCache(...) as c:` closes it at the end.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+    def __init__(self, endpoint: str | Sequence[str] = DEFAULT_ENDPOINT, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
                  curve_server_key: str | os.PathLike[str] | None = None,
                  curve_client_cert: str | os.PathLike[str] | None = None) -> None:
         """curve_server_key is the node's public key file (node.key), curve_client_cert this
         client's secret key file (me.key_secret): both for a node with CurveZMQ, else neither.
-        A file that cannot be read raises ValueError now."""
+        A file that cannot be read raises ValueError now. A list of endpoints: the nodes of a
+        replicated cluster; requests go to its primary, followed across a failover
+        (clients/primary.py says what is then sent again and what raises OutcomeUnknown)."""
         curve = CurveClient.from_files(curve_server_key, curve_client_cert)
-        self._link = _Connection(endpoint, timeout_s, retries, context, curve)
+        self._link = _connect(endpoint, timeout_s, retries, context, curve)
         self._owns_link = True
         self._closed = False
         self.collection_name = ""
@@ -234,8 +250,19 @@ class RemoteCache:
         return f"<shmkv.clients.RemoteCache {self.endpoint!r}{coll} {state}>"
 
     def ping(self) -> dict[str, Any]:
-        """One round trip to the node: its protocol version. Raises RemoteUnavailable."""
+        """One round trip to the node: its protocol version, and its replication role
+        ({"role": "primary" | "replica" | "candidate" | "none", "primary", "epoch"}).
+        Raises RemoteUnavailable."""
         return self._call("ping").result  # type: ignore[no-any-return]
+
+    def promote(self) -> dict[str, Any]:
+        """Make the node a primary (`shmkv promote`; broker/roles.py): its new state."""
+        return self._link.call("promote", {}).result  # type: ignore[no-any-return]
+
+    def replicaof(self, primary: str) -> dict[str, Any]:
+        """Make the node a replica of primary's replication endpoint, or a primary with
+        "none" (`shmkv replicaof`): its new state."""
+        return self._link.call("replicaof", {"primary": primary}).result  # type: ignore
 
     # --- reads ----------------------------------------------------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:

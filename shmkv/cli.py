@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from . import cli_node  # noqa: F401  (registers its commands on app)
+from . import cli_roles  # noqa: F401  (registers its commands on app)
 from .cache import DEFAULT_ARENA_BYTES, Cache
 from .check import check_region, object_problems
 

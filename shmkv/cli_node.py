@@ -98,6 +98,25 @@ def serve(
     replica_of: Annotated[str | None, _node_option(
         "--replica-of", "The --repl-bind endpoint of a primary: the region becomes its "
         "read-only copy. (default: $SHMKV_REPLICA_OF, else none)", metavar="ENDPOINT")] = None,
+    etcd: Annotated[str | None, _node_option(
+        "--etcd", "Client URLs of an etcd cluster (comma separated): the nodes of --cluster "
+        "elect their primary through it. (default: $SHMKV_ETCD, else off)",
+        metavar="URL[,URL]")] = None,
+    cluster: Annotated[str | None, _node_option(
+        "--cluster", "The cluster's name in etcd. (default: $SHMKV_CLUSTER)",
+        metavar="NAME")] = None,
+    advertise: Annotated[str | None, _node_option(
+        "--advertise", "This node's replication endpoint as its peers reach it (--repl-bind "
+        "listens there). (default: $SHMKV_ADVERTISE)", metavar="ENDPOINT")] = None,
+    lease_ttl_s: Annotated[int | None, _node_option(
+        "--lease-ttl-s", "Seconds of the leader lease. (default: $SHMKV_LEASE_TTL_S, else "
+        "10)")] = None,
+    loop_interval_s: Annotated[float | None, _node_option(
+        "--loop-interval-s", "Seconds between two renewals of the lease. (default: "
+        "$SHMKV_LOOP_INTERVAL_S, else 1)")] = None,
+    retry_timeout_s: Annotated[float | None, _node_option(
+        "--retry-timeout-s", "Seconds one etcd request may take. (default: "
+        "$SHMKV_RETRY_TIMEOUT_S, else 3)")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -118,7 +137,9 @@ def serve(
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
              "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
-             "repl_bind": repl_bind, "replica_of": replica_of}
+             "repl_bind": repl_bind, "replica_of": replica_of, "etcd": etcd,
+             "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
+             "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

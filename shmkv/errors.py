@@ -118,6 +118,12 @@ class RemoteUnavailable(ShmKVError, ConnectionError):
     """A node did not reply within the timeout, after every retry."""
 
 
+class OutcomeUnknown(RemoteUnavailable):
+    """A request that is not safe to repeat (incr, cas, append, ...) got no reply, or its
+    node stopped being the primary meanwhile: it may or may not have been applied, and it was
+    not sent again. Read the key to find out, then decide."""
+
+
 class TooManyViews(ShmKVError):
     """This process has too many views open, or too many processes hold views."""
 
@@ -140,6 +146,7 @@ __all__ = [
     "LockTimeout",
     "NotAnInteger",
     "OutOfSpace",
+    "OutcomeUnknown",
     "PermissionDenied",
     "ProtocolError",
     "ReadOnlyReplica",

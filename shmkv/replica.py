@@ -36,6 +36,7 @@ removed, and the stripe's writes counter takes the primary's value.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,36 @@ def fence(region: SharedRegion, primary: str) -> None:
     raw = primary.encode()[:L.PRIMARY_BYTES]
     region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES] = raw.ljust(L.PRIMARY_BYTES, b"\0")
     region.q[L.H_WRITABLE_UNTIL >> 3] = FENCED
+
+
+def unfence(region: SharedRegion, writable_until_ns: int = 0) -> None:
+    """Make region a primary's: no primary named, writes allowed until writable_until_ns (0 =
+    no fence; a primary elected through etcd gives the end of its lease). The fence goes
+    first: a writer that sees no primary named must not see the old fence lift either."""
+    region.q[L.H_WRITABLE_UNTIL >> 3] = FENCED
+    region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES] = bytes(L.PRIMARY_BYTES)
+    region.q[L.H_WRITABLE_UNTIL >> 3] = writable_until_ns
+
+
+def new_history(region: SharedRegion) -> str:
+    """Start a new replication history on a promoted region: repl_id and repl_offset move to
+    repl_id2 and repl_offset2 (so that replicas of the old history can resync partially up
+    to there), and repl_id becomes a new random 40-hex id, which is returned."""
+    mm, q = region.mm, region.q
+    old_id = bytes(mm[L.H_REPL_ID:L.H_REPL_ID + 40])
+    mm[L.H_REPL_ID2:L.H_REPL_ID2 + 40] = old_id
+    q[L.H_REPL_OFFSET2 >> 3] = q[L.H_REPL_OFFSET >> 3]
+    new_id = secrets.token_hex(20)
+    mm[L.H_REPL_ID:L.H_REPL_ID + 40] = new_id.encode()
+    return new_id
+
+
+def replication_offset(region: SharedRegion) -> int:
+    """How far this region's history goes, to compare candidates for promotion: repl_offset
+    when the replication keeps it, else the sum of the stripes' writes counters (a replica's
+    take the primary's values as it syncs, so the one that synced last has the largest)."""
+    kept = int(region.q[L.H_REPL_OFFSET >> 3])
+    return kept if kept else sum(stripe_counters(region)[1])
 
 
 def primary_of(region: SharedRegion) -> str:

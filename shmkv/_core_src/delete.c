@@ -72,7 +72,7 @@ delete_locked(Writer *self, uint8_t *rec, uint64_t stripe, const char *key, uint
               uint64_t h, int *removed)
 {
     uint8_t *const base = self->map.base;
-    if (!self->ext || ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed))
+    if (!self->ext || !writer_fence_open(self, base))
         return FAST_FALLBACK; /* Python checks the fence */
     if (self->coll && !writer_coll_is_live(self))
         return FAST_FALLBACK;

@@ -154,7 +154,7 @@ writer_locked(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
 
     if (self->coll && !writer_coll_is_live(self))
         goto release;
-    if (ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed))
+    if (!writer_fence_open(self, base))
         goto release;
     /* events: appended here as events.py does (a key too long for a ring: Python raises) */
     const int events = ld32(base + H_EVENTS_ENABLED) != 0;

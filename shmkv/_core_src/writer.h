@@ -189,6 +189,18 @@ SHMKV_INTERNAL PyObject *writer_delete(Writer *self, PyObject *const *args, Py_s
  * leave to Python (not an int, negative, past 2**63), -1 if it raised (fastpath.c). */
 SHMKV_INTERNAL int writer_now(Writer *self, uint64_t *now);
 
+/* Whether the region's write fence (H_WRITABLE_UNTIL: 0 = none) lets this write through in C:
+ * no fence, or a primary's lease fence still in the future by the system clock (a primary
+ * under etcd always has one; sending its every write to Python would cost ~15x). A handle
+ * on another clock, or a fence that has passed, goes to Python, which raises or compares by
+ * that clock. Read under the key's stripe lock, as Python reads it. */
+static inline int
+writer_fence_open(const Writer *self, const uint8_t *base)
+{
+    const uint64_t until = ld64(base + H_WRITABLE_UNTIL, memory_order_relaxed);
+    return !until || (self->clock_is_time_ns && realtime_ns() < until);
+}
+
 /* A lock-free look at the WRITER_EXPIRY_SLOTS slots from the region's expiry cursor: 1 if one
  * looks expired (or the clock is one the fast path does not read, or, strict, a slot holds a
  * ref outside the arena: Python judges), 0 if none does (*cursor: where the pass would leave

@@ -860,6 +860,28 @@ def test_a_write_fence_sends_writes_to_python(cache, writers) -> None:
     assert _counts(w) == (1, 0)
 
 
+def test_a_lease_fence_still_ahead_keeps_writes_in_c_on_the_system_clock(cache, writers) -> None:
+    """A primary under etcd always has a fence (the end of its lease): while it is ahead of
+    time.time_ns(), writes stay on the fast path; once passed, they go to Python, which
+    refuses them. A handle on another clock always leaves the comparison to Python."""
+    cache.set("k", b"12345678")
+    calls: list[tuple] = []
+    real = writers(clock=time.time_ns, write_fallback=lambda *a: calls.append(a) or True)
+    other = writers(write_fallback=lambda *a: calls.append(a) or True)  # the fake clock
+    cache._region.q[L.H_WRITABLE_UNTIL >> 3] = time.time_ns() + 60 * 10**9
+    try:
+        real.set("k", b"abcdefgh")
+        assert real.delete("k") is True
+        assert _counts(real) == (2, 0) and calls == []
+        other.set("k", b"ABCDEFGH")
+        assert calls == [("k", b"ABCDEFGH", None, None)]
+        cache._region.q[L.H_WRITABLE_UNTIL >> 3] = time.time_ns() - 1
+        real.set("k", b"12345678")
+        assert _counts(real) == (0, 1)
+    finally:
+        cache._region.q[L.H_WRITABLE_UNTIL >> 3] = 0
+
+
 def test_a_pinned_entry_is_never_rewritten_in_place(cache, writers) -> None:
     w = writers()
     cache.set("k", b"a" * 64)

@@ -44,6 +44,9 @@ FILE_VALUES: dict[str, Any] = {
     "ipc_dir": "/run/shmkv",
     "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
     "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006",
+    "etcd": "http://127.0.0.1:2379,http://127.0.0.2:2379", "cluster": "file-cluster",
+    "advertise": "tcp://10.0.0.1:7007", "lease_ttl_s": 20, "loop_interval_s": 2,
+    "retry_timeout_s": 4,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -53,6 +56,9 @@ ENV_VALUES = {
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
     "resp_bind": "[::1]:7014", "requirepass": "env-secret",
     "repl_bind": "ipc:///run/shmkv/env-repl.sock", "replica_of": "tcp://localhost:7016",
+    "etcd": "https://etcd.example:2379", "cluster": "env-cluster",
+    "advertise": "tcp://10.0.0.1:7017", "lease_ttl_s": "30", "loop_interval_s": "0.5",
+    "retry_timeout_s": "2.5",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -63,13 +69,17 @@ CLI_VALUES: dict[str, Any] = {
     "ipc_dir": "/nonexistent/ipc",
     "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
     "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
+    "etcd": "http://[::1]:2379", "cluster": "flag-cluster", "advertise": "tcp://10.0.0.1:7027",
+    "lease_ttl_s": 40, "loop_interval_s": 3.0, "retry_timeout_s": 3.5,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
-            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
+            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
+            "lease_ttl_s": 30, "loop_interval_s": 0.5, "retry_timeout_s": 2.5},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
+EXPECTED["file"].update(loop_interval_s=2.0, retry_timeout_s=4.0)
 
 
 def test_load_config_gives_the_defaults_when_nothing_is_set() -> None:

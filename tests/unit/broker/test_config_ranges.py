@@ -22,6 +22,10 @@ OUT_OF_RANGE = [
     ("arena_bytes", 4095),
     ("arena_bytes", layout.MAX_ARENA_BYTES + 1),
     ("arena_bytes", 10**30),
+    ("lease_ttl_s", 1),
+    ("lease_ttl_s", 3601),
+    ("loop_interval_s", 0.01),
+    ("retry_timeout_s", 601),
 ]
 
 

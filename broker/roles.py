@@ -1,0 +1,304 @@
+"""The node's replication role at run time, switchable while it runs.
+
+    role        what runs                  the region's fence (layout.py: writable_until_ns)
+    primary     a Source (if repl_bind)    0 (no fence), or the end of its etcd lease
+    replica     a Replica of `primary`     FENCED, the primary named in the header
+    candidate   nothing                    FENCED, no primary named (a node under etcd that
+                                           holds no leader key and follows nobody yet)
+    none        nothing                    0: a node that does not replicate
+
+Switches (each one in the node's loop, between two requests):
+
+    promote(epoch, writable_until_ns)   close the Replica (and its handle), write repl_epoch
+                                        (if an epoch is given), start a new history
+                                        (shmkv/replica.py new_history), lift the fence up to
+                                        writable_until_ns, open a Source
+    follow(primary)                     fence first (no write lands after the call), close the
+                                        Source, then open a Replica toward primary: it syncs
+                                        in the node's loop; the first round after a demotion
+                                        counts and logs what it discarded
+    fence_until(ns)                     a primary under etcd pushes its fence forward on every
+                                        renewal of its lease (broker/failover.py)
+
+`shmkv promote` and `shmkv replicaof URL|none` call these by hand (dispatch.py's node ops);
+broker/failover.py calls them from its loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+import shmkv
+from shmkv import layout as L
+from shmkv import replica as RP
+from shmkv.errors import RemoteUnavailable, ShmKVError
+
+from .config import NodeConfig
+from .replication import Emit, Replica, Source, Stopped
+
+# A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
+BIND_RETRY_S = 2.0
+# Under etcd, how long a replica's request may wait for its primary's reply before the round
+# gives the node's loop back to the election (a live primary answers a chunk well within it;
+# the round resumes from the stripes it had done)
+YIELD_AFTER_S = 0.1
+# How long follow() waits for the new primary to answer before it gives up (the node stays
+# fenced, following nobody; etcd's loop tries again, a user can repeat replicaof)
+FOLLOW_TIMEOUT_S = 10.0
+
+
+class Roles:
+    """The node's Source or Replica, and the switches between them."""
+
+    def __init__(self, context: zmq.Context, config: NodeConfig, emit: Emit,
+                 status: Callable[[str], object], wait: Callable[[zmq.Poller, int], bool],
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
+        self.context, self.config, self.emit, self.status = context, config, emit, status
+        self._wait, self._secure = wait, secure
+        # Under etcd, a replica whose primary stopped answering must not hold the node's loop
+        # for a whole request timeout: the election runs there (see _replica_wait)
+        self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None
+        self._in_tick = False
+        self._waiting: tuple[tuple[int, object], float] | None = None  # (request, since)
+        self._give_up_at: float | None = None  # while follow() waits for its new primary
+        self._gave_up = False
+        self.cache: shmkv.Cache | None = None  # the node's main handle
+        self.source: Source | None = None
+        self.replica: Replica | None = None
+        self.role = "candidate" if config.etcd else "none"
+        self._poller: zmq.Poller | None = None
+        self._replica_cache: shmkv.Cache | None = None  # a Replica opened after start
+        self._before_demotion: dict[tuple[str, bytes], int] | None = None
+
+    # --- start (server.py) -------------------------------------------------------------
+    def open_replica(self, primary: str) -> shmkv.Cache:
+        """At start: the Replica of primary and its region (the node's main handle)."""
+        self.replica = self._new_replica(primary)
+        self.role = "replica"
+        self.cache = self.replica.open_region()
+        return self.cache
+
+    def start(self, cache: shmkv.Cache) -> None:
+        """At start, once the region is open (and a replica's first sync is done)."""
+        self.cache = cache
+        if self.replica is not None:
+            return
+        if self.config.etcd:  # a candidate until etcd says otherwise: fenced, follows nobody
+            RP.unfence(cache._region, RP.FENCED)
+            return
+        if self.config.repl_bind:
+            self.source = self._open_source()
+            self.role = "primary"
+
+    def attach(self, poller: zmq.Poller) -> None:
+        """The node's poller: a Source's socket is registered there while it runs."""
+        self._poller = poller
+        if self.source is not None:
+            poller.register(self.source.socket, zmq.POLLIN)
+
+    # --- the loop ------------------------------------------------------------------------
+    def due(self) -> float:
+        return self.replica.due() if self.replica is not None else float("inf")
+
+    def service(self, ready: dict[Any, int]) -> None:
+        if self.source is not None and self.source.socket in ready:
+            self.source.service()
+        if self.replica is not None and time.monotonic() >= self.replica.due():
+            self._in_tick = True
+            try:
+                self.replica.tick()
+            finally:
+                self._in_tick = False
+            if self._before_demotion is not None and self.replica.rounds:
+                self._count_discarded()
+
+    def state(self) -> dict[str, Any] | None:
+        if self.source is not None:
+            return self.source.state()
+        if self.replica is not None:
+            return self.replica.state()
+        return None if self.role == "none" else {"role": self.role}
+
+    @property
+    def primary(self) -> str:
+        return self.replica.primary if self.replica is not None else ""
+
+    # --- switches ------------------------------------------------------------------------
+    def promote(self, epoch: int | None = None, writable_until_ns: int = 0) -> dict[str, Any]:
+        """Become the primary (see the module docstring); returns the new state."""
+        cache = self._cache()
+        region = cache._region
+        self._close_replica()
+        if epoch is not None:
+            region.q[L.H_REPL_EPOCH >> 3] = epoch
+        repl_id = RP.new_history(region)
+        RP.unfence(region, writable_until_ns)
+        if self.source is None and self.config.repl_bind:
+            self.source = self._open_source()
+            if self._poller is not None:
+                self._poller.register(self.source.socket, zmq.POLLIN)
+        self.role = "primary"
+        self.emit("promoted", epoch=int(region.q[L.H_REPL_EPOCH >> 3]), repl_id=repl_id,
+                  writable_until_ns=writable_until_ns, at_ns=time.time_ns())
+        return {"role": "primary", "repl_id": repl_id,
+                "epoch": int(region.q[L.H_REPL_EPOCH >> 3]),
+                "endpoint": self.source.endpoint if self.source is not None else ""}
+
+    def follow(self, primary: str) -> dict[str, Any]:
+        """Become (or stay) a replica of primary (see the module docstring)."""
+        cache = self._cache()
+        RP.fence(cache._region, primary)  # first: no write lands after this call
+        if self.replica is not None and self.replica.primary == primary:
+            return {"role": "replica", "primary": primary}
+        was = self.role
+        self._close_source()
+        self._close_replica()
+        before = _versions(cache) if was != "replica" else None  # what it may discard
+        self.replica = self._new_replica(primary)
+        self._give_up_at, self._gave_up = time.monotonic() + FOLLOW_TIMEOUT_S, False
+        try:
+            self._replica_cache = self.replica.open_region()  # until the primary answers
+        except Stopped:
+            self._close_replica()
+            self.role = "candidate"
+            if not self._gave_up:  # a stop signal: the node stops
+                raise
+            raise RemoteUnavailable(f"the primary {primary} did not answer within "
+                                    f"{FOLLOW_TIMEOUT_S} s: this node stays fenced and "
+                                    "follows nobody") from None
+        except ShmKVError:
+            self._close_replica()
+            self.role = "candidate"
+            raise
+        finally:
+            self._give_up_at = None
+        self._before_demotion = before
+        self.role = "replica"
+        self.emit("following", primary=primary, was=was)
+        return {"role": "replica", "primary": primary}
+
+    def fence_until(self, writable_until_ns: int) -> None:
+        """Move a primary's write fence (a renewed lease)."""
+        self._cache()._region.q[L.H_WRITABLE_UNTIL >> 3] = writable_until_ns
+
+    def fence(self) -> None:
+        """Stop every write now, following nobody (a primary that lost its leader key)."""
+        RP.unfence(self._cache()._region, RP.FENCED)
+        self._close_source()
+        self.role = "candidate"
+
+    def node_ops(self) -> dict[str, Callable[[dict[str, Any]], object]]:
+        """The requests that change the role by hand (dispatch.py's node ops), refused while
+        etcd elects the primary; and "role", which ping adds to its reply."""
+        def by_hand(op: str) -> None:
+            if self.config.etcd:
+                raise ShmKVError(f"{op}: this node's primary is elected through etcd "
+                                 f"({self.config.etcd}); stop the node to change it by hand")
+
+        def promote(fields: dict[str, Any]) -> object:
+            by_hand("promote")
+            return self.promote()
+
+        def replicaof(fields: dict[str, Any]) -> object:
+            by_hand("replicaof")
+            primary = fields.get("primary")
+            if not isinstance(primary, str) or not primary:
+                raise ValueError("replicaof needs a primary: an endpoint, or none")
+            return self.promote() if primary.lower() == "none" else self.follow(primary)
+
+        def role(fields: dict[str, Any]) -> object:
+            return {"role": self.role, "primary": self.primary,
+                    "epoch": int(self._cache()._region.q[L.H_REPL_EPOCH >> 3])}
+
+        return {"promote": promote, "replicaof": replicaof, "role": role}
+
+    def close(self) -> None:
+        self._close_source()
+        self._close_replica()
+
+    # --- helpers -------------------------------------------------------------------------
+    def _cache(self) -> shmkv.Cache:
+        if self.cache is None:
+            raise ShmKVError("the node has not opened its region yet")
+        return self.cache
+
+    def _new_replica(self, primary: str) -> Replica:
+        config = dataclasses.replace(self.config, replica_of=primary)
+        return Replica(self.context, config, self.emit, self.status, self._replica_wait)
+
+    def _replica_wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
+        """The Replica's wait for a reply: the node's (False once a stop signal came); and
+        under etcd, False too once one request of a round has waited YIELD_AFTER_S, so that
+        the round ends (Replica.tick takes it as a stop and retries later) and the node's
+        loop runs the election: a replica of a dead primary must be able to take over within
+        the lease. A request is told from the next by its Poller (each has its own) and the
+        Replica's request id: either changing means a new one started."""
+        if not self._wait(poller, timeout_ms):
+            return False
+        if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+            self._gave_up = True
+            return False
+        if self.yield_after_s is None or not self._in_tick:
+            return True
+        now = time.monotonic()
+        request = (id(poller), getattr(self.replica, "_id", None))
+        if self._waiting is None or self._waiting[0] != request:
+            self._waiting = (request, now)
+        return now - self._waiting[1] < self.yield_after_s
+
+    def _open_source(self) -> Source:
+        deadline = time.monotonic() + BIND_RETRY_S
+        while True:
+            try:
+                return Source(self.context, self._cache(), self.config.repl_bind, self._secure)
+            except ShmKVError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _close_source(self) -> None:
+        if self.source is not None:
+            if self._poller is not None:
+                self._poller.unregister(self.source.socket)
+            self.source.close()
+            self.source = None
+
+    def _close_replica(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+            self.replica = None
+        if self._replica_cache is not None:
+            self._replica_cache.close()
+            self._replica_cache = None
+        self._before_demotion = None
+
+    def _count_discarded(self) -> None:
+        """After the first round that followed a demotion: the keys this node had that its
+        new primary does not (gone, or at another version), counted and logged."""
+        before, self._before_demotion = self._before_demotion or {}, None
+        after = _versions(self._cache())
+        discarded = sum(1 for key, version in before.items() if after.get(key) != version)
+        self.emit("discarded", count=discarded, primary=self.primary,
+                  message="keys this node held that its new primary does not have (or has "
+                          "at another version) were replaced by the primary's")
+
+
+def _versions(cache: shmkv.Cache) -> dict[tuple[str, bytes], int]:
+    """(collection, key) -> version of every live key of the region."""
+    found: dict[tuple[str, bytes], int] = {}
+    handles = [("", cache)] + [(name, cache.collection(name)) for name in cache.collections()]
+    for name, handle in handles:
+        try:
+            for key in handle.keys():
+                got = handle.get_with_version(key)
+                if got is not None:
+                    found[(name, key if isinstance(key, bytes) else str(key).encode())] = got[1]
+        finally:
+            if handle is not cache:
+                handle.close()
+    return found

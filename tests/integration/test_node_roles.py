@@ -1,0 +1,169 @@
+"""Changing a running node's role by hand, on loopback (broker/roles.py): `shmkv promote` and
+`shmkv replicaof URL|none`, and a RemoteCache given every node's endpoint, which follows the
+primary and never sends a request that is not safe to repeat twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from node_process import Node, running_node
+from tests_support import new_region_name
+
+import shmkv
+from shmkv import layout as L
+from shmkv.clients import RemoteCache
+
+CONVERGE_S = 60.0
+
+
+def cli(*args: str) -> dict[str, Any]:
+    """Run `shmkv ARGS` and return its JSON output (failing the test on an error)."""
+    done = subprocess.run([sys.executable, "-m", "shmkv.cli", *args], capture_output=True,
+                          text=True, cwd=tempfile.gettempdir(), timeout=60,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def eventually(check: Any, what: str, timeout_s: float = CONVERGE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.05)
+
+
+def events(node: Node, name: str, timeout_s: float = CONVERGE_S) -> dict[str, Any]:
+    """The next event called name on the node's stdout (others are skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = node.process.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        found = json.loads(line)
+        if found.get("event") == name:
+            return found  # type: ignore[no-any-return]
+    pytest.fail(f"no {name} event from the node")
+
+
+@contextmanager
+def pair() -> Iterator[tuple[Node, Node, shmkv.Cache, shmkv.Cache]]:
+    """A primary node and its replica (ready: first sync done), each with a local handle on
+    its region. Both serve replicas (repl_bind), so that either may become the primary."""
+    names = new_region_name(), new_region_name()
+    with running_node(names[0], "--repl-bind", "tcp://127.0.0.1:*") as primary, \
+            running_node(names[1], "--repl-bind", "tcp://127.0.0.1:*", "--replica-of",
+                         primary.ready["replication"]["endpoint"]) as replica:
+        a, b = shmkv.Cache.open(names[0]), shmkv.Cache.open(names[1])
+        try:
+            yield primary, replica, a, b
+        finally:
+            a.close()
+            b.close()
+
+
+def test_promote_makes_a_replica_node_a_primary_with_a_new_history() -> None:
+    with pair() as (primary, replica, a, b):
+        a.set("k", b"from the primary")
+        eventually(lambda: b.get("k") == b"from the primary", "the replica has k")
+        old_id = bytes(b._region.mm[L.H_REPL_ID:L.H_REPL_ID + 40])
+        with pytest.raises(shmkv.ReadOnlyReplica):
+            b.set("k", b"refused")
+        state = cli("promote", "--node", replica.endpoint)
+        assert state["role"] == "primary" and len(state["repl_id"]) == 40
+        assert bytes(b._region.mm[L.H_REPL_ID2:L.H_REPL_ID2 + 40]) == old_id
+        assert bytes(b._region.mm[L.H_REPL_ID:L.H_REPL_ID + 40]).decode() == state["repl_id"]
+        b.set("local", b"a local write")  # the fence is lifted for local processes too
+        with RemoteCache(replica.endpoint) as remote:
+            remote.set("k", b"from its client")
+            assert remote.ping()["role"]["role"] == "primary"
+        assert b.get("k") == b"from its client" and a.get("k") == b"from the primary"
+
+
+def test_replicaof_demotes_a_primary_which_discards_what_its_new_primary_never_had() -> None:
+    with pair() as (primary, replica, a, b):
+        a.set("shared", b"1")
+        eventually(lambda: b.get("shared") == b"1", "the replica has shared")
+        promoted = cli("promote", "--node", replica.endpoint)
+        a.set("only on a", b"lost in the switch")  # two primaries, by hand
+        b.set("shared", b"2")
+        state = cli("replicaof", promoted["endpoint"], "--node", primary.endpoint)
+        assert state == {"role": "replica", "primary": promoted["endpoint"]}
+        with pytest.raises(shmkv.ReadOnlyReplica, match=promoted["endpoint"]):
+            a.set("x", b"refused at once")
+        eventually(lambda: a.get("shared") == b"2" and a.get("only on a") is None,
+                   "the demoted node copies its new primary")
+        discarded = events(primary, "discarded")
+        assert discarded["count"] == 2  # "only on a", and "shared" at a's version
+        assert cli("replicaof", "none", "--node", primary.endpoint)["role"] == "primary"
+        a.set("x", b"writable again")
+        assert a.get("x") == b"writable again"
+
+
+def test_replicaof_without_a_primary_is_refused_and_changes_nothing() -> None:
+    with pair() as (primary, replica, a, b):
+        with RemoteCache(replica.endpoint) as remote:
+            with pytest.raises(ValueError, match="needs a primary"):
+                remote.replicaof("")
+        assert b.get("k") is None  # nothing changed: still a replica
+        with pytest.raises(shmkv.ReadOnlyReplica):
+            b.set("k", b"v")
+
+
+def test_a_client_of_several_nodes_follows_the_primary_across_a_switchover() -> None:
+    with pair() as (primary, replica, a, b):
+        with RemoteCache([replica.endpoint, primary.endpoint], timeout_s=1.0) as remote:
+            remote.set("k", b"1")  # went to the primary, though the replica is listed first
+            assert a.get("k") == b"1"
+            promoted = cli("promote", "--node", replica.endpoint)
+            cli("replicaof", promoted["endpoint"], "--node", primary.endpoint)
+            remote.set("k", b"2")  # the old primary refuses it: sent to the new one
+            assert b.get("k") == b"2"
+            assert remote.endpoint == replica.endpoint
+            assert remote.incr("n") == 1
+
+
+def test_a_request_not_safe_to_repeat_raises_outcome_unknown_when_the_primary_stops_answering(
+) -> None:
+    with pair() as (primary, replica, a, b):
+        with RemoteCache([primary.endpoint, replica.endpoint], timeout_s=0.5,
+                         retries=1) as remote:
+            assert remote.incr("n") == 1
+            primary.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(shmkv.OutcomeUnknown, match="incr"):
+                    remote.incr("n")
+                with pytest.raises(shmkv.RemoteUnavailable, match="no primary"):
+                    remote.get("n")  # safe to repeat: retried, but nobody is primary
+            finally:
+                primary.process.send_signal(signal.SIGCONT)
+            # the primary answers again: the incr was applied once or not at all, never twice
+            assert remote.get("n") in (b"1", b"2")
+
+
+def test_replicaof_a_primary_that_never_answers_gives_up_and_leaves_the_node_fenced() -> None:
+    with pair() as (primary, replica, a, b):
+        a.set("k", b"v")
+        with socket.socket() as silent:  # a port that accepts nothing ZeroMQ would answer
+            silent.bind(("127.0.0.1", 0))
+            nowhere = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+            with RemoteCache(primary.endpoint, timeout_s=30) as remote:
+                with pytest.raises(shmkv.RemoteUnavailable, match="did not answer"):
+                    remote.replicaof(nowhere)
+                assert remote.get("k") == b"v"  # still serving reads
+                with pytest.raises(shmkv.ReadOnlyReplica):
+                    remote.set("k", b"refused")
+                assert remote.ping()["role"]["role"] == "candidate"
+                assert remote.promote()["role"] == "primary"
+                remote.set("k", b"writable again")
