@@ -15,6 +15,7 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
                             balance), so expired memory is reclaimed even when nobody writes
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
+      SIGHUP             -> read the CurveZMQ allow-list again (auth.py), log how many keys
       stop signal        -> leave the loop
 
 Hostile clients. The ROUTER drops the connection of a client that sends a frame over the
@@ -39,6 +40,8 @@ so a stop signal arriving while a request waits for a region lock would fail tha
 the stop signals stay blocked except while the loop sleeps in poll(); their handlers only
 record the signal, and signal.set_wakeup_fd() makes a socket the poller watches readable, which
 ends the poll. A request the node has received is therefore always answered before it stops.
+SIGHUP is handled the same way (blocked outside poll, recorded, acted on by the loop between
+requests), so a reload never interrupts a request either.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ from .resp_door import EventTee, RespDoor
 from .waits import TRY_LOCK_S, LockWaits
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
+RELOAD_SIGNAL = signal.SIGHUP
+HANDLED_SIGNALS = (*STOP_SIGNALS, RELOAD_SIGNAL)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
 # flood of requests must not starve maintenance or delay a stop for long.
 MAX_BATCH = 64
@@ -130,6 +136,7 @@ class _Node:
         self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
         self._requests: shmkv.Cache  # the requests' handle (run() opens it)
         self._maintain_failing = False
+        self._curve: CurveServer | None = None
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -148,6 +155,7 @@ class _Node:
                     curve = CurveServer(context, self.config.curve_secret_key,
                                         self.config.curve_allow)
                     curve.secure(router)
+                    self._curve = curve
                 # before binding: a listener gives its connections the options it was bound with
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
@@ -265,6 +273,8 @@ class _Node:
                 ready = dict(poller.poll(timeout_ms))
             if stop.wakeup_fd in ready:
                 stop.drain()
+            if stop.take_reload():
+                self._reload()
             if publisher.socket in ready:
                 publisher.take_subscriptions()
             if router in ready:
@@ -339,6 +349,20 @@ class _Node:
             self._maintain_failing = True
         else:
             self._maintain_failing = False
+
+    def _reload(self) -> None:
+        """SIGHUP: the CurveZMQ allow-list again, from the next handshake on (auth.py)."""
+        if self._curve is None:
+            self._emit("reload", curve=False,
+                       message="SIGHUP: nothing to reload (CurveZMQ is off)")
+            return
+        try:
+            count = self._curve.reload()
+        except ShmKVError as exc:
+            self._emit("reload_failed", curve=True, directory=self.config.curve_allow,
+                       error=type(exc).__name__, message=str(exc))
+            return
+        self._emit("reload", curve=True, directory=self.config.curve_allow, keys=count)
 
     # --- seams for the supervisor and the metrics ----------------------------------------
     def _notify_ready(self) -> None:
@@ -482,18 +506,20 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 
 
 class _StopSignals:
-    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable()."""
+    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable();
+    SIGHUP the same way, as a request to reload (take_reload())."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._reloads = 0  # SIGHUPs recorded and not yet taken
         self.wakeup, self._wakeup_w = socket.socketpair()
         self.wakeup_fd = self.wakeup.fileno()
 
     def __enter__(self) -> _StopSignals:
         for sock in (self.wakeup, self._wakeup_w):
             sock.setblocking(False)  # set_wakeup_fd needs it; drain() relies on it
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        self._previous = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
         self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(),
                                                  warn_on_full_buffer=False)
         return self
@@ -501,7 +527,7 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         # Unblock first: a signal that came during the shutdown goes to _record, not to the
         # default action (which would kill the node before it exits 0).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -509,8 +535,15 @@ class _StopSignals:
         self._wakeup_w.close()
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:  # the first one names the stop
+        if signum == RELOAD_SIGNAL:
+            self._reloads += 1
+        elif self.received is None:  # the first one names the stop
             self.received = signum
+
+    def take_reload(self) -> bool:
+        """True once per burst of SIGHUPs since the last call (one reload reads it all)."""
+        asked, self._reloads = bool(self._reloads), 0
+        return asked
 
     def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """Poll with the stop signals deliverable; False once one has arrived."""
@@ -520,11 +553,11 @@ class _StopSignals:
 
     @contextmanager
     def deliverable(self) -> Iterator[None]:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
     def drain(self) -> None:
         try:

@@ -85,7 +85,7 @@ def serve(
         "--curve-allow. (default: $SHMKV_CURVE_SECRET_KEY, else off)", metavar="FILE")] = None,
     curve_allow: Annotated[str | None, _node_option(
         "--curve-allow", "Directory of the public key files (*.key) of the clients admitted; "
-        "read at start. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
+        "read at start and on SIGHUP. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
     resp_bind: Annotated[str | None, _node_option(
         "--resp-bind", "host:port of the Redis-protocol door (port 0 picks a free one), or "
         "off. (default: $SHMKV_RESP_BIND, else off)", metavar="HOST:PORT")] = None,
