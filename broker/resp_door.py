@@ -5,6 +5,7 @@ from the node's one poll loop (server.py), non-blocking.
     a connection readable     -> read what is there, parse the complete requests (resp.py),
                                  run them in order (resp_commands.py), queue their replies,
                                  and write as much as the socket takes
+    a parked command answered  -> queue its reply, run the connection's next commands
     a connection writable     -> write more of what is queued; when nothing is left, the
                                  door stops asking the poller about writability
     events read from the rings -> channel messages and keyspace notifications for this
@@ -18,6 +19,17 @@ reads) is closed at once: the node's memory is bounded by the number of connecti
 that, not by what clients fail to read. Replies are queued in the order the requests came,
 pipelined or not.
 
+Busy locks. Commands run on the node's requests handle, which waits only a moment for a lock
+(server.py). A command that finds one busy for longer (a local process stopped or stuck while
+holding it) is parked in the node's one queue of waiting requests (waits.py, shared with the
+ZeroMQ door, so requests on one key keep their order across both doors) and tried again from
+the node's loop while every other connection is served. Its connection runs none of its later
+commands, and reads no more, until it is answered: replies keep the order of the requests, as
+pipelining clients rely on. A command still parked at the node's lock timeout (5 s) is
+answered `-LOCKTIMEOUT <command>: the stripe N lock it needs stayed busy for ... s, held by
+pid P, ...` (redis-py raises it as a ResponseError); so is one that finds too many requests
+waiting already.
+
 Context is what commands share (the Cache handles of the databases, the settings, the pub/sub
 registry, the counters INFO shows); Session is one connection's state (database, protocol,
 name, authentication, subscriptions).
@@ -29,7 +41,9 @@ import secrets
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -38,10 +52,11 @@ import shmkv
 from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
-from .resp import Encoder, Push, RequestParser
-from .resp_commands import MAX_DB, execute
+from .resp import Encoder, Error, Push, RequestParser
+from .resp_commands import BUSY, MAX_DB, execute, keys_of
 from .resp_glob import glob_matcher
 from .resp_server_commands import Replies
+from .waits import Keys, LockWaits
 
 if TYPE_CHECKING:
     from shmkv.events import Event
@@ -60,6 +75,7 @@ _ALL_CLASSES = "g$lshzxetd"  # what "A" stands for
 # The poll flags as plain ints: zmq's are enum members, whose & costs a call each (measured:
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+_NO_REPLY = object()
 
 
 class Session:
@@ -74,10 +90,13 @@ class Session:
         self.out = bytearray()
         self.encoder = Encoder(2)
         self.closing = False  # close once the queued output is written
-        self.waits_to_write = False  # registered for POLLOUT: output the socket did not take
         self.channels: set[bytes] = set()
         self.patterns: set[bytes] = set()
         self.authenticated = not ctx.requirepass
+        self.pending: deque[list[bytes]] = deque()  # requests read, not yet run
+        self.parked: CommandJob | None = None  # the request waiting for a lock, if any
+        self.broken: Exception | None = None  # the protocol error after the pending ones
+        self.poll_flags = 0  # what the poller is asked about this connection
         self._ctx = ctx
         self.reset()
 
@@ -123,6 +142,7 @@ class Context:
         self.run_id = secrets.token_hex(20)
         self.started = time.monotonic()
         self.connections_received = self.commands_processed = self.rejected_connections = 0
+        self.last_lock_timeout = ""  # the engine's message of the last busy lock (BUSY)
 
     def next_id(self) -> int:
         self._last_id += 1
@@ -250,7 +270,9 @@ class RespDoor:
     service() with what each poll reported, and close() on the way out."""
 
     def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 requirepass: str = "") -> None:
+                 waits: LockWaits, requirepass: str = "") -> None:
+        """cache: a handle that waits only a moment for a lock; waits: the node's queue of
+        parked requests, which the node's loop retries."""
         try:
             self.listener = socket.create_server((host, port), backlog=511,
                                                  family=_family(host), reuse_port=False)
@@ -262,6 +284,7 @@ class RespDoor:
         bound = self.listener.getsockname()
         self.address = f"{host}:{bound[1]}" if ":" not in host else f"[{host}]:{bound[1]}"
         self.ctx = Context(cache, config, host, bound[1], requirepass)
+        self.waits = waits
         self._poller: zmq.Poller | None = None
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
 
@@ -328,8 +351,7 @@ class RespDoor:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s = Session(ctx, sock, f"{peer[0]}:{peer[1]}")
             ctx.sessions[s.fd] = s
-            if self._poller is not None:
-                self._poller.register(s.fd, POLLIN)
+            self._watch(s)
 
     def _read(self, s: Session) -> None:
         for _ in range(READS_PER_WAKE):
@@ -347,26 +369,55 @@ class RespDoor:
                 continue  # a QUIT or a protocol error came before: the rest is not read
             requests = s.parser.parse(data)
             if requests or s.parser.error is not None:
-                self._run(s, requests)
+                s.pending.extend(requests)
+                s.broken = s.parser.error
+                self._run(s)
                 if s.closing or self.ctx.sessions.get(s.fd) is not s:
+                    return
+                if s.parked is not None:  # read no more until it is answered
                     return
             if len(data) < READ_BYTES:
                 break
         if s.closing:
             self._write(s)
 
-    def _run(self, s: Session, requests: list[list[bytes]]) -> None:
-        broken = s.parser.error
-        ctx, encode, out = self.ctx, s.encoder._add, []
+    def _run(self, s: Session, first: object = _NO_REPLY) -> None:
+        """Run the connection's pending requests in order, until one is parked (first: the
+        reply of the one that was parked, answered now, queued before the others')."""
+        ctx, encode, out, waits, pending = self.ctx, s.encoder._add, [], self.waits, s.pending
         queued, counted = len(s.out), 0
-        for args in requests:
-            reply = execute(ctx, s, args)
+        if first is not _NO_REPLY:
+            if type(first) is Replies:
+                for one in first:  # type: ignore[attr-defined]
+                    encode(one, out)
+            else:
+                encode(first, out)
+        while pending and s.parked is None:
+            args = pending.popleft()
+            if not waits:  # nothing waits anywhere: no order to keep, and no job to make
+                reply = execute(ctx, s, args)
+                if reply is BUSY:
+                    job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
+                    job.last_error = ctx.last_lock_timeout
+                    done = waits.park(job)
+                    if done is None:
+                        s.parked = job
+                        break
+                    reply = done[0]
+            else:
+                job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
+                done = waits.submit(job)
+                if done is None:
+                    s.parked = job
+                    break
+                reply = done[0]
             if type(reply) is Replies:
                 for one in reply:
                     encode(one, out)
             else:
                 encode(reply, out)
             if s.closing:
+                pending.clear()
                 break
             # Counted as it grows: one read can hold thousands of GETs of a large value,
             # whose replies must not all be made before the cap is looked at.
@@ -376,14 +427,24 @@ class RespDoor:
             if queued > MAX_OUTPUT_BYTES:
                 self._cut_off(s, queued)
                 return
-        if broken is not None:
-            out.append(b"-ERR " + str(broken).encode("utf-8", "replace") + b"\r\n")
+        if s.broken is not None and not pending and s.parked is None and not s.closing:
+            out.append(b"-ERR " + str(s.broken).encode("utf-8", "replace") + b"\r\n")
             s.closing = True
         if out:
             s.out += b"".join(out)
         if self.ctx.listening:
             self.pump()  # this batch's messages reach subscribers before the replies are read
         self._write(s)
+
+    def answered(self, s: Session, job: CommandJob, reply: object) -> None:
+        """A parked command's reply (from the node's retry of waiting requests): queue it,
+        then run the connection's next requests and read again."""
+        if self.ctx.sessions.get(s.fd) is not s or s.parked is not job:
+            return  # the connection has gone meanwhile
+        s.parked = None
+        self._run(s, reply)
+        if self.ctx.sessions.get(s.fd) is s and s.parked is None and not s.closing:
+            self._read(s)  # what came meanwhile (a TLS connection may hold it decrypted)
 
     def _write(self, s: Session, flush_only: bool = False) -> None:
         out = s.out
@@ -402,11 +463,20 @@ class RespDoor:
             self._drop(s)
         elif len(out) > MAX_OUTPUT_BYTES:
             self._cut_off(s, len(out))
-        elif self._poller is not None and bool(out) != s.waits_to_write \
-                and s.fd in self.ctx.sessions:
-            # ask about writability only while something waits: else poll would spin
-            s.waits_to_write = bool(out)
-            self._poller.register(s.fd, POLLIN | (POLLOUT if out else 0))
+        elif s.fd in self.ctx.sessions:
+            self._watch(s)
+
+    def _watch(self, s: Session) -> None:
+        """Ask the poller about what the connection waits for: readability unless a parked
+        command holds it up, writability only while output waits (else poll would spin)."""
+        flags = (0 if s.parked is not None else POLLIN) | (POLLOUT if s.out else 0)
+        if flags == s.poll_flags or self._poller is None:
+            return
+        if flags:
+            self._poller.register(s.fd, flags)
+        else:  # pyzmq's register(fd, 0) would unregister too; say it
+            self._poller.unregister(s.fd)
+        s.poll_flags = flags
 
     def _cut_off(self, s: Session, queued: int) -> None:
         """A client that does not read what it asked for: closed, so the node stays bounded."""
@@ -421,14 +491,56 @@ class RespDoor:
             self.ctx.unsubscribe(s, name, False)
         for name in list(s.patterns):
             self.ctx.unsubscribe(s, name, True)
-        if self._poller is not None:
+        if self._poller is not None and s.poll_flags:
             self._poller.unregister(s.fd)
+        s.poll_flags = 0
         s.out.clear()
+        s.pending.clear()
         s.sock.close()
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+@dataclass(slots=True, eq=False)
+class CommandJob:
+    """A command of one connection, as the node's queue of waiting requests sees it (waits.py's
+    Job). Its replies are 1-tuples: a command's reply may be None (a nil), which to the queue
+    means "still busy"."""
+
+    door: RespDoor
+    session: Session
+    args: list[bytes]
+    received_s: float
+    keys: Keys
+    payload_bytes: int = field(init=False)
+    budget_s: float | None = None  # a Redis client does not say how long it waits
+    last_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.payload_bytes = sum(map(len, self.args))
+
+    @property
+    def op(self) -> str:
+        return self.args[0].decode("utf-8", "replace").lower()[:64]
+
+    def attempt(self) -> tuple[object] | None:
+        ctx = self.door.ctx
+        reply = execute(ctx, self.session, self.args)
+        if reply is BUSY:
+            self.last_error = ctx.last_lock_timeout
+            return None
+        return (reply,)
+
+    def refuse(self, message: str, timed_out: bool) -> tuple[object]:
+        if timed_out:
+            message += (f", to the node's lock timeout of {self.door.waits.lock_timeout_s:g} "
+                        "s. If that process is stopped or stuck, stop it")
+        return (Error("LOCKTIMEOUT " + message.replace("\r", " ").replace("\n", " ")),)
+
+    def answer(self, reply: tuple[object]) -> None:
+        self.door.answered(self.session, self, reply[0])
 
 
 class EventTee:
@@ -450,4 +562,4 @@ class EventTee:
         return self._source.lost  # type: ignore[no-any-return]
 
 
-__all__ = ["Context", "EventTee", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]
+__all__ = ["CommandJob", "Context", "EventTee", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]

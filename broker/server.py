@@ -77,7 +77,7 @@ from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 from .replication import Replica, Source, Stopped
 from .resp_door import EventTee, RespDoor
-from .waits import TRY_LOCK_S, LockWaits
+from .waits import TRY_LOCK_S, LockWaits, RequestJob
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
@@ -193,7 +193,7 @@ class _Node:
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
-                    door = self._open_door(cache)
+                    door = self._open_door(requests)
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too
                         door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
@@ -280,9 +280,7 @@ class _Node:
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
             if time.monotonic() >= waits.due():
-                self._send(router, waits.retry(dispatcher.attempt,
-                                               lambda: dispatcher.last_lock_timeout),
-                           publisher, events)
+                waits.retry()  # both doors' parked requests: each is answered by its door
             if door is not None:
                 door.service(ready)
             if source is not None and source.socket in ready:
@@ -300,7 +298,7 @@ class _Node:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
         # a received request is answered before the node stops, if only with LockTimeout
-        self._send(router, waits.expire_all(dispatcher.last_lock_timeout), publisher, events)
+        waits.expire_all()
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
@@ -315,9 +313,12 @@ class _Node:
             if isinstance(decoded, protocol.Reply):
                 reply: protocol.Reply | None = decoded
             else:
-                reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
-                                           lambda: dispatcher.last_lock_timeout)
-            if reply is not None:  # else parked: waits.py answers it later
+                reply = self._waits.submit(RequestJob(
+                    routing_id, decoded, started, dispatcher,
+                    lambda rid, late, at: self._send(router, [(rid, late, at)], publisher,
+                                                     events),
+                    self._waits.lock_timeout_s))
+            if reply is not None:  # else parked: waits.py answers it later (the lambda)
                 self._send(router, [(routing_id, reply, started)], publisher, events)
 
     def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
@@ -336,9 +337,8 @@ class _Node:
     def _maintain(self, cache: shmkv.Cache) -> None:
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
         # node's lock timeout, a stopped local process holding it would stall the loop for 5 s
-        # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's.
-        # Then the main handle's counts (the RESP door reads through it): the lock was free
-        # a moment ago.
+        # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's
+        # (both doors read through it). Then the main handle's: the lock was free a moment ago.
         try:
             self._requests.maintain()
             cache.maintain(max_slots=1)
@@ -399,12 +399,14 @@ class _Node:
         if self.notifier is not None:
             self.notifier.stopping("stopping")
 
-    def _open_door(self, cache: shmkv.Cache) -> RespDoor | None:
-        """The Redis-protocol door, if configured."""
+    def _open_door(self, requests: shmkv.Cache) -> RespDoor | None:
+        """The Redis-protocol door, if configured: on the requests' handle, which waits only
+        a moment for a lock, parking what finds one busy in the same queue (waits.py)."""
         address = resp_address(self.config)
         if address is None:
             return None
-        return RespDoor(cache, self.config, *address, requirepass=self.config.requirepass)
+        return RespDoor(requests, self.config, *address, self._waits,
+                        requirepass=self.config.requirepass)
 
     def _start_metrics(self, cache: shmkv.Cache) -> str | None:
         """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""
