@@ -30,15 +30,18 @@ answered `-LOCKTIMEOUT <command>: the stripe N lock it needs stayed busy for ...
 pid P, ...` (redis-py raises it as a ResponseError); so is one that finds too many requests
 waiting already.
 
-Context is what commands share (the Cache handles of the databases, the settings, the pub/sub
-registry, the counters INFO shows); Session is one connection's state (database, protocol,
-name, authentication, subscriptions).
+TLS (resp_tls_cert and resp_tls_key set): every connection is TLS, its handshake first, bounded
+in time; what differs from a plain socket in a non-blocking loop is in resp_tls.py.
+
+Context is what commands share (resp_context.py: the Cache handles of the databases, the
+settings, the pub/sub registry, the counters INFO shows); Session is one connection's state
+(database, protocol, name, authentication, subscriptions).
 """
 
 from __future__ import annotations
 
-import secrets
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -52,10 +55,11 @@ import shmkv
 from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
-from .resp import Encoder, Error, Push, RequestParser
-from .resp_commands import BUSY, MAX_DB, execute, keys_of
-from .resp_glob import glob_matcher
+from .resp import Encoder, Error, RequestParser
+from .resp_commands import BUSY, execute, keys_of
+from .resp_context import Context
 from .resp_server_commands import Replies
+from .resp_tls import HANDSHAKE_TIMEOUT_S, WANT_WRITE, handshake_step, server_context
 from .waits import Keys, LockWaits
 
 if TYPE_CHECKING:
@@ -68,10 +72,11 @@ if TYPE_CHECKING:
 MAX_OUTPUT_BYTES = 32 << 20
 READ_BYTES = 256 << 10  # per recv(); up to READS_PER_WAKE of them per wake-up and connection
 READS_PER_WAKE = 4
+# TLS: a recv() gives at most one record (16 KiB), so more of them per wake-up; a send() is of
+# at most TLS_WRITE_BYTES (a slice: a copy), as OpenSSL encrypts what it is given whole.
+TLS_READS_PER_WAKE = 64
+TLS_WRITE_BYTES = 256 << 10
 MAX_CLIENTS = 10_000  # Redis's maxclients
-# notify-keyspace-events: the event kinds of the rings and the class letter that selects each
-_EVENT_CLASS = {"set": "$", "del": "g", "expired": "x", "evicted": "e"}
-_ALL_CLASSES = "g$lshzxetd"  # what "A" stands for
 # The poll flags as plain ints: zmq's are enum members, whose & costs a call each (measured:
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
@@ -97,6 +102,10 @@ class Session:
         self.parked: CommandJob | None = None  # the request waiting for a lock, if any
         self.broken: Exception | None = None  # the protocol error after the pending ones
         self.poll_flags = 0  # what the poller is asked about this connection
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.handshake_deadline_s: float | None = None  # while a TLS handshake is under way
+        self.handshake_wants = ""  # resp_tls.WANT_READ or WANT_WRITE, during it
+        self.read_wants_write = False  # a TLS read stopped until the socket takes a write
         self._ctx = ctx
         self.reset()
 
@@ -122,149 +131,6 @@ class Session:
         self.out += self.encoder.encode(message)
 
 
-class Context:
-    """What every connection's commands share."""
-
-    def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 requirepass: str) -> None:
-        self.cache = cache
-        self.config = config
-        self.host, self.port = host, port
-        self.requirepass = requirepass
-        self.sessions: dict[int, Session] = {}  # fd -> session
-        self.channels: dict[bytes, set[Session]] = {}
-        self.patterns: dict[bytes, tuple[Callable[[bytes], bool], set[Session]]] = {}
-        self.notify_flags = ""
-        self._notify_classes = ""
-        self._keyspace = self._keyevent = False
-        self._dbs: dict[int, shmkv.Cache] = {}
-        self._last_id = 0
-        self.run_id = secrets.token_hex(20)
-        self.started = time.monotonic()
-        self.connections_received = self.commands_processed = self.rejected_connections = 0
-        self.last_lock_timeout = ""  # the engine's message of the last busy lock (BUSY)
-
-    def next_id(self) -> int:
-        self._last_id += 1
-        return self._last_id
-
-    @staticmethod
-    def now_s() -> float:
-        return time.time()  # EXPIREAT and PXAT are Unix times, as the engine's TTLs are
-
-    def db(self, n: int, create: bool = True) -> shmkv.Cache | None:
-        """The handle of database n (collection "db<n>"; 0 is the default collection)."""
-        if n == 0:
-            return self.cache
-        handle = self._dbs.get(n)
-        if handle is None and (create or f"db{n}" in self.cache.collections()):
-            handle = self._dbs[n] = self.cache.collection(f"db{n}")
-        return handle
-
-    def reopen(self, n: int, stale: shmkv.Cache) -> shmkv.Cache:
-        """Database n's handle after `stale` found its collection dropped."""
-        if self._dbs.get(n) is stale:  # the first session to notice replaces it for all
-            del self._dbs[n]
-            stale.close()
-        return self.db(n)  # type: ignore[return-value]  # create=True: never None
-
-    def open_dbs(self) -> Iterable[tuple[int, shmkv.Cache]]:
-        yield 0, self.cache
-        for n in range(1, MAX_DB + 1):
-            handle = self.db(n, create=False)
-            if handle is not None:
-                yield n, handle
-
-    def close(self) -> None:
-        for handle in self._dbs.values():
-            handle.close()
-        self._dbs.clear()
-
-    # --- pub/sub ------------------------------------------------------------------------
-    def set_notify_flags(self, flags: str) -> None:
-        if any(c not in "KEAmn" + _ALL_CLASSES for c in flags):
-            raise ValueError(flags)
-        wanted = set(flags.replace("A", _ALL_CLASSES))
-        classes = "".join(c for c in _ALL_CLASSES if c in wanted)
-        # without K or E nothing is sent, whatever the classes (as in Redis)
-        self._keyspace, self._keyevent = "K" in flags, "E" in flags
-        self._notify_classes = classes if (self._keyspace or self._keyevent) else ""
-        # how Redis shows them back (keyspaceEventsFlagsToString)
-        # m (key misses) and n (new keys) are accepted; the rings have no such events
-        self.notify_flags = ("A" if classes == _ALL_CLASSES else classes) + \
-            ("K" if self._keyspace else "") + ("E" if self._keyevent else "") + \
-            "".join(c for c in "mn" if c in flags)
-
-    @property
-    def listening(self) -> bool:
-        """True while some connection is subscribed to something."""
-        return bool(self.channels or self.patterns)
-
-    def subscribe(self, s: Session, name: bytes, pattern: bool) -> None:
-        if pattern:
-            self.patterns.setdefault(name, (glob_matcher(name), set()))[1].add(s)
-            s.patterns.add(name)
-        else:
-            self.channels.setdefault(name, set()).add(s)
-            s.channels.add(name)
-
-    def unsubscribe(self, s: Session, name: bytes, pattern: bool) -> None:
-        if pattern:
-            s.patterns.discard(name)
-            entry = self.patterns.get(name)
-            if entry is not None:
-                entry[1].discard(s)
-                if not entry[1]:
-                    del self.patterns[name]
-        else:
-            s.channels.discard(name)
-            members = self.channels.get(name)
-            if members is not None:
-                members.discard(s)
-                if not members:
-                    del self.channels[name]
-
-    def receivers(self, channel: bytes) -> int:
-        count = len(self.channels.get(channel, ()))
-        return count + sum(len(members) for match, members in self.patterns.values()
-                           if match(channel))
-
-    def deliver(self, channel: bytes, message: bytes) -> None:
-        for s in self.channels.get(channel, ()):
-            s.queue(Push([b"message", channel, message]))
-        for pattern, (match, members) in self.patterns.items():
-            if members and match(channel):
-                for s in members:
-                    s.queue(Push([b"pmessage", pattern, channel, message]))
-
-    def deliver_events(self, events: Iterable[Event]) -> None:
-        """Channel messages and, as notify-keyspace-events asks, keyspace notifications."""
-        classes = self._notify_classes
-        for event in events:
-            if event.kind == "message":
-                self.deliver(event.key, event.data)
-                continue
-            if not classes or _EVENT_CLASS.get(event.kind, "?") not in classes:
-                continue
-            db = _db_of(event.collection)
-            if db is None:
-                continue
-            kind = event.kind.encode()
-            if self._keyspace:
-                self.deliver(b"__keyspace@%d__:" % db + event.key, kind)
-            if self._keyevent:
-                self.deliver(b"__keyevent@%d__:" % db + kind, event.key)
-
-
-def _db_of(collection: str) -> int | None:
-    if not collection:
-        return 0
-    if collection.startswith("db") and collection[2:].isdigit():
-        n = int(collection[2:])
-        return n if 0 < n <= MAX_DB and collection == f"db{n}" else None
-    return None
-
-
 class RespDoor:
     """The listening socket and the connections; the node's loop calls attach() once, then
     service() with what each poll reported, and close() on the way out."""
@@ -273,6 +139,7 @@ class RespDoor:
                  waits: LockWaits, requirepass: str = "") -> None:
         """cache: a handle that waits only a moment for a lock; waits: the node's queue of
         parked requests, which the node's loop retries."""
+        tls = server_context(config)  # before binding: a bad certificate binds nothing
         try:
             self.listener = socket.create_server((host, port), backlog=511,
                                                  family=_family(host), reuse_port=False)
@@ -285,6 +152,9 @@ class RespDoor:
         self.address = f"{host}:{bound[1]}" if ":" not in host else f"[{host}]:{bound[1]}"
         self.ctx = Context(cache, config, host, bound[1], requirepass)
         self.waits = waits
+        self.tls = tls
+        self._handshaking: dict[int, Session] = {}  # fd -> session, in accept order
+        self._decrypted: set[Session] = set()  # TLS bytes read and not yet parsed
         self._poller: zmq.Poller | None = None
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
 
@@ -305,12 +175,30 @@ class RespDoor:
             s = sessions.get(fd) if type(fd) is int else None
             if s is None:
                 continue
+            if s.handshake_deadline_s is not None:
+                self._handshake(s)
+                continue
             if flags & POLLIN:
                 self._read(s)
             if flags & POLLOUT and fd in sessions:
-                self._write(s)
+                if s.read_wants_write:
+                    s.read_wants_write = False
+                    self._read(s)
+                if fd in sessions:
+                    self._write(s)
             if flags & POLLERR and fd in sessions:
                 self._drop(s)
+        if self.tls is not None:
+            self._tls_upkeep()
+
+    def due(self) -> float:
+        """When the loop must call service() again, with or without anything polled
+        (monotonic seconds): a TLS handshake's deadline, or now for decrypted bytes unread."""
+        if self._decrypted:
+            return 0.0
+        if self._handshaking:  # the first accepted has the first deadline
+            return next(iter(self._handshaking.values())).handshake_deadline_s or 0.0
+        return float("inf")
 
     def deliver_events(self, events: Iterable[Event]) -> None:
         if self.ctx.listening:
@@ -349,15 +237,59 @@ class RespDoor:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+                except OSError:  # gone already
+                    sock.close()
+                    continue
             s = Session(ctx, sock, f"{peer[0]}:{peer[1]}")
             ctx.sessions[s.fd] = s
+            if s.tls:
+                s.handshake_deadline_s = time.monotonic() + HANDSHAKE_TIMEOUT_S
+                self._handshaking[s.fd] = s
+                self._handshake(s)  # its hello may be there already
+            else:
+                self._watch(s)
+
+    def _handshake(self, s: Session) -> None:
+        try:
+            wants = handshake_step(s.sock)  # type: ignore[arg-type]  # s.tls: an SSLSocket
+        except OSError:  # not TLS, garbage, a certificate refused, or the peer has gone
+            self._drop(s)
+            return
+        if wants is not None:
+            s.handshake_wants = wants
             self._watch(s)
+            return
+        del self._handshaking[s.fd]
+        s.handshake_deadline_s = None
+        self._watch(s)
+        self._read(s)  # a request may have come with the end of the handshake
+
+    def _tls_upkeep(self) -> None:
+        """Close the connections whose handshake is late; parse what TLS holds decrypted
+        (a readable poll does not show it)."""
+        now = time.monotonic()
+        for s in list(self._handshaking.values()):
+            if now < (s.handshake_deadline_s or 0.0):
+                break  # in accept order: the others are later still
+            self._drop(s)
+        for s in list(self._decrypted):
+            self._decrypted.discard(s)
+            if self.ctx.sessions.get(s.fd) is s and s.parked is None:
+                self._read(s)
 
     def _read(self, s: Session) -> None:
-        for _ in range(READS_PER_WAKE):
+        for _ in range(TLS_READS_PER_WAKE if s.tls else READS_PER_WAKE):
             try:
                 data = s.sock.recv(READ_BYTES)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                s.read_wants_write = True
+                self._watch(s)
                 break
             except OSError:
                 self._drop(s)
@@ -376,8 +308,10 @@ class RespDoor:
                     return
                 if s.parked is not None:  # read no more until it is answered
                     return
-            if len(data) < READ_BYTES:
+            if len(data) < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
                 break
+        if s.tls and s.sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
+            self._decrypted.add(s)  # read them next round, without a poll
         if s.closing:
             self._write(s)
 
@@ -450,8 +384,11 @@ class RespDoor:
         out = s.out
         while out:
             try:
-                sent = s.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+                # a TLS write wanting more socket space is retried with the same first bytes
+                # (out only grows at its end until they are sent), as OpenSSL requires
+                sent = s.sock.send(out[:TLS_WRITE_BYTES] if s.tls else out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
                 break
             except OSError:
                 self._drop(s)
@@ -469,7 +406,11 @@ class RespDoor:
     def _watch(self, s: Session) -> None:
         """Ask the poller about what the connection waits for: readability unless a parked
         command holds it up, writability only while output waits (else poll would spin)."""
-        flags = (0 if s.parked is not None else POLLIN) | (POLLOUT if s.out else 0)
+        if s.handshake_deadline_s is not None:
+            flags = POLLOUT if s.handshake_wants == WANT_WRITE else POLLIN
+        else:
+            flags = (0 if s.parked is not None else POLLIN) | \
+                (POLLOUT if s.out or s.read_wants_write else 0)
         if flags == s.poll_flags or self._poller is None:
             return
         if flags:
@@ -487,6 +428,8 @@ class RespDoor:
     def _drop(self, s: Session) -> None:
         if self.ctx.sessions.pop(s.fd, None) is None:
             return
+        self._handshaking.pop(s.fd, None)
+        self._decrypted.discard(s)
         for name in list(s.channels):
             self.ctx.unsubscribe(s, name, False)
         for name in list(s.patterns):

@@ -66,7 +66,7 @@ from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from . import protocol
+from . import protocol, resp_tls
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
 from .dispatch import Dispatcher
@@ -156,6 +156,7 @@ class _Node:
                                         self.config.curve_allow)
                     curve.secure(router)
                     self._curve = curve
+                resp_tls.server_context(self.config)  # its files checked before any bind
                 # before binding: a listener gives its connections the options it was bound with
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
@@ -266,6 +267,8 @@ class _Node:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
             if replica is not None:
                 wake_at = min(wake_at, replica.due())
+            if door is not None:
+                wake_at = min(wake_at, door.due())  # TLS handshakes' deadlines
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
