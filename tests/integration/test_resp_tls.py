@@ -11,18 +11,24 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zmq
 from integration.test_resp_support import REDIS_CLI, client, redis, resp_address, resp_node
 from node_process import Node, failed_start, running_node
 from tests_support import new_region_name
 
+import shmkv
+from shmkv.broker import resp_door
+from shmkv.broker.config import NodeConfig
 from shmkv.broker.resp import encode_request
 from shmkv.broker.resp_tls import HANDSHAKE_TIMEOUT_S
+from shmkv.broker.waits import LockWaits
 from shmkv.cli import EXIT_USAGE
 
 pytestmark = pytest.mark.multiprocess
@@ -210,3 +216,43 @@ def test_a_tls_setting_the_door_cannot_use_stops_the_start(
     assert code == EXIT_USAGE, (out, err)
     error = json.loads(err)
     assert error["error"] == "ConfigError" and named in error["message"]
+
+
+def test_bytes_tls_holds_decrypted_are_served_without_waiting_for_a_poll(
+        certs: Certs, cache: shmkv.Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A readable poll does not show what the SSL object has decrypted and not yet handed
+    out. With one small read per wake-up, a pipeline of PINGs in one record leaves most of it
+    there, and the client sends nothing more until it has every reply: the door must read
+    the rest without a poll (an in-process door, so that its read sizes can be made small)."""
+    monkeypatch.setattr(resp_door, "READ_BYTES", 64)
+    monkeypatch.setattr(resp_door, "TLS_READS_PER_WAKE", 1)
+    config = NodeConfig(resp_tls_cert=str(certs.cert), resp_tls_key=str(certs.key))
+    door = resp_door.RespDoor(cache, config, "127.0.0.1", 0, LockWaits(5.0))
+    poller = zmq.Poller()
+    door.attach(poller)
+    replies: list[bytes] = []
+
+    def pipeline() -> None:
+        context = ssl.create_default_context(cafile=str(certs.cert))
+        with socket.create_connection(("127.0.0.1", door.ctx.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"".join(encode_request("PING", b"%d" % i) for i in range(50)))
+            received = b""
+            while received.count(b"\r\n") < 100:  # $<n>\r\n<i>\r\n each
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            replies.append(received)
+
+    thread = threading.Thread(target=pipeline)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while thread.is_alive() and time.monotonic() < deadline:
+            wait_s = min(0.1, max(0.0, door.due() - time.monotonic()))
+            door.service(dict(poller.poll(int(wait_s * 1000))))
+    finally:
+        thread.join(timeout=15)
+        door.close()
+    assert replies == [b"".join(b"$%d\r\n%d\r\n" % (len(str(i)), i) for i in range(50))]
