@@ -118,7 +118,9 @@ def keys_of(session: Session, args: list[bytes]) -> frozenset[tuple[str, bytes]]
 def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
     """The reply to one request (args[0] is the command name); never raises for bad input.
     BUSY if a lock it needs is busy (nothing changed: run it again later)."""
-    cmd = lookup(args[0])
+    cmd = _BY_WIRE_NAME.get(args[0])  # lookup(), inlined: this is every command's path
+    if cmd is None:
+        cmd = COMMANDS.get(args[0].decode("utf-8", "replace").lower())
     if cmd is None:
         shown = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in args[1:])
         return Error(f"ERR unknown command '{args[0][:128].decode('utf-8', 'replace')}', "

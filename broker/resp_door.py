@@ -44,7 +44,6 @@ import socket
 import ssl
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -98,7 +97,7 @@ class Session:
         self.channels: set[bytes] = set()
         self.patterns: set[bytes] = set()
         self.authenticated = not ctx.requirepass
-        self.pending: deque[list[bytes]] = deque()  # requests read, not yet run
+        self.pending: list[list[bytes]] = []  # requests read after the parked one
         self.parked: CommandJob | None = None  # the request waiting for a lock, if any
         self.broken: Exception | None = None  # the protocol error after the pending ones
         self.poll_flags = 0  # what the poller is asked about this connection
@@ -152,6 +151,7 @@ class RespDoor:
         self.address = f"{host}:{bound[1]}" if ":" not in host else f"[{host}]:{bound[1]}"
         self.ctx = Context(cache, config, host, bound[1], requirepass)
         self.waits = waits
+        self._parked = waits.queue  # true while any request of either door waits
         self.tls = tls
         self._handshaking: dict[int, Session] = {}  # fd -> session, in accept order
         self._decrypted: set[Session] = set()  # TLS bytes read and not yet parsed
@@ -301,9 +301,8 @@ class RespDoor:
                 continue  # a QUIT or a protocol error came before: the rest is not read
             requests = s.parser.parse(data)
             if requests or s.parser.error is not None:
-                s.pending.extend(requests)
                 s.broken = s.parser.error
-                self._run(s)
+                self._run(s, requests)
                 if s.closing or self.ctx.sessions.get(s.fd) is not s:
                     return
                 if s.parked is not None:  # read no more until it is answered
@@ -315,10 +314,11 @@ class RespDoor:
         if s.closing:
             self._write(s)
 
-    def _run(self, s: Session, first: object = _NO_REPLY) -> None:
-        """Run the connection's pending requests in order, until one is parked (first: the
-        reply of the one that was parked, answered now, queued before the others')."""
-        ctx, encode, out, waits, pending = self.ctx, s.encoder._add, [], self.waits, s.pending
+    def _run(self, s: Session, requests: list[list[bytes]], first: object = _NO_REPLY) -> None:
+        """Run requests in order until one is parked; those after it wait in s.pending (first:
+        the reply of the one that was parked, answered now, queued before the others')."""
+        ctx, encode, out, waits, parked, busy = \
+            self.ctx, s.encoder._add, [], self.waits, self._parked, BUSY
         queued, counted = len(s.out), 0
         if first is not _NO_REPLY:
             if type(first) is Replies:
@@ -326,23 +326,21 @@ class RespDoor:
                     encode(one, out)
             else:
                 encode(first, out)
-        while pending and s.parked is None:
-            args = pending.popleft()
-            if not waits:  # nothing waits anywhere: no order to keep, and no job to make
+        for args in requests:
+            if not parked:  # nothing waits anywhere: no order to keep, no job to make
                 reply = execute(ctx, s, args)
-                if reply is BUSY:
+                if reply is busy:
                     job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
                     job.last_error = ctx.last_lock_timeout
                     done = waits.park(job)
-                    if done is None:
-                        s.parked = job
-                        break
-                    reply = done[0]
             else:
                 job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
                 done = waits.submit(job)
-                if done is None:
+                reply = busy
+            if reply is busy:
+                if done is None:  # parked: the rest wait behind it, in order
                     s.parked = job
+                    s.pending.extend(requests[_index(requests, args) + 1:])
                     break
                 reply = done[0]
             if type(reply) is Replies:
@@ -351,7 +349,6 @@ class RespDoor:
             else:
                 encode(reply, out)
             if s.closing:
-                pending.clear()
                 break
             # Counted as it grows: one read can hold thousands of GETs of a large value,
             # whose replies must not all be made before the cap is looked at.
@@ -361,7 +358,7 @@ class RespDoor:
             if queued > MAX_OUTPUT_BYTES:
                 self._cut_off(s, queued)
                 return
-        if s.broken is not None and not pending and s.parked is None and not s.closing:
+        if s.broken is not None and s.parked is None and not s.closing:
             out.append(b"-ERR " + str(s.broken).encode("utf-8", "replace") + b"\r\n")
             s.closing = True
         if out:
@@ -376,7 +373,9 @@ class RespDoor:
         if self.ctx.sessions.get(s.fd) is not s or s.parked is not job:
             return  # the connection has gone meanwhile
         s.parked = None
-        self._run(s, reply)
+        requests = list(s.pending)
+        s.pending.clear()
+        self._run(s, requests, reply)
         if self.ctx.sessions.get(s.fd) is s and s.parked is None and not s.closing:
             self._read(s)  # what came meanwhile (a TLS connection may hold it decrypted)
 
@@ -440,6 +439,11 @@ class RespDoor:
         s.out.clear()
         s.pending.clear()
         s.sock.close()
+
+
+def _index(requests: list[list[bytes]], args: list[bytes]) -> int:
+    """Where args is in requests (by identity: a pipeline may repeat a request)."""
+    return next(i for i, one in enumerate(requests) if one is args)
 
 
 def _family(host: str) -> socket.AddressFamily:

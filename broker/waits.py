@@ -101,16 +101,18 @@ class LockWaits:
                  ) -> None:
         self.lock_timeout_s = lock_timeout_s
         self.clock = clock
-        self._queue: list[_Waiting] = []
-        self._payload_bytes = 0  # of the requests in _queue
+        # The parked requests, in arrival order. Always this list, changed in place: a door
+        # keeps it to see at the cost of a truth test whether anything waits (its hot path).
+        self.queue: list[_Waiting] = []
+        self._payload_bytes = 0  # of the requests in queue
         self._next_retry_s = float("inf")
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def due(self) -> float:
         """When the loop should call retry() next (monotonic seconds; inf: nothing waits)."""
-        return self._next_retry_s if self._queue else float("inf")
+        return self._next_retry_s if self.queue else float("inf")
 
     def deadline_of(self, job: Job) -> float:
         budget_s = self.lock_timeout_s
@@ -121,7 +123,7 @@ class LockWaits:
     def submit(self, job: Job) -> Any | None:
         """Serve a request that just arrived: its reply, or None if it is parked (its reply
         then goes to job.answer, from retry() or expire_all())."""
-        if not any(_overlap(job.keys, w.job.keys) for w in self._queue):
+        if not any(_overlap(job.keys, w.job.keys) for w in self.queue):
             reply = job.attempt()
             if reply is not None:
                 return reply
@@ -130,16 +132,16 @@ class LockWaits:
     def park(self, job: Job) -> Any | None:
         """Park a job whose first try found a lock busy: None, or its refusal if too many
         wait. (submit() tries first; a door that tried already calls this.)"""
-        if len(self._queue) >= MAX_WAITING \
+        if len(self.queue) >= MAX_WAITING \
                 or self._payload_bytes + job.payload_bytes > MAX_WAITING_BYTES:
             return job.refuse(
-                f"{len(self._queue)} requests of {self._payload_bytes} bytes already wait for "
+                f"{len(self.queue)} requests of {self._payload_bytes} bytes already wait for "
                 f"busy locks on this node (at most {MAX_WAITING}, of {MAX_WAITING_BYTES} "
                 f"bytes); try again later (last lock error: {job.last_error or 'none'})",
                 timed_out=False)
-        if not self._queue:
+        if not self.queue:
             self._next_retry_s = self.clock() + RETRY_S
-        self._queue.append(_Waiting(job, self.deadline_of(job)))
+        self.queue.append(_Waiting(job, self.deadline_of(job)))
         self._payload_bytes += job.payload_bytes
         return None
 
@@ -148,7 +150,7 @@ class LockWaits:
         Returns how many were."""
         done: list[tuple[Job, Any]] = []
         still: list[_Waiting] = []
-        for w in self._queue:
+        for w in self.queue:
             reply = None
             if not any(_overlap(w.job.keys, earlier.job.keys) for earlier in still):
                 reply = w.job.attempt()
@@ -159,7 +161,7 @@ class LockWaits:
             else:
                 done.append((w.job, reply))
                 self._payload_bytes -= w.job.payload_bytes
-        self._queue = still
+        self.queue[:] = still
         self._next_retry_s = self.clock() + RETRY_S
         # after the queue is consistent: an answer may make its door submit more
         for job, reply in done:
@@ -178,7 +180,8 @@ class LockWaits:
 
     def expire_all(self) -> int:
         """Answer every parked request LockTimeout now (the node is stopping)."""
-        queue, self._queue, self._payload_bytes = self._queue, [], 0
+        queue, self._payload_bytes = self.queue[:], 0
+        self.queue.clear()
         for w in queue:
             w.job.answer(self._timed_out(w.job))
         return len(queue)
