@@ -376,8 +376,11 @@ class RespDoor:
         requests = list(s.pending)
         s.pending.clear()
         self._run(s, requests, reply)
-        if self.ctx.sessions.get(s.fd) is s and s.parked is None and not s.closing:
-            self._read(s)  # what came meanwhile (a TLS connection may hold it decrypted)
+        # What came meanwhile: poll shows it, now that _watch asks for it again, except what a
+        # TLS connection holds decrypted. Not read here: at a stop, answering every parked
+        # command must come to an end (waits.expire_all()), and reading could go on forever.
+        if s.tls and self.ctx.sessions.get(s.fd) is s:
+            self._decrypted.add(s)
 
     def _write(self, s: Session, flush_only: bool = False) -> None:
         out = s.out

@@ -301,7 +301,8 @@ class _Node:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
         # a received request is answered before the node stops, if only with LockTimeout
-        waits.expire_all()
+        while waits.expire_all():  # an answer may run its connection's next commands,
+            pass                   # which may wait in turn (resp_door.py): until none does
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:

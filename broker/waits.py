@@ -179,7 +179,8 @@ class LockWaits:
             f"{waited_s:.2f} s, held by pid {holder.group(1) if holder else '?'}", timed_out=True)
 
     def expire_all(self) -> int:
-        """Answer every parked request LockTimeout now (the node is stopping)."""
+        """Answer every parked request LockTimeout now (the node is stopping); returns how
+        many. An answer may make its door submit more: call again until it returns 0."""
         queue, self._payload_bytes = self.queue[:], 0
         self.queue.clear()
         for w in queue:

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from integration.test_node_limits import stopped_lock_holder
-from integration.test_resp_support import client, redis, resp_node
+from integration.test_resp_support import RawConnection, client, redis, resp_address, resp_node
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import shmkv
+from shmkv.broker.resp import encode_request
 from shmkv.hashing import xxh3_64
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
@@ -111,3 +112,26 @@ def test_a_command_on_a_busy_key_waits_behind_the_parked_one_of_another_connecti
         assert str(results["set"]).startswith("LOCKTIMEOUT")
         assert results["get"] is None
         assert probe.info("clients")["blocked_clients"] == 0
+
+
+def test_a_stop_answers_the_parked_command_and_the_ones_behind_it() -> None:
+    """SIGTERM while a SET waits: it is answered LOCKTIMEOUT, and the commands its connection
+    sent after it are run and answered too, before the node exits."""
+    with resp_node() as (node, region), stopped_lock_holder(region, "held"), \
+            impatient_client(node) as probe:
+        free = keys_on_other_stripes(region, b"held", 1)[0]
+        raw = RawConnection(*resp_address(node))
+        try:
+            raw.send(encode_request("SET", "held", "v") + encode_request("SET", free, "w")
+                     + encode_request("SET", "held", "again") + encode_request("GET", free))
+            while probe.info("clients")["blocked_clients"] == 0:  # until the SET waits
+                pass
+            stopping, status = node.stop()
+            assert (stopping["event"], status) == ("stopping", 0)
+            assert raw.reply().startswith(b"-LOCKTIMEOUT set: ")
+            assert raw.reply() == b"+OK\r\n"
+            assert raw.reply().startswith(b"-LOCKTIMEOUT set: ")  # the second SET waited too
+            assert raw.reply() == b"$1\r\nw\r\n"
+            assert raw.is_closed()
+        finally:
+            raw.close()
