@@ -204,3 +204,26 @@ def test_sighup_to_a_node_without_curve_says_there_is_nothing_to_reload_and_serv
             assert remote.get("k") == b"v"
         stopping, status = node.stop()
         assert (stopping["event"], status) == ("stopping", 0)
+
+
+def test_sighups_while_requests_flow_interrupt_none_of_them(region_name: str,
+                                                            keys: Keys) -> None:
+    """SIGHUP is delivered only while the loop sleeps in poll, as the stop signals are: a
+    burst of them during a stream of requests fails none, and the node goes on."""
+    with running_node(region_name, *keys.node_options()) as node, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0,
+                        **client_options(keys, "allowed")) as remote:
+        sent = 0
+        for i in range(2000):
+            remote.set(f"k{i % 50}", b"%d" % i)
+            assert remote.get(f"k{i % 50}") == b"%d" % i
+            if i % 10 == 0:
+                node.process.send_signal(signal.SIGHUP)
+                sent += 1
+        node.process.send_signal(signal.SIGTERM)
+        events = [json.loads(line) for line in node.process.stdout]
+        assert node.process.wait(timeout=WAIT_S) == 0
+    reloads = [e for e in events if e["event"] == "reload"]
+    assert 1 <= len(reloads) <= sent  # a burst of SIGHUPs may make one reload
+    assert all(e["keys"] == 1 for e in reloads)
+    assert events[-1]["event"] == "stopping"
