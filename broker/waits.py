@@ -179,12 +179,21 @@ class LockWaits:
             f"{waited_s:.2f} s, held by pid {holder.group(1) if holder else '?'}", timed_out=True)
 
     def expire_all(self) -> int:
-        """Answer every parked request LockTimeout now (the node is stopping); returns how
-        many. An answer may make its door submit more: call again until it returns 0."""
+        """The node is stopping: try every parked request once more, in order (a lock freed
+        since the last retry lets it finish), and answer the others LockTimeout now; returns
+        how many were answered. An answer may make its door submit more: call again until
+        it returns 0."""
         queue, self._payload_bytes = self.queue[:], 0
         self.queue.clear()
+        busy: list[_Waiting] = []
         for w in queue:
-            w.job.answer(self._timed_out(w.job))
+            reply = None
+            if not any(_overlap(w.job.keys, earlier.job.keys) for earlier in busy):
+                reply = w.job.attempt()
+            if reply is None:
+                busy.append(w)
+                reply = self._timed_out(w.job)
+            w.job.answer(reply)
         return len(queue)
 
 

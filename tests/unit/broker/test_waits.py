@@ -213,3 +213,16 @@ def test_another_door_s_job_is_refused_in_its_own_words_at_the_node_lock_timeout
     [(reply,)] = job.answers
     assert reply.startswith("LOCKTIMEOUT SET: the stripe 7 lock it needs stayed busy for 5.00 s")
     assert "held by pid 99" in reply
+
+
+def test_at_a_stop_a_parked_request_whose_lock_is_free_now_is_done_not_refused(setup) -> None:
+    w, region = setup.w, setup.region
+    region.busy.update({b"k", b"j"})
+    assert setup.submit(req(1, key=b"k")) is None
+    assert setup.submit(req(2, key=b"j")) is None
+    assert setup.submit(req(3, key=b"k")) is None
+    region.busy.discard(b"j")  # freed after the last retry, before the stop
+    assert w.expire_all() == 3
+    assert [(r.id, r.error) for _, r, _ in setup.answered] == \
+        [(1, "LockTimeout"), (2, None), (3, "LockTimeout")]  # 3 stays behind 1: not tried
+    assert region.applied == [2] and len(w) == 0
