@@ -17,8 +17,15 @@ so zmq.auth.load_certificate and other CurveZMQ tools read them):
 
 A node is set up with its own PATH.key_secret (curve_secret_key) and a directory holding the
 PATH.key of every client it admits (curve_allow); a client with the node's PATH.key
-(curve_server_key) and its own PATH.key_secret (curve_client_cert). The allow-list is read at
-start: to admit or revoke a client, change the directory and restart the node.
+(curve_server_key) and its own PATH.key_secret (curve_client_cert).
+
+The allow-list is read at start, and again when the node gets SIGHUP (`kill -HUP`; server.py
+acts on it between requests): a key added to the directory is admitted at its next
+connection, a key removed is refused at its next connection. A connection already open stays
+open: ZAP runs only in the handshake, never per message, so a revoked client keeps its
+connection until it closes it or the node restarts. A reload that finds the directory unusable
+(missing, empty, a malformed key file: most likely an edit in progress) keeps the list it had
+and says why; to shut every client out, stop the node.
 
 Why a ZAP thread (zmq.auth.thread.ThreadAuthenticator) rather than a handler in the node's
 loop: ZAP runs once per connection, in the handshake, never per message, so the thread sleeps
@@ -170,7 +177,24 @@ class CurveServer:
         self._authenticator.start()
         # the keys were read above: a handler reading the directory again could see another
         # set of files (and an empty set would admit nobody, silently)
-        self._authenticator.certs[ZAP_DOMAIN] = {key: True for key in self.allowed}
+        self._allow_dir = allow_dir
+        self._admit(self.allowed)
+
+    def _admit(self, keys: list[bytes]) -> None:
+        # One assignment of a new dict: the ZAP thread looks keys up in whichever dict it
+        # finds, never in one half updated.
+        self._authenticator.certs[ZAP_DOMAIN] = {key: True for key in keys}
+
+    def reload(self) -> int:
+        """Read the allow-list directory again and admit exactly its keys from the next
+        handshake on; returns how many. ConfigError (and the list unchanged) if it is unusable."""
+        try:
+            keys = allowed_keys(self._allow_dir)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; the allow-list in use is unchanged") from None
+        self.allowed = keys
+        self._admit(keys)
+        return len(keys)
 
     def secure(self, socket: zmq.Socket) -> None:
         socket.curve_secretkey = self.keys.secret

@@ -19,7 +19,8 @@ arena larger than a region holds, a queue limit past what ZeroMQ takes, a mainte
 so short the loop would spin) is refused here, before anything is bound or created. A
 non-loopback address is refused unless allow_remote is set, so exposing a region must be asked
 for, never follow from a stray "*"; and even then each exposed door must be protected
-(`doors()`): the ZeroMQ sockets by CurveZMQ (curve_secret_key and curve_allow, broker/auth.py).
+(`doors()`): the ZeroMQ sockets by CurveZMQ (curve_secret_key and curve_allow, broker/auth.py),
+the RESP door by requirepass over TLS (resp_tls_cert and resp_tls_key, broker/resp_tls.py).
 The metrics endpoint has no authentication and stays on loopback whatever allow_remote says.
 """
 
@@ -84,6 +85,11 @@ class NodeConfig:
     # The password RESP clients must give (AUTH, HELLO ... AUTH); "" asks none. It guards
     # the RESP door only: the ZeroMQ endpoints have no authentication.
     requirepass: str = ""
+    # TLS for the RESP door (broker/resp_tls.py): the certificate chain and its key (PEM; both
+    # or neither), and optionally the CAs whose client certificates are required.
+    resp_tls_cert: str = ""
+    resp_tls_key: str = ""
+    resp_tls_ca: str = ""
     # Replication (broker/replication.py). repl_bind: the endpoint a primary serves replicas
     # on ("" = off; a door: loopback unless allow_remote, CURVE-protected then). replica_of:
     # the primary's repl_bind endpoint; the node's region becomes its read-only copy.
@@ -362,6 +368,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "snapshot_path": _path, "snapshot_interval_s": _interval,
     "curve_secret_key": _path, "curve_allow": _directory,
     "resp_bind": _metrics_bind, "requirepass": _password,
+    "resp_tls_cert": _path, "resp_tls_key": _path, "resp_tls_ca": _path,
     "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
     "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
     "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
@@ -425,6 +432,9 @@ class Door:
     local: bool  # the address never leaves the host (loopback, ipc://, inproc://)
     protected: bool  # peers must authenticate, and the traffic is encrypted
     protection: str  # what protects it, as the settings that turn that on
+    # how to set them, for the error that asks for them
+    how: str = f"{flag('curve_secret_key')} FILE {flag('curve_allow')} DIR; make the keys " \
+        "with shmkv keygen"
 
 
 def doors(config: NodeConfig) -> list[Door]:
@@ -437,9 +447,12 @@ def doors(config: NodeConfig) -> list[Door]:
     if config.metrics_bind:  # plain HTTP, no authentication: never protected
         found.append(Door("metrics_bind", config.metrics_bind,
                           _is_local(config.metrics_bind), False, ""))
-    if config.resp_bind:  # requirepass alone sends the password in the clear; no TLS yet
-        found.append(Door("resp_bind", config.resp_bind, _is_local(config.resp_bind), False,
-                          ""))
+    if config.resp_bind:  # requirepass alone would send the password in the clear
+        found.append(Door("resp_bind", config.resp_bind, _is_local(config.resp_bind),
+                          bool(config.requirepass and config.resp_tls_cert),
+                          "requirepass and resp_tls_cert/resp_tls_key",
+                          f"{flag('requirepass')} PASSWORD (or {env_var('requirepass')}) "
+                          f"{flag('resp_tls_cert')} FILE {flag('resp_tls_key')} FILE"))
     if config.repl_bind:  # the whole region goes out through it: protected as bind is
         found.append(Door("repl_bind", config.repl_bind, _is_local(config.repl_bind), curve,
                           "curve_secret_key and curve_allow"))
@@ -475,8 +488,7 @@ def _check_exposure(config: NodeConfig, sources: Mapping[str, str]) -> None:
         if not door.protected:
             raise ConfigError(
                 f"{where}, and allow_remote is set but {door.key} is not protected: set "
-                f"{door.protection} ({flag('curve_secret_key')} FILE {flag('curve_allow')} "
-                "DIR; make the keys with shmkv keygen)")
+                f"{door.protection} ({door.how})")
 
 
 def _read_file(given: object, source: str) -> Mapping[str, object]:

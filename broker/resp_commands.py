@@ -12,6 +12,13 @@ collection "db<n>", created on first use. Commands that need Cache calls the eng
 have yet (SET NX/XX/KEEPTTL/GET, GETDEL, GETEX, APPEND, RENAME) answer `-ERR ... not supported
 by this node's engine` until it has them; they are written against that API.
 
+A command that finds a lock busy (the node's handle waits only a moment: waits.py) changes
+nothing and `execute` returns BUSY (the engine's message in ctx.last_lock_timeout): the door
+parks it and runs it again later, whole. Every write checks its lock before it changes
+anything, so a retry repeats no change, except in a command of several keys that stopped
+half-way (DEL, MSET, FLUSHALL): the keys done before it stopped are done again, which changes
+nothing more, but DEL's count is then of the second pass only.
+
 Pub/sub and the client-facing facts (INFO, CLIENT, CONFIG, HELLO, AUTH) are in
 resp_server_commands.py, which adds its commands to the same table.
 """
@@ -39,6 +46,10 @@ Handler = Callable[["Context", "Session", list[bytes]], Any]
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_DB = 15  # SELECT 0..15, as a default Redis has 16 databases
 SCAN_DEFAULT_COUNT = 10
+BUSY = object()  # execute's answer when a lock the command needs is busy
+# Commands that read or write a whole database: they wait for every parked command before
+# them, and hold up every later one (waits.py's "unknown keys").
+_WHOLE_DB = frozenset({"keys", "scan", "dbsize", "flushdb", "flushall"})
 
 
 @dataclass(frozen=True)
@@ -86,9 +97,28 @@ WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 _WRONG_TYPE_ERROR = getattr(errors, "WrongType", None) or getattr(shmkv, "WrongType", None)
 
 
+def lookup(name: bytes) -> Command | None:
+    cmd = _BY_WIRE_NAME.get(name)  # "GET" or "get" as sent: no decoding on the way
+    return cmd if cmd is not None else COMMANDS.get(name.decode("utf-8", "replace").lower())
+
+
+def keys_of(session: Session, args: list[bytes]) -> frozenset[tuple[str, bytes]] | None:
+    """The (collection, key) pairs a request touches, for the order of parked requests
+    (waits.py): None for "maybe any key of the database"; empty for none."""
+    cmd = lookup(args[0])
+    if cmd is None:
+        return frozenset()
+    if cmd.first_key:
+        last = len(args) - 1 if cmd.last_key < 0 else min(cmd.last_key, len(args) - 1)
+        coll = f"db{session.db}" if session.db else ""
+        return frozenset((coll, key) for key in args[cmd.first_key:last + 1:cmd.key_step])
+    return None if cmd.name in _WHOLE_DB else frozenset()
+
+
 def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
-    """The reply to one request (args[0] is the command name); never raises for bad input."""
-    cmd = _BY_WIRE_NAME.get(args[0])  # "GET" or "get" as sent: no decoding on the way
+    """The reply to one request (args[0] is the command name); never raises for bad input.
+    BUSY if a lock it needs is busy (nothing changed: run it again later)."""
+    cmd = _BY_WIRE_NAME.get(args[0])  # lookup(), inlined: this is every command's path
     if cmd is None:
         cmd = COMMANDS.get(args[0].decode("utf-8", "replace").lower())
     if cmd is None:
@@ -117,6 +147,9 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
             return cmd.handler(ctx, session, args)
     except CommandError as exc:
         return Error(str(exc))
+    except errors.LockTimeout as exc:
+        ctx.last_lock_timeout = str(exc)
+        return BUSY
     except errors.NotAnInteger as exc:
         return Error("ERR increment or decrement would overflow" if "overflow" in str(exc)
                      else NOT_INTEGER)
@@ -562,4 +595,5 @@ def _quit(ctx: Context, s: Session, a: list[bytes]) -> Any:
     return OK
 
 
-__all__ = ["COMMANDS", "Command", "CommandError", "NIL_ARRAY", "execute", "integer"]
+__all__ = ["BUSY", "COMMANDS", "Command", "CommandError", "NIL_ARRAY", "execute", "integer",
+           "keys_of"]

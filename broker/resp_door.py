@@ -5,6 +5,7 @@ from the node's one poll loop (server.py), non-blocking.
     a connection readable     -> read what is there, parse the complete requests (resp.py),
                                  run them in order (resp_commands.py), queue their replies,
                                  and write as much as the socket takes
+    a parked command answered  -> queue its reply, run the connection's next commands
     a connection writable     -> write more of what is queued; when nothing is left, the
                                  door stops asking the poller about writability
     events read from the rings -> channel messages and keyspace notifications for this
@@ -18,18 +19,33 @@ reads) is closed at once: the node's memory is bounded by the number of connecti
 that, not by what clients fail to read. Replies are queued in the order the requests came,
 pipelined or not.
 
-Context is what commands share (the Cache handles of the databases, the settings, the pub/sub
-registry, the counters INFO shows); Session is one connection's state (database, protocol,
-name, authentication, subscriptions).
+Busy locks. Commands run on the node's requests handle, which waits only a moment for a lock
+(server.py). A command that finds one busy for longer (a local process stopped or stuck while
+holding it) is parked in the node's one queue of waiting requests (waits.py, shared with the
+ZeroMQ door, so requests on one key keep their order across both doors) and tried again from
+the node's loop while every other connection is served. Its connection runs none of its later
+commands, and reads no more, until it is answered: replies keep the order of the requests, as
+pipelining clients rely on. A command still parked at the node's lock timeout (5 s) is
+answered `-LOCKTIMEOUT <command>: the stripe N lock it needs stayed busy for ... s, held by
+pid P, ...` (redis-py raises it as a ResponseError); so is one that finds too many requests
+waiting already.
+
+TLS (resp_tls_cert and resp_tls_key set): every connection is TLS, its handshake first, bounded
+in time; what differs from a plain socket in a non-blocking loop is in resp_tls.py.
+
+Context is what commands share (resp_context.py: the Cache handles of the databases, the
+settings, the pub/sub registry, the counters INFO shows); Session is one connection's state
+(database, protocol, name, authentication, subscriptions).
 """
 
 from __future__ import annotations
 
-import secrets
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -38,10 +54,12 @@ import shmkv
 from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
-from .resp import Encoder, Push, RequestParser
-from .resp_commands import MAX_DB, execute
-from .resp_glob import glob_matcher
+from .resp import Encoder, Error, RequestParser
+from .resp_commands import BUSY, execute, keys_of
+from .resp_context import Context
 from .resp_server_commands import Replies
+from .resp_tls import HANDSHAKE_TIMEOUT_S, WANT_WRITE, handshake_step, server_context
+from .waits import Keys, LockWaits
 
 if TYPE_CHECKING:
     from shmkv.events import Event
@@ -53,13 +71,15 @@ if TYPE_CHECKING:
 MAX_OUTPUT_BYTES = 32 << 20
 READ_BYTES = 256 << 10  # per recv(); up to READS_PER_WAKE of them per wake-up and connection
 READS_PER_WAKE = 4
+# TLS: a recv() gives at most one record (16 KiB), so more of them per wake-up; a send() is of
+# at most TLS_WRITE_BYTES (a slice: a copy), as OpenSSL encrypts what it is given whole.
+TLS_READS_PER_WAKE = 64
+TLS_WRITE_BYTES = 256 << 10
 MAX_CLIENTS = 10_000  # Redis's maxclients
-# notify-keyspace-events: the event kinds of the rings and the class letter that selects each
-_EVENT_CLASS = {"set": "$", "del": "g", "expired": "x", "evicted": "e"}
-_ALL_CLASSES = "g$lshzxetd"  # what "A" stands for
 # The poll flags as plain ints: zmq's are enum members, whose & costs a call each (measured:
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+_NO_REPLY = object()
 
 
 class Session:
@@ -74,10 +94,17 @@ class Session:
         self.out = bytearray()
         self.encoder = Encoder(2)
         self.closing = False  # close once the queued output is written
-        self.waits_to_write = False  # registered for POLLOUT: output the socket did not take
         self.channels: set[bytes] = set()
         self.patterns: set[bytes] = set()
         self.authenticated = not ctx.requirepass
+        self.pending: list[list[bytes]] = []  # requests read after the parked one
+        self.parked: CommandJob | None = None  # the request waiting for a lock, if any
+        self.broken: Exception | None = None  # the protocol error after the pending ones
+        self.poll_flags = 0  # what the poller is asked about this connection
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.handshake_deadline_s: float | None = None  # while a TLS handshake is under way
+        self.handshake_wants = ""  # resp_tls.WANT_READ or WANT_WRITE, during it
+        self.read_wants_write = False  # a TLS read stopped until the socket takes a write
         self._ctx = ctx
         self.reset()
 
@@ -103,154 +130,15 @@ class Session:
         self.out += self.encoder.encode(message)
 
 
-class Context:
-    """What every connection's commands share."""
-
-    def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 requirepass: str) -> None:
-        self.cache = cache
-        self.config = config
-        self.host, self.port = host, port
-        self.requirepass = requirepass
-        self.sessions: dict[int, Session] = {}  # fd -> session
-        self.channels: dict[bytes, set[Session]] = {}
-        self.patterns: dict[bytes, tuple[Callable[[bytes], bool], set[Session]]] = {}
-        self.notify_flags = ""
-        self._notify_classes = ""
-        self._keyspace = self._keyevent = False
-        self._dbs: dict[int, shmkv.Cache] = {}
-        self._last_id = 0
-        self.run_id = secrets.token_hex(20)
-        self.started = time.monotonic()
-        self.connections_received = self.commands_processed = self.rejected_connections = 0
-
-    def next_id(self) -> int:
-        self._last_id += 1
-        return self._last_id
-
-    @staticmethod
-    def now_s() -> float:
-        return time.time()  # EXPIREAT and PXAT are Unix times, as the engine's TTLs are
-
-    def db(self, n: int, create: bool = True) -> shmkv.Cache | None:
-        """The handle of database n (collection "db<n>"; 0 is the default collection)."""
-        if n == 0:
-            return self.cache
-        handle = self._dbs.get(n)
-        if handle is None and (create or f"db{n}" in self.cache.collections()):
-            handle = self._dbs[n] = self.cache.collection(f"db{n}")
-        return handle
-
-    def reopen(self, n: int, stale: shmkv.Cache) -> shmkv.Cache:
-        """Database n's handle after `stale` found its collection dropped."""
-        if self._dbs.get(n) is stale:  # the first session to notice replaces it for all
-            del self._dbs[n]
-            stale.close()
-        return self.db(n)  # type: ignore[return-value]  # create=True: never None
-
-    def open_dbs(self) -> Iterable[tuple[int, shmkv.Cache]]:
-        yield 0, self.cache
-        for n in range(1, MAX_DB + 1):
-            handle = self.db(n, create=False)
-            if handle is not None:
-                yield n, handle
-
-    def close(self) -> None:
-        for handle in self._dbs.values():
-            handle.close()
-        self._dbs.clear()
-
-    # --- pub/sub ------------------------------------------------------------------------
-    def set_notify_flags(self, flags: str) -> None:
-        if any(c not in "KEAmn" + _ALL_CLASSES for c in flags):
-            raise ValueError(flags)
-        wanted = set(flags.replace("A", _ALL_CLASSES))
-        classes = "".join(c for c in _ALL_CLASSES if c in wanted)
-        # without K or E nothing is sent, whatever the classes (as in Redis)
-        self._keyspace, self._keyevent = "K" in flags, "E" in flags
-        self._notify_classes = classes if (self._keyspace or self._keyevent) else ""
-        # how Redis shows them back (keyspaceEventsFlagsToString)
-        # m (key misses) and n (new keys) are accepted; the rings have no such events
-        self.notify_flags = ("A" if classes == _ALL_CLASSES else classes) + \
-            ("K" if self._keyspace else "") + ("E" if self._keyevent else "") + \
-            "".join(c for c in "mn" if c in flags)
-
-    @property
-    def listening(self) -> bool:
-        """True while some connection is subscribed to something."""
-        return bool(self.channels or self.patterns)
-
-    def subscribe(self, s: Session, name: bytes, pattern: bool) -> None:
-        if pattern:
-            self.patterns.setdefault(name, (glob_matcher(name), set()))[1].add(s)
-            s.patterns.add(name)
-        else:
-            self.channels.setdefault(name, set()).add(s)
-            s.channels.add(name)
-
-    def unsubscribe(self, s: Session, name: bytes, pattern: bool) -> None:
-        if pattern:
-            s.patterns.discard(name)
-            entry = self.patterns.get(name)
-            if entry is not None:
-                entry[1].discard(s)
-                if not entry[1]:
-                    del self.patterns[name]
-        else:
-            s.channels.discard(name)
-            members = self.channels.get(name)
-            if members is not None:
-                members.discard(s)
-                if not members:
-                    del self.channels[name]
-
-    def receivers(self, channel: bytes) -> int:
-        count = len(self.channels.get(channel, ()))
-        return count + sum(len(members) for match, members in self.patterns.values()
-                           if match(channel))
-
-    def deliver(self, channel: bytes, message: bytes) -> None:
-        for s in self.channels.get(channel, ()):
-            s.queue(Push([b"message", channel, message]))
-        for pattern, (match, members) in self.patterns.items():
-            if members and match(channel):
-                for s in members:
-                    s.queue(Push([b"pmessage", pattern, channel, message]))
-
-    def deliver_events(self, events: Iterable[Event]) -> None:
-        """Channel messages and, as notify-keyspace-events asks, keyspace notifications."""
-        classes = self._notify_classes
-        for event in events:
-            if event.kind == "message":
-                self.deliver(event.key, event.data)
-                continue
-            if not classes or _EVENT_CLASS.get(event.kind, "?") not in classes:
-                continue
-            db = _db_of(event.collection)
-            if db is None:
-                continue
-            kind = event.kind.encode()
-            if self._keyspace:
-                self.deliver(b"__keyspace@%d__:" % db + event.key, kind)
-            if self._keyevent:
-                self.deliver(b"__keyevent@%d__:" % db + kind, event.key)
-
-
-def _db_of(collection: str) -> int | None:
-    if not collection:
-        return 0
-    if collection.startswith("db") and collection[2:].isdigit():
-        n = int(collection[2:])
-        return n if 0 < n <= MAX_DB and collection == f"db{n}" else None
-    return None
-
-
 class RespDoor:
     """The listening socket and the connections; the node's loop calls attach() once, then
     service() with what each poll reported, and close() on the way out."""
 
     def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 requirepass: str = "") -> None:
+                 waits: LockWaits, requirepass: str = "") -> None:
+        """cache: a handle that waits only a moment for a lock; waits: the node's queue of
+        parked requests, which the node's loop retries."""
+        tls = server_context(config)  # before binding: a bad certificate binds nothing
         try:
             self.listener = socket.create_server((host, port), backlog=511,
                                                  family=_family(host), reuse_port=False)
@@ -262,6 +150,11 @@ class RespDoor:
         bound = self.listener.getsockname()
         self.address = f"{host}:{bound[1]}" if ":" not in host else f"[{host}]:{bound[1]}"
         self.ctx = Context(cache, config, host, bound[1], requirepass)
+        self.waits = waits
+        self._parked = waits.queue  # true while any request of either door waits
+        self.tls = tls
+        self._handshaking: dict[int, Session] = {}  # fd -> session, in accept order
+        self._decrypted: set[Session] = set()  # TLS bytes read and not yet parsed
         self._poller: zmq.Poller | None = None
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
 
@@ -282,12 +175,30 @@ class RespDoor:
             s = sessions.get(fd) if type(fd) is int else None
             if s is None:
                 continue
+            if s.handshake_deadline_s is not None:
+                self._handshake(s)
+                continue
             if flags & POLLIN:
                 self._read(s)
             if flags & POLLOUT and fd in sessions:
-                self._write(s)
+                if s.read_wants_write:
+                    s.read_wants_write = False
+                    self._read(s)
+                if fd in sessions:
+                    self._write(s)
             if flags & POLLERR and fd in sessions:
                 self._drop(s)
+        if self.tls is not None:
+            self._tls_upkeep()
+
+    def due(self) -> float:
+        """When the loop must call service() again, with or without anything polled
+        (monotonic seconds): a TLS handshake's deadline, or now for decrypted bytes unread."""
+        if self._decrypted:
+            return 0.0
+        if self._handshaking:  # the first accepted has the first deadline
+            return next(iter(self._handshaking.values())).handshake_deadline_s or 0.0
+        return float("inf")
 
     def deliver_events(self, events: Iterable[Event]) -> None:
         if self.ctx.listening:
@@ -326,16 +237,59 @@ class RespDoor:
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+                except OSError:  # gone already
+                    sock.close()
+                    continue
             s = Session(ctx, sock, f"{peer[0]}:{peer[1]}")
             ctx.sessions[s.fd] = s
-            if self._poller is not None:
-                self._poller.register(s.fd, POLLIN)
+            if s.tls:
+                s.handshake_deadline_s = time.monotonic() + HANDSHAKE_TIMEOUT_S
+                self._handshaking[s.fd] = s
+                self._handshake(s)  # its hello may be there already
+            else:
+                self._watch(s)
+
+    def _handshake(self, s: Session) -> None:
+        try:
+            wants = handshake_step(s.sock)  # type: ignore[arg-type]  # s.tls: an SSLSocket
+        except OSError:  # not TLS, garbage, a certificate refused, or the peer has gone
+            self._drop(s)
+            return
+        if wants is not None:
+            s.handshake_wants = wants
+            self._watch(s)
+            return
+        del self._handshaking[s.fd]
+        s.handshake_deadline_s = None
+        self._watch(s)
+        self._read(s)  # a request may have come with the end of the handshake
+
+    def _tls_upkeep(self) -> None:
+        """Close the connections whose handshake is late; parse what TLS holds decrypted
+        (a readable poll does not show it)."""
+        now = time.monotonic()
+        for s in list(self._handshaking.values()):
+            if now < (s.handshake_deadline_s or 0.0):
+                break  # in accept order: the others are later still
+            self._drop(s)
+        for s in list(self._decrypted):
+            self._decrypted.discard(s)
+            if self.ctx.sessions.get(s.fd) is s and s.parked is None:
+                self._read(s)
 
     def _read(self, s: Session) -> None:
-        for _ in range(READS_PER_WAKE):
+        for _ in range(TLS_READS_PER_WAKE if s.tls else READS_PER_WAKE):
             try:
                 data = s.sock.recv(READ_BYTES)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                s.read_wants_write = True
+                self._watch(s)
                 break
             except OSError:
                 self._drop(s)
@@ -347,20 +301,48 @@ class RespDoor:
                 continue  # a QUIT or a protocol error came before: the rest is not read
             requests = s.parser.parse(data)
             if requests or s.parser.error is not None:
+                s.broken = s.parser.error
                 self._run(s, requests)
                 if s.closing or self.ctx.sessions.get(s.fd) is not s:
                     return
-            if len(data) < READ_BYTES:
+                if s.parked is not None:  # read no more until it is answered
+                    return
+            if len(data) < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
                 break
+        if s.tls and s.sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
+            self._decrypted.add(s)  # read them next round, without a poll
         if s.closing:
             self._write(s)
 
-    def _run(self, s: Session, requests: list[list[bytes]]) -> None:
-        broken = s.parser.error
-        ctx, encode, out = self.ctx, s.encoder._add, []
+    def _run(self, s: Session, requests: list[list[bytes]], first: object = _NO_REPLY) -> None:
+        """Run requests in order until one is parked; those after it wait in s.pending (first:
+        the reply of the one that was parked, answered now, queued before the others')."""
+        ctx, encode, out, waits, parked, busy = \
+            self.ctx, s.encoder._add, [], self.waits, self._parked, BUSY
         queued, counted = len(s.out), 0
+        if first is not _NO_REPLY:
+            if type(first) is Replies:
+                for one in first:  # type: ignore[attr-defined]
+                    encode(one, out)
+            else:
+                encode(first, out)
         for args in requests:
-            reply = execute(ctx, s, args)
+            if not parked:  # nothing waits anywhere: no order to keep, no job to make
+                reply = execute(ctx, s, args)
+                if reply is busy:
+                    job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
+                    job.last_error = ctx.last_lock_timeout
+                    done = waits.park(job)
+            else:
+                job = CommandJob(self, s, args, waits.clock(), keys_of(s, args))
+                done = waits.submit(job)
+                reply = busy
+            if reply is busy:
+                if done is None:  # parked: the rest wait behind it, in order
+                    s.parked = job
+                    s.pending.extend(requests[_index(requests, args) + 1:])
+                    break
+                reply = done[0]
             if type(reply) is Replies:
                 for one in reply:
                     encode(one, out)
@@ -376,8 +358,8 @@ class RespDoor:
             if queued > MAX_OUTPUT_BYTES:
                 self._cut_off(s, queued)
                 return
-        if broken is not None:
-            out.append(b"-ERR " + str(broken).encode("utf-8", "replace") + b"\r\n")
+        if s.broken is not None and s.parked is None and not s.closing:
+            out.append(b"-ERR " + str(s.broken).encode("utf-8", "replace") + b"\r\n")
             s.closing = True
         if out:
             s.out += b"".join(out)
@@ -385,12 +367,30 @@ class RespDoor:
             self.pump()  # this batch's messages reach subscribers before the replies are read
         self._write(s)
 
+    def answered(self, s: Session, job: CommandJob, reply: object) -> None:
+        """A parked command's reply (from the node's retry of waiting requests): queue it,
+        then run the connection's next requests and read again."""
+        if self.ctx.sessions.get(s.fd) is not s or s.parked is not job:
+            return  # the connection has gone meanwhile
+        s.parked = None
+        requests = list(s.pending)
+        s.pending.clear()
+        self._run(s, requests, reply)
+        # What came meanwhile: poll shows it, now that _watch asks for it again, except what a
+        # TLS connection holds decrypted. Not read here: at a stop, answering every parked
+        # command must come to an end (waits.expire_all()), and reading could go on forever.
+        if s.tls and self.ctx.sessions.get(s.fd) is s:
+            self._decrypted.add(s)
+
     def _write(self, s: Session, flush_only: bool = False) -> None:
         out = s.out
         while out:
             try:
-                sent = s.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+                # a TLS write wanting more socket space is retried with the same first bytes
+                # (out only grows at its end until they are sent), as OpenSSL requires
+                sent = s.sock.send(out[:TLS_WRITE_BYTES] if s.tls else out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
                 break
             except OSError:
                 self._drop(s)
@@ -402,11 +402,24 @@ class RespDoor:
             self._drop(s)
         elif len(out) > MAX_OUTPUT_BYTES:
             self._cut_off(s, len(out))
-        elif self._poller is not None and bool(out) != s.waits_to_write \
-                and s.fd in self.ctx.sessions:
-            # ask about writability only while something waits: else poll would spin
-            s.waits_to_write = bool(out)
-            self._poller.register(s.fd, POLLIN | (POLLOUT if out else 0))
+        elif s.fd in self.ctx.sessions:
+            self._watch(s)
+
+    def _watch(self, s: Session) -> None:
+        """Ask the poller about what the connection waits for: readability unless a parked
+        command holds it up, writability only while output waits (else poll would spin)."""
+        if s.handshake_deadline_s is not None:
+            flags = POLLOUT if s.handshake_wants == WANT_WRITE else POLLIN
+        else:
+            flags = (0 if s.parked is not None else POLLIN) | \
+                (POLLOUT if s.out or s.read_wants_write else 0)
+        if flags == s.poll_flags or self._poller is None:
+            return
+        if flags:
+            self._poller.register(s.fd, flags)
+        else:  # pyzmq's register(fd, 0) would unregister too; say it
+            self._poller.unregister(s.fd)
+        s.poll_flags = flags
 
     def _cut_off(self, s: Session, queued: int) -> None:
         """A client that does not read what it asked for: closed, so the node stays bounded."""
@@ -417,18 +430,67 @@ class RespDoor:
     def _drop(self, s: Session) -> None:
         if self.ctx.sessions.pop(s.fd, None) is None:
             return
+        self._handshaking.pop(s.fd, None)
+        self._decrypted.discard(s)
         for name in list(s.channels):
             self.ctx.unsubscribe(s, name, False)
         for name in list(s.patterns):
             self.ctx.unsubscribe(s, name, True)
-        if self._poller is not None:
+        if self._poller is not None and s.poll_flags:
             self._poller.unregister(s.fd)
+        s.poll_flags = 0
         s.out.clear()
+        s.pending.clear()
         s.sock.close()
+
+
+def _index(requests: list[list[bytes]], args: list[bytes]) -> int:
+    """Where args is in requests (by identity: a pipeline may repeat a request)."""
+    return next(i for i, one in enumerate(requests) if one is args)
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+@dataclass(slots=True, eq=False)
+class CommandJob:
+    """A command of one connection, as the node's queue of waiting requests sees it (waits.py's
+    Job). Its replies are 1-tuples: a command's reply may be None (a nil), which to the queue
+    means "still busy"."""
+
+    door: RespDoor
+    session: Session
+    args: list[bytes]
+    received_s: float
+    keys: Keys
+    payload_bytes: int = field(init=False)
+    budget_s: float | None = None  # a Redis client does not say how long it waits
+    last_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.payload_bytes = sum(map(len, self.args))
+
+    @property
+    def op(self) -> str:
+        return self.args[0].decode("utf-8", "replace").lower()[:64]
+
+    def attempt(self) -> tuple[object] | None:
+        ctx = self.door.ctx
+        reply = execute(ctx, self.session, self.args)
+        if reply is BUSY:
+            self.last_error = ctx.last_lock_timeout
+            return None
+        return (reply,)
+
+    def refuse(self, message: str, timed_out: bool) -> tuple[object]:
+        if timed_out:
+            message += (f", to the node's lock timeout of {self.door.waits.lock_timeout_s:g} "
+                        "s. If that process is stopped or stuck, stop it")
+        return (Error("LOCKTIMEOUT " + message.replace("\r", " ").replace("\n", " ")),)
+
+    def answer(self, reply: tuple[object]) -> None:
+        self.door.answered(self.session, self, reply[0])
 
 
 class EventTee:
@@ -450,4 +512,4 @@ class EventTee:
         return self._source.lost  # type: ignore[no-any-return]
 
 
-__all__ = ["Context", "EventTee", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]
+__all__ = ["CommandJob", "Context", "EventTee", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]

@@ -217,7 +217,9 @@ def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
             "uptime_in_days": int((time.monotonic() - ctx.started) // 86400),
             "region": stats["region"], "engine": stats["engine"]},
         "clients": lambda: {
-            "connected_clients": len(ctx.sessions), "blocked_clients": 0,
+            # blocked: a command of theirs waits for a busy lock (resp_door.py)
+            "connected_clients": len(ctx.sessions),
+            "blocked_clients": sum(1 for c in ctx.sessions.values() if c.parked is not None),
             "pubsub_clients": sum(1 for c in ctx.sessions.values() if c.subscribed)},
         "memory": lambda: {
             "used_memory": stats["arena_used_bytes"],

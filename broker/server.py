@@ -17,6 +17,7 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       replication        -> the role's work (roles.py: a Source answers replicas, a Replica's
                             round is due); with etcd, the election loop (failover.py)
       watchdog due       -> tell the supervisor the loop is alive (when it asked for that)
+      SIGHUP             -> read the CurveZMQ allow-list again (auth.py), log how many keys
       stop signal        -> leave the loop
 
 Hostile clients. The ROUTER drops the connection of a client that sends a frame over the
@@ -41,6 +42,8 @@ so a stop signal arriving while a request waits for a region lock would fail tha
 the stop signals stay blocked except while the loop sleeps in poll(); their handlers only
 record the signal, and signal.set_wakeup_fd() makes a socket the poller watches readable, which
 ends the poll. A request the node has received is therefore always answered before it stops.
+SIGHUP is handled the same way (blocked outside poll, recorded, acted on by the loop between
+requests), so a reload never interrupts a request either.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from . import protocol
+from . import protocol, resp_tls
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
 from .dispatch import Dispatcher
@@ -77,12 +80,15 @@ from .pubsub import Publisher
 from .replication import Replica, Stopped
 from .resp_door import EventTee, RespDoor
 from .roles import Roles
-from .waits import TRY_LOCK_S, LockWaits
+from .waits import TRY_LOCK_S, LockWaits, RequestJob
 
 if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
     from .failover import Failover
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
+RELOAD_SIGNAL = signal.SIGHUP
+HANDLED_SIGNALS = (*STOP_SIGNALS, RELOAD_SIGNAL)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
 # flood of requests must not starve maintenance or delay a stop for long.
 MAX_BATCH = 64
@@ -137,6 +143,7 @@ class _Node:
         self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
         self._requests: shmkv.Cache  # the requests' handle (run() opens it)
         self._maintain_failing = False
+        self._curve: CurveServer | None = None
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -155,6 +162,8 @@ class _Node:
                     curve = CurveServer(context, self.config.curve_secret_key,
                                         self.config.curve_allow)
                     curve.secure(router)
+                    self._curve = curve
+                resp_tls.server_context(self.config)  # its files checked before any bind
                 # before binding: a listener gives its connections the options it was bound with
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
@@ -185,7 +194,7 @@ class _Node:
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
-                    door = self._open_door(cache)
+                    door = self._open_door(requests)
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too
                         door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
@@ -258,6 +267,8 @@ class _Node:
             wake_at = min(wake_at, roles.due())
             if self.failover is not None:
                 wake_at = min(wake_at, self.failover.due())
+            if door is not None:
+                wake_at = min(wake_at, door.due())  # TLS handshakes' deadlines
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -265,14 +276,14 @@ class _Node:
                 ready = dict(poller.poll(timeout_ms))
             if stop.wakeup_fd in ready:
                 stop.drain()
+            if stop.take_reload():
+                self._reload()
             if publisher.socket in ready:
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
             if time.monotonic() >= waits.due():
-                self._send(router, waits.retry(dispatcher.attempt,
-                                               lambda: dispatcher.last_lock_timeout),
-                           publisher, events)
+                waits.retry()  # both doors' parked requests: each is answered by its door
             if door is not None:
                 door.service(ready)
             roles.service(ready)
@@ -289,7 +300,8 @@ class _Node:
                 self._notify_alive()
                 self._next_watchdog = now + (self._watchdog_s or math.inf)
         # a received request is answered before the node stops, if only with LockTimeout
-        self._send(router, waits.expire_all(dispatcher.last_lock_timeout), publisher, events)
+        while waits.expire_all():  # an answer may run its connection's next commands,
+            pass                   # which may wait in turn (resp_door.py): until none does
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
@@ -304,9 +316,12 @@ class _Node:
             if isinstance(decoded, protocol.Reply):
                 reply: protocol.Reply | None = decoded
             else:
-                reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
-                                           lambda: dispatcher.last_lock_timeout)
-            if reply is not None:  # else parked: waits.py answers it later
+                reply = self._waits.submit(RequestJob(
+                    routing_id, decoded, started, dispatcher,
+                    lambda rid, late, at: self._send(router, [(rid, late, at)], publisher,
+                                                     events),
+                    self._waits.lock_timeout_s))
+            if reply is not None:  # else parked: waits.py answers it later (the lambda)
                 self._send(router, [(routing_id, reply, started)], publisher, events)
 
     def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
@@ -325,9 +340,8 @@ class _Node:
     def _maintain(self, cache: shmkv.Cache) -> None:
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
         # node's lock timeout, a stopped local process holding it would stall the loop for 5 s
-        # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's.
-        # Then the main handle's counts (the RESP door reads through it): the lock was free
-        # a moment ago.
+        # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's
+        # (both doors read through it). Then the main handle's: the lock was free a moment ago.
         try:
             self._requests.maintain()
             cache.maintain(max_slots=1)
@@ -338,6 +352,20 @@ class _Node:
             self._maintain_failing = True
         else:
             self._maintain_failing = False
+
+    def _reload(self) -> None:
+        """SIGHUP: the CurveZMQ allow-list again, from the next handshake on (auth.py)."""
+        if self._curve is None:
+            self._emit("reload", curve=False,
+                       message="SIGHUP: nothing to reload (CurveZMQ is off)")
+            return
+        try:
+            count = self._curve.reload()
+        except ShmKVError as exc:
+            self._emit("reload_failed", curve=True, directory=self.config.curve_allow,
+                       error=type(exc).__name__, message=str(exc))
+            return
+        self._emit("reload", curve=True, directory=self.config.curve_allow, keys=count)
 
     # --- seams for the supervisor and the metrics ----------------------------------------
     def _notify_ready(self) -> None:
@@ -388,12 +416,14 @@ class _Node:
         if self.notifier is not None:
             self.notifier.stopping("stopping")
 
-    def _open_door(self, cache: shmkv.Cache) -> RespDoor | None:
-        """The Redis-protocol door, if configured."""
+    def _open_door(self, requests: shmkv.Cache) -> RespDoor | None:
+        """The Redis-protocol door, if configured: on the requests' handle, which waits only
+        a moment for a lock, parking what finds one busy in the same queue (waits.py)."""
         address = resp_address(self.config)
         if address is None:
             return None
-        return RespDoor(cache, self.config, *address, requirepass=self.config.requirepass)
+        return RespDoor(requests, self.config, *address, self._waits,
+                        requirepass=self.config.requirepass)
 
     def _start_metrics(self, cache: shmkv.Cache) -> str | None:
         """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""
@@ -495,18 +525,20 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 
 
 class _StopSignals:
-    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable()."""
+    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable();
+    SIGHUP the same way, as a request to reload (take_reload())."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._reloads = 0  # SIGHUPs recorded and not yet taken
         self.wakeup, self._wakeup_w = socket.socketpair()
         self.wakeup_fd = self.wakeup.fileno()
 
     def __enter__(self) -> _StopSignals:
         for sock in (self.wakeup, self._wakeup_w):
             sock.setblocking(False)  # set_wakeup_fd needs it; drain() relies on it
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        self._previous = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
         self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(),
                                                  warn_on_full_buffer=False)
         return self
@@ -514,7 +546,7 @@ class _StopSignals:
     def __exit__(self, *exc: object) -> None:
         # Unblock first: a signal that came during the shutdown goes to _record, not to the
         # default action (which would kill the node before it exits 0).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -522,8 +554,15 @@ class _StopSignals:
         self._wakeup_w.close()
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:  # the first one names the stop
+        if signum == RELOAD_SIGNAL:
+            self._reloads += 1
+        elif self.received is None:  # the first one names the stop
             self.received = signum
+
+    def take_reload(self) -> bool:
+        """True once per burst of SIGHUPs since the last call (one reload reads it all)."""
+        asked, self._reloads = bool(self._reloads), 0
+        return asked
 
     def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """Poll with the stop signals deliverable; False once one has arrived."""
@@ -533,11 +572,11 @@ class _StopSignals:
 
     @contextmanager
     def deliverable(self) -> Iterator[None]:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
     def drain(self) -> None:
         try:

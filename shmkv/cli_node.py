@@ -77,7 +77,8 @@ def serve(
         "changed (0: only at stop). (default: $SHMKV_SNAPSHOT_INTERVAL_S, else 300)")] = None,
     allow_remote: Annotated[bool | None, _node_option(
         "--allow-remote/--no-allow-remote", "Allow non-loopback addresses in the endpoints; "
-        "they must be protected by CurveZMQ (--curve-secret-key, --curve-allow). "
+        "they must be protected by CurveZMQ (--curve-secret-key, --curve-allow), the "
+        "Redis-protocol door by --requirepass and TLS (--resp-tls-cert, --resp-tls-key). "
         "(default: $SHMKV_ALLOW_REMOTE, else no)")] = None,
     curve_secret_key: Annotated[str | None, _node_option(
         "--curve-secret-key", "The node's CurveZMQ secret key file (PATH.key_secret from "
@@ -85,13 +86,24 @@ def serve(
         "--curve-allow. (default: $SHMKV_CURVE_SECRET_KEY, else off)", metavar="FILE")] = None,
     curve_allow: Annotated[str | None, _node_option(
         "--curve-allow", "Directory of the public key files (*.key) of the clients admitted; "
-        "read at start. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
+        "read at start and on SIGHUP. (default: $SHMKV_CURVE_ALLOW)", metavar="DIR")] = None,
     resp_bind: Annotated[str | None, _node_option(
         "--resp-bind", "host:port of the Redis-protocol door (port 0 picks a free one), or "
         "off. (default: $SHMKV_RESP_BIND, else off)", metavar="HOST:PORT")] = None,
     requirepass: Annotated[str | None, _node_option(
         "--requirepass", "Password Redis-protocol clients must give with AUTH. "
         "(default: $SHMKV_REQUIREPASS, else none)", metavar="PASSWORD")] = None,
+    resp_tls_cert: Annotated[str | None, _node_option(
+        "--resp-tls-cert", "PEM certificate (chain) of the Redis-protocol door: with "
+        "--resp-tls-key, every connection to it is TLS. (default: $SHMKV_RESP_TLS_CERT, else "
+        "off)", metavar="FILE")] = None,
+    resp_tls_key: Annotated[str | None, _node_option(
+        "--resp-tls-key", "PEM private key of --resp-tls-cert. (default: $SHMKV_RESP_TLS_KEY)",
+        metavar="FILE")] = None,
+    resp_tls_ca: Annotated[str | None, _node_option(
+        "--resp-tls-ca", "PEM CA certificates: Redis-protocol clients must present a "
+        "certificate signed by one. (default: $SHMKV_RESP_TLS_CA, else none asked)",
+        metavar="FILE")] = None,
     repl_bind: Annotated[str | None, _node_option(
         "--repl-bind", "ZeroMQ endpoint on which this node serves replicas of its region, or "
         "off. (default: $SHMKV_REPL_BIND, else off)", metavar="ENDPOINT")] = None,
@@ -137,6 +149,8 @@ def serve(
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
              "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
+             "resp_tls_cert": resp_tls_cert, "resp_tls_key": resp_tls_key,
+             "resp_tls_ca": resp_tls_ca,
              "repl_bind": repl_bind, "replica_of": replica_of, "etcd": etcd,
              "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
              "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s}

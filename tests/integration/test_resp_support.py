@@ -38,7 +38,7 @@ def resp_node(*options: str) -> Iterator[tuple[Node, str]]:
 def client(node: Node, **kwargs: object) -> redis.Redis:
     host, port = resp_address(node)
     return redis.Redis(host=host, port=port, single_connection_client=True,
-                       socket_timeout=10, **kwargs)
+                       **{"socket_timeout": 10, **kwargs})
 
 
 def free_port() -> int:

@@ -43,6 +43,7 @@ FILE_VALUES: dict[str, Any] = {
     "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
     "ipc_dir": "/run/shmkv",
     "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
+    "resp_tls_cert": "file.crt", "resp_tls_key": "file.pem", "resp_tls_ca": "file-ca.pem",
     "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006",
     "etcd": "http://127.0.0.1:2379,http://127.0.0.2:2379", "cluster": "file-cluster",
     "advertise": "tcp://10.0.0.1:7007", "lease_ttl_s": 20, "loop_interval_s": 2,
@@ -55,6 +56,7 @@ ENV_VALUES = {
     "flush_interval_s": "0.5", "snapshot_path": "env.snap", "snapshot_interval_s": "0",
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
     "resp_bind": "[::1]:7014", "requirepass": "env-secret",
+    "resp_tls_cert": "env.crt", "resp_tls_key": "env.pem", "resp_tls_ca": "env-ca.pem",
     "repl_bind": "ipc:///run/shmkv/env-repl.sock", "replica_of": "tcp://localhost:7016",
     "etcd": "https://etcd.example:2379", "cluster": "env-cluster",
     "advertise": "tcp://10.0.0.1:7017", "lease_ttl_s": "30", "loop_interval_s": "0.5",
@@ -68,6 +70,7 @@ CLI_VALUES: dict[str, Any] = {
     "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
     "ipc_dir": "/nonexistent/ipc",
     "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
+    "resp_tls_cert": "flag.crt", "resp_tls_key": "flag.pem", "resp_tls_ca": "flag-ca.pem",
     "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
     "etcd": "http://[::1]:2379", "cluster": "flag-cluster", "advertise": "tcp://10.0.0.1:7027",
     "lease_ttl_s": 40, "loop_interval_s": 3.0, "retry_timeout_s": 3.5,
@@ -317,11 +320,30 @@ def test_non_loopback_metrics_address_is_refused_whatever_else_is_set(env: dict[
     assert "ssh tunnel" in str(info.value)
 
 
-@pytest.mark.parametrize("env", [{}, {"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV}])
-def test_non_loopback_resp_address_is_refused_whatever_else_is_set(env: dict[str, str]) -> None:
-    """requirepass sends the password in the clear, and the door has no TLS yet."""
-    with pytest.raises(shmkv.ConfigError, match="resp_bind has no encrypted authentication"):
-        load_config({"resp_bind": "0.0.0.0:6379", "requirepass": "pw"}, env=env)
+TLS_ENV = {"SHMKV_RESP_TLS_CERT": "door.crt", "SHMKV_RESP_TLS_KEY": "door.key"}
+
+
+@pytest.mark.parametrize("env, missing", [
+    ({}, "allow_remote"),
+    ({"SHMKV_ALLOW_REMOTE": "1", **CURVE_ENV}, "resp_bind is not protected"),
+    ({"SHMKV_ALLOW_REMOTE": "1", **TLS_ENV}, "resp_bind is not protected"),  # no password
+])
+def test_non_loopback_resp_address_needs_allow_remote_requirepass_and_tls(
+        env: dict[str, str], missing: str) -> None:
+    given = {"resp_bind": "0.0.0.0:6379"}
+    if "SHMKV_RESP_TLS_CERT" not in env:
+        given["requirepass"] = "pw"  # requirepass alone would send it in the clear
+    with pytest.raises(shmkv.ConfigError, match=missing) as info:
+        load_config(given, env=env)
+    assert "--resp-tls-cert" in str(info.value) or "--allow-remote" in str(info.value)
+
+
+def test_non_loopback_resp_address_is_served_with_allow_remote_requirepass_and_tls() -> None:
+    config = load_config({"resp_bind": "0.0.0.0:6379", "requirepass": "pw"},
+                         env={"SHMKV_ALLOW_REMOTE": "1", **TLS_ENV})
+    [door] = [d for d in doors(config) if d.key == "resp_bind"]
+    assert (door.local, door.protected) == (False, True)
+    assert (config.resp_tls_cert, config.resp_tls_key) == ("door.crt", "door.key")
 
 
 def test_doors_lists_each_endpoint_with_whether_it_is_local_and_protected() -> None:
