@@ -5,6 +5,8 @@ set_many of large batches riding on it."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fake_node import FakeNode
 from node_process import running_node
@@ -62,9 +64,14 @@ def test_get_many_and_set_many_of_large_batches_ride_on_a_pipeline(region_name,
         remote.set_many(items)
         assert remote.get_many([*items, "absent"]) == items
         host, port = node.ready["metrics"].rsplit(":", 1)
-        samples = scrape(int(port), host)
-    for op in ("set_many", "get_many"):  # 3 batches each
-        assert samples[("shmkv_requests_total", (("command", op), ("outcome", "ok")))] == 3
+        ok = {op: ("shmkv_requests_total", (("command", op), ("outcome", "ok")))
+              for op in ("set_many", "get_many")}
+        # the node counts a request just after its reply is sent: wait for the last count
+        deadline = time.monotonic() + WAIT_S
+        while (samples := scrape(int(port), host)).get(ok["get_many"], 0) < 3:
+            assert time.monotonic() < deadline, "the node did not count the batches"
+            time.sleep(0.01)
+    assert [samples[ok[op]] for op in ("set_many", "get_many")] == [3, 3]  # 3 batches each
 
 
 # --- a fake node: in flight, timeouts, late replies ------------------------------------------
