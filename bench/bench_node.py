@@ -4,7 +4,8 @@ from many client processes.
 Starts a node (`shmkv serve`, tcp on 127.0.0.1 and ipc:// in a temporary directory) and a
 redis-server on 127.0.0.1, fills both with the same keys (16 B keys, --value-bytes values), and
 measures, in alternating rounds so that every system sees the same machine weather:
-  * get: one key, one client (RemoteCache over tcp and over ipc; redis-py GET over tcp);
+  * get: one key, one client (RemoteCache over tcp and over ipc; redis-py GET over tcp; and
+    the floor: the same two frames sent to a bare pyzmq ROUTER that sends them back);
   * batch of --batch: RemoteCache.get_many (one message) vs MGET;
   * pipeline of --batch: that many gets in a RemoteCache pipeline vs a redis-py pipeline of
     GETs (transaction=False);
@@ -54,6 +55,38 @@ except ImportError:  # a peer, not a dependency
     redis = None
 
 TCP, IPC, REDIS = "shmkv tcp", "shmkv ipc", "redis-py (hiredis)"
+FLOOR = "bare pyzmq echo, tcp"
+# The floor of a ZeroMQ round trip from Python: a ROUTER that sends back each message as it
+# came, in a loop of pyzmq's recv_multipart/send_multipart, no decoding, no region.
+ECHO = """
+import sys, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.bind("tcp://127.0.0.1:*")
+print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+while True:
+    sock.send_multipart(sock.recv_multipart())
+"""
+
+
+@contextlib.contextmanager
+def bare_echo() -> Iterator[Callable[[bytes], object]]:
+    """A get of the floor: one message of a request's size to ECHO and back."""
+    import zmq
+    proc = subprocess.Popen([sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(proc.stdout.readline().strip())  # type: ignore[union-attr]
+
+        def get(key: bytes) -> object:
+            sock.send_multipart([b"SHMKV/2" + bytes(23), key])
+            return sock.recv_multipart()
+        yield get
+    finally:
+        sock.close()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
@@ -135,7 +168,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, f
     notes = []
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-node-") as tmp, \
             running_node(256 << 20, os.path.join(tmp, "ipc")) as node, \
-            running_redis(Path(tmp)) as redis_port, contextlib.ExitStack() as clients:
+            running_redis(Path(tmp)) as redis_port, bare_echo() as echo, \
+            contextlib.ExitStack() as clients:
         endpoints = {TCP: node["endpoint"], IPC: node["ipc_endpoint"]}
         systems: dict[str, dict[str, Callable]] = {}
         for name, endpoint in endpoints.items():
@@ -151,6 +185,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, f
         else:
             notes.append("redis missing (apt-get install redis-server; pip install redis "
                          "hiredis): its rows are absent")
+        systems[FLOOR] = {"get": echo}
         sizes = {"get": (args.gets, 1), f"batch of {args.batch}": (args.batches, args.batch),
                  f"pipeline of {args.batch}": (args.batches, args.batch)}
         sizes.update({op: (args.big_batches, args.big_batch) for op in systems[TCP]
@@ -265,6 +300,8 @@ def report(samples: dict[str, list[int]], throughput: dict[str, float],
             return f"{system} {op}: {ratio:.2f}x redis-py's throughput{met}"
 
         checks += [latency(TCP, "get", 1.15), latency(IPC, "get", 1.0),
+                   f"{FLOOR} get (no node: the floor under a ZeroMQ door from Python): "
+                   f"{med[f'{FLOOR}|get'] / med[f'{REDIS}|get']:.2f}x redis-py's median",
                    speed(TCP, f"batch of {batch}", 1.0), speed(IPC, f"batch of {batch}", 1.0),
                    speed(TCP, f"pipeline of {batch}", None),
                    speed(IPC, f"pipeline of {batch}", None)]
@@ -306,7 +343,8 @@ def main() -> None:
     load = os.getloadavg()
     samples, throughput, notes = measure(args)
     rows, checks = report(samples, throughput, args.batch, args.big_batch)
-    notes = [*checks, "ratio = median / redis-py's median of the same op (latency rows), "
+    notes = [*checks, "ratio (the column is against redis here, not shmkv) = median / "
+             "redis-py's median of the same op (latency rows), "
              "redis-server's ops/s / this row's (throughput rows): below 1 is faster than "
              "Redis; ops/s counts keys", f"big batch: {args.big_batch} keys; throughput: best "
              f"of {args.rounds} runs of {args.seconds} s each; loopback, client and servers "
