@@ -12,17 +12,17 @@ Request (client -> node) and reply (node -> client)
                                         then the header in the same frame (forms below)
     1..    payload                      raw bytes, one frame per key or value (table below)
 
-Every frame costs each side a few microseconds (libzmq and pyzmq, per frame and per side), so a
-message has no frame that carries nothing: the tag leads the header frame, and there is no
-empty delimiter (version 1 had both: a get was 4 frames out and 5 back, now 2 and 2). The tag
-is still read before the header is parsed, so a message of another version gets an error reply
-(ProtocolError) naming both versions. Version 1's envelope (an empty frame, then a tag frame)
-is recognised and answered in that envelope (b"", b"SHMKV/2", a JSON error header), which a
-version 1 client reads as "protocol version mismatch"; a version 1 node answers a version 2
-request the same way, and this side raises ProtocolError saying so. Values never go through
-the header: each travels as its own frame, which the node hands to the region as a view of the
-received message (one copy, into the arena) and sends from the bytes it read (zero-copy above
-pyzmq's copy threshold, 64 KiB).
+Every frame costs each side about a microsecond of libzmq and pyzmq (more with pyzmq's
+send_multipart and its enum flags), so a message has no frame that carries nothing: the tag
+leads the header frame, and there is no empty delimiter (version 1 had both: a get was 4 frames
+out and 5 back, now 2 and 2). The tag is still read before the header is parsed, so a message of
+another version gets an error reply (ProtocolError) naming both versions. Version 1's envelope
+(an empty frame, then a tag frame) is recognised and answered in that envelope (b"", b"SHMKV/2",
+a JSON error header), which a version 1 client reads as "protocol version mismatch"; a version 1
+node answers a version 2 request the same way, and this side raises ProtocolError saying so.
+Values never go through the header: each travels as its own frame, which the node hands to the
+region as a view of the received message (one copy, into the arena) and sends from the bytes it
+read (zero-copy above pyzmq's copy threshold, 64 KiB).
 
 Header forms. The byte after the tag says which:
     first byte  form      what
