@@ -67,7 +67,8 @@ class Dispatcher:
     def decode(self, frames: Sequence[Buffer]) -> Request | Reply:
         """The request, or the error reply to a message that is not one."""
         try:
-            return protocol.decode_request(frames)
+            return protocol.decode_request(
+                frames, self.limits["max_reply_bytes"] if self.limits is not None else None)
         except (ProtocolError, RequestTooLarge) as exc:
             return protocol.error_reply(protocol.request_id_of(frames), exc, op="invalid")
 
@@ -85,7 +86,7 @@ class Dispatcher:
         return Reply(request.id, result, out, op=request.op)
 
     def _run(self, request: Request) -> Result:
-        if self.limits is not None:
+        if self.limits is not None and request.max_reply_bytes is None:  # not from decode
             request = dataclasses.replace(request,
                                           max_reply_bytes=self.limits["max_reply_bytes"])
         admin = _ADMIN.get(request.op)

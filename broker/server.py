@@ -102,9 +102,10 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
-# Replies queued to one client before the ROUTER drops more (a RemoteCache has one request in
-# flight; a client that sends more without reading loses the replies past this), and requests
-# queued from one client before libzmq stops reading its connection.
+# Replies queued to one client before the ROUTER drops more (a RemoteCache keeps at most
+# protocol.MAX_IN_FLIGHT = SEND_HWM/2 requests in flight; a client that sends more without
+# reading loses the replies past this), and requests queued from one client before libzmq
+# stops reading its connection.
 SEND_HWM = 16
 RECEIVE_HWM = 64
 
@@ -448,23 +449,35 @@ class _Node:
         self.out.flush()
 
 
+# Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each in the hot path.
+_NOBLOCK, _SNDMORE, _RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
+
+
 def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
-    """Send a reply; drop it if its client has gone or has SEND_HWM replies unread. The
-    count libzmq checks lags behind what the client has read (its connection's thread tells
-    the socket every SEND_HWM/2 messages, through a queue the socket reads when it is used),
-    so a full pipe is checked again after reading that queue, or a client that reads every
-    reply would lose one now and then."""
+    """Send a reply (its routing id first); drop it if its client has gone or has SEND_HWM
+    replies unread. The count libzmq checks lags behind what the client has read (its
+    connection's thread tells the socket every SEND_HWM/2 messages, through a queue the socket
+    reads when it is used), so a full pipe is checked again after reading that queue, or a
+    client that reads every reply would lose one now and then. ROUTER_MANDATORY refuses a
+    message on its first frame or not at all, so the frames are sent one by one (cheaper than
+    send_multipart) once the routing id is accepted; those above pyzmq's copy threshold go
+    without a copy."""
     for attempt in range(2):
         try:
-            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
-            return
+            router.send(frames[0], _NOBLOCK | _SNDMORE)
+            break
         except zmq.Again:
-            if attempt == 0:
-                router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
+            if attempt == 1:
+                return
+            router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
                 return
             raise
+    last = len(frames) - 1
+    for i in range(1, last):
+        router.send(frames[i], _SNDMORE, copy=False)
+    router.send(frames[last], 0, copy=False)
 
 
 def _arena_bytes_to_serve(config: NodeConfig) -> int:
@@ -483,28 +496,34 @@ def _arena_bytes_to_serve(config: NodeConfig) -> int:
     return config.arena_bytes
 
 
-def _receive(router: zmq.Socket) -> tuple[zmq.Frame, list[zmq.Frame] | protocol.Reply] | None:
-    """(routing id, the message's frames) of the next message, or None if none waits. A
-    message of more than MAX_FRAMES frames is read to its end and dropped frame by frame,
-    never held whole (a million empty frames are 2 MB on the wire and ~600 MB as Python
-    objects): the error reply that answers it comes instead of its frames."""
+def _receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | None:
+    """(routing id, the message's frames) of the next message, or None if none waits. The
+    header frame comes as bytes (small, and parsed at once), the payload frames as zmq.Frames,
+    so that a value reaches the arena with one copy. A message of more than MAX_FRAMES frames
+    is read to its end and dropped frame by frame, never held whole (a million empty frames are
+    2 MB on the wire and ~600 MB as Python objects): the error reply that answers it comes
+    instead of its frames."""
     try:
-        routing_id = router.recv(zmq.NOBLOCK, copy=False)
+        routing_id = router.recv(_NOBLOCK)
     except zmq.Again:
         return None
-    frames: list[zmq.Frame] = []
+    frames: list[Any] = []
     # a multipart message is delivered whole, so its other frames are there: no waiting
-    more = routing_id.more
+    more = router.get(_RCVMORE)
+    if more:
+        frames.append(router.recv(0))
+        more = router.get(_RCVMORE)
     while more and len(frames) < protocol.MAX_FRAMES:
-        frames.append(router.recv(copy=False))
-        more = frames[-1].more
+        frame = router.recv(0, copy=False)
+        frames.append(frame)
+        more = frame.more
     if not more:
         return routing_id, frames
     # recv_into a scratch buffer: no object per frame, and half the time of recv() (~1 us a
     # frame: the loop serves nobody meanwhile, and a message is all there or not at all)
     dropped, scratch = 0, bytearray(64)
-    recv_into, option = router.recv_into, router.getsockopt
-    while option(zmq.RCVMORE):
+    recv_into, option = router.recv_into, router.get
+    while option(_RCVMORE):
         recv_into(scratch)
         dropped += 1
     return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(

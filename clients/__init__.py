@@ -11,7 +11,9 @@ Installed as `shmkv.clients`.
         message = sub.get_message(timeout_s=1.0)
 """
 
+from .pipeline import Pipeline, RemoteFuture
 from .remote import DEFAULT_ENDPOINT, RemoteCache
 from .subscribe import DEFAULT_PUB_ENDPOINT, Message, Subscriber
 
-__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_PUB_ENDPOINT", "Message", "RemoteCache", "Subscriber"]
+__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_PUB_ENDPOINT", "Message", "Pipeline", "RemoteCache",
+           "RemoteFuture", "Subscriber"]

@@ -10,8 +10,8 @@ the call's time is up (timeout_s x (retries + 1)).
 
 What is sent again after that, and what is not:
   * ReadOnlyReplica: anything (the node refused it before changing anything).
-  * no reply: only requests in IDEMPOTENT (reads, set, delete, expire, ...), which give the
-    same result when applied twice; any other (incr, cas, append, getdel, rename, ...) raises
+  * no reply: only requests in protocol.RESENDABLE (reads, set, delete, expire, ...), which
+    give the same result when applied twice; any other (incr, cas, append, getdel, rename, ...) raises
     OutcomeUnknown, a RemoteUnavailable: it may have been applied, and the caller decides.
 """
 
@@ -21,14 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from shmkv.broker.protocol import RESENDABLE
 from shmkv.errors import OutcomeUnknown, ReadOnlyReplica, RemoteUnavailable
 
-# Requests that may be applied twice with the same outcome: sent again after no reply.
-IDEMPOTENT = frozenset({
-    "ping", "get", "get_with_version", "contains", "len", "keys", "ttl", "stats", "get_many",
-    "get_array", "collections", "strlen", "type", "set", "set_many", "set_array", "delete",
-    "expire", "persist", "collection",
-})
 FIND_PAUSE_S = 0.05  # between two passes over the nodes while none says it is the primary
 
 
@@ -65,6 +60,12 @@ class Primary:
             link.close()
         self.closed = True
 
+    def connection(self) -> Link:
+        """The primary's own connection (for a pipeline, whose requests are in flight on one
+        connection: an error after a failover reaches its futures, nothing is sent again)."""
+        deadline = time.monotonic() + self.links[0].timeout_s * (self.retries + 1)
+        return self.current or self._find(deadline, "pipeline")
+
     def call(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> Any:
         deadline = time.monotonic() + self.links[0].timeout_s * (self.retries + 1)
         while True:
@@ -77,7 +78,7 @@ class Primary:
                     raise
             except RemoteUnavailable as exc:
                 self.current = None
-                if op not in IDEMPOTENT:
+                if op not in RESENDABLE:
                     raise OutcomeUnknown(
                         f"{op} got no reply from the primary {link.endpoint}: it may or may "
                         "not have been applied, and was not sent again (it is not safe to "

@@ -13,10 +13,26 @@ later) and sends the request again on a fresh one, up to `retries` times, then r
 RemoteUnavailable. Each request carries an id; a reply with another id (the late reply to a
 request given up on) is discarded.
 
+Pipelining. A call waits for its reply before the next is sent: one round trip each. A
+pipeline sends without waiting, up to protocol.MAX_IN_FLIGHT requests in flight, and hands
+out futures:
+
+    with cache.pipeline() as p:
+        a, b = p.get("a"), p.set("b", b"2")
+    a.result()                                # b"..." (or raises what that request raised)
+
+Replies are matched to requests by id and come in the order the requests were sent; an error
+in one request is raised by its own result() only. Leaving the `with` block waits for the
+replies still due (an exception leaving it abandons them: their late replies are dropped).
+get_many and set_many of more than BATCH_KEYS keys send their batches pipelined.
+
 What that means for callers:
   * A retried request may have been applied already: its reply, not the request, may be what
-    got lost. Idempotent calls (get, set, delete, expire, ...) do not mind; `incr` may then
-    apply twice, and a retried `cas` may report False for a write it made itself.
+    got lost. So only idempotent requests (get, set, delete, expire, ...) are sent again; a
+    timed-out request that is not (incr, cas, append, rename, getdel, set with nx/xx/get,
+    clear, publish, ...: any op not in protocol.RESENDABLE) raises OutcomeUnknown (a
+    RemoteUnavailable) at once, saying that it may have been applied. A timeout resets the connection, so the requests of
+    a pipeline still in flight then are sent again or failed by the same rule.
   * RemoteUnavailable does not mean that nothing was applied, for the same reason.
   * A handle is not thread-safe (a ZeroMQ socket belongs to one thread): use one per thread.
     After a fork, make a new one in the child.
@@ -48,18 +64,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import zmq
 
 from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
+from shmkv.clients.commands import Commands, check_batch, found_values, set_many_frames
 from shmkv.clients.handshake import HandshakeWatch
+from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
-from shmkv.errors import CacheClosed, RemoteUnavailable, RequestTooLarge
+from shmkv.errors import CacheClosed, OutcomeUnknown, RemoteUnavailable, RequestTooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
 DEFAULT_TIMEOUT_S = 2.0
@@ -68,10 +85,29 @@ _MISSING = object()
 # A request with a frame larger than this asks the node for its limits first (once): smaller
 # frames are under any node's max_message_bytes (an arena is at least 4 KiB, plus headroom).
 CHECK_LIMITS_ABOVE_BYTES = protocol.MESSAGE_HEADROOM_BYTES
+# Keys per batch message of get_many/set_many: larger batches go as several, pipelined, so
+# that the node works on one while the next travels (bench/bench_node.py measures both).
+BATCH_KEYS = 1000
+# Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
+_SNDMORE, _POLLIN = int(zmq.SNDMORE), int(zmq.POLLIN)
+
+
+class _Sent:
+    """A request in flight, and then its reply (or the error that stands for it)."""
+
+    __slots__ = ("id", "op", "message", "deadline", "attempts", "reply", "error")
+
+    def __init__(self, request_id: int, op: str, message: list[Any], attempts: int) -> None:
+        self.id, self.op, self.message = request_id, op, message
+        self.deadline = 0.0
+        self.attempts = attempts  # sends left, this one included
+        self.reply: Reply | None = None
+        self.error: Exception | None = None
 
 
 class _Connection:
-    """One DEALER socket to one node, shared by a RemoteCache and its collection handles."""
+    """One DEALER socket to one node, shared by a RemoteCache and its collection handles, with
+    the requests in flight on it (one for a call, up to MAX_IN_FLIGHT for a pipeline)."""
 
     def __init__(self, endpoint: str, timeout_s: float, retries: int,
                  context: zmq.Context | None, curve: CurveClient | None = None) -> None:
@@ -88,6 +124,8 @@ class _Connection:
         self._socket: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
         self._last_id = 0
+        self._in_flight: dict[int, _Sent] = {}  # by id, in the order sent (= replies' order)
+        self._timeout_ms = max(1, round(self.timeout_s * 1000))
         self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self.closed = False
         self._open()  # now: a malformed endpoint fails here, not at the first call
@@ -123,34 +161,108 @@ class _Connection:
 
     def close(self) -> None:
         self._drop_socket()
+        self._in_flight.clear()
         self.closed = True
 
     def call(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> Reply:
         """Send one request and return its reply; raise what an error reply carries."""
+        return self.wait(self.send(op, fields, frames))
+
+    def send(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> _Sent:
+        """Send a request now (once fewer than MAX_IN_FLIGHT are in flight) and return it
+        in flight: wait() gives its reply."""
         if self.closed:
             raise CacheClosed("this RemoteCache is closed; create a new one")
-        largest = max((memoryview(f).nbytes for f in frames), default=0)
-        if largest > CHECK_LIMITS_ABOVE_BYTES:
-            self._check_message_bytes(op, largest)
+        if frames:
+            largest = max(memoryview(f).nbytes for f in frames)
+            if largest > CHECK_LIMITS_ABOVE_BYTES:
+                self._check_message_bytes(op, largest)
+        while len(self._in_flight) >= protocol.MAX_IN_FLIGHT:
+            self._next_reply()
         self._last_id += 1
         request_id = self._last_id
-        fields = {**fields, "timeout_ms": max(1, round(self.timeout_s * 1000))}
-        message = protocol.encode_request(request_id, op, fields, frames)
-        failure = None
-        for _ in range(self.retries + 1):
-            sock = self._socket or self._open()
-            sock.send_multipart(message, copy=False)
-            reply = self._await(sock, request_id)
-            if reply is not None:
-                if not reply.ok:
-                    raise protocol.exception_from(reply)
-                return reply
-            # Lazy Pirate: the next attempt starts on a fresh socket
-            failure = self._drop_socket() or failure
+        fields["timeout_ms"] = self._timeout_ms
+        sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
+                     self.retries + 1 if op in protocol.RESENDABLE else 1)
+        self._transmit(sent)
+        self._in_flight[request_id] = sent
+        return sent
+
+    def wait(self, sent: _Sent) -> Reply:
+        """The reply to a request sent; raise what an error reply carries, or
+        RemoteUnavailable. Replies to the requests sent before it are kept for their wait()."""
+        while sent.reply is None and sent.error is None:
+            if sent.id not in self._in_flight:  # abandoned, or the connection closed
+                raise CacheClosed("this request was abandoned: its pipeline or RemoteCache "
+                                  "was closed before its reply came")
+            self._next_reply()
+        if sent.error is not None:
+            raise sent.error
+        reply = sent.reply
+        if reply.error is not None:  # type: ignore[union-attr]
+            raise protocol.exception_from(reply)  # type: ignore[arg-type]
+        return reply  # type: ignore[return-value]
+
+    def settle(self, sent: Iterable[_Sent]) -> None:
+        """Take in the replies to these requests (their errors stay with them)."""
+        for each in sent:
+            while each.reply is None and each.error is None and each.id in self._in_flight:
+                self._next_reply()
+
+    def abandon(self, sent: Iterable[_Sent]) -> None:
+        """Forget requests in flight: their late replies are dropped as they come."""
+        for each in sent:
+            self._in_flight.pop(each.id, None)
+
+    def _transmit(self, sent: _Sent) -> None:
+        sock = self._socket or self._open()
+        message = sent.message
+        last = len(message) - 1
+        for i in range(last):  # frame by frame: cheaper than send_multipart
+            sock.send(message[i], _SNDMORE, copy=False)
+        sock.send(message[last], 0, copy=False)
+        sent.attempts -= 1
+        sent.deadline = time.monotonic() + self.timeout_s
+
+    def _next_reply(self) -> None:
+        """Take the next reply in (for whichever request in flight it answers), or handle the
+        timeout of the oldest request in flight."""
+        oldest = next(iter(self._in_flight.values()))
+        sock = self._socket or self._open()
+        left_ms = math.ceil((oldest.deadline - time.monotonic()) * 1000)
+        # zmq_poll, not sock.poll: that one builds a Poller each time (~5 us against ~1 us)
+        if left_ms <= 0 or not zmq.zmq_poll([(sock, _POLLIN)], left_ms):
+            self._timed_out()
+            return
+        # get_array's data is viewed, not copied: it comes as a zmq.Frame
+        reply = protocol.decode_reply(sock.recv_multipart(copy=oldest.op != "get_array"))
+        if reply.id is None and not reply.ok:  # a node that could not read the id answers
+            reply.id = oldest.id  # in order: this is the oldest one's reply
+        sent = self._in_flight.pop(reply.id, None)  # type: ignore[arg-type]
+        if sent is not None:  # else: the late reply to a request given up on
+            sent.reply = reply
+
+    def _timed_out(self) -> None:
+        """Lazy Pirate: the oldest request got no reply in time. A fresh socket; the requests
+        in flight are sent again on it if they have attempts left and may be (protocol.RESENDABLE),
+        in the order they were first sent, or fail with RemoteUnavailable."""
+        failure = self._drop_socket()
         why = failure or (AUTH_HINT if self.curve is not None else
                           "is the node running (shmkv serve)?")
-        raise RemoteUnavailable(f"no reply from {self.endpoint} to {op} within {self.timeout_s} "
-                                f"s, {self.retries + 1} attempt(s); {why}")
+        for sent in list(self._in_flight.values()):
+            if sent.attempts > 0:
+                self._transmit(sent)
+                continue
+            del self._in_flight[sent.id]
+            if sent.op in protocol.RESENDABLE:
+                sent.error = RemoteUnavailable(
+                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s, "
+                    f"{self.retries + 1} attempt(s); {why}")
+            else:
+                sent.error = OutcomeUnknown(
+                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s; "
+                    f"not sent again, as a second {sent.op} may not do what the first did: it "
+                    f"may or may not have been applied (read the key to find out); {why}")
 
     def _check_message_bytes(self, op: str, frame_bytes: int) -> None:
         if self._node_limits is None:
@@ -161,23 +273,6 @@ class _Connection:
                 f"{op}: a frame of {frame_bytes} bytes is over the node's limit of {cap} bytes "
                 "per message (max_message_bytes, from its arena size); no value that large "
                 "fits its region: split it, or serve a region with a larger arena")
-
-    @staticmethod
-    def check_batch(count: int) -> None:
-        if count > protocol.MAX_BATCH_KEYS:
-            raise RequestTooLarge(f"a batch of {count} items is over the limit of "
-                                  f"{protocol.MAX_BATCH_KEYS} per request; split it")
-
-    def _await(self, sock: zmq.Socket, request_id: int) -> Reply | None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            left_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not sock.poll(left_ms, zmq.POLLIN):
-                return None
-            reply = protocol.decode_reply(sock.recv_multipart(copy=False))
-            if reply.id == request_id or reply.id is None and not reply.ok:
-                return reply  # (a node that could not read our id cannot serve us anyway)
-            # else: the late reply to an earlier request, given up on (e.g. interrupted)
 
 
 def _connect(endpoint: str | Sequence[str], timeout_s: float, retries: int,
@@ -192,7 +287,7 @@ def _connect(endpoint: str | Sequence[str], timeout_s: float, retries: int,
                    retries)
 
 
-class RemoteCache:
+class RemoteCache(Commands):
     """A handle on the region a node serves; the same surface as `shmkv.Cache`.
 
     Keys are str (UTF-8) or bytes, values bytes-like or str; reads return bytes. Not
@@ -221,6 +316,57 @@ class RemoteCache:
         if self.collection_name:
             fields["coll"] = self.collection_name
         return self._link.call(op, fields, frames)
+
+    def _do(self, op: str, frames: Sequence[Any], decode: Callable[[Reply], Any],
+            **fields: Any) -> Any:
+        return decode(self._call(op, frames, **fields))
+
+    def pipeline(self) -> Pipeline:
+        """A pipeline on this handle's connection and collection: its commands are sent at
+        once and return futures (the module docstring)."""
+        if self.closed:
+            raise CacheClosed("this RemoteCache handle is closed; create a new one")
+        link = self._link
+        if isinstance(link, Primary):  # several nodes: the pipeline goes to the primary
+            link = link.connection()   # found now, and does not follow a failover
+        return Pipeline(link, self.collection_name)
+
+    def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
+        """{key: value} of the keys that are present; keys as given. One request, or one per
+        BATCH_KEYS keys, pipelined. At most MAX_BATCH_KEYS keys in all, as in one request:
+        the reply is held whole."""
+        keys = list(keys)
+        check_batch(len(keys))
+        if len(keys) <= BATCH_KEYS:
+            return super().get_many(keys)  # type: ignore[no-any-return]
+        found: dict[Any, bytes] = {}
+        for part in self._batches("get_many", keys, lambda batch: protocol.pack(
+                [protocol.key_frame(k) for k in batch]),
+                lambda batch: lambda reply: found_values(batch, reply)):
+            found.update(part)
+        return found
+
+    def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> None:
+        """Store every key -> value of items: one request, or one per BATCH_KEYS pairs,
+        pipelined. Not atomic: if one pair fails, the pairs before it are stored, and so may
+        be pairs of the batches after its own. At most MAX_BATCH_KEYS pairs in all."""
+        check_batch(len(items))
+        if len(items) <= BATCH_KEYS:
+            super().set_many(items, ttl_s)
+            return
+        self._batches("set_many", list(items.items()),
+                      lambda batch: set_many_frames(dict(batch)),
+                      lambda batch: lambda reply: None, ttl_s=ttl_s)
+
+    def _batches(self, op: str, items: list[Any], frames_of: Callable[[list[Any]], list[Any]],
+                 decode_of: Callable[[list[Any]], Callable[[Reply], Any]],
+                 **fields: Any) -> list[Any]:
+        """Send items in batches of BATCH_KEYS, pipelined; the batches' results in order."""
+        batches = [items[at:at + BATCH_KEYS] for at in range(0, len(items), BATCH_KEYS)]
+        with self.pipeline() as p:
+            futures = [p._do(op, frames_of(batch), decode_of(batch), **fields)
+                       for batch in batches]
+        return [future.result() for future in futures]
 
     # --- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -265,33 +411,6 @@ class RemoteCache:
         return self._link.call("replicaof", {"primary": primary}).result  # type: ignore
 
     # --- reads ----------------------------------------------------------------------------
-    def get(self, key: str | bytes, default: Any = None) -> Any:
-        """The value of key as bytes, or default if it is absent or expired."""
-        reply = self._call("get", [protocol.key_frame(key)])
-        return reply.frames[0].tobytes() if reply.result else default
-
-    def get_with_version(self, key: str | bytes) -> tuple[bytes, int] | None:
-        """(value, version) for use with cas(), or None if absent."""
-        reply = self._call("get_with_version", [protocol.key_frame(key)])
-        return None if reply.result is None else (reply.frames[0].tobytes(), reply.result)
-
-    def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, bytes]:
-        """{key: value} of the keys that are present, in one round trip; keys as given."""
-        keys = list(keys)
-        self._link.check_batch(len(keys))
-        reply = self._call("get_many", protocol.pack([protocol.key_frame(k) for k in keys]))
-        values = iter(protocol.unpack(*reply.frames))
-        return {k: next(values).tobytes() for k, found in zip(keys, reply.result, strict=True)
-                if found}
-
-    def get_array(self, key: str | bytes, default: Any = None) -> Any:
-        """The array stored at key by set_array (read-only, over the received message), or
-        default if absent."""
-        reply = self._call("get_array", [protocol.key_frame(key)])
-        if reply.result is None:
-            return default
-        return protocol.array_from(reply.result, reply.frames[0])
-
     def __getitem__(self, key: str | bytes) -> bytes:
         found = self.get(key, _MISSING)
         if found is _MISSING:
@@ -308,85 +427,11 @@ class RemoteCache:
         return iter(self.keys())
 
     def keys(self) -> list[bytes]:
-        return [frame.tobytes() for frame in self._call("keys").frames]
+        return [bytes(frame) for frame in self._call("keys").frames]
 
     # --- writes ---------------------------------------------------------------------------
-    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None, *,
-            nx: bool = False, xx: bool = False, keepttl: bool = False, get: bool = False) -> Any:
-        """Store value under key, replacing any previous value and TTL; with Redis's options,
-        which return what they return for Cache.set (see its docstring)."""
-        frames = [protocol.key_frame(key), protocol.value_frame(value)]
-        if not (nx or xx or keepttl or get):
-            self._call("set", frames, ttl_s=ttl_s)
-            return None
-        reply = self._call("set_options", frames, ttl_s=ttl_s, nx=nx, xx=xx, keepttl=keepttl,
-                           get=get)
-        if get is True:
-            return reply.frames[0].tobytes() if reply.result else None
-        return reply.result
-
-    def getdel(self, key: str | bytes) -> bytes | None:
-        """Delete key and return the value it had; None if absent."""
-        return self._value(self._call("getdel", [protocol.key_frame(key)]))
-
-    def getex(self, key: str | bytes, ttl_s: float | None = None, *,
-              persist: bool = False) -> bytes | None:
-        """The value of key (None if absent), giving it a TTL of ttl_s, or none (persist)."""
-        return self._value(self._call("getex", [protocol.key_frame(key)], ttl_s=ttl_s,
-                                      persist=persist))
-
-    def append(self, key: str | bytes, value: Any) -> int:
-        """Append value to key's value (absent: empty); returns the new length."""
-        frames = [protocol.key_frame(key), protocol.value_frame(value)]
-        return self._call("append", frames).result  # type: ignore[no-any-return]
-
-    def rename(self, old: str | bytes, new: str | bytes, *, nx: bool = False) -> bool:
-        """Move old's value and TTL to new (Cache.rename). KeyError if old is absent."""
-        frames = [protocol.key_frame(old), protocol.key_frame(new)]
-        return self._call("rename", frames, nx=nx).result  # type: ignore[no-any-return]
-
-    def strlen(self, key: str | bytes) -> int:
-        """Length in bytes of key's value, 0 if absent."""
-        return self._call("strlen", [protocol.key_frame(key)]).result  # type: ignore
-
-    def type(self, key: str | bytes) -> str | None:
-        """"string", "shmkv-array", or None if absent."""
-        return self._call("type", [protocol.key_frame(key)]).result  # type: ignore
-
-    @staticmethod
-    def _value(reply: Reply) -> bytes | None:
-        return reply.frames[0].tobytes() if reply.result else None
-
     def __setitem__(self, key: str | bytes, value: Any) -> None:
         self.set(key, value)
-
-    def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> None:
-        """Store every key -> value of items in one round trip. Not atomic: if one pair
-        fails, the pairs before it are stored."""
-        self._link.check_batch(len(items))
-        keys = [protocol.key_frame(key) for key in items]
-        values = [protocol.value_frame(value) for value in items.values()]
-        self._call("set_many", [*protocol.pack(keys), *protocol.pack(values)], ttl_s=ttl_s)
-
-    def set_array(self, key: str | bytes, arr: np.ndarray, ttl_s: float | None = None) -> None:
-        """Store a numpy array (dtype and shape travel with it)."""
-        fields, data = protocol.array_fields(arr)
-        self._call("set_array", [protocol.key_frame(key), data], ttl_s=ttl_s, **fields)
-
-    def cas(self, key: str | bytes, value: Any, version: int,
-            ttl_s: float | None = None) -> bool:
-        """Store value only if key still has `version` (from get_with_version). True if it did."""
-        frames = [protocol.key_frame(key), protocol.value_frame(value)]
-        return self._call("cas", frames, version=version, ttl_s=ttl_s).result  # type: ignore
-
-    def incr(self, key: str | bytes, delta: int = 1) -> int:
-        """Add delta to the integer at key (absent counts as 0) and return the result. A retry
-        after a lost reply applies it again (see the module docstring)."""
-        return self._call("incr", [protocol.key_frame(key)], delta=delta).result  # type: ignore
-
-    def delete(self, key: str | bytes) -> bool:
-        """Remove key; True if it was present (and not expired)."""
-        return self._call("delete", [protocol.key_frame(key)]).result  # type: ignore
 
     def __delitem__(self, key: str | bytes) -> None:
         if not self.delete(key):
@@ -395,19 +440,6 @@ class RemoteCache:
     def clear(self) -> int:
         """Delete every key of this collection; returns how many were removed."""
         return self._call("clear").result  # type: ignore[no-any-return]
-
-    # --- expiry ---------------------------------------------------------------------------
-    def ttl(self, key: str | bytes) -> float | None:
-        """Seconds until key expires; None if it has no expiry or does not exist."""
-        return self._call("ttl", [protocol.key_frame(key)]).result  # type: ignore
-
-    def expire(self, key: str | bytes, ttl_s: float) -> bool:
-        """Give key a TTL of ttl_s seconds from now; False if the key does not exist."""
-        return self._call("expire", [protocol.key_frame(key)], ttl_s=ttl_s).result  # type: ignore
-
-    def persist(self, key: str | bytes) -> bool:
-        """Remove key's TTL; False if the key does not exist."""
-        return self._call("persist", [protocol.key_frame(key)]).result  # type: ignore
 
     # --- collections ----------------------------------------------------------------------
     def collection(self, name: str) -> RemoteCache:
@@ -432,17 +464,9 @@ class RemoteCache:
         """Delete a collection and all its keys; returns how many keys it held."""
         return self._call("drop_collection", name=name).result  # type: ignore
 
-    # --- pub/sub --------------------------------------------------------------------------
-    def publish(self, channel: str | bytes, message: Any) -> None:
-        """Send message to the subscribers of channel (clients/subscribe.py), as
-        Cache.publish does: fire and forget. The node puts it through the region, so it is
-        ordered with the keyspace events of local writers. Channels are node-wide: a
-        collection handle publishes on the same channels."""
-        self._call("publish", [protocol.key_frame(channel), protocol.value_frame(message)])
-
     def stats(self) -> dict[str, Any]:
         """The region's counters and sizes, plus this handle's collection (Cache.stats())."""
         return self._call("stats").result  # type: ignore[no-any-return]
 
 
-__all__ = ["DEFAULT_ENDPOINT", "RemoteCache"]
+__all__ = ["DEFAULT_ENDPOINT", "Pipeline", "RemoteCache"]

@@ -7,13 +7,12 @@ import json
 import re
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-import zmq
+from fake_node import FakeNode
 from node_process import dealer, running_node, start_node
 from tests_support import new_region_name, scrape
 
@@ -138,42 +137,13 @@ def test_remote_cache_refuses_a_malformed_endpoint_or_timeout() -> None:
         RemoteCache("tcp://127.0.0.1:1", retries=-1)
 
 
-# --- a fake node that replies late ------------------------------------------------------------
-class FakeNode:
-    """A ROUTER in a thread that runs a script: a list of what to do with each request it
-    receives, in order (None: leave it unanswered; else a function request -> replies)."""
-
-    def __init__(self, script: list[Callable[[protocol.Request], list[protocol.Reply]] | None]):
-        self.socket = zmq.Context.instance().socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind("tcp://127.0.0.1:*")
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.received: list[tuple[bytes, int]] = []  # (routing id, request id)
-        self._script = script
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for step in self._script:
-            if not self.socket.poll(WAIT_S * 1000):
-                return
-            routing_id, *frames = self.socket.recv_multipart()
-            request = protocol.decode_request(frames)
-            self.received.append((routing_id, request.id))
-            for reply in (step(request) if step else []):
-                self.socket.send_multipart([routing_id, *protocol.encode_reply(reply)])
-
-    def close(self) -> None:
-        self._thread.join(WAIT_S)
-        self.socket.close()
-
-
+# --- a fake node that replies late ----------------------------------------------------------
 def test_a_lost_request_is_sent_again_on_a_new_socket_with_the_same_id() -> None:
     node = FakeNode([None, lambda r: [protocol.Reply(r.id, True, [b"v"])]])
     try:
         with RemoteCache(node.endpoint, timeout_s=0.2, retries=1) as remote:
             assert remote.get("k") == b"v"
-        (first_peer, first_id), (second_peer, second_id) = node.received
+        (first_peer, first_id, _), (second_peer, second_id, _) = node.received
         assert first_id == second_id and first_peer != second_peer
     finally:
         node.close()

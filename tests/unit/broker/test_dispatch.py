@@ -29,7 +29,7 @@ def test_a_command_runs_against_the_cache_and_returns_its_result(cache) -> None:
 
 
 def test_a_malformed_request_gets_a_protocol_error_reply(cache) -> None:
-    reply = Dispatcher(cache).handle([b"", protocol.PROTOCOL_TAG, b'{"id": 5, "op": "nope"}'])
+    reply = Dispatcher(cache).handle([protocol.PROTOCOL_TAG + b'{"id": 5, "op": "nope"}'])
     assert (reply.id, reply.error, reply.op) == (5, "ProtocolError", "invalid")
     assert "unknown command 'nope'" in reply.message
 

@@ -14,12 +14,8 @@ from shmkv.broker.protocol import PROTOCOL_TAG, PROTOCOL_VERSION, Reply
 from shmkv.errors import ProtocolError, RequestTooLarge
 
 
-def header(frames: list) -> dict:
-    return json.loads(bytes(frames[2]))
-
-
 def request_frames(fields: dict, *payload: bytes) -> list[bytes]:
-    return [b"", PROTOCOL_TAG, json.dumps(fields).encode(), *payload]
+    return [PROTOCOL_TAG + json.dumps(fields).encode(), *payload]
 
 
 # --- round trips ----------------------------------------------------------------------------
@@ -82,31 +78,114 @@ def test_unknown_header_fields_are_ignored_by_both_sides() -> None:
         request_frames({"id": 1, "op": "get", "trace": {"span": 5}, "future": [1]}, b"k"))
     assert request.op == "get" and request.fields["trace"] == {"span": 5}
     reply = protocol.decode_reply(
-        [b"", PROTOCOL_TAG, b'{"id":1,"ok":true,"result":3,"server_time_ns":12}'])
+        [PROTOCOL_TAG + b'{"id":1,"ok":true,"result":3,"server_time_ns":12}'])
     assert reply.result == 3
+
+
+# --- the compact header ---------------------------------------------------------------------
+def test_a_get_is_two_frames_each_way_with_compact_headers() -> None:
+    request = protocol.encode_request(5, "get", {"timeout_ms": 2000}, [b"k"])
+    assert len(request) == 2 and request[0].startswith(PROTOCOL_TAG + b"\x01")
+    assert protocol.decode_request(request).fields == {"id": 5, "op": "get", "timeout_ms": 2000}
+    reply = protocol.encode_reply(Reply(5, True, [b"value"]))
+    assert len(reply) == 2 and reply[0].startswith(PROTOCOL_TAG + b"\x02")
+    decoded = protocol.decode_reply(reply)
+    assert (decoded.id, decoded.result, decoded.frames) == (5, True, [b"value"])
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"coll": "users"}, {"coll": "k\u00fcche", "timeout_ms": 1}, {"ttl_s": 1.5},
+    {"ttl_s": 300}, {"ttl_s": -2}, {"ttl_s": 0.0, "timeout_ms": 2**32 - 1},
+], ids=str)
+def test_a_compact_request_decodes_to_the_header_it_stands_for(fields) -> None:
+    frames = protocol.encode_request(2**64 - 1, "set", dict(fields), [b"k", b"v"])
+    assert frames[0][len(PROTOCOL_TAG)] == 1  # compact
+    request = protocol.decode_request(frames)
+    assert request.fields == {"id": 2**64 - 1, "op": "set", **fields}
+    assert all(type(request.fields[k]) is type(v) for k, v in fields.items())  # int stays int
+
+
+@pytest.mark.parametrize("request_id, op, fields", [
+    (1, "incr", {"delta": 2}),  # a field the compact form does not have
+    (1, "ping", {}),  # not a compact command
+    (1, "set", {"ttl_s": "soon"}), (1, "set", {"ttl_s": True}), (1, "set", {"ttl_s": 2**60}),
+    (1, "set", {"coll": 5}), (1, "set", {"coll": "\ud800"}),
+    (-1, "set", {}), (2**64, "set", {}), (1, "set", {"timeout_ms": 2**32}),
+], ids=str)
+def test_a_request_the_compact_form_cannot_carry_goes_as_json_unchanged(request_id, op,
+                                                                       fields) -> None:
+    frames = protocol.encode_request(request_id, op, dict(fields), [b"k", b"v"][:1 if op ==
+                                     "incr" else 0 if op == "ping" else 2])
+    assert frames[0][len(PROTOCOL_TAG):len(PROTOCOL_TAG) + 1] == b"{"
+    assert json.loads(frames[0][len(PROTOCOL_TAG):]) == {"id": request_id, "op": op, **fields}
+
+
+@pytest.mark.parametrize("result", [None, True, False, 0, -2**63, 2**63 - 1, 2.5, -0.0,
+                                    [True, False, True], []], ids=repr)
+def test_a_compact_reply_round_trips_its_result(result) -> None:
+    frames = protocol.encode_reply(Reply(7, result))
+    assert frames[0][len(PROTOCOL_TAG)] == 2  # compact
+    reply = protocol.decode_reply(frames)
+    assert reply.id == 7 and reply.result == result and type(reply.result) is type(result)
+
+
+@pytest.mark.parametrize("result", [2**63, "text", {"a": 1}, [1, 2], [True, 1]], ids=repr)
+def test_a_reply_the_compact_form_cannot_carry_goes_as_json(result) -> None:
+    frames = protocol.encode_reply(Reply(7, result))
+    assert frames[0][len(PROTOCOL_TAG):len(PROTOCOL_TAG) + 1] == b"{"
+    assert protocol.decode_reply(frames).result == result
 
 
 # --- versions and malformed messages --------------------------------------------------------
 def test_a_message_of_another_version_is_refused_naming_both_versions() -> None:
-    frames = [b"", b"SHMKV/2", b'{"id":1,"op":"get"}', b"k"]
-    with pytest.raises(ProtocolError, match=f"version 2.*version {PROTOCOL_VERSION}"):
+    frames = [b"SHMKV/3" + b'{"id":1,"op":"get"}', b"k"]
+    with pytest.raises(ProtocolError, match=f"version 3.*version {PROTOCOL_VERSION}"):
         protocol.decode_request(frames)
-    assert protocol.request_id_of(frames) == 1  # the error reply still names the request
 
 
 def test_the_version_is_read_without_parsing_the_header() -> None:
     with pytest.raises(ProtocolError, match="version 9"):
-        protocol.decode_request([b"", b"SHMKV/9", b"\x00 a binary header of version 9"])
+        protocol.decode_request([b"SHMKV/9\x00 a binary header of version 9"])
+
+
+def test_a_version_1_request_is_refused_in_an_envelope_a_version_1_client_reads() -> None:
+    frames = [b"", b"SHMKV/1", b'{"id":4,"op":"get"}', b"k"]
+    with pytest.raises(ProtocolError, match=f"version 1, this side speaks version "
+                                            f"{PROTOCOL_VERSION}") as info:
+        protocol.decode_request(frames)
+    assert protocol.request_id_of(frames) == 4
+    reply = protocol.encode_reply(protocol.error_reply(4, info.value, op="invalid"))
+    # what a version 1 client reads: an empty frame, a tag frame, a JSON header
+    assert reply[:2] == [b"", PROTOCOL_TAG] and len(reply) == 3
+    assert json.loads(reply[2]) == {"id": 4, "ok": False, "error": "ProtocolError",
+                                    "message": str(info.value)}
+
+
+def test_a_version_1_reply_is_a_protocol_error_telling_to_upgrade_the_node() -> None:
+    old_reply = [b"", b"SHMKV/1", b'{"id":null,"ok":false,"error":"ProtocolError",'
+                                  b'"message":"the first frame must be the empty delimiter"}']
+    with pytest.raises(ProtocolError, match="version 1.*older version.*upgrade the node"):
+        protocol.decode_reply(old_reply)
+
+
+def compact_request(op_code: int, flags: int = 0, *payload: bytes) -> list[bytes]:
+    return [PROTOCOL_TAG + struct.pack("<BBBQId", 1, op_code, flags, 1, 0, 0.0), *payload]
 
 
 @pytest.mark.parametrize("frames, problem", [
-    ([], "got 0 frame"),
-    ([b""], "got 1 frame"),
-    ([b"x", PROTOCOL_TAG, b'{"id":1,"op":"len"}'], "must be the empty delimiter"),
-    ([b"", b"HTTP/1.1", b'{"id":1,"op":"len"}'], "not a shmkv message"),
-    ([b"", PROTOCOL_TAG, b'{"id":1,"op":"len"'], "not a UTF-8 JSON object"),
-    ([b"", PROTOCOL_TAG, b"\xff\xfe"], "not a UTF-8 JSON object"),
-    ([b"", PROTOCOL_TAG, b"[1, 2]"], "must be a JSON object"),
+    ([], "got 0 frames"),
+    ([b""], "not a shmkv message"),
+    ([PROTOCOL_TAG], "the header is missing"),
+    ([b"", PROTOCOL_TAG, b'{"id":1,"op":"len"}'], "one frame in version 2"),
+    ([b"HTTP/1.1", b'{"id":1,"op":"len"}'], "not a shmkv message"),
+    ([PROTOCOL_TAG + b'{"id":1,"op":"len"'], "neither a compact header nor a UTF-8 JSON"),
+    ([PROTOCOL_TAG + b"\xff\xfe"], "neither a compact header nor a UTF-8 JSON"),
+    ([PROTOCOL_TAG + b"[1, 2]"], "must be a JSON object"),
+    ([PROTOCOL_TAG + b"\x01\x00"], "compact request header is at least 23 bytes"),
+    (compact_request(200), "unknown compact command"),
+    ([compact_request(0)[0] + b"\xff", b"k"], "not UTF-8"),
+    (compact_request(0), "get takes 1 frame"),
+    (compact_request(0, 4, b"k"), "timeout_ms must be"),
     (request_frames({"op": "len"}), "request id must be an int"),
     (request_frames({"id": True, "op": "len"}), "request id must be an int"),
     (request_frames({"id": "1", "op": "len"}), "request id must be an int"),
@@ -129,11 +208,14 @@ def test_a_malformed_request_raises_protocol_error_saying_what_is_wrong(frames, 
 
 
 @pytest.mark.parametrize("frames", [
-    [b"", PROTOCOL_TAG, b'{"ok":true}'],
-    [b"", PROTOCOL_TAG, b'{"id":"1","ok":true}'],
-    [b"", PROTOCOL_TAG, b'{"id":1,"ok":false}'],
-    [b"", PROTOCOL_TAG, b'{"id":1,"ok":false,"error":3,"message":""}'],
-    [b"", b"SHMKV/0", b'{"id":1,"ok":true}'],
+    [PROTOCOL_TAG + b'{"ok":true}'],
+    [PROTOCOL_TAG + b'{"id":"1","ok":true}'],
+    [PROTOCOL_TAG + b'{"id":1,"ok":false}'],
+    [PROTOCOL_TAG + b'{"id":1,"ok":false,"error":3,"message":""}'],
+    [b"SHMKV/0" + b'{"id":1,"ok":true}'],
+    [PROTOCOL_TAG + b"\x02\x01"],
+    [PROTOCOL_TAG + struct.pack("<BQB", 2, 1, 3) + b"\x00"],  # an int of one byte
+    [PROTOCOL_TAG + struct.pack("<BQB", 2, 1, 9)],
 ])
 def test_a_malformed_reply_raises_protocol_error(frames) -> None:
     with pytest.raises(ProtocolError):
@@ -141,16 +223,17 @@ def test_a_malformed_reply_raises_protocol_error(frames) -> None:
 
 
 def test_a_header_nested_too_deep_for_the_parser_is_a_protocol_error() -> None:
-    frames = [b"", PROTOCOL_TAG, b"[" * 100_000 + b"]" * 100_000]
-    with pytest.raises(ProtocolError, match="not a UTF-8 JSON object"):
+    frames = [PROTOCOL_TAG + b"[" * 100_000 + b"]" * 100_000]
+    with pytest.raises(ProtocolError, match="nor a UTF-8 JSON object"):
         protocol.decode_request(frames)
     assert protocol.request_id_of(frames) is None
 
 
 def test_request_id_of_is_none_when_no_id_can_be_read() -> None:
     assert protocol.request_id_of([b""]) is None
-    assert protocol.request_id_of([b"", PROTOCOL_TAG, b"{bad"]) is None
-    assert protocol.request_id_of([b"", PROTOCOL_TAG, b'{"id":false}']) is None
+    assert protocol.request_id_of([PROTOCOL_TAG + b"{bad"]) is None
+    assert protocol.request_id_of([PROTOCOL_TAG + b'{"id":false}']) is None
+    assert protocol.request_id_of([PROTOCOL_TAG + b"\x01\x00"]) is None
 
 
 def test_an_argument_json_cannot_carry_raises_type_error_before_sending() -> None:
@@ -241,4 +324,4 @@ def test_the_byte_limits_follow_the_arena() -> None:
     assert limits["max_message_bytes"] == limits["max_reply_bytes"] == \
         (8 << 20) + protocol.MESSAGE_HEADROOM_BYTES
     assert limits["max_frames"] == protocol.MAX_FRAMES
-    assert protocol.MAX_FRAMES >= 3 + max(protocol.REQUEST_FRAMES.values())
+    assert protocol.MAX_FRAMES >= 1 + max(protocol.REQUEST_FRAMES.values())

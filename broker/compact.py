@@ -1,0 +1,137 @@
+"""The compact header of the wire protocol (protocol.py): a struct, for the hot requests and
+replies, in place of a JSON object.
+
+protocol.py's docstring says where a header goes and when each form is used; this module owns
+the compact form's layout (version 2 of the protocol; the first byte after the tag is the form,
+so a JSON header, which starts with "{", cannot be taken for one). Little-endian throughout.
+
+    compact request                                  compact reply
+    offset size field                                offset size field
+    0      1    REQUEST_FORM (0x01)                  0      1    REPLY_FORM (0x02)
+    1      1    op: its index in OPS                 1      8    id (u64)
+    2      1    flags: 1 ttl_s is a float,           9      1    result kind: 0 null,
+                2 ttl_s is an int, 4 timeout_ms                  1 false, 2 true, 3 int,
+    3      8    id (u64)                                         4 bools, 5 float
+    11     4    timeout_ms (u32; with flag 4)        10     ..   int: i64; float: f64;
+    15     8    ttl_s (f64; with flag 1 or 2)                    bools: one byte each
+    23     ..   coll, UTF-8, to the end (empty:                  (0 or 1), to the end
+                the default collection)
+
+A compact request stands for the JSON header {"id", "op", and the fields its flags and coll
+give}; absent flags are absent fields. An int ttl_s travels as an f64 only while that is exact
+(|ttl_s| < 2**53); anything else a request carries (another field, a value of another type, an
+id past u64) takes the JSON form, so that the node's engine still names a wrong argument as a
+local call would. Only an ok reply is compact: error replies are JSON.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from shmkv.errors import ProtocolError
+
+# The commands that have a compact request: the hot ones whose fields are only coll, timeout_ms
+# and ttl_s. Append only: a command's code is its index.
+OPS = ("get", "set", "delete", "contains", "get_many", "set_many", "get_with_version",
+       "getdel", "ttl", "expire", "persist", "strlen", "type", "get_array")
+REQUEST_FORM, REPLY_FORM = 1, 2
+
+_REQUEST = struct.Struct("<BBBQId")  # form, op, flags, id, timeout_ms, ttl_s; then coll
+_REPLY = struct.Struct("<BQB")  # form, id, result kind; then the result
+_I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
+_TTL_FLOAT, _TTL_INT, _HAS_TIMEOUT = 1, 2, 4
+_FIELDS = frozenset({"coll", "timeout_ms", "ttl_s"})
+_OP_CODES = {op: code for code, op in enumerate(OPS)}
+_U64_END, _U32_END, _I64_END = 1 << 64, 1 << 32, 1 << 63
+_EXACT_FLOAT_INT = 1 << 53
+_NULL, _FALSE, _TRUE, _INT, _BOOLS, _FLOAT = range(6)
+
+
+def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | None:
+    """The compact header of a request, or None if it needs the JSON form."""
+    code = _OP_CODES.get(op)
+    if code is None or not _FIELDS.issuperset(fields) or type(request_id) is not int \
+            or not 0 <= request_id < _U64_END:
+        return None
+    flags, timeout_ms, ttl_s = 0, fields.get("timeout_ms"), fields.get("ttl_s")
+    coll = fields.get("coll", "")
+    if type(coll) is not str:
+        return None
+    if timeout_ms is not None:
+        if type(timeout_ms) is not int or not 0 < timeout_ms < _U32_END:
+            return None
+        flags |= _HAS_TIMEOUT
+    if ttl_s is None:
+        ttl = 0.0
+    elif type(ttl_s) is float and ttl_s == ttl_s:  # NaN: as JSON carries it
+        flags, ttl = flags | _TTL_FLOAT, ttl_s
+    elif type(ttl_s) is int and -_EXACT_FLOAT_INT < ttl_s < _EXACT_FLOAT_INT:
+        flags, ttl = flags | _TTL_INT, float(ttl_s)
+    else:
+        return None
+    try:
+        coll_bytes = coll.encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON escapes it, the engine refuses it
+        return None
+    return _REQUEST.pack(REQUEST_FORM, code, flags, request_id, timeout_ms or 0, ttl) \
+        + coll_bytes
+
+
+def request_fields(head: bytes, at: int) -> dict[str, Any]:
+    """The JSON header that the compact request at head[at:] stands for."""
+    if len(head) - at < _REQUEST.size:
+        raise ProtocolError(f"a compact request header is at least {_REQUEST.size} bytes")
+    _, code, flags, request_id, timeout_ms, ttl = _REQUEST.unpack_from(head, at)
+    if code >= len(OPS):
+        raise ProtocolError(f"unknown compact command code {code}; this node knows "
+                            f"{len(OPS)} ({', '.join(OPS)})")
+    header: dict[str, Any] = {"id": request_id, "op": OPS[code]}
+    if len(head) > at + _REQUEST.size:
+        try:
+            header["coll"] = head[at + _REQUEST.size:].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("a compact request's collection name is not UTF-8") from None
+    if flags & _HAS_TIMEOUT:
+        header["timeout_ms"] = timeout_ms
+    if flags & _TTL_FLOAT:
+        header["ttl_s"] = ttl
+    elif flags & _TTL_INT:
+        header["ttl_s"] = int(ttl)
+    return header
+
+
+def reply_header(request_id: int | None, result: Any) -> bytes | None:
+    """The compact header of an ok reply, or None if it needs the JSON form."""
+    if type(request_id) is not int or not 0 <= request_id < _U64_END:
+        return None
+    kind = type(result)
+    if result is None:
+        return _REPLY.pack(REPLY_FORM, request_id, _NULL)
+    if kind is bool:
+        return _REPLY.pack(REPLY_FORM, request_id, _TRUE if result else _FALSE)
+    if kind is int and -_I64_END <= result < _I64_END:
+        return _REPLY.pack(REPLY_FORM, request_id, _INT) + _I64.pack(result)
+    if kind is float:
+        return _REPLY.pack(REPLY_FORM, request_id, _FLOAT) + _F64.pack(result)
+    if kind is list and all(type(item) is bool for item in result):
+        return _REPLY.pack(REPLY_FORM, request_id, _BOOLS) + bytes(result)
+    return None
+
+
+def reply_result(head: bytes, at: int) -> tuple[int, Any]:
+    """(id, result) of the compact reply at head[at:]."""
+    if len(head) - at < _REPLY.size:
+        raise ProtocolError(f"a compact reply header is at least {_REPLY.size} bytes")
+    _, request_id, kind = _REPLY.unpack_from(head, at)
+    at += _REPLY.size
+    rest = len(head) - at
+    if kind <= _TRUE and not rest:
+        return request_id, (None, False, True)[kind]
+    if kind == _INT and rest == _I64.size:
+        return request_id, _I64.unpack_from(head, at)[0]
+    if kind == _FLOAT and rest == _F64.size:
+        return request_id, _F64.unpack_from(head, at)[0]
+    if kind == _BOOLS:
+        return request_id, [byte != 0 for byte in head[at:]]
+    raise ProtocolError(f"a compact reply of result kind {kind} cannot be {rest} bytes long")

@@ -1,0 +1,174 @@
+"""The commands of a remote handle, each as what it sends and how its reply reads: shared by
+`RemoteCache` (remote.py), which waits for each reply, and its pipelines (pipeline.py), which
+hand out a future instead.
+
+A command builds its request (protocol.py: the op, its payload frames, its header fields) and
+a function of the reply, and gives both to `_do`, which is what tells the two apart.
+Arguments are checked here, with the engine's messages, before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from shmkv.broker import protocol
+from shmkv.broker.protocol import Reply
+from shmkv.errors import RequestTooLarge
+
+Decode = Callable[[Reply], Any]
+
+
+def _result(reply: Reply) -> Any:
+    return reply.result
+
+
+def _nothing(reply: Reply) -> None:
+    return None
+
+
+def _value(reply: Reply) -> bytes | None:
+    return bytes(reply.frames[0]) if reply.result else None
+
+
+def check_batch(count: int) -> None:
+    if count > protocol.MAX_BATCH_KEYS:
+        raise RequestTooLarge(f"a batch of {count} items is over the limit of "
+                              f"{protocol.MAX_BATCH_KEYS} per request; split it")
+
+
+def found_values(keys: Sequence[Any], reply: Reply) -> dict[Any, bytes]:
+    """{key: value} of get_many's reply, keys as given."""
+    values = iter(protocol.unpack(*reply.frames))
+    return {k: next(values).tobytes() for k, found in zip(keys, reply.result, strict=True)
+            if found}
+
+
+def set_many_frames(items: Mapping[Any, Any]) -> list[bytes]:
+    keys = [protocol.key_frame(key) for key in items]
+    values = [protocol.value_frame(value) for value in items.values()]
+    return [*protocol.pack(keys), *protocol.pack(values)]
+
+
+class Commands:
+    """The key commands of the Cache API over the wire (see RemoteCache for the others)."""
+
+    collection_name: str
+
+    def _do(self, op: str, frames: Sequence[Any], decode: Decode, **fields: Any) -> Any:
+        raise NotImplementedError
+
+    # --- reads ----------------------------------------------------------------------------
+    def get(self, key: str | bytes, default: Any = None) -> Any:
+        """The value of key as bytes, or default if it is absent or expired."""
+        return self._do("get", [protocol.key_frame(key)],
+                        lambda r: bytes(r.frames[0]) if r.result else default)
+
+    def get_with_version(self, key: str | bytes) -> Any:
+        """(value, version) for use with cas(), or None if absent."""
+        return self._do("get_with_version", [protocol.key_frame(key)],
+                        lambda r: None if r.result is None else (bytes(r.frames[0]), r.result))
+
+    def get_many(self, keys: Iterable[str | bytes]) -> Any:
+        """{key: value} of the keys that are present, in one request; keys as given."""
+        keys = list(keys)
+        check_batch(len(keys))
+        return self._do("get_many", protocol.pack([protocol.key_frame(k) for k in keys]),
+                        lambda r: found_values(keys, r))
+
+    def get_array(self, key: str | bytes, default: Any = None) -> Any:
+        """The array stored at key by set_array (read-only, over the received message), or
+        default if absent."""
+        return self._do("get_array", [protocol.key_frame(key)],
+                        lambda r: default if r.result is None else
+                        protocol.array_from(r.result, r.frames[0]))
+
+    def strlen(self, key: str | bytes) -> Any:
+        """Length in bytes of key's value, 0 if absent."""
+        return self._do("strlen", [protocol.key_frame(key)], _result)
+
+    def type(self, key: str | bytes) -> Any:
+        """"string", "shmkv-array", or None if absent."""
+        return self._do("type", [protocol.key_frame(key)], _result)
+
+    def ttl(self, key: str | bytes) -> Any:
+        """Seconds until key expires; None if it has no expiry or does not exist."""
+        return self._do("ttl", [protocol.key_frame(key)], _result)
+
+    # --- writes ---------------------------------------------------------------------------
+    def set(self, key: str | bytes, value: Any, ttl_s: float | None = None, *,
+            nx: bool = False, xx: bool = False, keepttl: bool = False, get: bool = False) -> Any:
+        """Store value under key, replacing any previous value and TTL; with Redis's options,
+        which return what they return for Cache.set (see its docstring)."""
+        frames = [protocol.key_frame(key), protocol.value_frame(value)]
+        if not (nx or xx or keepttl or get):
+            return self._do("set", frames, _nothing, ttl_s=ttl_s)
+        return self._do("set_options", frames, _value if get is True else _result,
+                        ttl_s=ttl_s, nx=nx, xx=xx, keepttl=keepttl, get=get)
+
+    def getdel(self, key: str | bytes) -> Any:
+        """Delete key and return the value it had; None if absent."""
+        return self._do("getdel", [protocol.key_frame(key)], _value)
+
+    def getex(self, key: str | bytes, ttl_s: float | None = None, *,
+              persist: bool = False) -> Any:
+        """The value of key (None if absent), giving it a TTL of ttl_s, or none (persist)."""
+        return self._do("getex", [protocol.key_frame(key)], _value, ttl_s=ttl_s,
+                        persist=persist)
+
+    def append(self, key: str | bytes, value: Any) -> Any:
+        """Append value to key's value (absent: empty); returns the new length."""
+        frames = [protocol.key_frame(key), protocol.value_frame(value)]
+        return self._do("append", frames, _result)
+
+    def rename(self, old: str | bytes, new: str | bytes, *, nx: bool = False) -> Any:
+        """Move old's value and TTL to new (Cache.rename). KeyError if old is absent."""
+        frames = [protocol.key_frame(old), protocol.key_frame(new)]
+        return self._do("rename", frames, _result, nx=nx)
+
+    def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> Any:
+        """Store every key -> value of items in one request. Not atomic: if one pair
+        fails, the pairs before it are stored."""
+        check_batch(len(items))
+        return self._do("set_many", set_many_frames(items), _nothing, ttl_s=ttl_s)
+
+    def set_array(self, key: str | bytes, arr: np.ndarray, ttl_s: float | None = None) -> Any:
+        """Store a numpy array (dtype and shape travel with it)."""
+        fields, data = protocol.array_fields(arr)
+        return self._do("set_array", [protocol.key_frame(key), data], _nothing, ttl_s=ttl_s,
+                        **fields)
+
+    def cas(self, key: str | bytes, value: Any, version: int,
+            ttl_s: float | None = None) -> Any:
+        """Store value only if key still has `version` (from get_with_version). True if it did."""
+        frames = [protocol.key_frame(key), protocol.value_frame(value)]
+        return self._do("cas", frames, _result, version=version, ttl_s=ttl_s)
+
+    def incr(self, key: str | bytes, delta: int = 1) -> Any:
+        """Add delta to the integer at key (absent counts as 0) and return the result. Not
+        sent again after a timeout (see remote.py's docstring)."""
+        return self._do("incr", [protocol.key_frame(key)], _result, delta=delta)
+
+    def delete(self, key: str | bytes) -> Any:
+        """Remove key; True if it was present (and not expired)."""
+        return self._do("delete", [protocol.key_frame(key)], _result)
+
+    # --- expiry ---------------------------------------------------------------------------
+    def expire(self, key: str | bytes, ttl_s: float) -> Any:
+        """Give key a TTL of ttl_s seconds from now; False if the key does not exist."""
+        return self._do("expire", [protocol.key_frame(key)], _result, ttl_s=ttl_s)
+
+    def persist(self, key: str | bytes) -> Any:
+        """Remove key's TTL; False if the key does not exist."""
+        return self._do("persist", [protocol.key_frame(key)], _result)
+
+    # --- pub/sub --------------------------------------------------------------------------
+    def publish(self, channel: str | bytes, message: Any) -> Any:
+        """Send message to the subscribers of channel (clients/subscribe.py), as
+        Cache.publish does: fire and forget. The node puts it through the region, so it is
+        ordered with the keyspace events of local writers. Channels are node-wide: a
+        collection handle publishes on the same channels."""
+        return self._do("publish", [protocol.key_frame(channel),
+                                    protocol.value_frame(message)], _nothing)

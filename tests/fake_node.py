@@ -1,0 +1,51 @@
+"""A fake node for client tests: a ROUTER socket in a thread that answers by a script, so that
+a test decides which request is answered, when, and with which id (importable by name: pytest
+puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import zmq
+
+from shmkv.broker import protocol
+
+WAIT_S = 10
+Step = Callable[[protocol.Request], list[protocol.Reply]] | None
+
+
+class FakeNode:
+    """A ROUTER in a thread that runs a script: a list of what to do with each request it
+    receives, in order (None: leave it unanswered; else a function request -> replies, sent
+    to the connection the request came from)."""
+
+    def __init__(self, script: list[Step]) -> None:
+        self.socket = zmq.Context.instance().socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received: list[tuple[bytes, int, str]] = []  # (routing id, request id, op)
+        self._script = script
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for step in self._script:
+            if not self.socket.poll(WAIT_S * 1000):
+                return
+            routing_id, *frames = self.socket.recv_multipart()
+            request = protocol.decode_request(frames)
+            self.received.append((routing_id, request.id, request.op))
+            for reply in (step(request) if step else []):
+                self.socket.send_multipart([routing_id, *protocol.encode_reply(reply)])
+
+    def close(self) -> None:
+        self._thread.join(WAIT_S)
+        self.socket.close()
+
+    def __enter__(self) -> FakeNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
