@@ -47,6 +47,7 @@ class Dispatcher:
         self._scopes: dict[str, Cache] = {}  # collection name -> handle
         self.limits = limits  # the node's (server.py); None: no reply limit, ping computes
         self.last_lock_timeout = ""  # the engine's message of the last busy lock
+        self.about: dict[str, Any] = {}  # more for ping to tell (a worker: its siblings)
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -119,7 +120,8 @@ class Dispatcher:
     # --- commands on the region rather than on keys ----------------------------------------
     def _ping(self, request: Request) -> Result:
         limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
-        return {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}, []
+        return {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits,
+                **self.about}, []
 
     def _collection(self, request: Request) -> Result:
         name = _field(request, "name")

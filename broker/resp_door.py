@@ -250,10 +250,12 @@ class RespDoor:
     service() with what each poll reported, and close() on the way out."""
 
     def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 requirepass: str = "") -> None:
+                 requirepass: str = "", listener: socket.socket | None = None) -> None:
+        """listener: a listening socket to accept on instead of binding host:port (the
+        workers of a node share the one their supervisor bound: broker/supervisor.py)."""
         try:
-            self.listener = socket.create_server((host, port), backlog=511,
-                                                 family=_family(host), reuse_port=False)
+            self.listener = listener or socket.create_server(
+                (host, port), backlog=511, family=_family(host), reuse_port=False)
         except OSError as exc:
             raise ShmKVError(f"cannot listen for the Redis protocol on {host}:{port}: "
                              f"{exc.strerror}; give another address with --resp-bind") from None

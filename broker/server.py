@@ -28,6 +28,9 @@ on serving the others, and answers it LockTimeout before its client gives up.
 With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
 admits only the allowed client keys (auth.py); the loop does not see it.
 
+With --workers N (N > 1) this loop is the supervisor's: it binds no request socket and serves
+no requests; N worker processes do, and the loop also watches them (supervisor.py).
+
 This module is the transport only: the wire format is protocol.py, what a request does is
 dispatch.py, what is published and how is pubsub.py. On the way out the node turns keyspace
 events off (writers stop paying for them), closes its sockets and its handle and leaves the
@@ -108,6 +111,18 @@ class Notifier(Protocol):
     def watchdog_interval_s(self) -> float | None: ...
 
 
+class Workers(Protocol):
+    """The processes that serve requests for a node that serves none itself (supervisor.py)."""
+
+    def start(self, stop: _StopSignals, metrics: Metrics | None) -> dict[str, object]: ...
+    def attach(self, poller: zmq.Poller) -> None: ...
+    def due(self) -> float: ...
+    def service(self, ready: dict[Any, int]) -> None: ...
+    def alive(self) -> bool: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
 def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
           notifier: Notifier | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
@@ -130,6 +145,8 @@ class _Node:
         self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
         self._requests: shmkv.Cache  # the requests' handle (run() opens it)
         self._maintain_failing = False
+        # Set, the node serves no requests itself: these processes do (supervisor.py)
+        self.workers: Workers | None = None
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -151,12 +168,14 @@ class _Node:
                 # before binding: a listener gives its connections the options it was bound with
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
-                self.endpoint = _bind(router, self.config.bind)
+                if self.workers is None:
+                    self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
                                       secure=curve.secure if curve else None)
                 ipc = ipc_endpoints(self.config.ipc_dir, self.config.region)
                 if ipc is not None:  # the same sockets, also on same-host-only endpoints
-                    _bind(router, ipc.request)
+                    if self.workers is None:
+                        _bind(router, ipc.request)
                     _bind(publisher.socket, ipc.publish)
                 replica = source = None
                 if self.config.replica_of:
@@ -189,25 +208,33 @@ class _Node:
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too
                         door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
-                    self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
-                               pub_endpoint=publisher.endpoint, metrics=metrics_at,
-                               ipc_endpoint=ipc and ipc.request,
-                               ipc_pub_endpoint=ipc and ipc.publish,
-                               resp=door.address if door else None,
-                               config={**asdict(self.config), "requirepass":
-                                       "(set)" if self.config.requirepass else ""},
-                               stats=cache.stats(), replication=self._replication())
+                    ready = dict(pid=os.getpid(), endpoint=self.endpoint,
+                                 pub_endpoint=publisher.endpoint, metrics=metrics_at,
+                                 ipc_endpoint=ipc and ipc.request,
+                                 ipc_pub_endpoint=ipc and ipc.publish,
+                                 resp=door.address if door else None,
+                                 config={**asdict(self.config), "requirepass":
+                                         "(set)" if self.config.requirepass else ""},
+                                 stats=cache.stats(), replication=self._replication())
+                    if self.workers is not None:  # their endpoints, once all serve
+                        ready.update(self.workers.start(stop, self.metrics))
+                        self.endpoint = str(ready["endpoint"])
+                    self._emit("ready", **ready)
                     self._notify_ready()
                     self._loop(router, publisher, events, dispatcher, cache, stop,
                                persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
+                    if self.workers is not None:  # they answer what they received
+                        self.workers.stop()
                     cache.enable_events(False)
                     publisher.pump(events)  # local writers' last events
                     linger_ms = STOP_LINGER_MS  # deliver the last replies and messages
                     router.setsockopt(zmq.LINGER, linger_ms)
                     persistence.stop()
                 finally:
+                    if self.workers is not None:
+                        self.workers.close()
                     if replica is not None:
                         replica.close()
                     if source is not None:
@@ -246,6 +273,9 @@ class _Node:
         poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
+        workers = self.workers
+        if workers is not None:
+            workers.attach(poller)
         source = self.replication if isinstance(self.replication, Source) else None
         replica = self.replication if isinstance(self.replication, Replica) else None
         if source is not None:
@@ -258,6 +288,8 @@ class _Node:
             wake_at = min(next_maintain, self._next_watchdog, persistence.due(), waits.due())
             if replica is not None:
                 wake_at = min(wake_at, replica.due())
+            if workers is not None:
+                wake_at = min(wake_at, workers.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -275,6 +307,8 @@ class _Node:
                            publisher, events)
             if door is not None:
                 door.service(ready)
+            if workers is not None:
+                workers.service(ready)
             if source is not None and source.socket in ready:
                 source.service()
             events_left = publisher.pump(events)  # local writers' events
@@ -367,8 +401,9 @@ class _Node:
         return self.replication.state() if self.replication is not None else None
 
     def _notify_alive(self) -> None:
-        """Called by the loop every watchdog interval: it is alive and not stuck."""
-        if self.notifier is not None:
+        """Called by the loop every watchdog interval: it is alive and not stuck (and so are
+        its workers, if it has any)."""
+        if self.notifier is not None and (self.workers is None or self.workers.alive()):
             self.notifier.watchdog()
 
     def _notify_stopping(self) -> None:
@@ -378,7 +413,7 @@ class _Node:
     def _open_door(self, cache: shmkv.Cache) -> RespDoor | None:
         """The Redis-protocol door, if configured."""
         address = resp_address(self.config)
-        if address is None:
+        if address is None or self.workers is not None:  # the workers serve it
             return None
         return RespDoor(cache, self.config, *address, requirepass=self.config.requirepass)
 

@@ -58,6 +58,7 @@ from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
 from shmkv.clients.handshake import HandshakeWatch
+from shmkv.clients.workers import choose_worker
 from shmkv.errors import CacheClosed, RemoteUnavailable, RequestTooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
@@ -87,6 +88,7 @@ class _Connection:
         self._socket: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
         self._last_id = 0
+        self._worker_chosen = False  # a node with workers: which one, at the first call
         self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self.closed = False
         self._open()  # now: a malformed endpoint fails here, not at the first call
@@ -128,6 +130,16 @@ class _Connection:
         """Send one request and return its reply; raise what an error reply carries."""
         if self.closed:
             raise CacheClosed("this RemoteCache is closed; create a new one")
+        if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
+            self._worker_chosen = True
+            try:
+                chosen = choose_worker(self.endpoint, self.call("ping", {}).result)
+            except RemoteUnavailable:  # ask again at the next call
+                self._worker_chosen = False
+                raise
+            if chosen != self.endpoint:
+                self._drop_socket()
+                self.endpoint = chosen
         largest = max((memoryview(f).nbytes for f in frames), default=0)
         if largest > CHECK_LIMITS_ABOVE_BYTES:
             self._check_message_bytes(op, largest)

@@ -98,6 +98,10 @@ def serve(
     replica_of: Annotated[str | None, _node_option(
         "--replica-of", "The --repl-bind endpoint of a primary: the region becomes its "
         "read-only copy. (default: $SHMKV_REPLICA_OF, else none)", metavar="ENDPOINT")] = None,
+    workers: Annotated[int | None, _node_option(
+        "--workers", "Processes that serve requests, each on its own endpoint (the first on "
+        "--bind; clients learn the others); 1: a single process, 0: one per CPU. "
+        "(default: $SHMKV_WORKERS, else one per CPU)", metavar="N")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -109,7 +113,7 @@ def serve(
     A bad setting exits 2 and names where it came from."""
     from .broker.config import load_config
     from .broker.notify import Notifier
-    from .broker.server import serve as run_node
+    from .broker.supervisor import serve as run_node
 
     given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
              maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "ipc_dir": ipc_dir,
@@ -118,7 +122,7 @@ def serve(
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
              "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
-             "repl_bind": repl_bind, "replica_of": replica_of}
+             "repl_bind": repl_bind, "replica_of": replica_of, "workers": workers}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

@@ -39,14 +39,15 @@ class Node:
 
 
 def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-    """A node on ephemeral ports and without ipc:// endpoints (a node killed by a test would
-    leave its socket files behind); options may say otherwise: a later flag wins."""
+    """A node on ephemeral ports, without ipc:// endpoints (a node killed by a test would
+    leave its socket files behind), and in one process (--workers 1); options may say
+    otherwise: a later flag wins."""
     # cwd is a neutral directory: `python -m` puts cwd first on sys.path, and in a source
     # checkout ./shmkv would shadow the installed package (where shmkv.broker lives).
     return subprocess.Popen(
         [sys.executable, "-m", "shmkv.cli", "--region", region, "serve",
          "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off", *options],
+         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off", "--workers", "1", *options],
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tempfile.gettempdir(),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

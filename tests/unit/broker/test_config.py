@@ -43,7 +43,7 @@ FILE_VALUES: dict[str, Any] = {
     "curve_secret_key": "/etc/shmkv/node.key_secret", "curve_allow": "/etc/shmkv/clients",
     "ipc_dir": "/run/shmkv",
     "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
-    "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006",
+    "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006", "workers": 3,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -53,6 +53,7 @@ ENV_VALUES = {
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
     "resp_bind": "[::1]:7014", "requirepass": "env-secret",
     "repl_bind": "ipc:///run/shmkv/env-repl.sock", "replica_of": "tcp://localhost:7016",
+    "workers": "4",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -62,12 +63,13 @@ CLI_VALUES: dict[str, Any] = {
     "curve_secret_key": "/nonexistent/flag.key_secret", "curve_allow": "/nonexistent/clients",
     "ipc_dir": "/nonexistent/ipc",
     "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
-    "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
+    "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026", "workers": 5,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
-            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
+            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
+            "workers": 4},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
 
@@ -353,8 +355,8 @@ def test_names_of_variables_and_flags_follow_the_fields() -> None:
 # --- the serve command passes on only the flags that were given ------------------------------
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
-    """Stand in for broker.server: record the config serve() gets, and clear the caller's
-    SHMKV_* variables."""
+    """Stand in for broker.supervisor (which runs the node, with or without workers): record
+    the config serve() gets, and clear the caller's SHMKV_* variables."""
     for name in [*map(env_var, FIELDS), CONFIG_ENV]:
         monkeypatch.delenv(name, raising=False)
     configs: list[NodeConfig] = []
@@ -363,9 +365,9 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
         configs.append(config)
         return 0
 
-    fake = types.ModuleType("shmkv.broker.server")
+    fake = types.ModuleType("shmkv.broker.supervisor")
     fake.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "shmkv.broker.server", fake)
+    monkeypatch.setitem(sys.modules, "shmkv.broker.supervisor", fake)
     return configs
 
 
