@@ -25,10 +25,10 @@ hop and a process to every request (the round trip the node is measured by), so 
 binds its own: worker 0 the configured endpoint, the others the same host on an ephemeral port
 (not port + i: that would collide with --pub-bind's default), and each its own ipc:// socket.
 A restarted worker binds the same endpoints again, so clients' sockets reconnect to it. The
-ping reply lists the workers (`"workers": [{"endpoint", "ipc_endpoint"}, ...]`); a RemoteCache
-asks once, at its first call, and then sticks to one worker (clients/workers.py picks it by
-pid and handle count): one worker answers one client's requests in order, which is what a
-client relies on. Clients that never ask (a raw DEALER) are served by worker 0.
+ping reply lists the workers (`"workers": [{"endpoint", "ipc_endpoint", "pid"}, ...]`); a
+RemoteCache asks once, at its first call, and then sticks to one worker (clients/workers.py
+picks it by pid and handle count): one worker answers one client's requests in order, which
+is what a client relies on. Clients that never ask (a raw DEALER) are served by worker 0.
 
 RESP: the supervisor binds the listening socket once and passes it to every worker, which all
 accept() on it (non-blocking: a worker that loses the race gets EAGAIN). Rather than
@@ -282,7 +282,9 @@ class WorkerPool:
     # --- what the workers are told and tell -------------------------------------------------
     def about(self) -> dict[str, Any]:
         """What each worker's ping adds."""
-        return {"workers": [{"endpoint": s.bind, "ipc_endpoint": s.ipc} for s in self.slots],
+        return {"workers": [{"endpoint": s.bind, "ipc_endpoint": s.ipc,
+                             "pid": s.process.pid if s.process is not None else None}
+                            for s in self.slots],
                 "worker_restarts": self.restarts}
 
     def _tell_all(self) -> None:
@@ -358,7 +360,7 @@ class WorkerPool:
         self.restarts += 1
         lived_s = time.monotonic() - slot.started_s
         slot.quick_deaths = slot.quick_deaths + 1 if lived_s < STABLE_S else 0
-        delay_s = min(MAX_RESTART_S, RESTART_S * 2 ** max(0, slot.quick_deaths - 1))
+        delay_s = restart_delay_s(slot.quick_deaths)
         slot.restart_at = time.monotonic() + delay_s
         print(json.dumps({"event": "worker_exited", "index": slot.index, "pid": process.pid,
                           "status": _status(status), "restart_in_s": delay_s,
@@ -378,6 +380,12 @@ class WorkerPool:
                 for key, value in _samples(slot.counts, self._families):
                     summed[key] = summed.get(key, 0.0) + value
             return summed, dict(self._families)
+
+
+def restart_delay_s(quick_deaths: int) -> float:
+    """How long a dead worker waits before it is started again, after quick_deaths deaths
+    in a row each within STABLE_S of its start (0: it had run for longer)."""
+    return min(MAX_RESTART_S, RESTART_S * 2 ** max(0, quick_deaths - 1))
 
 
 class WorkerCounts(Collector):
