@@ -44,6 +44,7 @@ KEYS = 10_000
 VALUE_BYTES = 100
 WARMUP_OPS = 200
 START_TIMEOUT_S = 120.0
+REDIS = "redis-server (redis-py)"
 
 
 # --- one client process ---------------------------------------------------------------------
@@ -135,34 +136,42 @@ def run_clients(kind: str, address: str, op: str, clients: int,
                     pipe.close()
 
 
-def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], list[int]]:
-    """{(system, op, clients): latencies}."""
-    found: dict[tuple[str, str, int], list[int]] = {}
-
-    def run(system: str, kind: str, address: str) -> None:
-        for op in args.ops:
-            for clients in args.clients:
-                print(f"{system}: {op} x {clients} processes", file=sys.stderr, flush=True)
-                found[(system, op, clients)] = run_clients(kind, address, op, clients,
-                                                           args.duration_s)
-
-    for workers in args.workers:
-        with running_node(workers) as ready:
-            run(f"shmkv ZeroMQ, workers {workers}", "zmq", ready["endpoint"])
-            run(f"shmkv RESP, workers {workers}", "resp", ready["resp"])
-    with tempfile.TemporaryDirectory() as tmp, running_redis(Path(tmp)) as client:
+def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], list[list[int]]]:
+    """{(system, op, clients): the latencies of each round}. Every server runs throughout
+    and the systems take turns within each round, so that a change in the machine's load
+    (it is shared) falls on all of them alike."""
+    found: dict[tuple[str, str, int], list[list[int]]] = {}
+    with contextlib.ExitStack() as stack:
+        systems: list[tuple[str, str, str]] = []  # (name, client kind, address)
+        for workers in args.workers:
+            ready = stack.enter_context(running_node(workers))
+            systems += [(f"shmkv ZeroMQ, workers {workers}", "zmq", ready["endpoint"]),
+                        (f"shmkv RESP, workers {workers}", "resp", ready["resp"])]
+        client = stack.enter_context(running_redis(Path(stack.enter_context(
+            tempfile.TemporaryDirectory()))))
         if client is not None:
             kwargs = client.connection_pool.connection_kwargs
-            run("redis-server (redis-py)", "resp", f"{kwargs['host']}:{kwargs['port']}")
+            systems.append((REDIS, "resp", f"{kwargs['host']}:{kwargs['port']}"))
+        for round_ in range(args.rounds):
+            for op in args.ops:
+                for clients in args.clients:
+                    for system, kind, address in systems:
+                        print(f"round {round_ + 1}: {system}, {op} x {clients} processes",
+                              file=sys.stderr, flush=True)
+                        found.setdefault((system, op, clients), []).append(
+                            run_clients(kind, address, op, clients, args.duration_s))
     return found
 
 
-def report(found: dict[tuple[str, str, int], list[int]], args: argparse.Namespace
+def report(found: dict[tuple[str, str, int], list[list[int]]], args: argparse.Namespace
            ) -> tuple[list[dict], list[str]]:
     rows, checks = [], []
     base = f"shmkv ZeroMQ, workers {args.workers[0]}"
-    ops_per_s = {key: len(ns) / args.duration_s for key, ns in found.items()}
-    for (system, op, clients), ns in found.items():
+    # the median round's calls per second
+    ops_per_s = {key: sorted(len(ns) for ns in rounds)[len(rounds) // 2] / args.duration_s
+                 for key, rounds in found.items()}
+    for (system, op, clients), rounds in sorted(found.items(), key=lambda kv: kv[0][1:]):
+        ns = [x for one in rounds for x in one]
         p = _report.percentiles(ns)
         reference = ops_per_s.get((base, op, clients))
         rows.append({"system": system, "op": f"{op}, {clients} processes", "n": len(ns),
@@ -170,7 +179,7 @@ def report(found: dict[tuple[str, str, int], list[int]], args: argparse.Namespac
                      "ops_per_s": ops_per_s[(system, op, clients)],
                      "ratio": ops_per_s[(system, op, clients)] / reference if reference
                      else None})
-    redis_name = "redis-server (redis-py)"
+    redis_name = REDIS
     for op in args.ops:
         for clients in args.clients:
             peer = ops_per_s.get((redis_name, op, clients))
@@ -196,21 +205,26 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--ops", nargs="+", default=["get", "set"], choices=["get", "set"])
-    parser.add_argument("--duration-s", type=float, default=3.0)
+    parser.add_argument("--duration-s", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="short runs, no files")
     parser.add_argument("--out", help="results directory (default bench/results; none with "
                         "--quick)")
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.duration_s, args.ops = [4], 0.5, ["get"]
+        args.clients, args.duration_s, args.ops, args.rounds = [4], 0.5, ["get"], 1
+    load_before = os.getloadavg()[0]
     found = measure(args)
     rows, checks = report(found, args)
     notes = [*checks,
              f"ratio = ops/s / the ops/s of shmkv ZeroMQ, workers {args.workers[0]} (same op "
              "and clients); ops/s = calls completed by all processes / duration",
-             f"each process runs its op for {args.duration_s} s; latencies are per call, "
-             "all processes together",
-             f"{os.cpu_count()} CPUs shared by the server(s) and every client process"]
+             f"each process runs its op for {args.duration_s} s, {args.rounds} rounds (the "
+             "systems take turns in each); ops/s is the median round's, latencies are per "
+             "call, all processes and rounds together",
+             f"{os.cpu_count()} CPUs shared by the servers and every client process; load "
+             f"average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after (the "
+             "machine is shared: other work running meanwhile shows here)"]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
     _report.print_and_save("workers", "Throughput with worker processes vs redis-server",
                            rows, notes, out)
