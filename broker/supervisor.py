@@ -52,7 +52,9 @@ What each process does:
 
 A worker's events reach ZeroMQ subscribers through the supervisor's tail of the rings, every
 EVENT_POLL_S: unlike the single-process node, a request's events may be published after its
-reply has been sent.
+reply has been sent. What Redis keeps server-wide for RESP connections lives in each worker's
+door: INFO's counters, CLIENT ID/LIST, CONFIG SET notify-keyspace-events (channel messages
+and keyspace events themselves go through the region, so every worker's subscribers get all).
 
 Failures. A worker that exits (crash, SIGKILL, OOM) is counted (stderr "worker_exited", the
 ping's worker_restarts, metric shmkv_worker_restarts_total) and started again after a backoff
@@ -242,7 +244,13 @@ class WorkerPool:
         now = time.monotonic()
         for slot in self.slots:
             if slot.process is None and now >= slot.restart_at and not self.stopping:
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:  # out of processes or fds: the others serve on
+                    slot.quick_deaths += 1
+                    slot.restart_at = now + restart_delay_s(slot.quick_deaths)
+                    print(json.dumps({"event": "worker_start_failed", "index": slot.index,
+                                      "error": str(exc)}), file=sys.stderr, flush=True)
 
     def alive(self) -> bool:
         now = time.monotonic()
@@ -323,6 +331,9 @@ class WorkerPool:
             slot.process = subprocess.Popen(
                 [*self.python, "-m", "shmkv.broker.worker", "--link-fd", str(theirs.fileno())],
                 pass_fds=fds, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         slot.link = ours

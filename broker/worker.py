@@ -171,7 +171,8 @@ class Worker(_Node):
             if self.link.fileno() in ready:
                 self._listen()
             if router in ready:
-                self._answer_waiting(router, dispatcher, no_publisher, None)  # type: ignore[arg-type]
+                self._answer_waiting(router, dispatcher, no_publisher,
+                                     None)  # type: ignore[arg-type]
             if time.monotonic() >= waits.due():
                 self._send(router, waits.retry(dispatcher.attempt,
                                                lambda: dispatcher.last_lock_timeout),
@@ -186,8 +187,13 @@ class Worker(_Node):
             if now >= next_report:
                 self._report()
                 next_report = now + REPORT_S
-        # a received request is answered before the worker stops, if only with LockTimeout
-        self._send(router, waits.expire_all(dispatcher.last_lock_timeout), no_publisher,
+        # A received request is answered before the worker stops, if only with LockTimeout.
+        # One last try first: the stop comes from the supervisor a moment after its own, and
+        # a lock may have been freed since the last retry (at most MAX_WAITING * TRY_LOCK_S).
+        last_error = lambda: dispatcher.last_lock_timeout  # noqa: E731
+        self._send(router, waits.retry(dispatcher.attempt, last_error), no_publisher,
+                   None)  # type: ignore[arg-type]
+        self._send(router, waits.expire_all(last_error()), no_publisher,
                    None)  # type: ignore[arg-type]
 
     # --- the link to the supervisor -------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from node_process import running_node
+from node_process import dealer, running_node
 from tests_support import scrape
 
 import shmkv
+from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
 
 pytestmark = pytest.mark.multiprocess
@@ -33,7 +36,7 @@ def until(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S)
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"within {timeout_s} s: {what}")
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def running(pid: int) -> bool:
@@ -58,6 +61,17 @@ def killed_at_end(pids: list[int]) -> Iterator[None]:
         for pid in pids:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def stripe_lock_held(cache: shmkv.Cache, key: bytes) -> Iterator[Callable[[], bool]]:
+    """Hold the writer lock of key's stripe, and yield a function that tells whether anyone
+    waits for it: what keeps a request in progress (as test_remote_node.py does)."""
+    _, _, stripe, _, _ = cache._lock_and_find(key)
+    try:
+        yield lambda: cache._locks.stripe_has_waiters(stripe)
+    finally:
+        cache._locks.release_stripe(stripe)
 
 
 def node_ping(endpoint: str) -> dict:
@@ -194,3 +208,90 @@ def test_the_metrics_of_a_node_are_the_sum_over_its_workers(region_name: str) ->
         assert samples[("shmkv_request_duration_seconds_count", (("command", "set"),))] == 40
         assert samples[("shmkv_workers", ())] == 2
         assert samples[("shmkv_worker_restarts_total", ())] == 0
+
+
+def test_clients_over_ipc_use_the_workers_own_ipc_sockets_which_go_at_stop(
+        region_name: str, tmp_path: Path) -> None:
+    ipc_dir = tmp_path / "ipc"
+    with running_node(region_name, "--workers", "2", "--ipc-dir", str(ipc_dir)) as node:
+        sockets = [w["ipc_endpoint"] for w in node.ready["workers"]]
+        assert sockets == [f"ipc://{ipc_dir}/{region_name}.sock",
+                           f"ipc://{ipc_dir}/{region_name}.1.sock"]
+        with ExitStack() as stack:
+            handles = [stack.enter_context(RemoteCache(node.ready["ipc_endpoint"]))
+                       for _ in range(2)]
+            for i, handle in enumerate(handles):
+                handle.set(f"k{i}", b"v")
+            assert sorted(h._link.endpoint for h in handles) == sorted(sockets)
+        node.stop()
+        assert sorted(p.name for p in ipc_dir.iterdir()) == []
+
+
+def test_messages_published_through_every_worker_reach_a_redis_subscriber(
+        region_name: str) -> None:
+    with running_node(region_name, "--workers", "2", "--resp-bind", "127.0.0.1:0") as node:
+        host, _, port = node.ready["resp"].rpartition(":")
+        with ExitStack() as stack:
+            pubsub = stack.enter_context(
+                stack.enter_context(redis.Redis(host=host, port=int(port))).pubsub())
+            pubsub.subscribe("news")
+            assert pubsub.get_message(timeout=WAIT_S)["type"] == "subscribe"
+            by_worker: dict[int, redis.Redis] = {}  # one publisher on each worker
+            for _ in range(200):  # accept() is a race: until both workers have one
+                publisher = stack.enter_context(redis.Redis(host=host, port=int(port)))
+                by_worker.setdefault(publisher.info("server")["process_id"], publisher)
+                if len(by_worker) == 2:
+                    break
+            assert len(by_worker) == 2  # so one of them is not the subscriber's worker
+            for pid, publisher in by_worker.items():
+                publisher.publish("news", str(pid))
+            received = {pubsub.get_message(ignore_subscribe_messages=True,
+                                           timeout=WAIT_S)["data"] for _ in by_worker}
+            assert received == {str(pid).encode() for pid in by_worker}
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_answers_a_request_in_progress_before_the_node_stops(
+        region_name: str, stop: signal.Signals) -> None:
+    with running_node(region_name, "--workers", "2") as node, \
+            killed_at_end(worker_pids(node.ready)), \
+            shmkv.Cache.open(region_name) as local, dealer(node.endpoint) as sock:
+        with stripe_lock_held(local, b"k") as waiting:
+            sock.send_multipart(protocol.encode_request(1, "set", {}, [b"k", b"acknowledged"]))
+            until(waiting, "the worker's set waits for the stripe lock")
+            node.process.send_signal(stop)  # arrives while the request is in progress
+        assert sock.poll(WAIT_S * 1000), "the request in progress was not answered"
+        reply = protocol.decode_reply(sock.recv_multipart())
+        # done (the lock was freed before the worker stopped, as it nearly always is), or
+        # told it was not: never left without an answer
+        assert reply.id == 1 and (reply.ok or reply.error == "LockTimeout"), reply.message
+        stopping, status = node.stop(stop)  # again: the node is stopping already
+        assert stopping["signal"] == stop.name and status == 0
+        assert local.get("k") == (b"acknowledged" if reply.ok else None)
+
+
+def test_only_the_supervisor_talks_to_systemd_and_it_is_ready_once_every_worker_serves(
+        region_name: str, tmp_path: Path) -> None:
+    directory = tempfile.mkdtemp(prefix="shmkv-notify-")  # short: sun_path holds 108 bytes
+    path = os.path.join(directory, "notify")
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, directory)
+        sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        sock.bind(path)
+        sock.settimeout(WAIT_S)
+        env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+        env.pop("WATCHDOG_PID", None)
+        node = stack.enter_context(running_node(region_name, "--workers", "2", env=env))
+        stack.enter_context(killed_at_end(worker_pids(node.ready)))
+        told: list[str] = []
+        while not any("READY=1" in m for m in told):
+            told.append(sock.recv(4096).decode())
+        for pid in worker_pids(node.ready):  # serving (the ready event lists them) and mute
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                assert b"NOTIFY_SOCKET=" not in environ.read()
+        while sum("WATCHDOG=1" in m for m in told) < 2:  # pings keep coming
+            told.append(sock.recv(4096).decode())
+        node.process.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in told):
+            told.append(sock.recv(4096).decode())
+        assert node.process.wait(timeout=WAIT_S) == 0
