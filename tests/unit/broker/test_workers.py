@@ -4,11 +4,20 @@ long a dead worker waits before it is started again."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from shmkv.broker.config import NodeConfig, load_config, worker_count
-from shmkv.broker.supervisor import MAX_RESTART_S, RESTART_S, _endpoints, restart_delay_s
+from shmkv.broker.supervisor import (
+    MAX_RESTART_S,
+    RESTART_S,
+    SILENT_S,
+    WorkerCounts,
+    WorkerPool,
+    _endpoints,
+    restart_delay_s,
+)
 from shmkv.clients.workers import choose_worker
 from shmkv.errors import ConfigError
 
@@ -79,3 +88,40 @@ def test_workers_default_to_one_per_cpu_and_refuse_absurd_counts() -> None:
         load_config({"workers": "257"}, env={})
     assert worker_count(NodeConfig()) == len(os.sched_getaffinity(0))
     assert worker_count(NodeConfig(workers=3)) == 3
+
+
+def test_the_watchdog_counts_the_workers_alive_only_while_each_serves_and_reports() -> None:
+    pool = WorkerPool(NodeConfig(ipc_dir=""), 2)
+    now = time.monotonic()
+    for slot in pool.slots:
+        slot.serving, slot.heard_s = True, now
+    assert pool.alive()
+    pool.slots[1].heard_s = now - SILENT_S - 1  # stuck: no report for too long
+    assert not pool.alive()
+    pool.slots[1].heard_s, pool.slots[1].serving = now, False  # dead, waiting to restart
+    assert not pool.alive()
+
+
+def _report(gets: int) -> list:
+    """A worker's report (worker.py's "counts") of gets get requests, 20 µs each."""
+    labels = {"command": "get"}
+    return [["shmkv_requests", "Requests", "counter",
+             [["shmkv_requests_total", {**labels, "outcome": "ok"}, gets]]],
+            ["shmkv_request_duration_seconds", "Latency", "histogram",
+             [["shmkv_request_duration_seconds_bucket", {**labels, "le": le}, gets]
+              for le in ("+Inf", "2e-05")] +
+             [["shmkv_request_duration_seconds_count", labels, gets],
+              ["shmkv_request_duration_seconds_sum", labels, gets * 20e-6]]]]
+
+
+def test_the_metrics_sum_the_workers_reports_and_keep_those_of_dead_workers() -> None:
+    pool = WorkerPool(NodeConfig(ipc_dir=""), 2)
+    pool.slots[0].counts = _report(3)
+    pool.slots[1].counts = _report(4)
+    pool._retire(_report(5))  # a worker that died after reporting 5
+    families = {f.name: f for f in WorkerCounts(pool).collect()}
+    assert [s.value for s in families["shmkv_requests"].samples] == [12]
+    histogram = families["shmkv_request_duration_seconds"].samples
+    assert [(s.name.rpartition("_")[2], s.labels.get("le")) for s in histogram] == \
+        [("bucket", "2e-05"), ("bucket", "+Inf"), ("count", None), ("sum", None)]
+    assert histogram[2].value == 12
