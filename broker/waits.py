@@ -11,6 +11,7 @@ key with a parked one is parked behind it without a try, and a parked request is
 when no earlier parked one shares a key with it. A request whose keys are not known from its
 frames (batches, whole-collection and region commands) counts as sharing a key with every
 other, so it waits for all the parked requests before it, and all the later ones wait for it.
+A ping touches no key and takes no lock: it never waits (a client's first call is one).
 At most MAX_WAITING requests, of at most MAX_WAITING_BYTES of payload in all, wait; one more is
 answered LockTimeout at once (a parked request keeps its message, values included).
 """
@@ -48,10 +49,14 @@ def keys_of(request: Request) -> Keys:
         return frozenset({(request.coll, bytes(request.frames[0]))})
     if request.op == "rename":
         return frozenset((request.coll, bytes(f)) for f in request.frames)
+    if request.op == "ping":
+        return frozenset()
     return None
 
 
 def _overlap(a: Keys, b: Keys) -> bool:
+    if a == frozenset() or b == frozenset():  # no key at all: nothing to keep in order with
+        return False
     return a is None or b is None or not a.isdisjoint(b)
 
 
