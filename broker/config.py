@@ -106,6 +106,9 @@ class NodeConfig:
     lease_ttl_s: int = 10
     loop_interval_s: float = 1.0
     retry_timeout_s: float = 3.0
+    # Processes that serve requests (broker/supervisor.py); 0: one per CPU. 1 is the single
+    # process node, which serves and also does everything else itself.
+    workers: int = 0
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -120,7 +123,9 @@ _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%\w]+\]|[^:\[\]]+):(\d+|\*)")
 #   maintain_interval_s: under 1 ms the loop would do nothing but maintain (1e-300 spins);
 #     over a day expired memory would wait too long;
 #   pub_hwm: 0 is ZeroMQ's "no limit"; past 10 M messages a slow subscriber could hold many
-#     GB of the node's memory (and ZMQ_SNDHWM is a C int: 3e9 would not even be taken).
+#     GB of the node's memory (and ZMQ_SNDHWM is a C int: 3e9 would not even be taken);
+#   workers: each is a process with its own sockets and handles; past a few per core they
+#     only take turns.
 RANGES: dict[str, tuple[float, float]] = {
     "arena_bytes": (4096, layout.MAX_ARENA_BYTES),
     "maintain_interval_s": (0.001, 86400.0),
@@ -129,6 +134,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "lease_ttl_s": (2, 3600),
     "loop_interval_s": (0.05, 600.0),
     "retry_timeout_s": (0.1, 600.0),
+    "workers": (0, 256),
 }
 
 
@@ -176,6 +182,11 @@ def metrics_address(config: NodeConfig) -> tuple[str, int] | None:
         return None
     host, port = _host_port(config.metrics_bind)
     return host, int(port)
+
+
+def worker_count(config: NodeConfig) -> int:
+    """How many processes serve requests: workers, or the CPUs this process may run on."""
+    return config.workers or len(os.sched_getaffinity(0))
 
 
 def resp_address(config: NodeConfig) -> tuple[str, int] | None:
@@ -372,6 +383,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
     "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
     "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
+    "workers": _count,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 

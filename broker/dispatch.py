@@ -51,6 +51,7 @@ class Dispatcher:
         # Requests about the node rather than the region (promote, replicaof: broker/roles.py),
         # handed in by the node; "role" adds the node's role to ping's reply.
         self.node_ops: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        self.about: dict[str, Any] = {}  # more for ping to tell (a worker: its siblings)
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -124,7 +125,7 @@ class Dispatcher:
     # --- commands on the region rather than on keys ----------------------------------------
     def _ping(self, request: Request) -> Result:
         limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
-        found = {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}
+        found = {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits, **self.about}
         if "role" in self.node_ops:  # clients of several nodes look for the primary
             found["role"] = self.node_ops["role"]({})
         return found, []

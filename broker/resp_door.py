@@ -135,13 +135,16 @@ class RespDoor:
     service() with what each poll reported, and close() on the way out."""
 
     def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
-                 waits: LockWaits, requirepass: str = "") -> None:
+                 waits: LockWaits, requirepass: str = "",
+                 listener: socket.socket | None = None) -> None:
         """cache: a handle that waits only a moment for a lock; waits: the node's queue of
-        parked requests, which the node's loop retries."""
+        parked requests, which the node's loop retries; listener: a listening socket to accept
+        on instead of binding host:port (the workers of a node share the one their
+        supervisor bound: broker/supervisor.py)."""
         tls = server_context(config)  # before binding: a bad certificate binds nothing
         try:
-            self.listener = socket.create_server((host, port), backlog=511,
-                                                 family=_family(host), reuse_port=False)
+            self.listener = listener or socket.create_server(
+                (host, port), backlog=511, family=_family(host), reuse_port=False)
         except OSError as exc:
             raise ShmKVError(f"cannot listen for the Redis protocol on {host}:{port}: "
                              f"{exc.strerror}; give another address with --resp-bind") from None

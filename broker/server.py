@@ -31,6 +31,9 @@ on serving the others, and answers it LockTimeout before its client gives up.
 With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
 admits only the allowed client keys (auth.py); the loop does not see it.
 
+With --workers N (N > 1) this loop is the supervisor's: it binds no request socket and serves
+no requests; N worker processes do, and the loop also watches them (supervisor.py).
+
 This module is the transport only: the wire format is protocol.py, what a request does is
 dispatch.py, what is published and how is pubsub.py. On the way out the node turns keyspace
 events off (writers stop paying for them), closes its sockets and its handle and leaves the
@@ -121,6 +124,21 @@ class Notifier(Protocol):
     def watchdog_interval_s(self) -> float | None: ...
 
 
+class Workers(Protocol):
+    """The processes that serve requests for a node that serves none itself (supervisor.py)."""
+
+    def start(self, stop: _StopSignals, metrics: Metrics | None) -> dict[str, object]: ...
+    node_ops: dict[str, Callable[[dict[str, Any]], Any]]
+
+    def attach(self, poller: zmq.Poller) -> None: ...
+    def reload(self) -> None: ...
+    def due(self) -> float: ...
+    def service(self, ready: dict[Any, int]) -> None: ...
+    def alive(self) -> bool: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
 def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
           notifier: Notifier | None = None) -> int:
     """Run the node until SIGTERM/SIGINT; returns the process exit status."""
@@ -145,6 +163,8 @@ class _Node:
         self._requests: shmkv.Cache  # the requests' handle (run() opens it)
         self._maintain_failing = False
         self._curve: CurveServer | None = None
+        # Set, the node serves no requests itself: these processes do (supervisor.py)
+        self.workers: Workers | None = None
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -168,12 +188,14 @@ class _Node:
                 # before binding: a listener gives its connections the options it was bound with
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
-                self.endpoint = _bind(router, self.config.bind)
+                if self.workers is None:
+                    self.endpoint = _bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
                                       secure=curve.secure if curve else None)
                 ipc = ipc_endpoints(self.config.ipc_dir, self.config.region)
                 if ipc is not None:  # the same sockets, also on same-host-only endpoints
-                    _bind(router, ipc.request)
+                    if self.workers is None:
+                        _bind(router, ipc.request)
                     _bind(publisher.socket, ipc.publish)
                 roles = self.roles = Roles(context, self.config, self._emit, self._status,
                                            stop.wait, curve.secure if curve else None)
@@ -199,19 +221,25 @@ class _Node:
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too
                         door.pump = lambda: publisher.pump(events)  # type: ignore[union-attr]
-                    self._emit("ready", pid=os.getpid(), endpoint=self.endpoint,
-                               pub_endpoint=publisher.endpoint, metrics=metrics_at,
-                               ipc_endpoint=ipc and ipc.request,
-                               ipc_pub_endpoint=ipc and ipc.publish,
-                               resp=door.address if door else None,
-                               config={**asdict(self.config), "requirepass":
-                                       "(set)" if self.config.requirepass else ""},
-                               stats=cache.stats(), replication=self._replication())
+                    ready = dict(pid=os.getpid(), endpoint=self.endpoint,
+                                 pub_endpoint=publisher.endpoint, metrics=metrics_at,
+                                 ipc_endpoint=ipc and ipc.request,
+                                 ipc_pub_endpoint=ipc and ipc.publish,
+                                 resp=door.address if door else None,
+                                 config={**asdict(self.config), "requirepass":
+                                         "(set)" if self.config.requirepass else ""},
+                                 stats=cache.stats(), replication=self._replication())
+                    if self.workers is not None:  # their endpoints, once all serve
+                        ready.update(self.workers.start(stop, self.metrics))
+                        self.endpoint = str(ready["endpoint"])
+                    self._emit("ready", **ready)
                     self._notify_ready()
                     self._loop(router, publisher, events, dispatcher, cache, stop,
                                persistence, door)
                     self._emit("stopping", signal=signal.Signals(stop.received).name)
                     self._notify_stopping()
+                    if self.workers is not None:  # they answer what they received
+                        self.workers.stop()
                     cache.enable_events(False)
                     publisher.pump(events)  # local writers' last events
                     linger_ms = STOP_LINGER_MS  # deliver the last replies and messages
@@ -220,6 +248,8 @@ class _Node:
                 finally:
                     if self.failover is not None:
                         self.failover.close()
+                    if self.workers is not None:
+                        self.workers.close()
                     roles.close()
                     if door is not None:
                         door.close()
@@ -259,6 +289,10 @@ class _Node:
         assert roles is not None
         roles.attach(poller)
         dispatcher.node_ops = roles.node_ops()
+        workers = self.workers
+        if workers is not None:
+            workers.attach(poller)
+            workers.node_ops = dispatcher.node_ops  # the workers forward these here
         interval_s = self.config.maintain_interval_s
         next_maintain = time.monotonic() + interval_s
         events_left = False  # the last pump stopped at its limit
@@ -270,6 +304,8 @@ class _Node:
                 wake_at = min(wake_at, self.failover.due())
             if door is not None:
                 wake_at = min(wake_at, door.due())  # TLS handshakes' deadlines
+            if workers is not None:
+                wake_at = min(wake_at, workers.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
             timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
@@ -279,6 +315,8 @@ class _Node:
                 stop.drain()
             if stop.take_reload():
                 self._reload()
+                if self.workers is not None:
+                    self.workers.reload()
             if publisher.socket in ready:
                 publisher.take_subscriptions()
             if router in ready:
@@ -287,6 +325,8 @@ class _Node:
                 waits.retry()  # both doors' parked requests: each is answered by its door
             if door is not None:
                 door.service(ready)
+            if workers is not None:
+                workers.service(ready)
             roles.service(ready)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
@@ -409,8 +449,9 @@ class _Node:
         return open_or_restore(self.config, self.notifier, self._emit)
 
     def _notify_alive(self) -> None:
-        """Called by the loop every watchdog interval: it is alive and not stuck."""
-        if self.notifier is not None:
+        """Called by the loop every watchdog interval: it is alive and not stuck (and so are
+        its workers, if it has any)."""
+        if self.notifier is not None and (self.workers is None or self.workers.alive()):
             self.notifier.watchdog()
 
     def _notify_stopping(self) -> None:
@@ -421,7 +462,7 @@ class _Node:
         """The Redis-protocol door, if configured: on the requests' handle, which waits only
         a moment for a lock, parking what finds one busy in the same queue (waits.py)."""
         address = resp_address(self.config)
-        if address is None:
+        if address is None or self.workers is not None:  # the workers serve it
             return None
         return RespDoor(requests, self.config, *address, self._waits,
                         requirepass=self.config.requirepass)

@@ -17,11 +17,11 @@ through: a request that shares a key with a parked one is parked behind it witho
 parked request is retried only when no earlier parked one shares a key with it. A request whose
 keys are not known (batches, whole-collection and region commands) counts as sharing a key with
 every other, so it waits for all the parked requests before it, and all the later ones wait for
-it; one that touches no key (NO_KEYS: PING, AUTH, ...) waits for none. Order per connection is
-the door's business (the Redis door runs none of a connection's later commands while one of
-them is parked). At most MAX_WAITING requests, of at most MAX_WAITING_BYTES of payload in all,
-wait; one more is refused LockTimeout at once (a parked request keeps its message, values
-included).
+it; one that touches no key (NO_KEYS: PING, AUTH, ...) waits for none (a ZeroMQ client's
+first call is a ping). Order per connection is the door's business (the Redis door runs none of
+a connection's later commands while one of them is parked). At most MAX_WAITING requests, of at
+most MAX_WAITING_BYTES of payload in all, wait; one more is refused LockTimeout at once (a
+parked request keeps its message, values included).
 """
 
 from __future__ import annotations
@@ -81,10 +81,14 @@ def keys_of(request: Request) -> Keys:
         return frozenset({(request.coll, bytes(request.frames[0]))})
     if request.op == "rename":
         return frozenset((request.coll, bytes(f)) for f in request.frames)
+    if request.op == "ping":
+        return frozenset()
     return None
 
 
 def _overlap(a: Keys, b: Keys) -> bool:
+    if a == frozenset() or b == frozenset():  # no key at all: nothing to keep in order with
+        return False
     return a is None or b is None or not a.isdisjoint(b)
 
 

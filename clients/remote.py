@@ -76,6 +76,7 @@ from shmkv.clients.commands import Commands, check_batch, found_values, set_many
 from shmkv.clients.handshake import HandshakeWatch
 from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
+from shmkv.clients.workers import choose_worker
 from shmkv.errors import CacheClosed, OutcomeUnknown, RemoteUnavailable, RequestTooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
@@ -126,6 +127,7 @@ class _Connection:
         self._last_id = 0
         self._in_flight: dict[int, _Sent] = {}  # by id, in the order sent (= replies' order)
         self._timeout_ms = max(1, round(self.timeout_s * 1000))
+        self._worker_chosen = False  # a node with workers: which one, at the first call
         self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self.closed = False
         self._open()  # now: a malformed endpoint fails here, not at the first call
@@ -173,6 +175,8 @@ class _Connection:
         in flight: wait() gives its reply."""
         if self.closed:
             raise CacheClosed("this RemoteCache is closed; create a new one")
+        if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
+            self._choose_worker()
         if frames:
             largest = max(memoryview(f).nbytes for f in frames)
             if largest > CHECK_LIMITS_ABOVE_BYTES:
@@ -187,6 +191,19 @@ class _Connection:
         self._transmit(sent)
         self._in_flight[request_id] = sent
         return sent
+
+    def _choose_worker(self) -> None:
+        """Ask the node (ping) for its workers and stick to one of them: a client's requests
+        stay in order on one worker (clients/workers.py says which)."""
+        self._worker_chosen = True  # the ping itself goes where the endpoint says
+        try:
+            chosen = choose_worker(self.endpoint, self.call("ping", {}).result)
+        except RemoteUnavailable:  # ask again at the next call
+            self._worker_chosen = False
+            raise
+        if chosen != self.endpoint:
+            self._drop_socket()
+            self.endpoint = chosen
 
     def wait(self, sent: _Sent) -> Reply:
         """The reply to a request sent; raise what an error reply carries, or

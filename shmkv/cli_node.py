@@ -129,6 +129,10 @@ def serve(
     retry_timeout_s: Annotated[float | None, _node_option(
         "--retry-timeout-s", "Seconds one etcd request may take. (default: "
         "$SHMKV_RETRY_TIMEOUT_S, else 3)")] = None,
+    workers: Annotated[int | None, _node_option(
+        "--workers", "Processes that serve requests, each on its own endpoint (the first on "
+        "--bind; clients learn the others); 1: a single process, 0: one per CPU. "
+        "(default: $SHMKV_WORKERS, else one per CPU)", metavar="N")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -140,7 +144,7 @@ def serve(
     A bad setting exits 2 and names where it came from."""
     from .broker.config import load_config
     from .broker.notify import Notifier
-    from .broker.server import serve as run_node
+    from .broker.supervisor import serve as run_node
 
     given = {"config": config, "arena_bytes": arena_bytes, "maintain_interval_s":
              maintain_interval_s, "bind": bind, "pub_bind": pub_bind, "ipc_dir": ipc_dir,
@@ -153,7 +157,8 @@ def serve(
              "resp_tls_ca": resp_tls_ca,
              "repl_bind": repl_bind, "replica_of": replica_of, "etcd": etcd,
              "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
-             "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s}
+             "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s,
+             "workers": workers}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

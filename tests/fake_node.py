@@ -12,6 +12,9 @@ import zmq
 from shmkv.broker import protocol
 
 WAIT_S = 10
+# The id of a client's first scripted request: its first call is preceded by a ping (id 1),
+# which asks the node about its workers and which this node answers outside the script.
+FIRST_ID = 2
 Step = Callable[[protocol.Request], list[protocol.Reply]] | None
 
 
@@ -32,13 +35,26 @@ class FakeNode:
 
     def _run(self) -> None:
         for step in self._script:
-            if not self.socket.poll(WAIT_S * 1000):
+            received = self._receive()
+            if received is None:
                 return
-            routing_id, *frames = self.socket.recv_multipart()
-            request = protocol.decode_request(frames)
+            routing_id, request = received
             self.received.append((routing_id, request.id, request.op))
             for reply in (step(request) if step else []):
                 self.socket.send_multipart([routing_id, *protocol.encode_reply(reply)])
+
+    def _receive(self) -> tuple[bytes, protocol.Request] | None:
+        """The next request that is not a ping; pings (a client's first call asks about the
+        node's workers) are answered as a node without workers answers them, and are not
+        steps of the script."""
+        while self.socket.poll(WAIT_S * 1000):
+            routing_id, *frames = self.socket.recv_multipart()
+            request = protocol.decode_request(frames)
+            if request.op != "ping":
+                return routing_id, request
+            self.socket.send_multipart([routing_id, *protocol.encode_reply(
+                protocol.Reply(request.id, True, {}))])
+        return None
 
     def close(self) -> None:
         self._thread.join(WAIT_S)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,17 +38,19 @@ class Node:
         return (json.loads(line) if line else {}), self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-    """A node on ephemeral ports and without ipc:// endpoints (a node killed by a test would
-    leave its socket files behind); options may say otherwise: a later flag wins."""
+def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE,
+               env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """A node on ephemeral ports, without ipc:// endpoints (a node killed by a test would
+    leave its socket files behind), and in one process (--workers 1); options may say
+    otherwise: a later flag wins."""
     # cwd is a neutral directory: `python -m` puts cwd first on sys.path, and in a source
     # checkout ./shmkv would shadow the installed package (where shmkv.broker lives).
     return subprocess.Popen(
         [sys.executable, "-m", "shmkv.cli", "--region", region, "serve",
          "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off", *options],
+         "--metrics-bind", "127.0.0.1:0", "--ipc-dir", "off", "--workers", "1", *options],
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tempfile.gettempdir(),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -79,12 +81,13 @@ def dealer(endpoint: str) -> Iterator[zmq.Socket]:
 
 
 @contextmanager
-def running_node(region: str, *options: str) -> Iterator[Node]:
+def running_node(region: str, *options: str,
+                 env: Mapping[str, str] | None = None) -> Iterator[Node]:
     """A node serving region (created by the node if absent), ready when this yields; at the
     end it is stopped (SIGTERM, then SIGKILL if it must) and the region is unlinked."""
     # stderr goes to a file: a pipe nobody reads would block a node that writes much to it
     errors = tempfile.TemporaryFile("w+")
-    process = start_node(region, *options, stderr=errors)
+    process = start_node(region, *options, stderr=errors, env=env)
     try:
         line = process.stdout.readline()  # type: ignore[union-attr]  # blocks until ready
         if not line:

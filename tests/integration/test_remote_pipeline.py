@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fake_node import FakeNode
+from fake_node import FIRST_ID, FakeNode
 from node_process import running_node
 from tests_support import scrape
 
@@ -79,14 +79,15 @@ def test_a_pipeline_has_up_to_max_in_flight_requests_sent_before_any_reply() -> 
     in_flight = protocol.MAX_IN_FLIGHT
 
     def answer_all(r: protocol.Request) -> list[protocol.Reply]:  # after the last one came
-        return [protocol.Reply(i, True, [b"v%d" % i]) for i in range(1, in_flight + 1)]
+        return [protocol.Reply(FIRST_ID + i, True, [b"v%d" % i]) for i in range(in_flight)]
 
     with FakeNode([None] * (in_flight - 1) + [answer_all]) as node, \
             RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0) as remote:
         with remote.pipeline() as p:
             futures = [p.get(f"k{i}") for i in range(in_flight)]
-        assert [f.result() for f in futures] == [b"v%d" % i for i in range(1, in_flight + 1)]
-    assert [request_id for _, request_id, _ in node.received] == list(range(1, in_flight + 1))
+        assert [f.result() for f in futures] == [b"v%d" % i for i in range(in_flight)]
+    assert [request_id for _, request_id, _ in node.received] == \
+        list(range(FIRST_ID, FIRST_ID + in_flight))
 
 
 def test_a_timeout_in_a_pipeline_sends_idempotent_requests_again_and_fails_the_others() -> None:
@@ -99,7 +100,8 @@ def test_a_timeout_in_a_pipeline_sends_idempotent_requests_again_and_fails_the_o
         with pytest.raises(shmkv.RemoteUnavailable, match="incr.*not sent again.*may or may not"):
             counted.result()
     sent = [(request_id, op) for _, request_id, op in node.received]
-    assert sent == [(1, "get"), (2, "incr"), (3, "get"), (1, "get"), (3, "get")]
+    get, incr, get2 = FIRST_ID, FIRST_ID + 1, FIRST_ID + 2
+    assert sent == [(get, "get"), (incr, "incr"), (get2, "get"), (get, "get"), (get2, "get")]
     assert node.received[0][0] != node.received[3][0]  # again on a new connection
 
 
@@ -113,7 +115,8 @@ def test_a_call_that_is_not_idempotent_is_not_sent_again_after_a_timeout() -> No
 
 def test_late_replies_to_abandoned_requests_are_dropped_also_after_a_reconnect() -> None:
     def late_then_right(r: protocol.Request) -> list[protocol.Reply]:
-        return [protocol.Reply(1, True, [b"late"]), protocol.Reply(r.id, True, [b"right"])]
+        return [protocol.Reply(FIRST_ID, True, [b"late"]),
+                protocol.Reply(r.id, True, [b"right"])]
 
     # get (abandoned: no reply), get (a late reply to the first, then its own),
     # get (no reply: timeout, a new socket), the same get again (late replies, then its own)
@@ -127,4 +130,6 @@ def test_late_replies_to_abandoned_requests_are_dropped_also_after_a_reconnect()
         assert remote.get("c") == b"right"
         with pytest.raises(shmkv.CacheClosed, match="abandoned"):
             abandoned.result()
-    assert [request_id for _, request_id, _ in node.received] == [1, 2, 3, 3]
+    first = FIRST_ID
+    assert [request_id for _, request_id, _ in node.received] == \
+        [first, first + 1, first + 2, first + 2]

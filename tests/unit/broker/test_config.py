@@ -48,6 +48,7 @@ FILE_VALUES: dict[str, Any] = {
     "etcd": "http://127.0.0.1:2379,http://127.0.0.2:2379", "cluster": "file-cluster",
     "advertise": "tcp://10.0.0.1:7007", "lease_ttl_s": 20, "loop_interval_s": 2,
     "retry_timeout_s": 4,
+    "workers": 3,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -61,6 +62,7 @@ ENV_VALUES = {
     "etcd": "https://etcd.example:2379", "cluster": "env-cluster",
     "advertise": "tcp://10.0.0.1:7017", "lease_ttl_s": "30", "loop_interval_s": "0.5",
     "retry_timeout_s": "2.5",
+    "workers": "4",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -74,12 +76,14 @@ CLI_VALUES: dict[str, Any] = {
     "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
     "etcd": "http://[::1]:2379", "cluster": "flag-cluster", "advertise": "tcp://10.0.0.1:7027",
     "lease_ttl_s": 40, "loop_interval_s": 3.0, "retry_timeout_s": 3.5,
+    "workers": 5,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
             "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
-            "lease_ttl_s": 30, "loop_interval_s": 0.5, "retry_timeout_s": 2.5},
+            "lease_ttl_s": 30, "loop_interval_s": 0.5, "retry_timeout_s": 2.5,
+            "workers": 4},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
 EXPECTED["file"].update(loop_interval_s=2.0, retry_timeout_s=4.0)
@@ -385,8 +389,8 @@ def test_names_of_variables_and_flags_follow_the_fields() -> None:
 # --- the serve command passes on only the flags that were given ------------------------------
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
-    """Stand in for broker.server: record the config serve() gets, and clear the caller's
-    SHMKV_* variables."""
+    """Stand in for broker.supervisor (which runs the node, with or without workers): record
+    the config serve() gets, and clear the caller's SHMKV_* variables."""
     for name in [*map(env_var, FIELDS), CONFIG_ENV]:
         monkeypatch.delenv(name, raising=False)
     configs: list[NodeConfig] = []
@@ -395,9 +399,9 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[NodeConfig]:
         configs.append(config)
         return 0
 
-    fake = types.ModuleType("shmkv.broker.server")
+    fake = types.ModuleType("shmkv.broker.supervisor")
     fake.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "shmkv.broker.server", fake)
+    monkeypatch.setitem(sys.modules, "shmkv.broker.supervisor", fake)
     return configs
 
 

@@ -69,6 +69,7 @@ def test_service_notifies_systemd_and_has_a_watchdog(unit: Unit) -> None:
 def test_service_restarts_on_failure_and_stops_on_sigterm(unit: Unit) -> None:
     assert one(unit, "Service", "Restart") == "on-failure"
     assert one(unit, "Service", "KillSignal") == "SIGTERM"
+    assert one(unit, "Service", "KillMode") == "mixed"  # the node stops its workers itself
     assert seconds(one(unit, "Service", "TimeoutStopSec")) > 0
     # exit status 2 is the CLI's usage/configuration error: restarting cannot fix it
     assert one(unit, "Service", "RestartPreventExitStatus") == "2"

@@ -106,6 +106,15 @@ def test_a_request_of_unknown_keys_waits_for_every_earlier_one_and_holds_up_late
     assert region.applied == [1, 2, 3]
 
 
+def test_a_ping_is_answered_at_once_whatever_waits(setup) -> None:
+    w, region = setup.w, setup.region
+    region.busy.add(b"k")
+    assert setup.submit(req(1, key=b"k")) is None
+    assert setup.submit(req(2, "clear")) is None  # waits for every key
+    assert setup.submit(req(3, "ping")).id == 3
+    assert len(w) == 2
+
+
 def test_a_waiting_request_is_answered_lock_timeout_at_its_share_of_the_client_timeout(
         setup) -> None:
     w, region, clock = setup.w, setup.region, setup.clock

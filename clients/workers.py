@@ -1,0 +1,52 @@
+"""Which worker of a node a client talks to (a node started with --workers N, whose workers
+each serve on their own endpoint: broker/supervisor.py).
+
+A node's ping reply lists its workers' endpoints as each bound them; choose_worker() picks one
+for a client that reached the node at `endpoint`: over the same transport, and for tcp:// at
+the same host name the client used (a worker bound to 0.0.0.0 or * reports that address,
+which is no address to connect to) with the worker's port. A client sticks to the worker it
+picked, so its requests are answered in the order it sent them.
+
+Picks are spread: a process's first handle takes worker pid % N, its next ones the following
+workers, so client processes (consecutive pids) and the handles of one process both cover
+every worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+_handles = itertools.count()  # handles of this process that have picked a worker
+
+
+def choose_worker(endpoint: str, ping: Mapping[str, Any]) -> str:
+    """The endpoint a client that reached a node at endpoint should use from now on: one of
+    the workers' that the node's ping reply lists, or endpoint itself (a node without
+    workers, or no worker reachable the same way)."""
+    workers = ping.get("workers") if isinstance(ping, Mapping) else None
+    if not isinstance(workers, list) or len(workers) < 2:
+        return endpoint
+    reachable = [found for found in (_as_reached(endpoint, worker) for worker in workers)
+                 if found is not None]
+    if len(reachable) != len(workers):  # cannot tell which entry is the one reached
+        return endpoint
+    return reachable[(os.getpid() + next(_handles)) % len(reachable)]
+
+
+def _as_reached(endpoint: str, worker: Any) -> str | None:
+    """worker's endpoint, reached as the client reached endpoint; None if it cannot be."""
+    if not isinstance(worker, Mapping):
+        return None
+    transport = endpoint.partition("://")[0]
+    if transport == "ipc":
+        found = worker.get("ipc_endpoint")
+        return found if isinstance(found, str) and found.startswith("ipc://") else None
+    bound = worker.get("endpoint")
+    if transport != "tcp" or not isinstance(bound, str) or not bound.startswith("tcp://"):
+        return None
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0]
+    port = bound.rpartition(":")[2]
+    return f"tcp://{host}:{port}" if host and port.isdigit() else None
