@@ -111,14 +111,54 @@ def throughput(endpoint: str, region: str, n: int, tag: str) -> dict[str, float]
     return {"remote": n / remote_s, "local": n * 5 / local_s}
 
 
+def digest_speed(n_keys: int) -> list[dict[str, Any]]:
+    """ms to compute every stripe's range digests of a region of n_keys (both engines)."""
+    from shmkv import repl_digest as D
+    name = f"bench-digest-{uuid.uuid4().hex[:8]}"
+    cache = shmkv.Cache.create(name, arena_bytes=max(ARENA_BYTES, n_keys * 400),
+                               max_keys=n_keys)
+    rows = []
+    try:
+        for start in range(0, n_keys, 10_000):
+            stop = min(n_keys, start + 10_000)
+            cache.set_many({b"d-%09d" % i: VALUE for i in range(start, stop)})
+        region = cache._region
+        for pure in (False, True):
+            samples = []
+            for _ in range(5):
+                t0 = time.perf_counter_ns()
+                for stripe in range(region.layout.n_stripes):
+                    region.locks.acquire_stripe(stripe)
+                    try:
+                        D.stripe_digests_locked(region, stripe, pure=pure)
+                    finally:
+                        region.locks.release_stripe(stripe)
+                samples.append(time.perf_counter_ns() - t0)
+            p = _report.percentiles(samples)
+            rows.append({"system": f"shmkv ({'numpy' if pure else 'compiled'} digests)",
+                         "op": f"digest every stripe of {n_keys:,} keys", "n": len(samples),
+                         "median_ns": p["median"], "p99_ns": p["p99"], "ops_per_s": None,
+                         "ratio": None})
+    finally:
+        cache.close()
+        shmkv.Cache.unlink(name)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--writes", type=int, default=10_000, help="writes per lag run")
     parser.add_argument("--rates", default="1000,10000", help="writes/s of the lag runs")
     parser.add_argument("--sets", type=int, default=20_000, help="remote sets per run")
     parser.add_argument("--quick", action="store_true", help="small runs, no results file")
+    parser.add_argument("--digests", type=int, default=0, metavar="KEYS",
+                        help="only time the range digests of a region of KEYS keys, and print")
     parser.add_argument("--out", default=str(_report.REPO / "bench" / "results"))
     args = parser.parse_args()
+    if args.digests:
+        _report.print_and_save("replication-digests", "Range digests of a whole region",
+                               digest_speed(args.digests), [], None)
+        return
     if args.quick:
         args.writes, args.sets = 2_000, 2_000
     tag = uuid.uuid4().hex[:8]

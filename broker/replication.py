@@ -1,5 +1,5 @@
-"""Replication to peer hosts, first increment: a replica keeps a full copy of its primary's
-region in its own shared memory, by comparing stripes.
+"""Replication to peer hosts: a replica keeps a full copy of its primary's region in its own
+shared memory, by comparing stripes, then the digests of their slot ranges.
 
 Roles
 -----
@@ -17,9 +17,9 @@ replica  `shmkv serve --replica-of ENDPOINT`: creates its region as a clone of t
 Wire format (ZeroMQ multipart; the replica's DEALER sends requests, the primary's ROUTER
 answers each with one message, in order)
 -----------------------------------------------------------------------------------------
-    frame 0   TAG = b"SHMKV-REPL/1"   magic and version: another tag gets an error reply
+    frame 0   TAG = b"SHMKV-REPL/2"   magic and version: another tag gets an error reply
     frame 1   header, JSON object     "op", "id" (echoed in the reply), the op's fields
-    frame 2   data (chunk replies)    records, as shmkv/replica.py's table says
+    frame 2   data                    digests or records, as the op says
 
     op        request fields   reply fields
     hello     -                params: arena_bytes, n_stripes, slots_per_stripe,
@@ -29,8 +29,11 @@ answers each with one message, in order)
                                replica stops following another region than hello's: a
                                primary restarted empty never wipes it); collections:
                                [index, generation, name] of each live named collection
-    stripe    stripe           stripe, done, records, + data: the first chunk of the stripe
-                               (the primary copies its slots now, see StripeReader)
+    digests   stripe           stripe, + data: the stripe's slot-range digests
+                               (shmkv/repl_digest.py: n_ranges u64, computed under its lock)
+    stripe    stripe, ranges   stripe, done, records, + data: the first chunk of the entries
+                               of those ranges (all if ranges is absent), expired ones
+                               included (the primary copies its slots now, see StripeReader)
     next      stripe           the stripe's next chunk (the same reader, kept per replica)
     (error)                    ok false, error (class name), message
 
@@ -39,29 +42,32 @@ reply with it) and starts a new round on a new one: request and reply never get 
 
 Convergence
 -----------
-Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone) bumps
-the stripe's `changes` counter under its lock. A round fetches the counters and the collection
-table, copies the table (by index: keys are hashed with their collection's index), then for
-each stripe whose counter differs from the one recorded at its last sync, reads the primary's
-stripe and makes the replica's stripe equal to what it read (upsert what differs in version,
-expiry, kind or length, with the primary's version; remove what is not listed), and records
-the counter it saw BEFORE the read. A key nobody touches during the read is read exactly
-(snapshot.py's argument); one that changes during the read may come out at an old value, but
-its change moved the counter past the recorded one, so the next round reads the stripe again.
-Once writes pause for a round, every stripe equals the primary's. Nothing relies on the event
-rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
+Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone, with
+or without a node running) bumps the stripe's `changes` counter under its lock. A round fetches
+the counters and the collection table (time T), copies the table (by index: keys are hashed
+with their collection's index), then for each stripe whose counter differs from the one
+recorded at its last sync: asks for the digests of the stripe's slot ranges (taken under the
+primary's stripe lock, after T), computes its own (its region changes only by this replicator),
+and for the ranges that differ reads the primary's entries of those ranges and makes its
+ranges equal to what it read (upsert what differs in version, expiry, kind or length, with the
+primary's version; remove what is not listed); then it records the counter seen at T. A range
+whose digests agree holds the same entries on both sides (up to a 64-bit digest collision,
+repl_digest.py). A key nobody touches during the read is read exactly (snapshot.py's
+argument); one that changes after T may come out at an old value or be compared at an old
+digest, but its change moved the counter past the recorded one, so the next round looks at the
+stripe again. Once writes pause for a round, every stripe equals the primary's. Nothing relies
+on the event rings (at-most-once, overrun by fast local writers) or on the node having seen
+the writes.
 
-Known limits of this increment: a stripe that changed is re-read and re-sent whole. Reading and
-comparing cost about 10 µs per entry in Python (measured: 2,000 keys in 18 ms), so one write
-among 1M keys in 16 stripes costs a round 62.5k entries (~6 MB with 100 B values, ~0.6 s), and
-steady writes touching every stripe make each round a full pass (~10 s of lag). The next
-increment cuts that: the event rings name the keys that moved (hints: a round whose ring was
-overrun, or whose counter moved more than the events seen, falls back to the stripe), and the
-reserved per-stripe digests (xor of the entries' digests) let a stripe whose digests already
-agree be skipped, and one that differs be split into slot ranges to compare. No backlog,
-so no partial resync: a replica that restarts compares every stripe (sending each whole); the
+Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
+range_digests: see bench/results/), one digest reply (8 bytes a range, ~32 slots a range), and
+the entries of the differing ranges only, instead of the whole stripe: a few writes among 1M
+keys send a few ranges of ~24 entries each.
+
+Known limits: the event rings are not used as hints of which keys moved, so each round still
+passes over every entry of every stripe that moved, on both sides (C speed, no copy); the
 replica's sync runs in the node's loop, which answers no requests meanwhile; a replica does
-not yet connect to a CURVE-protected primary; no etcd, no WAIT, no promotion.
+not yet connect to a CURVE-protected primary; no etcd, no promotion (broker/failover.py).
 """
 
 from __future__ import annotations
@@ -75,11 +81,12 @@ import zmq
 
 import shmkv
 from shmkv import layout as L
+from shmkv import repl_digest as D
 from shmkv import replica as RP
 from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-TAG = b"SHMKV-REPL/1"
+TAG = b"SHMKV-REPL/2"
 # How often a replica asks for the counters: the lag of an idle replica, at one small request
 SYNC_INTERVAL_S = 0.01
 REQUEST_TIMEOUT_S = 5.0
@@ -154,14 +161,20 @@ class Source:
             return {"ok": True, "changes": changes, "writes": writes,
                     "region_id": self.region.q[L.H_REGION_ID >> 3],
                     "collections": RP.live_collections(self.region)}, b""
-        if op in ("stripe", "next"):
+        if op in ("digests", "stripe", "next"):
             stripe = header["stripe"]
             if not isinstance(stripe, int) or not 0 <= stripe < self.region.layout.n_stripes:
                 raise ProtocolError(f"no stripe {stripe!r}")
+            if op == "digests":
+                return {"ok": True, "stripe": stripe}, D.stripe_digests(self.region, stripe)
             found = self._readers.get(peer)
             if op == "stripe" or found is None or found[0].stripe != stripe:
                 self._forget_idle()
-                reader = RP.StripeReader(self.region, stripe)
+                ranges = header.get("ranges")
+                if ranges is not None and (not isinstance(ranges, list) or not all(
+                        isinstance(r, int) for r in ranges)):
+                    raise ProtocolError("ranges is a list of digest range numbers")
+                reader = RP.StripeReader(self.region, stripe, ranges, keep_expired=True)
             else:
                 reader = found[0]
             data, done = reader.chunk()
@@ -210,6 +223,8 @@ class Replica:
         self.seen: list[int] = []  # the counters of the last look
         self.last_sync_ns = 0
         self.rounds = 0
+        self.ranges_compared = 0  # digest ranges compared, and found to differ (then read)
+        self.ranges_sent = 0
         self.region_id = 0  # the primary region's, from hello
         self._next = 0.0
         self._failing = False
@@ -333,11 +348,27 @@ class Replica:
         return True
 
     def _sync_stripe(self, stripe: int, primary_writes: int) -> None:
-        assert self.applier is not None
+        """Make the stripe equal to the primary's: compare the digests of its slot ranges,
+        read only the ranges that differ."""
+        assert self.applier is not None and self.cache is not None
+        reply, theirs = self._request({"op": "digests", "stripe": stripe})
+        if reply.get("stripe") != stripe:
+            raise ProtocolError(f"asked for stripe {stripe}'s digests, got {reply.get('stripe')}")
+        region = self.cache._region
+        differ = D.differing(D.stripe_digests(region, stripe), theirs)
+        self.ranges_compared += len(theirs) // 8
+        self.ranges_sent += len(differ)
+        if not differ:
+            self.applier.end_stripe(stripe, {}, primary_writes, ranges=())
+            return
+        ranges = None if len(differ) == D.n_ranges(region.layout) else differ
         seen: dict[tuple[int, bytes], int] = {}
         op = "stripe"
         while True:
-            reply, data = self._request({"op": op, "stripe": stripe})
+            request: dict[str, Any] = {"op": op, "stripe": stripe}
+            if ranges is not None and op == "stripe":
+                request["ranges"] = ranges
+            reply, data = self._request(request)
             if reply.get("stripe") != stripe:
                 raise ProtocolError(f"asked for stripe {stripe}, got {reply.get('stripe')}")
             if data:
@@ -345,7 +376,7 @@ class Replica:
             if reply["done"]:
                 break
             op = "next"
-        self.applier.end_stripe(stripe, seen, primary_writes)
+        self.applier.end_stripe(stripe, seen, primary_writes, ranges)
 
     def state(self) -> dict[str, Any]:
         behind = [s for s, n in enumerate(self.seen) if self.synced[s] != n]
@@ -354,7 +385,8 @@ class Replica:
                 if self.last_sync_ns else None,
                 "stripes_behind": len(behind) if self.seen else len(self.synced),
                 "changes_behind": sum(self.seen[s] - (self.synced[s] or 0) for s in behind),
-                "rounds": self.rounds, "failing": self._failing}
+                "rounds": self.rounds, "ranges_compared": self.ranges_compared,
+                "ranges_sent": self.ranges_sent, "failing": self._failing}
 
     def close(self) -> None:
         self._drop_socket()

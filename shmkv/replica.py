@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import layout as L
+from . import repl_digest as D
 from .errors import IncompatibleLayout
 from .hashing import xxh3_64
 from .shared_region import SharedRegion
@@ -133,9 +134,12 @@ def live_collections(region: SharedRegion) -> list[tuple[int, int, str]]:
 class StripeReader:
     """The live entries of one stripe, read in chunks (see the module docstring)."""
 
-    def __init__(self, region: SharedRegion, stripe: int) -> None:
+    def __init__(self, region: SharedRegion, stripe: int, ranges: Iterable[int] | None = None,
+                 keep_expired: bool = False) -> None:
         self.region, self.stripe = region, stripe
-        self.offs = _slot_entries(region, stripe)
+        self.ranges = None if ranges is None else np.asarray(sorted(set(ranges)), np.int64)
+        self.keep_expired = keep_expired
+        self.offs = _slot_entries(region, stripe, self.ranges)
         self.seen = set(self.offs)
         self.at = self.failed = self.rereads = 0
         self.records = 0
@@ -148,13 +152,13 @@ class StripeReader:
             if self.at == len(self.offs):
                 if not self.failed or self.rereads == REREADS:
                     break
-                fresh = _slot_entries(self.region, self.stripe)
+                fresh = _slot_entries(self.region, self.stripe, self.ranges)
                 self.offs = [off for off in fresh if off not in self.seen]
                 self.seen.update(fresh)
                 self.at = self.failed = 0
                 self.rereads += 1
                 continue
-            record = _read_entry(self.region, self.offs[self.at])
+            record = _read_entry(self.region, self.offs[self.at], self.keep_expired)
             self.at += 1
             if record is None:
                 self.failed += 1
@@ -166,25 +170,31 @@ class StripeReader:
         return b"".join(parts), done
 
 
-def _slot_entries(region: SharedRegion, stripe: int) -> list[int]:
-    """The entry offsets of the stripe's occupied slots, copied under its lock."""
+def _slot_entries(region: SharedRegion, stripe: int, ranges: np.ndarray | None = None
+                  ) -> list[int]:
+    """The entry offsets of the stripe's occupied slots, copied under its lock (only those
+    of the given digest ranges, repl_digest.py, if ranges is not None)."""
     region.locks.acquire_stripe(stripe)
     try:
-        return _slot_entries_locked(region, stripe)
+        return _slot_entries_locked(region, stripe, ranges)
     finally:
         region.locks.release_stripe(stripe)
 
 
-def _slot_entries_locked(region: SharedRegion, stripe: int) -> list[int]:
+def _slot_entries_locked(region: SharedRegion, stripe: int, ranges: np.ndarray | None = None
+                         ) -> list[int]:
     index = region.index
     start = index.slot0 + stripe * index.per
     raw = region.q[start:start + index.per].tobytes()
-    refs = np.frombuffer(raw, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
-    refs = refs[(refs > 0) & (refs <= index.max_ref)]
-    return (refs.astype(np.int64) * L.ALIGN + index.arena_base).tolist()
+    slots = np.frombuffer(raw, dtype=np.uint64)
+    refs = slots & np.uint64(0xFFFFFFFF)
+    keep = (refs > 0) & (refs <= index.max_ref)
+    if ranges is not None:
+        keep &= np.isin(D.range_of_slots(slots, D.n_ranges(region.layout)), ranges)
+    return (refs[keep].astype(np.int64) * L.ALIGN + index.arena_base).tolist()
 
 
-def _read_entry(region: SharedRegion, off: int) -> bytes | None:
+def _read_entry(region: SharedRegion, off: int, keep_expired: bool = False) -> bytes | None:
     """The record of the entry at off; b"" if it has expired, None if it fails validation."""
     end = region.arena.end
     if off + L.ENTRY_HEADER_BYTES > end:
@@ -204,7 +214,7 @@ def _read_entry(region: SharedRegion, off: int) -> bytes | None:
     again = _ENTRY.unpack_from(mm, off)
     if again[0] & L.FREE_BIT or again[1] != checksum or again[4:] != head[4:]:
         return None
-    if exp and exp <= region.clock():
+    if exp and not keep_expired and exp <= region.clock():
         return b""
     return RECORD_HEADER.pack(exp, version, vlen, klen, coll, kind) + body
 
@@ -309,15 +319,17 @@ class Applier:
         return written
 
     def end_stripe(self, stripe: int, seen: dict[tuple[int, bytes], int],
-                   primary_writes: int) -> int:
-        """Remove what the primary's stripe no longer has; returns how many were removed."""
+                   primary_writes: int, ranges: Iterable[int] | None = None) -> int:
+        """Remove what the primary's stripe (or only those of its digest ranges that were read)
+        no longer has; returns how many were removed."""
+        wanted = None if ranges is None else np.asarray(sorted(set(ranges)), np.int64)
         region = self.region
         index, u32, mm = region.index, region.u32, region.mm
         removed = 0
         region.locks.acquire_stripe(stripe)
         try:
             # only the occupied slots (a stripe has ~4/3 slots per key it is sized for)
-            for off in _slot_entries_locked(region, stripe):
+            for off in _slot_entries_locked(region, stripe, wanted):
                 key_coll = u32[(off + L.E_KEY_COLL) >> 2]
                 klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
                 key = bytes(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])
