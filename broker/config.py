@@ -89,6 +89,13 @@ class NodeConfig:
     # the primary's repl_bind endpoint; the node's region becomes its read-only copy.
     repl_bind: str = ""
     replica_of: str = ""
+    # A replica more changes behind than this when it comes back resyncs fully (every stripe
+    # compared); within it, only the stripes that moved (broker/repl_source.py).
+    repl_backlog_changes: int = 10_000_000
+    # Writes through the node are refused while fewer than min_replicas_to_write replicas
+    # reported within min_replicas_max_lag_s (Redis's names; 0: never refused).
+    min_replicas_to_write: int = 0
+    min_replicas_max_lag_s: float = 10.0
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -303,6 +310,8 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "curve_secret_key": _path, "curve_allow": _directory,
     "resp_bind": _metrics_bind, "requirepass": _password,
     "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
+    "repl_backlog_changes": _count, "min_replicas_to_write": _count,
+    "min_replicas_max_lag_s": _seconds,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 

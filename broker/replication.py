@@ -25,10 +25,16 @@ answers each with one message, in order)
     hello     -                params: arena_bytes, n_stripes, slots_per_stripe,
                                max_collections, max_procs, hash_seed, protected_pct,
                                region_id (shmkv/replica.py region_params)
-    counters  -                changes, writes: per-stripe counters (lists); region_id (a
-                               replica stops following another region than hello's: a
-                               primary restarted empty never wipes it); collections:
-                               [index, generation, name] of each live named collection
+    psync     repl_id, offset  mode ("partial" or "full"), changes (the counters to start
+                               from, or null: compare every stripe), repl_id, offset,
+                               region_id (broker/repl_source.py: the history)
+    counters  replica,         changes, writes: per-stripe counters (lists); offset (their
+              applied          sum), repl_id; region_id (a replica stops following another
+                               region than hello's: a primary restarted empty never wipes
+                               it); collections: [index, generation, name] of each live
+                               named collection. The request says who asks (a name per
+                               replica process) and the offset of its last complete round
+                               (WAIT and --min-replicas-to-write count on it)
     digests   stripe           stripe, + data: the stripe's slot-range digests
                                (shmkv/repl_digest.py: n_ranges u64, computed under its lock)
     stripe    stripe, ranges   stripe, done, records, + data: the first chunk of the entries
@@ -36,6 +42,11 @@ answers each with one message, in order)
                                included (the primary copies its slots now, see StripeReader)
     next      stripe           the stripe's next chunk (the same reader, kept per replica)
     (error)                    ok false, error (class name), message
+
+Every reply also carries "epoch": the primary's region's repl_epoch (layout.py; the leader
+key's revision under etcd, else 0). A replica refuses a reply of an older epoch than its own
+region's (StaleEpoch: counted, said on stdout, the connection dropped, the round failed, so
+nothing of it is applied) and writes a newer one into its region's header.
 
 A replica that waits longer than REQUEST_TIMEOUT_S for a reply drops its socket (and any late
 reply with it) and starts a new round on a new one: request and reply never get out of step.
@@ -55,9 +66,12 @@ whose digests agree holds the same entries on both sides (up to a 64-bit digest 
 repl_digest.py). A key nobody touches during the read is read exactly (snapshot.py's
 argument); one that changes after T may come out at an old value or be compared at an old
 digest, but its change moved the counter past the recorded one, so the next round looks at the
-stripe again. Once writes pause for a round, every stripe equals the primary's. Nothing relies
-on the event rings (at-most-once, overrun by fast local writers) or on the node having seen
-the writes.
+stripe again. Once writes pause for a round, every stripe equals the primary's. After a
+complete round the replica writes the primary's repl_id and the offset of that round (the sum
+of the counters seen at T) into its region's header: every change the primary had made by T
+is applied (a later change may be too). A replica that starts, or whose round failed, first
+asks psync (broker/repl_source.py) which counters to start from. Nothing relies on the event
+rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
 
 Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
 range_digests: see bench/results/), one digest reply (8 bytes a range, ~32 slots a range), and
@@ -72,8 +86,8 @@ not yet connect to a CURVE-protected primary; no etcd, no promotion (broker/fail
 
 from __future__ import annotations
 
-import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -86,124 +100,26 @@ from shmkv import replica as RP
 from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-TAG = b"SHMKV-REPL/2"
+from .repl_source import Source
+from .repl_wire import TAG, message, parse
+
+__all__ = ["TAG", "Replica", "Source", "StaleEpoch", "Stopped"]
+
 # How often a replica asks for the counters: the lag of an idle replica, at one small request
 SYNC_INTERVAL_S = 0.01
 REQUEST_TIMEOUT_S = 5.0
 RETRY_S = 0.5  # after a failed round
-MAX_BATCH = 64  # requests a primary answers per wake-up of its loop
-READER_IDLE_S = 60.0  # a replica's unfinished stripe read is dropped after this
-MAX_READERS = 64
 
 Emit = Callable[..., None]
 
 
-def _message(header: dict[str, Any], data: bytes = b"") -> list[bytes]:
-    frames = [TAG, json.dumps(header).encode()]
-    return frames + [data] if data else frames
-
-
-def _parse(frames: list[bytes]) -> tuple[dict[str, Any], bytes]:
-    if len(frames) < 2 or frames[0] != TAG:
-        raise ProtocolError(f"not a replication message of version {TAG.decode()}")
-    header = json.loads(frames[1])
-    if not isinstance(header, dict):
-        raise ProtocolError("a replication header is a JSON object")
-    return header, frames[2] if len(frames) > 2 else b""
-
-
-# --- primary ---------------------------------------------------------------------------------
-class Source:
-    """The primary's side: answers replicas from the node's loop (service())."""
-
-    def __init__(self, context: zmq.Context, cache: shmkv.Cache, endpoint: str,
-                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
-        self.cache = cache
-        self.region = cache._region
-        self.socket = context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if secure is not None:
-            secure(self.socket)
-        try:
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close()
-            raise ShmKVError(f"cannot bind the replication socket to {endpoint!r}: "
-                             f"{exc.strerror}; give another endpoint with --repl-bind") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._readers: dict[bytes, tuple[RP.StripeReader, float]] = {}
-        self._seen: dict[bytes, float] = {}  # replica -> when it last asked for the counters
-
-    def service(self) -> None:
-        for _ in range(MAX_BATCH):
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            peer = frames[0]
-            try:
-                header, _ = _parse(frames[1:])
-                reply, data = self._answer(peer, header)
-            except (ShmKVError, ValueError, KeyError, TypeError) as exc:
-                header = {}
-                reply, data = {"ok": False, "error": type(exc).__name__,
-                               "message": str(exc)}, b""
-            reply["id"] = header.get("id")
-            self.socket.send_multipart([peer, *_message(reply, data)])
-
-    def _answer(self, peer: bytes, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        op = header.get("op")
-        if op == "hello":
-            return {"ok": True, "params": RP.region_params(self.region)}, b""
-        if op == "counters":
-            self._seen[peer] = time.monotonic()
-            changes, writes = RP.stripe_counters(self.region)
-            return {"ok": True, "changes": changes, "writes": writes,
-                    "region_id": self.region.q[L.H_REGION_ID >> 3],
-                    "collections": RP.live_collections(self.region)}, b""
-        if op in ("digests", "stripe", "next"):
-            stripe = header["stripe"]
-            if not isinstance(stripe, int) or not 0 <= stripe < self.region.layout.n_stripes:
-                raise ProtocolError(f"no stripe {stripe!r}")
-            if op == "digests":
-                return {"ok": True, "stripe": stripe}, D.stripe_digests(self.region, stripe)
-            found = self._readers.get(peer)
-            if op == "stripe" or found is None or found[0].stripe != stripe:
-                self._forget_idle()
-                ranges = header.get("ranges")
-                if ranges is not None and (not isinstance(ranges, list) or not all(
-                        isinstance(r, int) for r in ranges)):
-                    raise ProtocolError("ranges is a list of digest range numbers")
-                reader = RP.StripeReader(self.region, stripe, ranges, keep_expired=True)
-            else:
-                reader = found[0]
-            data, done = reader.chunk()
-            if done:
-                self._readers.pop(peer, None)
-            else:
-                self._readers[peer] = (reader, time.monotonic())
-            return {"ok": True, "stripe": stripe, "done": done,
-                    "records": reader.records}, data
-        raise ProtocolError(f"unknown replication op {op!r}")
-
-    def _forget_idle(self) -> None:
-        now = time.monotonic()
-        for peer, (_, used) in list(self._readers.items()):
-            if now - used > READER_IDLE_S or len(self._readers) >= MAX_READERS:
-                del self._readers[peer]
-
-    def state(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {"role": "primary", "endpoint": self.endpoint,
-                "replicas": sum(1 for t in self._seen.values() if now - t < 10 * RETRY_S + 1)}
-
-    def close(self) -> None:
-        self.socket.close()
-
-
-# --- replica ---------------------------------------------------------------------------------
 class Stopped(Exception):
     """A stop signal arrived while the replica waited for its primary."""
+
+
+class StaleEpoch(ShmKVError):
+    """A primary answered with an epoch older than the replica's: it is no longer the primary
+    (fencing), and what it sends is refused."""
 
 
 class Replica:
@@ -217,15 +133,21 @@ class Replica:
         self._wait = wait  # poll, with stop signals deliverable; False once one arrived
         self._socket: zmq.Socket | None = None
         self._id = 0
+        self.name = uuid.uuid4().hex  # how the primary tells this replica from others
         self.cache: shmkv.Cache | None = None
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
         self.seen: list[int] = []  # the counters of the last look
+        self.primary_offset = 0  # the primary's offset at the last look
+        self.applied = 0  # the offset of the last round completed (the header's repl_offset)
         self.last_sync_ns = 0
         self.rounds = 0
         self.ranges_compared = 0  # digest ranges compared, and found to differ (then read)
         self.ranges_sent = 0
+        self.full_resyncs = self.partial_resyncs = 0
+        self.epoch_refusals = 0
         self.region_id = 0  # the primary region's, from hello
+        self._resync = True  # ask psync before the next round (at start, after a failure)
         self._next = 0.0
         self._failing = False
 
@@ -236,7 +158,7 @@ class Replica:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.connect(self.primary)
         self._id += 1
-        self._socket.send_multipart(_message({**header, "id": self._id}))
+        self._socket.send_multipart(message({**header, "id": self._id}))
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
@@ -250,13 +172,30 @@ class Replica:
                 raise Stopped()
             if not poller.poll(0):
                 continue
-            reply, data = _parse(self._socket.recv_multipart())
+            reply, data = parse(self._socket.recv_multipart())
             if reply.get("id") != self._id:
                 continue  # a late reply to an older request
+            self._check_epoch(reply.get("epoch", 0))
             if not reply.get("ok"):
                 raise ShmKVError(f"the primary {self.primary} refused {header['op']}: "
                                  f"{reply.get('error')}: {reply.get('message')}")
             return reply, data
+
+    def _check_epoch(self, epoch: object) -> None:
+        """Refuse a reply from an older epoch than the region's; adopt a newer one."""
+        if self.cache is None:
+            return
+        if not isinstance(epoch, int):
+            raise ProtocolError(f"epoch {epoch!r} is not a whole number")
+        q = self.cache._region.q
+        mine = q[L.H_REPL_EPOCH >> 3]
+        if epoch < mine:
+            self.epoch_refusals += 1
+            self._drop_socket()
+            raise StaleEpoch(f"the primary {self.primary} answers in epoch {epoch}, older than "
+                             f"this replica's {mine}: refused")
+        if epoch > mine:
+            q[L.H_REPL_EPOCH >> 3] = epoch
 
     def _drop_socket(self) -> None:
         if self._socket is not None:
@@ -291,10 +230,11 @@ class Replica:
         self.cache = cache
         self.applier = RP.Applier(cache)
         self.synced = [None] * params["n_stripes"]
+        self.applied = cache._region.q[L.H_REPL_OFFSET >> 3]
         return cache
 
     def bootstrap(self) -> None:
-        """The first full sync: every stripe once (retried until it succeeds)."""
+        """The first sync: every stripe that may differ once (retried until it succeeds)."""
         while not self.round(progress=True):
             if not self._wait(zmq.Poller(), int(RETRY_S * 1000)):
                 raise Stopped()
@@ -310,20 +250,48 @@ class Replica:
             ok = False
         self._next = time.monotonic() + (SYNC_INTERVAL_S if ok else RETRY_S)
 
+    def _check_region(self, region_id: int) -> None:
+        if region_id != self.region_id:
+            # the primary serves another region now (it restarted with an empty one, or
+            # another --region): what it lists must not wipe this copy
+            raise ShmKVError(f"the primary {self.primary} now serves another region (id "
+                             f"{region_id:x}, not {self.region_id:x}); this replica keeps its "
+                             "copy and stops following: unlink its region and restart it to "
+                             "copy the new one")
+
+    def _psync(self) -> None:
+        """Where to start from: partial (the stripes moved since this region's offset) or
+        full (every stripe compared); see broker/repl_source.py."""
+        assert self.cache is not None
+        region = self.cache._region
+        reply, _ = self._request({"op": "psync", "repl_id": RP.repl_id(region),
+                                  "offset": region.q[L.H_REPL_OFFSET >> 3]})
+        self._check_region(reply["region_id"])
+        n = region.layout.n_stripes
+        changes = reply["changes"]
+        if reply["mode"] == "partial":
+            self.partial_resyncs += 1
+            self.synced = list(changes) if changes and len(changes) == n else [None] * n
+        else:
+            self.full_resyncs += 1
+            self.synced = [None] * n
+            if self.rounds:  # after the start (the "ready" event reports the first sync)
+                self.emit("replication_full_resync", primary=self.primary,
+                          repl_id=reply["repl_id"], offset=reply["offset"])
+        self._resync = False
+
     def round(self, progress: bool = False) -> bool:
         """One round (see the module docstring); False if it failed (said on stderr once)."""
-        assert self.applier is not None
+        assert self.applier is not None and self.cache is not None
         try:
-            reply, _ = self._request({"op": "counters"})
-            if reply["region_id"] != self.region_id:
-                # the primary serves another region now (it restarted with an empty one, or
-                # another --region): what it lists must not wipe this copy
-                raise ShmKVError(f"the primary {self.primary} now serves another region (id "
-                                 f"{reply['region_id']:x}, not {self.region_id:x}); this replica "
-                                 "keeps its copy and stops following: unlink its region and "
-                                 "restart it to copy the new one")
+            if self._resync:
+                self._psync()
+            reply, _ = self._request({"op": "counters", "replica": self.name,
+                                      "applied": self.applied})
+            self._check_region(reply["region_id"])
             changes, writes = reply["changes"], reply["writes"]
             self.seen = changes
+            self.primary_offset = reply["offset"]
             self.applier.sync_collections([tuple(c) for c in reply["collections"]])
             moved = [s for s, n in enumerate(changes) if self.synced[s] != n]
             for done, stripe in enumerate(moved):
@@ -332,11 +300,14 @@ class Replica:
                                 f"{len(moved)}")
                 self._sync_stripe(stripe, writes[stripe])
                 self.synced[stripe] = changes[stripe]
+            RP.set_position(self.cache._region, reply["repl_id"], reply["offset"])
+            self.applied = reply["offset"]
         except Stopped:
             raise
         except (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError) as exc:
             self._drop_socket()
-            if not self._failing:
+            self._resync = True
+            if not self._failing or isinstance(exc, StaleEpoch):
                 self.emit("replication_failed", error=type(exc).__name__, message=str(exc))
             self._failing = True
             return False
@@ -380,13 +351,18 @@ class Replica:
 
     def state(self) -> dict[str, Any]:
         behind = [s for s, n in enumerate(self.seen) if self.synced[s] != n]
+        epoch = self.cache._region.q[L.H_REPL_EPOCH >> 3] if self.cache is not None else 0
         return {"role": "replica", "primary": self.primary,
                 "last_sync_age_s": round((time.time_ns() - self.last_sync_ns) / 1e9, 3)
                 if self.last_sync_ns else None,
                 "stripes_behind": len(behind) if self.seen else len(self.synced),
-                "changes_behind": sum(self.seen[s] - (self.synced[s] or 0) for s in behind),
+                "changes_behind": max(0, self.primary_offset - self.applied),
+                "offset": self.applied, "epoch": epoch,
+                "repl_id": RP.repl_id(self.cache._region) if self.cache is not None else "",
                 "rounds": self.rounds, "ranges_compared": self.ranges_compared,
-                "ranges_sent": self.ranges_sent, "failing": self._failing}
+                "ranges_sent": self.ranges_sent, "full_resyncs": self.full_resyncs,
+                "partial_resyncs": self.partial_resyncs, "epoch_refusals": self.epoch_refusals,
+                "failing": self._failing}
 
     def close(self) -> None:
         self._drop_socket()

@@ -173,7 +173,8 @@ class _Node:
                         replica.bootstrap()  # READY=1 only after the first full sync
                     if self.config.repl_bind:
                         source = Source(context, cache, self.config.repl_bind,
-                                        curve.secure if curve else None)
+                                        curve.secure if curve else None,
+                                        self.config.repl_backlog_changes)
                     self.replication = replica or source
                     # The requests' own handle: it waits only a moment for a lock (waits.py)
                     requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
@@ -356,10 +357,10 @@ class _Node:
         """cache.stats, plus a replica's lag (for the metrics' scrapes, on their thread)."""
         def stats() -> dict[str, object]:
             found = cache.stats()
-            if isinstance(self.replication, Replica):
+            if self.replication is not None:
                 state = self.replication.state()
-                found.update({f"replication_{key}": state[key] for key in
-                              ("stripes_behind", "changes_behind", "last_sync_age_s")})
+                found.update({f"replication_{key}": state[key] for key in _EXPORTED
+                              if key in state})
             return found
         return stats
 
@@ -403,6 +404,11 @@ class _Node:
     def _emit(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}) + "\n")
         self.out.flush()
+
+
+# replication state (Replica.state(), Source.state()) that the metrics export
+_EXPORTED = ("stripes_behind", "changes_behind", "last_sync_age_s", "replicas", "full_resyncs",
+             "partial_resyncs", "epoch_refusals")
 
 
 def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:

@@ -98,6 +98,15 @@ def serve(
     replica_of: Annotated[str | None, _node_option(
         "--replica-of", "The --repl-bind endpoint of a primary: the region becomes its "
         "read-only copy. (default: $SHMKV_REPLICA_OF, else none)", metavar="ENDPOINT")] = None,
+    repl_backlog_changes: Annotated[int | None, _node_option(
+        "--repl-backlog-changes", "A replica that comes back more changes behind than this "
+        "resyncs fully. (default: $SHMKV_REPL_BACKLOG_CHANGES, else 10000000)")] = None,
+    min_replicas_to_write: Annotated[int | None, _node_option(
+        "--min-replicas-to-write", "Refuse writes through the node while fewer replicas are "
+        "in sync (0: never). (default: $SHMKV_MIN_REPLICAS_TO_WRITE, else 0)")] = None,
+    min_replicas_max_lag_s: Annotated[float | None, _node_option(
+        "--min-replicas-max-lag-s", "A replica is in sync if it reported within these "
+        "seconds. (default: $SHMKV_MIN_REPLICAS_MAX_LAG_S, else 10)")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -118,7 +127,10 @@ def serve(
              "flush_interval_s": flush_interval_s, "snapshot_path": snapshot_path,
              "snapshot_interval_s": snapshot_interval_s, "curve_secret_key": curve_secret_key,
              "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
-             "repl_bind": repl_bind, "replica_of": replica_of}
+             "repl_bind": repl_bind, "replica_of": replica_of,
+             "repl_backlog_changes": repl_backlog_changes,
+             "min_replicas_to_write": min_replicas_to_write,
+             "min_replicas_max_lag_s": min_replicas_max_lag_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

@@ -23,9 +23,9 @@ The digests are computed on demand, under the stripe's lock: the compiled `range
 (shmkv/_core_src/digest.c) passes over 1M entries in 14-20 ms on a 2-core VM (prefetching the
 entries 32 slots ahead: 87 ms without), the pure-Python engine's numpy twin gives the same sums
 in 63-93 ms (`python bench/bench_replication.py --digests 1000000` prints both). The stripe
-record's `digest` word (layout.py) stays unused: keeping an incremental digest on every write would add work to every write path of both engines (the
-compiled fast path, inserts, deletes, evictions, expiries, repairs) for what a replica needs
-only for the stripes that moved.
+record's `digest` word (layout.py) stays unused: keeping an incremental digest on every write
+would add work to every write path of both engines (the compiled fast path, inserts, deletes,
+evictions, expiries, repairs) for what a replica needs only for the stripes that moved.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ removed, and the stripe's writes counter takes the primary's value.
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ RECORD_HEADER = struct.Struct("<QIIHHB3x")
 CHUNK_BYTES = 1 << 20
 # Times a stripe whose entries failed validation has its slots copied again (snapshot.py's)
 REREADS = 3
+REPL_ID_BYTES = 40  # layout.py's repl_id and repl_id2: 40 hex digits, as Redis's
 FENCED = 1  # writable_until_ns of a replica: 1 ns after the epoch, always in the past
 
 _ENTRY = struct.Struct("<IIIIQIII")  # block_word, checksum, lru links, expires, version,
@@ -114,6 +116,31 @@ def primary_of(region: SharedRegion) -> str:
     """The primary named in region's header ("" if it is not a replica)."""
     raw = bytes(region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES]).rstrip(b"\0")
     return raw.decode(errors="replace")
+
+
+def repl_id(region: SharedRegion, previous: bool = False) -> str:
+    """The region's replication id (repl_id2 if previous), "" if it has none."""
+    at = L.H_REPL_ID2 if previous else L.H_REPL_ID
+    return bytes(region.mm[at:at + REPL_ID_BYTES]).rstrip(b"\0").decode(errors="replace")
+
+
+def set_position(region: SharedRegion, history: str, offset: int) -> None:
+    """Record in a replica's header the history it follows and the offset it has applied."""
+    region.mm[L.H_REPL_ID:L.H_REPL_ID + REPL_ID_BYTES] = \
+        history.encode()[:REPL_ID_BYTES].ljust(REPL_ID_BYTES, b"\0")
+    region.q[L.H_REPL_OFFSET >> 3] = offset
+
+
+def new_history(region: SharedRegion) -> str:
+    """Start a new replication history (a primary's first, or a promoted replica's): the
+    current repl_id and offset become repl_id2 and repl_offset2 (replicas of that history can
+    still resync partially), and a new random 40-hex repl_id is written; returns it."""
+    mm, q = region.mm, region.q
+    mm[L.H_REPL_ID2:L.H_REPL_ID2 + REPL_ID_BYTES] = mm[L.H_REPL_ID:L.H_REPL_ID + REPL_ID_BYTES]
+    q[L.H_REPL_OFFSET2 >> 3] = q[L.H_REPL_OFFSET >> 3]
+    fresh = secrets.token_hex(REPL_ID_BYTES // 2)
+    set_position(region, fresh, 0)
+    return fresh
 
 
 def stripe_counters(region: SharedRegion) -> tuple[list[int], list[int]]:

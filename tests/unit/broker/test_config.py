@@ -44,6 +44,7 @@ FILE_VALUES: dict[str, Any] = {
     "ipc_dir": "/run/shmkv",
     "resp_bind": "127.0.0.1:7004", "requirepass": "file-secret",
     "repl_bind": "tcp://127.0.0.1:7005", "replica_of": "tcp://127.0.0.1:7006",
+    "repl_backlog_changes": 1000, "min_replicas_to_write": 1, "min_replicas_max_lag_s": 5,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -53,6 +54,7 @@ ENV_VALUES = {
     "curve_secret_key": "env.key_secret", "curve_allow": "env-clients", "ipc_dir": "off",
     "resp_bind": "[::1]:7014", "requirepass": "env-secret",
     "repl_bind": "ipc:///run/shmkv/env-repl.sock", "replica_of": "tcp://localhost:7016",
+    "repl_backlog_changes": "2000", "min_replicas_to_write": "2", "min_replicas_max_lag_s": "6",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -63,11 +65,14 @@ CLI_VALUES: dict[str, Any] = {
     "ipc_dir": "/nonexistent/ipc",
     "resp_bind": "127.0.0.1:0", "requirepass": "flag-secret",
     "repl_bind": "tcp://127.0.0.1:*", "replica_of": "tcp://127.0.0.2:7026",
+    "repl_backlog_changes": 3000, "min_replicas_to_write": 3, "min_replicas_max_lag_s": 7.0,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
-            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0},
+            "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
+            "repl_backlog_changes": 2000, "min_replicas_to_write": 2,
+            "min_replicas_max_lag_s": 6.0},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
 
