@@ -29,12 +29,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shmkv import Cache
-from shmkv.errors import CollectionNotFound, LockTimeout, ProtocolError, RequestTooLarge
+from shmkv.errors import (CollectionNotFound, LockTimeout, NotEnoughReplicas, ProtocolError,
+                          RequestTooLarge)
 
 from . import protocol
 from .protocol import Buffer, Reply, Request
 
 Result = tuple[Any, list[Any]]  # (the reply's result, its payload frames)
+# The commands that change the region: refused under --min-replicas-to-write when too few
+# replicas are in sync, and the ones after which the node notes a client's offset (WAIT).
+WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", "persist",
+                       "clear", "set_many", "set_array", "rename_collection",
+                       "drop_collection", "getdel", "getex", "append", "rename"})
 Handler = Callable[[Cache, Request], Result]
 _REQUIRED = object()
 
@@ -47,6 +53,10 @@ class Dispatcher:
         self._scopes: dict[str, Cache] = {}  # collection name -> handle
         self.limits = limits  # the node's (server.py); None: no reply limit, ping computes
         self.last_lock_timeout = ""  # the engine's message of the last busy lock
+        # The node's replication source (broker/repl_source.py), if it is a primary, and
+        # (--min-replicas-to-write, --min-replicas-max-lag-s); server.py sets them.
+        self.replication: Any = None
+        self.min_replicas: tuple[int, float] = (0, 0.0)
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -84,6 +94,8 @@ class Dispatcher:
         if self.limits is not None:
             request = dataclasses.replace(request,
                                           max_reply_bytes=self.limits["max_reply_bytes"])
+        if request.op in WRITE_OPS and self.min_replicas[0]:
+            self._check_replicas()
         admin = _ADMIN.get(request.op)
         if admin is not None:
             return admin(self, request)
@@ -121,6 +133,23 @@ class Dispatcher:
         limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
         return {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits}, []
 
+    def _check_replicas(self) -> None:
+        wanted, max_lag_s = self.min_replicas
+        found = self.replication.replicas_in_sync(max_lag_s) if self.replication else 0
+        if found < wanted:
+            raise NotEnoughReplicas(f"{found} replica(s) in sync (reported within {max_lag_s} "
+                                    f"s), fewer than the node's --min-replicas-to-write "
+                                    f"{wanted}: write refused")
+
+    def _wait(self, request: Request) -> Result:
+        """How many replicas have applied everything up to the offset the node noted after
+        the client's last write (`after`, which server.py sets); 0 on a node that is no
+        primary. Answers at once: RemoteCache.wait asks again until its timeout."""
+        after = _field(request, "after", None)
+        if self.replication is None or not isinstance(after, int):
+            return {"replicas": 0}, []
+        return {"replicas": self.replication.replicas_at(after)}, []
+
     def _collection(self, request: Request) -> Result:
         name = _field(request, "name")
         scope = self._cache.collection(name)
@@ -157,6 +186,7 @@ _ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
     "rename_collection": Dispatcher._rename_collection,
     "drop_collection": Dispatcher._drop_collection,
     "publish": Dispatcher._publish,
+    "wait": Dispatcher._wait,
 }
 
 

@@ -85,6 +85,11 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
     rename            coll, nx           old key, new key bool                  -
     strlen            coll               key              int                   -
     type              coll               key              str or null           -
+    wait              n_replicas         -                {"replicas": int}     -
+
+`wait` (RemoteCache.wait, Redis's WAIT) counts the replicas that have applied everything up to
+the primary's offset after this connection's last write through the node (`after`, which the
+node sets itself; broker/dispatch.py); it answers at once, the client asks again.
 
 `set_options` is a set with any of Cache.set's options (nx, xx, keepttl, get; false when
 absent), and returns what Cache.set returns; it is a command of its own rather than fields of
@@ -159,7 +164,7 @@ REQUEST_FRAMES: dict[str, int] = {
     "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
     "publish": 2, "set_options": 2, "getdel": 1, "getex": 1, "append": 2, "rename": 2,
-    "strlen": 1, "type": 1,
+    "strlen": 1, "type": 1, "wait": 0,
 }
 
 # Limits (the table in the docstring). The most frames a request has is 3 (envelope) + 4

@@ -42,6 +42,33 @@ BACKLOG_CHANGES = 10_000_000  # default --repl-backlog-changes
 HISTORY_STEP_S = 0.05
 MAX_HISTORY = 8192  # at one vector per HISTORY_STEP_S: ~7 minutes of steady writes
 REPLICA_GONE_S = 6.0  # a replica that has not asked for the counters for this long is gone
+MAX_CLIENTS_NOTED = 65_536  # WrittenOffsets forgets the clients that wrote longest ago
+
+
+class WrittenOffsets:
+    """Per client connection of the node, the primary's offset after its last write through
+    the node: what WAIT waits for (Redis tracks the same per client)."""
+
+    def __init__(self, source: Source | None) -> None:
+        self.source = source
+        self._after: dict[bytes, int] = {}  # in order of last write: the oldest go first
+
+    def note(self, client: bytes) -> None:
+        if self.source is None:
+            return
+        self._after.pop(client, None)
+        self._after[client] = self.source.offset()
+        if len(self._after) > MAX_CLIENTS_NOTED:
+            del self._after[next(iter(self._after))]
+
+    def after(self, client: bytes) -> int | None:
+        """The client's offset; the current one for a client not noted (forgotten, or whose
+        writes came on another connection): never less than what it wrote. None without a
+        source."""
+        if self.source is None:
+            return None
+        found = self._after.get(client)
+        return found if found is not None else self.source.offset()
 
 
 class Source:
@@ -72,11 +99,14 @@ class Source:
         self._history: list[tuple[int, list[int]]] = []  # (offset, changes), oldest first
         self._recorded_at = 0.0
         self.full_resyncs = self.partial_resyncs = 0
+        lay = self.region.layout  # every stripe's changes counter, as one strided slice:
+        first = (lay.stripes_offset + L.S_CHANGES) >> 3  # offset() runs after every write
+        self._changes_at = slice(first, first + lay.n_stripes * L.STRIPE_Q, L.STRIPE_Q)
 
     # --- positions ----------------------------------------------------------------------
     def offset(self) -> int:
         """The primary's position now: the sum of its stripes' changes counters."""
-        return sum(RP.stripe_counters(self.region)[0])
+        return sum(self.region.q[self._changes_at])
 
     def replicas_at(self, offset: int) -> int:
         """How many live replicas have applied everything up to offset."""

@@ -66,12 +66,13 @@ from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 from . import protocol
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
-from .dispatch import Dispatcher
+from .dispatch import WRITE_OPS, Dispatcher
 from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
+from .repl_source import WrittenOffsets
 from .replication import Replica, Source, Stopped
 from .resp_door import EventTee, RespDoor
 from .waits import TRY_LOCK_S, LockWaits
@@ -130,6 +131,7 @@ class _Node:
         self._waits = LockWaits(DEFAULT_LOCK_TIMEOUT_S)
         self._requests: shmkv.Cache  # the requests' handle (run() opens it)
         self._maintain_failing = False
+        self._written = WrittenOffsets(None)  # per client, the offset after its last write
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -180,6 +182,7 @@ class _Node:
                     requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
                                                 owner=self.config.region_owner or None)
                     dispatcher = Dispatcher(requests, limits)
+                    self._guard_writes(dispatcher, source)
                     self._requests = requests
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
@@ -306,6 +309,8 @@ class _Node:
             if isinstance(decoded, protocol.Reply):
                 reply: protocol.Reply | None = decoded
             else:
+                if decoded.op == "wait":
+                    decoded.fields["after"] = self._written.after(bytes(routing_id))
                 reply = self._waits.submit(routing_id, decoded, dispatcher.attempt,
                                            lambda: dispatcher.last_lock_timeout)
             if reply is not None:  # else parked: waits.py answers it later
@@ -323,6 +328,15 @@ class _Node:
                 publisher.pump(events)
             _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
             self._observe(reply.op, time.monotonic() - started, reply.error)
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(bytes(routing_id))
+
+    def _guard_writes(self, dispatcher: Dispatcher, source: Source | None) -> None:
+        """WAIT and --min-replicas-to-write: both count on the primary's replicas."""
+        dispatcher.replication = source
+        dispatcher.min_replicas = (self.config.min_replicas_to_write,
+                                   self.config.min_replicas_max_lag_s)
+        self._written = WrittenOffsets(source)
 
     def _maintain(self, cache: shmkv.Cache) -> None:
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
