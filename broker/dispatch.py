@@ -57,6 +57,7 @@ class Dispatcher:
         # (--min-replicas-to-write, --min-replicas-max-lag-s); server.py sets them.
         self.replication: Any = None
         self.min_replicas: tuple[int, float] = (0, 0.0)
+        self.replication_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -99,6 +100,14 @@ class Dispatcher:
         admin = _ADMIN.get(request.op)
         if admin is not None:
             return admin(self, request)
+        if request.op == "stats":  # the node's replication state (lag) joins the region's
+            result, out = self._run_key(request)
+            state = self.replication_state()
+            return ({**result, "replication": {**(result.get("replication") or {}), **state}}
+                    if state else result), out
+        return self._run_key(request)
+
+    def _run_key(self, request: Request) -> Result:
         handler = _KEY_COMMANDS[request.op]
         if not request.coll:
             return handler(self._cache, request)

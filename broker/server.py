@@ -334,6 +334,7 @@ class _Node:
     def _guard_writes(self, dispatcher: Dispatcher, source: Source | None) -> None:
         """WAIT and --min-replicas-to-write: both count on the primary's replicas."""
         dispatcher.replication = source
+        dispatcher.replication_state = self._replication
         dispatcher.min_replicas = (self.config.min_replicas_to_write,
                                    self.config.min_replicas_max_lag_s)
         self._written = WrittenOffsets(source)

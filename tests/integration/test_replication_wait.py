@@ -25,6 +25,11 @@ def test_wait_counts_a_replica_once_its_region_has_the_write_and_none_once_it_is
             remote.set(f"k{i}", b"x" * i)
             assert remote.wait(1, CONVERGE_S) == 1
             assert copy.get(f"k{i}") == b"x" * i  # applied before it was counted
+        with RemoteCache(replica.endpoint) as remote_copy:
+            lag = remote_copy.stats()["replication"]
+        assert lag["role"] == "replica" and lag["changes_behind"] >= 0
+        assert lag["last_sync_age_s"] is not None
+        assert remote.stats()["replication"]["replicas"] == 1
         replica.process.send_signal(signal.SIGKILL)
         replica.process.wait()
         remote.set("after", b"the replica is gone")
