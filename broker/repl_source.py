@@ -93,7 +93,8 @@ class Source:
             raise ShmKVError(f"cannot bind the replication socket to {endpoint!r}: "
                              f"{exc.strerror}; give another endpoint with --repl-bind") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._readers: dict[bytes, tuple[RP.StripeReader, float]] = {}
+        # (replica's socket, stripe) -> its unfinished read, and when it was last used
+        self._readers: dict[tuple[bytes, int], tuple[RP.StripeReader, float]] = {}
         # replica name -> (offset it has applied, when it said so: time.monotonic())
         self._applied: dict[str, tuple[int, float]] = {}
         self._history: list[tuple[int, list[int]]] = []  # (offset, changes), oldest first
@@ -162,8 +163,8 @@ class Source:
                 raise ProtocolError(f"no stripe {stripe!r}")
             if op == "digests":
                 return {"ok": True, "stripe": stripe}, D.stripe_digests(region, stripe)
-            found = self._readers.get(peer)
-            if op == "stripe" or found is None or found[0].stripe != stripe:
+            found = self._readers.get((peer, stripe))
+            if op == "stripe" or found is None:
                 self._forget_idle()
                 ranges = header.get("ranges")
                 if ranges is not None and (not isinstance(ranges, list) or not all(
@@ -174,9 +175,9 @@ class Source:
                 reader = found[0]
             data, done = reader.chunk()
             if done:
-                self._readers.pop(peer, None)
+                self._readers.pop((peer, stripe), None)
             else:
-                self._readers[peer] = (reader, time.monotonic())
+                self._readers[(peer, stripe)] = (reader, time.monotonic())
             return {"ok": True, "stripe": stripe, "done": done,
                     "records": reader.records}, data
         raise ProtocolError(f"unknown replication op {op!r}")
@@ -216,9 +217,9 @@ class Source:
 
     def _forget_idle(self) -> None:
         now = time.monotonic()
-        for peer, (_, used) in list(self._readers.items()):
+        for held, (_, used) in list(self._readers.items()):
             if now - used > READER_IDLE_S or len(self._readers) >= MAX_READERS:
-                del self._readers[peer]
+                del self._readers[held]
 
     def state(self) -> dict[str, Any]:
         now = time.monotonic()
