@@ -42,6 +42,7 @@ BACKLOG_CHANGES = 10_000_000  # default --repl-backlog-changes
 HISTORY_STEP_S = 0.05
 MAX_HISTORY = 8192  # at one vector per HISTORY_STEP_S: ~7 minutes of steady writes
 REPLICA_GONE_S = 6.0  # a replica that has not asked for the counters for this long is gone
+MAX_REPLICAS_NOTED = 1024
 MAX_CLIENTS_NOTED = 65_536  # WrittenOffsets forgets the clients that wrote longest ago
 
 
@@ -153,6 +154,9 @@ class Source:
             name, applied = header.get("replica"), header.get("applied")
             if isinstance(name, str) and isinstance(applied, int):
                 self._applied[name] = (applied, time.monotonic())
+                if len(self._applied) > MAX_REPLICAS_NOTED:  # restarted replicas' old names
+                    self._applied = {k: v for k, v in self._applied.items()
+                                     if time.monotonic() - v[1] < REPLICA_GONE_S}
             self._record(offset, changes)
             return {"ok": True, "changes": changes, "writes": writes, "offset": offset,
                     "repl_id": RP.repl_id(region), "region_id": region.q[L.H_REGION_ID >> 3],
@@ -224,7 +228,9 @@ class Source:
     def state(self) -> dict[str, Any]:
         now = time.monotonic()
         offset = self.offset()
-        live = {name: at for name, (at, t) in self._applied.items() if now - t < REPLICA_GONE_S}
+        # list(): the metrics' thread asks too, while the loop may add a replica
+        live = {name: at for name, (at, t) in list(self._applied.items())
+                if now - t < REPLICA_GONE_S}
         return {"role": "primary", "endpoint": self.endpoint, "replicas": len(live),
                 "repl_id": RP.repl_id(self.region), "offset": offset,
                 "epoch": self.region.q[L.H_REPL_EPOCH >> 3],

@@ -7,7 +7,10 @@ stripe's slots are copied under its lock (a memcpy), then each entry they point 
 without a lock and kept only if it validates (a used block, a sane header, a checksum that
 matches the key and value copied, the header unchanged after the copy). Entries that failed
 (rewritten or freed meanwhile) send the reader back to the slots, up to REREADS times, for the
-entries written since. Expired entries are left out. A reused block can yield a key of another
+entries written since. Given digest ranges (shmkv/repl_digest.py), it reads only the slots of
+those ranges. Expired entries are left out, unless keep_expired (replication keeps them: a
+replica holds what its primary holds until the primary removes it, and the digests count
+them). A reused block can yield a key of another
 stripe: the replica drops those. Records go out in chunks of about CHUNK_BYTES (a record larger
 than that goes alone in its chunk).
 
