@@ -106,6 +106,8 @@ def lag(writer: multiprocessing.Process, visible: Callable[[str], bytes | None],
         for i in range(n):
             key = f"{prefix}{i}"
             while (value := visible(key)) is None:
+                if writer.exitcode:  # it died: its keys will never come
+                    raise RuntimeError(f"the writer exited with {writer.exitcode}")
                 time.sleep(200e-6)  # the resolution of the figures
             samples.append(time.monotonic_ns() - int.from_bytes(value, "little"))
         writer.join()
