@@ -78,14 +78,15 @@ range_digests: 14 ms per 1M entries), one digest reply (8 bytes a range, ~8 slot
 and the entries of the differing ranges only, instead of the whole stripe: a few writes among
 1M keys send a few ranges of ~6-15 entries each. A round pipelines its requests (all digests,
 then all first reads): a few round trips through both nodes' loops, not a few per stripe.
-Measured (bench/results/replication-vm-20261130.md, 100k keys, a loaded 2-core VM): lag 43 ms
-median at 1,000 writes/s (the first increment: 690 ms at 130k keys), 232 ms at 10,000 writes/s.
+Measured (bench/results/replication-vm-20261130.md, 100k keys, a loaded 2-core VM): lag 59 ms
+median at 1,000 writes/s (the first increment: 690 ms at 130k keys), 329 ms at 10,000 writes/s
+(45-50 ms in shorter runs: under load a replica falls behind 10,000 writes/s).
 
 Known limits: the event rings are not used as hints of which keys moved, so each round still
 passes over every entry of every stripe that moved, on both sides (C speed, no copy), and a
 changed key costs the read of its whole range (~6-15 entries); the replica polls (every
 SYNC_INTERVAL_S) rather than being pushed the changes, so the lag stays far above Redis's
-streamed replication (0.25 ms in the same run); the replica's sync runs in the node's loop,
+streamed replication (0.26-0.29 ms in the same run); the replica's sync runs in the node's loop,
 which answers no requests meanwhile; a replica does not yet connect to a CURVE-protected
 primary; no etcd, no promotion (broker/failover.py).
 """
