@@ -33,6 +33,7 @@ setup(
                 f"{CORE_SRC}/events.c",
                 f"{CORE_SRC}/args.c",
                 f"{CORE_SRC}/hash.c",
+                f"{CORE_SRC}/digest.c",
             ],
             depends=[
                 f"{CORE_SRC}/core.h",

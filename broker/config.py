@@ -109,6 +109,13 @@ class NodeConfig:
     # Processes that serve requests (broker/supervisor.py); 0: one per CPU. 1 is the single
     # process node, which serves and also does everything else itself.
     workers: int = 0
+    # A replica more changes behind than this when it comes back resyncs fully (every stripe
+    # compared); within it, only the stripes that moved (broker/repl_source.py).
+    repl_backlog_changes: int = 10_000_000
+    # Writes through the node are refused while fewer than min_replicas_to_write replicas
+    # reported within min_replicas_max_lag_s (Redis's names; 0: never refused).
+    min_replicas_to_write: int = 0
+    min_replicas_max_lag_s: float = 10.0
 
 
 CONFIG_ENV = "SHMKV_CONFIG"
@@ -384,6 +391,8 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
     "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
     "workers": _count,
+    "repl_backlog_changes": _count, "min_replicas_to_write": _count,
+    "min_replicas_max_lag_s": _seconds,
 }
 assert set(_PARSERS) == set(FIELDS), "every NodeConfig field needs a parser"
 

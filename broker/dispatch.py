@@ -29,13 +29,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shmkv import Cache
-from shmkv.errors import (CollectionNotFound, LockTimeout, ProtocolError, RequestTooLarge,
-                          ShmKVError)
+from shmkv.errors import (CollectionNotFound, LockTimeout, NotEnoughReplicas, ProtocolError,
+                          RequestTooLarge, ShmKVError)
 
 from . import protocol
 from .protocol import Buffer, Reply, Request
 
 Result = tuple[Any, list[Any]]  # (the reply's result, its payload frames)
+# The commands that change the region: refused under --min-replicas-to-write when too few
+# replicas are in sync, and the ones after which the node notes a client's offset (WAIT).
+WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", "persist",
+                       "clear", "set_many", "set_array", "rename_collection",
+                       "drop_collection", "getdel", "getex", "append", "rename"})
 Handler = Callable[[Cache, Request], Result]
 _REQUIRED = object()
 
@@ -52,6 +57,11 @@ class Dispatcher:
         # handed in by the node; "role" adds the node's role to ping's reply.
         self.node_ops: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.about: dict[str, Any] = {}  # more for ping to tell (a worker: its siblings)
+        # The node's replication source (broker/repl_source.py), if it is a primary, and
+        # (--min-replicas-to-write, --min-replicas-max-lag-s); server.py sets them.
+        self.replication: Any = None
+        self.min_replicas: tuple[int, float] = (0, 0.0)
+        self.replication_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     def handle(self, frames: Sequence[Buffer]) -> Reply:
         """The reply to one request; never raises (but lets KeyboardInterrupt through). A
@@ -90,9 +100,19 @@ class Dispatcher:
         if self.limits is not None and request.max_reply_bytes is None:  # not from decode
             request = dataclasses.replace(request,
                                           max_reply_bytes=self.limits["max_reply_bytes"])
+        if request.op in WRITE_OPS and self.min_replicas[0]:
+            self._check_replicas()
         admin = _ADMIN.get(request.op)
         if admin is not None:
             return admin(self, request)
+        if request.op == "stats":  # the node's replication state (lag) joins the region's
+            result, out = self._run_key(request)
+            state = self.replication_state()
+            return ({**result, "replication": {**(result.get("replication") or {}), **state}}
+                    if state else result), out
+        return self._run_key(request)
+
+    def _run_key(self, request: Request) -> Result:
         handler = _KEY_COMMANDS[request.op]
         if not request.coll:
             return handler(self._cache, request)
@@ -129,6 +149,23 @@ class Dispatcher:
         if "role" in self.node_ops:  # clients of several nodes look for the primary
             found["role"] = self.node_ops["role"]({})
         return found, []
+
+    def _check_replicas(self) -> None:
+        wanted, max_lag_s = self.min_replicas
+        found = self.replication.replicas_in_sync(max_lag_s) if self.replication else 0
+        if found < wanted:
+            raise NotEnoughReplicas(f"{found} replica(s) in sync (reported within {max_lag_s} "
+                                    f"s), fewer than the node's --min-replicas-to-write "
+                                    f"{wanted}: write refused")
+
+    def _wait(self, request: Request) -> Result:
+        """How many replicas have applied everything up to the offset the node noted after
+        the client's last write (`after`, which server.py sets); 0 on a node that is no
+        primary. Answers at once: RemoteCache.wait asks again until its timeout."""
+        after = _field(request, "after", None)
+        if self.replication is None or not isinstance(after, int):
+            return {"replicas": 0}, []
+        return {"replicas": self.replication.replicas_at(after)}, []
 
     def _collection(self, request: Request) -> Result:
         name = _field(request, "name")
@@ -174,6 +211,7 @@ _ADMIN: dict[str, Callable[[Dispatcher, Request], Result]] = {
     "publish": Dispatcher._publish,
     "promote": Dispatcher._node_op,
     "replicaof": Dispatcher._node_op,
+    "wait": Dispatcher._wait,
 }
 
 

@@ -123,6 +123,14 @@ class RegionCollector(Collector):
         "deletes": ("shmkv_region_deletes", "Keys deleted"),
         "evictions": ("shmkv_region_evictions", "Keys evicted to make room"),
         "expirations": ("shmkv_region_expirations", "Keys removed because their TTL ran out"),
+        # replication (broker/replication.py), on the nodes that replicate
+        "replication_full_resyncs": ("shmkv_replication_full_resyncs",
+                                     "Resyncs that compared every stripe"),
+        "replication_partial_resyncs": ("shmkv_replication_partial_resyncs",
+                                        "Resyncs that compared only the stripes moved since "
+                                        "the replica's offset"),
+        "replication_epoch_refusals": ("shmkv_replication_epoch_refusals",
+                                       "Replies refused for an epoch older than the region's"),
     }
     GAUGES = {
         "items": ("shmkv_region_keys", "Keys stored, in all collections"),
@@ -146,6 +154,8 @@ class RegionCollector(Collector):
                                        "copied yet"),
         "replication_last_sync_age_s": ("shmkv_replication_last_sync_age_seconds",
                                         "Seconds since the replica's last complete round"),
+        # a primary's: replicas that asked for the counters lately
+        "replication_replicas": ("shmkv_replication_replicas", "Replicas following this node"),
     }
 
     def __init__(self, stats: StatsSource) -> None:

@@ -112,6 +112,11 @@ frame holds the key's bytes (a str key in UTF-8, which the engine treats as the 
                                                           "epoch"}
     replicaof         primary (endpoint  -                {"role", "primary"}   -
                       or "none")
+    wait              n_replicas         -                {"replicas": int}     -
+
+`wait` (RemoteCache.wait, Redis's WAIT) counts the replicas that have applied everything up to
+the primary's offset after this connection's last write through the node (`after`, which the
+node sets itself; broker/dispatch.py); it answers at once, the client asks again.
 
 `set_options` is a set with any of Cache.set's options (nx, xx, keepttl, get; false when
 absent), and returns what Cache.set returns; it is a command of its own rather than fields of
@@ -189,7 +194,7 @@ REQUEST_FRAMES: dict[str, int] = {
     "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
     "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
     "publish": 2, "set_options": 2, "getdel": 1, "getex": 1, "append": 2, "rename": 2,
-    "strlen": 1, "type": 1, "promote": 0, "replicaof": 0,
+    "strlen": 1, "type": 1, "promote": 0, "replicaof": 0, "wait": 0,
 }
 
 # Requests a client keeps in flight on one connection (the docstring's Pipelining): half of

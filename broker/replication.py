@@ -1,5 +1,5 @@
-"""Replication to peer hosts, first increment: a replica keeps a full copy of its primary's
-region in its own shared memory, by comparing stripes.
+"""Replication to peer hosts: a replica keeps a full copy of its primary's region in its own
+shared memory, by comparing stripes, then the digests of their slot ranges.
 
 Roles
 -----
@@ -17,180 +17,116 @@ replica  `shmkv serve --replica-of ENDPOINT`: creates its region as a clone of t
 Wire format (ZeroMQ multipart; the replica's DEALER sends requests, the primary's ROUTER
 answers each with one message, in order)
 -----------------------------------------------------------------------------------------
-    frame 0   TAG = b"SHMKV-REPL/1"   magic and version: another tag gets an error reply
+    frame 0   TAG = b"SHMKV-REPL/2"   magic and version: another tag gets an error reply
     frame 1   header, JSON object     "op", "id" (echoed in the reply), the op's fields
-    frame 2   data (chunk replies)    records, as shmkv/replica.py's table says
+    frame 2   data                    digests or records, as the op says
 
     op        request fields   reply fields
     hello     -                params: arena_bytes, n_stripes, slots_per_stripe,
                                max_collections, max_procs, hash_seed, protected_pct,
                                region_id (shmkv/replica.py region_params)
-    counters  -                changes, writes: per-stripe counters (lists); region_id (a
-                               replica stops following another region than hello's: a
-                               primary restarted empty never wipes it); collections:
-                               [index, generation, name] of each live named collection
-    stripe    stripe           stripe, done, records, + data: the first chunk of the stripe
-                               (the primary copies its slots now, see StripeReader)
+    psync     repl_id, offset  mode ("partial" or "full"), changes (the counters to start
+                               from, or null: compare every stripe), repl_id, offset,
+                               region_id (broker/repl_source.py: the history)
+    counters  replica,         changes, writes: per-stripe counters (lists); offset (their
+              applied          sum), repl_id; region_id (a replica stops following another
+                               region than hello's: a primary restarted empty never wipes
+                               it); collections: [index, generation, name] of each live
+                               named collection. The request says who asks (a name per
+                               replica process) and the offset of its last complete round
+                               (WAIT and --min-replicas-to-write count on it)
+    digests   stripe           stripe, + data: the stripe's slot-range digests
+                               (shmkv/repl_digest.py: n_ranges u64, computed under its lock)
+    stripe    stripe, ranges   stripe, done, records, + data: the first chunk of the entries
+                               of those ranges (all if ranges is absent), expired ones
+                               included (the primary copies its slots now, see StripeReader)
     next      stripe           the stripe's next chunk (the same reader, kept per replica)
     (error)                    ok false, error (class name), message
+
+Every reply also carries "epoch": the primary's region's repl_epoch (layout.py; the leader
+key's revision under etcd, else 0). A replica refuses a reply of an older epoch than its own
+region's (StaleEpoch: counted, said on stdout, the connection dropped, the round failed, so
+nothing of it is applied) and writes a newer one into its region's header.
 
 A replica that waits longer than REQUEST_TIMEOUT_S for a reply drops its socket (and any late
 reply with it) and starts a new round on a new one: request and reply never get out of step.
 
 Convergence
 -----------
-Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone) bumps
-the stripe's `changes` counter under its lock. A round fetches the counters and the collection
-table, copies the table (by index: keys are hashed with their collection's index), then for
-each stripe whose counter differs from the one recorded at its last sync, reads the primary's
-stripe and makes the replica's stripe equal to what it read (upsert what differs in version,
-expiry, kind or length, with the primary's version; remove what is not listed), and records
-the counter it saw BEFORE the read. A key nobody touches during the read is read exactly
-(snapshot.py's argument); one that changes during the read may come out at an old value, but
-its change moved the counter past the recorded one, so the next round reads the stripe again.
-Once writes pause for a round, every stripe equals the primary's. Nothing relies on the event
+Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone, with
+or without a node running) bumps the stripe's `changes` counter under its lock. A round fetches
+the counters and the collection table (time T), copies the table (by index: keys are hashed
+with their collection's index), then for each stripe whose counter differs from the one
+recorded at its last sync: asks for the digests of the stripe's slot ranges (taken under the
+primary's stripe lock, after T), computes its own (its region changes only by this replicator),
+and for the ranges that differ reads the primary's entries of those ranges and makes its
+ranges equal to what it read (upsert what differs in version, expiry, kind or length, with the
+primary's version; remove what is not listed); then it records the counter seen at T. A range
+whose digests agree holds the same entries on both sides (up to a 64-bit digest collision,
+repl_digest.py). A key nobody touches during the read is read exactly (snapshot.py's
+argument); one that changes after T may come out at an old value or be compared at an old
+digest, but its change moved the counter past the recorded one, so the next round looks at the
+stripe again. Once writes pause for a round, every stripe equals the primary's. After a
+complete round the replica writes the primary's repl_id and the offset of that round (the sum
+of the counters seen at T) into its region's header: every change the primary had made by T
+is applied (a later change may be too). A replica that starts, or whose round failed, first
+asks psync (broker/repl_source.py) which counters to start from. Nothing relies on the event
 rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
 
-Known limits of this increment: a stripe that changed is re-read and re-sent whole. Reading and
-comparing cost about 10 µs per entry in Python (measured: 2,000 keys in 18 ms), so one write
-among 1M keys in 16 stripes costs a round 62.5k entries (~6 MB with 100 B values, ~0.6 s), and
-steady writes touching every stripe make each round a full pass (~10 s of lag). The next
-increment cuts that: the event rings name the keys that moved (hints: a round whose ring was
-overrun, or whose counter moved more than the events seen, falls back to the stripe), and the
-reserved per-stripe digests (xor of the entries' digests) let a stripe whose digests already
-agree be skipped, and one that differs be split into slot ranges to compare. No backlog,
-so no partial resync: a replica that restarts compares every stripe (sending each whole); the
-replica's sync runs in the node's loop, which answers no requests meanwhile; a replica does
-not yet connect to a CURVE-protected primary; no etcd, no WAIT, no promotion.
+Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
+range_digests: 14 ms per 1M entries), one digest reply (8 bytes a range, ~8 slots a range),
+and the entries of the differing ranges only, instead of the whole stripe: a few writes among
+1M keys send a few ranges of ~6-15 entries each. A round pipelines its requests (all digests,
+then all first reads): a few round trips through both nodes' loops, not a few per stripe.
+Measured (bench/results/replication-vm-20261130.md, 100k keys, a loaded 2-core VM): lag 59 ms
+median at 1,000 writes/s (the first increment: 690 ms at 130k keys), 329 ms at 10,000 writes/s
+(45-50 ms in shorter runs: under load a replica falls behind 10,000 writes/s).
+
+Known limits: the event rings are not used as hints of which keys moved, so each round still
+passes over every entry of every stripe that moved, on both sides (C speed, no copy), and a
+changed key costs the read of its whole range (~6-15 entries); the replica polls (every
+SYNC_INTERVAL_S) rather than being pushed the changes, so the lag stays far above Redis's
+streamed replication (0.26-0.29 ms in the same run); the replica's sync runs in the node's loop,
+which answers no requests meanwhile; a replica does not yet connect to a CURVE-protected
+primary; no etcd, no promotion (broker/failover.py).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
 
 import shmkv
 from shmkv import layout as L
+from shmkv import repl_digest as D
 from shmkv import replica as RP
 from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-TAG = b"SHMKV-REPL/1"
+from .repl_source import Source
+from .repl_wire import TAG, message, parse
+
+__all__ = ["TAG", "Replica", "Source", "StaleEpoch", "Stopped"]
+
 # How often a replica asks for the counters: the lag of an idle replica, at one small request
 SYNC_INTERVAL_S = 0.01
 REQUEST_TIMEOUT_S = 5.0
 RETRY_S = 0.5  # after a failed round
-MAX_BATCH = 64  # requests a primary answers per wake-up of its loop
-READER_IDLE_S = 60.0  # a replica's unfinished stripe read is dropped after this
-MAX_READERS = 64
 
 Emit = Callable[..., None]
 
 
-def _message(header: dict[str, Any], data: bytes = b"") -> list[bytes]:
-    frames = [TAG, json.dumps(header).encode()]
-    return frames + [data] if data else frames
-
-
-def _parse(frames: list[bytes]) -> tuple[dict[str, Any], bytes]:
-    if len(frames) < 2 or frames[0] != TAG:
-        raise ProtocolError(f"not a replication message of version {TAG.decode()}")
-    header = json.loads(frames[1])
-    if not isinstance(header, dict):
-        raise ProtocolError("a replication header is a JSON object")
-    return header, frames[2] if len(frames) > 2 else b""
-
-
-# --- primary ---------------------------------------------------------------------------------
-class Source:
-    """The primary's side: answers replicas from the node's loop (service())."""
-
-    def __init__(self, context: zmq.Context, cache: shmkv.Cache, endpoint: str,
-                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
-        self.cache = cache
-        self.region = cache._region
-        self.socket = context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if secure is not None:
-            secure(self.socket)
-        try:
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close()
-            raise ShmKVError(f"cannot bind the replication socket to {endpoint!r}: "
-                             f"{exc.strerror}; give another endpoint with --repl-bind") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._readers: dict[bytes, tuple[RP.StripeReader, float]] = {}
-        self._seen: dict[bytes, float] = {}  # replica -> when it last asked for the counters
-
-    def service(self) -> None:
-        for _ in range(MAX_BATCH):
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            peer = frames[0]
-            try:
-                header, _ = _parse(frames[1:])
-                reply, data = self._answer(peer, header)
-            except (ShmKVError, ValueError, KeyError, TypeError) as exc:
-                header = {}
-                reply, data = {"ok": False, "error": type(exc).__name__,
-                               "message": str(exc)}, b""
-            reply["id"] = header.get("id")
-            self.socket.send_multipart([peer, *_message(reply, data)])
-
-    def _answer(self, peer: bytes, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        op = header.get("op")
-        if op == "hello":
-            return {"ok": True, "params": RP.region_params(self.region)}, b""
-        if op == "counters":
-            self._seen[peer] = time.monotonic()
-            changes, writes = RP.stripe_counters(self.region)
-            return {"ok": True, "changes": changes, "writes": writes,
-                    "region_id": self.region.q[L.H_REGION_ID >> 3],
-                    "collections": RP.live_collections(self.region)}, b""
-        if op in ("stripe", "next"):
-            stripe = header["stripe"]
-            if not isinstance(stripe, int) or not 0 <= stripe < self.region.layout.n_stripes:
-                raise ProtocolError(f"no stripe {stripe!r}")
-            found = self._readers.get(peer)
-            if op == "stripe" or found is None or found[0].stripe != stripe:
-                self._forget_idle()
-                reader = RP.StripeReader(self.region, stripe)
-            else:
-                reader = found[0]
-            data, done = reader.chunk()
-            if done:
-                self._readers.pop(peer, None)
-            else:
-                self._readers[peer] = (reader, time.monotonic())
-            return {"ok": True, "stripe": stripe, "done": done,
-                    "records": reader.records}, data
-        raise ProtocolError(f"unknown replication op {op!r}")
-
-    def _forget_idle(self) -> None:
-        now = time.monotonic()
-        for peer, (_, used) in list(self._readers.items()):
-            if now - used > READER_IDLE_S or len(self._readers) >= MAX_READERS:
-                del self._readers[peer]
-
-    def state(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {"role": "primary", "endpoint": self.endpoint,
-                "replicas": sum(1 for t in self._seen.values() if now - t < 10 * RETRY_S + 1)}
-
-    def close(self) -> None:
-        self.socket.close()
-
-
-# --- replica ---------------------------------------------------------------------------------
 class Stopped(Exception):
     """A stop signal arrived while the replica waited for its primary."""
+
+
+class StaleEpoch(ShmKVError):
+    """A primary answered with an epoch older than the replica's: it is no longer the primary
+    (fencing), and what it sends is refused."""
 
 
 class Replica:
@@ -204,44 +140,81 @@ class Replica:
         self._wait = wait  # poll, with stop signals deliverable; False once one arrived
         self._socket: zmq.Socket | None = None
         self._id = 0
+        self.name = uuid.uuid4().hex  # how the primary tells this replica from others
         self.cache: shmkv.Cache | None = None
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
         self.seen: list[int] = []  # the counters of the last look
+        self.primary_offset = 0  # the primary's offset at the last look
+        self.applied = 0  # the offset of the last round completed (the header's repl_offset)
         self.last_sync_ns = 0
         self.rounds = 0
+        self.ranges_compared = 0  # digest ranges compared, and found to differ (then read)
+        self.ranges_sent = 0
+        self.full_resyncs = self.partial_resyncs = 0
+        self.epoch_refusals = 0
         self.region_id = 0  # the primary region's, from hello
+        self._resync = True  # ask psync before the next round (at start, after a failure)
         self._next = 0.0
-        self._failing = False
+        self._failing = ""  # the error class of the failing rounds ("": not failing)
 
     # --- the wire ---------------------------------------------------------------------
     def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        return self._requests([header])[0]
+
+    def _requests(self, headers: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
+        """Send every request, then read their replies (in order: the primary answers one
+        socket's requests in turn). Pipelined: a round costs a few round trips through both
+        nodes' loops, not a few per stripe."""
         if self._socket is None:
             self._socket = self.context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.connect(self.primary)
-        self._id += 1
-        self._socket.send_multipart(_message({**header, "id": self._id}))
+        first = self._id + 1
+        for header in headers:
+            self._id += 1
+            self._socket.send_multipart(message({**header, "id": self._id}))
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while True:
+        replies: list[tuple[dict[str, Any], bytes]] = []
+        while len(replies) < len(headers):
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 self._drop_socket()
                 raise RemoteUnavailable(f"the primary {self.primary} did not answer within "
                                         f"{REQUEST_TIMEOUT_S} s")
-            if not self._wait(poller, min(left_ms, 100)):
+            if not poller.poll(0) and not self._wait(poller, min(left_ms, 100)):
                 raise Stopped()
             if not poller.poll(0):
                 continue
-            reply, data = _parse(self._socket.recv_multipart())
-            if reply.get("id") != self._id:
+            reply, data = parse(self._socket.recv_multipart())
+            if reply.get("id") != first + len(replies):
                 continue  # a late reply to an older request
+            self._check_epoch(reply.get("epoch", 0))
             if not reply.get("ok"):
-                raise ShmKVError(f"the primary {self.primary} refused {header['op']}: "
+                op = headers[len(replies)]["op"]
+                raise ShmKVError(f"the primary {self.primary} refused {op}: "
                                  f"{reply.get('error')}: {reply.get('message')}")
-            return reply, data
+            replies.append((reply, data))
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S  # per reply, as before
+        return replies
+
+    def _check_epoch(self, epoch: object) -> None:
+        """Refuse a reply from an older epoch than the region's; adopt a newer one."""
+        if self.cache is None:
+            return
+        if not isinstance(epoch, int):
+            raise ProtocolError(f"epoch {epoch!r} is not a whole number")
+        q = self.cache._region.q
+        mine = q[L.H_REPL_EPOCH >> 3]
+        if epoch < mine:
+            self.epoch_refusals += 1
+            self._drop_socket()
+            raise StaleEpoch(f"the primary {self.primary} answers in epoch {epoch}, older than "
+                             f"this replica's {mine}: refused")
+        if epoch > mine:
+            q[L.H_REPL_EPOCH >> 3] = epoch
 
     def _drop_socket(self) -> None:
         if self._socket is not None:
@@ -276,10 +249,11 @@ class Replica:
         self.cache = cache
         self.applier = RP.Applier(cache)
         self.synced = [None] * params["n_stripes"]
+        self.applied = cache._region.q[L.H_REPL_OFFSET >> 3]
         return cache
 
     def bootstrap(self) -> None:
-        """The first full sync: every stripe once (retried until it succeeds)."""
+        """The first sync: every stripe that may differ once (retried until it succeeds)."""
         while not self.round(progress=True):
             if not self._wait(zmq.Poller(), int(RETRY_S * 1000)):
                 raise Stopped()
@@ -295,66 +269,124 @@ class Replica:
             ok = False
         self._next = time.monotonic() + (SYNC_INTERVAL_S if ok else RETRY_S)
 
+    def _check_region(self, region_id: int) -> None:
+        if region_id != self.region_id:
+            # the primary serves another region now (it restarted with an empty one, or
+            # another --region): what it lists must not wipe this copy
+            raise ShmKVError(f"the primary {self.primary} now serves another region (id "
+                             f"{region_id:x}, not {self.region_id:x}); this replica keeps its "
+                             "copy and stops following: unlink its region and restart it to "
+                             "copy the new one")
+
+    def _psync(self) -> None:
+        """Where to start from: partial (the stripes moved since this region's offset) or
+        full (every stripe compared); see broker/repl_source.py."""
+        assert self.cache is not None
+        region = self.cache._region
+        reply, _ = self._request({"op": "psync", "repl_id": RP.repl_id(region),
+                                  "offset": region.q[L.H_REPL_OFFSET >> 3]})
+        self._check_region(reply["region_id"])
+        n = region.layout.n_stripes
+        changes = reply["changes"]
+        if reply["mode"] == "partial":
+            self.partial_resyncs += 1
+            self.synced = list(changes) if changes and len(changes) == n else [None] * n
+        else:
+            self.full_resyncs += 1
+            self.synced = [None] * n
+            if self.rounds:  # after the start (the "ready" event reports the first sync)
+                self.emit("replication_full_resync", primary=self.primary,
+                          repl_id=reply["repl_id"], offset=reply["offset"])
+        self._resync = False
+
     def round(self, progress: bool = False) -> bool:
         """One round (see the module docstring); False if it failed (said on stderr once)."""
-        assert self.applier is not None
+        assert self.applier is not None and self.cache is not None
         try:
-            reply, _ = self._request({"op": "counters"})
-            if reply["region_id"] != self.region_id:
-                # the primary serves another region now (it restarted with an empty one, or
-                # another --region): what it lists must not wipe this copy
-                raise ShmKVError(f"the primary {self.primary} now serves another region (id "
-                                 f"{reply['region_id']:x}, not {self.region_id:x}); this replica "
-                                 "keeps its copy and stops following: unlink its region and "
-                                 "restart it to copy the new one")
+            if self._resync:
+                self._psync()
+            reply, _ = self._request({"op": "counters", "replica": self.name,
+                                      "applied": self.applied})
+            self._check_region(reply["region_id"])
             changes, writes = reply["changes"], reply["writes"]
             self.seen = changes
+            self.primary_offset = reply["offset"]
             self.applier.sync_collections([tuple(c) for c in reply["collections"]])
             moved = [s for s, n in enumerate(changes) if self.synced[s] != n]
-            for done, stripe in enumerate(moved):
+            for done, stripe in enumerate(self._sync_stripes(moved, writes)):
+                self.synced[stripe] = changes[stripe]
                 if progress:
                     self.status(f"replica of {self.primary}: first sync, stripe {done + 1} of "
                                 f"{len(moved)}")
-                self._sync_stripe(stripe, writes[stripe])
-                self.synced[stripe] = changes[stripe]
+            RP.set_position(self.cache._region, reply["repl_id"], reply["offset"])
+            self.applied = reply["offset"]
         except Stopped:
             raise
         except (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError) as exc:
             self._drop_socket()
-            if not self._failing:
+            self._resync = True
+            # said once per cause (a primary restarting costs a timeout, then may say why it
+            # cannot be followed), and every refused epoch
+            if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
                 self.emit("replication_failed", error=type(exc).__name__, message=str(exc))
-            self._failing = True
+            self._failing = type(exc).__name__
             return False
         if self._failing:
             self.emit("replication_resumed", primary=self.primary)
-        self._failing = False
+        self._failing = ""
         self.last_sync_ns = time.time_ns()
         self.rounds += 1
         return True
 
-    def _sync_stripe(self, stripe: int, primary_writes: int) -> None:
-        assert self.applier is not None
-        seen: dict[tuple[int, bytes], int] = {}
-        op = "stripe"
-        while True:
-            reply, data = self._request({"op": op, "stripe": stripe})
+    def _sync_stripes(self, moved: list[int], writes: list[int]) -> Iterator[int]:
+        """Make each stripe equal to the primary's, yielding each once done: compare the
+        digests of its slot ranges, read only the ranges that differ."""
+        assert self.applier is not None and self.cache is not None
+        region = self.cache._region
+        n_ranges = D.n_ranges(region.layout)
+        work: list[tuple[int, list[int] | None]] = []
+        replies = self._requests([{"op": "digests", "stripe": s} for s in moved])
+        for stripe, (reply, theirs) in zip(moved, replies):
             if reply.get("stripe") != stripe:
-                raise ProtocolError(f"asked for stripe {stripe}, got {reply.get('stripe')}")
-            if data:
-                self.applier.apply_chunk(stripe, data, seen)
-            if reply["done"]:
-                break
-            op = "next"
-        self.applier.end_stripe(stripe, seen, primary_writes)
+                raise ProtocolError(f"asked for stripe {stripe}'s digests, got "
+                                    f"{reply.get('stripe')}")
+            differ = D.differing(D.stripe_digests(region, stripe), theirs)
+            self.ranges_compared += n_ranges
+            self.ranges_sent += len(differ)
+            if differ:
+                work.append((stripe, None if len(differ) == n_ranges else differ))
+            else:
+                self.applier.end_stripe(stripe, {}, writes[stripe], ranges=())
+                yield stripe
+        firsts = self._requests([{"op": "stripe", "stripe": s, "ranges": r} for s, r in work])
+        for (stripe, ranges), first in zip(work, firsts):
+            seen: dict[tuple[int, bytes], int] = {}
+            reply, data = first
+            while True:
+                if reply.get("stripe") != stripe:
+                    raise ProtocolError(f"asked for stripe {stripe}, got {reply.get('stripe')}")
+                if data:
+                    self.applier.apply_chunk(stripe, data, seen)
+                if reply["done"]:
+                    break
+                reply, data = self._request({"op": "next", "stripe": stripe})
+            self.applier.end_stripe(stripe, seen, writes[stripe], ranges)
+            yield stripe
 
     def state(self) -> dict[str, Any]:
         behind = [s for s, n in enumerate(self.seen) if self.synced[s] != n]
+        epoch = self.cache._region.q[L.H_REPL_EPOCH >> 3] if self.cache is not None else 0
         return {"role": "replica", "primary": self.primary,
                 "last_sync_age_s": round((time.time_ns() - self.last_sync_ns) / 1e9, 3)
                 if self.last_sync_ns else None,
                 "stripes_behind": len(behind) if self.seen else len(self.synced),
-                "changes_behind": sum(self.seen[s] - (self.synced[s] or 0) for s in behind),
-                "rounds": self.rounds, "failing": self._failing}
+                "changes_behind": max(0, self.primary_offset - self.applied),
+                "offset": self.applied, "epoch": epoch,
+                "repl_id": RP.repl_id(self.cache._region) if self.cache is not None else "",
+                "rounds": self.rounds, "ranges_compared": self.ranges_compared,
+                "ranges_sent": self.ranges_sent, "full_resyncs": self.full_resyncs,
+                "partial_resyncs": self.partial_resyncs, "epoch_refusals": self.epoch_refusals,
+                "failing": bool(self._failing)}
 
     def close(self) -> None:
         self._drop_socket()

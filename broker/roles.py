@@ -69,6 +69,8 @@ class Roles:
         self._gave_up = False
         self.cache: shmkv.Cache | None = None  # the node's main handle
         self.source: Source | None = None
+        # Told each time the Source changes (the node rebinds WAIT and min-replicas to it)
+        self.on_source: Callable[[Source | None], object] = lambda source: None
         self.replica: Replica | None = None
         self.role = "candidate" if config.etcd else "none"
         self._poller: zmq.Poller | None = None
@@ -92,7 +94,7 @@ class Roles:
             RP.unfence(cache._region, RP.FENCED)
             return
         if self.config.repl_bind:
-            self.source = self._open_source()
+            self._set_source(self._open_source())
             self.role = "primary"
 
     def attach(self, poller: zmq.Poller) -> None:
@@ -139,9 +141,7 @@ class Roles:
         repl_id = RP.new_history(region)
         RP.unfence(region, writable_until_ns)
         if self.source is None and self.config.repl_bind:
-            self.source = self._open_source()
-            if self._poller is not None:
-                self._poller.register(self.source.socket, zmq.POLLIN)
+            self._set_source(self._open_source())
         self.role = "primary"
         self.emit("promoted", epoch=int(region.q[L.H_REPL_EPOCH >> 3]), repl_id=repl_id,
                   writable_until_ns=writable_until_ns, at_ns=time.time_ns())
@@ -255,11 +255,18 @@ class Roles:
         deadline = time.monotonic() + BIND_RETRY_S
         while True:
             try:
-                return Source(self.context, self._cache(), self.config.repl_bind, self._secure)
+                return Source(self.context, self._cache(), self.config.repl_bind, self._secure,
+                              self.config.repl_backlog_changes)
             except ShmKVError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
+
+    def _set_source(self, source: Source) -> None:
+        self.source = source
+        if self._poller is not None:
+            self._poller.register(source.socket, zmq.POLLIN)
+        self.on_source(source)
 
     def _close_source(self) -> None:
         if self.source is not None:
@@ -267,6 +274,7 @@ class Roles:
                 self._poller.unregister(self.source.socket)
             self.source.close()
             self.source = None
+            self.on_source(None)
 
     def _close_replica(self) -> None:
         if self.replica is not None:

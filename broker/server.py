@@ -74,13 +74,14 @@ from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 from . import protocol, resp_tls
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
-from .dispatch import Dispatcher
+from .dispatch import WRITE_OPS, Dispatcher
 from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
-from .replication import Replica, Stopped
+from .repl_source import WrittenOffsets
+from .replication import Replica, Source, Stopped
 from .resp_door import EventTee, RespDoor
 from .roles import Roles
 from .waits import TRY_LOCK_S, LockWaits, RequestJob
@@ -165,6 +166,7 @@ class _Node:
         self._curve: CurveServer | None = None
         # Set, the node serves no requests itself: these processes do (supervisor.py)
         self.workers: Workers | None = None
+        self._written = WrittenOffsets(None)  # per client, the offset after its last write
 
     def run(self) -> int:
         with _StopSignals() as stop:
@@ -211,6 +213,9 @@ class _Node:
                     requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
                                                 owner=self.config.region_owner or None)
                     dispatcher = Dispatcher(requests, limits)
+                    # WAIT and --min-replicas-to-write count on the Source of the moment
+                    roles.on_source = lambda source: self._guard_writes(dispatcher, source)
+                    roles.on_source(roles.source)
                     self._requests = requests
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
@@ -357,6 +362,8 @@ class _Node:
             if isinstance(decoded, protocol.Reply):
                 reply: protocol.Reply | None = decoded
             else:
+                if decoded.op == "wait":
+                    decoded.fields["after"] = self._written.after(bytes(routing_id))
                 reply = self._waits.submit(RequestJob(
                     routing_id, decoded, started, dispatcher,
                     lambda rid, late, at: self._send(router, [(rid, late, at)], publisher,
@@ -377,6 +384,16 @@ class _Node:
                 publisher.pump(events)
             _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
             self._observe(reply.op, time.monotonic() - started, reply.error)
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(bytes(routing_id))
+
+    def _guard_writes(self, dispatcher: Dispatcher, source: Source | None) -> None:
+        """WAIT and --min-replicas-to-write: both count on the primary's replicas."""
+        dispatcher.replication = source
+        dispatcher.replication_state = self._replication
+        dispatcher.min_replicas = (self.config.min_replicas_to_write,
+                                   self.config.min_replicas_max_lag_s)
+        self._written = WrittenOffsets(source)
 
     def _maintain(self, cache: shmkv.Cache) -> None:
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
@@ -424,11 +441,10 @@ class _Node:
         """cache.stats, plus a replica's lag (for the metrics' scrapes, on their thread)."""
         def stats() -> dict[str, object]:
             found = cache.stats()
-            replica = self.roles.replica if self.roles is not None else None
-            if isinstance(replica, Replica):
-                state = replica.state()
-                found.update({f"replication_{key}": state[key] for key in
-                              ("stripes_behind", "changes_behind", "last_sync_age_s")})
+            state = self._replication()
+            if state is not None:
+                found.update({f"replication_{key}": state[key] for key in _EXPORTED
+                              if key in state})
             return found
         return stats
 
@@ -492,6 +508,11 @@ class _Node:
 
 # Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each in the hot path.
 _NOBLOCK, _SNDMORE, _RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
+
+
+# replication state (Replica.state(), Source.state()) that the metrics export
+_EXPORTED = ("stripes_behind", "changes_behind", "last_sync_age_s", "replicas", "full_resyncs",
+             "partial_resyncs", "epoch_refusals")
 
 
 def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:

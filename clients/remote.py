@@ -485,5 +485,24 @@ class RemoteCache(Commands):
         """The region's counters and sizes, plus this handle's collection (Cache.stats())."""
         return self._call("stats").result  # type: ignore[no-any-return]
 
+    def wait(self, n_replicas: int, timeout_s: float) -> int:
+        """How many replicas have applied every write this connection made through the node
+        (Redis's WAIT): asked again until n_replicas have, or timeout_s has passed. It does not
+        make the writes strongly consistent: a write acknowledged with fewer replicas is not
+        undone, and a failover may still lose what no replica applied (see the README)."""
+        deadline = time.monotonic() + timeout_s
+        pause_s = WAIT_FIRST_PAUSE_S
+        while True:
+            found = self._call("wait", n_replicas=n_replicas).result["replicas"]
+            left_s = deadline - time.monotonic()
+            if found >= n_replicas or left_s <= 0:
+                return int(found)
+            time.sleep(min(pause_s, left_s))
+            pause_s = min(pause_s * 2, WAIT_MAX_PAUSE_S)
+
+
+# wait() asks the node again after these pauses (doubling): a replica's round is ~10 ms
+WAIT_FIRST_PAUSE_S = 0.001
+WAIT_MAX_PAUSE_S = 0.02
 
 __all__ = ["DEFAULT_ENDPOINT", "Pipeline", "RemoteCache"]

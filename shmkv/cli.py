@@ -87,6 +87,7 @@ def status(ctx: typer.Context, collection: Collection = None) -> None:
             "collections": stats["collections"],
             "engine": stats["engine"],
             "replica_of": stats["replica_of"],
+            "replication": stats["replication"],
         })
 
 

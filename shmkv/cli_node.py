@@ -133,6 +133,15 @@ def serve(
         "--workers", "Processes that serve requests, each on its own endpoint (the first on "
         "--bind; clients learn the others); 1: a single process, 0: one per CPU. "
         "(default: $SHMKV_WORKERS, else one per CPU)", metavar="N")] = None,
+    repl_backlog_changes: Annotated[int | None, _node_option(
+        "--repl-backlog-changes", "A replica that comes back more changes behind than this "
+        "resyncs fully. (default: $SHMKV_REPL_BACKLOG_CHANGES, else 10000000)")] = None,
+    min_replicas_to_write: Annotated[int | None, _node_option(
+        "--min-replicas-to-write", "Refuse writes through the node while fewer replicas are "
+        "in sync (0: never). (default: $SHMKV_MIN_REPLICAS_TO_WRITE, else 0)")] = None,
+    min_replicas_max_lag_s: Annotated[float | None, _node_option(
+        "--min-replicas-max-lag-s", "A replica is in sync if it reported within these "
+        "seconds. (default: $SHMKV_MIN_REPLICAS_MAX_LAG_S, else 10)")] = None,
 ) -> None:
     """Run a node: create the region if it does not exist, host it until SIGTERM or Ctrl-C.
     Prints one JSON line per event (ready, stopping); the region stays when the node stops.
@@ -158,7 +167,9 @@ def serve(
              "repl_bind": repl_bind, "replica_of": replica_of, "etcd": etcd,
              "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
              "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s,
-             "workers": workers}
+             "workers": workers, "repl_backlog_changes": repl_backlog_changes,
+             "min_replicas_to_write": min_replicas_to_write,
+             "min_replicas_max_lag_s": min_replicas_max_lag_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region
     # typed on the command line may outrank the environment and the config file.
     root = ctx.find_root()

@@ -110,6 +110,11 @@ class ReadOnlyReplica(ShmKVError):
     current primary."""
 
 
+class NotEnoughReplicas(ShmKVError):
+    """The node refuses writes: fewer replicas are in sync than its --min-replicas-to-write
+    (Redis's NOREPLICAS)."""
+
+
 class ProtocolError(ShmKVError):
     """A message on the wire is malformed, of another protocol version, or of an unknown type."""
 
@@ -145,6 +150,7 @@ __all__ = [
     "KeyTooLarge",
     "LockTimeout",
     "NotAnInteger",
+    "NotEnoughReplicas",
     "OutOfSpace",
     "OutcomeUnknown",
     "PermissionDenied",

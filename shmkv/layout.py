@@ -79,13 +79,15 @@ Region header (HEADER_BYTES = 4096; little-endian)
                                             by the first opener before anything changes
     392   4     lock_generation     -       bumped each time a first opener rebuilds the locks
     396   4     reserved
-    400   40    repl_id             -       reserved: replication id (40 hex digits, Redis's)
-    440   8     repl_offset         -       reserved: changes applied under repl_id
-    448   40    repl_id2            -       reserved: the previous primary's id, and the
+    400   40    repl_id             -       replication id (40 hex digits, Redis's): a primary's
+                                            history, or the one a replica follows
+    440   8     repl_offset         -       a primary's offset (sum of its stripes' changes);
+                                            a replica's: the offset it has applied
+    448   40    repl_id2            -       the previous history's id (new_history), and the
     488   8     repl_offset2        -       offset up to which it is valid (partial resync
                                             after a failover)
-    496   8     repl_epoch          -       reserved: the epoch (leader key revision) of the
-                                            last change applied
+    496   8     repl_epoch          -       the epoch (leader key revision) of the current
+                                            primary's term; replicas refuse older ones
     504   8     boot_id             -       the kernel boot the region was last opened in
                                             (recovery.py): a region not closed cleanly in
                                             another boot lost pages in any order

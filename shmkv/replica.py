@@ -7,7 +7,10 @@ stripe's slots are copied under its lock (a memcpy), then each entry they point 
 without a lock and kept only if it validates (a used block, a sane header, a checksum that
 matches the key and value copied, the header unchanged after the copy). Entries that failed
 (rewritten or freed meanwhile) send the reader back to the slots, up to REREADS times, for the
-entries written since. Expired entries are left out. A reused block can yield a key of another
+entries written since. Given digest ranges (shmkv/repl_digest.py), it reads only the slots of
+those ranges. Expired entries are left out, unless keep_expired (replication keeps them: a
+replica holds what its primary holds until the primary removes it, and the digests count
+them). A reused block can yield a key of another
 stripe: the replica drops those. Records go out in chunks of about CHUNK_BYTES (a record larger
 than that goes alone in its chunk).
 
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import layout as L
+from . import repl_digest as D
 from .errors import IncompatibleLayout
 from .hashing import xxh3_64
 from .shared_region import SharedRegion
@@ -56,6 +60,7 @@ RECORD_HEADER = struct.Struct("<QIIHHB3x")
 CHUNK_BYTES = 1 << 20
 # Times a stripe whose entries failed validation has its slots copied again (snapshot.py's)
 REREADS = 3
+REPL_ID_BYTES = 40  # layout.py's repl_id and repl_id2: 40 hex digits, as Redis's
 FENCED = 1  # writable_until_ns of a replica: 1 ns after the epoch, always in the past
 
 _ENTRY = struct.Struct("<IIIIQIII")  # block_word, checksum, lru links, expires, version,
@@ -119,19 +124,6 @@ def unfence(region: SharedRegion, writable_until_ns: int = 0) -> None:
     region.q[L.H_WRITABLE_UNTIL >> 3] = writable_until_ns
 
 
-def new_history(region: SharedRegion) -> str:
-    """Start a new replication history on a promoted region: repl_id and repl_offset move to
-    repl_id2 and repl_offset2 (so that replicas of the old history can resync partially up
-    to there), and repl_id becomes a new random 40-hex id, which is returned."""
-    mm, q = region.mm, region.q
-    old_id = bytes(mm[L.H_REPL_ID:L.H_REPL_ID + 40])
-    mm[L.H_REPL_ID2:L.H_REPL_ID2 + 40] = old_id
-    q[L.H_REPL_OFFSET2 >> 3] = q[L.H_REPL_OFFSET >> 3]
-    new_id = secrets.token_hex(20)
-    mm[L.H_REPL_ID:L.H_REPL_ID + 40] = new_id.encode()
-    return new_id
-
-
 def replication_offset(region: SharedRegion) -> int:
     """How far this region's history goes, to compare candidates for promotion: repl_offset
     when the replication keeps it, else the sum of the stripes' writes counters (a replica's
@@ -144,6 +136,31 @@ def primary_of(region: SharedRegion) -> str:
     """The primary named in region's header ("" if it is not a replica)."""
     raw = bytes(region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES]).rstrip(b"\0")
     return raw.decode(errors="replace")
+
+
+def repl_id(region: SharedRegion, previous: bool = False) -> str:
+    """The region's replication id (repl_id2 if previous), "" if it has none."""
+    at = L.H_REPL_ID2 if previous else L.H_REPL_ID
+    return bytes(region.mm[at:at + REPL_ID_BYTES]).rstrip(b"\0").decode(errors="replace")
+
+
+def set_position(region: SharedRegion, history: str, offset: int) -> None:
+    """Record in a replica's header the history it follows and the offset it has applied."""
+    region.mm[L.H_REPL_ID:L.H_REPL_ID + REPL_ID_BYTES] = \
+        history.encode()[:REPL_ID_BYTES].ljust(REPL_ID_BYTES, b"\0")
+    region.q[L.H_REPL_OFFSET >> 3] = offset
+
+
+def new_history(region: SharedRegion) -> str:
+    """Start a new replication history (a primary's first, or a promoted replica's): the
+    current repl_id and offset become repl_id2 and repl_offset2 (replicas of that history can
+    still resync partially), and a new random 40-hex repl_id is written; returns it."""
+    mm, q = region.mm, region.q
+    mm[L.H_REPL_ID2:L.H_REPL_ID2 + REPL_ID_BYTES] = mm[L.H_REPL_ID:L.H_REPL_ID + REPL_ID_BYTES]
+    q[L.H_REPL_OFFSET2 >> 3] = q[L.H_REPL_OFFSET >> 3]
+    fresh = secrets.token_hex(REPL_ID_BYTES // 2)
+    set_position(region, fresh, 0)
+    return fresh
 
 
 def stripe_counters(region: SharedRegion) -> tuple[list[int], list[int]]:
@@ -164,9 +181,12 @@ def live_collections(region: SharedRegion) -> list[tuple[int, int, str]]:
 class StripeReader:
     """The live entries of one stripe, read in chunks (see the module docstring)."""
 
-    def __init__(self, region: SharedRegion, stripe: int) -> None:
+    def __init__(self, region: SharedRegion, stripe: int, ranges: Iterable[int] | None = None,
+                 keep_expired: bool = False) -> None:
         self.region, self.stripe = region, stripe
-        self.offs = _slot_entries(region, stripe)
+        self.ranges = None if ranges is None else np.asarray(sorted(set(ranges)), np.int64)
+        self.keep_expired = keep_expired
+        self.offs = _slot_entries(region, stripe, self.ranges)
         self.seen = set(self.offs)
         self.at = self.failed = self.rereads = 0
         self.records = 0
@@ -179,13 +199,13 @@ class StripeReader:
             if self.at == len(self.offs):
                 if not self.failed or self.rereads == REREADS:
                     break
-                fresh = _slot_entries(self.region, self.stripe)
+                fresh = _slot_entries(self.region, self.stripe, self.ranges)
                 self.offs = [off for off in fresh if off not in self.seen]
                 self.seen.update(fresh)
                 self.at = self.failed = 0
                 self.rereads += 1
                 continue
-            record = _read_entry(self.region, self.offs[self.at])
+            record = _read_entry(self.region, self.offs[self.at], self.keep_expired)
             self.at += 1
             if record is None:
                 self.failed += 1
@@ -197,25 +217,31 @@ class StripeReader:
         return b"".join(parts), done
 
 
-def _slot_entries(region: SharedRegion, stripe: int) -> list[int]:
-    """The entry offsets of the stripe's occupied slots, copied under its lock."""
+def _slot_entries(region: SharedRegion, stripe: int, ranges: np.ndarray | None = None
+                  ) -> list[int]:
+    """The entry offsets of the stripe's occupied slots, copied under its lock (only those
+    of the given digest ranges, repl_digest.py, if ranges is not None)."""
     region.locks.acquire_stripe(stripe)
     try:
-        return _slot_entries_locked(region, stripe)
+        return _slot_entries_locked(region, stripe, ranges)
     finally:
         region.locks.release_stripe(stripe)
 
 
-def _slot_entries_locked(region: SharedRegion, stripe: int) -> list[int]:
+def _slot_entries_locked(region: SharedRegion, stripe: int, ranges: np.ndarray | None = None
+                         ) -> list[int]:
     index = region.index
     start = index.slot0 + stripe * index.per
     raw = region.q[start:start + index.per].tobytes()
-    refs = np.frombuffer(raw, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
-    refs = refs[(refs > 0) & (refs <= index.max_ref)]
-    return (refs.astype(np.int64) * L.ALIGN + index.arena_base).tolist()
+    slots = np.frombuffer(raw, dtype=np.uint64)
+    refs = slots & np.uint64(0xFFFFFFFF)
+    keep = (refs > 0) & (refs <= index.max_ref)
+    if ranges is not None:
+        keep &= np.isin(D.range_of_slots(slots, D.n_ranges(region.layout)), ranges)
+    return (refs[keep].astype(np.int64) * L.ALIGN + index.arena_base).tolist()
 
 
-def _read_entry(region: SharedRegion, off: int) -> bytes | None:
+def _read_entry(region: SharedRegion, off: int, keep_expired: bool = False) -> bytes | None:
     """The record of the entry at off; b"" if it has expired, None if it fails validation."""
     end = region.arena.end
     if off + L.ENTRY_HEADER_BYTES > end:
@@ -235,7 +261,7 @@ def _read_entry(region: SharedRegion, off: int) -> bytes | None:
     again = _ENTRY.unpack_from(mm, off)
     if again[0] & L.FREE_BIT or again[1] != checksum or again[4:] != head[4:]:
         return None
-    if exp and exp <= region.clock():
+    if exp and not keep_expired and exp <= region.clock():
         return b""
     return RECORD_HEADER.pack(exp, version, vlen, klen, coll, kind) + body
 
@@ -340,15 +366,17 @@ class Applier:
         return written
 
     def end_stripe(self, stripe: int, seen: dict[tuple[int, bytes], int],
-                   primary_writes: int) -> int:
-        """Remove what the primary's stripe no longer has; returns how many were removed."""
+                   primary_writes: int, ranges: Iterable[int] | None = None) -> int:
+        """Remove what the primary's stripe (or only those of its digest ranges that were read)
+        no longer has; returns how many were removed."""
+        wanted = None if ranges is None else np.asarray(sorted(set(ranges)), np.int64)
         region = self.region
         index, u32, mm = region.index, region.u32, region.mm
         removed = 0
         region.locks.acquire_stripe(stripe)
         try:
             # only the occupied slots (a stripe has ~4/3 slots per key it is sized for)
-            for off in _slot_entries_locked(region, stripe):
+            for off in _slot_entries_locked(region, stripe, wanted):
                 key_coll = u32[(off + L.E_KEY_COLL) >> 2]
                 klen, coll = key_coll & L.KEY_LEN_MASK, key_coll >> 16
                 key = bytes(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])

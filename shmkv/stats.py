@@ -57,4 +57,16 @@ def region_stats(region: SharedRegion, retired: tuple[int, int], engine: str,
         # a replica's primary (its header's primary field), None on any other region
         "replica_of": bytes(region.mm[L.H_PRIMARY:L.H_PRIMARY + L.PRIMARY_BYTES])
         .rstrip(b"\0").decode(errors="replace") or None,
+        "replication": _replication(region),
     }
+
+
+def _replication(region: SharedRegion) -> dict[str, Any] | None:
+    """The header's replication position (layout.py), None on a region that never replicated:
+    a primary's history and offset, or the history a replica follows and the offset it has
+    applied; the epoch. A replica node's stats add its lag (broker/replication.py)."""
+    raw = bytes(region.mm[L.H_REPL_ID:L.H_REPL_ID + 40]).rstrip(b"\0")
+    if not raw:
+        return None
+    return {"repl_id": raw.decode(errors="replace"), "offset": region.q[L.H_REPL_OFFSET >> 3],
+            "epoch": region.q[L.H_REPL_EPOCH >> 3]}

@@ -40,7 +40,13 @@ core_writer_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong((long)writer_pid);
 }
 
+/* digest.c */
+SHMKV_INTERNAL PyObject *core_range_digests(PyObject *, PyObject *const *, Py_ssize_t);
+
 static PyMethodDef core_methods[] = {
+    {"range_digests", (PyCFunction)(void (*)(void))core_range_digests, METH_FASTCALL,
+     "range_digests(region, slots_offset, slots, arena_base, max_ref, n_ranges): the sums "
+     "of the entry digests of each slot range (shmkv/repl_digest.py), n_ranges u64."},
     {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
      "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},
     {"_writer_pid", (PyCFunction)core_writer_pid, METH_NOARGS,

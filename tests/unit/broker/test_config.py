@@ -49,6 +49,7 @@ FILE_VALUES: dict[str, Any] = {
     "advertise": "tcp://10.0.0.1:7007", "lease_ttl_s": 20, "loop_interval_s": 2,
     "retry_timeout_s": 4,
     "workers": 3,
+    "repl_backlog_changes": 1000, "min_replicas_to_write": 1, "min_replicas_max_lag_s": 5,
 }
 ENV_VALUES = {
     "region": "from-env", "arena_bytes": "4M", "maintain_interval_s": "0.25",
@@ -63,6 +64,7 @@ ENV_VALUES = {
     "advertise": "tcp://10.0.0.1:7017", "lease_ttl_s": "30", "loop_interval_s": "0.5",
     "retry_timeout_s": "2.5",
     "workers": "4",
+    "repl_backlog_changes": "2000", "min_replicas_to_write": "2", "min_replicas_max_lag_s": "6",
 }
 CLI_VALUES: dict[str, Any] = {
     "region": "from-flag", "arena_bytes": 8 << 20, "maintain_interval_s": 2.0,
@@ -77,13 +79,16 @@ CLI_VALUES: dict[str, Any] = {
     "etcd": "http://[::1]:2379", "cluster": "flag-cluster", "advertise": "tcp://10.0.0.1:7027",
     "lease_ttl_s": 40, "loop_interval_s": 3.0, "retry_timeout_s": 3.5,
     "workers": 5,
+    "repl_backlog_changes": 3000, "min_replicas_to_write": 3, "min_replicas_max_lag_s": 7.0,
 }
 EXPECTED = {
     "file": {**FILE_VALUES, "arena_bytes": 2 << 20},
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
             "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
             "lease_ttl_s": 30, "loop_interval_s": 0.5, "retry_timeout_s": 2.5,
-            "workers": 4},
+            "workers": 4,
+            "repl_backlog_changes": 2000, "min_replicas_to_write": 2,
+            "min_replicas_max_lag_s": 6.0},
     "flag": {**CLI_VALUES, "metrics_bind": ""},
 }
 EXPECTED["file"].update(loop_interval_s=2.0, retry_timeout_s=4.0)

@@ -1,0 +1,65 @@
+"""WAIT and --min-replicas-to-write (broker/dispatch.py, broker/repl_source.py): wait(1) is 1
+only once the replica's region has the write, 0 within its timeout once the replica is gone;
+a node refuses writes while too few replicas are in sync, and takes them again when one is."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from node_process import running_node
+from replication_support import CONVERGE_S, primary_region, replica_node
+
+import shmkv
+from shmkv.clients import RemoteCache
+
+
+def test_wait_counts_a_replica_once_its_region_has_the_write_and_none_once_it_is_gone(
+        region_name: str) -> None:
+    with primary_region(region_name), \
+            running_node(region_name, "--repl-bind", "tcp://127.0.0.1:*") as node, \
+            replica_node(node, f"{region_name}-copy") as (replica, copy), \
+            RemoteCache(node.endpoint) as remote:
+        for i in range(20):
+            remote.set(f"k{i}", b"x" * i)
+            assert remote.wait(1, CONVERGE_S) == 1
+            assert copy.get(f"k{i}") == b"x" * i  # applied before it was counted
+        with RemoteCache(replica.endpoint) as remote_copy:
+            lag = remote_copy.stats()["replication"]
+        assert lag["role"] == "replica" and lag["changes_behind"] >= 0
+        assert lag["last_sync_age_s"] is not None
+        assert remote.stats()["replication"]["replicas"] == 1
+        replica.process.send_signal(signal.SIGKILL)
+        replica.process.wait()
+        remote.set("after", b"the replica is gone")
+        started = time.monotonic()
+        assert remote.wait(1, 0.5) == 0
+        assert time.monotonic() - started < 0.5 + 5.0  # within its timeout (and a slow reply)
+        assert copy.get("after") is None
+
+
+def test_min_replicas_to_write_refuses_writes_until_a_replica_is_in_sync(
+        region_name: str) -> None:
+    with primary_region(region_name) as primary, \
+            running_node(region_name, "--repl-bind", "tcp://127.0.0.1:*",
+                         "--min-replicas-to-write", "1",
+                         "--min-replicas-max-lag-s", "5") as node, \
+            RemoteCache(node.endpoint) as remote:
+        primary.set("read", b"still served")
+        with pytest.raises(shmkv.NotEnoughReplicas, match="min-replicas-to-write 1"):
+            remote.set("refused", b"1")
+        with pytest.raises(shmkv.NotEnoughReplicas):
+            remote.incr("n")
+        assert remote.get("read") == b"still served" and primary.get("refused") is None
+        with replica_node(node, f"{region_name}-copy"):
+            deadline = time.monotonic() + CONVERGE_S
+            while True:  # the replica counts once it has reported a round
+                try:
+                    remote.set("accepted", b"2")
+                    break
+                except shmkv.NotEnoughReplicas:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            assert primary.get("accepted") == b"2"
