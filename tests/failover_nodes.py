@@ -96,6 +96,8 @@ def member(etcd: str, cluster: str, host: Host | None = None) -> Iterator[Member
             "--etcd", etcd, "--cluster", cluster, "--advertise", advertise,
             "--repl-bind", f"tcp://127.0.0.1:{repl_port}", "--lease-ttl-s", str(LEASE_TTL_S),
             "--loop-interval-s", str(LOOP_S), "--retry-timeout-s", str(RETRY_S)]
+    if host is not None:  # one worker: the forwarder passes one port (each worker has its own)
+        args += ["--workers", "1"]
     errors = tempfile.TemporaryFile("w+")
     popen: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": errors, "text": True,
                              "cwd": tempfile.gettempdir(),
