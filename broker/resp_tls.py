@@ -37,7 +37,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 def server_context(config: NodeConfig) -> ssl.SSLContext | None:
     """The door's TLS context, or None when resp_tls_cert is not set; ConfigError (naming the
     setting) for a file that cannot be read or does not fit."""
-    cert, key, ca = config.resp_tls_cert, config.resp_tls_key, config.resp_tls_ca
+    cert, key = config.resp_tls_cert, config.resp_tls_key
     # A set: a key without its certificate (or the other way round), or client CAs without
     # either, is a mistake, not a door without TLS.
     for given, missing in (("resp_tls_cert", not key and "resp_tls_key"),

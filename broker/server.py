@@ -20,14 +20,6 @@ writer of the region, reports that it is ready, and runs one loop until SIGTERM 
       SIGHUP             -> read the CurveZMQ allow-list again (auth.py), log how many keys
       stop signal        -> leave the loop
 
-Hostile clients. The ROUTER drops the connection of a client that sends a frame over the
-region's max_message_bytes (ZMQ_MAXMSGSIZE; protocol.py's limits), reads a message frame by
-frame and drops what is past MAX_FRAMES without keeping it, and queues at most SEND_HWM
-replies to a client that does not read them (then drops them, as it does for a client that
-has gone), so a client holds at most SEND_HWM * max_reply_bytes of the node's memory. A
-request that needs a lock a stopped local process holds waits apart (waits.py): the loop goes
-on serving the others, and answers it LockTimeout before its client gives up.
-
 With curve_secret_key and curve_allow set, both sockets are CurveZMQ servers and a ZAP thread
 admits only the allowed client keys (auth.py); the loop does not see it.
 
@@ -39,14 +31,8 @@ dispatch.py, what is published and how is pubsub.py. On the way out the node tur
 events off (writers stop paying for them), closes its sockets and its handle and leaves the
 region in place, so local processes keep their data across a restart.
 
-Signals. A handler runs in the main thread between two bytecodes, and the signal itself makes a
-blocking system call fail with EINTR; semop(2) is never restarted after a handler (signal(7)),
-so a stop signal arriving while a request waits for a region lock would fail that request. So
-the stop signals stay blocked except while the loop sleeps in poll(); their handlers only
-record the signal, and signal.set_wakeup_fd() makes a socket the poller watches readable, which
-ends the poll. A request the node has received is therefore always answered before it stops.
-SIGHUP is handled the same way (blocked outside poll, recorded, acted on by the loop between
-requests), so a reload never interrupts a request either.
+Signals: signals.py. The ROUTER's reading, sending and binding, and what a hostile client
+can do to them: router.py.
 """
 
 from __future__ import annotations
@@ -55,19 +41,16 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
-from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import zmq
 
 import shmkv
-from shmkv.errors import RegionNotFound, RequestTooLarge, ShmKVError
+from shmkv.errors import RegionNotFound, ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
@@ -81,18 +64,16 @@ from .metrics import Metrics
 from .persistence import Persistence, open_or_restore
 from .pubsub import Publisher
 from .repl_source import WrittenOffsets
-from .replication import Replica, Source, Stopped
+from .replication import Source, Stopped
 from .resp_door import EventTee, RespDoor
 from .roles import Roles
+from .router import RECEIVE_HWM, SEND_HWM, bind, receive, send_or_drop
+from .signals import StopSignals
 from .waits import TRY_LOCK_S, LockWaits, RequestJob
 
 if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
     from .failover import Failover
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
-RELOAD_SIGNAL = signal.SIGHUP
-HANDLED_SIGNALS = (*STOP_SIGNALS, RELOAD_SIGNAL)
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
 # flood of requests must not starve maintenance or delay a stop for long.
 MAX_BATCH = 64
@@ -106,12 +87,6 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
-# Replies queued to one client before the ROUTER drops more (a RemoteCache keeps at most
-# protocol.MAX_IN_FLIGHT = SEND_HWM/2 requests in flight; a client that sends more without
-# reading loses the replies past this), and requests queued from one client before libzmq
-# stops reading its connection.
-SEND_HWM = 16
-RECEIVE_HWM = 64
 
 
 class Notifier(Protocol):
@@ -128,7 +103,7 @@ class Notifier(Protocol):
 class Workers(Protocol):
     """The processes that serve requests for a node that serves none itself (supervisor.py)."""
 
-    def start(self, stop: _StopSignals, metrics: Metrics | None) -> dict[str, object]: ...
+    def start(self, stop: StopSignals, metrics: Metrics | None) -> dict[str, object]: ...
     node_ops: dict[str, Callable[[dict[str, Any]], Any]]
 
     def attach(self, poller: zmq.Poller) -> None: ...
@@ -169,7 +144,7 @@ class _Node:
         self._written = WrittenOffsets(None)  # per client, the offset after its last write
 
     def run(self) -> int:
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)  # any early exit closes at once
@@ -191,14 +166,14 @@ class _Node:
                 limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 if self.workers is None:
-                    self.endpoint = _bind(router, self.config.bind)
+                    self.endpoint = bind(router, self.config.bind)
                 publisher = Publisher(context, self.config.pub_bind, self.config.pub_hwm,
                                       secure=curve.secure if curve else None)
                 ipc = ipc_endpoints(self.config.ipc_dir, self.config.region)
                 if ipc is not None:  # the same sockets, also on same-host-only endpoints
                     if self.workers is None:
-                        _bind(router, ipc.request)
-                    _bind(publisher.socket, ipc.publish)
+                        bind(router, ipc.request)
+                    bind(publisher.socket, ipc.publish)
                 roles = self.roles = Roles(context, self.config, self._emit, self._status,
                                            stop.wait, curve.secure if curve else None)
                 cache = self._open_region(roles)
@@ -282,7 +257,7 @@ class _Node:
         return 0
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
-              dispatcher: Dispatcher, cache: shmkv.Cache, stop: _StopSignals,
+              dispatcher: Dispatcher, cache: shmkv.Cache, stop: StopSignals,
               persistence: Persistence, door: RespDoor | None = None) -> None:
         poller = zmq.Poller()
         if door is not None:
@@ -352,7 +327,7 @@ class _Node:
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
         for _ in range(MAX_BATCH):
-            received = _receive(router)
+            received = receive(router)
             if received is None:
                 return
             started = time.monotonic()
@@ -382,7 +357,7 @@ class _Node:
             # the client does once it has the reply. Nobody listening: the loop's pump drains.
             if publisher.listening:
                 publisher.pump(events)
-            _send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
+            send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
             self._observe(reply.op, time.monotonic() - started, reply.error)
             if reply.error is None and reply.op in WRITE_OPS:
                 self._written.note(bytes(routing_id))
@@ -506,40 +481,11 @@ class _Node:
         self.out.flush()
 
 
-# Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each in the hot path.
-_NOBLOCK, _SNDMORE, _RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
 # replication state (Replica.state(), Source.state()) that the metrics export
 _EXPORTED = ("stripes_behind", "changes_behind", "last_sync_age_s", "replicas", "full_resyncs",
              "partial_resyncs", "epoch_refusals")
-
-
-def _send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
-    """Send a reply (its routing id first); drop it if its client has gone or has SEND_HWM
-    replies unread. The count libzmq checks lags behind what the client has read (its
-    connection's thread tells the socket every SEND_HWM/2 messages, through a queue the socket
-    reads when it is used), so a full pipe is checked again after reading that queue, or a
-    client that reads every reply would lose one now and then. ROUTER_MANDATORY refuses a
-    message on its first frame or not at all, so the frames are sent one by one (cheaper than
-    send_multipart) once the routing id is accepted; those above pyzmq's copy threshold go
-    without a copy."""
-    for attempt in range(2):
-        try:
-            router.send(frames[0], _NOBLOCK | _SNDMORE)
-            break
-        except zmq.Again:
-            if attempt == 1:
-                return
-            router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
-                return
-            raise
-    last = len(frames) - 1
-    for i in range(1, last):
-        router.send(frames[i], _SNDMORE, copy=False)
-    router.send(frames[last], 0, copy=False)
 
 
 def _arena_bytes_to_serve(config: NodeConfig) -> int:
@@ -556,112 +502,3 @@ def _arena_bytes_to_serve(config: NodeConfig) -> int:
             return config.arena_bytes
         return max(sizes["arena_bytes"], config.arena_bytes)
     return config.arena_bytes
-
-
-def _receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | None:
-    """(routing id, the message's frames) of the next message, or None if none waits. The
-    header frame comes as bytes (small, and parsed at once), the payload frames as zmq.Frames,
-    so that a value reaches the arena with one copy. A message of more than MAX_FRAMES frames
-    is read to its end and dropped frame by frame, never held whole (a million empty frames are
-    2 MB on the wire and ~600 MB as Python objects): the error reply that answers it comes
-    instead of its frames."""
-    try:
-        routing_id = router.recv(_NOBLOCK)
-    except zmq.Again:
-        return None
-    frames: list[Any] = []
-    # a multipart message is delivered whole, so its other frames are there: no waiting
-    more = router.get(_RCVMORE)
-    if more:
-        frames.append(router.recv(0))
-        more = router.get(_RCVMORE)
-    while more and len(frames) < protocol.MAX_FRAMES:
-        frame = router.recv(0, copy=False)
-        frames.append(frame)
-        more = frame.more
-    if not more:
-        return routing_id, frames
-    # recv_into a scratch buffer: no object per frame, and half the time of recv() (~1 us a
-    # frame: the loop serves nobody meanwhile, and a message is all there or not at all)
-    dropped, scratch = 0, bytearray(64)
-    recv_into, option = router.recv_into, router.get
-    while option(_RCVMORE):
-        recv_into(scratch)
-        dropped += 1
-    return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
-        f"a message of {len(frames) + dropped} frames is over this node's limit of "
-        f"{protocol.MAX_FRAMES} (max_frames)"), op="invalid")
-
-
-def _bind(sock: zmq.Socket, endpoint: str) -> str:
-    """Bind and return the endpoint actually bound (a port of * becomes a number)."""
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        option = "--ipc-dir" if endpoint.startswith("ipc:") else "--bind"
-        which = "publish" if sock.type == zmq.XPUB else "request"
-        raise ShmKVError(f"cannot bind the {which} socket to {endpoint!r}: {exc.strerror}; "
-                         f"give another endpoint with {option}") from None
-    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-class _StopSignals:
-    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable();
-    SIGHUP the same way, as a request to reload (take_reload())."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._reloads = 0  # SIGHUPs recorded and not yet taken
-        self.wakeup, self._wakeup_w = socket.socketpair()
-        self.wakeup_fd = self.wakeup.fileno()
-
-    def __enter__(self) -> _StopSignals:
-        for sock in (self.wakeup, self._wakeup_w):
-            sock.setblocking(False)  # set_wakeup_fd needs it; drain() relies on it
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        self._previous = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
-        self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(),
-                                                 warn_on_full_buffer=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # Unblock first: a signal that came during the shutdown goes to _record, not to the
-        # default action (which would kill the node before it exits 0).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        signal.set_wakeup_fd(self._previous_fd)
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self.wakeup.close()
-        self._wakeup_w.close()
-
-    def _record(self, signum: int, frame: FrameType | None) -> None:
-        if signum == RELOAD_SIGNAL:
-            self._reloads += 1
-        elif self.received is None:  # the first one names the stop
-            self.received = signum
-
-    def take_reload(self) -> bool:
-        """True once per burst of SIGHUPs since the last call (one reload reads it all)."""
-        asked, self._reloads = bool(self._reloads), 0
-        return asked
-
-    def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
-        """Poll with the stop signals deliverable; False once one has arrived."""
-        with self.deliverable():
-            poller.poll(timeout_ms)
-        return self.received is None
-
-    @contextmanager
-    def deliverable(self) -> Iterator[None]:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-
-    def drain(self) -> None:
-        try:
-            while self.wakeup.recv(512):
-                pass
-        except BlockingIOError:
-            pass

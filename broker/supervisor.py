@@ -64,9 +64,9 @@ the write); requests it had received and not answered are lost with it, and thei
 retries (RemoteCache's Lazy Pirate) reach the restarted worker. SIGTERM/SIGINT to the
 supervisor: it stops its loop, sends SIGTERM to every worker, waits for them to answer what
 they received and exit (SIGKILL after STOP_TIMEOUT_S), then does the single-process node's
-final flush, snapshot and event forwarding. The supervisor killed outright: each worker gets
-SIGTERM from the kernel (PR_SET_PDEATHSIG) and reads end-of-file on its link; either way it
-stops as after a SIGTERM.
+final flush, snapshot and event forwarding. The supervisor killed outright: the kernel kills
+each worker (PR_SET_PDEATHSIG, SIGKILL), so that the node, killed, acknowledges nothing more,
+as a single process would not; a worker whose link reads end-of-file stops as after SIGTERM.
 
 The link carries JSON objects, one per datagram, each with a "kind":
 
@@ -107,8 +107,9 @@ from . import ipc
 from .config import NodeConfig, resp_address, worker_count
 from .metrics import Metrics
 from .replication import Stopped
-from .server import Notifier, _Node, _StopSignals
+from .server import Notifier, _Node
 from .server import serve as serve_alone
+from .signals import StopSignals
 
 LINK_VERSION = 1
 LINK_MESSAGE_BYTES = 1 << 20
@@ -183,7 +184,7 @@ class WorkerPool:
         self.node_ops: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     # --- server.Workers -------------------------------------------------------------------
-    def start(self, stop: _StopSignals, metrics: Metrics | None) -> dict[str, object]:
+    def start(self, stop: StopSignals, metrics: Metrics | None) -> dict[str, object]:
         """Start every worker and wait until each serves; the ready event's fields."""
         address = resp_address(self.config)
         if address is not None:

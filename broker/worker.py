@@ -17,8 +17,9 @@ over that link: which region, which endpoints, which settings.
 
 It never maintains the region, persists it, replicates it, or forwards events to the publish
 socket: the supervisor does that once for all. Its RESP door reads the event rings itself, for
-the door's own subscribers only. If the supervisor dies, the worker gets SIGTERM
-(PR_SET_PDEATHSIG) and its link reads end-of-file: it stops either way, as after a SIGTERM.
+the door's own subscribers only. If the supervisor dies, the kernel kills the worker
+(PR_SET_PDEATHSIG, SIGKILL: the node died, so it acknowledges nothing more); where that is
+not available, its link reads end-of-file and it stops as after a SIGTERM.
 """
 
 from __future__ import annotations
@@ -48,15 +49,9 @@ from .config import NodeConfig
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .resp_door import EventTee, RespDoor
-from .server import (
-    EVENT_POLL_S,
-    RECEIVE_HWM,
-    SEND_HWM,
-    STOP_LINGER_MS,
-    _bind,
-    _Node,
-    _StopSignals,
-)
+from .router import RECEIVE_HWM, SEND_HWM, bind
+from .server import EVENT_POLL_S, STOP_LINGER_MS, _Node
+from .signals import StopSignals
 from .waits import TRY_LOCK_S
 
 # How often a worker sends its request counters to the supervisor: how far behind the sum a
@@ -100,7 +95,7 @@ class Worker(_Node):
         self._about: dict[str, Any] = {}
 
     def run(self) -> int:
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
@@ -122,9 +117,9 @@ class Worker(_Node):
                 self._requests = requests
                 limits = protocol.limits_for(int(requests.stats()["arena_bytes"]))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
-                self.endpoint = _bind(router, self.bind)
+                self.endpoint = bind(router, self.bind)
                 if self.ipc:
-                    _bind(router, self.ipc)
+                    bind(router, self.ipc)
                 dispatcher = self._dispatcher = Dispatcher(requests, limits)
                 dispatcher.about = self._about
                 dispatcher.node_ops = {op: self._forward(op) for op in NODE_OPS}
@@ -158,7 +153,7 @@ class Worker(_Node):
         return RespDoor(cache, self.config, host, port, self._waits,
                         requirepass=self.config.requirepass, listener=listener)
 
-    def _serve(self, router: zmq.Socket, dispatcher: Dispatcher, stop: _StopSignals,
+    def _serve(self, router: zmq.Socket, dispatcher: Dispatcher, stop: StopSignals,
                door: RespDoor | None, events: EventReader | None) -> None:
         poller = zmq.Poller()
         if door is not None:
@@ -262,10 +257,13 @@ class Worker(_Node):
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """SIGTERM when the supervisor dies; if it died already, stop now."""
+    """SIGKILL when the supervisor dies; if it died already, stop now. Not SIGTERM, which
+    would have the worker answer what it received first: the node died, so its workers must
+    acknowledge nothing more, as one process killed would not (a client's write then goes
+    to the next primary instead of a region whose lease nobody renews any more)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the link's end-of-file still says so
         pass
     if os.getppid() != parent_pid:
