@@ -45,6 +45,12 @@ def percentiles(samples: Iterable[float]) -> dict[str, float]:
     return {"median": median, "p90": rank(90), "p99": rank(99), "max": xs[-1]}
 
 
+def row(system: str, op: str, n: int, p: dict[str, float], base_ns: float) -> dict[str, Any]:
+    """One table row from percentiles(samples in ns): median, p99, ops/s, ratio to base_ns."""
+    return {"system": system, "op": op, "n": n, "median_ns": p["median"], "p99_ns": p["p99"],
+            "ops_per_s": 1e9 / p["median"], "ratio": p["median"] / base_ns}
+
+
 def _fmt_num(x: float | None, digits: int = 0) -> str:
     if x is None:
         return "-"

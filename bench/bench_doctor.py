@@ -57,9 +57,7 @@ def run(arenas_mib: tuple[int, ...], reps: int) -> list[dict[str, Any]]:
                 timed[system] = _report.percentiles(_report.time_each(check, reps))
             base = timed["doctor (every lock held)"]["median"]
             for system, p in timed.items():
-                rows.append({"system": system, "op": op, "n": reps, "median_ns": p["median"],
-                             "p99_ns": p["p99"], "ops_per_s": 1e9 / p["median"],
-                             "ratio": p["median"] / base})
+                rows.append(_report.row(system, op, reps, p, base))
         finally:
             cache.close()
             shmkv.Cache.unlink(name)

@@ -84,9 +84,8 @@ def fence_cost(reps: int) -> list[dict[str, Any]]:
         base = _report.percentiles(samples[systems[0][0]])["median"]
         for system, _ in systems:
             p = _report.percentiles(samples[system])
-            rows.append({"system": system, "op": f"set, {KEYS:,} keys, 100 B (per op)",
-                         "n": reps, "median_ns": p["median"], "p99_ns": p["p99"],
-                         "ops_per_s": 1e9 / p["median"], "ratio": p["median"] / base})
+            rows.append(_report.row(system, f"set, {KEYS:,} keys, 100 B (per op)", reps, p,
+                                    base))
         q[L.H_WRITABLE_UNTIL >> 3] = 0
     finally:
         cache.close()

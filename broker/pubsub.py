@@ -65,6 +65,8 @@ import zmq
 
 from shmkv.errors import ProtocolError, ShmKVError
 
+from .router import bind
+
 if TYPE_CHECKING:
     from shmkv.events import Event
 
@@ -180,12 +182,10 @@ class Publisher:
         if secure is not None:
             secure(self.socket)
         try:
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
+            self.endpoint = bind(self.socket, endpoint, "publish", "--pub-bind")
+        except ShmKVError:
             self.socket.close()
-            raise ShmKVError(f"cannot bind the publish socket to {endpoint!r}: {exc.strerror}; "
-                             "give another endpoint with --pub-bind") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            raise
         self.metrics = metrics
         self._seq = 0
         self._lost_seen = 0  # the reader's lost count already accounted for

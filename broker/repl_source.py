@@ -34,6 +34,7 @@ from shmkv import replica as RP
 from shmkv.errors import ProtocolError, ShmKVError
 
 from .repl_wire import message, parse
+from .router import bind
 
 MAX_BATCH = 64  # requests a primary answers per wake-up of its loop
 READER_IDLE_S = 60.0  # a replica's unfinished stripe read is dropped after this
@@ -88,12 +89,10 @@ class Source:
         if secure is not None:
             secure(self.socket)
         try:
-            self.socket.bind(endpoint)
-        except zmq.ZMQError as exc:
+            self.endpoint = bind(self.socket, endpoint, "replication", "--repl-bind")
+        except ShmKVError:
             self.socket.close()
-            raise ShmKVError(f"cannot bind the replication socket to {endpoint!r}: "
-                             f"{exc.strerror}; give another endpoint with --repl-bind") from None
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            raise
         # (replica's socket, stripe) -> its unfinished read, and when it was last used
         self._readers: dict[tuple[bytes, int], tuple[RP.StripeReader, float]] = {}
         # replica name -> (offset it has applied, when it said so: time.monotonic())

@@ -93,13 +93,15 @@ def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | No
         f"{protocol.MAX_FRAMES} (max_frames)"), op="invalid")
 
 
-def bind(sock: zmq.Socket, endpoint: str) -> str:
-    """Bind and return the endpoint actually bound (a port of * becomes a number)."""
+def bind(sock: zmq.Socket, endpoint: str, which: str = "", option: str = "") -> str:
+    """Bind and return the endpoint actually bound (a port of * becomes a number). A failure
+    is a ShmKVError naming the socket (which) and the setting to change (option); the caller
+    closes the socket."""
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
-        option = "--ipc-dir" if endpoint.startswith("ipc:") else "--bind"
-        which = "publish" if sock.type == zmq.XPUB else "request"
+        option = option or ("--ipc-dir" if endpoint.startswith("ipc:") else "--bind")
+        which = which or ("publish" if sock.type == zmq.XPUB else "request")
         raise ShmKVError(f"cannot bind the {which} socket to {endpoint!r}: {exc.strerror}; "
                          f"give another endpoint with {option}") from None
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)

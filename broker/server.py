@@ -288,11 +288,7 @@ class _Node:
                 wake_at = min(wake_at, workers.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
-            timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
-            with stop.deliverable():
-                ready = dict(poller.poll(timeout_ms))
-            if stop.wakeup_fd in ready:
-                stop.drain()
+            ready = stop.poll(poller, wake_at)
             if stop.take_reload():
                 self._reload()
                 if self.workers is not None:

@@ -12,8 +12,10 @@ requests), so a reload never interrupts a request either.
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -65,6 +67,17 @@ class StopSignals:
         """True once per burst of SIGHUPs since the last call (one reload reads it all)."""
         asked, self._reloads = bool(self._reloads), 0
         return asked
+
+    def poll(self, poller: zmq.Poller, wake_at_s: float) -> dict[object, int]:
+        """Poll until wake_at_s (time.monotonic(); inf: until something comes) with the
+        signals deliverable; what is ready, the wake-up socket drained."""
+        timeout_ms = -1 if math.isinf(wake_at_s) else \
+            max(0, math.ceil((wake_at_s - time.monotonic()) * 1000))
+        with self.deliverable():
+            ready = dict(poller.poll(timeout_ms))
+        if self.wakeup_fd in ready:
+            self.drain()
+        return ready
 
     def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """Poll with the stop signals deliverable; False once one has arrived."""

@@ -169,11 +169,7 @@ class Worker(_Node):
             wake_at = min(next_report, waits.due(), next_events if events is not None else math.inf)
             if door is not None:
                 wake_at = min(wake_at, door.due())  # TLS handshakes' deadlines
-            timeout_ms = max(0, math.ceil((wake_at - time.monotonic()) * 1000))
-            with stop.deliverable():
-                ready = dict(poller.poll(timeout_ms))
-            if stop.wakeup_fd in ready:
-                stop.drain()
+            ready = stop.poll(poller, wake_at)
             if stop.take_reload():
                 self._reload()
             if self.link.fileno() in ready:

@@ -102,6 +102,20 @@ def fill(cache: shmkv.Cache, n: int, prefix: str = "k") -> None:
         cache.expire(f"{prefix}{i}", TTL_S + i)
 
 
+def changes(primary: shmkv.Cache, n: int) -> None:
+    """n changes of every kind."""
+    for i in range(n):
+        key = f"k{i}"
+        if i % 5 == 0:
+            primary.delete(key)
+        elif i % 5 == 1:
+            primary.expire(key, TTL_S / 2)
+        elif i % 5 == 2:
+            primary.incr(f"n{i % 50}")
+        else:
+            primary.set(f"new{i}", str(i).encode())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

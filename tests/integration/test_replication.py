@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from node_process import STOP_TIMEOUT_S, Node, running_node, start_node
-from replication_support import (CONVERGE_S, TTL_S, dump, fill, free_port, primary_node,
+from replication_support import (CONVERGE_S, TTL_S, changes, dump, fill, free_port, primary_node,
                                  primary_region, repl_endpoint, replica_node, wait_equal)
 from tests_support import new_region_name, scrape
 
@@ -100,16 +100,7 @@ def test_a_replica_killed_and_restarted_converges_exactly(region_name: str) -> N
             assert json.loads(process.stdout.readline())["event"] == "ready"  # type: ignore
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=STOP_TIMEOUT_S)
-            for i in range(5_000):  # 5,000 changes of every kind while it is down
-                key = f"k{i}"
-                if i % 5 == 0:
-                    primary.delete(key)
-                elif i % 5 == 1:
-                    primary.expire(key, TTL_S / 2)
-                elif i % 5 == 2:
-                    primary.incr(f"n{i % 50}")
-                else:
-                    primary.set(f"new{i}", str(i).encode())
+            changes(primary, 5_000)  # 5,000 changes of every kind while it is down
             with replica_node(node, copy_name) as (_, copy):
                 wait_equal(primary, copy)
         finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from node_process import STOP_TIMEOUT_S, start_node
-from replication_support import (CONVERGE_S, TTL_S, fill, fixed_clock, free_port,
+from replication_support import (CONVERGE_S, changes, fill, fixed_clock, free_port,
                                  primary_node, primary_region, replica_node, wait_equal)
 from tests_support import new_region_name, scrape
 
@@ -37,20 +37,6 @@ def started(region: str, *options: str) -> Iterator[tuple[subprocess.Popen[str],
         process.wait(timeout=STOP_TIMEOUT_S)
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
-
-
-def changes(primary: shmkv.Cache, n: int) -> None:
-    """n changes of every kind."""
-    for i in range(n):
-        key = f"k{i}"
-        if i % 5 == 0:
-            primary.delete(key)
-        elif i % 5 == 1:
-            primary.expire(key, TTL_S / 2)
-        elif i % 5 == 2:
-            primary.incr(f"n{i % 50}")
-        else:
-            primary.set(f"new{i}", str(i).encode())
 
 
 def poll(what: Callable[[], Any], timeout_s: float = CONVERGE_S) -> Any:
