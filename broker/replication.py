@@ -93,7 +93,7 @@ CurveZMQ. A primary whose repl_bind is CURVE-protected (curve_secret_key, curve_
 like the others) admits a replica whose DEALER is a CURVE client (auth.CurveClient) with
 repl_curve_server_key (the primary's PATH.key) and repl_curve_client_cert (this node's
 PATH.key_secret, whose PATH.key is in the primary's curve_allow). A refused handshake is told
-from a silent primary by the socket's monitor (clients/handshake.py): a "replication_refused"
+from a silent primary by the socket's monitor (handshake.py): a "replication_refused"
 event names both public keys, nothing is exchanged, and the replica tries again every RETRY_S
 (a key added to the primary's allow-list is admitted after its SIGHUP).
 """
@@ -111,7 +111,7 @@ import shmkv
 from shmkv import layout as L
 from shmkv import repl_digest as D
 from shmkv import replica as RP
-from shmkv.clients.handshake import HandshakeWatch
+from shmkv.broker.handshake import HandshakeWatch
 from shmkv.errors import ConfigError, ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
