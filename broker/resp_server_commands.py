@@ -18,7 +18,9 @@ never for less than its own. Replicas say which offset they applied with every r
 (Source.replicas_at counts them, as the ZeroMQ door's wait does). Answered at once when enough
 replicas have it, else the handler returns a WaitFor and the door parks the connection (none of
 its later commands run, as for a busy lock) and answers it from the node's loop (resp_door.py).
-A node that serves no replicas (a replica, or no --repl-bind) answers 0 at once.
+A node's workers count on the replicas' positions that their supervisor relays
+(repl_source.RelayedReplicas). A node that serves no replicas (a replica, or no --repl-bind)
+answers 0 at once.
 """
 
 from __future__ import annotations

@@ -309,6 +309,8 @@ class _Node:
             if workers is not None:
                 workers.service(ready)
             roles.service(ready)
+            if workers is not None:
+                workers.relay_replicas(roles.source)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:

@@ -1,7 +1,8 @@
 """The Redis door's WAIT (broker/resp_server_commands.py) through redis-py, against a primary
 with one replica: it answers 1 only once the replica's region has the connection's writes, how
 many have them at its timeout, 0 once the replica is gone; a WAIT that waits parks its
-connection only, the node serves the others meanwhile."""
+connection only, the node serves the others meanwhile; a node's workers count the replicas
+too."""
 
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ def test_a_waiting_wait_parks_only_its_connection_and_answers_when_the_replica_h
             assert waiting.reply() == b"+PONG\r\n"
         finally:
             waiting.close()
+
+
+def test_wait_counts_the_replica_through_the_workers_of_a_node_with_several(
+        region_name: str) -> None:
+    with primary_region(region_name), \
+            running_node(region_name, *primary_options(), "--workers", "2") as node, \
+            replica_node(node, f"{region_name}-copy") as (_, copy):
+        for i in range(4):  # connections land on either worker
+            with client(node, socket_timeout=CONVERGE_S + 10) as r:
+                r.set(f"k{i}", b"v")
+                assert r.wait(1, CONVERGE_MS) == 1
+                assert copy.get(f"k{i}") == b"v"
 
 
 def test_wait_on_a_node_without_replicas_answers_zero_at_once(region_name: str) -> None:
