@@ -6,6 +6,8 @@ from the node's one poll loop (server.py), non-blocking.
                                  run them in order (resp_commands.py), queue their replies,
                                  and write as much as the socket takes
     a parked command answered  -> queue its reply, run the connection's next commands
+    a parked WAIT satisfied    -> the same, once its replicas have the connection's writes
+                                 or its timeout passed (looked at every WAIT_POLL_S)
     a connection writable     -> write more of what is queued; when nothing is left, the
                                  door stops asking the poller about writability
     events read from the rings -> channel messages and keyspace notifications for this
