@@ -216,16 +216,19 @@ class CurveClient:
 
     @classmethod
     def from_files(cls, server_key: str | os.PathLike[str] | None,
-                   client_cert: str | os.PathLike[str] | None) -> CurveClient | None:
+                   client_cert: str | os.PathLike[str] | None,
+                   settings: tuple[str, str] = ("curve_server_key", "curve_client_cert"),
+                   ) -> CurveClient | None:
         """None when neither file is given (no CURVE); ValueError if only one is, or if a
-        file cannot be read."""
+        file cannot be read. settings: the names the errors give the two files (a replica
+        node has its own)."""
         if server_key is None and client_cert is None:
             return None
         if server_key is None or client_cert is None:
-            raise ValueError("CurveZMQ needs both curve_server_key (the node's .key file) and "
-                             "curve_client_cert (this client's .key_secret file)")
-        return cls(read_public_key(os.fspath(server_key), "curve_server_key"),
-                   read_key_pair(os.fspath(client_cert), "curve_client_cert"))
+            raise ValueError(f"CurveZMQ needs both {settings[0]} (the node's .key file) and "
+                             f"{settings[1]} (this client's .key_secret file)")
+        return cls(read_public_key(os.fspath(server_key), settings[0]),
+                   read_key_pair(os.fspath(client_cert), settings[1]))
 
     def secure(self, socket: zmq.Socket) -> None:
         """Make socket a CURVE client of the node; before it connects."""

@@ -95,6 +95,12 @@ class NodeConfig:
     # the primary's repl_bind endpoint; the node's region becomes its read-only copy.
     repl_bind: str = ""
     replica_of: str = ""
+    # CurveZMQ toward the primary (broker/auth.py's CurveClient): the primary's public key
+    # file (PATH.key) and this node's own secret key file (PATH.key_secret), whose public key
+    # the primary's curve_allow must hold. Both or neither: the node checks that, and reads
+    # the files, when it starts (as curve_secret_key's).
+    repl_curve_server_key: str = ""
+    repl_curve_client_cert: str = ""
     # Failover through etcd (broker/failover.py). etcd: the etcd cluster's client URLs, comma
     # separated ("" = off); cluster: this cluster's name in etcd's keys; advertise: this node's
     # replication endpoint as its peers reach it (where repl_bind listens). lease_ttl_s: the
@@ -388,6 +394,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "resp_bind": _metrics_bind, "requirepass": _password,
     "resp_tls_cert": _path, "resp_tls_key": _path, "resp_tls_ca": _path,
     "repl_bind": _optional_endpoint, "replica_of": _optional_endpoint,
+    "repl_curve_server_key": _path, "repl_curve_client_cert": _path,
     "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
     "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
     "workers": _count,

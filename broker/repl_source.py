@@ -73,6 +73,34 @@ class WrittenOffsets:
         return found if found is not None else self.source.offset()
 
 
+class RelayedReplicas:
+    """What a worker process knows of the primary's replicas (broker/worker.py): their
+    positions as the supervisor, where the Source runs, relays them after each report; the
+    offset read from the region, which the worker shares. WAIT counts on it as on a Source."""
+
+    def __init__(self, cache: shmkv.Cache) -> None:
+        self.region = cache._region
+        self._changes_at = _changes_slice(self.region)
+        self._applied: list[tuple[int, float]] = []
+
+    def update(self, applied: list[list[float]]) -> None:
+        self._applied = [(int(at), float(t)) for at, t in applied]
+
+    def offset(self) -> int:
+        return sum(self.region.q[self._changes_at])
+
+    def replicas_at(self, offset: int) -> int:
+        now = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+        return sum(1 for at, t in self._applied if at >= offset and now - t < REPLICA_GONE_S)
+
+
+def _changes_slice(region: Any) -> slice:
+    """Every stripe's changes counter in region.q, as one strided slice."""
+    lay = region.layout
+    first = (lay.stripes_offset + L.S_CHANGES) >> 3
+    return slice(first, first + lay.n_stripes * L.STRIPE_Q, L.STRIPE_Q)
+
+
 class Source:
     """The primary's side: answers replicas from the node's loop (service())."""
 
@@ -100,9 +128,8 @@ class Source:
         self._history: list[tuple[int, list[int]]] = []  # (offset, changes), oldest first
         self._recorded_at = 0.0
         self.full_resyncs = self.partial_resyncs = 0
-        lay = self.region.layout  # every stripe's changes counter, as one strided slice:
-        first = (lay.stripes_offset + L.S_CHANGES) >> 3  # offset() runs after every write
-        self._changes_at = slice(first, first + lay.n_stripes * L.STRIPE_Q, L.STRIPE_Q)
+        self._changes_at = _changes_slice(self.region)  # offset() runs after every write
+        self.reports = 0  # replicas' reports of what they applied, so far
 
     # --- positions ----------------------------------------------------------------------
     def offset(self) -> int:
@@ -114,6 +141,10 @@ class Source:
         now = time.monotonic()
         return sum(1 for at, t in self._applied.values()
                    if at >= offset and now - t < REPLICA_GONE_S)
+
+    def applied_positions(self) -> list[tuple[int, float]]:
+        """(offset applied, when it was said: time.monotonic()) of each replica noted."""
+        return list(self._applied.values())
 
     def replicas_in_sync(self, max_lag_s: float) -> int:
         """How many replicas reported within max_lag_s (Redis's min-replicas-max-lag)."""
@@ -153,6 +184,7 @@ class Source:
             name, applied = header.get("replica"), header.get("applied")
             if isinstance(name, str) and isinstance(applied, int):
                 self._applied[name] = (applied, time.monotonic())
+                self.reports += 1
                 if len(self._applied) > MAX_REPLICAS_NOTED:  # restarted replicas' old names
                     self._applied = {k: v for k, v in self._applied.items()
                                      if time.monotonic() - v[1] < REPLICA_GONE_S}

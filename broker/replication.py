@@ -87,8 +87,15 @@ passes over every entry of every stripe that moved, on both sides (C speed, no c
 changed key costs the read of its whole range (~6-15 entries); the replica polls (every
 SYNC_INTERVAL_S) rather than being pushed the changes, so the lag stays far above Redis's
 streamed replication (0.26-0.29 ms in the same run); the replica's sync runs in the node's loop,
-which answers no requests meanwhile; a replica does not yet connect to a CURVE-protected
-primary; no etcd, no promotion (broker/failover.py).
+which answers no requests meanwhile.
+
+CurveZMQ. A primary whose repl_bind is CURVE-protected (curve_secret_key, curve_allow: a door
+like the others) admits a replica whose DEALER is a CURVE client (auth.CurveClient) with
+repl_curve_server_key (the primary's PATH.key) and repl_curve_client_cert (this node's
+PATH.key_secret, whose PATH.key is in the primary's curve_allow). A refused handshake is told
+from a silent primary by the socket's monitor (handshake.py): a "replication_refused"
+event names both public keys, nothing is exchanged, and the replica tries again every RETRY_S
+(a key added to the primary's allow-list is admitted after its SIGHUP).
 """
 
 from __future__ import annotations
@@ -104,13 +111,16 @@ import shmkv
 from shmkv import layout as L
 from shmkv import repl_digest as D
 from shmkv import replica as RP
-from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
+from shmkv.broker.handshake import HandshakeWatch
+from shmkv.errors import ConfigError, ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
+from .auth import CurveClient
 from .repl_source import Source
 from .repl_wire import TAG, message, parse
 
-__all__ = ["TAG", "Replica", "Source", "StaleEpoch", "Stopped"]
+__all__ = ["TAG", "HandshakeRefused", "Replica", "Source", "StaleEpoch", "Stopped",
+           "curve_client"]
 
 # How often a replica asks for the counters: the lag of an idle replica, at one small request
 SYNC_INTERVAL_S = 0.01
@@ -129,6 +139,24 @@ class StaleEpoch(ShmKVError):
     (fencing), and what it sends is refused."""
 
 
+class HandshakeRefused(RemoteUnavailable):
+    """The primary's CurveZMQ handshake failed: it refused this replica's key, or it is not
+    the key this replica expects, or one side speaks no CURVE. Nothing was exchanged."""
+
+
+_CURVE_SETTINGS = ("repl_curve_server_key", "repl_curve_client_cert")
+
+
+def curve_client(config: Any) -> CurveClient | None:
+    """The replica's CURVE keys (None: it speaks no CURVE); ConfigError naming the setting if
+    a file cannot be read, or holds no usable key."""
+    try:
+        return CurveClient.from_files(config.repl_curve_server_key or None,
+                                      config.repl_curve_client_cert or None, _CURVE_SETTINGS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 class Replica:
     """The replica's side: its region, its first sync and its rounds (tick())."""
 
@@ -138,7 +166,9 @@ class Replica:
         self.context, self.config, self.emit, self.status = context, config, emit, status
         self.primary = config.replica_of
         self._wait = wait  # poll, with stop signals deliverable; False once one arrived
+        self.curve = curve_client(config)
         self._socket: zmq.Socket | None = None
+        self._watch: HandshakeWatch | None = None  # why the primary does not answer, if CURVE
         self._id = 0
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
         self.cache: shmkv.Cache | None = None
@@ -167,9 +197,8 @@ class Replica:
         socket's requests in turn). Pipelined: a round costs a few round trips through both
         nodes' loops, not a few per stripe."""
         if self._socket is None:
-            self._socket = self.context.socket(zmq.DEALER)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.connect(self.primary)
+            self._connect()
+        assert self._socket is not None
         first = self._id + 1
         for header in headers:
             self._id += 1
@@ -187,6 +216,7 @@ class Replica:
             if not poller.poll(0) and not self._wait(poller, min(left_ms, 100)):
                 raise Stopped()
             if not poller.poll(0):
+                self._check_handshake()
                 continue
             reply, data = parse(self._socket.recv_multipart())
             if reply.get("id") != first + len(replies):
@@ -216,7 +246,36 @@ class Replica:
         if epoch > mine:
             q[L.H_REPL_EPOCH >> 3] = epoch
 
+    def _connect(self) -> None:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.secure(sock)  # before connect: the handshake starts with it
+            self._watch = HandshakeWatch(sock)  # before connect too, not to miss it
+        sock.connect(self.primary)
+        self._socket = sock
+
+    def _check_handshake(self) -> None:
+        """A refused handshake is told from a silent primary at once (the monitor says so):
+        raise HandshakeRefused naming both keys, rather than wait for the request timeout."""
+        failure = self._watch.lasting_failure() if self._watch is not None else None
+        if failure is None:
+            return
+        assert self.curve is not None
+        self._drop_socket()
+        raise HandshakeRefused(
+            f"the primary {self.primary} refused the CurveZMQ handshake: {failure}. This "
+            f"replica's public key is {self.curve.keys.public.decode()} (from "
+            f"repl_curve_client_cert {self.config.repl_curve_client_cert}: its .key file must "
+            f"be in the primary's curve_allow directory, then SIGHUP the primary); the "
+            f"primary's key it expects is {self.curve.server_public.decode()} (from "
+            f"repl_curve_server_key {self.config.repl_curve_server_key}: it must be the "
+            "public key of the primary's curve_secret_key)")
+
     def _drop_socket(self) -> None:
+        if self._watch is not None:
+            self._watch.close()  # before its socket
+            self._watch = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -225,10 +284,20 @@ class Replica:
     def open_region(self) -> shmkv.Cache:
         """Ask the primary for its region's parameters (until it answers), then create the
         replica's region as its clone, or reuse one that already is one; fence it."""
+        refused = ""
         while True:
             try:
                 params = self._request({"op": "hello"})[0]["params"]
                 break
+            except HandshakeRefused as exc:
+                # said once per cause; tried again (a key added to the primary's allow-list
+                # and a SIGHUP admit it), at the pace of a failed round
+                self.status(f"refused by the primary {self.primary}: check the keys")
+                if str(exc) != refused:
+                    self.emit("replication_refused", primary=self.primary, message=str(exc))
+                refused = str(exc)
+                if not self._wait(zmq.Poller(), int(RETRY_S * 1000)):
+                    raise Stopped() from None
             except RemoteUnavailable as exc:
                 self.status(f"waiting for the primary {self.primary}")
                 self.emit("replication_waiting", message=str(exc))
@@ -328,7 +397,8 @@ class Replica:
             # said once per cause (a primary restarting costs a timeout, then may say why it
             # cannot be followed), and every refused epoch
             if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
-                self.emit("replication_failed", error=type(exc).__name__, message=str(exc))
+                self.emit("replication_refused" if isinstance(exc, HandshakeRefused) else
+                          "replication_failed", error=type(exc).__name__, message=str(exc))
             self._failing = type(exc).__name__
             return False
         if self._failing:

@@ -136,7 +136,7 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
     ctx.commands_processed += 1
     try:
         try:
-            return cmd.handler(ctx, session, args)
+            reply = cmd.handler(ctx, session, args)
         except errors.CollectionNotFound:
             if not session.db:
                 raise
@@ -144,7 +144,10 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
             # as after FLUSHDB, and made anew by the write (a write checks its collection
             # before it changes anything, so running it again is safe).
             session.cache = ctx.reopen(session.db, session.cache)
-            return cmd.handler(ctx, session, args)
+            reply = cmd.handler(ctx, session, args)
+        if "write" in cmd.flags:
+            session.wrote = True  # the connection's next WAIT waits for it (WAIT's doc)
+        return reply
     except CommandError as exc:
         return Error(str(exc))
     except errors.LockTimeout as exc:
@@ -579,14 +582,6 @@ def _ping(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("echo", 2)
 def _echo(ctx: Context, s: Session, a: list[bytes]) -> Any:
     return a[1]
-
-
-@command("wait", 3)
-def _wait(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    integer(a[1])
-    if integer(a[2], "ERR timeout is not an integer or out of range") < 0:
-        raise err("ERR timeout is negative")
-    return 0  # no replicas
 
 
 @command("quit", -1, "noauth", "pubsub")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import shmkv
 
@@ -49,6 +49,9 @@ class Context:
         self.started = time.monotonic()
         self.connections_received = self.commands_processed = self.rejected_connections = 0
         self.last_lock_timeout = ""  # the engine's message of the last busy lock (BUSY)
+        # The primary's replication Source (repl_source.py) while the node is one that serves
+        # replicas, else None: WAIT counts its replicas (server.py sets it)
+        self.replication: Any = None
 
     def next_id(self) -> int:
         self._last_id += 1

@@ -6,6 +6,8 @@ from the node's one poll loop (server.py), non-blocking.
                                  run them in order (resp_commands.py), queue their replies,
                                  and write as much as the socket takes
     a parked command answered  -> queue its reply, run the connection's next commands
+    a parked WAIT satisfied    -> the same, once its replicas have the connection's writes
+                                 or its timeout passed (looked at every WAIT_POLL_S)
     a connection writable     -> write more of what is queued; when nothing is left, the
                                  door stops asking the poller about writability
     events read from the rings -> channel messages and keyspace notifications for this
@@ -57,7 +59,7 @@ from . import resp_server_commands  # noqa: F401  (adds its commands to the tabl
 from .resp import Encoder, Error, RequestParser
 from .resp_commands import BUSY, execute, keys_of
 from .resp_context import Context
-from .resp_server_commands import Replies
+from .resp_server_commands import Replies, WaitFor
 from .resp_tls import HANDSHAKE_TIMEOUT_S, WANT_WRITE, handshake_step, server_context
 from .waits import Keys, LockWaits
 
@@ -76,6 +78,8 @@ READS_PER_WAKE = 4
 TLS_READS_PER_WAKE = 64
 TLS_WRITE_BYTES = 256 << 10
 MAX_CLIENTS = 10_000  # Redis's maxclients
+# How often a parked WAIT looks again at what its replicas applied (they say so every round)
+WAIT_POLL_S = 0.005
 # The poll flags as plain ints: zmq's are enum members, whose & costs a call each (measured:
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
@@ -98,7 +102,10 @@ class Session:
         self.patterns: set[bytes] = set()
         self.authenticated = not ctx.requirepass
         self.pending: list[list[bytes]] = []  # requests read after the parked one
-        self.parked: CommandJob | None = None  # the request waiting for a lock, if any
+        # the request waiting for a lock, or a WAIT for its replicas, if any
+        self.parked: CommandJob | WaitFor | None = None
+        self.wrote = False  # a write since the last WAIT took the offset to wait for
+        self.write_offset = 0  # the primary's offset the last WAIT took
         self.broken: Exception | None = None  # the protocol error after the pending ones
         self.poll_flags = 0  # what the poller is asked about this connection
         self.tls = isinstance(sock, ssl.SSLSocket)
@@ -160,6 +167,7 @@ class RespDoor:
         self._decrypted: set[Session] = set()  # TLS bytes read and not yet parsed
         self._poller: zmq.Poller | None = None
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
+        self._waiting: dict[Session, WaitFor] = {}  # the connections parked by a WAIT
 
     @property
     def listening(self) -> bool:
@@ -171,6 +179,8 @@ class RespDoor:
 
     def service(self, ready: dict[Any, int]) -> None:
         """Handle what the poll reported for the door's sockets (others are ignored)."""
+        if self._waiting:
+            self._answer_waits()
         if self.fd in ready:
             self._accept()
         sessions = self.ctx.sessions
@@ -196,12 +206,14 @@ class RespDoor:
 
     def due(self) -> float:
         """When the loop must call service() again, with or without anything polled
-        (monotonic seconds): a TLS handshake's deadline, or now for decrypted bytes unread."""
+        (monotonic seconds): a TLS handshake's deadline, or now for decrypted bytes unread;
+        soon while a WAIT is parked."""
         if self._decrypted:
             return 0.0
+        due = time.monotonic() + WAIT_POLL_S if self._waiting else float("inf")
         if self._handshaking:  # the first accepted has the first deadline
-            return next(iter(self._handshaking.values())).handshake_deadline_s or 0.0
-        return float("inf")
+            due = min(due, next(iter(self._handshaking.values())).handshake_deadline_s or 0.0)
+        return due
 
     def deliver_events(self, events: Iterable[Event]) -> None:
         if self.ctx.listening:
@@ -213,6 +225,7 @@ class RespDoor:
     def close(self) -> None:
         """Write what each connection has queued, as far as its socket takes it at once
         (replies to requests the node read are not dropped by a stop), then close all."""
+        self._answer_waits(stopping=True)  # how many replicas have their writes by now
         for s in list(self.ctx.sessions.values()):
             self._write(s, flush_only=True)
             self._drop(s)
@@ -349,6 +362,11 @@ class RespDoor:
             if type(reply) is Replies:
                 for one in reply:
                     encode(one, out)
+            elif type(reply) is WaitFor:  # parked until its replicas have the writes
+                s.parked = reply
+                self._waiting[s] = reply
+                s.pending.extend(requests[_index(requests, args) + 1:])
+                break
             else:
                 encode(reply, out)
             if s.closing:
@@ -370,7 +388,17 @@ class RespDoor:
             self.pump()  # this batch's messages reach subscribers before the replies are read
         self._write(s)
 
-    def answered(self, s: Session, job: CommandJob, reply: object) -> None:
+    def _answer_waits(self, stopping: bool = False) -> None:
+        """Answer each parked WAIT whose replicas have its offset, or whose deadline passed
+        (every one when stopping): how many replicas have it."""
+        now, source = time.monotonic(), self.ctx.replication
+        for s, wait in list(self._waiting.items()):
+            found = source.replicas_at(wait.offset) if source is not None else 0
+            if found >= wait.replicas or now >= wait.deadline_s or stopping or source is None:
+                del self._waiting[s]
+                self.answered(s, wait, found)
+
+    def answered(self, s: Session, job: CommandJob | WaitFor, reply: object) -> None:
         """A parked command's reply (from the node's retry of waiting requests): queue it,
         then run the connection's next requests and read again."""
         if self.ctx.sessions.get(s.fd) is not s or s.parked is not job:
@@ -435,6 +463,7 @@ class RespDoor:
             return
         self._handshaking.pop(s.fd, None)
         self._decrypted.discard(s)
+        self._waiting.pop(s, None)
         for name in list(s.channels):
             self.ctx.unsubscribe(s, name, False)
         for name in list(s.patterns):

@@ -1,5 +1,5 @@
 """The Redis commands about the connection and the server rather than keys: HELLO, AUTH,
-CLIENT, COMMAND, CONFIG, INFO, and pub/sub (PUBLISH, SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE,
+CLIENT, COMMAND, CONFIG, INFO, WAIT, and pub/sub (PUBLISH, SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE,
 PUNSUBSCRIBE). They join the table of resp_commands.py when this module is imported (the
 door imports both).
 
@@ -8,14 +8,29 @@ them back from the event rings and the door hands them to its subscribers, so RE
 subscribers, and local processes that publish, all see the same messages. PUBLISH answers the
 number of this door's subscribers that will receive the message (ZeroMQ subscribers are not
 counted: the node cannot know how many there are).
+
+WAIT numreplicas timeout is Redis's: how many replicas have applied every write this connection
+made, waiting up to timeout ms (0: for ever) until numreplicas have. A write command marks its
+connection (resp_commands.execute); the next WAIT takes the primary's offset then (the sum of
+its stripes' change counters, repl_source.py) as the one to wait for: at or past the offset
+after the connection's last write, so WAIT may wait for others' writes of the moment too,
+never for less than its own. Replicas say which offset they applied with every round
+(Source.replicas_at counts them, as the ZeroMQ door's wait does). Answered at once when enough
+replicas have it, else the handler returns a WaitFor and the door parks the connection (none of
+its later commands run, as for a busy lock) and answers it from the node's loop (resp_door.py).
+A node's workers count on the replicas' positions that their supervisor relays
+(repl_source.RelayedReplicas). A node that serves no replicas (a replica, or no --repl-bind)
+answers 0 at once.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import shmkv
@@ -281,6 +296,37 @@ def _subscription_change(ctx: Context, s: Session, kind: bytes, names: list[byte
 
 class Replies(list):  # type: ignore[type-arg]
     """Several replies to one request (SUBSCRIBE a b answers one per channel)."""
+
+
+# --- replication ----------------------------------------------------------------------------
+@dataclass(slots=True, eq=False)
+class WaitFor:
+    """A WAIT not satisfied yet: the door parks its connection until `replicas` replicas have
+    applied `offset`, or deadline_s (time.monotonic(); inf: never) passes, and answers how
+    many have."""
+
+    replicas: int
+    offset: int
+    deadline_s: float
+
+
+@command("wait", 3)
+def _wait(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    wanted = integer(a[1])
+    timeout_ms = integer(a[2], "ERR timeout is not an integer or out of range")
+    if timeout_ms < 0:
+        raise err("ERR timeout is negative")
+    source = ctx.replication
+    if source is None:
+        return 0  # no replicas to count
+    if s.wrote:
+        s.write_offset = source.offset()
+        s.wrote = False
+    found = source.replicas_at(s.write_offset)
+    if found >= wanted:
+        return found
+    deadline_s = time.monotonic() + timeout_ms / 1000 if timeout_ms else math.inf
+    return WaitFor(wanted, s.write_offset, deadline_s)
 
 
 @command("subscribe", -2, "pubsub")

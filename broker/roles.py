@@ -39,7 +39,7 @@ from shmkv import replica as RP
 from shmkv.errors import RemoteUnavailable, ShmKVError
 
 from .config import NodeConfig
-from .replication import Emit, Replica, Source, Stopped
+from .replication import Emit, Replica, Source, Stopped, curve_client
 
 # A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
 BIND_RETRY_S = 2.0
@@ -60,6 +60,7 @@ class Roles:
                  secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.context, self.config, self.emit, self.status = context, config, emit, status
         self._wait, self._secure = wait, secure
+        curve_client(config)  # its key files checked at start, not at the first follow
         # Under etcd, a replica whose primary stopped answering must not hold the node's loop
         # for a whole request timeout: the election runs there (see _replica_wait)
         self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None

@@ -142,6 +142,7 @@ class _Node:
         # Set, the node serves no requests itself: these processes do (supervisor.py)
         self.workers: Workers | None = None
         self._written = WrittenOffsets(None)  # per client, the offset after its last write
+        self._resp_door: RespDoor | None = None
 
     def run(self) -> int:
         with StopSignals() as stop:
@@ -304,6 +305,8 @@ class _Node:
             if workers is not None:
                 workers.service(ready)
             roles.service(ready)
+            if workers is not None:
+                workers.relay_replicas(roles.source)
             events_left = publisher.pump(events)  # local writers' events
             now = time.monotonic()
             if now >= next_maintain:
@@ -365,6 +368,8 @@ class _Node:
         dispatcher.min_replicas = (self.config.min_replicas_to_write,
                                    self.config.min_replicas_max_lag_s)
         self._written = WrittenOffsets(source)
+        if self._resp_door is not None:
+            self._resp_door.ctx.replication = source
 
     def _maintain(self, cache: shmkv.Cache) -> None:
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
@@ -451,8 +456,10 @@ class _Node:
         address = resp_address(self.config)
         if address is None or self.workers is not None:  # the workers serve it
             return None
-        return RespDoor(requests, self.config, *address, self._waits,
-                        requirepass=self.config.requirepass)
+        self._resp_door = RespDoor(requests, self.config, *address, self._waits,
+                              requirepass=self.config.requirepass)
+        self._resp_door.ctx.replication = self._written.source  # WAIT counts its replicas
+        return self._resp_door
 
     def _start_metrics(self, cache: shmkv.Cache) -> str | None:
         """Serve the Prometheus endpoint, if configured; returns "host:port" bound."""

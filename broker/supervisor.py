@@ -75,6 +75,8 @@ The link carries JSON objects, one per datagram, each with a "kind":
                          a dict), bind, ipc (endpoint or null), resp_fd (fd or null)
     ready    worker      pid, endpoint (as bound), ipc_endpoint
     about    supervisor  about: what the worker's ping adds (workers, worker_restarts)
+    replicas supervisor  applied: [[offset, time.monotonic()], ...] of the primary's replicas
+                         after each of their reports, or null (no Source): for WAIT
     counts   worker      families: [[name, help, type, [[sample, labels, value], ...]], ...]
 
 The settings go over the link rather than on the command line, where any user could read
@@ -171,6 +173,7 @@ class WorkerPool:
         self.python = python
         self.slots = [_Slot(i, *_endpoints(config, i)) for i in range(count)]
         self.restarts = 0
+        self._relayed: tuple[int, int] | None = None  # (Source, its reports) last relayed
         self.stopping = False
         self.sums = WorkerCounts(self)
         self._poller: zmq.Poller | None = None
@@ -306,7 +309,21 @@ class WorkerPool:
                             for s in self.slots],
                 "worker_restarts": self.restarts}
 
+    def relay_replicas(self, source: Any) -> None:
+        """Tell the workers where the replicas are after each of their reports (WAIT on the
+        workers' Redis door counts on it), or that the node serves none (source None)."""
+        seen = (id(source), source.reports) if source is not None else None
+        if seen == self._relayed:
+            return
+        self._relayed = seen
+        message = {"kind": "replicas",
+                   "applied": source.applied_positions() if source is not None else None}
+        for slot in self.slots:
+            if slot.serving:
+                _send(slot.link, message)
+
     def _tell_all(self) -> None:
+        self._relayed = (0, -1)  # a worker (re)started: relay the replicas to it too
         message = {"kind": "about", "about": self.about()}
         for slot in self.slots:
             if slot.serving:

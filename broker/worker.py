@@ -48,6 +48,7 @@ from .auth import CurveServer
 from .config import NodeConfig
 from .dispatch import Dispatcher
 from .metrics import Metrics
+from .repl_source import RelayedReplicas
 from .resp_door import EventTee, RespDoor
 from .router import RECEIVE_HWM, SEND_HWM, bind
 from .server import EVENT_POLL_S, STOP_LINGER_MS, _Node
@@ -93,6 +94,8 @@ class Worker(_Node):
         self.metrics = Metrics()  # counts requests; the supervisor serves the sum
         self._dispatcher: Dispatcher | None = None
         self._about: dict[str, Any] = {}
+        self._replicas: RelayedReplicas | None = None  # what WAIT counts on (supervisor.py)
+        self._resp: RespDoor | None = None
 
     def run(self) -> int:
         with StopSignals() as stop:
@@ -126,7 +129,8 @@ class Worker(_Node):
                 reader: EventReader | None = None
                 if self.resp_fd is not None:
                     cache = shmkv.Cache.open(self.config.region, owner=owner)  # its events
-                    door = self._door(requests)  # parks what finds a lock busy (waits.py)
+                    door = self._resp = self._door(requests)  # parks what finds a lock
+                    self._replicas = RelayedReplicas(requests)  # busy (waits.py)
                     reader = EventReader(cache)
                     door.pump = EventTee(reader, door).poll
                 self._tell({"kind": "ready", "pid": os.getpid(), "endpoint": self.endpoint,
@@ -213,6 +217,11 @@ class Worker(_Node):
             if message.get("kind") == "about":
                 self._about.clear()
                 self._about.update(message["about"])
+            elif message.get("kind") == "replicas" and self._resp is not None:
+                applied = message["applied"]
+                if applied is not None and self._replicas is not None:
+                    self._replicas.update(applied)
+                self._resp.ctx.replication = self._replicas if applied is not None else None
             elif until is not None and message.get("kind") == until:
                 return message  # type: ignore[no-any-return]
 

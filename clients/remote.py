@@ -73,7 +73,7 @@ from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
 from shmkv.clients.commands import Commands, check_batch, found_values, set_many_frames
-from shmkv.clients.handshake import HandshakeWatch
+from shmkv.broker.handshake import HandshakeWatch
 from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
 from shmkv.clients.workers import choose_worker

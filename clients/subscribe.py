@@ -44,7 +44,7 @@ import zmq
 
 from shmkv.broker import pubsub
 from shmkv.broker.auth import CurveClient
-from shmkv.clients.handshake import HandshakeWatch
+from shmkv.broker.handshake import HandshakeWatch
 from shmkv.errors import CacheClosed, RemoteUnavailable
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:7371"

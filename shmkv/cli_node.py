@@ -110,6 +110,14 @@ def serve(
     replica_of: Annotated[str | None, _node_option(
         "--replica-of", "The --repl-bind endpoint of a primary: the region becomes its "
         "read-only copy. (default: $SHMKV_REPLICA_OF, else none)", metavar="ENDPOINT")] = None,
+    repl_curve_server_key: Annotated[str | None, _node_option(
+        "--repl-curve-server-key", "The primary's CurveZMQ public key file (PATH.key): with "
+        "--repl-curve-client-cert, a replica reaches a primary whose --repl-bind is CURVE-"
+        "protected. (default: $SHMKV_REPL_CURVE_SERVER_KEY, else off)", metavar="FILE")] = None,
+    repl_curve_client_cert: Annotated[str | None, _node_option(
+        "--repl-curve-client-cert", "This node's CurveZMQ secret key file (PATH.key_secret), "
+        "whose .key the primary's --curve-allow holds. (default: "
+        "$SHMKV_REPL_CURVE_CLIENT_CERT)", metavar="FILE")] = None,
     etcd: Annotated[str | None, _node_option(
         "--etcd", "Client URLs of an etcd cluster (comma separated): the nodes of --cluster "
         "elect their primary through it. (default: $SHMKV_ETCD, else off)",
@@ -164,7 +172,9 @@ def serve(
              "curve_allow": curve_allow, "resp_bind": resp_bind, "requirepass": requirepass,
              "resp_tls_cert": resp_tls_cert, "resp_tls_key": resp_tls_key,
              "resp_tls_ca": resp_tls_ca,
-             "repl_bind": repl_bind, "replica_of": replica_of, "etcd": etcd,
+             "repl_bind": repl_bind, "replica_of": replica_of,
+             "repl_curve_server_key": repl_curve_server_key,
+             "repl_curve_client_cert": repl_curve_client_cert, "etcd": etcd,
              "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
              "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s,
              "workers": workers, "repl_backlog_changes": repl_backlog_changes,

@@ -1,4 +1,4 @@
-"""clients.handshake: how the outcome of a client socket's security handshakes (its monitor's
+"""broker.handshake: how the outcome of a client socket's security handshakes (its monitor's
 events, fed here by hand) becomes an error, and when a failure counts as lasting."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from shmkv.clients.handshake import HandshakeWatch
+from shmkv.broker.handshake import HandshakeWatch
 
 AUTH = zmq.EVENT_HANDSHAKE_FAILED_AUTH
 NO_DETAIL = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL

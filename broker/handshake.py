@@ -1,5 +1,5 @@
-"""Why a client's ZeroMQ socket cannot reach its node: the outcome of the last security
-handshake, from the socket's monitor (zmq_socket_monitor(3)).
+"""Why a client's (or a replica's) ZeroMQ socket cannot reach its node: the outcome of the
+last security handshake, from the socket's monitor (zmq_socket_monitor(3)).
 
 ZeroMQ never tells a socket's user that a handshake failed: the socket keeps reconnecting, and
 messages wait (a DEALER's) or never come (a SUB's). The monitor does see it, and says which side
