@@ -37,7 +37,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 from bench_node import running_redis
 
 import shmkv
@@ -53,21 +54,10 @@ DOOR = "shmkv RESP door"
 @contextlib.contextmanager
 def running_door(arena_bytes: int) -> Iterator[tuple[str, int, int]]:
     """A node with the RESP door on an ephemeral loopback port: (host, port, pid)."""
-    region = f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes",
-         str(arena_bytes), "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", "--resp-bind", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+    with _node.running_node(f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}", "--resp-bind",
+                            "127.0.0.1:0", arena_bytes=arena_bytes) as ready:
         host, port = ready["resp"].rsplit(":", 1)
-        yield host, int(port), proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()  # type: ignore[union-attr]
-        shmkv.Cache.unlink(region)
+        yield host, int(port), ready["pid"]
 
 
 def redis_benchmark(port: int, pipeline: int, requests: int, clients: int,
@@ -91,11 +81,13 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     throughput: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-resp-") as tmp, \
-            running_door(256 << 20) as (host, port, _), running_redis(Path(tmp)) as rds:
+            running_door(256 << 20) as (host, port, _), \
+            running_redis(Path(tmp)) as redis_port:
         door = redis.Redis(host=host, port=port, protocol=2)
         peers_ = {DOOR: (door, port)}
-        if rds is not None:
-            peers_["redis-server"] = (rds, rds.connection_pool.connection_kwargs["port"])
+        if redis_port is not None:
+            peers_["redis-server"] = (redis.Redis(host="127.0.0.1", port=redis_port),
+                                      redis_port)
         else:
             notes.append("redis-server missing: its rows are absent")
         for client, _ in peers_.values():

@@ -35,7 +35,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 from bench_node import running_redis
 
 import shmkv
@@ -89,23 +90,12 @@ def running_node(workers: int) -> Iterator[dict]:
     """A node with its ZeroMQ and RESP doors on ephemeral loopback ports; yields its ready
     event."""
     region = f"shmkv-bench-workers-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes",
-         "64M", "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", "--ipc-dir", "off", "--resp-bind", "127.0.0.1:0",
-         "--workers", str(workers)],
-        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+    with _node.running_node(region, "--ipc-dir", "off", "--resp-bind", "127.0.0.1:0",
+                            "--workers", str(workers), stop_timeout_s=60) as ready:
         with shmkv.Cache.open(region) as cache:
             for i in range(KEYS):
                 cache.set(_key(i), b"v" * VALUE_BYTES)
         yield ready
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        proc.stdout.close()  # type: ignore[union-attr]
-        shmkv.Cache.unlink(region)
 
 
 def run_clients(kind: str, address: str, op: str, clients: int,
@@ -147,11 +137,10 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str, int], list[list[in
             ready = stack.enter_context(running_node(workers))
             systems += [(f"shmkv ZeroMQ, workers {workers}", "zmq", ready["endpoint"]),
                         (f"shmkv RESP, workers {workers}", "resp", ready["resp"])]
-        client = stack.enter_context(running_redis(Path(stack.enter_context(
+        redis_port = stack.enter_context(running_redis(Path(stack.enter_context(
             tempfile.TemporaryDirectory()))))
-        if client is not None:
-            kwargs = client.connection_pool.connection_kwargs
-            systems.append((REDIS, "resp", f"{kwargs['host']}:{kwargs['port']}"))
+        if redis_port is not None:
+            systems.append((REDIS, "resp", f"127.0.0.1:{redis_port}"))
         for round_ in range(args.rounds):
             for op in args.ops:
                 for clients in args.clients:
