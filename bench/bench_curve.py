@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 
-import shmkv
 from shmkv.broker.auth import create_key_files
 from shmkv.clients import RemoteCache
 
@@ -42,20 +39,8 @@ BASE = "tcp"
 @contextlib.contextmanager
 def running_node(*options: str) -> Iterator[dict[str, Any]]:
     """A node on ephemeral loopback ports; yields its ready event."""
-    region = f"shmkv-bench-curve-{uuid.uuid4().hex[:8]}"
-    # a neutral cwd: in a checkout, ./shmkv would shadow the installed package
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes",
-         "64M", "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", *options],
-        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        yield json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()  # type: ignore[union-attr]
-        shmkv.Cache.unlink(region)
+    with _node.running_node(f"shmkv-bench-curve-{uuid.uuid4().hex[:8]}", *options) as ready:
+        yield ready
 
 
 def measure(args: argparse.Namespace) -> dict[str, list[int]]:

@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 import zmq
 
-import shmkv
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
 
@@ -53,18 +51,8 @@ HOLDER = textwrap.dedent("""
 @contextlib.contextmanager
 def running_node() -> Iterator[tuple[str, dict[str, Any]]]:
     region = f"shmkv-bench-hostile-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes",
-         "64M", "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", "--ipc-dir", "off"],
-        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        yield region, json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()  # type: ignore[union-attr]
-        shmkv.Cache.unlink(region)
+    with _node.running_node(region, "--ipc-dir", "off") as ready:
+        yield region, ready
 
 
 @contextlib.contextmanager

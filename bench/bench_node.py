@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -43,10 +42,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 import peers
 
-import shmkv
 from shmkv.clients import RemoteCache, remote
 
 try:
@@ -92,20 +91,9 @@ def bare_echo() -> Iterator[Callable[[bytes], object]]:
 @contextlib.contextmanager
 def running_node(arena_bytes: int, ipc_dir: str) -> Iterator[dict[str, str]]:
     """A node on an ephemeral loopback port and an ipc:// socket; yields its ready event."""
-    region = f"shmkv-bench-node-{uuid.uuid4().hex[:8]}"
-    # a neutral cwd: in a checkout, ./shmkv would shadow the installed package
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve", "--arena-bytes",
-         str(arena_bytes), "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", "--ipc-dir", ipc_dir],
-        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
-    try:
-        yield json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()  # type: ignore[union-attr]
-        shmkv.Cache.unlink(region)
+    with _node.running_node(f"shmkv-bench-node-{uuid.uuid4().hex[:8]}", "--ipc-dir", ipc_dir,
+                            arena_bytes=arena_bytes) as ready:
+        yield ready
 
 
 def free_port() -> int:

@@ -29,13 +29,11 @@ Not a test module.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +42,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import _report  # bench/ is sys.path[0] when this file is run as a script
+import _node  # bench/ is sys.path[0] when this file is run as a script
+import _report
 
 import shmkv
 from shmkv.clients import RemoteCache
@@ -62,22 +61,10 @@ START_TIMEOUT_S = 600.0
 # --- shmkv ---------------------------------------------------------------------------------
 @contextmanager
 def node(region: str, arena_bytes: int, *options: str) -> Iterator[dict[str, Any]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "shmkv.cli", "--region", region, "serve",
-         "--bind", "tcp://127.0.0.1:*", "--pub-bind", "tcp://127.0.0.1:*",
-         "--metrics-bind", "off", "--ipc-dir", "off", "--arena-bytes", str(arena_bytes),
-         *options],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=tempfile.gettempdir())
-    try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"the node for {region} did not start")
-        yield json.loads(line)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        process.stdout.close()  # type: ignore[union-attr]
+    with _node.running_node(region, "--ipc-dir", "off", *options, arena_bytes=arena_bytes,
+                            unlink=False, stderr=subprocess.DEVNULL,
+                            stop_timeout_s=60) as ready:
+        yield ready
 
 
 def _shmkv_writer(region: str, prefix: str, n: int, rate: float) -> None:

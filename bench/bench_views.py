@@ -36,7 +36,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import _report  # bench/ is sys.path[0] when this file is run as a script
