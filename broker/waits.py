@@ -82,12 +82,12 @@ def keys_of(request: Request) -> Keys:
     if request.op == "rename":
         return frozenset((request.coll, bytes(f)) for f in request.frames)
     if request.op == "ping":
-        return frozenset()
+        return NO_KEYS
     return None
 
 
 def _overlap(a: Keys, b: Keys) -> bool:
-    if a == frozenset() or b == frozenset():  # no key at all: nothing to keep in order with
+    if a == NO_KEYS or b == NO_KEYS:  # no key at all: nothing to keep in order with
         return False
     return a is None or b is None or not a.isdisjoint(b)
 

@@ -129,8 +129,9 @@ class Worker(_Node):
                 reader: EventReader | None = None
                 if self.resp_fd is not None:
                     cache = shmkv.Cache.open(self.config.region, owner=owner)  # its events
-                    door = self._resp = self._door(requests)  # parks what finds a lock
-                    self._replicas = RelayedReplicas(requests)  # busy (waits.py)
+                    # on the requests' handle: it parks what finds a lock busy (waits.py)
+                    door = self._resp = self._door(requests)
+                    self._replicas = RelayedReplicas(requests)  # what its WAIT counts on
                     reader = EventReader(cache)
                     door.pump = EventTee(reader, door).poll
                 self._tell({"kind": "ready", "pid": os.getpid(), "endpoint": self.endpoint,
