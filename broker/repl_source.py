@@ -93,6 +93,11 @@ class RelayedReplicas:
         now = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
         return sum(1 for at, t in self._applied if at >= offset and now - t < REPLICA_GONE_S)
 
+    def replicas_in_sync(self, max_lag_s: float) -> int:
+        """As Source.replicas_in_sync: how many replicas reported within max_lag_s."""
+        now = time.monotonic()
+        return sum(1 for _, t in self._applied if now - t <= max_lag_s)
+
 
 def _changes_slice(region: Any) -> slice:
     """Every stripe's changes counter in region.q, as one strided slice."""

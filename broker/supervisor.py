@@ -76,7 +76,8 @@ The link carries JSON objects, one per datagram, each with a "kind":
     ready    worker      pid, endpoint (as bound), ipc_endpoint
     about    supervisor  about: what the worker's ping adds (workers, worker_restarts)
     replicas supervisor  applied: [[offset, time.monotonic()], ...] of the primary's replicas
-                         after each of their reports, or null (no Source): for WAIT
+                         after each of their reports, or null (no Source): for WAIT and
+                         --min-replicas-to-write, in both doors
     counts   worker      families: [[name, help, type, [[sample, labels, value], ...]], ...]
 
 The settings go over the link rather than on the command line, where any user could read
@@ -310,8 +311,9 @@ class WorkerPool:
                 "worker_restarts": self.restarts}
 
     def relay_replicas(self, source: Any) -> None:
-        """Tell the workers where the replicas are after each of their reports (WAIT on the
-        workers' Redis door counts on it), or that the node serves none (source None)."""
+        """Tell the workers where the replicas are after each of their reports (WAIT and
+        --min-replicas-to-write count on it in the workers' doors), or that the node serves
+        none (source None)."""
         seen = (id(source), source.reports) if source is not None else None
         if seen == self._relayed:
             return

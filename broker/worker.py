@@ -10,8 +10,9 @@ over that link: which region, which endpoints, which settings.
       requests waiting    -> answered as the single-process node answers them (server.py's
                              _answer_waiting, dispatch.py, waits.py)
       RESP door           -> as in the single-process node (resp_door.py)
-      link readable       -> what ping tells (the workers' endpoints), or the supervisor has
-                             gone: stop
+      link readable       -> what ping tells (the workers' endpoints), the replicas'
+                             positions (WAIT, --min-replicas-to-write), or the supervisor
+                             has gone: stop
       report due          -> the request counters, to the supervisor (it serves their sum)
       stop signal         -> leave the loop, answer what was received, report, close
 
@@ -48,7 +49,7 @@ from .auth import CurveServer
 from .config import NodeConfig
 from .dispatch import Dispatcher
 from .metrics import Metrics
-from .repl_source import RelayedReplicas
+from .repl_source import RelayedReplicas, WrittenOffsets
 from .resp_door import EventTee, RespDoor
 from .router import RECEIVE_HWM, SEND_HWM, bind
 from .server import EVENT_POLL_S, STOP_LINGER_MS, _Node
@@ -94,7 +95,8 @@ class Worker(_Node):
         self.metrics = Metrics()  # counts requests; the supervisor serves the sum
         self._dispatcher: Dispatcher | None = None
         self._about: dict[str, Any] = {}
-        self._replicas: RelayedReplicas | None = None  # what WAIT counts on (supervisor.py)
+        # what WAIT and --min-replicas-to-write count on (relayed by the supervisor)
+        self._replicas: RelayedReplicas | None = None
         self._resp: RespDoor | None = None
 
     def run(self) -> int:
@@ -126,12 +128,15 @@ class Worker(_Node):
                 dispatcher = self._dispatcher = Dispatcher(requests, limits)
                 dispatcher.about = self._about
                 dispatcher.node_ops = {op: self._forward(op) for op in NODE_OPS}
+                dispatcher.min_replicas = (self.config.min_replicas_to_write,
+                                           self.config.min_replicas_max_lag_s)
+                # what WAIT and --min-replicas-to-write count on, in both doors
+                self._replicas = RelayedReplicas(requests)
                 reader: EventReader | None = None
                 if self.resp_fd is not None:
                     cache = shmkv.Cache.open(self.config.region, owner=owner)  # its events
                     # on the requests' handle: it parks what finds a lock busy (waits.py)
                     door = self._resp = self._door(requests)
-                    self._replicas = RelayedReplicas(requests)  # what its WAIT counts on
                     reader = EventReader(cache)
                     door.pump = EventTee(reader, door).poll
                 self._tell({"kind": "ready", "pid": os.getpid(), "endpoint": self.endpoint,
@@ -218,13 +223,27 @@ class Worker(_Node):
             if message.get("kind") == "about":
                 self._about.clear()
                 self._about.update(message["about"])
-            elif message.get("kind") == "replicas" and self._resp is not None:
-                applied = message["applied"]
-                if applied is not None and self._replicas is not None:
-                    self._replicas.update(applied)
-                self._resp.ctx.replication = self._replicas if applied is not None else None
+            elif message.get("kind") == "replicas":
+                self._relayed(message["applied"])
             elif until is not None and message.get("kind") == until:
                 return message  # type: ignore[no-any-return]
+
+    def _relayed(self, applied: list[list[float]] | None) -> None:
+        """The replicas' positions the supervisor relayed (None: the node has no Source, it
+        is no primary now). Both doors' WAIT and the min-replicas check count on them, as a
+        single-process node's on its Source; the offsets noted after each client's writes
+        are kept while the node stays a primary, started anew when it becomes one."""
+        replicas = self._replicas
+        if replicas is None or self._dispatcher is None:
+            return
+        if applied is not None:
+            replicas.update(applied)
+        found = replicas if applied is not None else None
+        if self._written.source is not found:
+            self._written = WrittenOffsets(found)
+        self._dispatcher.replication = found
+        if self._resp is not None:
+            self._resp.ctx.replication = found
 
     def _forward(self, op: str) -> Callable[[dict[str, Any]], Any]:
         """A node request (the role, promote, replicaof), run by the supervisor, where the
