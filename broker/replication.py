@@ -187,6 +187,11 @@ class Replica:
         self._resync = True  # ask psync before the next round (at start, after a failure)
         self._next = 0.0
         self._failing = ""  # the error class of the failing rounds ("": not failing)
+        # Since when the primary has said nothing to a request sent (None: nothing awaited).
+        # Kept when a wait gives up early (Stopped: under etcd, after roles.YIELD_AFTER_S), so
+        # that the next round's requests share its REQUEST_TIMEOUT_S: else a replica cut off
+        # from its primary would never notice (nor resync) and queue a request a round.
+        self._silent_since: float | None = None
 
     # --- the wire ---------------------------------------------------------------------
     def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -205,10 +210,11 @@ class Replica:
             self._socket.send_multipart(message({**header, "id": self._id}))
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        if self._silent_since is None:
+            self._silent_since = time.monotonic()
         replies: list[tuple[dict[str, Any], bytes]] = []
         while len(replies) < len(headers):
-            left_ms = int((deadline - time.monotonic()) * 1000)
+            left_ms = int((self._silent_since + REQUEST_TIMEOUT_S - time.monotonic()) * 1000)
             if left_ms <= 0:
                 self._drop_socket()
                 raise RemoteUnavailable(f"the primary {self.primary} did not answer within "
@@ -219,6 +225,7 @@ class Replica:
                 self._check_handshake()
                 continue
             reply, data = parse(self._socket.recv_multipart())
+            self._silent_since = time.monotonic()  # per reply, as before (a late one too)
             if reply.get("id") != first + len(replies):
                 continue  # a late reply to an older request
             self._check_epoch(reply.get("epoch", 0))
@@ -227,7 +234,7 @@ class Replica:
                 raise ShmKVError(f"the primary {self.primary} refused {op}: "
                                  f"{reply.get('error')}: {reply.get('message')}")
             replies.append((reply, data))
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S  # per reply, as before
+        self._silent_since = None
         return replies
 
     def _check_epoch(self, epoch: object) -> None:
@@ -279,6 +286,7 @@ class Replica:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        self._silent_since = None
 
     # --- start ------------------------------------------------------------------------
     def open_region(self) -> shmkv.Cache:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,8 +78,10 @@ def eventually(check: Any, what: str, timeout_s: float = SETTLE_S) -> Any:
 
 
 @contextmanager
-def member(etcd: str, cluster: str, host: Host | None = None) -> Iterator[Member]:
-    """A node of cluster, ready when this yields (a replica: after its first sync)."""
+def member(etcd: str, cluster: str, host: Host | None = None,
+           options: Sequence[str] = ()) -> Iterator[Member]:
+    """A node of cluster, ready when this yields (a replica: after its first sync); options
+    are more `shmkv serve` flags."""
     region = new_region_name()
     if host is None:
         port, repl_port = free_port(), free_port()
@@ -98,6 +100,7 @@ def member(etcd: str, cluster: str, host: Host | None = None) -> Iterator[Member
             "--loop-interval-s", str(LOOP_S), "--retry-timeout-s", str(RETRY_S)]
     if host is not None:  # one worker: the forwarder passes one port (each worker has its own)
         args += ["--workers", "1"]
+    args += options
     errors = tempfile.TemporaryFile("w+")
     popen: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": errors, "text": True,
                              "cwd": tempfile.gettempdir(),
