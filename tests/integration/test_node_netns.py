@@ -3,16 +3,19 @@ the root namespace, on one bridge. SIGKILL of the primary: a replica accepts wri
 the lease TTL plus one loop; a replica cut off for 10 s under writes converges after healing
 through one partial resync, one cut off past the backlog through exactly one full resync; a
 primary cut off past its lease refuses every write, local processes too, and follows the new
-primary once healed, discarding (counting) what it alone had. Skips, saying why, without
-root, `ip` or etcd."""
+primary once healed, discarding (counting) what it alone had; through a SIGKILL or a cut of
+the primary, every write acknowledged with wait(1) is on the new primary, and no two nodes
+acknowledge writes in the same epoch. Skips, saying why, without root, `ip` or etcd."""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import pytest
 from etcd_process import running_etcd
@@ -21,6 +24,7 @@ from failover_nodes import (ETCD_EXPIRY_S, LEASE_TTL_S, LOOP_S, SLACK_S, Member,
 from netns import network, skip_without_netns
 
 import shmkv
+from shmkv import layout as L
 from shmkv import repl_digest as D
 from shmkv.broker.replication import REQUEST_TIMEOUT_S
 from shmkv.clients import RemoteCache
@@ -163,3 +167,143 @@ def test_a_replica_host_cut_off_past_the_backlog_resyncs_fully_exactly_once() ->
                 after["partial_resyncs"] - before["partial_resyncs"]) == (1, 0)
         assert cut.role() == "replica" and after["primary"] == primary.advertise
 
+
+@dataclass
+class Ack:
+    node: str  # its advertised replication endpoint
+    epoch: int  # the epoch in the node's region before the write and after its ack
+    key: str
+    sent: float  # time.monotonic()
+    acked: float
+    replicated: bool = False  # acknowledged by set, then by wait(1) >= 1
+
+
+class Writers:
+    """Writers through a failover, each acknowledged write logged with its node and epoch
+    (kept only if the node's region had the same epoch before the write and after its
+    acknowledgement): on every node a local process (straight in its region, which its
+    fence guards) and a client of that node alone; and a client of the cluster that
+    follows the primary and logs what set then wait(1) >= 1 acknowledged."""
+
+    def __init__(self, nodes: list[Member]) -> None:
+        self.nodes = nodes
+        self.acks: list[Ack] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._local, args=(n,)) for n in nodes]
+        self.threads += [threading.Thread(target=self._remote, args=(n,)) for n in nodes]
+        self.threads.append(threading.Thread(target=self._waited))
+        self.regions = {n.endpoint: shmkv.Cache.open(n.region) for n in nodes}
+
+    def __enter__(self) -> Writers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        for region in self.regions.values():
+            region.close()
+
+    def epoch(self, node: Member) -> int:
+        return int(self.regions[node.endpoint]._region.q[L.H_REPL_EPOCH >> 3])
+
+    def more(self, n: int = 20, replicated: bool = False) -> None:
+        count = sum(a.replicated >= replicated for a in self.acks)
+        eventually(lambda: sum(a.replicated >= replicated for a in self.acks) >= count + n,
+                   f"{n} more writes acknowledged")
+
+    def _log(self, node: Member, key: str, epoch: int, sent: float,
+             replicated: bool = False) -> None:
+        if self.epoch(node) == epoch:
+            self.acks.append(Ack(node.advertise, epoch, key, sent, time.monotonic(),
+                                 replicated))
+
+    def _local(self, node: Member) -> None:
+        with shmkv.Cache.open(node.region) as local:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                key, epoch, sent = f"local-{node.advertise}-{i}", self.epoch(node), \
+                    time.monotonic()
+                try:
+                    local.set(key, key)
+                except shmkv.ReadOnlyReplica:
+                    time.sleep(0.01)
+                    continue
+                self._log(node, key, epoch, sent)
+                time.sleep(0.002)  # a pace the replicas follow
+
+    def _remote(self, node: Member) -> None:
+        with RemoteCache(node.endpoint, timeout_s=0.3, retries=0) as remote:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                key, epoch, sent = f"remote-{node.advertise}-{i}", self.epoch(node), \
+                    time.monotonic()
+                try:
+                    remote.set(key, key)
+                except (shmkv.ReadOnlyReplica, shmkv.RemoteUnavailable):
+                    time.sleep(0.01)
+                    continue
+                self._log(node, key, epoch, sent)
+
+    def _waited(self) -> None:
+        by_endpoint = {n.endpoint: n for n in self.nodes}
+        with RemoteCache(list(by_endpoint), timeout_s=0.5, retries=30) as remote:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                key, sent = f"waited-{i}", time.monotonic()
+                try:
+                    remote.set(key, key)
+                    node = by_endpoint[remote._link.endpoint]
+                    epoch = self.epoch(node)
+                    if remote.wait(1, 5.0) < 1:
+                        continue
+                except shmkv.RemoteUnavailable:  # OutcomeUnknown: wait is not sent again
+                    continue
+                if by_endpoint[remote._link.endpoint] is node:
+                    self._log(node, key, epoch, sent, replicated=True)
+
+
+def check_one_node_per_epoch(acks: list[Ack]) -> None:
+    """No epoch has two nodes acknowledging writes, and no write of an older epoch was sent
+    after one of a newer epoch was acknowledged (both would have accepted writes at once)."""
+    epochs = {a.epoch for a in acks}
+    assert len(epochs) >= 2, "the test saw no failover"
+    for epoch in epochs:
+        assert len({a.node for a in acks if a.epoch == epoch}) == 1, epoch
+    for older in acks:
+        newer = [a.acked for a in acks if a.epoch > older.epoch]
+        assert not newer or older.sent < min(newer), (older, min(newer))
+
+
+@pytest.mark.parametrize("failure", ["sigkill", "partition"])
+def test_writes_acknowledged_with_wait_1_before_a_failover_are_on_the_new_primary(
+        failure: str) -> None:
+    with hosts_cluster() as (nodes, hosts):
+        old = nodes[0]
+        with Writers(nodes) as writers:
+            writers.more(20, replicated=True)
+            if failure == "sigkill":
+                old.process.send_signal(signal.SIGKILL)
+            else:
+                hosts[0].cut()
+            try:
+                new = eventually(lambda: next((n for n in nodes[1:] if n.role() == "primary"),
+                                              None), "a replica takes over")
+                writers.more(20, replicated=True)
+            finally:
+                hosts[0].heal()
+            if failure == "partition":
+                eventually(lambda: old.role() == "replica", "the old primary follows")
+            writers.more(20)
+        acks = writers.acks
+        check_one_node_per_epoch(acks)
+        waited = [a for a in acks if a.replicated]
+        assert {a.node for a in waited} == {old.advertise, new.advertise}
+        with shmkv.Cache.open(new.region) as region:
+            lost = [a for a in waited if region.get(a.key) != a.key.encode()]
+        assert not lost, lost
