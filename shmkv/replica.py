@@ -350,9 +350,13 @@ class Applier:
                     continue
                 seen[(coll, key)] = version
                 pos, old = region.index.find_locked(stripe, h, key, coll)
+                # the value too: after a failover, a demoted node's discarded write and its new
+                # primary's can share a key, a version and a length
+                at = old + L.ENTRY_HEADER_BYTES + len(key)
                 if old and u32[(old + L.E_VERSION) >> 2] == version \
                         and u32[(old + L.E_VALUE_LEN) >> 2] == len(value) \
-                        and region.mm[old + L.E_KIND] & L.KIND_MASK == kind:
+                        and region.mm[old + L.E_KIND] & L.KIND_MASK == kind \
+                        and region.mm[at:at + len(value)] == value:
                     if q[(old + L.E_EXPIRES_AT) >> 3] != exp:  # a TTL change keeps versions
                         q[(old + L.E_EXPIRES_AT) >> 3] = exp
                         q[changes_at] += 1
