@@ -6,10 +6,14 @@ Patroni does for PostgreSQL. etcd decides; this module never votes nor counts an
 Keys (values are JSON objects; PREFIX = /shmkv/<cluster>)
 ------------------------------------------------------------
     key                      lease       value                         written
-    PREFIX/leader            the node's  {"advertise", "name"}         by a txn that succeeds
-                                                                       only if the key does not
-                                                                       exist (create_revision
-                                                                       == 0)
+    PREFIX/leader            the node's  {"advertise", "name",         by a txn that succeeds
+                                         "writes", "epoch_before"}     only if the key does not
+                                         (writes: each stripe's        exist (create_revision
+                                         counter when it took over;    == 0)
+                                         epoch_before: the epoch it
+                                         had copied; a demoted node
+                                         counts what it discards by
+                                         them, roles.py)
     PREFIX/members/<advert>  the node's  {"advertise", "role",         every loop
                                          "epoch", "offset"}            (epoch: its region's, or
                                                                        the leader's it copied)
@@ -86,7 +90,7 @@ from shmkv.errors import ConfigError, RegionNotFound, ShmKVError
 
 from .config import NodeConfig
 from .replication import Emit, Stopped
-from .roles import Roles
+from .roles import Roles, Takeover
 
 try:
     from etcd3gw.client import Etcd3Client
@@ -289,7 +293,7 @@ class Failover:
             if isinstance(primary, str) and primary != self.me \
                     and self.roles.primary != primary:
                 try:
-                    self.roles.follow(primary)
+                    self.roles.follow(primary, Takeover.of(leader[0]))
                 except EtcdUnavailable:
                     raise
                 except ShmKVError as exc:  # its region is not a copy, it did not answer...
@@ -299,9 +303,12 @@ class Failover:
             return
         if not self._best_candidate():
             return
-        revision = self.etcd.create(self.prefix + "leader",
-                                    {"advertise": self.me, "name": self.config.region},
-                                    self.lease)
+        # Fenced, and no round runs until the promotion below: these are its counters then
+        region = self.roles._cache()._region
+        revision = self.etcd.create(self.prefix + "leader", {
+            "advertise": self.me, "name": self.config.region,
+            "writes": RP.stripe_counters(region)[1],
+            "epoch_before": int(region.q[L.H_REPL_EPOCH >> 3])}, self.lease)
         if revision is None:  # another node was faster: followed next loop
             return
         self.epoch = revision

@@ -13,20 +13,44 @@ Switches (each one in the node's loop, between two requests):
                                         (if an epoch is given), start a new history
                                         (shmkv/replica.py new_history), lift the fence up to
                                         writable_until_ns, open a Source
-    follow(primary)                     fence first (no write lands after the call), close the
+    follow(primary, takeover)           fence first (no write lands after the call), close the
                                         Source, then open a Replica toward primary: it syncs
                                         in the node's loop; the first round after a demotion
-                                        counts and logs what it discarded
+                                        counts and logs what it discarded (below)
     fence_until(ns)                     a primary under etcd pushes its fence forward on every
                                         renewal of its lease (broker/failover.py)
 
 `shmkv promote` and `shmkv replicaof URL|none` call these by hand (dispatch.py's node ops);
 broker/failover.py calls them from its loop.
+
+What a demoted node discarded (its "discarded" event, after its first round as a replica).
+Versions tell it: an entry's version is its stripe's writes counter after the write
+(layout.py), a replica's counters are its primary's, so the new primary's counter of a stripe
+when it took over (`takeover`: under etcd, its leader key says, broker/failover.py) splits
+this node's history in two: versions up to it were written before the new primary's last
+copy of that stripe (it had them), later ones after. Counted, one per (collection, key):
+    set      this node held the key at a version written after that copy, and after its
+             first round holds it at another version or value, or not at all (the write was
+             undone; both histories may give a key the same version: values are compared)
+    delete   this node did not hold the key (deleted, expired or evicted after that copy),
+             and after its first round holds it at a version up to that copy (the new
+             primary had it when it took over, unchanged since: the delete was undone)
+So neither what the new primary wrote since it took over nor what this node wrote that the
+new primary had copied is counted. `exact` is true when the new primary took over from this
+node's own term (the epoch it had copied is this node's); it is false after a failover by hand
+(no takeover is known: every key held at demotion and then gone or at another version is
+counted, also those the new primary changed since it took over, and no delete is) or when
+terms passed in between (writes of this node that later primaries' counters passed are not
+counted). Not counted either: a TTL change alone (expire, persist: the version stays). One
+exception even when exact: a write made while the new primary's last round read its
+stripe may have been copied with a version past the counter, and if the new primary changed
+that key since, it is counted though it was not lost.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +74,8 @@ YIELD_AFTER_S = 0.1
 # How long follow() waits for the new primary to answer before it gives up (the node stays
 # fenced, following nobody; etcd's loop tries again, a user can repeat replicaof)
 FOLLOW_TIMEOUT_S = 10.0
+# (collection, key) -> (version, digest of the value): what a demoted node compares (_versions)
+Entries = dict[tuple[str, bytes], tuple[int, bytes]]
 
 
 class Roles:
@@ -76,7 +102,9 @@ class Roles:
         self.role = "candidate" if config.etcd else "none"
         self._poller: zmq.Poller | None = None
         self._replica_cache: shmkv.Cache | None = None  # a Replica opened after start
-        self._before_demotion: dict[tuple[str, bytes], int] | None = None
+        self._before_demotion: Entries | None = None
+        self._takeover: Takeover | None = None  # the new primary's, and this node's epoch
+        self._epoch_at_demotion = 0
 
     # --- start (server.py) -------------------------------------------------------------
     def open_replica(self, primary: str) -> shmkv.Cache:
@@ -150,8 +178,9 @@ class Roles:
                 "epoch": int(region.q[L.H_REPL_EPOCH >> 3]),
                 "endpoint": self.source.endpoint if self.source is not None else ""}
 
-    def follow(self, primary: str) -> dict[str, Any]:
-        """Become (or stay) a replica of primary (see the module docstring)."""
+    def follow(self, primary: str, takeover: Takeover | None = None) -> dict[str, Any]:
+        """Become (or stay) a replica of primary (see the module docstring; takeover: how
+        it took over, if known, to count what this node discards)."""
         cache = self._cache()
         RP.fence(cache._region, primary)  # first: no write lands after this call
         if self.replica is not None and self.replica.primary == primary:
@@ -178,7 +207,8 @@ class Roles:
             raise
         finally:
             self._give_up_at = None
-        self._before_demotion = before
+        self._before_demotion, self._takeover = before, takeover
+        self._epoch_at_demotion = int(cache._region.q[L.H_REPL_EPOCH >> 3])
         self.role = "replica"
         self.emit("following", primary=primary, was=was)
         return {"role": "replica", "primary": primary}
@@ -284,29 +314,76 @@ class Roles:
         if self._replica_cache is not None:
             self._replica_cache.close()
             self._replica_cache = None
-        self._before_demotion = None
+        self._before_demotion, self._takeover = None, None
 
     def _count_discarded(self) -> None:
-        """After the first round that followed a demotion: the keys this node had that its
-        new primary does not (gone, or at another version), counted and logged."""
+        """After the first round that followed a demotion: what this node had written that
+        its new primary never had, counted and logged (see the module docstring)."""
         before, self._before_demotion = self._before_demotion or {}, None
+        takeover, self._takeover = self._takeover, None
         after = _versions(self._cache())
-        discarded = sum(1 for key, version in before.items() if after.get(key) != version)
-        self.emit("discarded", count=discarded, primary=self.primary,
-                  message="keys this node held that its new primary does not have (or has "
-                          "at another version) were replaced by the primary's")
+        if takeover is None:
+            sets = sum(1 for key, entry in before.items() if after.get(key) != entry)
+            self.emit("discarded", count=sets, sets=sets, deletes=None, exact=False,
+                      primary=self.primary,
+                      message="keys this node held that its new primary does not have (or has "
+                              "at another version) were replaced by the primary's: its own "
+                              "writes it never had, and what it changed since it took over")
+            return
+        sets, deletes = discarded(before, after, takeover.writes)
+        exact = takeover.epoch_before == self._epoch_at_demotion
+        self.emit("discarded", count=sets + deletes, sets=sets, deletes=deletes, exact=exact,
+                  primary=self.primary,
+                  message="keys this node wrote or deleted after its new primary's last copy "
+                          "of them, undone by the new primary's" + ("" if exact else
+                          " (not exact: terms passed in between, its writes that later "
+                          "primaries' counters passed are not counted)"))
 
 
-def _versions(cache: shmkv.Cache) -> dict[tuple[str, bytes], int]:
-    """(collection, key) -> version of every live key of the region."""
-    found: dict[tuple[str, bytes], int] = {}
+@dataclasses.dataclass(frozen=True)
+class Takeover:
+    """How a new primary took over (its leader key, broker/failover.py): each stripe's writes
+    counter then, and the epoch of the history it had copied."""
+
+    writes: list[int]
+    epoch_before: int
+
+    @classmethod
+    def of(cls, leader: dict[str, Any]) -> Takeover | None:
+        writes, epoch = leader.get("writes"), leader.get("epoch_before")
+        if not isinstance(writes, list) or not all(type(w) is int for w in writes) \
+                or type(epoch) is not int:
+            return None  # a leader that says nothing of it
+        return cls(writes, epoch)
+
+
+def discarded(before: Entries, after: Entries, writes: list[int]) -> tuple[int, int]:
+    """(sets, deletes) of before (this node's keys at demotion) that after (its keys after its
+    first round) undid, given its new primary's writes counters at its takeover (see the
+    module docstring)."""
+    def unseen(version: int) -> bool:  # written after the new primary's copy of its stripe
+        stripe, stored = version & 0xFF, version >> 8
+        return stripe >= len(writes) or L.newer_version(stored, writes[stripe] & L.VERSION_MASK)
+
+    sets = sum(1 for key, entry in before.items()
+               if unseen(entry[0]) and after.get(key) != entry)
+    deletes = sum(1 for key, entry in after.items()
+                  if key not in before and not unseen(entry[0]))
+    return sets, deletes
+
+
+def _versions(cache: shmkv.Cache) -> Entries:
+    """(collection, key) -> (version, digest of the value) of every live key of the region:
+    two histories (a demoted node's and its new primary's) can give a key the same version."""
+    found: Entries = {}
     handles = [("", cache)] + [(name, cache.collection(name)) for name in cache.collections()]
     for name, handle in handles:
         try:
             for key in handle.keys():
                 got = handle.get_with_version(key)
                 if got is not None:
-                    found[(name, key if isinstance(key, bytes) else str(key).encode())] = got[1]
+                    found[(name, key if isinstance(key, bytes) else str(key).encode())] = \
+                        (got[1], hashlib.blake2b(got[0], digest_size=16).digest())
         finally:
             if handle is not cache:
                 handle.close()

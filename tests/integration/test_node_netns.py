@@ -109,22 +109,31 @@ def test_a_replica_host_cut_off_for_10_s_under_writes_converges_after_healing() 
 
 def test_a_primary_host_cut_off_past_its_lease_refuses_every_write_and_follows_once_healed(
 ) -> None:
+    """What it then discards is counted exactly: the writes and deletes it made that the new
+    primary never had, not what the new primary changed since it took over."""
     with hosts_cluster() as (nodes, hosts):
         old = nodes[0]
         local = shmkv.Cache.open(old.region)  # a local process of the old primary's host
         try:
-            local.set("mine", b"1")
-            eventually(lambda: all(dump(n.region).get(b"mine", (0,))[0] == b"1"
-                                   for n in nodes[1:]), "the replicas have the write")
+            local.set_many({"mine": b"1", **{f"k{i}": b"before" for i in range(10)}})
+            eventually(lambda: all(dump(n.region).get(b"k9", (0,))[0] == b"before"
+                                   for n in nodes[1:]), "the replicas have the writes")
             hosts[0].cut()
             try:
-                # its lease still runs (renewed < 1 loop ago): a write nobody else will see
+                # its lease still runs (renewed < 1 loop ago): changes nobody else will see
                 local.set("lost", b"acknowledged by the cut-off primary")
+                local.set_many({"k0": b"old's", "k1": b"old's"})
+                local.delete("k2")
+                local.delete("k3")
                 new = eventually(lambda: next((n for n in nodes[1:] if n.role() == "primary"),
                                               None), "a replica takes over")
                 # the old primary still runs, and cannot reach etcd: its fence has passed
                 with pytest.raises(shmkv.ReadOnlyReplica, match="fenced"):
                     local.set("mine", b"lost")
+                with RemoteCache(new.endpoint, timeout_s=5) as client:  # not discarded
+                    client.set_many({key: b"new's" for key in ("k0", "k4", "k5", "k6", "k7")})
+                    client.delete("k8")
+                    client.delete("k9")
             finally:
                 hosts[0].heal()
             assert new.epoch() > old.epoch()
@@ -132,9 +141,13 @@ def test_a_primary_host_cut_off_past_its_lease_refuses_every_write_and_follows_o
             with RemoteCache(new.endpoint, timeout_s=5) as client:
                 client.set("new", b"2")
             eventually(lambda: local.get("new") == b"2", "the old primary copies the new one")
-            assert local.get("lost") is None
+            assert local.get("lost") is None and local.get("k2") == b"before"
+            assert local.get("k0") == b"new's" and local.get("k1") == b"before"
             discarded = eventually(lambda: old.event("discarded"), "the discarded event")
-            assert discarded["count"] == 1 and discarded["primary"] == new.advertise
+            assert discarded["primary"] == new.advertise
+            # lost, k0, k1 set; k2, k3 deleted
+            assert (discarded["count"], discarded["sets"], discarded["deletes"],
+                    discarded["exact"]) == (5, 3, 2, True), discarded
         finally:
             local.close()
 

@@ -11,7 +11,9 @@ import pytest
 import shmkv
 from shmkv import layout as L
 from shmkv.broker.config import NodeConfig
+from shmkv import replica as RP
 from shmkv.broker.failover import EtcdUnavailable, Failover
+from shmkv.broker.roles import Takeover
 
 TTL_S, RETRY_S = 3, 0.5
 T0 = 1_700_000_000 * 10**9
@@ -79,8 +81,9 @@ class FakeRoles:
         self.calls.append(("promote", epoch, writable_until_ns))
         self.role = "primary"
 
-    def follow(self, primary: str) -> None:
+    def follow(self, primary: str, takeover: Takeover | None = None) -> None:
         self.calls.append(("follow", primary))
+        self.takeover = takeover
         self.role, self.primary = "replica", primary
 
     def fence(self) -> None:
@@ -117,6 +120,24 @@ def test_the_candidate_with_the_most_takes_the_leader_key_and_its_fence_runs_to_
     until = T0 + TTL_S * 10**9 - int(RETRY_S * 1e9)  # t0: before the lease was renewed
     assert loop.roles.calls == [("promote", epoch, until)]  # type: ignore[attr-defined]
     assert etcd.keys["/shmkv/c/leader"][0]["advertise"] == "tcp://me:1"
+
+
+def test_the_leader_key_says_each_stripes_writes_counter_and_the_epoch_copied_at_takeover(
+        loop: Failover, etcd: FakeEtcd, cache: shmkv.Cache) -> None:
+    cache._region.q[L.H_REPL_EPOCH >> 3] = 7  # the epoch of the primary it copied
+    cache.set_many({f"k{i}": b"v" for i in range(40)})
+    writes = RP.stripe_counters(cache._region)[1]
+    loop.tick()
+    leader = etcd.keys["/shmkv/c/leader"][0]
+    assert leader["writes"] == writes and sum(writes) == 40 and leader["epoch_before"] == 7
+
+
+def test_a_node_that_follows_a_leader_is_told_how_it_took_over(
+        loop: Failover, etcd: FakeEtcd) -> None:
+    etcd.create("/shmkv/c/leader", {"advertise": "tcp://p:1", "writes": [3, 4],
+                                    "epoch_before": 5}, 999)
+    loop.tick()
+    assert loop.roles.takeover == Takeover([3, 4], 5)  # type: ignore[attr-defined]
 
 
 def test_a_candidate_behind_another_does_not_run(loop: Failover, etcd: FakeEtcd) -> None:
