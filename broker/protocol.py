@@ -415,21 +415,41 @@ def pack(items: Sequence[Buffer]) -> list[bytes]:
 def unpack(lengths: Buffer, data: Buffer) -> list[memoryview]:
     """The items of a packed batch, as views of data. Raises ProtocolError if the length
     table is not whole or does not add up to the data, RequestTooLarge past MAX_BATCH_KEYS."""
-    table, blob = memoryview(lengths), memoryview(data)
+    blob = memoryview(data).cast("B")
+    items, at = [], 0
+    for n in _lengths(lengths, blob.nbytes):
+        items.append(blob[at:at + n])
+        at += n
+    return items
+
+
+def unpack_bytes(lengths: Buffer, data: Buffer) -> list[bytes]:
+    """The items of a packed batch as bytes (unpack's checks): for small items (keys, the
+    values of get_many's reply) one struct call that cuts them all costs half of a loop of
+    slices (and a third of views and their tobytes())."""
+    lens = _lengths(lengths, memoryview(data).nbytes)
+    layout = ("%ds" * len(lens)) % lens
+    if len(lens) <= _CACHED_LAYOUT_ITEMS:  # struct's own cache of compiled layouts
+        return list(struct.unpack_from(layout, data))
+    return list(struct.Struct(layout).unpack_from(data))
+
+
+# struct caches the layouts it compiles (100 of them); one of a batch's length costs ~24 bytes
+# an item, so only small batches' layouts go through its cache (at most ~2.5 MB in all).
+_CACHED_LAYOUT_ITEMS = 1024
+
+
+def _lengths(lengths: Buffer, data_bytes: int) -> tuple[int, ...]:
+    table = memoryview(lengths)
     if table.nbytes % 4:
         raise ProtocolError("a packed batch's length table must be whole u32s")
     if table.nbytes // 4 > MAX_BATCH_KEYS:
         raise errors.RequestTooLarge(f"a batch of {table.nbytes // 4} items is over the limit "
                                      f"of {MAX_BATCH_KEYS} per request; split it")
     lens = struct.unpack_from(f"<{table.nbytes // 4}I", table)
-    if sum(lens) != blob.nbytes:
+    if sum(lens) != data_bytes:
         raise ProtocolError("a packed batch's lengths do not add up to its bytes")
-    items, at = [], 0
-    blob = blob.cast("B")
-    for n in lens:
-        items.append(blob[at:at + n])
-        at += n
-    return items
+    return lens
 
 
 def array_fields(arr: object) -> tuple[dict[str, Any], Buffer]:

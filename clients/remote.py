@@ -72,7 +72,8 @@ import zmq
 from shmkv.broker import protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.protocol import Reply
-from shmkv.clients.commands import Commands, check_batch, found_values, set_many_frames
+from shmkv.clients.commands import (Commands, check_batch, found_values, pack_keys,
+                                    set_many_frames)
 from shmkv.broker.handshake import HandshakeWatch
 from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
@@ -357,8 +358,7 @@ class RemoteCache(Commands):
         if len(keys) <= BATCH_KEYS:
             return super().get_many(keys)  # type: ignore[no-any-return]
         found: dict[Any, bytes] = {}
-        for part in self._batches("get_many", keys, lambda batch: protocol.pack(
-                [protocol.key_frame(k) for k in batch]),
+        for part in self._batches("get_many", keys, pack_keys,
                 lambda batch: lambda reply: found_values(batch, reply)):
             found.update(part)
         return found
