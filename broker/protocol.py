@@ -31,6 +31,8 @@ Header forms. The byte after the tag says which:
                           timeout_ms and ttl_s (the hot path: get, set, get_many, ...)
     0x02        compact   an ok reply whose result is null, a bool, an int (i64), a float,
                           or a list of bools (get_many's)
+    0x03        batch     many requests in one message (batches.py: its layout and rules)
+    0x04        batch     their replies, in one message
 A sender uses the compact form where it can and JSON otherwise; a receiver reads both. JSON
 costs ~2 us per dump or load on this project's VM, four per round trip, against ~0.1 us for a
 struct: ~7% of a remote get, which the compact form gives back; JSON stays for everything
@@ -145,7 +147,9 @@ node that predates them sends none):
     max_batch_keys     items of a packed batch                RequestTooLarge
                        (MAX_BATCH_KEYS)
     max_reply_bytes    payload bytes of one reply             RequestTooLarge, naming the limit
-                       (get_many, keys)
+                       (get_many, keys; a batch's replies)
+    max_batch_requests requests of one batch message          RequestTooLarge (batches.py); a
+                       (MAX_BATCH_REQUESTS)                   node without it sends no batch
 The frame and batch limits are constants, far above what any command of the table needs; the
 two byte limits follow the region, as no value can be larger than its arena. While a get_many
 is answered the node holds at most about twice max_reply_bytes (the values read, then packed).
@@ -216,6 +220,8 @@ RESENDABLE = frozenset({
 # benchmarks use, and a Python view per key keeps a batch of that size under ~20 MB.
 MAX_FRAMES = 8
 MAX_BATCH_KEYS = 100_000
+# Requests of one batch message (batches.py): 100x a pipeline's usual batch, ~1 MB of table.
+MAX_BATCH_REQUESTS = 10_000
 # Room beyond the largest value for the header, the key and a batch's length table.
 MESSAGE_HEADROOM_BYTES = 1 << 20
 # The share of the client's timeout_ms after which a request that waits for a lock is
@@ -227,7 +233,8 @@ def limits_for(arena_bytes: int) -> dict[str, int]:
     """The limits of a node serving a region with this arena (the ping reply's `limits`)."""
     message_bytes = min(arena_bytes, 2**32 - 1) + MESSAGE_HEADROOM_BYTES
     return {"max_message_bytes": message_bytes, "max_frames": MAX_FRAMES,
-            "max_batch_keys": MAX_BATCH_KEYS, "max_reply_bytes": message_bytes}
+            "max_batch_keys": MAX_BATCH_KEYS, "max_reply_bytes": message_bytes,
+            "max_batch_requests": MAX_BATCH_REQUESTS}
 
 
 # The exceptions that cross the wire, by code. Built from errors.__all__, so a class added there
