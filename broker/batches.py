@@ -55,7 +55,8 @@ from typing import Any
 
 from shmkv.errors import ProtocolError, RequestTooLarge
 
-from .protocol import MAX_BATCH_REQUESTS, MAX_FRAMES, PROTOCOL_TAG, Buffer
+from . import compact
+from .protocol import MAX_BATCH_REQUESTS, MAX_FRAMES, PROTOCOL_TAG, Buffer, Reply, decode_reply
 
 REQUEST_FORM, REPLY_FORM = 3, 4
 _COUNT = struct.Struct("<I")
@@ -139,6 +140,22 @@ def decode(frames: Sequence[Buffer], form: int) -> list[list[Any]]:
     if at != end or data_at != blob.nbytes:
         raise ProtocolError("a batch's entries do not fill its table and payload exactly")
     return entries
+
+
+def decode_replies(frames: Sequence[Buffer]) -> list[Reply]:
+    """The replies of a reply batch (decode's checks), each as protocol.decode_reply reads a
+    message of its own; a compact reply is read in place (a client reads 100s a batch)."""
+    replies: list[Reply] = []
+    append, compact_form, result_of = replies.append, compact.REPLY_FORM, compact.reply_result
+    for entry in decode(frames, REPLY_FORM):
+        head = entry[0]
+        if len(head) > _TAG_BYTES and head[_TAG_BYTES] == compact_form:
+            request_id, result = result_of(head, _TAG_BYTES)
+            entry[0] = None
+            append(Reply(request_id, result, entry[1:]))
+        else:
+            append(decode_reply(entry))
+    return replies
 
 
 class Replies:

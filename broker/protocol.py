@@ -249,10 +249,12 @@ INTERNAL_ERROR = "ShmKVError"
 _CODES = {cls: code for code, cls in ERROR_CLASSES.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """A decoded request. `fields` is the whole header, unknown fields included;
-    `max_reply_bytes` is the node's limit, which the node sets (None: no limit)."""
+    `max_reply_bytes` is the node's limit, which the node sets (None: no limit). Not frozen:
+    a frozen dataclass's __init__ costs ~0.3 us more, a tenth of what the node spends on a
+    get; nothing changes a request once decoded."""
 
     id: int
     op: str

@@ -369,37 +369,48 @@ class _Node:
             len(entries), limits["max_reply_bytes"] if limits is not None else None,
             lambda done: self._send_batch(router, routing_id, done, started, publisher, events))
         key = bytes(routing_id)
+        waiting, decode, attempt = self._waits.queue, dispatcher.decode, dispatcher.attempt
         for index, entry in enumerate(entries):
             too_large = replies.over_limit()
             if too_large is not None:
                 replies.fill(index, protocol.error_reply(protocol.request_id_of(entry),
                                                          too_large, op="invalid"))
                 continue
-            decoded = dispatcher.decode(entry)
+            decoded = decode(entry)
             if isinstance(decoded, protocol.Reply):
                 replies.fill(index, decoded)
                 continue
             if decoded.op == "wait":  # after the writes before it, this batch's included
                 decoded.fields["after"] = self._written.after(key)
-            fill = self._batch_filler(replies, index, key)
-            reply = self._run(routing_id, decoded, started, dispatcher,
-                              lambda rid, late, at, fill=fill: fill(late))
-            if reply is not None:  # else parked: waits.py answers it later (fill)
-                fill(reply)
+            # _run's first step inline: the common case makes no closure
+            reply = None if waiting else attempt(decoded)
+            if reply is None:
+                fill = self._batch_filler(replies, index, key)
+                reply = self._run(routing_id, decoded, started, dispatcher,
+                                  lambda rid, late, at, fill=fill: fill(late),
+                                  tried=not waiting)
+                if reply is not None:  # else parked: waits.py answers it later (fill)
+                    fill(reply)
+                continue
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(key)
+            replies.fill(index, reply)
 
     def _run(self, routing_id: Any, request: protocol.Request, started: float,
-             dispatcher: Dispatcher, answer: Callable[[Any, protocol.Reply, float], None]
-             ) -> protocol.Reply | None:
+             dispatcher: Dispatcher, answer: Callable[[Any, protocol.Reply, float], None],
+             tried: bool = False) -> protocol.Reply | None:
         """The reply to a request, or None if it is parked on a busy lock (answer gets its
         reply later): waits.submit, without making a job for a request that is not parked
-        when nothing waits (then nothing is there to keep order with: ~2 us a request)."""
+        when nothing waits (then nothing is there to keep order with: ~2 us a request).
+        tried: the caller attempted it already while nothing waited, and found a lock busy."""
         waits = self._waits
-        if waits.queue:
+        if waits.queue and not tried:
             return waits.submit(RequestJob(routing_id, request, started, dispatcher, answer,
                                            waits.lock_timeout_s))
-        reply = dispatcher.attempt(request)
-        if reply is not None:
-            return reply
+        if not tried:
+            reply = dispatcher.attempt(request)
+            if reply is not None:
+                return reply
         job = RequestJob(routing_id, request, started, dispatcher, answer, waits.lock_timeout_s)
         job.last_error = dispatcher.last_lock_timeout  # as job.attempt() would have noted
         return waits.park(job)

@@ -146,7 +146,10 @@ class Connection:
         if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
             self._choose_worker()
         payload_bytes, solo = 0, False
-        if frames:
+        if len(frames) == 1 and type(frames[0]) is bytes \
+                and len(frames[0]) <= SOLO_FRAME_BYTES:  # a key: the usual request
+            payload_bytes = len(frames[0])
+        elif frames:
             sizes = [memoryview(f).nbytes for f in frames]
             largest, payload_bytes = max(sizes), sum(sizes)
             if largest > CHECK_LIMITS_ABOVE_BYTES:
@@ -277,8 +280,7 @@ class Connection:
                                      len(oldest.sent_in.members) > 1)
         head = frames[0] if type(frames[0]) is bytes else frames[0].bytes
         if batches.is_batch(head, batches.REPLY_FORM):
-            self._take_batch([protocol.decode_reply(entry) for entry in
-                              batches.decode([head, *frames[1:]], batches.REPLY_FORM)])
+            self._take_batch(batches.decode_replies([head, *frames[1:]]))
         else:
             reply = protocol.decode_reply(frames)
             if reply.id is None and not reply.ok:  # a node that could not read the id
