@@ -87,6 +87,7 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost ~1 us
 
 
 class Notifier(Protocol):
@@ -325,7 +326,11 @@ class _Node:
 
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
-        for _ in range(MAX_BATCH):
+        for count in range(MAX_BATCH):
+            # After the first (the poll said one is there), ask before reading: a receive
+            # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
+            if count and not router.get(_EVENTS) & _POLLIN:
+                return
             received = receive(router)
             if received is None:
                 return
@@ -571,8 +576,6 @@ class _Node:
     def _emit(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}) + "\n")
         self.out.flush()
-
-
 
 
 # replication state (Replica.state(), Source.state()) that the metrics export

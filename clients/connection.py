@@ -161,6 +161,9 @@ class Connection:
         sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
                      self.retries + 1 if op in protocol.RESENDABLE else 1, payload_bytes, solo)
         self._in_flight[request_id] = sent
+        if not hold and not self._queued and self._messages < protocol.MAX_IN_FLIGHT:
+            self._transmit([sent])  # a call, nothing queued: flush() would do just this
+            return sent
         self._queued.append(sent)
         if not hold or len(self._queued) >= self._batch_requests:
             self.flush()
