@@ -184,7 +184,8 @@ class Replies:
     def fill(self, index: int, reply: Any) -> None:
         self.replies[index] = reply
         for frame in reply.frames:
-            self.payload_bytes += memoryview(frame).nbytes
+            self.payload_bytes += len(frame) if type(frame) is bytes else \
+                memoryview(frame).nbytes
         self.left -= 1
         if not self.left:
             self.done(self.replies)

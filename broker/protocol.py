@@ -294,18 +294,23 @@ def encode_request(request_id: int, op: str, fields: dict[str, Any],
 def decode_request(frames: Sequence[Buffer], max_reply_bytes: int | None = None) -> Request:
     """Parse and check a request's tag, header and frame count. Raises ProtocolError."""
     head = _head(frames)
-    header = compact.request_fields(head, _TAG_BYTES) \
-        if head[_TAG_BYTES] == compact.REQUEST_FORM else _json_header(head)
-    request_id = header.get("id")
-    if type(request_id) is not int:
-        raise ProtocolError(f"the request id must be an int, not {request_id!r}")
-    op, coll = header.get("op"), header.get("coll", "")
-    if type(op) is not str or op not in REQUEST_FRAMES:
-        raise ProtocolError(f"unknown command {op!r}; this node knows: "
-                            f"{', '.join(sorted(REQUEST_FRAMES))}")
-    if type(coll) is not str:
-        raise ProtocolError(f"coll must be a collection name (str), not {coll!r}")
-    timeout_ms = header.get("timeout_ms")
+    if head[_TAG_BYTES] == compact.REQUEST_FORM:
+        # a compact header can only hold an int id, an op of compact.OPS and a str coll
+        header = compact.request_fields(head, _TAG_BYTES)
+        request_id, op, coll = header["id"], header["op"], header.get("coll", "")
+        timeout_ms = header.get("timeout_ms")
+    else:
+        header = _json_header(head)
+        request_id = header.get("id")
+        if type(request_id) is not int:
+            raise ProtocolError(f"the request id must be an int, not {request_id!r}")
+        op, coll = header.get("op"), header.get("coll", "")
+        if type(op) is not str or op not in REQUEST_FRAMES:
+            raise ProtocolError(f"unknown command {op!r}; this node knows: "
+                                f"{', '.join(sorted(REQUEST_FRAMES))}")
+        if type(coll) is not str:
+            raise ProtocolError(f"coll must be a collection name (str), not {coll!r}")
+        timeout_ms = header.get("timeout_ms")
     if timeout_ms is not None and (type(timeout_ms) is not int or timeout_ms <= 0):
         raise ProtocolError(f"timeout_ms must be an int > 0, not {timeout_ms!r}")
     payload = _views(frames)

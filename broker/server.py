@@ -375,11 +375,11 @@ class _Node:
             lambda done: self._send_batch(router, routing_id, done, started, publisher, events))
         key = bytes(routing_id)
         waiting, decode, attempt = self._waits.queue, dispatcher.decode, dispatcher.attempt
+        cap = replies.max_reply_bytes
         for index, entry in enumerate(entries):
-            too_large = replies.over_limit()
-            if too_large is not None:
-                replies.fill(index, protocol.error_reply(protocol.request_id_of(entry),
-                                                         too_large, op="invalid"))
+            if cap is not None and replies.payload_bytes > cap:  # the rest is not run
+                replies.fill(index, protocol.error_reply(
+                    protocol.request_id_of(entry), replies.over_limit(), op="invalid"))
                 continue
             decoded = decode(entry)
             if isinstance(decoded, protocol.Reply):
