@@ -61,12 +61,12 @@ Header fields. Every field not listed is ignored by both sides, so a peer may ad
                               the client raises that class with `message`
              message str      the exception's message
 
-Pipelining. A client may send up to MAX_IN_FLIGHT requests on one connection before it reads
-their replies. The node reads a connection's requests in order and answers them in that order
-(one loop; a request parked on a busy lock (waits.py) is the exception: the requests after it
-that do not share its keys are answered first). MAX_IN_FLIGHT is half the node's send
-high-water mark (server.SEND_HWM): libzmq learns what the client has read only every half of
-that mark, so a client within it never has a reply dropped as unread.
+Pipelining. A client may send up to MAX_IN_FLIGHT messages (a batch of requests, batches.py,
+is one) on one connection before it reads their replies. The node reads a connection's requests
+in order and answers them in that order (one loop; a request parked on a busy lock (waits.py)
+is the exception: the requests after it that do not share its keys are answered first).
+MAX_IN_FLIGHT is half the node's send high-water mark (server.SEND_HWM): libzmq learns what the
+client has read only every half of that mark, so a client within it never has a reply dropped.
 
 Commands. "key", "value": one payload frame each; "k1 v1 k2 v2 ..": pairs of frames. A key
 frame holds the key's bytes (a str key in UTF-8, which the engine treats as the same key).

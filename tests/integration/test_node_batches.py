@@ -108,3 +108,14 @@ def test_a_batch_past_the_reply_limit_is_answered_too_large_for_the_rest(region_
 def _sent(sock: zmq.Socket, frames: list[bytes]) -> zmq.Socket:
     sock.send_multipart(frames)
     return sock
+
+
+@pytest.mark.multiprocess
+def test_get_many_gives_the_present_keys_as_given_in_their_order(region_name) -> None:
+    with running_node(region_name) as node, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
+        remote.set_many({b"b": b"2", "a": b"1", b"c": b"3"})
+        found = remote.get_many(["c", b"missing", b"a", "b", "c", "gone"])
+        assert list(found.items()) == [("c", b"3"), (b"a", b"1"), ("b", b"2")]
+        assert remote.get_many([b"missing"]) == {}
+        assert remote.get_many([]) == {}
