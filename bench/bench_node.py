@@ -7,8 +7,8 @@ measures, in alternating rounds so that every system sees the same machine weath
   * get: one key, one client (RemoteCache over tcp and over ipc; redis-py GET over tcp; and
     the floor: the same two frames sent to a bare pyzmq ROUTER that sends them back);
   * batch of --batch: RemoteCache.get_many (one message) vs MGET;
-  * pipeline of --batch: that many gets in a RemoteCache pipeline vs a redis-py pipeline of
-    GETs (transaction=False);
+  * pipeline of --batch: that many gets in a RemoteCache pipeline (one batch message each
+    way: broker/batches.py) vs a redis-py pipeline of GETs (transaction=False);
   * big batch: get_many of --big-batch keys sent as one message and as BATCH_KEYS batches
     pipelined (how RemoteCache.get_many sends it): which is faster decides BATCH_KEYS;
 then throughput: --clients N processes (8 and 32 by default), each doing single gets in a loop

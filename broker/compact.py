@@ -46,6 +46,7 @@ _OP_CODES = {op: code for code, op in enumerate(OPS)}
 _U64_END, _U32_END, _I64_END = 1 << 64, 1 << 32, 1 << 63
 _EXACT_FLOAT_INT = 1 << 53
 _NULL, _FALSE, _TRUE, _INT, _BOOLS, _FLOAT = range(6)
+_BOOL_TYPE = {bool}
 
 
 def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | None:
@@ -114,7 +115,7 @@ def reply_header(request_id: int | None, result: Any) -> bytes | None:
         return _REPLY.pack(REPLY_FORM, request_id, _INT) + _I64.pack(result)
     if kind is float:
         return _REPLY.pack(REPLY_FORM, request_id, _FLOAT) + _F64.pack(result)
-    if kind is list and all(type(item) is bool for item in result):
+    if kind is list and set(map(type, result)) <= _BOOL_TYPE:
         return _REPLY.pack(REPLY_FORM, request_id, _BOOLS) + bytes(result)
     return None
 
@@ -133,5 +134,5 @@ def reply_result(head: bytes, at: int) -> tuple[int, Any]:
     if kind == _FLOAT and rest == _F64.size:
         return request_id, _F64.unpack_from(head, at)[0]
     if kind == _BOOLS:
-        return request_id, [byte != 0 for byte in head[at:]]
+        return request_id, list(map(bool, head[at:]))
     raise ProtocolError(f"a compact reply of result kind {kind} cannot be {rest} bytes long")

@@ -23,6 +23,7 @@ second pass only.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -292,15 +293,17 @@ def _stats(c: Cache, r: Request) -> Result:
 
 
 def _get_many(c: Cache, r: Request) -> Result:
-    found, values, reply_bytes = [], [], 0
-    for key in protocol.unpack(*r.frames):
-        value = c.get(key.tobytes())
-        found.append(value is not None)
-        if value is not None:
-            reply_bytes += len(value)
-            _check_reply_bytes(r, reply_bytes)  # before the next copy, not after them all
-            values.append(value)
-    return found, protocol.pack(values)
+    # One batch read in the engine (values in key order, None for a miss), which stops
+    # copying once the values pass the reply limit; then the reply's two packed frames.
+    keys = protocol.unpack_bytes(*r.frames)
+    values = c.get_list(keys, r.max_reply_bytes)
+    present = [v for v in values if v is not None]
+    lengths = list(map(len, present))
+    if len(values) < len(keys):
+        _check_reply_bytes(r, r.max_reply_bytes + 1)  # type: ignore[operator]
+    _check_reply_bytes(r, sum(lengths))
+    return ([v is not None for v in values],
+            [struct.pack(f"<{len(lengths)}I", *lengths), b"".join(present)])
 
 
 def _check_reply_bytes(r: Request, reply_bytes: int) -> None:
@@ -313,11 +316,12 @@ def _check_reply_bytes(r: Request, reply_bytes: int) -> None:
 def _set_many(c: Cache, r: Request) -> Result:
     # Not atomic, as a loop of set() is not: the pairs before a failing one stay stored.
     ttl_s = _field(r, "ttl_s", None)
-    keys, values = protocol.unpack(*r.frames[:2]), protocol.unpack(*r.frames[2:])
+    keys, values = protocol.unpack_bytes(*r.frames[:2]), protocol.unpack(*r.frames[2:])
     if len(keys) != len(values):
         raise ProtocolError(f"set_many got {len(keys)} keys and {len(values)} values")
+    store = c.set  # the compiled writer's, bound once
     for key, value in zip(keys, values):
-        c.set(key.tobytes(), value, ttl_s=ttl_s)
+        store(key, value, ttl_s)
     return None, []
 
 

@@ -12,6 +12,7 @@ requests), so a reload never interrupts a request either.
 
 from __future__ import annotations
 
+import _signal
 import math
 import signal
 import socket
@@ -26,6 +27,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
 RELOAD_SIGNAL = signal.SIGHUP
 HANDLED_SIGNALS = (*STOP_SIGNALS, RELOAD_SIGNAL)
+# signal.pthread_sigmask turns the previous mask it returns into a set of Signals enums, ~2 us
+# a call; the loop sets the mask twice a wake-up, so it calls the C function underneath.
+_sigmask = _signal.pthread_sigmask
+_BLOCK, _UNBLOCK = int(signal.SIG_BLOCK), int(signal.SIG_UNBLOCK)
+_HANDLED = tuple(int(sig) for sig in HANDLED_SIGNALS)
 
 
 class StopSignals:
@@ -73,8 +79,12 @@ class StopSignals:
         signals deliverable; what is ready, the wake-up socket drained."""
         timeout_ms = -1 if math.isinf(wake_at_s) else \
             max(0, math.ceil((wake_at_s - time.monotonic()) * 1000))
-        with self.deliverable():
+        # the loop's hot path: the mask set by hand rather than by deliverable() (~1 us)
+        _sigmask(_UNBLOCK, _HANDLED)
+        try:
             ready = dict(poller.poll(timeout_ms))
+        finally:
+            _sigmask(_BLOCK, _HANDLED)
         if self.wakeup_fd in ready:
             self.drain()
         return ready
@@ -87,11 +97,11 @@ class StopSignals:
 
     @contextmanager
     def deliverable(self) -> Iterator[None]:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        _sigmask(_UNBLOCK, _HANDLED)
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            _sigmask(_BLOCK, _HANDLED)
 
     def drain(self) -> None:
         try:

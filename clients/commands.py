@@ -10,13 +10,15 @@ Arguments are checked here, with the engine's messages, before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress
 from typing import Any
 
 import numpy as np
 
 from shmkv.broker import protocol
 from shmkv.broker.protocol import Reply
-from shmkv.errors import RequestTooLarge
+from shmkv.errors import ProtocolError, RequestTooLarge
+from shmkv.layout import MAX_KEY_BYTES
 
 Decode = Callable[[Reply], Any]
 
@@ -39,11 +41,22 @@ def check_batch(count: int) -> None:
                               f"{protocol.MAX_BATCH_KEYS} per request; split it")
 
 
+def pack_keys(keys: Sequence[Any]) -> list[bytes]:
+    """The two frames of a batch of keys (protocol.pack), each key checked as key_frame does:
+    at once when they are all bytes, the usual case (a call per key is ~0.1 us a key)."""
+    if set(map(type, keys)) == {bytes} and max(map(len, keys)) <= MAX_KEY_BYTES:
+        return protocol.pack(keys)
+    return protocol.pack([protocol.key_frame(k) for k in keys])
+
+
 def found_values(keys: Sequence[Any], reply: Reply) -> dict[Any, bytes]:
     """{key: value} of get_many's reply, keys as given."""
-    values = iter(protocol.unpack(*reply.frames))
-    return {k: next(values).tobytes() for k, found in zip(keys, reply.result, strict=True)
-            if found}
+    found = reply.result
+    values = protocol.unpack_bytes(*reply.frames)
+    if type(found) is not list or len(found) != len(keys) or sum(found) != len(values):
+        raise ProtocolError(f"a get_many reply must say found or not for each of its "
+                            f"{len(keys)} keys and carry one value per key found")
+    return dict(zip(compress(keys, found), values))
 
 
 def set_many_frames(items: Mapping[Any, Any]) -> list[bytes]:
@@ -75,7 +88,7 @@ class Commands:
         """{key: value} of the keys that are present, in one request; keys as given."""
         keys = list(keys)
         check_batch(len(keys))
-        return self._do("get_many", protocol.pack([protocol.key_frame(k) for k in keys]),
+        return self._do("get_many", pack_keys(keys),
                         lambda r: found_values(keys, r))
 
     def get_array(self, key: str | bytes, default: Any = None) -> Any:

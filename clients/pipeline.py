@@ -18,7 +18,8 @@ from shmkv.errors import CacheClosed
 from .commands import Commands
 
 if TYPE_CHECKING:
-    from .remote import _Connection, _Sent
+    from .connection import Connection as _Connection
+    from .connection import _Sent
 
 
 class RemoteFuture:
@@ -39,9 +40,10 @@ class RemoteFuture:
 
 
 class Pipeline(Commands):
-    """The key commands of a RemoteCache (get, set, get_many, incr, ...), each sent at once
-    without waiting for its reply: each returns a RemoteFuture. Leaving `with` waits for the
-    replies still due; an exception leaving it abandons them."""
+    """The key commands of a RemoteCache (get, set, get_many, incr, ...), each queued to be
+    sent in a batch (remote.py's docstring) without waiting for its reply: each returns a
+    RemoteFuture. Leaving `with` sends what is queued and waits for the replies still due; an
+    exception leaving it abandons them."""
 
     def __init__(self, link: _Connection, collection_name: str) -> None:
         self._link = link
@@ -55,7 +57,7 @@ class Pipeline(Commands):
             raise CacheClosed("this pipeline has ended; start another with pipeline()")
         if self.collection_name:
             fields["coll"] = self.collection_name
-        sent = self._link.send(op, fields, frames)
+        sent = self._link.send(op, fields, frames, hold=True)
         self._sent.append(sent)
         return RemoteFuture(self._link, sent, decode)
 
@@ -65,6 +67,7 @@ class Pipeline(Commands):
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._closed = True
         if exc_type is None:
+            self._link.flush()
             self._link.settle(self._sent)
         else:
             self._link.abandon(self._sent)

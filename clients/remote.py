@@ -14,17 +14,20 @@ RemoteUnavailable. Each request carries an id; a reply with another id (the late
 request given up on) is discarded.
 
 Pipelining. A call waits for its reply before the next is sent: one round trip each. A
-pipeline sends without waiting, up to protocol.MAX_IN_FLIGHT requests in flight, and hands
-out futures:
+pipeline queues its requests and hands out futures:
 
     with cache.pipeline() as p:
         a, b = p.get("a"), p.set("b", b"2")
     a.result()                                # b"..." (or raises what that request raised)
 
-Replies are matched to requests by id and come in the order the requests were sent; an error
-in one request is raised by its own result() only. Leaving the `with` block waits for the
-replies still due (an exception leaving it abandons them: their late replies are dropped).
-get_many and set_many of more than BATCH_KEYS keys send their batches pipelined.
+A pipeline's requests go to a node that reads batches (broker/batches.py) as batches of up to
+connection.BATCH_REQUESTS requests in one message each (to an older node, a message each), up
+to protocol.MAX_IN_FLIGHT messages in flight: a batch is sent once that many are queued, when a
+result is asked for that was not sent yet, and when the pipeline ends. Replies are matched to
+requests by id; an error in one request is raised by its own result() only. Leaving the `with`
+block sends what is queued and waits for the replies still due (an exception leaving it
+abandons them: those not sent are not, and late replies are dropped). get_many and set_many of
+more than BATCH_KEYS keys send their parts pipelined.
 
 What that means for callers:
   * A retried request may have been applied already: its reply, not the request, may be what
@@ -61,7 +64,6 @@ that name is created again. maintain() and repair() are the node's business and 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -70,226 +72,22 @@ from typing import Any
 import zmq
 
 from shmkv.broker import protocol
-from shmkv.broker.auth import AUTH_HINT, CurveClient
+from shmkv.broker.auth import CurveClient
 from shmkv.broker.protocol import Reply
-from shmkv.clients.commands import Commands, check_batch, found_values, set_many_frames
-from shmkv.broker.handshake import HandshakeWatch
+from shmkv.clients.commands import (Commands, check_batch, found_values, pack_keys,
+                                    set_many_frames)
+from shmkv.clients.connection import Connection as _Connection
 from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
-from shmkv.clients.workers import choose_worker
-from shmkv.errors import CacheClosed, OutcomeUnknown, RemoteUnavailable, RequestTooLarge
+from shmkv.errors import CacheClosed
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7370"
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_RETRIES = 2
 _MISSING = object()
-# A request with a frame larger than this asks the node for its limits first (once): smaller
-# frames are under any node's max_message_bytes (an arena is at least 4 KiB, plus headroom).
-CHECK_LIMITS_ABOVE_BYTES = protocol.MESSAGE_HEADROOM_BYTES
 # Keys per batch message of get_many/set_many: larger batches go as several, pipelined, so
 # that the node works on one while the next travels (bench/bench_node.py measures both).
 BATCH_KEYS = 1000
-# Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
-_SNDMORE, _POLLIN = int(zmq.SNDMORE), int(zmq.POLLIN)
-
-
-class _Sent:
-    """A request in flight, and then its reply (or the error that stands for it)."""
-
-    __slots__ = ("id", "op", "message", "deadline", "attempts", "reply", "error")
-
-    def __init__(self, request_id: int, op: str, message: list[Any], attempts: int) -> None:
-        self.id, self.op, self.message = request_id, op, message
-        self.deadline = 0.0
-        self.attempts = attempts  # sends left, this one included
-        self.reply: Reply | None = None
-        self.error: Exception | None = None
-
-
-class _Connection:
-    """One DEALER socket to one node, shared by a RemoteCache and its collection handles, with
-    the requests in flight on it (one for a call, up to MAX_IN_FLIGHT for a pipeline)."""
-
-    def __init__(self, endpoint: str, timeout_s: float, retries: int,
-                 context: zmq.Context | None, curve: CurveClient | None = None) -> None:
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
-                or not 0 < timeout_s <= 3600:
-            raise ValueError("timeout_s must be a number of seconds, > 0 and at most an hour")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be an int >= 0")
-        self.endpoint = endpoint
-        self.timeout_s = float(timeout_s)
-        self.retries = retries
-        self.curve = curve
-        self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
-        self._watch: HandshakeWatch | None = None
-        self._last_id = 0
-        self._in_flight: dict[int, _Sent] = {}  # by id, in the order sent (= replies' order)
-        self._timeout_ms = max(1, round(self.timeout_s * 1000))
-        self._worker_chosen = False  # a node with workers: which one, at the first call
-        self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
-        self.closed = False
-        self._open()  # now: a malformed endpoint fails here, not at the first call
-
-    def _open(self) -> zmq.Socket:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.secure(sock)  # before connect: the handshake starts with it
-        watch = HandshakeWatch(sock)  # before connect too, or it could miss the handshake
-        try:
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            watch.close()
-            sock.close()
-            raise ValueError(f"cannot connect to {self.endpoint!r}: {exc.strerror} (an "
-                             "endpoint looks like tcp://host:port or ipc:///path)") from None
-        self._socket, self._watch = sock, watch
-        return sock
-
-    def _drop_socket(self) -> str | None:
-        """Close the socket; returns why its last handshake failed, if it did."""
-        self._node_limits = None  # the node may come back serving another region size
-        failure = None
-        if self._watch is not None:
-            failure = self._watch.failure()
-            self._watch.close()
-            self._watch = None
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        return failure
-
-    def close(self) -> None:
-        self._drop_socket()
-        self._in_flight.clear()
-        self.closed = True
-
-    def call(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> Reply:
-        """Send one request and return its reply; raise what an error reply carries."""
-        return self.wait(self.send(op, fields, frames))
-
-    def send(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> _Sent:
-        """Send a request now (once fewer than MAX_IN_FLIGHT are in flight) and return it
-        in flight: wait() gives its reply."""
-        if self.closed:
-            raise CacheClosed("this RemoteCache is closed; create a new one")
-        if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
-            self._choose_worker()
-        if frames:
-            largest = max(memoryview(f).nbytes for f in frames)
-            if largest > CHECK_LIMITS_ABOVE_BYTES:
-                self._check_message_bytes(op, largest)
-        while len(self._in_flight) >= protocol.MAX_IN_FLIGHT:
-            self._next_reply()
-        self._last_id += 1
-        request_id = self._last_id
-        fields["timeout_ms"] = self._timeout_ms
-        sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
-                     self.retries + 1 if op in protocol.RESENDABLE else 1)
-        self._transmit(sent)
-        self._in_flight[request_id] = sent
-        return sent
-
-    def _choose_worker(self) -> None:
-        """Ask the node (ping) for its workers and stick to one of them: a client's requests
-        stay in order on one worker (clients/workers.py says which)."""
-        self._worker_chosen = True  # the ping itself goes where the endpoint says
-        try:
-            chosen = choose_worker(self.endpoint, self.call("ping", {}).result)
-        except RemoteUnavailable:  # ask again at the next call
-            self._worker_chosen = False
-            raise
-        if chosen != self.endpoint:
-            self._drop_socket()
-            self.endpoint = chosen
-
-    def wait(self, sent: _Sent) -> Reply:
-        """The reply to a request sent; raise what an error reply carries, or
-        RemoteUnavailable. Replies to the requests sent before it are kept for their wait()."""
-        while sent.reply is None and sent.error is None:
-            if sent.id not in self._in_flight:  # abandoned, or the connection closed
-                raise CacheClosed("this request was abandoned: its pipeline or RemoteCache "
-                                  "was closed before its reply came")
-            self._next_reply()
-        if sent.error is not None:
-            raise sent.error
-        reply = sent.reply
-        if reply.error is not None:  # type: ignore[union-attr]
-            raise protocol.exception_from(reply)  # type: ignore[arg-type]
-        return reply  # type: ignore[return-value]
-
-    def settle(self, sent: Iterable[_Sent]) -> None:
-        """Take in the replies to these requests (their errors stay with them)."""
-        for each in sent:
-            while each.reply is None and each.error is None and each.id in self._in_flight:
-                self._next_reply()
-
-    def abandon(self, sent: Iterable[_Sent]) -> None:
-        """Forget requests in flight: their late replies are dropped as they come."""
-        for each in sent:
-            self._in_flight.pop(each.id, None)
-
-    def _transmit(self, sent: _Sent) -> None:
-        sock = self._socket or self._open()
-        message = sent.message
-        last = len(message) - 1
-        for i in range(last):  # frame by frame: cheaper than send_multipart
-            sock.send(message[i], _SNDMORE, copy=False)
-        sock.send(message[last], 0, copy=False)
-        sent.attempts -= 1
-        sent.deadline = time.monotonic() + self.timeout_s
-
-    def _next_reply(self) -> None:
-        """Take the next reply in (for whichever request in flight it answers), or handle the
-        timeout of the oldest request in flight."""
-        oldest = next(iter(self._in_flight.values()))
-        sock = self._socket or self._open()
-        left_ms = math.ceil((oldest.deadline - time.monotonic()) * 1000)
-        # zmq_poll, not sock.poll: that one builds a Poller each time (~5 us against ~1 us)
-        if left_ms <= 0 or not zmq.zmq_poll([(sock, _POLLIN)], left_ms):
-            self._timed_out()
-            return
-        # get_array's data is viewed, not copied: it comes as a zmq.Frame
-        reply = protocol.decode_reply(sock.recv_multipart(copy=oldest.op != "get_array"))
-        if reply.id is None and not reply.ok:  # a node that could not read the id answers
-            reply.id = oldest.id  # in order: this is the oldest one's reply
-        sent = self._in_flight.pop(reply.id, None)  # type: ignore[arg-type]
-        if sent is not None:  # else: the late reply to a request given up on
-            sent.reply = reply
-
-    def _timed_out(self) -> None:
-        """Lazy Pirate: the oldest request got no reply in time. A fresh socket; the requests
-        in flight are sent again on it if they have attempts left and may be (protocol.RESENDABLE),
-        in the order they were first sent, or fail with RemoteUnavailable."""
-        failure = self._drop_socket()
-        why = failure or (AUTH_HINT if self.curve is not None else
-                          "is the node running (shmkv serve)?")
-        for sent in list(self._in_flight.values()):
-            if sent.attempts > 0:
-                self._transmit(sent)
-                continue
-            del self._in_flight[sent.id]
-            if sent.op in protocol.RESENDABLE:
-                sent.error = RemoteUnavailable(
-                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s, "
-                    f"{self.retries + 1} attempt(s); {why}")
-            else:
-                sent.error = OutcomeUnknown(
-                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s; "
-                    f"not sent again, as a second {sent.op} may not do what the first did: it "
-                    f"may or may not have been applied (read the key to find out); {why}")
-
-    def _check_message_bytes(self, op: str, frame_bytes: int) -> None:
-        if self._node_limits is None:
-            self._node_limits = self.call("ping", {}).result.get("limits") or {}
-        cap = self._node_limits.get("max_message_bytes")
-        if type(cap) is int and frame_bytes > cap:
-            raise RequestTooLarge(
-                f"{op}: a frame of {frame_bytes} bytes is over the node's limit of {cap} bytes "
-                "per message (max_message_bytes, from its arena size); no value that large "
-                "fits its region: split it, or serve a region with a larger arena")
 
 
 def _connect(endpoint: str | Sequence[str], timeout_s: float, retries: int,
@@ -357,8 +155,7 @@ class RemoteCache(Commands):
         if len(keys) <= BATCH_KEYS:
             return super().get_many(keys)  # type: ignore[no-any-return]
         found: dict[Any, bytes] = {}
-        for part in self._batches("get_many", keys, lambda batch: protocol.pack(
-                [protocol.key_frame(k) for k in batch]),
+        for part in self._batches("get_many", keys, pack_keys,
                 lambda batch: lambda reply: found_values(batch, reply)):
             found.update(part)
         return found

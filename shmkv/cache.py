@@ -44,8 +44,8 @@ DEFAULT_ARENA_BYTES = 64 << 20
 DEFAULT_PROTECTED_PCT = 80  # of the arena, for entries read again since they came in
 READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
-_BOUND = ("get", "get_with_version", "get_many", "_contains", "set", "cas", "incr", "view",
-          "view_array", "delete")  # _bind
+_BOUND = ("get", "get_with_version", "get_many", "get_list", "_contains", "set", "cas", "incr",
+          "view", "view_array", "delete")  # _bind
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
@@ -135,6 +135,7 @@ class Cache(Upkeep):
         self.get = reader.get  # type: ignore[method-assign]
         self.get_with_version = reader.get_with_version  # type: ignore[method-assign]
         self.get_many = reader.get_many  # type: ignore[method-assign]
+        self.get_list = reader.get_list  # type: ignore[method-assign]
         self._contains = reader.contains  # type: ignore[method-assign]
         if writer is not None:
             self.set = writer.set  # type: ignore[method-assign]
@@ -287,6 +288,13 @@ class Cache(Upkeep):
         """{key: value} of the keys that are present (keys as given); each read is
         consistent on its own, not the set of them."""
         return self._reader.get_many(keys)  # type: ignore[no-any-return]
+
+    def get_list(self, keys: Iterable[str | bytes], max_bytes: int | None = None
+                 ) -> list[bytes | None]:
+        """[value or None], one per key in the keys' order: get_many without the dict (what
+        a node sends back, in order). Given max_bytes, the list ends early, with the value
+        that takes the values' bytes past it: a caller refusing that much copies one more."""
+        return self._reader.get_list(keys, max_bytes)  # type: ignore[no-any-return]
 
     def _contains(self, key: object) -> bool:
         return self._reader.contains(key)  # type: ignore[no-any-return]

@@ -126,6 +126,23 @@ class Reader:
                 found[key] = value
         return found
 
+    def get_list(self, keys: Iterable[Any], max_bytes: int | None = None
+                 ) -> list[bytes | None]:
+        if max_bytes is None:
+            return [self._read(key, None, False) for key in keys]
+        if max_bytes < 0:
+            raise ValueError("get_list(): max_bytes must be >= 0 or None")
+        found: list[bytes | None] = []
+        total_bytes = 0
+        for key in keys:
+            value = self._read(key, None, False)
+            found.append(value)
+            if value is not None:
+                total_bytes += len(value)
+                if total_bytes > max_bytes:  # this value is the last one copied
+                    break
+        return found
+
     def take_counts(self) -> tuple[int, int]:
         """(hits, misses) since the last call."""
         hits, misses = self._counts

@@ -1,4 +1,4 @@
-/* shmkv/_core_src/batch.c: Reader.get_many, the read of many keys at once.
+/* shmkv/_core_src/batch.c: Reader.get_many and Reader.get_list, the read of many keys at once.
  *
  * A get of a random key waits on three dependent cache (and TLB) misses: the key's slot, the
  * entry's header and key, the value. get_many overlaps them across keys (memory-level
@@ -15,7 +15,10 @@
  * changed meanwhile only makes a prefetch useless. Correctness is step 3's, get's own code.
  *
  * What a caller sees is exactly what a loop of get would give: {key as given: value} of the
- * keys present, in the keys' order, each key read and counted once per occurrence. A key that
+ * keys present, in the keys' order (get_list: a list of one value or None per key, in the
+ * keys' order, which is what a node sends back without building a dict first; given
+ * max_bytes, the list stops after the value that takes the values' bytes past it, so a node
+ * copies at most one value more than its reply limit before it refuses the batch), each key read and counted once per occurrence. A key that
  * cannot be coerced, or an iterator that raises, stops the batch where the loop would stop:
  * the keys before it are read and counted first, then the error is raised as it was (the only
  * difference being that up to BATCH_GROUP - 1 keys are coerced, and taken from the iterator,
@@ -126,16 +129,18 @@ prefetch_value(const Reader *self, const Pending *p)
 }
 
 PyObject *
-reader_get_many(Reader *self, PyObject *keys)
+reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
 {
+    Py_ssize_t total_bytes = 0;
+    int full = 0; /* get_list: the values read passed max_bytes, the list stops there */
     Pending group[BATCH_GROUP];
-    PyObject *it = NULL, *dict = PyDict_New();
+    PyObject *it = NULL, *dict = as_list ? PyList_New(0) : PyDict_New();
     if (!dict || !(it = PyObject_GetIter(keys))) {
         Py_XDECREF(dict);
         return NULL;
     }
     int last = 0;
-    while (!last) {
+    while (!last && !full) {
         /* 1. coerce and hash a group, prefetching each key's home slot */
         int n = 0;
         while (n < BATCH_GROUP) {
@@ -167,11 +172,19 @@ reader_get_many(Reader *self, PyObject *keys)
             prefetch_value(self, &group[k]);
         /* 3. read them in order, as get does */
         int k = 0, rc = 0;
-        for (; k < n && rc >= 0; k++) {
+        for (; k < n && rc >= 0 && !full; k++) {
             Pending *p = &group[k];
             PyObject *found = NULL;
             rc = reader_read_hashed(self, p->data, p->len, p->h, WANT_VALUE, &found);
-            if (rc > 0) {
+            if (as_list) {
+                if (rc > 0 && max_bytes >= 0 && PyBytes_Check(found)
+                    && (total_bytes += PyBytes_GET_SIZE(found)) > max_bytes)
+                    full = 1; /* this value is the last one copied */
+                if (rc >= 0)
+                    rc = PyList_Append(dict, rc > 0 ? found : Py_None);
+                Py_XDECREF(found);
+            }
+            else if (rc > 0) {
                 rc = PyDict_SetItem(dict, p->key, found);
                 Py_DECREF(found);
             }
@@ -182,9 +195,10 @@ reader_get_many(Reader *self, PyObject *keys)
             Py_XDECREF(group[k].owned);
             Py_DECREF(group[k].key);
         }
-        if (failed)
-            unstash(&error, rc >= 0); /* else the read's error is the one the loop would raise */
-        if (failed || rc < 0) {
+        if (failed) /* else the read's error is the one the loop would raise; a full list
+                       stopped before the key that failed */
+            unstash(&error, rc >= 0 && !full);
+        if ((failed && !full) || rc < 0) {
             Py_DECREF(it);
             Py_DECREF(dict);
             return NULL;

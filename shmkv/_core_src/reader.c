@@ -406,7 +406,31 @@ Reader_get_many(Reader *self, PyObject *keys)
 {
     if (mapped_enter(&self->map) < 0)
         return NULL;
-    PyObject *found = reader_get_many(self, keys); /* batch.c */
+    PyObject *found = reader_get_many(self, keys, 0, -1); /* batch.c */
+    mapped_leave(&self->map);
+    return found;
+}
+
+static PyObject *
+Reader_get_list(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t max_bytes = -1;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get_list() takes 1 or 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 2 && args[1] != Py_None) {
+        max_bytes = PyLong_AsSsize_t(args[1]);
+        if (max_bytes == -1 && PyErr_Occurred())
+            return NULL;
+        if (max_bytes < 0) {
+            PyErr_SetString(PyExc_ValueError, "get_list(): max_bytes must be >= 0 or None");
+            return NULL;
+        }
+    }
+    if (mapped_enter(&self->map) < 0)
+        return NULL;
+    PyObject *found = reader_get_many(self, args[0], 1, max_bytes); /* batch.c */
     mapped_leave(&self->map);
     return found;
 }
@@ -449,6 +473,10 @@ static PyMethodDef Reader_methods[] = {
      "contains(key): True if key is present and not expired (no value copy)."},
     {"get_many", (PyCFunction)Reader_get_many, METH_O,
      "get_many(keys): {key as given: value} of the keys that are present."},
+    {"get_list", (PyCFunction)(void (*)(void))Reader_get_list, METH_FASTCALL,
+     "get_list(keys, max_bytes=None): [value or None], one per key, in the keys' order; "
+     "shorter than keys if the values' bytes passed max_bytes (it ends with the value that "
+     "did)."},
     {"take_counts", (PyCFunction)Reader_take_counts, METH_NOARGS,
      "take_counts(): (hits, misses) counted since the last call, then zeroed."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS,

@@ -16,7 +16,7 @@ import zmq
 from node_process import dealer, running_node
 from tests_support import scrape
 
-from shmkv.broker import protocol
+from shmkv.broker import batches, protocol
 from shmkv.clients import RemoteCache
 from shmkv.errors import LockTimeout, RequestTooLarge, ValueTooLarge
 
@@ -217,3 +217,27 @@ def test_a_stopped_holder_of_the_arena_lock_does_not_stop_the_node_serving_reads
                 assert remote.get("k") == b"v"
             with pytest.raises(LockTimeout, match="arena lock"):
                 remote.set("new", b"v")
+
+
+@pytest.mark.multiprocess
+def test_a_request_parked_in_a_batch_holds_its_reply_and_the_requests_on_its_key(
+        region_name) -> None:
+    batch = batches.encode(batches.REQUEST_FORM, [
+        request(1, "set", [b"held", b"v"], timeout_ms=2000),  # parked: the lock is held
+        request(2, "get", [b"free"], timeout_ms=2000),        # another key: run at once
+        request(3, "get", [b"held"], timeout_ms=2000),        # its key: parked behind it,
+    ])                                                        # run once the set is answered
+    with running_node(region_name) as node, stopped_lock_holder(region_name, "held"), \
+            dealer(node.endpoint) as waiting, \
+            RemoteCache(node.endpoint, timeout_s=1.0, retries=0) as other:
+        waiting.send_multipart(batch)
+        served = 0
+        while not waiting.poll(0):  # the node serves others meanwhile
+            assert other.get(f"free{served}") is None
+            served += 1
+        frames = waiting.recv_multipart()
+        replies = [protocol.decode_reply(entry)
+                   for entry in batches.decode(frames, batches.REPLY_FORM)]
+        assert [(r.id, r.error) for r in replies] == \
+            [(1, "LockTimeout"), (2, None), (3, None)]
+        assert served > 10

@@ -9,12 +9,14 @@ import time
 
 import pytest
 from fake_node import FIRST_ID, FakeNode
+from fake_node import MAX_BATCH_REQUESTS as FAKE_BATCH_REQUESTS
 from node_process import running_node
 from tests_support import scrape
 
 import shmkv
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
+from shmkv.clients import connection
 from shmkv.clients import remote as remote_module
 
 WAIT_S = 10
@@ -133,3 +135,47 @@ def test_late_replies_to_abandoned_requests_are_dropped_also_after_a_reconnect()
     first = FIRST_ID
     assert [request_id for _, request_id, _ in node.received] == \
         [first, first + 1, first + 2, first + 2]
+
+
+def test_a_pipeline_to_a_node_that_reads_batches_sends_them_and_a_call_alone() -> None:
+    def answer(r: protocol.Request) -> list[protocol.Reply]:
+        return [protocol.Reply(r.id, True, [b"v%d" % r.id])]
+
+    per = min(connection.BATCH_REQUESTS, FAKE_BATCH_REQUESTS)  # the node's limit, if less
+    count = 2 * per + 3
+    with FakeNode([answer] * (count + 1), reads_batches=True) as node, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0) as remote:
+        with remote.pipeline() as p:
+            futures = [p.get(f"k{i}") for i in range(count)]
+        assert [f.result() for f in futures] == [b"v%d" % (FIRST_ID + i) for i in range(count)]
+        assert remote.get("alone") == b"v%d" % (FIRST_ID + count)
+    ids = list(range(FIRST_ID, FIRST_ID + count + 1))
+    assert node.messages == [ids[:per], ids[per:2 * per], ids[2 * per:-1], ids[-1:]]
+
+
+def test_a_timeout_sends_a_batch_again_without_the_requests_that_may_not_be() -> None:
+    script = [None, None, None,  # get, incr, get in one batch: no reply; then, again:
+              value_reply(b"first"), value_reply(b"third")]
+    with FakeNode(script, reads_batches=True) as node, \
+            RemoteCache(node.endpoint, timeout_s=0.2, retries=1) as remote:
+        with remote.pipeline() as p:
+            first, counted, third = p.get("a"), p.incr("n"), p.get("c")
+        assert first.result() == b"first" and third.result() == b"third"
+        with pytest.raises(shmkv.RemoteUnavailable, match="incr.*not sent again.*may or may not"):
+            counted.result()
+    get, incr, get2 = FIRST_ID, FIRST_ID + 1, FIRST_ID + 2
+    assert node.messages == [[get, incr, get2], [get, get2]]
+
+
+def test_a_result_asked_for_in_a_pipeline_sends_what_is_queued_first() -> None:
+    def answer(r: protocol.Request) -> list[protocol.Reply]:
+        return [protocol.Reply(r.id, True, [b"v"])]
+
+    with FakeNode([answer] * 3, reads_batches=True) as node, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0) as remote:
+        with remote.pipeline() as p:
+            a, b = p.get("a"), p.get("b")
+            assert b.result() == b"v"  # not sent yet: sends a and b, then waits
+            c = p.get("c")
+        assert (a.result(), c.result()) == (b"v", b"v")
+    assert node.messages == [[FIRST_ID, FIRST_ID + 1], [FIRST_ID + 2]]

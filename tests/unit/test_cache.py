@@ -374,3 +374,28 @@ def test_many_keys_keep_the_region_consistent(cache: shmkv.Cache) -> None:
     assert all(cache.get(f"key-{i}") == (None if i % 3 == 0 else b"v" * (i % 300))
                for i in range(5000))
     assert check_region(cache) == []
+
+
+def test_get_list_gives_one_value_or_none_per_key_in_the_keys_order(cache) -> None:
+    cache.set("a", b"1")
+    cache.set(b"b", b"22")
+    users = cache.collection("users")
+    users.set("a", b"in users")
+    assert cache.get_list(["b", b"missing", "a", b"a", "b"]) == [b"22", None, b"1", b"1", b"22"]
+    assert users.get_list(["a", "b"]) == [b"in users", None]
+    assert cache.get_list([]) == []
+    hits_before = cache.stats()["hits"]
+    cache.get_list(["a", "a"])
+    assert cache.stats()["hits"] == hits_before + 2  # each key read and counted, as get does
+
+
+def test_get_list_stops_after_the_value_that_passes_max_bytes(cache) -> None:
+    for key in "abcd":
+        cache.set(key, b"x" * 10)
+    assert cache.get_list(["a", "b", "c", "d"], 25) == [b"x" * 10] * 3
+    assert cache.get_list(["a", "missing", "b"], 20) == [b"x" * 10, None, b"x" * 10]
+    assert cache.get_list(["missing", "a"], 0) == [None, b"x" * 10]
+    with pytest.raises(ValueError, match="max_bytes"):
+        cache.get_list(["a"], -1)
+    with pytest.raises(TypeError):
+        cache.get_list(["a", 5])

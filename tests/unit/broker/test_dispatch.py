@@ -110,3 +110,13 @@ def test_publish_goes_through_the_region_on_the_root_handle(cache) -> None:
 
 def test_publish_refuses_what_cache_publish_refuses(cache) -> None:
     assert call(Dispatcher(cache), "publish", b"c" * 5000, b"m").error == "KeyTooLarge"
+
+
+def test_get_many_over_the_reply_limit_is_refused(cache) -> None:
+    for key in "abc":
+        cache.set(key, b"x" * 10)
+    d = Dispatcher(cache, {**protocol.limits_for(4 << 20), "max_reply_bytes": 25})
+    reply = call(d, "get_many", *protocol.pack([b"a", b"b", b"c"]))
+    assert reply.error == "RequestTooLarge" and "max_reply_bytes" in reply.message
+    reply = call(d, "get_many", *protocol.pack([b"a", b"missing", b"b"]))
+    assert reply.result == [True, False, True]

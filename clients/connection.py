@@ -1,0 +1,351 @@
+"""One RemoteCache connection to one node: a DEALER socket, the requests on it, their replies,
+timeouts and sending again (remote.py's docstring says what a caller sees).
+
+Requests are queued in order and sent by flush(): as a message each, or, to a node whose ping
+lists max_batch_requests, as batches of up to BATCH_REQUESTS requests in one message
+(broker/batches.py), at most MAX_IN_FLIGHT messages in flight. A call flushes at once (a batch
+of one is a message of its own); a pipeline flushes when BATCH_REQUESTS are queued, when a
+result is asked for that was not sent yet, and at its end. Replies are matched by id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import zmq
+
+from shmkv.broker import batches, protocol
+from shmkv.broker.auth import AUTH_HINT, CurveClient
+from shmkv.broker.handshake import HandshakeWatch
+from shmkv.broker.protocol import Reply
+from shmkv.clients.workers import choose_worker
+from shmkv.errors import CacheClosed, OutcomeUnknown, RemoteUnavailable, RequestTooLarge
+
+# A request with a frame larger than this asks the node for its limits first (once): smaller
+# frames are under any node's max_message_bytes (an arena is at least 4 KiB, plus headroom).
+CHECK_LIMITS_ABOVE_BYTES = protocol.MESSAGE_HEADROOM_BYTES
+# Requests per batch message, and their payload bytes at most: a batch is decoded whole before
+# the node runs its first request, so a few hundred keep both ends busy at once (the node runs
+# one batch while the next travels); under MESSAGE_HEADROOM_BYTES, a batch fits any node's
+# max_message_bytes. A request with a frame over SOLO_FRAME_BYTES goes in a message of its own
+# (a large value is not copied into a batch, and a get_array reply stays a view).
+BATCH_REQUESTS = 256
+BATCH_BYTES = 512 << 10
+SOLO_FRAME_BYTES = 64 << 10
+# Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
+_SNDMORE, _POLLIN = int(zmq.SNDMORE), int(zmq.POLLIN)
+
+
+class _Message:
+    """A message in flight: the requests it carries, and how many still await their reply."""
+
+    __slots__ = ("members", "left")
+
+    def __init__(self, members: list[_Sent]) -> None:
+        self.members, self.left = members, len(members)
+
+
+class _Sent:
+    """A request queued or in flight, and then its reply (or the error that stands for it)."""
+
+    __slots__ = ("id", "op", "message", "deadline", "attempts", "reply", "error", "sent_in",
+                 "payload_bytes", "solo")
+
+    def __init__(self, request_id: int, op: str, message: list[Any], attempts: int,
+                 payload_bytes: int, solo: bool) -> None:
+        self.id, self.op, self.message = request_id, op, message
+        self.deadline = 0.0
+        self.attempts = attempts  # sends left, this one included
+        self.reply: Reply | None = None
+        self.error: Exception | None = None
+        self.sent_in: _Message | None = None  # None: queued, not sent (yet, or again)
+        self.payload_bytes, self.solo = payload_bytes, solo
+
+
+class Connection:
+    """One DEALER socket to one node, shared by a RemoteCache and its collection handles, with
+    the requests queued and in flight on it."""
+
+    def __init__(self, endpoint: str, timeout_s: float, retries: int,
+                 context: zmq.Context | None, curve: CurveClient | None = None) -> None:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
+                or not 0 < timeout_s <= 3600:
+            raise ValueError("timeout_s must be a number of seconds, > 0 and at most an hour")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be an int >= 0")
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self.retries = retries
+        self.curve = curve
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._watch: HandshakeWatch | None = None
+        self._last_id = 0
+        # queued and in flight, by id, in the order queued (= the replies' order)
+        self._in_flight: dict[int, _Sent] = {}
+        self._queued: deque[_Sent] = deque()
+        self._messages = 0  # messages in flight with a reply still due
+        self._timeout_ms = max(1, round(self.timeout_s * 1000))
+        self._worker_chosen = False  # a node with workers: which one, at the first call
+        self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
+        self._batch_requests = 1  # per message: more once the node says it reads batches
+        self.closed = False
+        self._open()  # now: a malformed endpoint fails here, not at the first call
+
+    def _open(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.secure(sock)  # before connect: the handshake starts with it
+        watch = HandshakeWatch(sock)  # before connect too, or it could miss the handshake
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            watch.close()
+            sock.close()
+            raise ValueError(f"cannot connect to {self.endpoint!r}: {exc.strerror} (an "
+                             "endpoint looks like tcp://host:port or ipc:///path)") from None
+        self._socket, self._watch = sock, watch
+        return sock
+
+    def _drop_socket(self) -> str | None:
+        """Close the socket; returns why its last handshake failed, if it did."""
+        self._node_limits = None  # the node may come back serving another region size
+        failure = None
+        if self._watch is not None:
+            failure = self._watch.failure()
+            self._watch.close()
+            self._watch = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        return failure
+
+    def close(self) -> None:
+        self._drop_socket()
+        self._in_flight.clear()
+        self._queued.clear()
+        self._messages = 0
+        self.closed = True
+
+    def call(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> Reply:
+        """Send one request and return its reply; raise what an error reply carries."""
+        return self.wait(self.send(op, fields, frames))
+
+    def send(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = (),
+             hold: bool = False) -> _Sent:
+        """Queue a request and return it: wait() gives its reply. Sent now, or with the
+        queue's next batch if hold (a pipeline's), once fewer than MAX_IN_FLIGHT messages
+        are in flight."""
+        if self.closed:
+            raise CacheClosed("this RemoteCache is closed; create a new one")
+        if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
+            self._choose_worker()
+        payload_bytes, solo = 0, False
+        if len(frames) == 1 and type(frames[0]) is bytes \
+                and len(frames[0]) <= SOLO_FRAME_BYTES:  # a key: the usual request
+            payload_bytes = len(frames[0])
+        elif frames:
+            sizes = [memoryview(f).nbytes for f in frames]
+            largest, payload_bytes = max(sizes), sum(sizes)
+            if largest > CHECK_LIMITS_ABOVE_BYTES:
+                self._check_message_bytes(op, largest)
+            solo = largest > SOLO_FRAME_BYTES
+        self._last_id += 1
+        request_id = self._last_id
+        fields["timeout_ms"] = self._timeout_ms
+        sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
+                     self.retries + 1 if op in protocol.RESENDABLE else 1, payload_bytes, solo)
+        self._in_flight[request_id] = sent
+        if not hold and not self._queued and self._messages < protocol.MAX_IN_FLIGHT:
+            self._transmit([sent])  # a call, nothing queued: flush() would do just this
+            return sent
+        self._queued.append(sent)
+        if not hold or len(self._queued) >= self._batch_requests:
+            self.flush()
+            # a pipeline far ahead of its replies: take some in before queuing more
+            while len(self._queued) >= 2 * self._batch_requests:
+                self._next_reply()
+        return sent
+
+    def _choose_worker(self) -> None:
+        """Ask the node (ping) for its workers and stick to one of them: a client's requests
+        stay in order on one worker (clients/workers.py says which). The reply also says
+        whether the node reads batches."""
+        self._worker_chosen = True  # the ping itself goes where the endpoint says
+        try:
+            ping = self.call("ping", {}).result
+        except RemoteUnavailable:  # ask again at the next call
+            self._worker_chosen = False
+            raise
+        chosen = choose_worker(self.endpoint, ping)
+        limits = ping.get("limits") if isinstance(ping, dict) else None
+        most = limits.get("max_batch_requests") if isinstance(limits, dict) else None
+        if type(most) is int and most > 1:
+            self._batch_requests = min(most, BATCH_REQUESTS)
+        if chosen != self.endpoint:
+            self._drop_socket()
+            self.endpoint = chosen
+
+    def wait(self, sent: _Sent) -> Reply:
+        """The reply to a request queued; raise what an error reply carries, or
+        RemoteUnavailable. Replies to the requests before it are kept for their wait()."""
+        while sent.reply is None and sent.error is None:
+            if sent.id not in self._in_flight:  # abandoned, or the connection closed
+                raise CacheClosed("this request was abandoned: its pipeline or RemoteCache "
+                                  "was closed before its reply came")
+            self._next_reply()
+        if sent.error is not None:
+            raise sent.error
+        reply = sent.reply
+        if reply.error is not None:  # type: ignore[union-attr]
+            raise protocol.exception_from(reply)  # type: ignore[arg-type]
+        return reply  # type: ignore[return-value]
+
+    def settle(self, sent: Iterable[_Sent]) -> None:
+        """Take in the replies to these requests (their errors stay with them)."""
+        for each in sent:
+            while each.reply is None and each.error is None and each.id in self._in_flight:
+                self._next_reply()
+
+    def abandon(self, sent: Iterable[_Sent]) -> None:
+        """Forget requests queued or in flight: those queued are not sent, and the late
+        replies of the others are dropped as they come."""
+        for each in sent:
+            if self._in_flight.pop(each.id, None) is not None:
+                self._done(each)
+
+    def _done(self, sent: _Sent) -> None:
+        """sent is out of _in_flight: its message has one reply less due."""
+        message = sent.sent_in
+        if message is not None:
+            message.left -= 1
+            if not message.left:
+                self._messages -= 1
+
+    def flush(self) -> None:
+        """Send what is queued, in order, while fewer than MAX_IN_FLIGHT messages are in
+        flight: as batches, to a node that reads them, else a message each."""
+        queued, in_flight = self._queued, self._in_flight
+        while queued and self._messages < protocol.MAX_IN_FLIGHT:
+            first = queued.popleft()
+            if first.id not in in_flight:  # abandoned before it was sent
+                continue
+            group = [first]
+            if not first.solo:
+                payload_bytes, most = first.payload_bytes, self._batch_requests
+                while queued and len(group) < most:
+                    nxt = queued[0]
+                    if nxt.id not in in_flight:
+                        queued.popleft()
+                        continue
+                    if nxt.solo or payload_bytes + nxt.payload_bytes > BATCH_BYTES:
+                        break
+                    payload_bytes += nxt.payload_bytes
+                    group.append(queued.popleft())
+            self._transmit(group)
+
+    def _transmit(self, group: list[_Sent]) -> None:
+        sock = self._socket or self._open()
+        message = group[0].message if len(group) == 1 else \
+            batches.encode(batches.REQUEST_FORM, [sent.message for sent in group])
+        last = len(message) - 1
+        for i in range(last):  # frame by frame: cheaper than send_multipart
+            sock.send(message[i], _SNDMORE, copy=False)
+        sock.send(message[last], 0, copy=False)
+        deadline = time.monotonic() + self.timeout_s
+        in_flight = _Message(group)
+        for sent in group:
+            sent.attempts -= 1
+            sent.deadline = deadline
+            sent.sent_in = in_flight
+        self._messages += 1
+
+    def _next_reply(self) -> None:
+        """Take the next reply in (for whichever requests in flight it answers), send what is
+        queued if nothing older is in flight, or handle the timeout of the oldest request."""
+        oldest = next(iter(self._in_flight.values()))
+        if oldest.sent_in is None:  # queued: nothing before it is in flight
+            self.flush()
+            return
+        sock = self._socket or self._open()
+        left_ms = math.ceil((oldest.deadline - time.monotonic()) * 1000)
+        # zmq_poll, not sock.poll: that one builds a Poller each time (~5 us against ~1 us)
+        if left_ms <= 0 or not zmq.zmq_poll([(sock, _POLLIN)], left_ms):
+            self._timed_out()
+            return
+        # get_array's data is viewed, not copied: it comes as a zmq.Frame
+        frames = sock.recv_multipart(copy=oldest.op != "get_array" or
+                                     len(oldest.sent_in.members) > 1)
+        head = frames[0] if type(frames[0]) is bytes else frames[0].bytes
+        if batches.is_batch(head, batches.REPLY_FORM):
+            self._take_batch(batches.decode_replies([head, *frames[1:]]))
+        else:
+            reply = protocol.decode_reply(frames)
+            if reply.id is None and not reply.ok:  # a node that could not read the id
+                # answers in order: this is the oldest message's reply, all of it
+                for sent in oldest.sent_in.members:
+                    self._take(sent.id, Reply(sent.id, error=reply.error,
+                                              message=reply.message))
+            else:
+                self._take(reply.id, reply)  # type: ignore[arg-type]
+        if self._queued:
+            self.flush()
+
+    def _take_batch(self, replies: list[Reply]) -> None:
+        """A batch's replies: by id, or by position for one whose id the node could not read
+        (batches.py), in the message that the others' ids name."""
+        message = next((self._in_flight[r.id].sent_in for r in replies
+                        if r.id in self._in_flight), None)
+        for at, reply in enumerate(replies):
+            if reply.id is None and message is not None and at < len(message.members):
+                reply.id = message.members[at].id
+            self._take(reply.id, reply)  # type: ignore[arg-type]
+
+    def _take(self, request_id: int, reply: Reply) -> None:
+        sent = self._in_flight.pop(request_id, None)
+        if sent is not None:  # else: the late reply to a request given up on
+            sent.reply = reply
+            self._done(sent)
+
+    def _timed_out(self) -> None:
+        """Lazy Pirate: the oldest request got no reply in time. A fresh socket; the requests
+        in flight are sent again on it if they have attempts left and may be
+        (protocol.RESENDABLE), in the order they were first sent, or fail with
+        RemoteUnavailable."""
+        failure = self._drop_socket()
+        why = failure or (AUTH_HINT if self.curve is not None else
+                          "is the node running (shmkv serve)?")
+        self._messages = 0
+        again: deque[_Sent] = deque()
+        for sent in list(self._in_flight.values()):
+            if sent.sent_in is None or sent.attempts > 0:  # queued, or may go again
+                sent.sent_in = None
+                again.append(sent)
+                continue
+            del self._in_flight[sent.id]
+            if sent.op in protocol.RESENDABLE:
+                sent.error = RemoteUnavailable(
+                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s, "
+                    f"{self.retries + 1} attempt(s); {why}")
+            else:
+                sent.error = OutcomeUnknown(
+                    f"no reply from {self.endpoint} to {sent.op} within {self.timeout_s} s; "
+                    f"not sent again, as a second {sent.op} may not do what the first did: it "
+                    f"may or may not have been applied (read the key to find out); {why}")
+        self._queued = again
+        self.flush()
+
+    def _check_message_bytes(self, op: str, frame_bytes: int) -> None:
+        if self._node_limits is None:
+            self._node_limits = self.call("ping", {}).result.get("limits") or {}
+        cap = self._node_limits.get("max_message_bytes")
+        if type(cap) is int and frame_bytes > cap:
+            raise RequestTooLarge(
+                f"{op}: a frame of {frame_bytes} bytes is over the node's limit of {cap} bytes "
+                "per message (max_message_bytes, from its arena size); no value that large "
+                "fits its region: split it, or serve a region with a larger arena")
