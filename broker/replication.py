@@ -1,5 +1,6 @@
 """Replication to peer hosts: a replica keeps a full copy of its primary's region in its own
-shared memory, by comparing stripes, then the digests of their slot ranges.
+shared memory, from the keys the event rings name (hints) where they are known to be exact,
+else by comparing stripes, then the digests of their slot ranges.
 
 Roles
 -----
@@ -12,12 +13,13 @@ replica  `shmkv serve --replica-of ENDPOINT`: creates its region as a clone of t
          version means the same), fences it (writable_until_ns in the past and the primary's
          endpoint in the header: every local write raises ReadOnlyReplica naming it; the
          node's write requests too), syncs every stripe once (READY=1 only then; STATUS=
-         shows the stripes done), then loops every SYNC_INTERVAL_S.
+         shows the stripes done), then asks for what moved, in pushed rounds: the primary
+         parks the request until something moves (at most LONG_POLL_S).
 
 Wire format (ZeroMQ multipart; the replica's DEALER sends requests, the primary's ROUTER
 answers each with one message, in order)
 -----------------------------------------------------------------------------------------
-    frame 0   TAG = b"SHMKV-REPL/2"   magic and version: another tag gets an error reply
+    frame 0   TAG = b"SHMKV-REPL/3"   magic and version: another tag gets an error reply
     frame 1   header, JSON object     "op", "id" (echoed in the reply), the op's fields
     frame 2   data                    digests or records, as the op says
 
@@ -28,13 +30,22 @@ answers each with one message, in order)
     psync     repl_id, offset  mode ("partial" or "full"), changes (the counters to start
                                from, or null: compare every stripe), repl_id, offset,
                                region_id (broker/repl_source.py: the history)
-    counters  replica,         changes, writes: per-stripe counters (lists); offset (their
-              applied          sum), repl_id; region_id (a replica stops following another
-                               region than hello's: a primary restarted empty never wipes
-                               it); collections: [index, generation, name] of each live
-                               named collection. The request says who asks (a name per
-                               replica process) and the offset of its last complete round
-                               (WAIT and --min-replicas-to-write count on it)
+    changes   replica,         changes, writes: per-stripe counters (lists, time T); offset
+              applied,         (their sum), repl_id; region_id (a replica stops following
+              synced,          another region than hello's: a primary restarted empty never
+              wait_ms          wipes it); moved: [stripe, changes, writes, size] of each
+                               stripe whose counter differs from synced[stripe], both
+                               counters read under its lock after T; size >= 0: the next
+                               size bytes of data are the records of the keys changed since
+                               synced[stripe] (a tombstone, version 0 and no value, for a key
+                               that is gone), size -1: compare its digests; collections:
+                               [index, generation, name] of each live named collection, read
+                               after the records. The request says who asks (a name per
+                               replica process), the offset of its last complete round
+                               (WAIT and --min-replicas-to-write count on it), each stripe's
+                               counter at its last sync (-1: none), and how long the primary
+                               may park it while no stripe moved (0: answer now; at most
+                               repl_source.MAX_WAIT_MS)
     digests   stripe           stripe, + data: the stripe's slot-range digests
                                (shmkv/repl_digest.py: n_ranges u64, computed under its lock)
     stripe    stripe, ranges   stripe, done, records, + data: the first chunk of the entries
@@ -48,8 +59,17 @@ key's revision under etcd, else 0). A replica refuses a reply of an older epoch 
 region's (StaleEpoch: counted, said on stdout, the connection dropped, the round failed, so
 nothing of it is applied) and writes a newer one into its region's header.
 
-A replica that waits longer than REQUEST_TIMEOUT_S for a reply drops its socket (and any late
-reply with it) and starts a new round on a new one: request and reply never get out of step.
+A replica that waits longer than REQUEST_TIMEOUT_S for a reply (LONG_POLL_S more for a parked
+`changes`) drops its socket (and any late reply with it) and starts a new round on a new one:
+request and reply never get out of step.
+
+Pushed rounds. A replica sends `changes` with wait_ms = LONG_POLL_S and returns to its node's
+loop, which polls the replica's socket with the others: the node keeps answering its own
+requests. The primary parks the request (its routing id kept, never blocking its loop) while
+no stripe's counter differs from the replica's synced ones; its loop then looks at the counters
+every repl_source.PUSH_POLL_S (a local write to shared memory wakes no node) and answers as soon
+as one moved, or after wait_ms with nothing moved. The replica applies the reply and sends the
+next request at once; its report of what it applied rides on it.
 
 Convergence
 -----------
@@ -70,8 +90,28 @@ stripe again. Once writes pause for a round, every stripe equals the primary's. 
 complete round the replica writes the primary's repl_id and the offset of that round (the sum
 of the counters seen at T) into its region's header: every change the primary had made by T
 is applied (a later change may be too). A replica that starts, or whose round failed, first
-asks psync (broker/repl_source.py) which counters to start from. Nothing relies on the event
-rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
+asks psync (broker/repl_source.py) which counters to start from.
+
+Hints (broker/repl_hints.py). The primary's node tails the event rings with one EventReader
+(for its subscribers); the Source observes it. For a moved stripe the primary takes the
+stripe's lock, reads its ring up to the head (EventReader.catch_up), reads its counters and
+closes the stripe's interval there: the counter and the events are taken at the same point of
+the stripe's history, since writers bump the counter and append the event under that lock. An
+interval is exact when no event was lost and the counter moved by exactly the number of
+keyspace events in it (every event comes with a bump, so equal counts leave no bump unnamed).
+If every interval since the replica's synced counter is exact, the primary sends, read under
+the same lock, the current record of each key named (a tombstone if gone; expired entries
+included), and the replica applies them (tombstones first, across the reply, so that its
+writes find the room the primary freed) and records that counter: every key that changed after
+its synced counter was named and is now exact, the others had not changed. Otherwise (a ring
+overrun, a TTL change or a repair, which bump without an event, events off while no node ran,
+more than MAX_HINT_KEYS keys, MAX_HINT_BYTES of records in the reply) the stripe is compared by
+its digests as above, from the counter read under the lock, which is a mark: the next round can
+be hinted again. A record naming a collection the replica does not have yet leaves the stripe
+unrecorded (the next round sends it again). Nothing relies on the rings being complete: a gap
+only costs a digest comparison. A replica whose own writes evicted (its arena fragmented
+otherwise than the primary's) compares every stripe in its next round: what went may be of any
+stripe.
 
 Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
 range_digests: 14 ms per 1M entries), one digest reply (8 bytes a range, ~8 slots a range),
@@ -122,8 +162,10 @@ from .repl_wire import TAG, message, parse
 __all__ = ["TAG", "HandshakeRefused", "Replica", "Source", "StaleEpoch", "Stopped",
            "curve_client"]
 
-# How often a replica asks for the counters: the lag of an idle replica, at one small request
-SYNC_INTERVAL_S = 0.01
+# How long a replica's `changes` request waits at the primary for something to move: the
+# primary answers at once when it does, and at the latest after this (so that a dead link is
+# noticed within LONG_POLL_S + REQUEST_TIMEOUT_S, and the replica reports its position)
+LONG_POLL_S = 1.0
 REQUEST_TIMEOUT_S = 5.0
 RETRY_S = 0.5  # after a failed round
 
@@ -143,6 +185,9 @@ class HandshakeRefused(RemoteUnavailable):
     """The primary's CurveZMQ handshake failed: it refused this replica's key, or it is not
     the key this replica expects, or one side speaks no CURVE. Nothing was exchanged."""
 
+
+# What fails a round (said once per cause, then tried again after RETRY_S)
+_ROUND_ERRORS = (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError)
 
 _CURVE_SETTINGS = ("repl_curve_server_key", "repl_curve_client_cert")
 
@@ -168,6 +213,11 @@ class Replica:
         self._wait = wait  # poll, with stop signals deliverable; False once one arrived
         self.curve = curve_client(config)
         self._socket: zmq.Socket | None = None
+        # told (socket, True) when a socket is made and (socket, False) before it is closed:
+        # the node's poller watches it for the replies to the pushed rounds (roles.py)
+        self.watch: Callable[[zmq.Socket, bool], object] = lambda socket, on: None
+        self._polling: int | None = None  # the id of the `changes` request parked upstream
+        self._poll_deadline = 0.0
         self._watch: HandshakeWatch | None = None  # why the primary does not answer, if CURVE
         self._id = 0
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
@@ -181,6 +231,9 @@ class Replica:
         self.rounds = 0
         self.ranges_compared = 0  # digest ranges compared, and found to differ (then read)
         self.ranges_sent = 0
+        self.stripes_hinted = 0  # stripes synced from the primary's hints, and by digests
+        self.stripes_compared = 0
+        self.self_evictions = 0  # rounds whose writes evicted (every stripe compared again)
         self.full_resyncs = self.partial_resyncs = 0
         self.epoch_refusals = 0
         self.region_id = 0  # the primary region's, from hello
@@ -254,6 +307,7 @@ class Replica:
             self._watch = HandshakeWatch(sock)  # before connect too, not to miss it
         sock.connect(self.primary)
         self._socket = sock
+        self.watch(sock, True)
 
     def _check_handshake(self) -> None:
         """A refused handshake is told from a silent primary at once (the monitor says so):
@@ -276,7 +330,9 @@ class Replica:
         if self._watch is not None:
             self._watch.close()  # before its socket
             self._watch = None
+        self._polling = None  # its reply, if any, goes with the socket
         if self._socket is not None:
+            self.watch(self._socket, False)
             self._socket.close()
             self._socket = None
 
@@ -328,15 +384,71 @@ class Replica:
                 raise Stopped()
 
     # --- rounds -----------------------------------------------------------------------
+    @property
+    def socket(self) -> zmq.Socket | None:
+        return self._socket
+
     def due(self) -> float:
-        return self._next
+        return self._poll_deadline if self._polling is not None else self._next
 
     def tick(self) -> None:
+        """Due: send the next `changes` request (the primary parks it until something moves),
+        or give up on one that was not answered in time."""
+        if self._polling is not None:  # no reply within LONG_POLL_S + REQUEST_TIMEOUT_S
+            self._failed(RemoteUnavailable(f"the primary {self.primary} did not answer within "
+                                           f"{LONG_POLL_S + REQUEST_TIMEOUT_S} s"))
+            return
         try:
-            ok = self.round()
+            self._send_poll()
         except Stopped:  # the node's loop sees the signal and stops
-            ok = False
-        self._next = time.monotonic() + (SYNC_INTERVAL_S if ok else RETRY_S)
+            self._next = time.monotonic() + RETRY_S
+        except _ROUND_ERRORS as exc:
+            self._failed(exc)
+
+    def _send_poll(self) -> None:
+        if self._resync:
+            self._psync()
+        if self._socket is None:
+            self._connect()
+        assert self._socket is not None
+        self._id += 1
+        self._socket.send_multipart(message({**self._changes_request(), "id": self._id,
+                                             "wait_ms": int(LONG_POLL_S * 1000)}))
+        self._polling = self._id
+        self._poll_deadline = time.monotonic() + LONG_POLL_S + REQUEST_TIMEOUT_S
+
+    def service(self) -> None:
+        """The socket is readable: the reply to the parked request (a late reply to another
+        is dropped). The round is applied, and the next request sent at once."""
+        while self._socket is not None and self._polling is not None:
+            try:
+                reply, data = parse(self._socket.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ShmKVError, ValueError) as exc:
+                self._failed(exc)
+                return
+            if reply.get("id") != self._polling:
+                continue
+            self._polling = None
+            try:
+                self._check_epoch(reply.get("epoch", 0))
+                if not reply.get("ok"):
+                    raise ShmKVError(f"the primary {self.primary} refused changes: "
+                                     f"{reply.get('error')}: {reply.get('message')}")
+                self._apply(reply, data)
+            except Stopped:
+                self._next = time.monotonic() + RETRY_S
+                return
+            except _ROUND_ERRORS as exc:
+                self._failed(exc)
+                return
+            self._succeeded()
+            self.tick()
+
+    def _changes_request(self) -> dict[str, Any]:
+        return {"op": "changes", "replica": self.name, "applied": self.applied,
+                "synced": [-1 if n is None else n for n in self.synced]}
 
     def _check_region(self, region_id: int) -> None:
         if region_id != self.region_id:
@@ -369,46 +481,85 @@ class Replica:
         self._resync = False
 
     def round(self, progress: bool = False) -> bool:
-        """One round (see the module docstring); False if it failed (said on stderr once)."""
+        """One round, asked and applied at once (the first sync; see the module docstring);
+        False if it failed (said on stderr once)."""
         assert self.applier is not None and self.cache is not None
         try:
             if self._resync:
                 self._psync()
-            reply, _ = self._request({"op": "counters", "replica": self.name,
-                                      "applied": self.applied})
-            self._check_region(reply["region_id"])
-            changes, writes = reply["changes"], reply["writes"]
-            self.seen = changes
-            self.primary_offset = reply["offset"]
-            self.applier.sync_collections([tuple(c) for c in reply["collections"]])
-            moved = [s for s, n in enumerate(changes) if self.synced[s] != n]
-            for done, stripe in enumerate(self._sync_stripes(moved, writes)):
-                self.synced[stripe] = changes[stripe]
-                if progress:
-                    self.status(f"replica of {self.primary}: first sync, stripe {done + 1} of "
-                                f"{len(moved)}")
-            RP.set_position(self.cache._region, reply["repl_id"], reply["offset"])
-            self.applied = reply["offset"]
+            self._apply(*self._request(self._changes_request()), progress=progress)
         except Stopped:
             raise
-        except (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError) as exc:
-            self._drop_socket()
-            self._resync = True
-            # said once per cause (a primary restarting costs a timeout, then may say why it
-            # cannot be followed), and every refused epoch
-            if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
-                self.emit("replication_refused" if isinstance(exc, HandshakeRefused) else
-                          "replication_failed", error=type(exc).__name__, message=str(exc))
-            self._failing = type(exc).__name__
+        except _ROUND_ERRORS as exc:
+            self._failed(exc)
             return False
+        self._succeeded()
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self._drop_socket()
+        self._resync = True
+        self._next = time.monotonic() + RETRY_S
+        # said once per cause (a primary restarting costs a timeout, then may say why it
+        # cannot be followed), and every refused epoch
+        if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
+            self.emit("replication_refused" if isinstance(exc, HandshakeRefused) else
+                      "replication_failed", error=type(exc).__name__, message=str(exc))
+        self._failing = type(exc).__name__
+
+    def _succeeded(self) -> None:
         if self._failing:
             self.emit("replication_resumed", primary=self.primary)
         self._failing = ""
         self.last_sync_ns = time.time_ns()
         self.rounds += 1
-        return True
 
-    def _sync_stripes(self, moved: list[int], writes: list[int]) -> Iterator[int]:
+    def _apply(self, reply: dict[str, Any], data: bytes, progress: bool = False) -> None:
+        """Apply a `changes` reply: the hinted stripes' records, then the digest comparison
+        of the other stripes that moved; record the position."""
+        assert self.applier is not None and self.cache is not None
+        self._check_region(reply["region_id"])
+        changes = reply["changes"]
+        self.seen = changes
+        self.primary_offset = reply["offset"]
+        self.applier.sync_collections([tuple(c) for c in reply["collections"]])
+        applier, region = self.applier, self.cache._region
+        compare: list[tuple[int, int, int]] = []
+        hinted: list[tuple[int, int, int, memoryview]] = []
+        at = 0
+        for stripe, counter, written, size in reply["moved"]:
+            if size < 0:
+                compare.append((stripe, counter, written))
+                continue
+            chunk = memoryview(data)[at:at + size]
+            at += size
+            # else a collection it names is not in the table yet: the next round again
+            if applier.can_apply(chunk):
+                hinted.append((stripe, counter, written, chunk))
+        evicted = region.q[L.H_EVICTIONS >> 3]
+        for stripe, _, _, chunk in hinted:  # removals first: the room the primary reused
+            applier.remove_tombstoned(stripe, chunk)
+        for stripe, counter, written, chunk in hinted:
+            applier.upsert_hinted(stripe, chunk, written)
+            self.synced[stripe] = counter
+        self.stripes_hinted += len(hinted)
+        self.stripes_compared += len(compare)
+        counters = {stripe: counter for stripe, counter, _ in compare}
+        writes = {stripe: written for stripe, _, written in compare}
+        for done, stripe in enumerate(self._sync_stripes(list(counters), writes)):
+            self.synced[stripe] = counters[stripe]
+            if progress:
+                self.status(f"replica of {self.primary}: first sync, stripe {done + 1} of "
+                            f"{len(counters)}")
+        if region.q[L.H_EVICTIONS >> 3] != evicted:
+            # its writes made room on their own (another fragmentation than the primary's):
+            # what went may be of any stripe, so every stripe is compared next round
+            self.self_evictions += 1
+            self.synced = [None] * len(self.synced)
+        RP.set_position(region, reply["repl_id"], reply["offset"])
+        self.applied = reply["offset"]
+
+    def _sync_stripes(self, moved: list[int], writes: dict[int, int]) -> Iterator[int]:
         """Make each stripe equal to the primary's, yielding each once done: compare the
         digests of its slot ranges, read only the ranges that differ."""
         assert self.applier is not None and self.cache is not None
@@ -430,21 +581,30 @@ class Replica:
                 yield stripe
         firsts = self._requests([{"op": "stripe", "stripe": s, "ranges": r} for s, r in work])
         for (stripe, ranges), first in zip(work, firsts):
-            seen: dict[tuple[int, bytes], int] = {}
+            chunks: list[bytes] = []
             reply, data = first
             while True:
                 if reply.get("stripe") != stripe:
                     raise ProtocolError(f"asked for stripe {stripe}, got {reply.get('stripe')}")
                 if data:
-                    self.applier.apply_chunk(stripe, data, seen)
+                    chunks.append(data)
                 if reply["done"]:
                     break
                 reply, data = self._request({"op": "next", "stripe": stripe})
-            self.applier.end_stripe(stripe, seen, writes[stripe], ranges)
+            # what the primary no longer has goes first: the upserts then find the room it
+            # freed, and the replica's own writes do not evict (see _apply)
+            listed = {(coll, key): version for chunk in chunks
+                      for coll, _, _, version, key, _ in RP.records(chunk)}
+            self.applier.end_stripe(stripe, listed, writes[stripe], ranges)
+            seen: dict[tuple[int, bytes], int] = {}
+            for chunk in chunks:
+                self.applier.apply_chunk(stripe, chunk, seen)
+            self.applier.upsert_hinted(stripe, b"", writes[stripe])  # the writes counter
             yield stripe
 
     def state(self) -> dict[str, Any]:
-        behind = [s for s, n in enumerate(self.seen) if self.synced[s] != n]
+        behind = [s for s, n in enumerate(self.seen) if (self.synced[s] or 0) < n
+                  or self.synced[s] is None]
         epoch = self.cache._region.q[L.H_REPL_EPOCH >> 3] if self.cache is not None else 0
         return {"role": "replica", "primary": self.primary,
                 "last_sync_age_s": round((time.time_ns() - self.last_sync_ns) / 1e9, 3)
@@ -454,7 +614,9 @@ class Replica:
                 "offset": self.applied, "epoch": epoch,
                 "repl_id": RP.repl_id(self.cache._region) if self.cache is not None else "",
                 "rounds": self.rounds, "ranges_compared": self.ranges_compared,
-                "ranges_sent": self.ranges_sent, "full_resyncs": self.full_resyncs,
+                "ranges_sent": self.ranges_sent, "stripes_hinted": self.stripes_hinted,
+                "stripes_compared": self.stripes_compared,
+                "self_evictions": self.self_evictions, "full_resyncs": self.full_resyncs,
                 "partial_resyncs": self.partial_resyncs, "epoch_refusals": self.epoch_refusals,
                 "failing": bool(self._failing)}
 
