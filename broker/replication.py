@@ -75,67 +75,65 @@ Convergence
 -----------
 Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone, with
 or without a node running) bumps the stripe's `changes` counter under its lock. A round fetches
-the counters and the collection table (time T), copies the table (by index: keys are hashed
-with their collection's index), then for each stripe whose counter differs from the one
-recorded at its last sync: asks for the digests of the stripe's slot ranges (taken under the
-primary's stripe lock, after T), computes its own (its region changes only by this replicator),
-and for the ranges that differ reads the primary's entries of those ranges and makes its
-ranges equal to what it read (upsert what differs in version, expiry, kind or length, with the
-primary's version; remove what is not listed); then it records the counter seen at T. A range
-whose digests agree holds the same entries on both sides (up to a 64-bit digest collision,
-repl_digest.py). A key nobody touches during the read is read exactly (snapshot.py's
-argument); one that changes after T may come out at an old value or be compared at an old
-digest, but its change moved the counter past the recorded one, so the next round looks at the
-stripe again. Once writes pause for a round, every stripe equals the primary's. After a
-complete round the replica writes the primary's repl_id and the offset of that round (the sum
-of the counters seen at T) into its region's header: every change the primary had made by T
-is applied (a later change may be too). A replica that starts, or whose round failed, first
-asks psync (broker/repl_source.py) which counters to start from.
+the counters (time T), each moved stripe's counter again under its lock (after T), and the
+collection table, copies the table (by index: keys are hashed with their collection's index),
+then for each stripe whose counter differs from the one recorded at its last sync: asks for the
+digests of the stripe's slot ranges (taken under the primary's stripe lock, after T), computes
+its own (its region changes only by this replicator), and for the ranges that differ reads the
+primary's entries of those ranges and makes its ranges equal to what it read (upsert what
+differs in version, expiry, kind or length, with the primary's version; remove what is not
+listed); then it records the counter read under the lock, before the digests were taken (call
+that time T too for the stripe). A range whose digests agree holds the same entries on both
+sides (up to a 64-bit digest collision, repl_digest.py). A key nobody touches during the read
+is read exactly (snapshot.py's argument); one that changes after T may come out at an old value
+or be compared at an old digest, but its change moved the counter past the recorded one, so the
+next round looks at the stripe again. Once writes pause for a round, every stripe equals the
+primary's. After a complete round the replica writes the primary's repl_id and the offset of
+that round (the sum of the counters seen at T) into its region's header: every change the
+primary had made by T is applied (a later change may be too). A replica that starts, or whose
+round failed, first asks psync (broker/repl_source.py) which counters to start from.
 
-Hints (broker/repl_hints.py). The primary's node tails the event rings with one EventReader
-(for its subscribers); the Source observes it. For a moved stripe the primary takes the
-stripe's lock, reads its ring up to the head (EventReader.catch_up), reads its counters and
-closes the stripe's interval there: the counter and the events are taken at the same point of
-the stripe's history, since writers bump the counter and append the event under that lock. An
-interval is exact when no event was lost and the counter moved by exactly the number of
-keyspace events in it (every event comes with a bump, so equal counts leave no bump unnamed).
-If every interval since the replica's synced counter is exact, the primary sends, read under
-the same lock, the current record of each key named (a tombstone if gone; expired entries
-included), and the replica applies them (tombstones first, across the reply, so that its
-writes find the room the primary freed) and records that counter: every key that changed after
-its synced counter was named and is now exact, the others had not changed. Otherwise (a ring
-overrun, a TTL change or a repair, which bump without an event, events off while no node ran,
-more than MAX_HINT_KEYS keys, MAX_HINT_BYTES of records in the reply) the stripe is compared by
-its digests as above, from the counter read under the lock, which is a mark: the next round can
-be hinted again. A record naming a collection the replica does not have yet leaves the stripe
-unrecorded (the next round sends it again). Nothing relies on the rings being complete: a gap
-only costs a digest comparison. A replica whose own writes evicted (its arena fragmented
-otherwise than the primary's) compares every stripe in its next round: what went may be of any
-stripe.
+Hints (broker/repl_hints.py, whose docstring has the argument). For a moved stripe the
+primary takes the stripe's lock, reads its ring up to the head (the node's one EventReader:
+catch_up), reads its counters and closes the stripe's interval there. If every interval since
+the replica's synced counter is exact (the counter moved by exactly the keyspace events named,
+none lost), it sends the current record of each key named, read under the same lock (a
+tombstone if gone; expired entries included); the replica applies them (tombstones first,
+across the reply, so that its writes find the room the primary freed) and records that
+counter: every key changed after its synced counter was named and is now exact, the others had
+not changed. Otherwise (a ring overrun, a TTL change or a repair, which bump without an event,
+events off while no node ran, more than repl_source.MAX_HINT_KEYS keys or MAX_HINT_BYTES of
+records in the reply) the stripe is compared by its digests as above, from the counter read
+under the lock, which is a mark: the next round can be hinted again. A record naming a
+collection the replica does not have yet leaves the stripe unrecorded (sent again next round).
+A gap in the rings only costs a digest comparison. A replica whose own writes evicted (its
+arena fragmented otherwise than the primary's) compares every stripe in its next round.
 
-Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
-range_digests: 14 ms per 1M entries), one digest reply (8 bytes a range, ~8 slots a range),
-and the entries of the differing ranges only, instead of the whole stripe: a few writes among
-1M keys send a few ranges of ~6-15 entries each. A round pipelines its requests (all digests,
-then all first reads): a few round trips through both nodes' loops, not a few per stripe.
-Measured (bench/results/replication-vm-20261130.md, 100k keys, a loaded 2-core VM): lag 59 ms
-median at 1,000 writes/s (the first increment: 690 ms at 130k keys), 329 ms at 10,000 writes/s
-(45-50 ms in shorter runs: under load a replica falls behind 10,000 writes/s).
+Steps. A round from the node's loop compares at most MAX_COMPARED_PER_STEP stripes by digests
+and asks for the rest at once, without recording its position; a replica started at run time
+(`replicaof`, a demotion, etcd) thus syncs in steps and its node answers requests in between.
+The first sync before READY=1 (bootstrap) does every stripe in one round.
 
-Known limits: the event rings are not used as hints of which keys moved, so each round still
-passes over every entry of every stripe that moved, on both sides (C speed, no copy), and a
-changed key costs the read of its whole range (~6-15 entries); the replica polls (every
-SYNC_INTERVAL_S) rather than being pushed the changes, so the lag stays far above Redis's
-streamed replication (0.26-0.29 ms in the same run); the replica's sync runs in the node's loop,
-which answers no requests meanwhile.
+Cost. A hinted stripe costs the primary a lock, the ring's new events and one index lookup per
+key named; the replica an upsert or removal per key. A compared stripe costs one pass over its
+slots under its lock on both sides (the compiled range_digests: 14 ms per 1M entries), one
+digest reply (8 bytes a range, ~8 slots a range) and the entries of the differing ranges only.
+While a replica's request is parked, the primary's loop wakes every PUSH_POLL_S (2 ms).
+Measured (bench/results/replication-vm-20261130-hints.md, 100k keys, a loaded 2-core VM): lag
+1.8 ms median (p99 8.7 ms) at 1,000 writes/s, 4.4 ms (p99 42 ms) at 10,000 writes/s, against
+59 ms and 329 ms with polled rounds and digests only (replication-vm-20261130.md); Redis
+0.28 ms in the same run. Full sync of 1 GiB: 31 s, Redis 14.5 s (2.1x; 2.0x before).
 
-CurveZMQ. A primary whose repl_bind is CURVE-protected (curve_secret_key, curve_allow: a door
-like the others) admits a replica whose DEALER is a CURVE client (auth.CurveClient) with
-repl_curve_server_key (the primary's PATH.key) and repl_curve_client_cert (this node's
-PATH.key_secret, whose PATH.key is in the primary's curve_allow). A refused handshake is told
-from a silent primary by the socket's monitor (handshake.py): a "replication_refused"
-event names both public keys, nothing is exchanged, and the replica tries again every RETRY_S
-(a key added to the primary's allow-list is admitted after its SIGHUP).
+Known limits: a local write wakes no node, so a parked request is answered only at the
+primary's next look (up to PUSH_POLL_S) and both nodes' loops spend ~150 us a wake-up on it;
+at 10,000 writes/s the replica's apply (Python, per key) and the primary's (and its writers')
+share 2 cores: the p99 is ten times the median, and a fast local writer competes with them
+(bench: local Cache.set with one replica following at 0.25 of its rate without, 1.19 with
+polled rounds; noisy); a replica started at run time still
+waits for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its steps; the first sync
+before READY=1 runs in one round, as the node serves nothing yet.
+
+CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
 
 from __future__ import annotations
@@ -151,11 +149,11 @@ import shmkv
 from shmkv import layout as L
 from shmkv import repl_digest as D
 from shmkv import replica as RP
-from shmkv.broker.handshake import HandshakeWatch
-from shmkv.errors import ConfigError, ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
+from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from .auth import CurveClient
+from .repl_link import (REQUEST_TIMEOUT_S, HandshakeRefused, Link, StaleEpoch, Stopped,
+                        curve_client)
 from .repl_source import Source
 from .repl_wire import TAG, message, parse
 
@@ -166,62 +164,29 @@ __all__ = ["TAG", "HandshakeRefused", "Replica", "Source", "StaleEpoch", "Stoppe
 # primary answers at once when it does, and at the latest after this (so that a dead link is
 # noticed within LONG_POLL_S + REQUEST_TIMEOUT_S, and the replica reports its position)
 LONG_POLL_S = 1.0
-REQUEST_TIMEOUT_S = 5.0
 RETRY_S = 0.5  # after a failed round
+# A round from the node's loop compares at most this many stripes by digests; the others go
+# in the next round, asked at once: a replica started at run time (roles.py) syncs in steps
+# and its node answers in between. The first sync before READY=1 does them all in one.
+MAX_COMPARED_PER_STEP = 8
 
 Emit = Callable[..., None]
-
-
-class Stopped(Exception):
-    """A stop signal arrived while the replica waited for its primary."""
-
-
-class StaleEpoch(ShmKVError):
-    """A primary answered with an epoch older than the replica's: it is no longer the primary
-    (fencing), and what it sends is refused."""
-
-
-class HandshakeRefused(RemoteUnavailable):
-    """The primary's CurveZMQ handshake failed: it refused this replica's key, or it is not
-    the key this replica expects, or one side speaks no CURVE. Nothing was exchanged."""
 
 
 # What fails a round (said once per cause, then tried again after RETRY_S)
 _ROUND_ERRORS = (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError)
 
-_CURVE_SETTINGS = ("repl_curve_server_key", "repl_curve_client_cert")
-
-
-def curve_client(config: Any) -> CurveClient | None:
-    """The replica's CURVE keys (None: it speaks no CURVE); ConfigError naming the setting if
-    a file cannot be read, or holds no usable key."""
-    try:
-        return CurveClient.from_files(config.repl_curve_server_key or None,
-                                      config.repl_curve_client_cert or None, _CURVE_SETTINGS)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-class Replica:
+class Replica(Link):
     """The replica's side: its region, its first sync and its rounds (tick())."""
 
     def __init__(self, context: zmq.Context, config: Any, emit: Emit,
                  status: Callable[[str], object],
                  wait: Callable[[zmq.Poller, int], bool]) -> None:
-        self.context, self.config, self.emit, self.status = context, config, emit, status
-        self.primary = config.replica_of
-        self._wait = wait  # poll, with stop signals deliverable; False once one arrived
-        self.curve = curve_client(config)
-        self._socket: zmq.Socket | None = None
-        # told (socket, True) when a socket is made and (socket, False) before it is closed:
-        # the node's poller watches it for the replies to the pushed rounds (roles.py)
-        self.watch: Callable[[zmq.Socket, bool], object] = lambda socket, on: None
+        super().__init__(context, config, wait)
+        self.emit, self.status = emit, status
         self._polling: int | None = None  # the id of the `changes` request parked upstream
         self._poll_deadline = 0.0
-        self._watch: HandshakeWatch | None = None  # why the primary does not answer, if CURVE
-        self._id = 0
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
-        self.cache: shmkv.Cache | None = None
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
         self.seen: list[int] = []  # the counters of the last look
@@ -234,107 +199,16 @@ class Replica:
         self.stripes_hinted = 0  # stripes synced from the primary's hints, and by digests
         self.stripes_compared = 0
         self.self_evictions = 0  # rounds whose writes evicted (every stripe compared again)
+        self.steps = 0  # rounds that left stripes for the next (MAX_COMPARED_PER_STEP)
         self.full_resyncs = self.partial_resyncs = 0
-        self.epoch_refusals = 0
         self.region_id = 0  # the primary region's, from hello
         self._resync = True  # ask psync before the next round (at start, after a failure)
         self._next = 0.0
         self._failing = ""  # the error class of the failing rounds ("": not failing)
 
-    # --- the wire ---------------------------------------------------------------------
-    def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        return self._requests([header])[0]
-
-    def _requests(self, headers: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
-        """Send every request, then read their replies (in order: the primary answers one
-        socket's requests in turn). Pipelined: a round costs a few round trips through both
-        nodes' loops, not a few per stripe."""
-        if self._socket is None:
-            self._connect()
-        assert self._socket is not None
-        first = self._id + 1
-        for header in headers:
-            self._id += 1
-            self._socket.send_multipart(message({**header, "id": self._id}))
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        replies: list[tuple[dict[str, Any], bytes]] = []
-        while len(replies) < len(headers):
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                self._drop_socket()
-                raise RemoteUnavailable(f"the primary {self.primary} did not answer within "
-                                        f"{REQUEST_TIMEOUT_S} s")
-            if not poller.poll(0) and not self._wait(poller, min(left_ms, 100)):
-                raise Stopped()
-            if not poller.poll(0):
-                self._check_handshake()
-                continue
-            reply, data = parse(self._socket.recv_multipart())
-            if reply.get("id") != first + len(replies):
-                continue  # a late reply to an older request
-            self._check_epoch(reply.get("epoch", 0))
-            if not reply.get("ok"):
-                op = headers[len(replies)]["op"]
-                raise ShmKVError(f"the primary {self.primary} refused {op}: "
-                                 f"{reply.get('error')}: {reply.get('message')}")
-            replies.append((reply, data))
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S  # per reply, as before
-        return replies
-
-    def _check_epoch(self, epoch: object) -> None:
-        """Refuse a reply from an older epoch than the region's; adopt a newer one."""
-        if self.cache is None:
-            return
-        if not isinstance(epoch, int):
-            raise ProtocolError(f"epoch {epoch!r} is not a whole number")
-        q = self.cache._region.q
-        mine = q[L.H_REPL_EPOCH >> 3]
-        if epoch < mine:
-            self.epoch_refusals += 1
-            self._drop_socket()
-            raise StaleEpoch(f"the primary {self.primary} answers in epoch {epoch}, older than "
-                             f"this replica's {mine}: refused")
-        if epoch > mine:
-            q[L.H_REPL_EPOCH >> 3] = epoch
-
-    def _connect(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.secure(sock)  # before connect: the handshake starts with it
-            self._watch = HandshakeWatch(sock)  # before connect too, not to miss it
-        sock.connect(self.primary)
-        self._socket = sock
-        self.watch(sock, True)
-
-    def _check_handshake(self) -> None:
-        """A refused handshake is told from a silent primary at once (the monitor says so):
-        raise HandshakeRefused naming both keys, rather than wait for the request timeout."""
-        failure = self._watch.lasting_failure() if self._watch is not None else None
-        if failure is None:
-            return
-        assert self.curve is not None
-        self._drop_socket()
-        raise HandshakeRefused(
-            f"the primary {self.primary} refused the CurveZMQ handshake: {failure}. This "
-            f"replica's public key is {self.curve.keys.public.decode()} (from "
-            f"repl_curve_client_cert {self.config.repl_curve_client_cert}: its .key file must "
-            f"be in the primary's curve_allow directory, then SIGHUP the primary); the "
-            f"primary's key it expects is {self.curve.server_public.decode()} (from "
-            f"repl_curve_server_key {self.config.repl_curve_server_key}: it must be the "
-            "public key of the primary's curve_secret_key)")
-
     def _drop_socket(self) -> None:
-        if self._watch is not None:
-            self._watch.close()  # before its socket
-            self._watch = None
         self._polling = None  # its reply, if any, goes with the socket
-        if self._socket is not None:
-            self.watch(self._socket, False)
-            self._socket.close()
-            self._socket = None
+        super()._drop_socket()
 
     # --- start ------------------------------------------------------------------------
     def open_region(self) -> shmkv.Cache:
@@ -384,10 +258,6 @@ class Replica:
                 raise Stopped()
 
     # --- rounds -----------------------------------------------------------------------
-    @property
-    def socket(self) -> zmq.Socket | None:
-        return self._socket
-
     def due(self) -> float:
         return self._poll_deadline if self._polling is not None else self._next
 
@@ -436,14 +306,17 @@ class Replica:
                 if not reply.get("ok"):
                     raise ShmKVError(f"the primary {self.primary} refused changes: "
                                      f"{reply.get('error')}: {reply.get('message')}")
-                self._apply(reply, data)
+                complete = self._apply(reply, data)
             except Stopped:
                 self._next = time.monotonic() + RETRY_S
                 return
             except _ROUND_ERRORS as exc:
                 self._failed(exc)
                 return
-            self._succeeded()
+            if complete:
+                self._succeeded()
+            else:
+                self.steps += 1
             self.tick()
 
     def _changes_request(self) -> dict[str, Any]:
@@ -487,7 +360,10 @@ class Replica:
         try:
             if self._resync:
                 self._psync()
-            self._apply(*self._request(self._changes_request()), progress=progress)
+            complete = self._apply(*self._request(self._changes_request()), progress=progress)
+            while not complete:  # progress=False: in steps, all the same
+                self.steps += 1
+                complete = self._apply(*self._request(self._changes_request()))
         except Stopped:
             raise
         except _ROUND_ERRORS as exc:
@@ -514,9 +390,10 @@ class Replica:
         self.last_sync_ns = time.time_ns()
         self.rounds += 1
 
-    def _apply(self, reply: dict[str, Any], data: bytes, progress: bool = False) -> None:
+    def _apply(self, reply: dict[str, Any], data: bytes, progress: bool = False) -> bool:
         """Apply a `changes` reply: the hinted stripes' records, then the digest comparison
-        of the other stripes that moved; record the position."""
+        of the other stripes that moved (all if progress, else MAX_COMPARED_PER_STEP); record
+        the position once no stripe is left (True)."""
         assert self.applier is not None and self.cache is not None
         self._check_region(reply["region_id"])
         changes = reply["changes"]
@@ -543,6 +420,9 @@ class Replica:
             applier.upsert_hinted(stripe, chunk, written)
             self.synced[stripe] = counter
         self.stripes_hinted += len(hinted)
+        left = 0 if progress else max(0, len(compare) - MAX_COMPARED_PER_STEP)
+        if left:  # unrecorded, they move for the next round, asked at once
+            compare = compare[:MAX_COMPARED_PER_STEP]
         self.stripes_compared += len(compare)
         counters = {stripe: counter for stripe, counter, _ in compare}
         writes = {stripe: written for stripe, _, written in compare}
@@ -556,8 +436,11 @@ class Replica:
             # what went may be of any stripe, so every stripe is compared next round
             self.self_evictions += 1
             self.synced = [None] * len(self.synced)
+        if left:
+            return False
         RP.set_position(region, reply["repl_id"], reply["offset"])
         self.applied = reply["offset"]
+        return True
 
     def _sync_stripes(self, moved: list[int], writes: dict[int, int]) -> Iterator[int]:
         """Make each stripe equal to the primary's, yielding each once done: compare the
@@ -616,7 +499,8 @@ class Replica:
                 "rounds": self.rounds, "ranges_compared": self.ranges_compared,
                 "ranges_sent": self.ranges_sent, "stripes_hinted": self.stripes_hinted,
                 "stripes_compared": self.stripes_compared,
-                "self_evictions": self.self_evictions, "full_resyncs": self.full_resyncs,
+                "self_evictions": self.self_evictions, "steps": self.steps,
+                "full_resyncs": self.full_resyncs,
                 "partial_resyncs": self.partial_resyncs, "epoch_refusals": self.epoch_refusals,
                 "failing": bool(self._failing)}
 
