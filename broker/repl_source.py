@@ -52,8 +52,12 @@ MAX_REPLICAS_NOTED = 1024
 MAX_CLIENTS_NOTED = 65_536  # WrittenOffsets forgets the clients that wrote longest ago
 # How often the node's loop looks at the counters while a replica's `changes` request is
 # parked: nothing wakes the node when a local process writes to shared memory. Each wake-up
-# costs ~150 us of the loop on the project's VM: ~7% of a core at 2 ms, only while parked.
+# costs ~150 us of the loop on the project's VM: ~7% of a core at 2 ms, so only while
+# something moved in the last PUSH_BUSY_S; after that, every PUSH_IDLE_POLL_S (~1.5%: an idle
+# replica's first change waits up to 10 ms, as when replicas polled).
 PUSH_POLL_S = 0.002
+PUSH_BUSY_S = 1.0
+PUSH_IDLE_POLL_S = 0.01
 MAX_WAIT_MS = 5000  # the longest a `changes` request may ask to be parked
 MAX_PARKED = 64
 MAX_HINT_BYTES = 1 << 20  # records of hinted stripes per reply; past that, digests
@@ -151,6 +155,7 @@ class Source:
         # `changes` requests parked until something moves: (peer, id, synced, deadline)
         self._parked: list[tuple[bytes, object, list[int], np.ndarray, float]] = []
         self.stripes_hinted = self.stripes_compared = 0  # in `changes` replies, so far
+        self._moved_at = 0.0  # when a `changes` reply last had a stripe that moved
 
     def use_events(self, events: EventReader | None) -> None:
         """Take hints from the node's reader of the event rings (server.py): the same
@@ -211,7 +216,9 @@ class Source:
         """When the node's loop must call poll_parked() next."""
         if not self._parked:
             return float("inf")
-        return min(time.monotonic() + PUSH_POLL_S, min(p[4] for p in self._parked))
+        now = time.monotonic()
+        look = PUSH_POLL_S if now - self._moved_at < PUSH_BUSY_S else PUSH_IDLE_POLL_S
+        return min(now + look, min(p[4] for p in self._parked))
 
     def poll_parked(self) -> None:
         """Answer the parked requests whose replica has something to fetch now, or whose
@@ -226,7 +233,7 @@ class Source:
             if now >= deadline or bool(np.any(counters != wanted)):
                 try:
                     self._send(peer, request_id, *self._changes_reply(synced))
-                except (ShmKVError, ValueError) as exc:
+                except (ShmKVError, ValueError, KeyError, TypeError) as exc:
                     self._send(peer, request_id, {"ok": False, "error": type(exc).__name__,
                                                   "message": str(exc)}, b"")
             else:
@@ -319,6 +326,8 @@ class Source:
                 budget -= len(data)
                 parts.append(data)
                 moved.append([stripe, counter, written, len(data)])
+        if moved:
+            self._moved_at = time.monotonic()
         # after the records: a collection a record names was live when it was read, and
         # is in this table unless dropped since (the replica then takes no hint from it)
         return {"ok": True, "changes": changes, "writes": writes, "offset": offset,

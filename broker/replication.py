@@ -65,11 +65,12 @@ request and reply never get out of step.
 
 Pushed rounds. A replica sends `changes` with wait_ms = LONG_POLL_S and returns to its node's
 loop, which polls the replica's socket with the others: the node keeps answering its own
-requests. The primary parks the request (its routing id kept, never blocking its loop) while
-no stripe's counter differs from the replica's synced ones; its loop then looks at the counters
-every repl_source.PUSH_POLL_S (a local write to shared memory wakes no node) and answers as soon
-as one moved, or after wait_ms with nothing moved. The replica applies the reply and sends the
-next request at once; its report of what it applied rides on it.
+requests. The primary parks the request (its routing id kept, never blocking its loop) while no
+stripe's counter differs from the replica's synced ones; its loop then looks at the counters
+every repl_source.PUSH_POLL_S (a local write to shared memory wakes no node; PUSH_IDLE_POLL_S
+once nothing moved for PUSH_BUSY_S) and answers as soon as one moved, or after wait_ms with
+nothing moved. The replica applies the reply and sends the next request at once; its report of
+what it applied rides on it.
 
 Convergence
 -----------
@@ -118,20 +119,21 @@ Cost. A hinted stripe costs the primary a lock, the ring's new events and one in
 key named; the replica an upsert or removal per key. A compared stripe costs one pass over its
 slots under its lock on both sides (the compiled range_digests: 14 ms per 1M entries), one
 digest reply (8 bytes a range, ~8 slots a range) and the entries of the differing ranges only.
-While a replica's request is parked, the primary's loop wakes every PUSH_POLL_S (2 ms).
+While a replica's request is parked, the primary's loop wakes every PUSH_POLL_S (2 ms; 10 ms
+once idle for a second).
 Measured (bench/results/replication-vm-20261130-hints.md, 100k keys, a loaded 2-core VM): lag
 1.8 ms median (p99 8.7 ms) at 1,000 writes/s, 4.4 ms (p99 42 ms) at 10,000 writes/s, against
 59 ms and 329 ms with polled rounds and digests only (replication-vm-20261130.md); Redis
 0.28 ms in the same run. Full sync of 1 GiB: 31 s, Redis 14.5 s (2.1x; 2.0x before).
 
 Known limits: a local write wakes no node, so a parked request is answered only at the
-primary's next look (up to PUSH_POLL_S) and both nodes' loops spend ~150 us a wake-up on it;
-at 10,000 writes/s the replica's apply (Python, per key) and the primary's (and its writers')
-share 2 cores: the p99 is ten times the median, and a fast local writer competes with them
-(bench: local Cache.set with one replica following at 0.25 of its rate without, 1.19 with
-polled rounds; noisy); a replica started at run time still
-waits for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its steps; the first sync
-before READY=1 runs in one round, as the node serves nothing yet.
+primary's next look (up to PUSH_POLL_S, PUSH_IDLE_POLL_S after a quiet second) and both nodes'
+loops spend ~150 us a wake-up on it; at 10,000 writes/s the replica's apply (Python, per key)
+and the primary's (and its writers') share 2 cores: the p99 is ten times the median, and a fast
+local writer competes with them (bench: local Cache.set with one replica following at 0.25 of
+its rate without, 1.19 with polled rounds; noisy); a replica started at run time still waits
+for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its steps; the first sync before
+READY=1 runs in one round, as the node serves nothing yet.
 
 CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
