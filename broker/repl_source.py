@@ -1,11 +1,12 @@
 """The primary's side of replication (broker/replication.py describes the protocol): answering
-replicas, the history that partial resyncs use, and what replicas have applied (for WAIT and
---min-replicas-to-write).
+replicas (a `changes` request parked until a counter moves; each moved stripe hinted or left
+to its digests, repl_hints.py), the history that partial resyncs use, and what replicas have
+applied (for WAIT and --min-replicas-to-write).
 
 History (the backlog). A replica's position is an offset: the sum of the primary's per-stripe
 `changes` counters at the start of the last round it completed (a vector of monotone
 counters, so a later position has a larger sum). The primary records the vector it hands out
-in `counters` replies, at most every HISTORY_STEP_S and at most MAX_HISTORY of them, dropping
+in `changes` replies, at most every HISTORY_STEP_S and at most MAX_HISTORY of them, dropping
 the oldest. A replica that comes back (reconnected, or restarted: its region keeps the repl_id
 and offset) asks `psync`; if it follows this history (same repl_id), is at most
 backlog_changes behind, and a recorded vector is at or before its offset, it gets that vector
