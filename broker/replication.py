@@ -121,19 +121,20 @@ slots under its lock on both sides (the compiled range_digests: 14 ms per 1M ent
 digest reply (8 bytes a range, ~8 slots a range) and the entries of the differing ranges only.
 While a replica's request is parked, the primary's loop wakes every PUSH_POLL_S (2 ms; 10 ms
 once idle for a second).
-Measured (bench/results/replication-vm-20261130-hints.md, 100k keys, a loaded 2-core VM): lag
-1.8 ms median (p99 8.7 ms) at 1,000 writes/s, 4.4 ms (p99 42 ms) at 10,000 writes/s, against
+Measured (bench/results/replication-vm-20261130-hints.md, 100k keys, a shared 2-core VM): lag
+1.6 ms median (p99 3.6 ms) at 1,000 writes/s, 2.1 ms (p99 3.8 ms) at 10,000 writes/s, against
 59 ms and 329 ms with polled rounds and digests only (replication-vm-20261130.md); Redis
-0.28 ms in the same run. Full sync of 1 GiB: 31 s, Redis 14.5 s (2.1x; 2.0x before).
+0.21-0.30 ms in the same run. Under heavier load an earlier run measured 1.8 ms and 4.4 ms (p99
+8.7 ms and 42 ms). Full sync of 1 GiB: 17.8 s, Redis 9.9 s.
 
 Known limits: a local write wakes no node, so a parked request is answered only at the
 primary's next look (up to PUSH_POLL_S, PUSH_IDLE_POLL_S after a quiet second) and both nodes'
-loops spend ~150 us a wake-up on it; at 10,000 writes/s the replica's apply (Python, per key)
-and the primary's (and its writers') share 2 cores: the p99 is ten times the median, and a fast
-local writer competes with them (bench: local Cache.set with one replica following at 0.25 of
-its rate without, 1.19 with polled rounds; noisy); a replica started at run time still waits
-for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its steps; the first sync before
-READY=1 runs in one round, as the node serves nothing yet.
+loops spend ~150 us a wake-up on it; the replica applies per key in Python and shares the cores
+with the primary and its writers: under load the p99 grows to ten times the median, and a fast
+local writer competes with replication (bench: local Cache.set with one replica following at
+0.59 of its rate without, 0.25 under heavier load; 1.19 with polled rounds); a replica started
+at run time still waits for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its
+steps; the first sync before READY=1 runs in one round, as the node serves nothing yet.
 
 CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
