@@ -131,6 +131,11 @@ class RegionCollector(Collector):
                                         "the replica's offset"),
         "replication_epoch_refusals": ("shmkv_replication_epoch_refusals",
                                        "Replies refused for an epoch older than the region's"),
+        "replication_stripes_hinted": ("shmkv_replication_stripes_hinted",
+                                       "Moved stripes sent as their changed keys' records "
+                                       "(from the event rings' hints)"),
+        "replication_stripes_compared": ("shmkv_replication_stripes_compared",
+                                         "Moved stripes compared by their range digests"),
     }
     GAUGES = {
         "items": ("shmkv_region_keys", "Keys stored, in all collections"),

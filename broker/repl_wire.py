@@ -8,7 +8,7 @@ from typing import Any
 
 from shmkv.errors import ProtocolError
 
-TAG = b"SHMKV-REPL/2"
+TAG = b"SHMKV-REPL/3"
 
 
 def message(header: dict[str, Any], data: bytes = b"") -> list[bytes]:

@@ -1,5 +1,6 @@
 """Replication to peer hosts: a replica keeps a full copy of its primary's region in its own
-shared memory, by comparing stripes, then the digests of their slot ranges.
+shared memory, from the keys the event rings name (hints) where they are known to be exact,
+else by comparing stripes, then the digests of their slot ranges.
 
 Roles
 -----
@@ -12,12 +13,13 @@ replica  `shmkv serve --replica-of ENDPOINT`: creates its region as a clone of t
          version means the same), fences it (writable_until_ns in the past and the primary's
          endpoint in the header: every local write raises ReadOnlyReplica naming it; the
          node's write requests too), syncs every stripe once (READY=1 only then; STATUS=
-         shows the stripes done), then loops every SYNC_INTERVAL_S.
+         shows the stripes done), then asks for what moved, in pushed rounds: the primary
+         parks the request until something moves (at most LONG_POLL_S).
 
 Wire format (ZeroMQ multipart; the replica's DEALER sends requests, the primary's ROUTER
 answers each with one message, in order)
 -----------------------------------------------------------------------------------------
-    frame 0   TAG = b"SHMKV-REPL/2"   magic and version: another tag gets an error reply
+    frame 0   TAG = b"SHMKV-REPL/3"   magic and version: another tag gets an error reply
     frame 1   header, JSON object     "op", "id" (echoed in the reply), the op's fields
     frame 2   data                    digests or records, as the op says
 
@@ -28,13 +30,22 @@ answers each with one message, in order)
     psync     repl_id, offset  mode ("partial" or "full"), changes (the counters to start
                                from, or null: compare every stripe), repl_id, offset,
                                region_id (broker/repl_source.py: the history)
-    counters  replica,         changes, writes: per-stripe counters (lists); offset (their
-              applied          sum), repl_id; region_id (a replica stops following another
-                               region than hello's: a primary restarted empty never wipes
-                               it); collections: [index, generation, name] of each live
-                               named collection. The request says who asks (a name per
-                               replica process) and the offset of its last complete round
-                               (WAIT and --min-replicas-to-write count on it)
+    changes   replica,         changes, writes: per-stripe counters (lists, time T); offset
+              applied,         (their sum), repl_id; region_id (a replica stops following
+              synced,          another region than hello's: a primary restarted empty never
+              wait_ms          wipes it); moved: [stripe, changes, writes, size] of each
+                               stripe whose counter differs from synced[stripe], both
+                               counters read under its lock after T; size >= 0: the next
+                               size bytes of data are the records of the keys changed since
+                               synced[stripe] (a tombstone, version 0 and no value, for a key
+                               that is gone), size -1: compare its digests; collections:
+                               [index, generation, name] of each live named collection, read
+                               after the records. The request says who asks (a name per
+                               replica process), the offset of its last complete round
+                               (WAIT and --min-replicas-to-write count on it), each stripe's
+                               counter at its last sync (-1: none), and how long the primary
+                               may park it while no stripe moved (0: answer now; at most
+                               repl_source.MAX_WAIT_MS)
     digests   stripe           stripe, + data: the stripe's slot-range digests
                                (shmkv/repl_digest.py: n_ranges u64, computed under its lock)
     stripe    stripe, ranges   stripe, done, records, + data: the first chunk of the entries
@@ -48,54 +59,84 @@ key's revision under etcd, else 0). A replica refuses a reply of an older epoch 
 region's (StaleEpoch: counted, said on stdout, the connection dropped, the round failed, so
 nothing of it is applied) and writes a newer one into its region's header.
 
-A replica that waits longer than REQUEST_TIMEOUT_S for a reply drops its socket (and any late
-reply with it) and starts a new round on a new one: request and reply never get out of step.
+A replica that waits longer than REQUEST_TIMEOUT_S for a reply (LONG_POLL_S more for a parked
+`changes`) drops its socket (and any late reply with it) and starts a new round on a new one:
+request and reply never get out of step.
+
+Pushed rounds. A replica sends `changes` with wait_ms = LONG_POLL_S and returns to its node's
+loop, which polls the replica's socket with the others: the node keeps answering its own
+requests. The primary parks the request (its routing id kept, never blocking its loop) while no
+stripe's counter differs from the replica's synced ones; its loop then looks at the counters
+every repl_source.PUSH_POLL_S (a local write to shared memory wakes no node; PUSH_IDLE_POLL_S
+once nothing moved for PUSH_BUSY_S) and answers as soon as one moved, or after wait_ms with
+nothing moved. The replica applies the reply and sends the next request at once; its report of
+what it applied rides on it.
 
 Convergence
 -----------
 Every change to a stripe's keys (write, delete, expiry, eviction, TTL change, by anyone, with
 or without a node running) bumps the stripe's `changes` counter under its lock. A round fetches
-the counters and the collection table (time T), copies the table (by index: keys are hashed
-with their collection's index), then for each stripe whose counter differs from the one
-recorded at its last sync: asks for the digests of the stripe's slot ranges (taken under the
-primary's stripe lock, after T), computes its own (its region changes only by this replicator),
-and for the ranges that differ reads the primary's entries of those ranges and makes its
-ranges equal to what it read (upsert what differs in version, expiry, kind or length, with the
-primary's version; remove what is not listed); then it records the counter seen at T. A range
-whose digests agree holds the same entries on both sides (up to a 64-bit digest collision,
-repl_digest.py). A key nobody touches during the read is read exactly (snapshot.py's
-argument); one that changes after T may come out at an old value or be compared at an old
-digest, but its change moved the counter past the recorded one, so the next round looks at the
-stripe again. Once writes pause for a round, every stripe equals the primary's. After a
-complete round the replica writes the primary's repl_id and the offset of that round (the sum
-of the counters seen at T) into its region's header: every change the primary had made by T
-is applied (a later change may be too). A replica that starts, or whose round failed, first
-asks psync (broker/repl_source.py) which counters to start from. Nothing relies on the event
-rings (at-most-once, overrun by fast local writers) or on the node having seen the writes.
+the counters (time T), each moved stripe's counter again under its lock (after T), and the
+collection table, copies the table (by index: keys are hashed with their collection's index),
+then for each stripe whose counter differs from the one recorded at its last sync: asks for the
+digests of the stripe's slot ranges (taken under the primary's stripe lock, after T), computes
+its own (its region changes only by this replicator), and for the ranges that differ reads the
+primary's entries of those ranges and makes its ranges equal to what it read (upsert what
+differs in version, expiry, kind or length, with the primary's version; remove what is not
+listed); then it records the counter read under the lock, before the digests were taken (call
+that time T too for the stripe). A range whose digests agree holds the same entries on both
+sides (up to a 64-bit digest collision, repl_digest.py). A key nobody touches during the read
+is read exactly (snapshot.py's argument); one that changes after T may come out at an old value
+or be compared at an old digest, but its change moved the counter past the recorded one, so the
+next round looks at the stripe again. Once writes pause for a round, every stripe equals the
+primary's. After a complete round the replica writes the primary's repl_id and the offset of
+that round (the sum of the counters seen at T) into its region's header: every change the
+primary had made by T is applied (a later change may be too). A replica that starts, or whose
+round failed, first asks psync (broker/repl_source.py) which counters to start from.
 
-Cost. A changed stripe costs the primary one pass over its slots under its lock (the compiled
-range_digests: 14 ms per 1M entries), one digest reply (8 bytes a range, ~8 slots a range),
-and the entries of the differing ranges only, instead of the whole stripe: a few writes among
-1M keys send a few ranges of ~6-15 entries each. A round pipelines its requests (all digests,
-then all first reads): a few round trips through both nodes' loops, not a few per stripe.
-Measured (bench/results/replication-vm-20261130.md, 100k keys, a loaded 2-core VM): lag 59 ms
-median at 1,000 writes/s (the first increment: 690 ms at 130k keys), 329 ms at 10,000 writes/s
-(45-50 ms in shorter runs: under load a replica falls behind 10,000 writes/s).
+Hints (broker/repl_hints.py, whose docstring has the argument). For a moved stripe the
+primary takes the stripe's lock, reads its ring up to the head (the node's one EventReader:
+catch_up), reads its counters and closes the stripe's interval there. If every interval since
+the replica's synced counter is exact (the counter moved by exactly the keyspace events named,
+none lost), it sends the current record of each key named, read under the same lock (a
+tombstone if gone; expired entries included); the replica applies them (tombstones first,
+across the reply, so that its writes find the room the primary freed) and records that
+counter: every key changed after its synced counter was named and is now exact, the others had
+not changed. Otherwise (a ring overrun, a TTL change or a repair, which bump without an event,
+events off while no node ran, more than repl_source.MAX_HINT_KEYS keys or MAX_HINT_BYTES of
+records in the reply) the stripe is compared by its digests as above, from the counter read
+under the lock, which is a mark: the next round can be hinted again. A record naming a
+collection the replica does not have yet leaves the stripe unrecorded (sent again next round).
+A gap in the rings only costs a digest comparison. A replica whose own writes evicted (its
+arena fragmented otherwise than the primary's) compares every stripe in its next round.
 
-Known limits: the event rings are not used as hints of which keys moved, so each round still
-passes over every entry of every stripe that moved, on both sides (C speed, no copy), and a
-changed key costs the read of its whole range (~6-15 entries); the replica polls (every
-SYNC_INTERVAL_S) rather than being pushed the changes, so the lag stays far above Redis's
-streamed replication (0.26-0.29 ms in the same run); the replica's sync runs in the node's loop,
-which answers no requests meanwhile.
+Steps. A round from the node's loop compares at most MAX_COMPARED_PER_STEP stripes by digests
+and asks for the rest at once, without recording its position; a replica started at run time
+(`replicaof`, a demotion, etcd) thus syncs in steps and its node answers requests in between.
+The first sync before READY=1 (bootstrap) does every stripe in one round.
 
-CurveZMQ. A primary whose repl_bind is CURVE-protected (curve_secret_key, curve_allow: a door
-like the others) admits a replica whose DEALER is a CURVE client (auth.CurveClient) with
-repl_curve_server_key (the primary's PATH.key) and repl_curve_client_cert (this node's
-PATH.key_secret, whose PATH.key is in the primary's curve_allow). A refused handshake is told
-from a silent primary by the socket's monitor (handshake.py): a "replication_refused"
-event names both public keys, nothing is exchanged, and the replica tries again every RETRY_S
-(a key added to the primary's allow-list is admitted after its SIGHUP).
+Cost. A hinted stripe costs the primary a lock, the ring's new events and one index lookup per
+key named; the replica an upsert or removal per key. A compared stripe costs one pass over its
+slots under its lock on both sides (the compiled range_digests: 14 ms per 1M entries), one
+digest reply (8 bytes a range, ~8 slots a range) and the entries of the differing ranges only.
+While a replica's request is parked, the primary's loop wakes every PUSH_POLL_S (2 ms; 10 ms
+once idle for a second).
+Measured (bench/results/replication-vm-20261130-hints.md, 100k keys, a shared 2-core VM): lag
+1.6 ms median (p99 3.6 ms) at 1,000 writes/s, 2.1 ms (p99 3.8 ms) at 10,000 writes/s, against
+59 ms and 329 ms with polled rounds and digests only (replication-vm-20261130.md); Redis
+0.21-0.30 ms in the same run. Under heavier load an earlier run measured 1.8 ms and 4.4 ms (p99
+8.7 ms and 42 ms). Full sync of 1 GiB: 17.8 s, Redis 9.9 s.
+
+Known limits: a local write wakes no node, so a parked request is answered only at the
+primary's next look (up to PUSH_POLL_S, PUSH_IDLE_POLL_S after a quiet second) and both nodes'
+loops spend ~150 us a wake-up on it; the replica applies per key in Python and shares the cores
+with the primary and its writers: under load the p99 grows to ten times the median, and a fast
+local writer competes with replication (bench: local Cache.set with one replica following at
+0.59 of its rate without, 0.25 under heavier load; 1.19 with polled rounds); a replica started
+at run time still waits for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its
+steps; the first sync before READY=1 runs in one round, as the node serves nothing yet.
+
+CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
 
 from __future__ import annotations
@@ -111,67 +152,44 @@ import shmkv
 from shmkv import layout as L
 from shmkv import repl_digest as D
 from shmkv import replica as RP
-from shmkv.broker.handshake import HandshakeWatch
-from shmkv.errors import ConfigError, ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
+from shmkv.errors import ProtocolError, RegionExists, RemoteUnavailable, ShmKVError
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from .auth import CurveClient
+from .repl_link import (REQUEST_TIMEOUT_S, HandshakeRefused, Link, StaleEpoch, Stopped,
+                        curve_client)
 from .repl_source import Source
 from .repl_wire import TAG, message, parse
 
 __all__ = ["TAG", "HandshakeRefused", "Replica", "Source", "StaleEpoch", "Stopped",
            "curve_client"]
 
-# How often a replica asks for the counters: the lag of an idle replica, at one small request
-SYNC_INTERVAL_S = 0.01
-REQUEST_TIMEOUT_S = 5.0
+# How long a replica's `changes` request waits at the primary for something to move: the
+# primary answers at once when it does, and at the latest after this (so that a dead link is
+# noticed within LONG_POLL_S + REQUEST_TIMEOUT_S, and the replica reports its position)
+LONG_POLL_S = 1.0
 RETRY_S = 0.5  # after a failed round
+# A round from the node's loop compares at most this many stripes by digests; the others go
+# in the next round, asked at once: a replica started at run time (roles.py) syncs in steps
+# and its node answers in between. The first sync before READY=1 does them all in one.
+MAX_COMPARED_PER_STEP = 8
 
 Emit = Callable[..., None]
 
 
-class Stopped(Exception):
-    """A stop signal arrived while the replica waited for its primary."""
+# What fails a round (said once per cause, then tried again after RETRY_S)
+_ROUND_ERRORS = (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError)
 
-
-class StaleEpoch(ShmKVError):
-    """A primary answered with an epoch older than the replica's: it is no longer the primary
-    (fencing), and what it sends is refused."""
-
-
-class HandshakeRefused(RemoteUnavailable):
-    """The primary's CurveZMQ handshake failed: it refused this replica's key, or it is not
-    the key this replica expects, or one side speaks no CURVE. Nothing was exchanged."""
-
-
-_CURVE_SETTINGS = ("repl_curve_server_key", "repl_curve_client_cert")
-
-
-def curve_client(config: Any) -> CurveClient | None:
-    """The replica's CURVE keys (None: it speaks no CURVE); ConfigError naming the setting if
-    a file cannot be read, or holds no usable key."""
-    try:
-        return CurveClient.from_files(config.repl_curve_server_key or None,
-                                      config.repl_curve_client_cert or None, _CURVE_SETTINGS)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-class Replica:
+class Replica(Link):
     """The replica's side: its region, its first sync and its rounds (tick())."""
 
     def __init__(self, context: zmq.Context, config: Any, emit: Emit,
                  status: Callable[[str], object],
                  wait: Callable[[zmq.Poller, int], bool]) -> None:
-        self.context, self.config, self.emit, self.status = context, config, emit, status
-        self.primary = config.replica_of
-        self._wait = wait  # poll, with stop signals deliverable; False once one arrived
-        self.curve = curve_client(config)
-        self._socket: zmq.Socket | None = None
-        self._watch: HandshakeWatch | None = None  # why the primary does not answer, if CURVE
-        self._id = 0
+        super().__init__(context, config, wait)
+        self.emit, self.status = emit, status
+        self._polling: int | None = None  # the id of the `changes` request parked upstream
+        self._poll_deadline = 0.0
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
-        self.cache: shmkv.Cache | None = None
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
         self.seen: list[int] = []  # the counters of the last look
@@ -181,112 +199,19 @@ class Replica:
         self.rounds = 0
         self.ranges_compared = 0  # digest ranges compared, and found to differ (then read)
         self.ranges_sent = 0
+        self.stripes_hinted = 0  # stripes synced from the primary's hints, and by digests
+        self.stripes_compared = 0
+        self.self_evictions = 0  # rounds whose writes evicted (every stripe compared again)
+        self.steps = 0  # rounds that left stripes for the next (MAX_COMPARED_PER_STEP)
         self.full_resyncs = self.partial_resyncs = 0
-        self.epoch_refusals = 0
         self.region_id = 0  # the primary region's, from hello
         self._resync = True  # ask psync before the next round (at start, after a failure)
         self._next = 0.0
         self._failing = ""  # the error class of the failing rounds ("": not failing)
-        # Since when the primary has said nothing to a request sent (None: nothing awaited).
-        # Kept when a wait gives up early (Stopped: under etcd, after roles.YIELD_AFTER_S), so
-        # that the next round's requests share its REQUEST_TIMEOUT_S: else a replica cut off
-        # from its primary would never notice (nor resync) and queue a request a round.
-        self._silent_since: float | None = None
-
-    # --- the wire ---------------------------------------------------------------------
-    def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        return self._requests([header])[0]
-
-    def _requests(self, headers: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
-        """Send every request, then read their replies (in order: the primary answers one
-        socket's requests in turn). Pipelined: a round costs a few round trips through both
-        nodes' loops, not a few per stripe."""
-        if self._socket is None:
-            self._connect()
-        assert self._socket is not None
-        first = self._id + 1
-        for header in headers:
-            self._id += 1
-            self._socket.send_multipart(message({**header, "id": self._id}))
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        if self._silent_since is None:
-            self._silent_since = time.monotonic()
-        replies: list[tuple[dict[str, Any], bytes]] = []
-        while len(replies) < len(headers):
-            left_ms = int((self._silent_since + REQUEST_TIMEOUT_S - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                self._drop_socket()
-                raise RemoteUnavailable(f"the primary {self.primary} did not answer within "
-                                        f"{REQUEST_TIMEOUT_S} s")
-            if not poller.poll(0) and not self._wait(poller, min(left_ms, 100)):
-                raise Stopped()
-            if not poller.poll(0):
-                self._check_handshake()
-                continue
-            reply, data = parse(self._socket.recv_multipart())
-            self._silent_since = time.monotonic()  # per reply, as before (a late one too)
-            if reply.get("id") != first + len(replies):
-                continue  # a late reply to an older request
-            self._check_epoch(reply.get("epoch", 0))
-            if not reply.get("ok"):
-                op = headers[len(replies)]["op"]
-                raise ShmKVError(f"the primary {self.primary} refused {op}: "
-                                 f"{reply.get('error')}: {reply.get('message')}")
-            replies.append((reply, data))
-        self._silent_since = None
-        return replies
-
-    def _check_epoch(self, epoch: object) -> None:
-        """Refuse a reply from an older epoch than the region's; adopt a newer one."""
-        if self.cache is None:
-            return
-        if not isinstance(epoch, int):
-            raise ProtocolError(f"epoch {epoch!r} is not a whole number")
-        q = self.cache._region.q
-        mine = q[L.H_REPL_EPOCH >> 3]
-        if epoch < mine:
-            self.epoch_refusals += 1
-            self._drop_socket()
-            raise StaleEpoch(f"the primary {self.primary} answers in epoch {epoch}, older than "
-                             f"this replica's {mine}: refused")
-        if epoch > mine:
-            q[L.H_REPL_EPOCH >> 3] = epoch
-
-    def _connect(self) -> None:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.secure(sock)  # before connect: the handshake starts with it
-            self._watch = HandshakeWatch(sock)  # before connect too, not to miss it
-        sock.connect(self.primary)
-        self._socket = sock
-
-    def _check_handshake(self) -> None:
-        """A refused handshake is told from a silent primary at once (the monitor says so):
-        raise HandshakeRefused naming both keys, rather than wait for the request timeout."""
-        failure = self._watch.lasting_failure() if self._watch is not None else None
-        if failure is None:
-            return
-        assert self.curve is not None
-        self._drop_socket()
-        raise HandshakeRefused(
-            f"the primary {self.primary} refused the CurveZMQ handshake: {failure}. This "
-            f"replica's public key is {self.curve.keys.public.decode()} (from "
-            f"repl_curve_client_cert {self.config.repl_curve_client_cert}: its .key file must "
-            f"be in the primary's curve_allow directory, then SIGHUP the primary); the "
-            f"primary's key it expects is {self.curve.server_public.decode()} (from "
-            f"repl_curve_server_key {self.config.repl_curve_server_key}: it must be the "
-            "public key of the primary's curve_secret_key)")
 
     def _drop_socket(self) -> None:
-        if self._watch is not None:
-            self._watch.close()  # before its socket
-            self._watch = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        self._silent_since = None
+        self._polling = None  # its reply, if any, goes with the socket
+        super()._drop_socket()
 
     # --- start ------------------------------------------------------------------------
     def open_region(self) -> shmkv.Cache:
@@ -337,14 +262,69 @@ class Replica:
 
     # --- rounds -----------------------------------------------------------------------
     def due(self) -> float:
-        return self._next
+        return self._poll_deadline if self._polling is not None else self._next
 
     def tick(self) -> None:
+        """Due: send the next `changes` request (the primary parks it until something moves),
+        or give up on one that was not answered in time."""
+        if self._polling is not None:  # no reply within LONG_POLL_S + REQUEST_TIMEOUT_S
+            self._failed(RemoteUnavailable(f"the primary {self.primary} did not answer within "
+                                           f"{LONG_POLL_S + REQUEST_TIMEOUT_S} s"))
+            return
         try:
-            ok = self.round()
+            self._send_poll()
         except Stopped:  # the node's loop sees the signal and stops
-            ok = False
-        self._next = time.monotonic() + (SYNC_INTERVAL_S if ok else RETRY_S)
+            self._next = time.monotonic() + RETRY_S
+        except _ROUND_ERRORS as exc:
+            self._failed(exc)
+
+    def _send_poll(self) -> None:
+        if self._resync:
+            self._psync()
+        if self._socket is None:
+            self._connect()
+        assert self._socket is not None
+        self._id += 1
+        self._socket.send_multipart(message({**self._changes_request(), "id": self._id,
+                                             "wait_ms": int(LONG_POLL_S * 1000)}))
+        self._polling = self._id
+        self._poll_deadline = time.monotonic() + LONG_POLL_S + REQUEST_TIMEOUT_S
+
+    def service(self) -> None:
+        """The socket is readable: the reply to the parked request (a late reply to another
+        is dropped). The round is applied, and the next request sent at once."""
+        while self._socket is not None and self._polling is not None:
+            try:
+                reply, data = parse(self._socket.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ShmKVError, ValueError) as exc:
+                self._failed(exc)
+                return
+            if reply.get("id") != self._polling:
+                continue
+            self._polling = None
+            try:
+                self._check_epoch(reply.get("epoch", 0))
+                if not reply.get("ok"):
+                    raise ShmKVError(f"the primary {self.primary} refused changes: "
+                                     f"{reply.get('error')}: {reply.get('message')}")
+                complete = self._apply(reply, data)
+            except Stopped:
+                self._next = time.monotonic() + RETRY_S
+                return
+            except _ROUND_ERRORS as exc:
+                self._failed(exc)
+                return
+            if complete:
+                self._succeeded()
+            else:
+                self.steps += 1
+            self.tick()
+
+    def _changes_request(self) -> dict[str, Any]:
+        return {"op": "changes", "replica": self.name, "applied": self.applied,
+                "synced": [-1 if n is None else n for n in self.synced]}
 
     def _check_region(self, region_id: int) -> None:
         if region_id != self.region_id:
@@ -377,46 +357,95 @@ class Replica:
         self._resync = False
 
     def round(self, progress: bool = False) -> bool:
-        """One round (see the module docstring); False if it failed (said on stderr once)."""
+        """One round, asked and applied at once (the first sync; see the module docstring);
+        False if it failed (said on stderr once)."""
         assert self.applier is not None and self.cache is not None
         try:
             if self._resync:
                 self._psync()
-            reply, _ = self._request({"op": "counters", "replica": self.name,
-                                      "applied": self.applied})
-            self._check_region(reply["region_id"])
-            changes, writes = reply["changes"], reply["writes"]
-            self.seen = changes
-            self.primary_offset = reply["offset"]
-            self.applier.sync_collections([tuple(c) for c in reply["collections"]])
-            moved = [s for s, n in enumerate(changes) if self.synced[s] != n]
-            for done, stripe in enumerate(self._sync_stripes(moved, writes)):
-                self.synced[stripe] = changes[stripe]
-                if progress:
-                    self.status(f"replica of {self.primary}: first sync, stripe {done + 1} of "
-                                f"{len(moved)}")
-            RP.set_position(self.cache._region, reply["repl_id"], reply["offset"])
-            self.applied = reply["offset"]
+            complete = self._apply(*self._request(self._changes_request()), progress=progress)
+            while not complete:  # progress=False: in steps, all the same
+                self.steps += 1
+                complete = self._apply(*self._request(self._changes_request()))
         except Stopped:
             raise
-        except (ShmKVError, zmq.ZMQError, ValueError, KeyError, TypeError) as exc:
-            self._drop_socket()
-            self._resync = True
-            # said once per cause (a primary restarting costs a timeout, then may say why it
-            # cannot be followed), and every refused epoch
-            if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
-                self.emit("replication_refused" if isinstance(exc, HandshakeRefused) else
-                          "replication_failed", error=type(exc).__name__, message=str(exc))
-            self._failing = type(exc).__name__
+        except _ROUND_ERRORS as exc:
+            self._failed(exc)
             return False
+        self._succeeded()
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self._drop_socket()
+        self._resync = True
+        self._next = time.monotonic() + RETRY_S
+        # said once per cause (a primary restarting costs a timeout, then may say why it
+        # cannot be followed), and every refused epoch
+        if self._failing != type(exc).__name__ or isinstance(exc, StaleEpoch):
+            self.emit("replication_refused" if isinstance(exc, HandshakeRefused) else
+                      "replication_failed", error=type(exc).__name__, message=str(exc))
+        self._failing = type(exc).__name__
+
+    def _succeeded(self) -> None:
         if self._failing:
             self.emit("replication_resumed", primary=self.primary)
         self._failing = ""
         self.last_sync_ns = time.time_ns()
         self.rounds += 1
+
+    def _apply(self, reply: dict[str, Any], data: bytes, progress: bool = False) -> bool:
+        """Apply a `changes` reply: the hinted stripes' records, then the digest comparison
+        of the other stripes that moved (all if progress, else MAX_COMPARED_PER_STEP); record
+        the position once no stripe is left (True)."""
+        assert self.applier is not None and self.cache is not None
+        self._check_region(reply["region_id"])
+        changes = reply["changes"]
+        self.seen = changes
+        self.primary_offset = reply["offset"]
+        self.applier.sync_collections([tuple(c) for c in reply["collections"]])
+        applier, region = self.applier, self.cache._region
+        compare: list[tuple[int, int, int]] = []
+        hinted: list[tuple[int, int, int, memoryview]] = []
+        at = 0
+        for stripe, counter, written, size in reply["moved"]:
+            if size < 0:
+                compare.append((stripe, counter, written))
+                continue
+            chunk = memoryview(data)[at:at + size]
+            at += size
+            # else a collection it names is not in the table yet: the next round again
+            if applier.can_apply(chunk):
+                hinted.append((stripe, counter, written, chunk))
+        evicted = region.q[L.H_EVICTIONS >> 3]
+        for stripe, _, _, chunk in hinted:  # removals first: the room the primary reused
+            applier.remove_tombstoned(stripe, chunk)
+        for stripe, counter, written, chunk in hinted:
+            applier.upsert_hinted(stripe, chunk, written)
+            self.synced[stripe] = counter
+        self.stripes_hinted += len(hinted)
+        left = 0 if progress else max(0, len(compare) - MAX_COMPARED_PER_STEP)
+        if left:  # unrecorded, they move for the next round, asked at once
+            compare = compare[:MAX_COMPARED_PER_STEP]
+        self.stripes_compared += len(compare)
+        counters = {stripe: counter for stripe, counter, _ in compare}
+        writes = {stripe: written for stripe, _, written in compare}
+        for done, stripe in enumerate(self._sync_stripes(list(counters), writes)):
+            self.synced[stripe] = counters[stripe]
+            if progress:
+                self.status(f"replica of {self.primary}: first sync, stripe {done + 1} of "
+                            f"{len(counters)}")
+        if region.q[L.H_EVICTIONS >> 3] != evicted:
+            # its writes made room on their own (another fragmentation than the primary's):
+            # what went may be of any stripe, so every stripe is compared next round
+            self.self_evictions += 1
+            self.synced = [None] * len(self.synced)
+        if left:
+            return False
+        RP.set_position(region, reply["repl_id"], reply["offset"])
+        self.applied = reply["offset"]
         return True
 
-    def _sync_stripes(self, moved: list[int], writes: list[int]) -> Iterator[int]:
+    def _sync_stripes(self, moved: list[int], writes: dict[int, int]) -> Iterator[int]:
         """Make each stripe equal to the primary's, yielding each once done: compare the
         digests of its slot ranges, read only the ranges that differ."""
         assert self.applier is not None and self.cache is not None
@@ -438,21 +467,30 @@ class Replica:
                 yield stripe
         firsts = self._requests([{"op": "stripe", "stripe": s, "ranges": r} for s, r in work])
         for (stripe, ranges), first in zip(work, firsts):
-            seen: dict[tuple[int, bytes], int] = {}
+            chunks: list[bytes] = []
             reply, data = first
             while True:
                 if reply.get("stripe") != stripe:
                     raise ProtocolError(f"asked for stripe {stripe}, got {reply.get('stripe')}")
                 if data:
-                    self.applier.apply_chunk(stripe, data, seen)
+                    chunks.append(data)
                 if reply["done"]:
                     break
                 reply, data = self._request({"op": "next", "stripe": stripe})
-            self.applier.end_stripe(stripe, seen, writes[stripe], ranges)
+            # what the primary no longer has goes first: the upserts then find the room it
+            # freed, and the replica's own writes do not evict (see _apply)
+            listed = {(coll, key): version for chunk in chunks
+                      for coll, _, _, version, key, _ in RP.records(chunk)}
+            self.applier.end_stripe(stripe, listed, writes[stripe], ranges)
+            seen: dict[tuple[int, bytes], int] = {}
+            for chunk in chunks:
+                self.applier.apply_chunk(stripe, chunk, seen)
+            self.applier.upsert_hinted(stripe, b"", writes[stripe])  # the writes counter
             yield stripe
 
     def state(self) -> dict[str, Any]:
-        behind = [s for s, n in enumerate(self.seen) if self.synced[s] != n]
+        behind = [s for s, n in enumerate(self.seen) if (self.synced[s] or 0) < n
+                  or self.synced[s] is None]
         epoch = self.cache._region.q[L.H_REPL_EPOCH >> 3] if self.cache is not None else 0
         return {"role": "replica", "primary": self.primary,
                 "last_sync_age_s": round((time.time_ns() - self.last_sync_ns) / 1e9, 3)
@@ -462,7 +500,10 @@ class Replica:
                 "offset": self.applied, "epoch": epoch,
                 "repl_id": RP.repl_id(self.cache._region) if self.cache is not None else "",
                 "rounds": self.rounds, "ranges_compared": self.ranges_compared,
-                "ranges_sent": self.ranges_sent, "full_resyncs": self.full_resyncs,
+                "ranges_sent": self.ranges_sent, "stripes_hinted": self.stripes_hinted,
+                "stripes_compared": self.stripes_compared,
+                "self_evictions": self.self_evictions, "steps": self.steps,
+                "full_resyncs": self.full_resyncs,
                 "partial_resyncs": self.partial_resyncs, "epoch_refusals": self.epoch_refusals,
                 "failing": bool(self._failing)}
 

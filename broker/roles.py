@@ -53,7 +53,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -63,6 +63,9 @@ from shmkv import replica as RP
 from shmkv.errors import RemoteUnavailable, ShmKVError
 
 from .config import NodeConfig
+
+if TYPE_CHECKING:
+    from shmkv.events import EventReader
 from .replication import Emit, Replica, Source, Stopped, curve_client
 
 # A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
@@ -105,6 +108,7 @@ class Roles:
         self._before_demotion: Entries | None = None
         self._takeover: Takeover | None = None  # the new primary's, and this node's epoch
         self._epoch_at_demotion = 0
+        self._events: EventReader | None = None  # the node's reader of the rings (hints)
 
     # --- start (server.py) -------------------------------------------------------------
     def open_replica(self, primary: str) -> shmkv.Cache:
@@ -131,22 +135,42 @@ class Roles:
         self._poller = poller
         if self.source is not None:
             poller.register(self.source.socket, zmq.POLLIN)
+        if self.replica is not None and self.replica.socket is not None:
+            poller.register(self.replica.socket, zmq.POLLIN)
+
+    def use_events(self, events: EventReader) -> None:
+        """The node's reader of the event rings: a Source takes its hints from it."""
+        self._events = events
+        if self.source is not None:
+            self.source.use_events(events)
 
     # --- the loop ------------------------------------------------------------------------
     def due(self) -> float:
-        return self.replica.due() if self.replica is not None else float("inf")
+        due = self.replica.due() if self.replica is not None else float("inf")
+        return min(due, self.source.due()) if self.source is not None else due
 
     def service(self, ready: dict[Any, int]) -> None:
-        if self.source is not None and self.source.socket in ready:
-            self.source.service()
+        if self.source is not None:
+            if self.source.socket in ready:
+                self.source.service()
+            self.source.poll_parked()
+        if self.replica is not None and self.replica.socket is not None \
+                and self.replica.socket in ready:
+            self._in_tick = True
+            try:
+                self.replica.service()
+            finally:
+                self._in_tick = False
         if self.replica is not None and time.monotonic() >= self.replica.due():
             self._in_tick = True
             try:
                 self.replica.tick()
             finally:
                 self._in_tick = False
-            if self._before_demotion is not None and self.replica.rounds:
-                self._count_discarded()
+        # a round completes in tick() or in service() (a pushed round's reply)
+        if self.replica is not None and self._before_demotion is not None \
+                and self.replica.rounds:
+            self._count_discarded()
 
     def state(self) -> dict[str, Any] | None:
         if self.source is not None:
@@ -260,7 +284,19 @@ class Roles:
 
     def _new_replica(self, primary: str) -> Replica:
         config = dataclasses.replace(self.config, replica_of=primary)
-        return Replica(self.context, config, self.emit, self.status, self._replica_wait)
+        replica = Replica(self.context, config, self.emit, self.status, self._replica_wait)
+        replica.watch = self._watch_replica
+        return replica
+
+    def _watch_replica(self, socket: zmq.Socket, on: bool) -> None:
+        """The Replica's socket, in the node's poller while it exists (its pushed rounds'
+        replies wake the loop)."""
+        if self._poller is None:
+            return
+        if on:
+            self._poller.register(socket, zmq.POLLIN)
+        elif socket in self._poller:
+            self._poller.unregister(socket)
 
     def _replica_wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """The Replica's wait for a reply: the node's (False once a stop signal came); and
@@ -295,6 +331,8 @@ class Roles:
 
     def _set_source(self, source: Source) -> None:
         self.source = source
+        if self._events is not None:
+            source.use_events(self._events)
         if self._poller is not None:
             self._poller.register(source.socket, zmq.POLLIN)
         self.on_source(source)

@@ -196,6 +196,7 @@ class _Node:
                     self._requests = requests
                     persistence = Persistence(self.config, cache, self.notifier, self._emit)
                     events = EventReader(cache)  # made before events are on: it misses none
+                    roles.use_events(events)  # a Source's hints: the same reader, teed
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
@@ -580,7 +581,7 @@ class _Node:
 
 # replication state (Replica.state(), Source.state()) that the metrics export
 _EXPORTED = ("stripes_behind", "changes_behind", "last_sync_age_s", "replicas", "full_resyncs",
-             "partial_resyncs", "epoch_refusals")
+             "partial_resyncs", "epoch_refusals", "stripes_hinted", "stripes_compared")
 
 
 def _arena_bytes_to_serve(config: NodeConfig) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import holders
 from . import layout as L
@@ -52,6 +52,14 @@ class Event:
     collection: str  # "" for the default collection
     key: bytes  # the key; for "message", the channel
     data: bytes = b""  # for "message", the message
+    collection_index: int = 0  # the collection's index in the table (what keys hash with)
+
+
+class StripeObserver(Protocol):
+    """Told what an EventReader reads, stripe by stripe (broker/repl_hints.py)."""
+
+    def seen(self, stripe: int, events: list[Event]) -> None: ...
+    def overrun(self, stripe: int) -> None: ...
 
 
 def enabled(region: SharedRegion) -> bool:
@@ -140,6 +148,9 @@ class EventReader:
         self._read = [q[at + (L.S_EVENTS_HEAD >> 3)] for at in self._rec_at]  # bytes read
         self._counted = [q[at + (L.S_EVENTS_COUNT >> 3)] for at in self._rec_at]
         self._lost = 0
+        # told each stripe's events as they are read, and every overrun (None: nobody)
+        self.observer: StripeObserver | None = None
+        self._held: list[Event] = []  # read by catch_up, for the next poll
 
     @property
     def lost(self) -> int:
@@ -148,21 +159,40 @@ class EventReader:
 
     def poll(self, max_events: int = 4096) -> list[Event]:
         """The events written since the last poll (up to about max_events); never blocks."""
-        events: list[Event] = []
+        events, self._held = self._held, []
         for stripe in range(len(self._rec_at)):
             if len(events) >= max_events:
                 break
             self._poll_stripe(stripe, events)
         return events
 
+    def catch_up(self, stripe: int) -> None:
+        """Read the stripe's ring up to its head now. Called with the stripe's lock held,
+        nothing is appended meanwhile: the observer has then seen every event of the stripe
+        made before the lock was taken. The events are kept for the next poll (its caller
+        sees them as if that poll had read them)."""
+        self._poll_stripe(stripe, self._held)
+
     def _poll_stripe(self, stripe: int, events: list[Event]) -> None:
+        before = len(events)
+        lost = self._read_stripe(stripe, events)
+        observer = self.observer
+        if observer is not None:
+            if len(events) > before:
+                observer.seen(stripe, events[before:])
+            if lost:
+                observer.overrun(stripe)
+
+    def _read_stripe(self, stripe: int, events: list[Event]) -> bool:
+        """Append the stripe's new events; True if some were lost (overwritten, or a record
+        that does not parse)."""
         region = self._region
         q, mm = region.q, region.mm
         head_at = self._rec_at[stripe] + (L.S_EVENTS_HEAD >> 3)
         count_at = self._rec_at[stripe] + (L.S_EVENTS_COUNT >> 3)
         start, head = self._read[stripe], q[head_at]
         if head == start:
-            return
+            return False
         ring = self._ring
         if head - start <= ring - self._slack:
             ring0, at = self._ring0[stripe], start % ring
@@ -174,12 +204,13 @@ class EventReader:
                 if parsed >= 0:
                     self._read[stripe] = head
                     self._counted[stripe] += parsed
-                    return
+                    return False
         # overtaken (or a record that does not parse: a writer died mid-append): start again
         # at the head, and count what was skipped
         head, count = q[head_at], q[count_at]
         self._lost += max(0, count - self._counted[stripe])
         self._read[stripe], self._counted[stripe] = head, count
+        return True
 
     def _parse(self, raw: bytes, events: list[Event]) -> int:
         """Append the events in raw; returns how many, or -1 if a record is malformed."""
@@ -198,7 +229,7 @@ class EventReader:
             # the record's name, read now: a collection renamed since reports its new name
             name = colls.read(coll)[2].decode("utf-8", "replace")
             events.append(Event(KIND_NAMES[kind], name, raw[body:body + klen],
-                                raw[body + klen:body + klen + dlen]))
+                                raw[body + klen:body + klen + dlen], coll))
             pos += size
             parsed += 1
         return parsed

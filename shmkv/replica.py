@@ -217,6 +217,32 @@ class StripeReader:
         return b"".join(parts), done
 
 
+def key_records_locked(region: SharedRegion, stripe: int, keys: Iterable[tuple[int, bytes]],
+                       max_bytes: int = CHUNK_BYTES) -> bytes | None:
+    """The records of keys of the stripe as they are now (the stripe's lock held: exact),
+    expired ones included; a key that is not there gets a tombstone (a record of version 0,
+    no value). None if they come to more than max_bytes, or an entry does not validate."""
+    parts: list[bytes] = []
+    size = 0
+    smask = region.layout.n_stripes - 1
+    for coll, key in keys:
+        h = xxh3_64(key, region.seed ^ coll)
+        if h & smask != stripe or len(key) > L.MAX_KEY_BYTES:
+            return None  # not a key of this stripe: the hint is wrong, compare instead
+        _, off = region.index.find_locked(stripe, h, key, coll)
+        if off:
+            record = _read_entry(region, off, keep_expired=True)
+            if not record:
+                return None
+        else:
+            record = RECORD_HEADER.pack(0, 0, 0, len(key), coll, 0) + key
+        size += len(record)
+        if size > max_bytes:
+            return None
+        parts.append(record)
+    return b"".join(parts)
+
+
 def _slot_entries(region: SharedRegion, stripe: int, ranges: np.ndarray | None = None
                   ) -> list[int]:
     """The entry offsets of the stripe's occupied slots, copied under its lock (only those
@@ -365,6 +391,46 @@ class Applier:
                 q[writes_at] = version - 1  # put_locked stores the counter after its increment
                 writer.put_locked(stripe, h, key, value, exp, pos, old, kind)
                 written += 1
+        finally:
+            region.locks.release_stripe(stripe)
+        return written
+
+    def can_apply(self, data: bytes | memoryview) -> bool:
+        """Whether every collection the records of data name is live in this region's table
+        (a hint naming one that is not yet must wait for the next round)."""
+        return all(self._writer(coll) is not None
+                   for coll, _, _, version, _, _ in records(data) if version)
+
+    def remove_tombstoned(self, stripe: int, data: bytes | memoryview) -> int:
+        """Remove the keys of the tombstones (records of version 0, key_records_locked) in
+        data; returns how many were there. Before any upsert of a round: the room they free
+        is what the primary's new entries took."""
+        region = self.region
+        removed = 0
+        region.locks.acquire_stripe(stripe)
+        try:
+            for coll, _, _, version, key, _ in records(data):
+                if version:
+                    continue
+                pos, found = region.index.find_locked(
+                    stripe, xxh3_64(key, region.seed ^ coll), key, coll)
+                if found:
+                    region.evictor.unpublish_locked(stripe, pos, found, L.H_DELETES)
+                    with region.locks.arena_held:
+                        region.evictor.release_locked(found, L.H_DELETES)
+                    removed += 1
+        finally:
+            region.locks.release_stripe(stripe)
+        return removed
+
+    def upsert_hinted(self, stripe: int, data: bytes | memoryview, primary_writes: int) -> int:
+        """Upsert the records of data (tombstones are skipped); the stripe's writes counter
+        takes the primary's value. Returns how many entries were written."""
+        written = self.apply_chunk(stripe, data, {})
+        region = self.region
+        region.locks.acquire_stripe(stripe)
+        try:
+            region.q[self._seq0 + stripe * L.STRIPE_Q + (L.S_WRITES >> 3)] = primary_writes
         finally:
             region.locks.release_stripe(stripe)
         return written

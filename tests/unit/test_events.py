@@ -163,3 +163,53 @@ def test_events_of_writers_in_other_processes_reach_the_reader(cache, reader) ->
     k0 = [e.kind for e in events if e.key == b"k0"]  # the two writers race on it
     assert k0.count("set") == 2 and k0[-1] == "del"
     assert [e.data for e in events if e.kind == "message"] == [b"bye", b"bye"]
+
+
+def _stripe_of(cache: shmkv.Cache, key: bytes, index: int = 0) -> int:
+    from shmkv.hashing import xxh3_64
+    region = cache._region
+    return xxh3_64(key, region.seed ^ index) & (region.layout.n_stripes - 1)
+
+
+def test_catch_up_reads_one_stripe_now_and_the_next_poll_still_returns_its_events(
+        cache, reader) -> None:
+    told: list[tuple[int, bytes, int]] = []
+
+    class Told:
+        def seen(self, stripe: int, events: list[Event]) -> None:
+            told.extend((stripe, e.key, e.collection_index) for e in events)
+
+        def overrun(self, stripe: int) -> None:
+            told.append((stripe, b"", -1))
+
+    reader.observer = Told()
+    cache.set("a", b"1")
+    stripe = _stripe_of(cache, b"a")
+    with cache.collection("c") as c:
+        index = c._coll
+        other = next(f"b{i}".encode() for i in range(10_000)
+                     if _stripe_of(cache, f"b{i}".encode(), index) != stripe)
+        c.set(other, b"2")
+    reader.catch_up(stripe)
+    assert told == [(stripe, b"a", 0)]
+    assert [(e.kind, e.key) for e in reader.poll()] == [("set", b"a"), ("set", other)]
+    assert told[1:] == [(_stripe_of(cache, other, index), other, index)]
+
+
+def test_an_overrun_ring_is_told_to_the_observer(cache, reader) -> None:
+    overruns: list[int] = []
+
+    class Told:
+        def seen(self, stripe: int, events: list[Event]) -> None:
+            pass
+
+        def overrun(self, stripe: int) -> None:
+            overruns.append(stripe)
+
+    reader.observer = Told()
+    ring = cache._region.layout.event_ring_bytes
+    key = next(f"k{i}" for i in range(10_000) if _stripe_of(cache, f"k{i}".encode()) == 0)
+    for _ in range(ring // 16):
+        cache.set(key, b"v")
+    reader.poll()
+    assert overruns == [0]
