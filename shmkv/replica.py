@@ -461,7 +461,18 @@ class Applier:
                 with region.locks.arena_held:
                     region.evictor.release_locked(off, L.H_DELETES)
                 removed += 1
-            region.q[self._seq0 + stripe * L.STRIPE_Q + (L.S_WRITES >> 3)] = primary_writes
+            region.q[self._seq0 + stripe * L.STRIPE_Q + (L.S_WRITES >> 3)] = \
+                _past_every(primary_writes, seen.values())
         finally:
             region.locks.release_stripe(stripe)
         return removed
+
+
+def _past_every(primary_writes: int, versions: Iterable[int]) -> int:
+    """The writes counter a stripe takes at the end of its read: the primary's, read at the
+    start of the round, or past it if an entry copied later carries a newer version. Else,
+    once promoted, this region's next write of such a key would store an older version than
+    the one it replaces, and a cas holding a version could match a later value."""
+    ahead = max(((v - primary_writes) & L.VERSION_MASK for v in versions
+                 if L.newer_version(v, primary_writes & L.VERSION_MASK)), default=0)
+    return primary_writes + ahead

@@ -51,3 +51,28 @@ def test_the_same_key_version_and_length_with_other_bytes_takes_the_primarys_val
             break
     applier.end_stripe(stripe, seen, RP.stripe_counters(primary._region)[1][stripe])
     assert demoted.get("k") == b"new's"
+
+
+def test_a_write_after_promotion_stores_a_newer_version_than_an_entry_copied_late(
+        two_histories: tuple[shmkv.Cache, shmkv.Cache]) -> None:
+    """A round records the primary's writes counter at its start; an entry the primary wrote
+    after that and the round copied anyway must not be followed, once promoted, by a write
+    of an older version (a cas holding a version would then match a later value)."""
+    primary, replica = two_histories
+    primary.set("k", b"1")
+    stripe = primary.get_with_version("k")[1] & 0xFF
+    counter_at_start = RP.stripe_counters(primary._region)[1][stripe]
+    primary.set("k", b"2")  # after the round's start, before its read
+    copied = primary.get_with_version("k")[1]
+    applier = RP.Applier(replica)
+    reader = RP.StripeReader(primary._region, stripe)
+    seen: dict[tuple[int, bytes], int] = {}
+    while True:
+        data, done = reader.chunk()
+        applier.apply_chunk(stripe, data, seen)
+        if done:
+            break
+    applier.end_stripe(stripe, seen, counter_at_start)
+    assert replica.get_with_version("k") == (b"2", copied)
+    replica.set("k", b"3")  # promoted: this region takes writes of its own
+    assert replica.get_with_version("k")[1] >> 8 > copied >> 8
