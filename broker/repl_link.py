@@ -24,10 +24,10 @@ import zmq
 
 import shmkv
 from shmkv import layout as L
-from shmkv.broker.handshake import HandshakeWatch
 from shmkv.errors import ConfigError, ProtocolError, RemoteUnavailable, ShmKVError
 
 from .auth import CurveClient
+from .handshake import HandshakeWatch
 from .repl_wire import message, parse
 
 REQUEST_TIMEOUT_S = 5.0
@@ -80,6 +80,10 @@ class Link:
         # that the next request shares its REQUEST_TIMEOUT_S: else a replica cut off from its
         # primary would never notice (nor resync) and queue a request a round.
         self._silent_since: float | None = None
+        # The requests a wait gave up on early (Stopped), and the id of the first: asked again
+        # as they were, they are not sent again (the primary would answer, and count, each
+        # psync twice) but their replies awaited
+        self._unanswered: tuple[list[dict[str, Any]], int] | None = None
         self.cache: shmkv.Cache | None = None  # the replica's region, once open (its epoch)
         self.epoch_refusals = 0
 
@@ -97,10 +101,14 @@ class Link:
         if self._socket is None:
             self._connect()
         assert self._socket is not None
-        first = self._id + 1
-        for header in headers:
-            self._id += 1
-            self._socket.send_multipart(message({**header, "id": self._id}))
+        if self._unanswered is not None and self._unanswered[0] == headers:
+            first = self._unanswered[1]
+        else:
+            first = self._id + 1
+            for header in headers:
+                self._id += 1
+                self._socket.send_multipart(message({**header, "id": self._id}))
+        self._unanswered = None
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         if self._silent_since is None:
@@ -113,6 +121,8 @@ class Link:
                 raise RemoteUnavailable(f"the primary {self.primary} did not answer within "
                                         f"{REQUEST_TIMEOUT_S} s")
             if not poller.poll(0) and not self._wait(poller, min(left_ms, 100)):
+                if not replies:
+                    self._unanswered = (headers, first)
                 raise Stopped()
             if not poller.poll(0):
                 self._check_handshake()
@@ -182,3 +192,4 @@ class Link:
             self._socket.close()
             self._socket = None
         self._silent_since = None
+        self._unanswered = None
