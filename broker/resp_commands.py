@@ -35,6 +35,8 @@ import shmkv
 from shmkv import errors
 from shmkv.arrays import ARRAY_MAGIC
 
+from . import protocol
+from .protocol import Request
 from .resp import NIL_ARRAY, OK, Error, Simple
 from .resp_glob import glob_matcher
 
@@ -47,6 +49,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_DB = 15  # SELECT 0..15, as a default Redis has 16 databases
 SCAN_DEFAULT_COUNT = 10
 BUSY = object()  # execute's answer when a lock the command needs is busy
+_NO_FIELDS: dict[str, Any] = {}  # the header of every operation without fields: never changed
 # Commands that read or write a whole database: they wait for every parked command before
 # them, and hold up every later one (waits.py's "unknown keys").
 _WHOLE_DB = frozenset({"keys", "scan", "dbsize", "flushdb", "flushall"})
@@ -138,12 +141,13 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         try:
             reply = cmd.handler(ctx, session, args)
         except errors.CollectionNotFound:
-            if not session.db:
+            if not session.coll:
                 raise
             # Another process dropped this database's collection: the database is empty,
             # as after FLUSHDB, and made anew by the write (a write checks its collection
             # before it changes anything, so running it again is safe).
             session.cache = ctx.reopen(session.db, session.cache)
+            open_db(ctx, session.coll)
             reply = cmd.handler(ctx, session, args)
         if "write" in cmd.flags:
             session.wrote = True  # the connection's next WAIT waits for it (WAIT's doc)
@@ -169,6 +173,24 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         if not isinstance(exc, errors.ShmKVError):
             traceback.print_exc(file=sys.stderr)  # a bug: worth a traceback
         return Error(f"ERR {type(exc).__name__}: {exc}".replace("\n", " "))
+
+
+# --- operations of the request model (dispatch.py) ------------------------------------------
+def run(ctx: Context, s: Session, op: str, *frames: bytes, **fields: Any) -> tuple[Any, list[Any]]:
+    """Run one operation in the session's database: its (result, payload frames); raises the
+    errors of shmkv.errors, which execute words as Redis does."""
+    return ctx.dispatcher.run(Request(0, op, s.coll, fields or _NO_FIELDS, frames,
+                                      ctx.max_reply_bytes))
+
+
+def open_db(ctx: Context, coll: str) -> None:
+    """Create a database's collection if it is not there (SELECT n; Redis has them all)."""
+    ctx.dispatcher.run(Request(0, "collection", "", {"name": coll}, (), None))
+
+
+def _value(result: tuple[Any, list[Any]]) -> Any:
+    """The value of an operation that answers (found, [value]), or None (nil)."""
+    return result[1][0] if result[0] else None
 
 
 # --- argument parsing ---------------------------------------------------------------------
@@ -199,28 +221,30 @@ def need(cache: shmkv.Cache, method: str) -> Any:
     return found
 
 
-def _is_array(cache: shmkv.Cache, key: bytes) -> bool:
-    kind = getattr(cache, "type", None)
-    return kind is not None and kind(key) == "shmkv-array"
-
-
-def _string(cache: shmkv.Cache, key: bytes, value: bytes | None) -> bytes | None:
-    """value, unless key holds an array (set_array): Redis's WRONGTYPE, as for a list. The
-    engine's get returns an array's encoding as bytes; its magic prefix is checked first, so
-    that a string GET pays no second lookup."""
-    if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(cache, key):
-        raise err(WRONGTYPE)
-    return value
+def _is_array(ctx: Context, s: Session, key: bytes) -> bool:
+    return run(ctx, s, "type", key)[0] == "shmkv-array"  # type: ignore[no-any-return]
 
 
 # --- strings ------------------------------------------------------------------------------
 @command("get", 2, "readonly", keys=(1, 1, 1))
 def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _string(s.cache, a[1], s.cache.get(a[1]))
+    # The hot path: one Request, no helper between the codec and the executor.
+    found, out = ctx.dispatcher.run(Request(0, "get", s.coll, _NO_FIELDS, (a[1],),
+                                            ctx.max_reply_bytes))
+    if not found:
+        return None
+    value = out[0]
+    if value[:len(ARRAY_MAGIC)] == ARRAY_MAGIC and _is_array(ctx, s, a[1]):
+        raise err(WRONGTYPE)
+    return value
 
 
 @command("set", -3, "write", keys=(1, 1, 1))
 def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    if len(a) == 3:  # the hot path: a plain SET
+        ctx.dispatcher.run(Request(0, "set", s.coll, _NO_FIELDS, (a[1], a[2]),
+                                   ctx.max_reply_bytes))
+        return OK
     ttl_s: float | None = None
     nx = xx = keepttl = get = False
     i = 3
@@ -236,7 +260,7 @@ def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
                     raise err("ERR invalid expire time in 'set' command")
                 ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
                 if ttl_s <= 0:  # already past: Redis stores it and it is gone at once
-                    s.cache.delete(a[1])
+                    run(ctx, s, "delete", a[1])
                     return OK
             i += 2
         elif opt == b"NX" and not xx:
@@ -250,47 +274,37 @@ def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
         else:
             raise err(SYNTAX)
     if not (nx or xx or keepttl or get):
-        s.cache.set(a[1], a[2], ttl_s=ttl_s)
+        run(ctx, s, "set", a[1], a[2], ttl_s=ttl_s)
         return OK
-    result = _set_with(s.cache, a[1], a[2], ttl_s, nx=nx, xx=xx, keepttl=keepttl, get=get)
+    result = run(ctx, s, "set_options", a[1], a[2], ttl_s=ttl_s, nx=nx, xx=xx,
+                 keepttl=keepttl, get=get)
     if get:
-        return result
+        return _value(result)
     if not (nx or xx):  # KEEPTTL alone always stores
         return OK
-    return OK if result else None
-
-
-def _set_with(cache: shmkv.Cache, key: bytes, value: bytes, ttl_s: float | None,
-              **options: bool) -> Any:
-    try:
-        return cache.set(key, value, ttl_s=ttl_s, **options)  # type: ignore[call-arg]
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise err("ERR this node's engine has no Cache.set(nx=, xx=, keepttl=, get=); "
-                      "SET NX/XX/KEEPTTL/GET is not supported by it") from None
-        raise
+    return OK if result[0] else None
 
 
 @command("setnx", 3, "write", keys=(1, 1, 1))
 def _setnx(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return int(bool(_set_with(s.cache, a[1], a[2], None, nx=True)))
+    return int(bool(run(ctx, s, "set_options", a[1], a[2], nx=True)[0]))
 
 
 @command("setex", 4, "write", keys=(1, 1, 1))
 def _setex(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 1.0, "setex"))
+    run(ctx, s, "set", a[1], a[3], ttl_s=expire_seconds(a[2], 1.0, "setex"))
     return OK
 
 
 @command("psetex", 4, "write", keys=(1, 1, 1))
 def _psetex(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 0.001, "psetex"))
+    run(ctx, s, "set", a[1], a[3], ttl_s=expire_seconds(a[2], 0.001, "psetex"))
     return OK
 
 
 @command("getdel", 2, "write", keys=(1, 1, 1))
 def _getdel(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return need(s.cache, "getdel")(a[1])
+    return _value(run(ctx, s, "getdel", a[1]))
 
 
 @command("getex", -2, "write", keys=(1, 1, 1))
@@ -311,20 +325,22 @@ def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
             ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
         else:
             raise err(SYNTAX)
-    getex = need(s.cache, "getex")
     if ttl_s is not None and ttl_s <= 0:  # a time already past: read it, then it is gone
-        value = s.cache.get(a[1])
-        s.cache.delete(a[1])
+        value = _value(run(ctx, s, "get", a[1]))
+        run(ctx, s, "delete", a[1])
         return value
-    return getex(a[1], ttl_s, persist=persist)
+    return _value(run(ctx, s, "getex", a[1], ttl_s=ttl_s, persist=persist))
 
 
 @command("mget", -2, "readonly", keys=(1, -1, 1))
 def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    get = s.cache.get
-    values = [get(key) for key in a[1:]]
+    found, out = ctx.dispatcher.run(Request(0, "get_many", s.coll, _NO_FIELDS,
+                                            protocol.pack(a[1:]), ctx.max_reply_bytes))
+    packed = iter(protocol.unpack(*out))
+    values = [next(packed) if hit else None for hit in found]
     for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
-        if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(s.cache, a[i + 1]):
+        if value is not None and value[:len(ARRAY_MAGIC)] == ARRAY_MAGIC \
+                and _is_array(ctx, s, a[i + 1]):
             values[i] = None
     return values
 
@@ -341,40 +357,36 @@ def _mset(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 @command("append", 3, "write", keys=(1, 1, 1))
 def _append(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return need(s.cache, "append")(a[1], a[2])
+    return run(ctx, s, "append", a[1], a[2])[0]
 
 
 @command("strlen", 2, "readonly", keys=(1, 1, 1))
 def _strlen(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    strlen = getattr(s.cache, "strlen", None)
-    if strlen is not None:
-        return strlen(a[1])
-    value = s.cache.get(a[1])  # an engine without strlen: one copy of the value
-    return 0 if value is None else len(value)
+    return run(ctx, s, "strlen", a[1])[0]
 
 
-def _add(s: Session, key: bytes, delta: int) -> int:
+def _add(ctx: Context, s: Session, key: bytes, delta: int) -> int:
     try:
         return s.cache.incr(key, delta)
     except errors.NotAnInteger:
-        if _is_array(s.cache, key):
+        if _is_array(ctx, s, key):
             raise err(WRONGTYPE) from None
         raise
 
 
 @command("incr", 2, "write", keys=(1, 1, 1))
 def _incr(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], 1)
+    return _add(ctx, s, a[1], 1)
 
 
 @command("decr", 2, "write", keys=(1, 1, 1))
 def _decr(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], -1)
+    return _add(ctx, s, a[1], -1)
 
 
 @command("incrby", 3, "write", keys=(1, 1, 1))
 def _incrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], integer(a[2]))
+    return _add(ctx, s, a[1], integer(a[2]))
 
 
 @command("decrby", 3, "write", keys=(1, 1, 1))
@@ -382,7 +394,7 @@ def _decrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
     delta = integer(a[2])
     if delta == INT64_MIN:  # its negation is not an int64
         raise err("ERR decrement would overflow")
-    return _add(s, a[1], -delta)
+    return _add(ctx, s, a[1], -delta)
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -566,6 +578,9 @@ def _select(ctx: Context, s: Session, a: list[bytes]) -> Any:
     if not 0 <= db <= MAX_DB:
         raise err("ERR DB index is out of range")
     s.db = db
+    s.coll = f"db{db}" if db else ""
+    if db:
+        open_db(ctx, s.coll)
     s.cache = ctx.db(db)
     return OK
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import shmkv
 
+from . import protocol
+from .dispatch import Dispatcher
 from .resp import Push
 from .resp_commands import MAX_DB
 from .resp_glob import glob_matcher
@@ -34,6 +36,10 @@ class Context:
     def __init__(self, cache: shmkv.Cache, config: NodeConfig, host: str, port: int,
                  requirepass: str) -> None:
         self.cache = cache
+        # The executor of the request model (dispatch.py): every command that touches the
+        # region runs as its operations, as the ZeroMQ door's requests do.
+        self.dispatcher = Dispatcher(cache, protocol.limits_for(int(cache.stats()["arena_bytes"])))
+        self.max_reply_bytes = self.dispatcher.max_reply_bytes
         self.config = config
         self.host, self.port = host, port
         self.requirepass = requirepass

@@ -117,6 +117,7 @@ class Session:
 
     def reset(self) -> None:
         self.db = 0
+        self.coll = ""  # the collection of the database: "" for db 0, "db<n>" for db n
         self.cache = self._ctx.cache
         self.name: bytes | None = None
         self.set_protocol(2)
