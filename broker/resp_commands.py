@@ -421,10 +421,10 @@ def _type(ctx: Context, s: Session, a: list[bytes]) -> Any:
     return Simple("string" if a[1] in s.cache else "none")  # an engine without type()
 
 
-def _expire_in(s: Session, key: bytes, ttl_s: float) -> int:
+def _expire_in(ctx: Context, s: Session, key: bytes, ttl_s: float) -> int:
     if ttl_s <= 0:  # Redis deletes a key given a time already past
-        return int(s.cache.delete(key))
-    return int(s.cache.expire(key, ttl_s))
+        return int(run(ctx, s, "delete", key)[0])
+    return int(run(ctx, s, "expire", key, ttl_s=ttl_s)[0])
 
 
 def _expire_args(a: list[bytes]) -> None:
@@ -435,50 +435,50 @@ def _expire_args(a: list[bytes]) -> None:
 @command("expire", -3, "write", keys=(1, 1, 1))
 def _expire(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]))
+    return _expire_in(ctx, s, a[1], integer(a[2]))
 
 
 @command("pexpire", -3, "write", keys=(1, 1, 1))
 def _pexpire(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) / 1000)
+    return _expire_in(ctx, s, a[1], integer(a[2]) / 1000)
 
 
 @command("expireat", -3, "write", keys=(1, 1, 1))
 def _expireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) - ctx.now_s())
+    return _expire_in(ctx, s, a[1], integer(a[2]) - ctx.now_s())
 
 
 @command("pexpireat", -3, "write", keys=(1, 1, 1))
 def _pexpireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) / 1000 - ctx.now_s())
+    return _expire_in(ctx, s, a[1], integer(a[2]) / 1000 - ctx.now_s())
 
 
-def _ttl_s(s: Session, key: bytes) -> float | int:
-    left = s.cache.ttl(key)
+def _ttl_s(ctx: Context, s: Session, key: bytes) -> float | int:
+    left = run(ctx, s, "ttl", key)[0]
     if left is not None:
-        return left
-    return -1 if key in s.cache else -2  # Redis's codes: no expiry, no key
+        return left  # type: ignore[no-any-return]
+    return -1 if run(ctx, s, "contains", key)[0] else -2  # Redis's codes: no expiry, no key
 
 
 @command("ttl", 2, "readonly", keys=(1, 1, 1))
 def _ttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    left = _ttl_s(s, a[1])
+    left = _ttl_s(ctx, s, a[1])
     return left if isinstance(left, int) else int(left + 0.5)  # Redis rounds
 
 
 @command("pttl", 2, "readonly", keys=(1, 1, 1))
 def _pttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    left = _ttl_s(s, a[1])
+    left = _ttl_s(ctx, s, a[1])
     return left if isinstance(left, int) else int(left * 1000 + 0.5)
 
 
 @command("persist", 2, "write", keys=(1, 1, 1))
 def _persist(ctx: Context, s: Session, a: list[bytes]) -> Any:
     # Redis answers 1 only if a TTL was removed
-    return int(s.cache.ttl(a[1]) is not None and s.cache.persist(a[1]))
+    return int(run(ctx, s, "ttl", a[1])[0] is not None and run(ctx, s, "persist", a[1])[0])
 
 
 @command("rename", 3, "write", keys=(1, 2, 1))
