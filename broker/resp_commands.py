@@ -365,9 +365,16 @@ def _strlen(ctx: Context, s: Session, a: list[bytes]) -> Any:
     return run(ctx, s, "strlen", a[1])[0]
 
 
+# INCR's and DECR's headers, made once (never changed): the hot path makes no dict
+_DELTAS = {1: {"delta": 1}, -1: {"delta": -1}}
+
+
 def _add(ctx: Context, s: Session, key: bytes, delta: int) -> int:
+    fields = _DELTAS.get(delta) or {"delta": delta}
     try:
-        return s.cache.incr(key, delta)
+        found: int = ctx.dispatcher.run(Request(0, "incr", s.coll, fields, (key,),
+                                                ctx.max_reply_bytes))[0]
+        return found
     except errors.NotAnInteger:
         if _is_array(ctx, s, key):
             raise err(WRONGTYPE) from None
