@@ -212,15 +212,6 @@ def expire_seconds(arg: bytes, unit_s: float, command_name: str) -> float:
     return value * unit_s
 
 
-def need(cache: shmkv.Cache, method: str) -> Any:
-    """A Cache method some commands need that an older engine lacks."""
-    found = getattr(cache, method, None)
-    if found is None:
-        raise err(f"ERR this node's engine has no Cache.{method}; the command is not "
-                  "supported by it")
-    return found
-
-
 def _is_array(ctx: Context, s: Session, key: bytes) -> bool:
     return run(ctx, s, "type", key)[0] == "shmkv-array"  # type: ignore[no-any-return]
 
@@ -350,8 +341,7 @@ def _mset(ctx: Context, s: Session, a: list[bytes]) -> Any:
     if len(a) % 2 == 0:
         return Error("ERR wrong number of arguments for 'mset' command")
     # Not atomic as Redis's is: each pair is stored on its own (as set_many does)
-    for i in range(1, len(a), 2):
-        s.cache.set(a[i], a[i + 1])
+    run(ctx, s, "set_many", *protocol.pack(a[1::2]), *protocol.pack(a[2::2]))
     return OK
 
 
@@ -407,8 +397,9 @@ def _decrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
 # --- keys ---------------------------------------------------------------------------------
 @command("del", -2, "write", keys=(1, -1, 1))
 def _del(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    delete = s.cache.delete
-    return sum(delete(key) for key in a[1:])
+    if len(a) == 2:
+        return int(run(ctx, s, "delete", a[1])[0])
+    return run(ctx, s, "delete_many", *protocol.pack(a[1:]))[0]
 
 
 register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
@@ -416,16 +407,14 @@ register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
 
 @command("exists", -2, "readonly", keys=(1, -1, 1))
 def _exists(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    cache = s.cache
-    return sum(key in cache for key in a[1:])
+    if len(a) == 2:
+        return int(run(ctx, s, "contains", a[1])[0])
+    return run(ctx, s, "exists", *protocol.pack(a[1:]))[0]
 
 
 @command("type", 2, "readonly", keys=(1, 1, 1))
 def _type(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    kind = getattr(s.cache, "type", None)
-    if kind is not None:
-        return Simple(kind(a[1]) or "none")
-    return Simple("string" if a[1] in s.cache else "none")  # an engine without type()
+    return Simple(run(ctx, s, "type", a[1])[0] or "none")
 
 
 def _expire_in(ctx: Context, s: Session, key: bytes, ttl_s: float) -> int:
@@ -491,7 +480,7 @@ def _persist(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("rename", 3, "write", keys=(1, 2, 1))
 def _rename(ctx: Context, s: Session, a: list[bytes]) -> Any:
     try:
-        need(s.cache, "rename")(a[1], a[2])
+        run(ctx, s, "rename", a[1], a[2])
     except KeyError:
         raise err("ERR no such key") from None
     return OK
@@ -500,7 +489,7 @@ def _rename(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("renamenx", 3, "write", keys=(1, 2, 1))
 def _renamenx(ctx: Context, s: Session, a: list[bytes]) -> Any:
     try:
-        return int(bool(need(s.cache, "rename")(a[1], a[2], nx=True)))
+        return int(bool(run(ctx, s, "rename", a[1], a[2], nx=True)[0]))
     except KeyError:
         raise err("ERR no such key") from None
 
