@@ -194,6 +194,10 @@ class Dispatcher:
             scope = self._scopes[name] = self._cache.collection(name)
         return scope
 
+    def close(self) -> None:
+        """Close the handles of the collections it opened (not the root handle)."""
+        self._forget(*list(self._scopes))
+
     def _forget(self, *names: str) -> None:
         for name in names:
             scope = self._scopes.pop(name, None) if isinstance(name, str) else None

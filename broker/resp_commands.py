@@ -1,6 +1,15 @@
 """The Redis commands the node answers: `COMMANDS`, name -> Command(arity, handler, flags), and
-`execute(ctx, session, args)`, which checks a request against the table and runs it over the
-node's Cache, answering as Redis does (the wording of its errors included).
+`execute(ctx, session, args)`, which checks a request against the table and runs it, answering
+as Redis does (the wording of its errors included).
+
+This is the RESP codec of the node's one request model (dispatch.py's docstring): a command
+that touches the region is turned into operations of that model (op, collection, fields,
+payload frames: a protocol.Request, most often one) run by the node's executor
+(Dispatcher.run, on ctx.dispatcher), the same code that runs the ZeroMQ door's requests; its
+results become Redis's replies, and its errors Redis's errors. What is parsed here is the
+arguments (Redis's integers, options and their errors); what stays here is the connection's
+state (SELECT's database, subscriber mode, QUIT). The hot commands (GET, plain SET, INCR) make
+one Request and call the executor directly.
 
 No sockets here: the door (resp_door.py) parses a request (resp.py), calls execute, and
 encodes what it returns. A handler returns a reply value (see resp.py's table: bytes, int,
@@ -8,9 +17,8 @@ None, list, dict, Simple, Error, ...) or raises; `execute` turns the engine's er
 Redis's errors and never raises for a client's input.
 
 Databases are collections: SELECT 0 is the default collection, SELECT n (1 to 15) the
-collection "db<n>", created on first use. Commands that need Cache calls the engine does not
-have yet (SET NX/XX/KEEPTTL/GET, GETDEL, GETEX, APPEND, RENAME) answer `-ERR ... not supported
-by this node's engine` until it has them; they are written against that API.
+collection "db<n>", created by SELECT (the model's `collection`) and again by a command that
+finds it dropped by another process.
 
 A command that finds a lock busy (the node's handle waits only a moment: waits.py) changes
 nothing and `execute` returns BUSY (the engine's message in ctx.last_lock_timeout): the door
@@ -38,7 +46,6 @@ from shmkv.arrays import ARRAY_MAGIC
 from . import protocol
 from .protocol import Request
 from .resp import NIL_ARRAY, OK, Error, Simple
-from .resp_glob import glob_matcher
 
 if TYPE_CHECKING:
     from .resp_door import Context, Session
@@ -113,7 +120,7 @@ def keys_of(session: Session, args: list[bytes]) -> frozenset[tuple[str, bytes]]
         return frozenset()
     if cmd.first_key:
         last = len(args) - 1 if cmd.last_key < 0 else min(cmd.last_key, len(args) - 1)
-        coll = f"db{session.db}" if session.db else ""
+        coll = session.coll
         return frozenset((coll, key) for key in args[cmd.first_key:last + 1:cmd.key_step])
     return None if cmd.name in _WHOLE_DB else frozenset()
 
@@ -146,7 +153,6 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
             # Another process dropped this database's collection: the database is empty,
             # as after FLUSHDB, and made anew by the write (a write checks its collection
             # before it changes anything, so running it again is safe).
-            session.cache = ctx.reopen(session.db, session.cache)
             open_db(ctx, session.coll)
             reply = cmd.handler(ctx, session, args)
         if "write" in cmd.flags:
@@ -496,21 +502,16 @@ def _renamenx(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 @command("keys", 2, "readonly")
 def _keys(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    keys = s.cache.keys()
-    if a[1] == b"*":
-        return keys
-    match = glob_matcher(a[1])
-    return [k for k in keys if match(k)]
+    return run(ctx, s, "scan", a[1], cursor=0, count=None)[1]
 
 
 @command("scan", -2, "readonly")
 def _scan(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    """The cursor is the next index stripe to read: each call reads whole stripes until it has
-    COUNT keys. A key present from the first call to the last is in its stripe when that
-    stripe is read, so it is returned at least once, as Redis promises; a key written or
-    deleted meanwhile may or may not be."""
+    """The cursor is the model's (dispatch.py's scan: the next index stripe to read), so a
+    key present from the first call to the last is returned at least once, as Redis
+    promises."""
     cursor = integer(a[1], "ERR invalid cursor")
-    count, pattern = SCAN_DEFAULT_COUNT, None
+    count, pattern = SCAN_DEFAULT_COUNT, b"*"
     i = 2
     while i < len(a):
         opt = a[i].upper()
@@ -526,40 +527,27 @@ def _scan(ctx: Context, s: Session, a: list[bytes]) -> Any:
         else:
             raise err(SYNTAX)
         i += 2
-    cache = s.cache
-    # The engine's per-stripe listing (what Cache.__iter__ is made of); one stripe at a time
-    # bounds each call's work to a stripe's share of the keys.
-    n_stripes = cache._smask + 1
-    found: list[bytes] = []
-    stripe = cursor if 0 <= cursor < n_stripes else n_stripes
-    while stripe < n_stripes and len(found) < count:
-        found.extend(cache._stripe_keys(stripe))
-        stripe += 1
-    if pattern is not None and pattern != b"*":
-        match = glob_matcher(pattern)
-        found = [k for k in found if match(k)]
-    return [b"%d" % (0 if stripe >= n_stripes else stripe), found]
+    next_cursor, found = run(ctx, s, "scan", pattern, cursor=cursor, count=count)
+    return [b"%d" % next_cursor, found]
 
 
 @command("dbsize", 1, "readonly")
 def _dbsize(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return len(s.cache)
+    return run(ctx, s, "len")[0]
 
 
 @command("flushdb", -1, "write")
 def _flushdb(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
-    s.cache.clear()
+    run(ctx, s, "clear")
     return OK
 
 
 @command("flushall", -1, "write")
 def _flushall(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
-    for db in range(MAX_DB + 1):
-        cache = ctx.db(db, create=False)
-        if cache is not None:
-            cache.clear()
+    for _, coll in ctx.databases():
+        ctx.dispatcher.run(Request(0, "clear", coll, _NO_FIELDS, (), None))
     return OK
 
 
@@ -577,7 +565,6 @@ def _select(ctx: Context, s: Session, a: list[bytes]) -> Any:
     s.coll = f"db{db}" if db else ""
     if db:
         open_db(ctx, s.coll)
-    s.cache = ctx.db(db)
     return OK
 
 
