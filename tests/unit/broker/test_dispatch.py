@@ -166,3 +166,14 @@ def test_publish_goes_through_the_region_on_the_root_handle(cache) -> None:
 
 def test_publish_refuses_what_cache_publish_refuses(cache) -> None:
     assert call(Dispatcher(cache), "publish", b"c" * 5000, b"m").error == "KeyTooLarge"
+
+
+def test_get_each_answers_one_frame_per_key_none_where_not_found(cache) -> None:
+    cache.set(b"a", b"1")
+    cache.set(b"b", b"2")
+    assert run(Dispatcher(cache), "get_each", b"a", b"nope", b"b") == (2, [b"1", None, b"2"])
+
+
+def test_a_request_made_for_a_codec_equals_the_dataclasss_own() -> None:
+    made = dispatch.make_request("get", "db1", {"x": 1}, (b"k",), 10)
+    assert made == protocol.Request(0, "get", "db1", {"x": 1}, (b"k",), 10)
