@@ -92,7 +92,9 @@ WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", 
 # The model's operations beyond the wire's table (the docstring's second table): payload
 # frames per op, as protocol.REQUEST_FRAMES counts them (-1: one per key).
 MODEL_ONLY_FRAMES: dict[str, int] = {"exists": 2, "delete_many": 2, "scan": 1, "get_each": -1}
-Handler = Callable[[Cache, Request], Result]
+# A request of the model: the wire's (protocol.Request) or a codec's own (CodecRequest)
+AnyRequest = Any
+Handler = Callable[[Cache, AnyRequest], Result]
 _REQUIRED = object()
 
 
@@ -152,24 +154,25 @@ class Dispatcher:
         """The node's limit, for a codec that makes its own requests (decode sets it)."""
         return self.limits["max_reply_bytes"] if self.limits is not None else None
 
-    def run(self, request: Request) -> Result:
+    def run(self, request: AnyRequest) -> Result:
         """Run one operation of the model: its (result, payload frames). Raises the errors
         of shmkv.errors; LockTimeout means a lock it needs is busy and nothing was changed."""
-        if request.max_reply_bytes is None and self.limits is not None:  # a codec's own
-            request = dataclasses.replace(request,
-                                          max_reply_bytes=self.limits["max_reply_bytes"])
         op = request.op
-        if op in WRITE_OPS and self.min_replicas[0]:
-            self._check_replicas()
-        handler = _KEY_COMMANDS.get(op)
-        if handler is not None and op != "stats":  # the hot path: one lookup
+        handler = _PLAIN_KEY_COMMANDS.get(op)
+        if handler is not None and request.max_reply_bytes is not None:  # the hot path
+            if self.min_replicas[0] and op in WRITE_OPS:
+                self._check_replicas()
             if not request.coll:
                 return handler(self._cache, request)
             return self._run_key(request)
-        admin = _ADMIN.get(request.op)
+        if request.max_reply_bytes is None and self.limits is not None:  # made without it
+            request = _capped(request, self.limits["max_reply_bytes"])
+        if op in WRITE_OPS and self.min_replicas[0]:
+            self._check_replicas()
+        admin = _ADMIN.get(op)
         if admin is not None:
             return admin(self, request)
-        if request.op == "stats":  # the node's replication state (lag) joins the region's
+        if op == "stats":  # the node's replication state (lag) joins the region's
             result, out = self._run_key(request)
             state = self.replication_state()
             return ({**result, "replication": {**(result.get("replication") or {}), **state}}
@@ -495,26 +498,37 @@ _KEY_COMMANDS: dict[str, Handler] = {
     "append": _append, "rename": _rename, "strlen": _strlen, "type": _type,
     "exists": _exists, "delete_many": _delete_many, "scan": _scan, "get_each": _get_each,
 }
+# The key commands that run() hands to their handler at once (stats adds the node's state)
+_PLAIN_KEY_COMMANDS = {op: h for op, h in _KEY_COMMANDS.items() if op != "stats"}
 
 
 # --- requests made by a codec ------------------------------------------------------------------
-# A Request made field by field through its slots' descriptors: the frozen dataclass's
-# __init__ sets each field through object.__setattr__, 470 ns a request against 270 ns this
-# way (measured on the project's VM), and the RESP codec makes one for every command.
-_new = object.__new__
-_SETTERS = tuple(getattr(Request, name).__set__
-                 for name in ("id", "op", "coll", "fields", "frames", "max_reply_bytes"))
+class CodecRequest:
+    """A request of the model made by a codec other than the wire's (the RESP door's): the
+    fields of protocol.Request, which are all that run() and the handlers read, in a plain
+    class. protocol.Request is a frozen dataclass, whose __init__ sets each field through
+    object.__setattr__: 470 ns a request against 120 ns for this one (measured on the
+    project's VM), and the RESP codec makes one for every command."""
+
+    __slots__ = ("op", "coll", "fields", "frames", "max_reply_bytes")
+    id = 0  # a codec without request ids (a RESP connection answers in order)
+
+    def __init__(self, op: str, coll: str, fields: dict[str, Any], frames: Sequence[Any],
+                 max_reply_bytes: int | None) -> None:
+        self.op = op
+        self.coll = coll
+        self.fields = fields
+        self.frames = frames
+        self.max_reply_bytes = max_reply_bytes
+
+    def __repr__(self) -> str:
+        return (f"CodecRequest(op={self.op!r}, coll={self.coll!r}, fields={self.fields!r}, "
+                f"frames={list(self.frames)!r})")
 
 
-def make_request(op: str, coll: str, fields: dict[str, Any], frames: Sequence[Any],
-                 max_reply_bytes: int | None) -> Request:
-    """Request(0, op, coll, fields, frames, max_reply_bytes), made faster (see above)."""
-    request = _new(Request)
-    set_id, set_op, set_coll, set_fields, set_frames, set_max = _SETTERS
-    set_id(request, 0)
-    set_op(request, op)
-    set_coll(request, coll)
-    set_fields(request, fields)
-    set_frames(request, frames)
-    set_max(request, max_reply_bytes)
-    return request
+def _capped(request: AnyRequest, max_reply_bytes: int) -> AnyRequest:
+    """request, with the node's limit on its reply."""
+    if type(request) is CodecRequest:
+        return CodecRequest(request.op, request.coll, request.fields, request.frames,
+                            max_reply_bytes)
+    return dataclasses.replace(request, max_reply_bytes=max_reply_bytes)

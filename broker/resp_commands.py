@@ -44,7 +44,7 @@ from shmkv import errors
 from shmkv.arrays import ARRAY_MAGIC
 
 from . import protocol
-from .dispatch import make_request
+from .dispatch import CodecRequest
 from .resp import NIL_ARRAY, OK, Error, Simple
 
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         shown = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in args[1:])
         return Error(f"ERR unknown command '{args[0][:128].decode('utf-8', 'replace')}', "
                      f"with args beginning with: {shown}")
-    if (cmd.arity > 0 and len(args) != cmd.arity) or (cmd.arity < 0 and len(args) < -cmd.arity):
+    arity = cmd.arity
+    if arity != len(args) and (arity > 0 or len(args) < -arity):
         return Error(f"ERR wrong number of arguments for '{cmd.name}' command")
     if not session.authenticated and "noauth" not in cmd.flags:
         return Error("NOAUTH Authentication required.")
@@ -185,13 +186,13 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
 def run(ctx: Context, s: Session, op: str, *frames: bytes, **fields: Any) -> tuple[Any, list[Any]]:
     """Run one operation in the session's database: its (result, payload frames); raises the
     errors of shmkv.errors, which execute words as Redis does."""
-    return ctx.dispatcher.run(make_request(op, s.coll, fields or _NO_FIELDS, frames,
+    return ctx.dispatcher.run(CodecRequest(op, s.coll, fields or _NO_FIELDS, frames,
                                       ctx.max_reply_bytes))
 
 
 def open_db(ctx: Context, coll: str) -> None:
     """Create a database's collection if it is not there (SELECT n; Redis has them all)."""
-    ctx.dispatcher.run(make_request("collection", "", {"name": coll}, (), None))
+    ctx.dispatcher.run(CodecRequest("collection", "", {"name": coll}, (), ctx.max_reply_bytes))
 
 
 def _value(result: tuple[Any, list[Any]]) -> Any:
@@ -226,7 +227,7 @@ def _is_array(ctx: Context, s: Session, key: bytes) -> bool:
 @command("get", 2, "readonly", keys=(1, 1, 1))
 def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
     # The hot path: one Request, no helper between the codec and the executor.
-    found, out = ctx.dispatcher.run(make_request("get", s.coll, _NO_FIELDS, (a[1],),
+    found, out = ctx.dispatcher.run(CodecRequest("get", s.coll, _NO_FIELDS, (a[1],),
                                             ctx.max_reply_bytes))
     if not found:
         return None
@@ -239,7 +240,7 @@ def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("set", -3, "write", keys=(1, 1, 1))
 def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
     if len(a) == 3:  # the hot path: a plain SET
-        ctx.dispatcher.run(make_request("set", s.coll, _NO_FIELDS, (a[1], a[2]),
+        ctx.dispatcher.run(CodecRequest("set", s.coll, _NO_FIELDS, (a[1], a[2]),
                                    ctx.max_reply_bytes))
         return OK
     ttl_s: float | None = None
@@ -331,7 +332,7 @@ def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 @command("mget", -2, "readonly", keys=(1, -1, 1))
 def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    values = ctx.dispatcher.run(make_request("get_each", s.coll, _NO_FIELDS, a[1:],
+    values = ctx.dispatcher.run(CodecRequest("get_each", s.coll, _NO_FIELDS, a[1:],
                                              ctx.max_reply_bytes))[1]
     for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
         if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(ctx, s, a[i + 1]):
@@ -365,7 +366,7 @@ _DELTAS = {1: {"delta": 1}, -1: {"delta": -1}}
 def _add(ctx: Context, s: Session, key: bytes, delta: int) -> int:
     fields = _DELTAS.get(delta) or {"delta": delta}
     try:
-        found: int = ctx.dispatcher.run(make_request("incr", s.coll, fields, (key,),
+        found: int = ctx.dispatcher.run(CodecRequest("incr", s.coll, fields, (key,),
                                                 ctx.max_reply_bytes))[0]
         return found
     except errors.NotAnInteger:
@@ -544,7 +545,7 @@ def _flushdb(ctx: Context, s: Session, a: list[bytes]) -> Any:
 def _flushall(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
     for _, coll in ctx.databases():
-        ctx.dispatcher.run(make_request("clear", coll, _NO_FIELDS, (), None))
+        ctx.dispatcher.run(CodecRequest("clear", coll, _NO_FIELDS, (), ctx.max_reply_bytes))
     return OK
 
 

@@ -174,6 +174,10 @@ def test_get_each_answers_one_frame_per_key_none_where_not_found(cache) -> None:
     assert run(Dispatcher(cache), "get_each", b"a", b"nope", b"b") == (2, [b"1", None, b"2"])
 
 
-def test_a_request_made_for_a_codec_equals_the_dataclasss_own() -> None:
-    made = dispatch.make_request("get", "db1", {"x": 1}, (b"k",), 10)
-    assert made == protocol.Request(0, "get", "db1", {"x": 1}, (b"k",), 10)
+def test_a_codecs_request_runs_as_the_wires_does(cache) -> None:
+    d = Dispatcher(cache)
+    d.run(dispatch.CodecRequest("set", "", {"ttl_s": 100}, (b"k", b"v"), None))
+    wire = protocol.Request(0, "get", "", {}, (memoryview(b"k"),))
+    assert d.run(dispatch.CodecRequest("get", "", {}, (b"k",), None)) == d.run(wire) \
+        == (True, [b"v"])
+    assert 99 < cache.ttl(b"k") <= 100
