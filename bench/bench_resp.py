@@ -12,6 +12,7 @@ Targets (issue 15): a RESP GET no slower than redis-server's (latency ratio <= 1
 redis-benchmark at least 1.0x redis-server's requests/s with -P 1 and 0.5x with -P 16.
 
     python bench/bench_resp.py           # writes bench/results/resp-<host>-<date>.md/.json
+    python bench/bench_resp.py --workers 1   # the single-process node
     python bench/bench_resp.py --quick   # smoke run, writes nothing unless --out is given
     python bench/bench_resp.py --profile set -P 16   # where the node's time goes (cProfile)
 
@@ -52,10 +53,15 @@ DOOR = "shmkv RESP door"
 
 
 @contextlib.contextmanager
-def running_door(arena_bytes: int) -> Iterator[tuple[str, int, int]]:
-    """A node with the RESP door on an ephemeral loopback port: (host, port, pid)."""
-    with _node.running_node(f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}", "--resp-bind",
-                            "127.0.0.1:0", arena_bytes=arena_bytes) as ready:
+def running_door(arena_bytes: int, workers: int | None = None
+                 ) -> Iterator[tuple[str, int, int]]:
+    """A node with the RESP door on an ephemeral loopback port: (host, port, pid). workers:
+    `shmkv serve --workers`; None: the node's default (one per CPU)."""
+    options = ["--resp-bind", "127.0.0.1:0"]
+    if workers is not None:
+        options += ["--workers", str(workers)]
+    with _node.running_node(f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}", *options,
+                            arena_bytes=arena_bytes) as ready:
         host, port = ready["resp"].rsplit(":", 1)
         yield host, int(port), ready["pid"]
 
@@ -81,7 +87,7 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     throughput: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-resp-") as tmp, \
-            running_door(256 << 20) as (host, port, _), \
+            running_door(256 << 20, args.workers) as (host, port, _), \
             running_redis(Path(tmp)) as redis_port:
         door = redis.Redis(host=host, port=port, protocol=2)
         peers_ = {DOOR: (door, port)}
@@ -220,6 +226,8 @@ def main() -> None:
     parser.add_argument("--bench-rounds", type=int, default=3,
                         help="redis-benchmark runs of each server, alternating")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="the node's --workers (default: the "
+                        "node's own default, one per CPU)")
     parser.add_argument("--profile", metavar="TEST", help="profile the node under "
                         "redis-benchmark -t TEST (get, set or incr) instead; with -P")
     parser.add_argument("-P", dest="pipeline", type=int, default=1, help="with --profile")
@@ -240,7 +248,9 @@ def main() -> None:
     notes = [*checks(rows), "latency ratio = median / the door's median of the same op; "
              "redis-benchmark ratio = the door's requests/s / this row's (so the door's rows "
              "are 1.00 and a redis-server row under 1 means redis-server did more requests/s)",
-             "TCP loopback; the client, the node and redis-server share the 2 cores", *notes]
+             "TCP loopback; the client, the node and redis-server share the 2 cores",
+             f"node: --workers {args.workers if args.workers is not None else 'default'}",
+             *notes]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
     _report.print_and_save("resp", "The RESP door vs redis-server", rows, notes, out)
 
