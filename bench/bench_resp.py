@@ -13,6 +13,7 @@ redis-benchmark at least 1.0x redis-server's requests/s with -P 1 and 0.5x with 
 
     python bench/bench_resp.py           # writes bench/results/resp-<host>-<date>.md/.json
     python bench/bench_resp.py --workers 1   # the single-process node
+    python bench/bench_resp.py --door base=127.0.0.1:6400   # and a node started apart
     python bench/bench_resp.py --quick   # smoke run, writes nothing unless --out is given
     python bench/bench_resp.py --profile set -P 16   # where the node's time goes (cProfile)
 
@@ -96,6 +97,10 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                                       redis_port)
         else:
             notes.append("redis-server missing: its rows are absent")
+        for name, address in args.door:  # more doors, measured in the same rounds
+            other_host, other_port = address.rsplit(":", 1)
+            peers_[name] = (redis.Redis(host=other_host, port=int(other_port), protocol=2),
+                            int(other_port))
         for client, _ in peers_.values():
             client.mset(values)
         for _ in range(args.rounds):  # alternate, so that both see the same machine weather
@@ -122,13 +127,16 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             for key, found in runs.items():
                 throughput[key] = {test: statistics.median(r[test] for r in found)
                                    for test in found[0]}
-            notes.append(f"redis-benchmark: median of {args.bench_rounds} rounds; door/redis "
-                         "ratio by round: " + "; ".join(
-                             f"{test} {pipe}: " + ", ".join(
-                                 f"{d[test] / r[test]:.2f}" for d, r in
-                                 zip(runs[f"{DOOR}|{pipe}"], runs[f"redis-server|{pipe}"]))
-                             for pipe in ("-P 1", "-P 16") for test in ("get", "set", "incr")
-                             if f"redis-server|{pipe}" in runs))
+            for name in peers_:
+                if name == "redis-server":
+                    continue
+                notes.append(f"redis-benchmark: median of {args.bench_rounds} rounds; {name}/"
+                             "redis ratio by round: " + "; ".join(
+                                 f"{test} {pipe}: " + ", ".join(
+                                     f"{d[test] / r[test]:.2f}" for d, r in
+                                     zip(runs[f"{name}|{pipe}"], runs[f"redis-server|{pipe}"]))
+                                 for pipe in ("-P 1", "-P 16") for test in ("get", "set", "incr")
+                                 if f"redis-server|{pipe}" in runs))
     return report(samples, throughput, args), notes
 
 
@@ -154,19 +162,22 @@ def report(samples: dict[str, list[int]], throughput: dict[str, dict[str, float]
 
 
 def checks(rows: list[dict]) -> list[str]:
-    """The issue's targets, as door/redis ratios of this run."""
+    """The issue's targets, as door/redis ratios of this run (each door's)."""
     by = {(r["system"], r["op"]): r for r in rows}
+    doors = list(dict.fromkeys(r["system"] for r in rows if r["system"] != "redis-server"))
     out = []
-    if ("redis-server", "GET") in by:
-        ratio = by[(DOOR, "GET")]["median_ns"] / by[("redis-server", "GET")]["median_ns"]
-        out.append(f"redis-py GET latency, door/redis-server = {ratio:.2f} "
-                   f"({'met' if ratio <= 1.0 else 'NOT met'}: target <= 1.0)")
-    for pipe, target in (("-P 1", 1.0), ("-P 16", 0.5)):
-        for (system, op), row in by.items():
-            if system == DOOR and op.endswith(pipe) and ("redis-server", op) in by:
-                ratio = row["ops_per_s"] / by[("redis-server", op)]["ops_per_s"]
-                out.append(f"{op}: door/redis-server requests/s = {ratio:.2f} "
-                           f"({'met' if ratio >= target else 'NOT met'}: target >= {target})")
+    for door in doors:
+        shown = "door" if door == DOOR else door
+        if ("redis-server", "GET") in by and (door, "GET") in by:
+            ratio = by[(door, "GET")]["median_ns"] / by[("redis-server", "GET")]["median_ns"]
+            out.append(f"redis-py GET latency, {shown}/redis-server = {ratio:.2f} "
+                       f"({'met' if ratio <= 1.0 else 'NOT met'}: target <= 1.0)")
+        for pipe, target in (("-P 1", 1.0), ("-P 16", 0.5)):
+            for (system, op), row in by.items():
+                if system == door and op.endswith(pipe) and ("redis-server", op) in by:
+                    ratio = row["ops_per_s"] / by[("redis-server", op)]["ops_per_s"]
+                    out.append(f"{op}: {shown}/redis-server requests/s = {ratio:.2f} ("
+                               f"{'met' if ratio >= target else 'NOT met'}: target >= {target})")
     return out
 
 
@@ -226,6 +237,10 @@ def main() -> None:
     parser.add_argument("--bench-rounds", type=int, default=3,
                         help="redis-benchmark runs of each server, alternating")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--door", action="append", default=[], metavar="NAME=HOST:PORT",
+                        type=lambda v: tuple(v.split("=", 1)),
+                        help="another RESP door to measure in the same rounds (a node of "
+                        "another commit, say); repeatable")
     parser.add_argument("--workers", type=int, help="the node's --workers (default: the "
                         "node's own default, one per CPU)")
     parser.add_argument("--profile", metavar="TEST", help="profile the node under "
