@@ -226,9 +226,11 @@ def _is_array(ctx: Context, s: Session, key: bytes) -> bool:
 # --- strings ------------------------------------------------------------------------------
 @command("get", 2, "readonly", keys=(1, 1, 1))
 def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    # The hot path: one Request, no helper between the codec and the executor.
-    found, out = ctx.dispatcher.run(CodecRequest("get", s.coll, _NO_FIELDS, (a[1],),
-                                            ctx.max_reply_bytes))
+    # The hot path: the context's request, filled in (see Context.hot), run at once
+    request = ctx.hot["get"]
+    request.coll = s.coll
+    request.frames = (a[1],)
+    found, out = ctx.dispatcher.run(request)
     if not found:
         return None
     value = out[0]
@@ -239,9 +241,11 @@ def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 @command("set", -3, "write", keys=(1, 1, 1))
 def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    if len(a) == 3:  # the hot path: a plain SET
-        ctx.dispatcher.run(CodecRequest("set", s.coll, _NO_FIELDS, (a[1], a[2]),
-                                   ctx.max_reply_bytes))
+    if len(a) == 3:  # the hot path: a plain SET, on the context's request (see GET)
+        request = ctx.hot["set"]
+        request.coll = s.coll
+        request.frames = (a[1], a[2])
+        ctx.dispatcher.run(request)
         return OK
     ttl_s: float | None = None
     nx = xx = keepttl = get = False
@@ -364,10 +368,12 @@ _DELTAS = {1: {"delta": 1}, -1: {"delta": -1}}
 
 
 def _add(ctx: Context, s: Session, key: bytes, delta: int) -> int:
-    fields = _DELTAS.get(delta) or {"delta": delta}
+    request = ctx.hot["incr"]  # the context's request, filled in (see GET)
+    request.coll = s.coll
+    request.fields = _DELTAS.get(delta) or {"delta": delta}
+    request.frames = (key,)
     try:
-        found: int = ctx.dispatcher.run(CodecRequest("incr", s.coll, fields, (key,),
-                                                ctx.max_reply_bytes))[0]
+        found: int = ctx.dispatcher.run(request)[0]
         return found
     except errors.NotAnInteger:
         if _is_array(ctx, s, key):

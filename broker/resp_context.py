@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import shmkv
 
 from . import protocol
-from .dispatch import Dispatcher
+from .dispatch import CodecRequest, Dispatcher
 from .protocol import Request
 from .resp import Push
 from .resp_commands import MAX_DB
@@ -43,6 +43,12 @@ class Context:
         self.dispatcher = Dispatcher(cache,
                                      protocol.limits_for(int(cache.stats()["arena_bytes"])))
         self.max_reply_bytes = self.dispatcher.max_reply_bytes
+        # The requests of the hottest commands (GET, plain SET, INCR and its kin), filled anew
+        # by each: making one per command cost 165 ns of the 700 a GET takes in the node
+        # (measured on the project's VM). Safe because the door runs one command at a time and
+        # the executor keeps no request after run() returns.
+        self.hot = {op: CodecRequest(op, "", {}, (), self.max_reply_bytes)
+                    for op in ("get", "set", "incr")}
         self.config = config
         self.host, self.port = host, port
         self.requirepass = requirepass
