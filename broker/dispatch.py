@@ -180,6 +180,8 @@ class Dispatcher:
                     if state else result), out
         return self._run_key(request)
 
+    _run = run  # its earlier name: code written against it keeps working
+
     def _run_key(self, request: Request) -> Result:
         handler = _KEY_COMMANDS.get(request.op)
         if handler is None:

@@ -8,8 +8,8 @@ payload frames: a protocol.Request, most often one) run by the node's executor
 (Dispatcher.run, on ctx.dispatcher), the same code that runs the ZeroMQ door's requests; its
 results become Redis's replies, and its errors Redis's errors. What is parsed here is the
 arguments (Redis's integers, options and their errors); what stays here is the connection's
-state (SELECT's database, subscriber mode, QUIT). The hot commands (GET, plain SET, INCR) make
-one Request and call the executor directly.
+state (SELECT's database, subscriber mode, QUIT). The hot commands (GET, plain SET, INCR and
+its kin) fill in a request the context keeps (Context.hot) and call the executor directly.
 
 No sockets here: the door (resp_door.py) parses a request (resp.py), calls execute, and
 encodes what it returns. A handler returns a reply value (see resp.py's table: bytes, int,
