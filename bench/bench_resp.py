@@ -12,6 +12,8 @@ Targets (issue 15): a RESP GET no slower than redis-server's (latency ratio <= 1
 redis-benchmark at least 1.0x redis-server's requests/s with -P 1 and 0.5x with -P 16.
 
     python bench/bench_resp.py           # writes bench/results/resp-<host>-<date>.md/.json
+    python bench/bench_resp.py --workers 1   # the single-process node
+    python bench/bench_resp.py --door base=127.0.0.1:6400   # and a node started apart
     python bench/bench_resp.py --quick   # smoke run, writes nothing unless --out is given
     python bench/bench_resp.py --profile set -P 16   # where the node's time goes (cProfile)
 
@@ -52,10 +54,15 @@ DOOR = "shmkv RESP door"
 
 
 @contextlib.contextmanager
-def running_door(arena_bytes: int) -> Iterator[tuple[str, int, int]]:
-    """A node with the RESP door on an ephemeral loopback port: (host, port, pid)."""
-    with _node.running_node(f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}", "--resp-bind",
-                            "127.0.0.1:0", arena_bytes=arena_bytes) as ready:
+def running_door(arena_bytes: int, workers: int | None = None
+                 ) -> Iterator[tuple[str, int, int]]:
+    """A node with the RESP door on an ephemeral loopback port: (host, port, pid). workers:
+    `shmkv serve --workers`; None: the node's default (one per CPU)."""
+    options = ["--resp-bind", "127.0.0.1:0"]
+    if workers is not None:
+        options += ["--workers", str(workers)]
+    with _node.running_node(f"shmkv-bench-resp-{uuid.uuid4().hex[:8]}", *options,
+                            arena_bytes=arena_bytes) as ready:
         host, port = ready["resp"].rsplit(":", 1)
         yield host, int(port), ready["pid"]
 
@@ -81,7 +88,7 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     throughput: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-resp-") as tmp, \
-            running_door(256 << 20) as (host, port, _), \
+            running_door(256 << 20, args.workers) as (host, port, _), \
             running_redis(Path(tmp)) as redis_port:
         door = redis.Redis(host=host, port=port, protocol=2)
         peers_ = {DOOR: (door, port)}
@@ -90,6 +97,10 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                                       redis_port)
         else:
             notes.append("redis-server missing: its rows are absent")
+        for name, address in args.door:  # more doors, measured in the same rounds
+            other_host, other_port = address.rsplit(":", 1)
+            peers_[name] = (redis.Redis(host=other_host, port=int(other_port), protocol=2),
+                            int(other_port))
         for client, _ in peers_.values():
             client.mset(values)
         for _ in range(args.rounds):  # alternate, so that both see the same machine weather
@@ -116,13 +127,16 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             for key, found in runs.items():
                 throughput[key] = {test: statistics.median(r[test] for r in found)
                                    for test in found[0]}
-            notes.append(f"redis-benchmark: median of {args.bench_rounds} rounds; door/redis "
-                         "ratio by round: " + "; ".join(
-                             f"{test} {pipe}: " + ", ".join(
-                                 f"{d[test] / r[test]:.2f}" for d, r in
-                                 zip(runs[f"{DOOR}|{pipe}"], runs[f"redis-server|{pipe}"]))
-                             for pipe in ("-P 1", "-P 16") for test in ("get", "set", "incr")
-                             if f"redis-server|{pipe}" in runs))
+            for name in peers_:
+                if name == "redis-server":
+                    continue
+                notes.append(f"redis-benchmark: median of {args.bench_rounds} rounds; {name}/"
+                             "redis ratio by round: " + "; ".join(
+                                 f"{test} {pipe}: " + ", ".join(
+                                     f"{d[test] / r[test]:.2f}" for d, r in
+                                     zip(runs[f"{name}|{pipe}"], runs[f"redis-server|{pipe}"]))
+                                 for pipe in ("-P 1", "-P 16") for test in ("get", "set", "incr")
+                                 if f"redis-server|{pipe}" in runs))
     return report(samples, throughput, args), notes
 
 
@@ -148,19 +162,22 @@ def report(samples: dict[str, list[int]], throughput: dict[str, dict[str, float]
 
 
 def checks(rows: list[dict]) -> list[str]:
-    """The issue's targets, as door/redis ratios of this run."""
+    """The issue's targets, as door/redis ratios of this run (each door's)."""
     by = {(r["system"], r["op"]): r for r in rows}
+    doors = list(dict.fromkeys(r["system"] for r in rows if r["system"] != "redis-server"))
     out = []
-    if ("redis-server", "GET") in by:
-        ratio = by[(DOOR, "GET")]["median_ns"] / by[("redis-server", "GET")]["median_ns"]
-        out.append(f"redis-py GET latency, door/redis-server = {ratio:.2f} "
-                   f"({'met' if ratio <= 1.0 else 'NOT met'}: target <= 1.0)")
-    for pipe, target in (("-P 1", 1.0), ("-P 16", 0.5)):
-        for (system, op), row in by.items():
-            if system == DOOR and op.endswith(pipe) and ("redis-server", op) in by:
-                ratio = row["ops_per_s"] / by[("redis-server", op)]["ops_per_s"]
-                out.append(f"{op}: door/redis-server requests/s = {ratio:.2f} "
-                           f"({'met' if ratio >= target else 'NOT met'}: target >= {target})")
+    for door in doors:
+        shown = "door" if door == DOOR else door
+        if ("redis-server", "GET") in by and (door, "GET") in by:
+            ratio = by[(door, "GET")]["median_ns"] / by[("redis-server", "GET")]["median_ns"]
+            out.append(f"redis-py GET latency, {shown}/redis-server = {ratio:.2f} "
+                       f"({'met' if ratio <= 1.0 else 'NOT met'}: target <= 1.0)")
+        for pipe, target in (("-P 1", 1.0), ("-P 16", 0.5)):
+            for (system, op), row in by.items():
+                if system == door and op.endswith(pipe) and ("redis-server", op) in by:
+                    ratio = row["ops_per_s"] / by[("redis-server", op)]["ops_per_s"]
+                    out.append(f"{op}: {shown}/redis-server requests/s = {ratio:.2f} ("
+                               f"{'met' if ratio >= target else 'NOT met'}: target >= {target})")
     return out
 
 
@@ -220,6 +237,12 @@ def main() -> None:
     parser.add_argument("--bench-rounds", type=int, default=3,
                         help="redis-benchmark runs of each server, alternating")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--door", action="append", default=[], metavar="NAME=HOST:PORT",
+                        type=lambda v: tuple(v.split("=", 1)),
+                        help="another RESP door to measure in the same rounds (a node of "
+                        "another commit, say); repeatable")
+    parser.add_argument("--workers", type=int, help="the node's --workers (default: the "
+                        "node's own default, one per CPU)")
     parser.add_argument("--profile", metavar="TEST", help="profile the node under "
                         "redis-benchmark -t TEST (get, set or incr) instead; with -P")
     parser.add_argument("-P", dest="pipeline", type=int, default=1, help="with --profile")
@@ -240,7 +263,9 @@ def main() -> None:
     notes = [*checks(rows), "latency ratio = median / the door's median of the same op; "
              "redis-benchmark ratio = the door's requests/s / this row's (so the door's rows "
              "are 1.00 and a redis-server row under 1 means redis-server did more requests/s)",
-             "TCP loopback; the client, the node and redis-server share the 2 cores", *notes]
+             "TCP loopback; the client, the node and redis-server share the 2 cores",
+             f"node: --workers {args.workers if args.workers is not None else 'default'}",
+             *notes]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
     _report.print_and_save("resp", "The RESP door vs redis-server", rows, notes, out)
 

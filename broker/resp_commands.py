@@ -1,6 +1,15 @@
 """The Redis commands the node answers: `COMMANDS`, name -> Command(arity, handler, flags), and
-`execute(ctx, session, args)`, which checks a request against the table and runs it over the
-node's Cache, answering as Redis does (the wording of its errors included).
+`execute(ctx, session, args)`, which checks a request against the table and runs it, answering
+as Redis does (the wording of its errors included).
+
+This is the RESP codec of the node's one request model (dispatch.py's docstring): a command
+that touches the region is turned into operations of that model (op, collection, fields,
+payload frames: a protocol.Request, most often one) run by the node's executor
+(Dispatcher.run, on ctx.dispatcher), the same code that runs the ZeroMQ door's requests; its
+results become Redis's replies, and its errors Redis's errors. What is parsed here is the
+arguments (Redis's integers, options and their errors); what stays here is the connection's
+state (SELECT's database, subscriber mode, QUIT). The hot commands (GET, plain SET, INCR and
+its kin) fill in a request the context keeps (Context.hot) and call the executor directly.
 
 No sockets here: the door (resp_door.py) parses a request (resp.py), calls execute, and
 encodes what it returns. A handler returns a reply value (see resp.py's table: bytes, int,
@@ -8,9 +17,8 @@ None, list, dict, Simple, Error, ...) or raises; `execute` turns the engine's er
 Redis's errors and never raises for a client's input.
 
 Databases are collections: SELECT 0 is the default collection, SELECT n (1 to 15) the
-collection "db<n>", created on first use. Commands that need Cache calls the engine does not
-have yet (SET NX/XX/KEEPTTL/GET, GETDEL, GETEX, APPEND, RENAME) answer `-ERR ... not supported
-by this node's engine` until it has them; they are written against that API.
+collection "db<n>", created by SELECT (the model's `collection`) and again by a command that
+finds it dropped by another process.
 
 A command that finds a lock busy (the node's handle waits only a moment: waits.py) changes
 nothing and `execute` returns BUSY (the engine's message in ctx.last_lock_timeout): the door
@@ -35,8 +43,9 @@ import shmkv
 from shmkv import errors
 from shmkv.arrays import ARRAY_MAGIC
 
+from . import protocol
+from .dispatch import CodecRequest
 from .resp import NIL_ARRAY, OK, Error, Simple
-from .resp_glob import glob_matcher
 
 if TYPE_CHECKING:
     from .resp_door import Context, Session
@@ -47,6 +56,7 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_DB = 15  # SELECT 0..15, as a default Redis has 16 databases
 SCAN_DEFAULT_COUNT = 10
 BUSY = object()  # execute's answer when a lock the command needs is busy
+_NO_FIELDS: dict[str, Any] = {}  # the header of every operation without fields: never changed
 # Commands that read or write a whole database: they wait for every parked command before
 # them, and hold up every later one (waits.py's "unknown keys").
 _WHOLE_DB = frozenset({"keys", "scan", "dbsize", "flushdb", "flushall"})
@@ -110,7 +120,7 @@ def keys_of(session: Session, args: list[bytes]) -> frozenset[tuple[str, bytes]]
         return frozenset()
     if cmd.first_key:
         last = len(args) - 1 if cmd.last_key < 0 else min(cmd.last_key, len(args) - 1)
-        coll = f"db{session.db}" if session.db else ""
+        coll = session.coll
         return frozenset((coll, key) for key in args[cmd.first_key:last + 1:cmd.key_step])
     return None if cmd.name in _WHOLE_DB else frozenset()
 
@@ -125,7 +135,8 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         shown = "".join(f"'{a[:128].decode('utf-8', 'replace')}' " for a in args[1:])
         return Error(f"ERR unknown command '{args[0][:128].decode('utf-8', 'replace')}', "
                      f"with args beginning with: {shown}")
-    if (cmd.arity > 0 and len(args) != cmd.arity) or (cmd.arity < 0 and len(args) < -cmd.arity):
+    arity = cmd.arity
+    if arity != len(args) and (arity > 0 or len(args) < -arity):
         return Error(f"ERR wrong number of arguments for '{cmd.name}' command")
     if not session.authenticated and "noauth" not in cmd.flags:
         return Error("NOAUTH Authentication required.")
@@ -138,12 +149,12 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         try:
             reply = cmd.handler(ctx, session, args)
         except errors.CollectionNotFound:
-            if not session.db:
+            if not session.coll:
                 raise
             # Another process dropped this database's collection: the database is empty,
             # as after FLUSHDB, and made anew by the write (a write checks its collection
             # before it changes anything, so running it again is safe).
-            session.cache = ctx.reopen(session.db, session.cache)
+            open_db(ctx, session.coll)
             reply = cmd.handler(ctx, session, args)
         if "write" in cmd.flags:
             session.wrote = True  # the connection's next WAIT waits for it (WAIT's doc)
@@ -171,6 +182,24 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
         return Error(f"ERR {type(exc).__name__}: {exc}".replace("\n", " "))
 
 
+# --- operations of the request model (dispatch.py) ------------------------------------------
+def run(ctx: Context, s: Session, op: str, *frames: bytes, **fields: Any) -> tuple[Any, list[Any]]:
+    """Run one operation in the session's database: its (result, payload frames); raises the
+    errors of shmkv.errors, which execute words as Redis does."""
+    return ctx.dispatcher.run(CodecRequest(op, s.coll, fields or _NO_FIELDS, frames,
+                                      ctx.max_reply_bytes))
+
+
+def open_db(ctx: Context, coll: str) -> None:
+    """Create a database's collection if it is not there (SELECT n; Redis has them all)."""
+    ctx.dispatcher.run(CodecRequest("collection", "", {"name": coll}, (), ctx.max_reply_bytes))
+
+
+def _value(result: tuple[Any, list[Any]]) -> Any:
+    """The value of an operation that answers (found, [value]), or None (nil)."""
+    return result[1][0] if result[0] else None
+
+
 # --- argument parsing ---------------------------------------------------------------------
 def integer(arg: bytes, message: str = NOT_INTEGER) -> int:
     """A Redis integer argument: optional minus and digits only, within int64."""
@@ -190,37 +219,34 @@ def expire_seconds(arg: bytes, unit_s: float, command_name: str) -> float:
     return value * unit_s
 
 
-def need(cache: shmkv.Cache, method: str) -> Any:
-    """A Cache method some commands need that an older engine lacks."""
-    found = getattr(cache, method, None)
-    if found is None:
-        raise err(f"ERR this node's engine has no Cache.{method}; the command is not "
-                  "supported by it")
-    return found
-
-
-def _is_array(cache: shmkv.Cache, key: bytes) -> bool:
-    kind = getattr(cache, "type", None)
-    return kind is not None and kind(key) == "shmkv-array"
-
-
-def _string(cache: shmkv.Cache, key: bytes, value: bytes | None) -> bytes | None:
-    """value, unless key holds an array (set_array): Redis's WRONGTYPE, as for a list. The
-    engine's get returns an array's encoding as bytes; its magic prefix is checked first, so
-    that a string GET pays no second lookup."""
-    if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(cache, key):
-        raise err(WRONGTYPE)
-    return value
+def _is_array(ctx: Context, s: Session, key: bytes) -> bool:
+    return run(ctx, s, "type", key)[0] == "shmkv-array"  # type: ignore[no-any-return]
 
 
 # --- strings ------------------------------------------------------------------------------
 @command("get", 2, "readonly", keys=(1, 1, 1))
 def _get(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _string(s.cache, a[1], s.cache.get(a[1]))
+    # The hot path: the context's request, filled in (see Context.hot), run at once
+    request = ctx.hot["get"]
+    request.coll = s.coll
+    request.frames = (a[1],)
+    found, out = ctx.dispatcher.run(request)
+    if not found:
+        return None
+    value = out[0]
+    if value.startswith(ARRAY_MAGIC) and _is_array(ctx, s, a[1]):
+        raise err(WRONGTYPE)
+    return value
 
 
 @command("set", -3, "write", keys=(1, 1, 1))
 def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
+    if len(a) == 3:  # the hot path: a plain SET, on the context's request (see GET)
+        request = ctx.hot["set"]
+        request.coll = s.coll
+        request.frames = (a[1], a[2])
+        ctx.dispatcher.run(request)
+        return OK
     ttl_s: float | None = None
     nx = xx = keepttl = get = False
     i = 3
@@ -236,7 +262,7 @@ def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
                     raise err("ERR invalid expire time in 'set' command")
                 ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
                 if ttl_s <= 0:  # already past: Redis stores it and it is gone at once
-                    s.cache.delete(a[1])
+                    run(ctx, s, "delete", a[1])
                     return OK
             i += 2
         elif opt == b"NX" and not xx:
@@ -250,47 +276,37 @@ def _set(ctx: Context, s: Session, a: list[bytes]) -> Any:
         else:
             raise err(SYNTAX)
     if not (nx or xx or keepttl or get):
-        s.cache.set(a[1], a[2], ttl_s=ttl_s)
+        run(ctx, s, "set", a[1], a[2], ttl_s=ttl_s)
         return OK
-    result = _set_with(s.cache, a[1], a[2], ttl_s, nx=nx, xx=xx, keepttl=keepttl, get=get)
+    result = run(ctx, s, "set_options", a[1], a[2], ttl_s=ttl_s, nx=nx, xx=xx,
+                 keepttl=keepttl, get=get)
     if get:
-        return result
+        return _value(result)
     if not (nx or xx):  # KEEPTTL alone always stores
         return OK
-    return OK if result else None
-
-
-def _set_with(cache: shmkv.Cache, key: bytes, value: bytes, ttl_s: float | None,
-              **options: bool) -> Any:
-    try:
-        return cache.set(key, value, ttl_s=ttl_s, **options)  # type: ignore[call-arg]
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise err("ERR this node's engine has no Cache.set(nx=, xx=, keepttl=, get=); "
-                      "SET NX/XX/KEEPTTL/GET is not supported by it") from None
-        raise
+    return OK if result[0] else None
 
 
 @command("setnx", 3, "write", keys=(1, 1, 1))
 def _setnx(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return int(bool(_set_with(s.cache, a[1], a[2], None, nx=True)))
+    return int(bool(run(ctx, s, "set_options", a[1], a[2], nx=True)[0]))
 
 
 @command("setex", 4, "write", keys=(1, 1, 1))
 def _setex(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 1.0, "setex"))
+    run(ctx, s, "set", a[1], a[3], ttl_s=expire_seconds(a[2], 1.0, "setex"))
     return OK
 
 
 @command("psetex", 4, "write", keys=(1, 1, 1))
 def _psetex(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    s.cache.set(a[1], a[3], ttl_s=expire_seconds(a[2], 0.001, "psetex"))
+    run(ctx, s, "set", a[1], a[3], ttl_s=expire_seconds(a[2], 0.001, "psetex"))
     return OK
 
 
 @command("getdel", 2, "write", keys=(1, 1, 1))
 def _getdel(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return need(s.cache, "getdel")(a[1])
+    return _value(run(ctx, s, "getdel", a[1]))
 
 
 @command("getex", -2, "write", keys=(1, 1, 1))
@@ -311,20 +327,19 @@ def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
             ttl_s = (at if opt == b"EXAT" else at / 1000) - ctx.now_s()
         else:
             raise err(SYNTAX)
-    getex = need(s.cache, "getex")
     if ttl_s is not None and ttl_s <= 0:  # a time already past: read it, then it is gone
-        value = s.cache.get(a[1])
-        s.cache.delete(a[1])
+        value = _value(run(ctx, s, "get", a[1]))
+        run(ctx, s, "delete", a[1])
         return value
-    return getex(a[1], ttl_s, persist=persist)
+    return _value(run(ctx, s, "getex", a[1], ttl_s=ttl_s, persist=persist))
 
 
 @command("mget", -2, "readonly", keys=(1, -1, 1))
 def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    get = s.cache.get
-    values = [get(key) for key in a[1:]]
+    values = ctx.dispatcher.run(CodecRequest("get_each", s.coll, _NO_FIELDS, a[1:],
+                                             ctx.max_reply_bytes))[1]
     for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
-        if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(s.cache, a[i + 1]):
+        if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(ctx, s, a[i + 1]):
             values[i] = None
     return values
 
@@ -334,47 +349,51 @@ def _mset(ctx: Context, s: Session, a: list[bytes]) -> Any:
     if len(a) % 2 == 0:
         return Error("ERR wrong number of arguments for 'mset' command")
     # Not atomic as Redis's is: each pair is stored on its own (as set_many does)
-    for i in range(1, len(a), 2):
-        s.cache.set(a[i], a[i + 1])
+    run(ctx, s, "set_many", *protocol.pack(a[1::2]), *protocol.pack(a[2::2]))
     return OK
 
 
 @command("append", 3, "write", keys=(1, 1, 1))
 def _append(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return need(s.cache, "append")(a[1], a[2])
+    return run(ctx, s, "append", a[1], a[2])[0]
 
 
 @command("strlen", 2, "readonly", keys=(1, 1, 1))
 def _strlen(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    strlen = getattr(s.cache, "strlen", None)
-    if strlen is not None:
-        return strlen(a[1])
-    value = s.cache.get(a[1])  # an engine without strlen: one copy of the value
-    return 0 if value is None else len(value)
+    return run(ctx, s, "strlen", a[1])[0]
 
 
-def _add(s: Session, key: bytes, delta: int) -> int:
+# INCR's and DECR's headers, made once (never changed): the hot path makes no dict
+_DELTAS = {1: {"delta": 1}, -1: {"delta": -1}}
+
+
+def _add(ctx: Context, s: Session, key: bytes, delta: int) -> int:
+    request = ctx.hot["incr"]  # the context's request, filled in (see GET)
+    request.coll = s.coll
+    request.fields = _DELTAS.get(delta) or {"delta": delta}
+    request.frames = (key,)
     try:
-        return s.cache.incr(key, delta)
+        found: int = ctx.dispatcher.run(request)[0]
+        return found
     except errors.NotAnInteger:
-        if _is_array(s.cache, key):
+        if _is_array(ctx, s, key):
             raise err(WRONGTYPE) from None
         raise
 
 
 @command("incr", 2, "write", keys=(1, 1, 1))
 def _incr(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], 1)
+    return _add(ctx, s, a[1], 1)
 
 
 @command("decr", 2, "write", keys=(1, 1, 1))
 def _decr(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], -1)
+    return _add(ctx, s, a[1], -1)
 
 
 @command("incrby", 3, "write", keys=(1, 1, 1))
 def _incrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return _add(s, a[1], integer(a[2]))
+    return _add(ctx, s, a[1], integer(a[2]))
 
 
 @command("decrby", 3, "write", keys=(1, 1, 1))
@@ -382,14 +401,15 @@ def _decrby(ctx: Context, s: Session, a: list[bytes]) -> Any:
     delta = integer(a[2])
     if delta == INT64_MIN:  # its negation is not an int64
         raise err("ERR decrement would overflow")
-    return _add(s, a[1], -delta)
+    return _add(ctx, s, a[1], -delta)
 
 
 # --- keys ---------------------------------------------------------------------------------
 @command("del", -2, "write", keys=(1, -1, 1))
 def _del(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    delete = s.cache.delete
-    return sum(delete(key) for key in a[1:])
+    if len(a) == 2:
+        return int(run(ctx, s, "delete", a[1])[0])
+    return run(ctx, s, "delete_many", *protocol.pack(a[1:]))[0]
 
 
 register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
@@ -397,22 +417,20 @@ register(Command("unlink", -2, _del, frozenset({"write"}), 1, -1, 1))
 
 @command("exists", -2, "readonly", keys=(1, -1, 1))
 def _exists(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    cache = s.cache
-    return sum(key in cache for key in a[1:])
+    if len(a) == 2:
+        return int(run(ctx, s, "contains", a[1])[0])
+    return run(ctx, s, "exists", *protocol.pack(a[1:]))[0]
 
 
 @command("type", 2, "readonly", keys=(1, 1, 1))
 def _type(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    kind = getattr(s.cache, "type", None)
-    if kind is not None:
-        return Simple(kind(a[1]) or "none")
-    return Simple("string" if a[1] in s.cache else "none")  # an engine without type()
+    return Simple(run(ctx, s, "type", a[1])[0] or "none")
 
 
-def _expire_in(s: Session, key: bytes, ttl_s: float) -> int:
+def _expire_in(ctx: Context, s: Session, key: bytes, ttl_s: float) -> int:
     if ttl_s <= 0:  # Redis deletes a key given a time already past
-        return int(s.cache.delete(key))
-    return int(s.cache.expire(key, ttl_s))
+        return int(run(ctx, s, "delete", key)[0])
+    return int(run(ctx, s, "expire", key, ttl_s=ttl_s)[0])
 
 
 def _expire_args(a: list[bytes]) -> None:
@@ -423,56 +441,56 @@ def _expire_args(a: list[bytes]) -> None:
 @command("expire", -3, "write", keys=(1, 1, 1))
 def _expire(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]))
+    return _expire_in(ctx, s, a[1], integer(a[2]))
 
 
 @command("pexpire", -3, "write", keys=(1, 1, 1))
 def _pexpire(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) / 1000)
+    return _expire_in(ctx, s, a[1], integer(a[2]) / 1000)
 
 
 @command("expireat", -3, "write", keys=(1, 1, 1))
 def _expireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) - ctx.now_s())
+    return _expire_in(ctx, s, a[1], integer(a[2]) - ctx.now_s())
 
 
 @command("pexpireat", -3, "write", keys=(1, 1, 1))
 def _pexpireat(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _expire_args(a)
-    return _expire_in(s, a[1], integer(a[2]) / 1000 - ctx.now_s())
+    return _expire_in(ctx, s, a[1], integer(a[2]) / 1000 - ctx.now_s())
 
 
-def _ttl_s(s: Session, key: bytes) -> float | int:
-    left = s.cache.ttl(key)
+def _ttl_s(ctx: Context, s: Session, key: bytes) -> float | int:
+    left = run(ctx, s, "ttl", key)[0]
     if left is not None:
-        return left
-    return -1 if key in s.cache else -2  # Redis's codes: no expiry, no key
+        return left  # type: ignore[no-any-return]
+    return -1 if run(ctx, s, "contains", key)[0] else -2  # Redis's codes: no expiry, no key
 
 
 @command("ttl", 2, "readonly", keys=(1, 1, 1))
 def _ttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    left = _ttl_s(s, a[1])
+    left = _ttl_s(ctx, s, a[1])
     return left if isinstance(left, int) else int(left + 0.5)  # Redis rounds
 
 
 @command("pttl", 2, "readonly", keys=(1, 1, 1))
 def _pttl(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    left = _ttl_s(s, a[1])
+    left = _ttl_s(ctx, s, a[1])
     return left if isinstance(left, int) else int(left * 1000 + 0.5)
 
 
 @command("persist", 2, "write", keys=(1, 1, 1))
 def _persist(ctx: Context, s: Session, a: list[bytes]) -> Any:
     # Redis answers 1 only if a TTL was removed
-    return int(s.cache.ttl(a[1]) is not None and s.cache.persist(a[1]))
+    return int(run(ctx, s, "ttl", a[1])[0] is not None and run(ctx, s, "persist", a[1])[0])
 
 
 @command("rename", 3, "write", keys=(1, 2, 1))
 def _rename(ctx: Context, s: Session, a: list[bytes]) -> Any:
     try:
-        need(s.cache, "rename")(a[1], a[2])
+        run(ctx, s, "rename", a[1], a[2])
     except KeyError:
         raise err("ERR no such key") from None
     return OK
@@ -481,28 +499,23 @@ def _rename(ctx: Context, s: Session, a: list[bytes]) -> Any:
 @command("renamenx", 3, "write", keys=(1, 2, 1))
 def _renamenx(ctx: Context, s: Session, a: list[bytes]) -> Any:
     try:
-        return int(bool(need(s.cache, "rename")(a[1], a[2], nx=True)))
+        return int(bool(run(ctx, s, "rename", a[1], a[2], nx=True)[0]))
     except KeyError:
         raise err("ERR no such key") from None
 
 
 @command("keys", 2, "readonly")
 def _keys(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    keys = s.cache.keys()
-    if a[1] == b"*":
-        return keys
-    match = glob_matcher(a[1])
-    return [k for k in keys if match(k)]
+    return run(ctx, s, "scan", a[1], cursor=0, count=None)[1]
 
 
 @command("scan", -2, "readonly")
 def _scan(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    """The cursor is the next index stripe to read: each call reads whole stripes until it has
-    COUNT keys. A key present from the first call to the last is in its stripe when that
-    stripe is read, so it is returned at least once, as Redis promises; a key written or
-    deleted meanwhile may or may not be."""
+    """The cursor is the model's (dispatch.py's scan: the next index stripe to read), so a
+    key present from the first call to the last is returned at least once, as Redis
+    promises."""
     cursor = integer(a[1], "ERR invalid cursor")
-    count, pattern = SCAN_DEFAULT_COUNT, None
+    count, pattern = SCAN_DEFAULT_COUNT, b"*"
     i = 2
     while i < len(a):
         opt = a[i].upper()
@@ -518,40 +531,27 @@ def _scan(ctx: Context, s: Session, a: list[bytes]) -> Any:
         else:
             raise err(SYNTAX)
         i += 2
-    cache = s.cache
-    # The engine's per-stripe listing (what Cache.__iter__ is made of); one stripe at a time
-    # bounds each call's work to a stripe's share of the keys.
-    n_stripes = cache._smask + 1
-    found: list[bytes] = []
-    stripe = cursor if 0 <= cursor < n_stripes else n_stripes
-    while stripe < n_stripes and len(found) < count:
-        found.extend(cache._stripe_keys(stripe))
-        stripe += 1
-    if pattern is not None and pattern != b"*":
-        match = glob_matcher(pattern)
-        found = [k for k in found if match(k)]
-    return [b"%d" % (0 if stripe >= n_stripes else stripe), found]
+    next_cursor, found = run(ctx, s, "scan", pattern, cursor=cursor, count=count)
+    return [b"%d" % next_cursor, found]
 
 
 @command("dbsize", 1, "readonly")
 def _dbsize(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    return len(s.cache)
+    return run(ctx, s, "len")[0]
 
 
 @command("flushdb", -1, "write")
 def _flushdb(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
-    s.cache.clear()
+    run(ctx, s, "clear")
     return OK
 
 
 @command("flushall", -1, "write")
 def _flushall(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
-    for db in range(MAX_DB + 1):
-        cache = ctx.db(db, create=False)
-        if cache is not None:
-            cache.clear()
+    for _, coll in ctx.databases():
+        ctx.dispatcher.run(CodecRequest("clear", coll, _NO_FIELDS, (), ctx.max_reply_bytes))
     return OK
 
 
@@ -566,7 +566,9 @@ def _select(ctx: Context, s: Session, a: list[bytes]) -> Any:
     if not 0 <= db <= MAX_DB:
         raise err("ERR DB index is out of range")
     s.db = db
-    s.cache = ctx.db(db)
+    s.coll = f"db{db}" if db else ""
+    if db:
+        open_db(ctx, s.coll)
     return OK
 
 

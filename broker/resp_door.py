@@ -35,9 +35,9 @@ waiting already.
 TLS (resp_tls_cert and resp_tls_key set): every connection is TLS, its handshake first, bounded
 in time; what differs from a plain socket in a non-blocking loop is in resp_tls.py.
 
-Context is what commands share (resp_context.py: the Cache handles of the databases, the
-settings, the pub/sub registry, the counters INFO shows); Session is one connection's state
-(database, protocol, name, authentication, subscriptions).
+Context is what commands share (resp_context.py: the executor of the request model that both
+doors run, dispatch.py; the settings, the pub/sub registry, the counters INFO shows); Session
+is one connection's state (database, protocol, name, authentication, subscriptions).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Session:
 
     def reset(self) -> None:
         self.db = 0
-        self.cache = self._ctx.cache
+        self.coll = ""  # the collection of the database: "" for db 0, "db<n>" for db n
         self.name: bytes | None = None
         self.set_protocol(2)
 

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import shmkv
 
 from .resp import OK, Error, Push, Simple
-from .resp_commands import COMMANDS, SYNTAX, command, err, integer
+from .protocol import Request
+from .resp_commands import COMMANDS, SYNTAX, command, err, integer, run
 from .resp_glob import glob_matcher
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
             "role": "master", "connected_slaves": 0, "master_replid": ctx.run_id,
             "master_repl_offset": 0},
         "keyspace": lambda: {
-            f"db{db}": f"keys={len(cache)}" for db, cache in ctx.open_dbs() if len(cache)},
+            f"db{db}": f"keys={n}" for db, n in _db_sizes(ctx) if n},
     }
     text = []
     for name, fields in sections.items():
@@ -260,6 +261,11 @@ def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
             text.append(f"# {name.capitalize()}\r\n" +
                         "".join(f"{k}:{v}\r\n" for k, v in fields().items()))
     return "\r\n".join(text).encode()
+
+
+def _db_sizes(ctx: Context) -> list[tuple[int, int]]:
+    return [(db, ctx.dispatcher.run(Request(0, "len", coll, {}, (), None))[0])
+            for db, coll in ctx.databases()]
 
 
 def _human(size: int) -> str:
@@ -273,7 +279,7 @@ def _human(size: int) -> str:
 # --- pub/sub --------------------------------------------------------------------------------
 @command("publish", 3)
 def _publish(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    ctx.cache.publish(a[1], a[2])
+    run(ctx, s, "publish", a[1], a[2])
     return ctx.receivers(a[1])
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import shmkv
 from shmkv.broker import dispatch, protocol
 from shmkv.broker.dispatch import Dispatcher
+from shmkv.errors import CollectionNotFound, ProtocolError
 from shmkv.events import Event, EventReader
 
 
@@ -16,7 +19,60 @@ def call(dispatcher: Dispatcher, op: str, *frames: bytes, **fields) -> protocol.
 
 def test_every_command_of_the_protocol_has_a_handler() -> None:
     handled = set(dispatch._KEY_COMMANDS) | set(dispatch._ADMIN)
-    assert handled == set(protocol.REQUEST_FRAMES)
+    assert handled == set(protocol.REQUEST_FRAMES) | set(dispatch.MODEL_ONLY_FRAMES)
+    assert not set(protocol.REQUEST_FRAMES) & set(dispatch.MODEL_ONLY_FRAMES)
+
+
+def run(d: Dispatcher, op: str, *frames: bytes, coll: str = "", **fields):
+    return d.run(protocol.Request(0, op, coll, fields, frames))
+
+
+def test_exists_counts_the_keys_present_and_a_key_named_twice_twice(cache) -> None:
+    cache.set(b"a", b"1")
+    cache.set(b"b", b"2")
+    d = Dispatcher(cache)
+    assert run(d, "exists", *protocol.pack([b"a", b"b", b"a", b"nope"])) == (3, [])
+
+
+def test_delete_many_deletes_each_key_and_counts_those_that_were_there(cache) -> None:
+    cache.set(b"a", b"1")
+    cache.set(b"b", b"2")
+    d = Dispatcher(cache)
+    assert run(d, "delete_many", *protocol.pack([b"a", b"nope", b"b"])) == (2, [])
+    assert len(cache) == 0
+
+
+def test_scan_walks_the_stripes_and_returns_every_key_once_through(cache) -> None:
+    keys = {b"k%d" % i for i in range(200)} | {b"other"}
+    for key in keys:
+        cache.set(key, b"v")
+    d = Dispatcher(cache)
+    found, cursor, calls = [], 0, 0
+    while True:
+        cursor, page = run(d, "scan", b"k*", cursor=cursor, count=10)
+        found.extend(page)
+        calls += 1
+        if cursor == 0:
+            break
+    assert calls > 1 and set(found) == keys - {b"other"}
+    assert len(found) == len(set(found))  # no rewrite meanwhile: each key once
+
+
+def test_scan_without_a_count_is_keys_with_a_pattern(cache) -> None:
+    for key in (b"user:1", b"user:2", b"item:1"):
+        cache.set(key, b"v")
+    cursor, found = run(Dispatcher(cache), "scan", b"user:*", cursor=0, count=None)
+    assert cursor == 0 and sorted(found) == [b"user:1", b"user:2"]
+
+
+def test_scan_refuses_a_cursor_that_is_no_int(cache) -> None:
+    with pytest.raises(ProtocolError):
+        run(Dispatcher(cache), "scan", b"*", cursor="0", count=10)
+
+
+def test_an_operation_of_an_unknown_collection_raises_for_the_codec(cache) -> None:
+    with pytest.raises(CollectionNotFound):
+        run(Dispatcher(cache), "get", b"k", coll="nowhere")
 
 
 def test_a_command_runs_against_the_cache_and_returns_its_result(cache) -> None:
@@ -120,3 +176,18 @@ def test_get_many_over_the_reply_limit_is_refused(cache) -> None:
     assert reply.error == "RequestTooLarge" and "max_reply_bytes" in reply.message
     reply = call(d, "get_many", *protocol.pack([b"a", b"missing", b"b"]))
     assert reply.result == [True, False, True]
+
+
+def test_get_each_answers_one_frame_per_key_none_where_not_found(cache) -> None:
+    cache.set(b"a", b"1")
+    cache.set(b"b", b"2")
+    assert run(Dispatcher(cache), "get_each", b"a", b"nope", b"b") == (2, [b"1", None, b"2"])
+
+
+def test_a_codecs_request_runs_as_the_wires_does(cache) -> None:
+    d = Dispatcher(cache)
+    d.run(dispatch.CodecRequest("set", "", {"ttl_s": 100}, (b"k", b"v"), None))
+    wire = protocol.Request(0, "get", "", {}, (memoryview(b"k"),))
+    assert d.run(dispatch.CodecRequest("get", "", {}, (b"k",), None)) == d.run(wire) \
+        == (True, [b"v"])
+    assert 99 < cache.ttl(b"k") <= 100
