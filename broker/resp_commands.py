@@ -169,6 +169,8 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
                      else NOT_INTEGER)
     except (errors.KeyTooLarge, errors.ValueTooLarge) as exc:
         return Error(f"ERR {exc}")
+    except errors.NotEnoughReplicas:
+        return Error("NOREPLICAS Not enough good replicas to write.")  # Redis's words
     except (errors.RegionFull, errors.IndexFull) as exc:
         # what Redis answers when maxmemory is reached and nothing can be evicted
         return Error(f"OOM command not allowed when used memory > 'maxmemory'. ({exc})")

@@ -63,9 +63,21 @@ class Context:
         self.started = time.monotonic()
         self.connections_received = self.commands_processed = self.rejected_connections = 0
         self.last_lock_timeout = ""  # the engine's message of the last busy lock (BUSY)
-        # The primary's replication Source (repl_source.py) while the node is one that serves
-        # replicas, else None: WAIT counts its replicas (server.py sets it)
-        self.replication: Any = None
+        # --min-replicas-to-write: the executor refuses writes while too few replicas are in
+        # sync (NotEnoughReplicas, answered as Redis's NOREPLICAS), as in the ZeroMQ door
+        self.dispatcher.min_replicas = (config.min_replicas_to_write,
+                                        config.min_replicas_max_lag_s)
+
+    @property
+    def replication(self) -> Any:
+        """The primary's replication Source (repl_source.py; with workers, the positions the
+        supervisor relays) while the node serves replicas, else None: WAIT counts its replicas
+        and the executor checks --min-replicas-to-write on it (server.py, worker.py set it)."""
+        return self.dispatcher.replication
+
+    @replication.setter
+    def replication(self, source: Any) -> None:
+        self.dispatcher.replication = source
 
     def next_id(self) -> int:
         self._last_id += 1

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import select
 import signal
+import time
+
+import pytest
+import redis
 
 from node_process import running_node
 from replication_support import CONVERGE_S, primary_region, replica_node
@@ -81,3 +85,32 @@ def test_wait_on_a_node_without_replicas_answers_zero_at_once(region_name: str) 
     with running_node(region_name, "--resp-bind", "127.0.0.1:0") as node, client(node) as r:
         r.set("k", b"v")
         assert r.wait(1, 0) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_min_replicas_to_write_refuses_resp_writes_with_noreplicas_until_a_replica_is_in_sync(
+        region_name: str, workers: str) -> None:
+    """Both doors run one executor, so the RESP door refuses writes as the ZeroMQ door does,
+    in Redis's words; reads are served meanwhile."""
+    with primary_region(region_name) as primary, \
+            running_node(region_name, *primary_options(), "--workers", workers,
+                         "--min-replicas-to-write", "1",
+                         "--min-replicas-max-lag-s", "5") as node, \
+            client(node) as r:
+        primary.set("read", b"still served")
+        for write in (lambda: r.set("refused", b"1"), lambda: r.incr("n"),
+                      lambda: r.delete("read")):
+            with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
+                write()
+        assert r.get("read") == b"still served" and primary.get("refused") is None
+        with replica_node(node, f"{region_name}-copy"):
+            deadline = time.monotonic() + CONVERGE_S
+            while True:  # the replica counts once it has reported a round
+                try:
+                    r.set("accepted", b"2")
+                    break
+                except redis.ResponseError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            assert primary.get("accepted") == b"2"
