@@ -466,10 +466,11 @@ def _delete_many(c: Cache, r: Request) -> Result:
 
 
 def _get_each(c: Cache, r: Request) -> Result:
-    # The keys as the codec gave them (bytes, from RESP): Cache.get takes any buffer, and a
-    # bytes() of each cost as much as the reads themselves.
-    get = c.get
-    values = [get(key) for key in r.frames]
+    # The keys as the codec gave them (bytes, from RESP), read in one engine call that stops
+    # copying once the values pass the reply limit (as _get_many).
+    values = c.get_list(r.frames, r.max_reply_bytes)
+    if len(values) < len(r.frames):
+        _check_reply_bytes(r, r.max_reply_bytes + 1)  # type: ignore[operator]
     _check_reply_bytes(r, sum(map(len, filter(None, values))))
     return len(values) - values.count(None), values
 
