@@ -41,10 +41,13 @@ node's own term (the epoch it had copied is this node's); it is false after a fa
 (no takeover is known: every key held at demotion and then gone or at another version is
 counted, also those the new primary changed since it took over, and no delete is) or when
 terms passed in between (writes of this node that later primaries' counters passed are not
-counted). Not counted either: a TTL change alone (expire, persist: the version stays). One
-exception even when exact: a write made while the new primary's last round read its
-stripe may have been copied with a version past the counter, and if the new primary changed
-that key since, it is counted though it was not lost.
+counted). Not counted either: a TTL change alone (expire, persist: the version stays). A write
+made while the new primary's last round read its stripe may have been copied with a version
+past the primary's counter at the round's start: the replica's counter then ends past it
+(replica.py's Applier.end_stripe), so it counts as copied. One exception even when exact: a
+promotion that cuts a stripe's read short, before its end, leaves that stripe's counter at
+the last entry applied, and a copied entry of a later version, if the new primary changed it
+since, is counted though it was not lost.
 """
 
 from __future__ import annotations
