@@ -120,3 +120,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def accepted_within(write: Any, refused: type[Exception] = shmkv.NotEnoughReplicas) -> None:
+    """Call write until the node takes it (refused: what it raises meanwhile): a replica
+    counts toward --min-replicas-to-write once it has reported a round."""
+    deadline = time.monotonic() + CONVERGE_S
+    while True:
+        try:
+            write()
+            return
+        except refused:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

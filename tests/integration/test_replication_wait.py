@@ -9,7 +9,7 @@ import time
 
 import pytest
 from node_process import running_node
-from replication_support import CONVERGE_S, primary_region, replica_node
+from replication_support import CONVERGE_S, accepted_within, primary_region, replica_node
 
 import shmkv
 from shmkv.clients import RemoteCache
@@ -53,15 +53,7 @@ def test_min_replicas_to_write_refuses_writes_until_a_replica_is_in_sync(
             remote.incr("n")
         assert remote.get("read") == b"still served" and primary.get("refused") is None
         with replica_node(node, f"{region_name}-copy"):
-            deadline = time.monotonic() + CONVERGE_S
-            while True:  # the replica counts once it has reported a round
-                try:
-                    remote.set("accepted", b"2")
-                    break
-                except shmkv.NotEnoughReplicas:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            accepted_within(lambda: remote.set("accepted", b"2"))
             assert primary.get("accepted") == b"2"
 
 
@@ -105,7 +97,7 @@ def test_min_replicas_to_write_through_the_workers_refuses_writes_without_the_re
         assert primary.get("refused") is None
         with replica_node(node, f"{region_name}-copy") as (replica, _):
             for i, remote in enumerate(handles):
-                accepted_within(remote, f"accepted {i}")
+                accepted_within(lambda: remote.set(f"accepted {i}", b"2"))
                 assert primary.get(f"accepted {i}") == b"2"
             replica.process.send_signal(signal.SIGKILL)
             replica.process.wait()
@@ -113,20 +105,7 @@ def test_min_replicas_to_write_through_the_workers_refuses_writes_without_the_re
                 refused_within(remote)
         with replica_node(node, f"{region_name}-again"):
             for i, remote in enumerate(handles):
-                accepted_within(remote, f"back {i}")
-
-
-def accepted_within(remote: RemoteCache, key: str) -> None:
-    """Write key until the node takes it (a replica counts once it has reported a round)."""
-    deadline = time.monotonic() + CONVERGE_S
-    while True:
-        try:
-            remote.set(key, b"2")
-            return
-        except shmkv.NotEnoughReplicas:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+                accepted_within(lambda: remote.set(f"back {i}", b"2"))
 
 
 def refused_within(remote: RemoteCache) -> None:

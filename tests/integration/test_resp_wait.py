@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import select
 import signal
-import time
 
 import pytest
 import redis
 
 from node_process import running_node
-from replication_support import CONVERGE_S, primary_region, replica_node
+from replication_support import CONVERGE_S, accepted_within, primary_region, replica_node
 from integration.test_resp_support import RawConnection, client, resp_address
 
 CONVERGE_MS = int(CONVERGE_S * 1000)
@@ -104,13 +103,5 @@ def test_min_replicas_to_write_refuses_resp_writes_with_noreplicas_until_a_repli
                 write()
         assert r.get("read") == b"still served" and primary.get("refused") is None
         with replica_node(node, f"{region_name}-copy"):
-            deadline = time.monotonic() + CONVERGE_S
-            while True:  # the replica counts once it has reported a round
-                try:
-                    r.set("accepted", b"2")
-                    break
-                except redis.ResponseError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            accepted_within(lambda: r.set("accepted", b"2"), redis.ResponseError)
             assert primary.get("accepted") == b"2"

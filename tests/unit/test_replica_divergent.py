@@ -41,15 +41,7 @@ def test_the_same_key_version_and_length_with_other_bytes_takes_the_primarys_val
     demoted.set("k", b"old's")  # the first write of its stripe on both: the same version
     assert primary.get_with_version("k")[1] == demoted.get_with_version("k")[1]
     stripe = primary.get_with_version("k")[1] & 0xFF
-    applier = RP.Applier(demoted)
-    reader = RP.StripeReader(primary._region, stripe)
-    seen: dict[tuple[int, bytes], int] = {}
-    while True:
-        data, done = reader.chunk()
-        applier.apply_chunk(stripe, data, seen)
-        if done:
-            break
-    applier.end_stripe(stripe, seen, RP.stripe_counters(primary._region)[1][stripe])
+    copy_stripe(primary, demoted, stripe, RP.stripe_counters(primary._region)[1][stripe])
     assert demoted.get("k") == b"new's"
 
 
@@ -64,7 +56,16 @@ def test_a_write_after_promotion_stores_a_newer_version_than_an_entry_copied_lat
     counter_at_start = RP.stripe_counters(primary._region)[1][stripe]
     primary.set("k", b"2")  # after the round's start, before its read
     copied = primary.get_with_version("k")[1]
-    applier = RP.Applier(replica)
+    copy_stripe(primary, replica, stripe, counter_at_start)
+    assert replica.get_with_version("k") == (b"2", copied)
+    replica.set("k", b"3")  # promoted: this region takes writes of its own
+    assert replica.get_with_version("k")[1] >> 8 > copied >> 8
+
+
+def copy_stripe(primary: shmkv.Cache, copy: shmkv.Cache, stripe: int, writes: int) -> None:
+    """One stripe read from primary and applied to copy, as a replica's round does, with
+    writes as the primary's counter at the round's start."""
+    applier = RP.Applier(copy)
     reader = RP.StripeReader(primary._region, stripe)
     seen: dict[tuple[int, bytes], int] = {}
     while True:
@@ -72,7 +73,4 @@ def test_a_write_after_promotion_stores_a_newer_version_than_an_entry_copied_lat
         applier.apply_chunk(stripe, data, seen)
         if done:
             break
-    applier.end_stripe(stripe, seen, counter_at_start)
-    assert replica.get_with_version("k") == (b"2", copied)
-    replica.set("k", b"3")  # promoted: this region takes writes of its own
-    assert replica.get_with_version("k")[1] >> 8 > copied >> 8
+    applier.end_stripe(stripe, seen, writes)
