@@ -128,3 +128,25 @@ def member(etcd: str, cluster: str, host: Host | None = None,
         process.stdout.close()  # type: ignore[union-attr]
         errors.close()
         shmkv.Cache.unlink(region)
+
+
+@dataclass
+class Ack:
+    node: str  # its advertised replication endpoint
+    epoch: int  # the epoch in the node's region before the write and after its ack
+    key: str = ""
+    sent: float = 0.0  # time.monotonic()
+    acked: float = 0.0
+    replicated: bool = False  # acknowledged by set, then by wait(1) >= 1
+
+
+def check_one_node_per_epoch(acks: list[Ack]) -> None:
+    """No epoch has two nodes acknowledging writes, and no write of an older epoch was sent
+    after one of a newer epoch was acknowledged (both would have accepted writes at once)."""
+    epochs = {a.epoch for a in acks}
+    assert len(epochs) >= 2, "the test saw no failover"
+    for epoch in epochs:
+        assert len({a.node for a in acks if a.epoch == epoch}) == 1, epoch
+    for older in acks:
+        newer = [a.acked for a in acks if a.epoch > older.epoch]
+        assert not newer or older.sent < min(newer), (older, min(newer))

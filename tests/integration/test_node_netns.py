@@ -15,12 +15,11 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 
 import pytest
 from etcd_process import running_etcd
-from failover_nodes import (ETCD_EXPIRY_S, LEASE_TTL_S, LOOP_S, SLACK_S, Member, eventually,
-                            member)
+from failover_nodes import (ETCD_EXPIRY_S, LEASE_TTL_S, LOOP_S, SLACK_S, Ack, Member,
+                            check_one_node_per_epoch, eventually, member)
 from netns import network, skip_without_netns
 
 import shmkv
@@ -183,16 +182,6 @@ def test_a_replica_host_cut_off_past_the_backlog_resyncs_fully_exactly_once() ->
         assert cut.role() == "replica" and after["primary"] == primary.advertise
 
 
-@dataclass
-class Ack:
-    node: str  # its advertised replication endpoint
-    epoch: int  # the epoch in the node's region before the write and after its ack
-    key: str
-    sent: float  # time.monotonic()
-    acked: float
-    replicated: bool = False  # acknowledged by set, then by wait(1) >= 1
-
-
 class Writers:
     """Writers through a failover, each acknowledged write logged with its node and epoch
     (kept only if the node's region had the same epoch before the write and after its
@@ -281,18 +270,6 @@ class Writers:
                     continue
                 if by_endpoint[remote._link.endpoint] is node:
                     self._log(node, key, epoch, sent, replicated=True)
-
-
-def check_one_node_per_epoch(acks: list[Ack]) -> None:
-    """No epoch has two nodes acknowledging writes, and no write of an older epoch was sent
-    after one of a newer epoch was acknowledged (both would have accepted writes at once)."""
-    epochs = {a.epoch for a in acks}
-    assert len(epochs) >= 2, "the test saw no failover"
-    for epoch in epochs:
-        assert len({a.node for a in acks if a.epoch == epoch}) == 1, epoch
-    for older in acks:
-        newer = [a.acked for a in acks if a.epoch > older.epoch]
-        assert not newer or older.sent < min(newer), (older, min(newer))
 
 
 @pytest.mark.parametrize("failure", ["sigkill", "partition"])
