@@ -1,7 +1,7 @@
 """exists, delete_many and scan through a live node: RemoteCache's answers against the local
 Cache's on the same region, in the default collection and a named one, alone and pipelined;
 scan_iter's promise (a key present throughout is returned at least once) while another
-process writes and deletes other keys."""
+process writes and deletes other keys; after a timeout, delete_many is not sent again."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from fake_node import FakeNode
 from node_process import running_node
 
 import shmkv
+from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
 
 WAIT_S = 10
-pytestmark = pytest.mark.multiprocess
 
 # A local writer that never stops: it writes a new key, deletes the one written 100 before
 # and notes how far it got, until it is stopped.
@@ -59,6 +60,7 @@ def churning(region: str) -> Iterator[Callable[[], int]]:
         process.wait()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("coll", ["", "users"])
 def test_exists_and_delete_many_answer_what_the_local_cache_sees(region_name, coll) -> None:
     present = [f"k{i}" for i in range(0, 40, 2)]
@@ -80,6 +82,7 @@ def test_exists_and_delete_many_answer_what_the_local_cache_sees(region_name, co
             assert "other" not in root
 
 
+@pytest.mark.multiprocess
 def test_scan_iter_returns_each_of_5000_keys_exactly_once_while_nothing_changes(
         region_name) -> None:
     with running_node(region_name) as node, shmkv.Cache.open(region_name) as local, \
@@ -93,6 +96,7 @@ def test_scan_iter_returns_each_of_5000_keys_exactly_once_while_nothing_changes(
         assert cursor != 0 and len(page) >= 10
 
 
+@pytest.mark.multiprocess
 def test_scan_iter_returns_every_key_present_throughout_while_others_churn(
         region_name) -> None:
     stable = {b"stable:%d" % i for i in range(5000)}
@@ -111,6 +115,7 @@ def test_scan_iter_returns_every_key_present_throughout_while_others_churn(
         assert churned > 1000  # keys were written and deleted throughout the scan
 
 
+@pytest.mark.multiprocess
 def test_the_pipelined_forms_answer_as_the_calls_do(region_name) -> None:
     with running_node(region_name) as node, shmkv.Cache.open(region_name) as local, \
             RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
@@ -137,6 +142,7 @@ def test_the_pipelined_forms_answer_as_the_calls_do(region_name) -> None:
         assert "root-key" in local
 
 
+@pytest.mark.multiprocess
 def test_bad_scan_arguments_are_refused_before_anything_is_sent(region_name) -> None:
     with running_node(region_name) as node, \
             RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
@@ -147,3 +153,17 @@ def test_bad_scan_arguments_are_refused_before_anything_is_sent(region_name) -> 
         with pytest.raises(TypeError, match="pattern"):
             remote.scan(0, match=3)  # type: ignore[arg-type]
         assert remote.scan(0, match="none*") == (remote.scan(0)[0], [])
+
+
+# --- a fake node that does not answer -------------------------------------------------------
+def test_delete_many_is_not_sent_again_after_a_timeout_but_exists_and_scan_are() -> None:
+    answer = [lambda r: [protocol.Reply(r.id, 1)],
+              lambda r: [protocol.Reply(r.id, 0, protocol.pack([b"k"]))]]
+    with FakeNode([None, None, answer[0], None, answer[1]]) as node, \
+            RemoteCache(node.endpoint, timeout_s=0.2, retries=1) as remote:
+        with pytest.raises(shmkv.OutcomeUnknown, match="delete_many.*not sent again"):
+            remote.delete_many(["k"])
+        assert remote.exists("k") == 1
+        assert remote.scan(0) == (0, [b"k"])
+    assert [op for _, _, op in node.received] == ["delete_many", "exists", "exists", "scan",
+                                                  "scan"]
