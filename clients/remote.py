@@ -171,7 +171,8 @@ class RemoteCache(Commands):
 
     def delete_many(self, keys: Iterable[str | bytes]) -> int:
         """Remove keys; how many were present. One request, or one per BATCH_KEYS keys,
-        pipelined. Not atomic, and not sent again after a timeout. At most MAX_BATCH_KEYS keys in all."""
+        pipelined. Not atomic, and not sent again after a timeout. At most MAX_BATCH_KEYS
+        keys in all."""
         keys = list(keys)
         check_batch(len(keys))
         if len(keys) <= BATCH_KEYS:

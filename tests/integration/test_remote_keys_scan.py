@@ -18,6 +18,7 @@ from node_process import running_node
 import shmkv
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
+from shmkv.clients import remote as remote_module
 
 WAIT_S = 10
 
@@ -80,6 +81,18 @@ def test_exists_and_delete_many_answer_what_the_local_cache_sees(region_name, co
         assert local.keys() == [b"other"]
         if coll:  # the default collection was not touched
             assert "other" not in root
+
+
+@pytest.mark.multiprocess
+def test_exists_and_delete_many_of_more_than_a_batch_go_as_several_and_sum_up(
+        region_name, monkeypatch) -> None:
+    monkeypatch.setattr(remote_module, "BATCH_KEYS", 100)
+    keys = [b"k%d" % i for i in range(250)]
+    with running_node(region_name) as node, shmkv.Cache.open(region_name) as local, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
+        local.set_many(dict.fromkeys(keys[::2], b"v"))
+        assert remote.exists(*keys, b"k0") == 126
+        assert remote.delete_many(keys) == 125 and len(local) == 0
 
 
 @pytest.mark.multiprocess
