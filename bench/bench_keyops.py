@@ -121,7 +121,8 @@ def main() -> None:
              "get_many's peer is MGET",
              "scan's cost is the engine's listing of a stripe (Cache._stripe_keys walks every "
              "index slot of the stripe in Python, present or not): it grows with the region's "
-             "index size (--arena-bytes 256M here), not with the keys found", "loopback; client and servers share the machine's cores",
+             "index size (a 256 MiB arena here), not with the keys found",
+             "loopback; client and servers share the machine's cores",
              "load average before / after the run: " + " / ".join(
                  ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
