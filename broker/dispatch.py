@@ -39,9 +39,11 @@ What stays out of the model is what belongs to a door: a RESP connection's state
 database, which names the collection: db 0 the default one, db n "db<n>"; AUTH, HELLO,
 CLIENT, subscriber mode, QUIT) and the node's facts it reports (INFO, CONFIG, COMMAND, WAIT).
 
-The operations that only the RESP door uses so far are in the model too, so that a client of
-the ZeroMQ door can be given them by adding them to the wire's table (their payload is already
-in the wire's forms: a batch of keys is packed, as get_many's), except get_each:
+Some operations of the model came for the RESP door; the ZeroMQ door has them too
+(wire_ops.py's table), but for get_each. Their request frames are the wire's (a batch of keys
+is packed, as get_many's). scan's keys are one frame each here, as the RESP door writes them,
+and packed on the ZeroMQ wire (`attempt` packs them), whose reply batches (batches.py) hold
+at most a few frames per reply:
 
     op            fields              frames             result            reply frames
     exists        coll                keys (packed)      how many of them  -
@@ -93,7 +95,7 @@ WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", 
                        "delete_many"})
 # The model's operations beyond the wire's table (the docstring's second table): payload
 # frames per op, as protocol.REQUEST_FRAMES counts them (-1: one per key).
-MODEL_ONLY_FRAMES: dict[str, int] = {"exists": 2, "delete_many": 2, "scan": 1, "get_each": -1}
+MODEL_ONLY_FRAMES: dict[str, int] = {"get_each": -1}
 # A request of the model: the wire's (protocol.Request) or a codec's own (CodecRequest)
 AnyRequest = Any
 Handler = Callable[[Cache, AnyRequest], Result]
@@ -149,6 +151,8 @@ class Dispatcher:
             if protocol.error_code(exc) is None:  # a bug or an OS failure: worth a traceback
                 traceback.print_exc(file=sys.stderr)
             return protocol.error_reply(request.id, exc, op=request.op)
+        if request.op == "scan":  # the wire's form of its keys: packed (the module's doc)
+            out = protocol.pack(out)
         return Reply(request.id, result, out, op=request.op)
 
     @property

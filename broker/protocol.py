@@ -68,67 +68,9 @@ is the exception: the requests after it that do not share its keys are answered 
 MAX_IN_FLIGHT is half the node's send high-water mark (server.SEND_HWM): libzmq learns what the
 client has read only every half of that mark, so a client within it never has a reply dropped.
 
-Commands. "key", "value": one payload frame each; "k1 v1 k2 v2 ..": pairs of frames. A key
-frame holds the key's bytes (a str key in UTF-8, which the engine treats as the same key).
-    op                request fields     request frames   reply result          reply frames
-    ping              -                  -                {"protocol_version",  -
-                                                          "limits", "role"}
-    get               coll               key              found: bool           value if found
-    get_with_version  coll               key              version or null       value if found
-    set               coll, ttl_s        key, value       null                  -
-    cas               coll, version,     key, value       stored: bool          -
-                      ttl_s
-    incr              coll, delta        key              the new int           -
-    delete            coll               key              deleted: bool         -
-    contains          coll               key              bool                  -
-    len               coll               -                int                   -
-    keys              coll               -                count: int            one per key
-    ttl               coll               key              seconds or null       -
-    expire            coll, ttl_s        key              bool                  -
-    persist           coll               key              bool                  -
-    clear             coll               -                removed: int          -
-    stats             coll               -                the stats dict        -
-    get_many          coll               keys (packed)    [found: bool, ..]     the values found
-                                                                                (packed)
-    set_many          coll, ttl_s        keys, values     null                  -
-                                         (both packed)
-    set_array         coll, ttl_s,       key, data        null                  -
-                      dtype, shape
-    get_array         coll               key              {dtype, shape}|null   data if found
-    collection        name               -                null (creates it)     -
-    collections       -                  -                [names]               -
-    rename_collection old, new           -                null                  -
-    drop_collection   name               -                removed: int          -
-    publish           -                  channel, message null                  -
-    set_options       coll, ttl_s, nx,   key, value       get: found: bool      get: old value
-                      xx, keepttl, get                    else stored: bool     if found
-                                                          or null
-    getdel            coll               key              found: bool           value if found
-    getex             coll, ttl_s,       key              found: bool           value if found
-                      persist
-    append            coll               key, value       the new length        -
-    rename            coll, nx           old key, new key bool                  -
-    strlen            coll               key              int                   -
-    type              coll               key              str or null           -
-    promote           -                  -                {"role", "repl_id",   -
-                                                          "epoch"}
-    replicaof         primary (endpoint  -                {"role", "primary"}   -
-                      or "none")
-    wait              n_replicas         -                {"replicas": int}     -
-
-`wait` (RemoteCache.wait, Redis's WAIT) counts the replicas that have applied everything up to
-the primary's offset after this connection's last write through the node (`after`, which the
-node sets itself; broker/dispatch.py); it answers at once, the client asks again.
-
-`set_options` is a set with any of Cache.set's options (nx, xx, keepttl, get; false when
-absent), and returns what Cache.set returns; it is a command of its own rather than fields of
-`set` so that a node that predates the options refuses it (unknown command) instead of doing a
-plain set. The commands after it are Cache's of the same name (shmkv/commands.py).
-
-`publish` sends message to the subscribers of channel through the region, as a local
-Cache.publish does; channels are node-wide (any coll is ignored), a channel frame follows the
-rules of a key frame. What subscribers receive is specified in pubsub.py (the PUB socket's
-message format).
+Commands. The table of commands, their header fields, payload frames and results is in
+wire_ops.py's docstring (with REQUEST_FRAMES and RESENDABLE); a key frame holds the key's
+bytes (a str key in UTF-8, which the engine treats as the same key).
 
 Packed: a batch travels as two frames, not one frame per item: a table of the items' lengths
 (u32 little-endian each), then the items' bytes back to back. libzmq and pyzmq cost a few
@@ -147,7 +89,8 @@ node that predates them sends none):
     max_batch_keys     items of a packed batch                RequestTooLarge
                        (MAX_BATCH_KEYS)
     max_reply_bytes    payload bytes of one reply             RequestTooLarge, naming the limit
-                       (get_many, keys; a batch's replies)
+                       (get_many, keys, scan; a batch's
+                       replies)
     max_batch_requests requests of one batch message          RequestTooLarge (batches.py); a
                        (MAX_BATCH_REQUESTS)                   node without it sends no batch
 The frame and batch limits are constants, far above what any command of the table needs; the
@@ -183,6 +126,7 @@ from shmkv.coerce import key_bytes, value_buffer
 from shmkv.errors import ProtocolError
 
 from . import compact
+from .wire_ops import REQUEST_FRAMES, RESENDABLE
 
 # A frame as either side handles it: bytes, a memoryview or a zmq.Frame (anything with the
 # buffer protocol; collections.abc.Buffer is Python 3.12+).
@@ -191,29 +135,9 @@ PROTOCOL_VERSION = 2
 TAG_PREFIX = b"SHMKV/"
 PROTOCOL_TAG = TAG_PREFIX + str(PROTOCOL_VERSION).encode()
 
-# Payload frames a request carries, per command: a count, or one of the two variable shapes.
-REQUEST_FRAMES: dict[str, int] = {
-    "ping": 0, "get": 1, "get_with_version": 1, "set": 2, "cas": 2, "incr": 1, "delete": 1,
-    "contains": 1, "len": 0, "keys": 0, "ttl": 1, "expire": 1, "persist": 1, "clear": 0,
-    "stats": 0, "get_many": 2, "set_many": 4, "set_array": 2, "get_array": 1,
-    "collection": 0, "collections": 0, "rename_collection": 0, "drop_collection": 0,
-    "publish": 2, "set_options": 2, "getdel": 1, "getex": 1, "append": 2, "rename": 2,
-    "strlen": 1, "type": 1, "promote": 0, "replicaof": 0, "wait": 0,
-}
-
 # Requests a client keeps in flight on one connection (the docstring's Pipelining): half of
 # the node's send high-water mark, server.SEND_HWM.
 MAX_IN_FLIGHT = 8
-
-# Requests a client may send again when their reply did not come (a timeout, a node gone):
-# applied twice they leave the same state and give the same answer. Any other (incr, cas,
-# append, getdel, rename, clear, publish, ...) may have been applied already, so its client
-# raises OutcomeUnknown instead; a request not listed here is never resent (the safe default).
-RESENDABLE = frozenset({
-    "ping", "get", "get_with_version", "contains", "len", "keys", "ttl", "stats", "get_many",
-    "get_array", "collections", "strlen", "type", "set", "set_many", "set_array", "delete",
-    "expire", "persist", "collection",
-})
 
 # Limits (the table in the docstring). The most frames a request has is 1 (header) + 4
 # (set_many), so 8 leaves no room for abuse; 100k keys is ~50x the largest batch the

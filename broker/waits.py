@@ -36,6 +36,7 @@ from shmkv.errors import LockTimeout
 
 from . import protocol
 from .protocol import Reply, Request
+from .wire_ops import KEY_BATCH_OPS
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
@@ -47,9 +48,10 @@ RETRY_S = 0.002  # how often parked requests are tried again
 MAX_WAITING = 256  # each retry may cost TRY_LOCK_S of the loop: bound the work per round
 MAX_WAITING_BYTES = 64 << 20
 
-# Commands whose first frame is the one key they touch (rename: its two frames are two keys).
+# Commands whose first frame is the one key they touch (rename: its two frames are two keys;
+# a batch of keys and scan's pattern are not one key: they may touch any).
 _ONE_KEY = frozenset(op for op, n in protocol.REQUEST_FRAMES.items() if n in (1, 2)) \
-    - {"get_many", "publish", "rename"}
+    - KEY_BATCH_OPS - {"publish", "rename", "scan"}
 Keys = frozenset[tuple[str, bytes]] | None  # (collection, key) pairs; None: every key
 NO_KEYS: Keys = frozenset()
 

@@ -59,6 +59,38 @@ def found_values(keys: Sequence[Any], reply: Reply) -> dict[Any, bytes]:
     return dict(zip(compress(keys, found), values))
 
 
+def scan_reply(reply: Reply) -> tuple[int, list[bytes]]:
+    """(next cursor, keys) of scan's reply."""
+    cursor = reply.result
+    if type(cursor) is not int or cursor < 0 or len(reply.frames) != 2:
+        raise ProtocolError("a scan reply must carry the next cursor (an int >= 0) and its "
+                            "keys, packed")
+    return cursor, protocol.unpack_bytes(*reply.frames)
+
+
+def scan_fields(cursor: int, match: str | bytes, count: int | None
+                ) -> tuple[list[bytes], dict[str, Any]]:
+    """scan's pattern frame and fields, its arguments checked first. count None: Redis's
+    default (SCAN_COUNT)."""
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+        raise ValueError(f"a scan cursor is an int >= 0 (0 to start), not {cursor!r}")
+    if count is None:
+        count = SCAN_COUNT
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"a scan count is an int > 0 or None, not {count!r}")
+    if isinstance(match, str):
+        match = match.encode()
+    if not isinstance(match, bytes):
+        raise TypeError(f"a scan pattern is str or bytes (a Redis glob), not "
+                        f"{type(match).__name__}")
+    return [match], {"cursor": cursor, "count": count}
+
+
+# Keys scan asks for per call when not told (Redis's default COUNT): a call reads whole index
+# stripes until it has that many, so it may return more.
+SCAN_COUNT = 10
+
+
 def set_many_frames(items: Mapping[Any, Any]) -> list[bytes]:
     keys = [protocol.key_frame(key) for key in items]
     values = [protocol.value_frame(value) for value in items.values()]
@@ -90,6 +122,22 @@ class Commands:
         check_batch(len(keys))
         return self._do("get_many", pack_keys(keys),
                         lambda r: found_values(keys, r))
+
+    def exists(self, *keys: str | bytes) -> Any:
+        """How many of keys are present, in one request (a key given twice counts twice, as
+        Redis's EXISTS)."""
+        check_batch(len(keys))
+        return self._do("exists", pack_keys(keys), _result)
+
+    def scan(self, cursor: int = 0, match: str | bytes = "*",
+             count: int | None = None) -> Any:
+        """(next cursor, keys) of one step of a scan, as Redis's SCAN: start at cursor 0 and
+        go on with the cursor each step returns until it is 0. match is a Redis glob; count
+        how many keys to look at (None: SCAN_COUNT), which a step may pass. A key present
+        from the first step to the last is returned at least once; one written or deleted
+        meanwhile may or may not be, and a key may come twice."""
+        frames, fields = scan_fields(cursor, match, count)
+        return self._do("scan", frames, scan_reply, **fields)
 
     def get_array(self, key: str | bytes, default: Any = None) -> Any:
         """The array stored at key by set_array (read-only, over the received message), or
@@ -167,6 +215,13 @@ class Commands:
     def delete(self, key: str | bytes) -> Any:
         """Remove key; True if it was present (and not expired)."""
         return self._do("delete", [protocol.key_frame(key)], _result)
+
+    def delete_many(self, keys: Iterable[str | bytes]) -> Any:
+        """Remove keys in one request; how many were present (a key given twice counts once).
+        Not atomic, as Redis's DEL of many keys, and not sent again after a timeout."""
+        keys = list(keys)
+        check_batch(len(keys))
+        return self._do("delete_many", pack_keys(keys), _result)
 
     # --- expiry ---------------------------------------------------------------------------
     def expire(self, key: str | bytes, ttl_s: float) -> Any:

@@ -75,7 +75,7 @@ from shmkv.broker import protocol
 from shmkv.broker.auth import CurveClient
 from shmkv.broker.protocol import Reply
 from shmkv.clients.commands import (Commands, check_batch, found_values, pack_keys,
-                                    set_many_frames)
+                                    scan_fields, scan_reply, set_many_frames)
 from shmkv.clients.connection import Connection as _Connection
 from shmkv.clients.pipeline import Pipeline
 from shmkv.clients.primary import Primary
@@ -159,6 +159,42 @@ class RemoteCache(Commands):
                 lambda batch: lambda reply: found_values(batch, reply)):
             found.update(part)
         return found
+
+    def exists(self, *keys: str | bytes) -> int:
+        """How many of keys are present (a key given twice counts twice): one request, or
+        one per BATCH_KEYS keys, pipelined. At most MAX_BATCH_KEYS keys in all."""
+        check_batch(len(keys))
+        if len(keys) <= BATCH_KEYS:
+            return super().exists(*keys)  # type: ignore[no-any-return]
+        return sum(self._batches("exists", list(keys), pack_keys,
+                                 lambda batch: lambda reply: reply.result))
+
+    def delete_many(self, keys: Iterable[str | bytes]) -> int:
+        """Remove keys; how many were present. One request, or one per BATCH_KEYS keys,
+        pipelined. Not atomic, and not sent again after a timeout. At most MAX_BATCH_KEYS
+        keys in all."""
+        keys = list(keys)
+        check_batch(len(keys))
+        if len(keys) <= BATCH_KEYS:
+            return super().delete_many(keys)  # type: ignore[no-any-return]
+        return sum(self._batches("delete_many", keys, pack_keys,
+                                 lambda batch: lambda reply: reply.result))
+
+    def scan_iter(self, match: str | bytes = "*", count: int | None = None
+                  ) -> Iterator[bytes]:
+        """Every key matching match, a scan step at a time (scan()): a key present
+        throughout is yielded at least once; one written or deleted meanwhile may or may not
+        be, and a key may come twice (as Redis's SCAN)."""
+        frames, fields = scan_fields(0, match, count)  # checked now, not at the first next()
+        return self._scan_steps(frames, fields)
+
+    def _scan_steps(self, frames: list[bytes], fields: dict[str, Any]) -> Iterator[bytes]:
+        while True:
+            cursor, keys = self._do("scan", frames, scan_reply, **fields)
+            yield from keys
+            if not cursor:
+                return
+            fields["cursor"] = cursor
 
     def set_many(self, items: Mapping[Any, Any], ttl_s: float | None = None) -> None:
         """Store every key -> value of items: one request, or one per BATCH_KEYS pairs,
