@@ -119,9 +119,9 @@ def main() -> None:
     notes = ["ratio (the column is against redis here, not shmkv) = median / redis-py's "
              "median of the same op (below 1: faster than Redis); ops/s counts calls; "
              "get_many's peer is MGET",
-             "scan's cost is the engine's listing of a stripe (Cache._stripe_keys walks every "
-             "index slot of the stripe in Python, present or not): it grows with the region's "
-             "index size (a 256 MiB arena here), not with the keys found",
+             "scan's cost is mostly the engine's listing of a stripe (Cache._stripe_keys: its "
+             "occupied slots found with numpy, then each key read in Python): it grows with "
+             "the region's index size (a 256 MiB arena here) as well as with the keys found",
              "loopback; client and servers share the machine's cores",
              "load average before / after the run: " + " / ".join(
                  ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))]
