@@ -248,7 +248,8 @@ class Writers:
                     time.monotonic()
                 try:
                     remote.set(key, key)
-                except (shmkv.ReadOnlyReplica, shmkv.RemoteUnavailable):
+                except (shmkv.ReadOnlyReplica, shmkv.RemoteUnavailable,
+                        shmkv.LockTimeout):  # not acknowledged: a node busy syncing
                     time.sleep(0.01)
                     continue
                 self._log(node, key, epoch, sent)
@@ -266,7 +267,8 @@ class Writers:
                     epoch = self.epoch(node)
                     if remote.wait(1, 5.0) < 1:
                         continue
-                except shmkv.RemoteUnavailable:  # OutcomeUnknown: wait is not sent again
+                except (shmkv.RemoteUnavailable,  # OutcomeUnknown: wait is not sent again
+                        shmkv.LockTimeout):
                     continue
                 if by_endpoint[remote._link.endpoint] is node:
                     self._log(node, key, epoch, sent, replicated=True)

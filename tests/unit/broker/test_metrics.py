@@ -263,7 +263,13 @@ def test_stop_http_does_not_wait_for_a_request_head_still_arriving(cache: shmkv.
     trickler = threading.Thread(target=_trickle, args=(port, 0.05, 400))
     trickler.start()
     try:
-        scrape(port)  # accepted in order: the trickler's connection has its thread by now
+        scrape(port)
+        httpd = metrics._httpd
+        assert httpd is not None
+        deadline = time.monotonic() + SCRAPE_TIMEOUT_S  # its head is arriving (a loaded CI)
+        while not httpd.reading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert httpd.reading, "the trickler's request never started"
         started = time.monotonic()
         metrics.stop_http()
         assert time.monotonic() - started < 2.0
