@@ -134,12 +134,13 @@ Known limits: a local write wakes no node, so a parked request is answered only 
 primary's next look (up to PUSH_POLL_S, PUSH_IDLE_POLL_S after a quiet second) and both nodes'
 loops spend ~150 us a wake-up on it; the replica applies per key in Python and shares the cores
 with the primary and its writers: under load the p99 grows to ten times the median, and a fast
-local writer competes with replication (bench: local Cache.set with one replica following at
-0.59 of its rate without, 0.25 under heavier load; 1.19 with polled rounds); within a round,
-the digests and entries of the compared stripes are still awaited in the loop (pipelined: a
-few ms from a live primary; one that dies mid-round holds it up to REQUEST_TIMEOUT_S, under
-etcd roles.YIELD_AFTER_S); the first sync before READY=1 runs in one round, as the node
-serves nothing yet.
+local writer competes with replication for the cores (bench/results/repl-cost-vm-20261130.md:
+local Cache.set at 0.40-0.80 of its rate with the replica SIGSTOPped, the nodes spending ~0.15
+CPU s per million sets, whatever the primary's look interval; the stripe locks measurably hold
+no writer); within a round, the digests and entries of the compared stripes are awaited in the
+loop (pipelined: a few ms from a live primary; one that dies mid-round holds it up to
+REQUEST_TIMEOUT_S, under etcd roles.YIELD_AFTER_S); the first sync before READY=1 runs in one
+round, as the node serves nothing yet.
 
 CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
@@ -203,8 +204,7 @@ class Replica(Link):
         # why it was ("": it was not)
         self._give_up_at: float | None = None
         self._give_up_after_s = 0.0
-        self.gave_up = ""
-        self._refused = ""  # the last refused handshake's message, said once
+        self.gave_up = self._refused = ""  # _refused: the last refused handshake, said once
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
