@@ -111,9 +111,12 @@ A gap in the rings only costs a digest comparison. A replica whose own writes ev
 arena fragmented otherwise than the primary's) compares every stripe in its next round.
 
 Steps. A round from the node's loop compares at most MAX_COMPARED_PER_STEP stripes by digests
-and asks for the rest at once, without recording its position; a replica started at run time
-(`replicaof`, a demotion, etcd) thus syncs in steps and its node answers requests in between.
-The first sync before READY=1 (bootstrap) does every stripe in one round.
+and asks for the rest at once, without recording its position. A replica started at run time
+(`replicaof`, a demotion, etcd: Replica.begin) sends hello and returns; its node's loop reads
+the reply (the socket is in its poller), opens the region, sends psync, whose reply starts the
+rounds (a round after a failure asks psync so too): the node answers requests throughout, and
+a primary silent for roles.FOLLOW_TIMEOUT_S is given up (roles.py). The first sync before
+READY=1 (bootstrap) awaits hello and psync, and does every stripe in one round.
 
 Cost. A hinted stripe costs the primary a lock, the ring's new events and one index lookup per
 key named; the replica an upsert or removal per key. A compared stripe costs one pass over its
@@ -131,10 +134,13 @@ Known limits: a local write wakes no node, so a parked request is answered only 
 primary's next look (up to PUSH_POLL_S, PUSH_IDLE_POLL_S after a quiet second) and both nodes'
 loops spend ~150 us a wake-up on it; the replica applies per key in Python and shares the cores
 with the primary and its writers: under load the p99 grows to ten times the median, and a fast
-local writer competes with replication (bench: local Cache.set with one replica following at
-0.59 of its rate without, 0.25 under heavier load; 1.19 with polled rounds); a replica started
-at run time still waits for its primary's hello (up to roles.FOLLOW_TIMEOUT_S) before its
-steps; the first sync before READY=1 runs in one round, as the node serves nothing yet.
+local writer competes with replication for the cores (bench/results/repl-cost-vm-20261130.md:
+local Cache.set at 0.40-0.80 of its rate with the replica SIGSTOPped, the nodes spending ~0.15
+CPU s per million sets, whatever the primary's look interval; the stripe locks measurably hold
+no writer); within a round, the digests and entries of the compared stripes are awaited in the
+loop (pipelined: a few ms from a live primary; one that dies mid-round holds it up to
+REQUEST_TIMEOUT_S, under etcd roles.YIELD_AFTER_S); the first sync before READY=1 runs in one
+round, as the node serves nothing yet.
 
 CurveZMQ, the request/reply discipline and fencing of replies: broker/repl_link.py.
 """
@@ -172,6 +178,9 @@ RETRY_S = 0.5  # after a failed round
 # in the next round, asked at once: a replica started at run time (roles.py) syncs in steps
 # and its node answers in between. The first sync before READY=1 does them all in one.
 MAX_COMPARED_PER_STEP = 8
+# While hello or psync is awaited with CURVE, how often the socket's monitor is looked at: a
+# refused handshake is said at once rather than after the request's timeout
+HANDSHAKE_CHECK_S = 0.1
 
 Emit = Callable[..., None]
 
@@ -187,8 +196,15 @@ class Replica(Link):
                  wait: Callable[[zmq.Poller, int], bool]) -> None:
         super().__init__(context, config, wait)
         self.emit, self.status = emit, status
-        self._polling: int | None = None  # the id of the `changes` request parked upstream
-        self._poll_deadline = 0.0
+        # The request sent from the node's loop whose reply is awaited (op, id), until
+        # _await_deadline: hello, psync or the parked `changes` (None: nothing awaited)
+        self._awaiting: tuple[str, int] | None = None
+        self._await_deadline = self._check_at = 0.0  # _check_at: HANDSHAKE_CHECK_S
+        # A start at run time (begin()): when its hello is given up (None: not awaited), and
+        # why it was ("": it was not)
+        self._give_up_at: float | None = None
+        self._give_up_after_s = 0.0
+        self.gave_up = self._refused = ""  # _refused: the last refused handshake, said once
         self.name = uuid.uuid4().hex  # how the primary tells this replica from others
         self.applier: RP.Applier | None = None
         self.synced: list[int | None] = []  # each stripe's changes counter at its last sync
@@ -210,14 +226,13 @@ class Replica(Link):
         self._failing = ""  # the error class of the failing rounds ("": not failing)
 
     def _drop_socket(self) -> None:
-        self._polling = None  # its reply, if any, goes with the socket
+        self._awaiting = None  # its reply, if any, goes with the socket
         super()._drop_socket()
 
     # --- start ------------------------------------------------------------------------
     def open_region(self) -> shmkv.Cache:
-        """Ask the primary for its region's parameters (until it answers), then create the
-        replica's region as its clone, or reuse one that already is one; fence it."""
-        refused = ""
+        """At the node's start: ask the primary for its region's parameters (until it
+        answers), then open the replica's region (see _open)."""
         while True:
             try:
                 params = self._request({"op": "hello"})[0]["params"]
@@ -225,15 +240,26 @@ class Replica(Link):
             except HandshakeRefused as exc:
                 # said once per cause; tried again (a key added to the primary's allow-list
                 # and a SIGHUP admit it), at the pace of a failed round
-                self.status(f"refused by the primary {self.primary}: check the keys")
-                if str(exc) != refused:
-                    self.emit("replication_refused", primary=self.primary, message=str(exc))
-                refused = str(exc)
+                self._said_refused(exc)
                 if not self._wait(zmq.Poller(), int(RETRY_S * 1000)):
                     raise Stopped() from None
             except RemoteUnavailable as exc:
                 self.status(f"waiting for the primary {self.primary}")
                 self.emit("replication_waiting", message=str(exc))
+        return self._open(params)
+
+    def begin(self, give_up_after_s: float) -> None:
+        """At run time (roles.follow): send hello and return; its reply, read from the node's
+        loop (service()), opens the region, then psync and the rounds follow. A primary that
+        has not answered after give_up_after_s is given up (gave_up says why)."""
+        self._give_up_at = time.monotonic() + give_up_after_s
+        self._give_up_after_s = give_up_after_s
+        self.status(f"waiting for the primary {self.primary}")
+        self._send_next()  # zmq.ZMQError: an endpoint ZeroMQ cannot connect to
+
+    def _open(self, params: dict[str, Any]) -> shmkv.Cache:
+        """Create the replica's region as a clone of the primary's (params: hello's), or
+        reuse one that already is one; fence it."""
         config = self.config
         try:
             cache = RP.create_clone(config.region, params, 0o600, DEFAULT_LOCK_TIMEOUT_S,
@@ -254,6 +280,12 @@ class Replica(Link):
         self.applied = cache._region.q[L.H_REPL_OFFSET >> 3]
         return cache
 
+    def _said_refused(self, exc: HandshakeRefused) -> None:
+        self.status(f"refused by the primary {self.primary}: check the keys")
+        if str(exc) != self._refused:
+            self.emit("replication_refused", primary=self.primary, message=str(exc))
+            self._refused = str(exc)
+
     def bootstrap(self) -> None:
         """The first sync: every stripe that may differ once (retried until it succeeds)."""
         while not self.round(progress=True):
@@ -262,64 +294,98 @@ class Replica(Link):
 
     # --- rounds -----------------------------------------------------------------------
     def due(self) -> float:
-        return self._poll_deadline if self._polling is not None else self._next
+        if self.gave_up:  # roles.py closes it
+            return float("inf")
+        if self._awaiting is None:
+            return self._next
+        if self._watch is not None and self._awaiting[0] != "changes":
+            # a refused CURVE handshake is seen only by looking at the monitor
+            return min(self._await_deadline, self._check_at)
+        return self._await_deadline
 
     def tick(self) -> None:
-        """Due: send the next `changes` request (the primary parks it until something moves),
-        or give up on one that was not answered in time."""
-        if self._polling is not None:  # no reply within LONG_POLL_S + REQUEST_TIMEOUT_S
-            self._failed(RemoteUnavailable(f"the primary {self.primary} did not answer within "
-                                           f"{LONG_POLL_S + REQUEST_TIMEOUT_S} s"))
+        """Due: send the next request (hello, psync, or `changes`, which the primary parks
+        until something moves), or give up on one that was not answered in time. Never
+        waits: the replies come through service()."""
+        if self.gave_up:
+            return
+        if self._awaiting is not None:
+            op = self._awaiting[0]
+            self._check_at = time.monotonic() + HANDSHAKE_CHECK_S
+            try:
+                if op != "changes":
+                    self._check_handshake()
+            except HandshakeRefused as exc:
+                self._fail(exc)
+                return
+            if time.monotonic() >= self._await_deadline:
+                self._fail(RemoteUnavailable(f"the primary {self.primary} did not answer {op} "
+                                             "in time"))
+            return
+        if time.monotonic() < self._next:
             return
         try:
-            self._send_poll()
-        except Stopped:  # the node's loop sees the signal and stops
-            self._next = time.monotonic() + RETRY_S
+            self._send_next()
         except _ROUND_ERRORS as exc:
-            self._failed(exc)
+            self._fail(exc)
 
-    def _send_poll(self) -> None:
-        if self._resync:
-            self._psync()
+    def _send_next(self) -> None:
+        header: dict[str, Any] = {}
+        op, wait_s = "hello", REQUEST_TIMEOUT_S
+        if self.applier is not None and self._resync:
+            op, header = "psync", self._psync_request()
+        elif self.applier is not None:
+            op, header = "changes", {**self._changes_request(),
+                                     "wait_ms": int(LONG_POLL_S * 1000)}
+            wait_s = LONG_POLL_S + REQUEST_TIMEOUT_S
         if self._socket is None:
             self._connect()
         assert self._socket is not None
         self._id += 1
-        self._socket.send_multipart(message({**self._changes_request(), "id": self._id,
-                                             "wait_ms": int(LONG_POLL_S * 1000)}))
-        self._polling = self._id
-        self._poll_deadline = time.monotonic() + LONG_POLL_S + REQUEST_TIMEOUT_S
+        self._socket.send_multipart(message({**header, "op": op, "id": self._id}))
+        self._awaiting = (op, self._id)
+        self._await_deadline = time.monotonic() + wait_s
+        self._check_at = time.monotonic() + HANDSHAKE_CHECK_S
+        if self._give_up_at is not None:  # a start at run time: hello no later than this
+            self._await_deadline = min(self._await_deadline, self._give_up_at)
 
     def service(self) -> None:
-        """The socket is readable: the reply to the parked request (a late reply to another
-        is dropped). The round is applied, and the next request sent at once."""
-        while self._socket is not None and self._polling is not None:
+        """The socket is readable: the reply to the awaited request (a late reply to another
+        is dropped). It is applied, and the next request sent at once."""
+        while self._socket is not None and self._awaiting is not None:
             try:
                 reply, data = parse(self._socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
             except (zmq.ZMQError, ShmKVError, ValueError) as exc:
-                self._failed(exc)
+                self._fail(exc)
                 return
-            if reply.get("id") != self._polling:
+            op, awaited = self._awaiting
+            if reply.get("id") != awaited:
                 continue
-            self._polling = None
+            self._awaiting = None
             try:
                 self._check_epoch(reply.get("epoch", 0))
                 if not reply.get("ok"):
-                    raise ShmKVError(f"the primary {self.primary} refused changes: "
+                    raise ShmKVError(f"the primary {self.primary} refused {op}: "
                                      f"{reply.get('error')}: {reply.get('message')}")
-                complete = self._apply(reply, data)
+                if op == "hello":
+                    self._open(reply["params"])
+                    self._give_up_at = None
+                    self.status(f"replica of {self.primary}: syncing")
+                elif op == "psync":
+                    self._psynced(reply)
+                elif self._apply(reply, data):
+                    self._succeeded()
+                else:
+                    self.steps += 1
             except Stopped:
                 self._next = time.monotonic() + RETRY_S
                 return
             except _ROUND_ERRORS as exc:
-                self._failed(exc)
+                self._fail(exc)
                 return
-            if complete:
-                self._succeeded()
-            else:
-                self.steps += 1
+            self._next = 0.0
             self.tick()
 
     def _changes_request(self) -> dict[str, Any]:
@@ -335,15 +401,21 @@ class Replica(Link):
                              "copy and stops following: unlink its region and restart it to "
                              "copy the new one")
 
-    def _psync(self) -> None:
-        """Where to start from: partial (the stripes moved since this region's offset) or
-        full (every stripe compared); see broker/repl_source.py."""
+    def _psync_request(self) -> dict[str, Any]:
         assert self.cache is not None
         region = self.cache._region
-        reply, _ = self._request({"op": "psync", "repl_id": RP.repl_id(region),
-                                  "offset": region.q[L.H_REPL_OFFSET >> 3]})
+        return {"op": "psync", "repl_id": RP.repl_id(region),
+                "offset": region.q[L.H_REPL_OFFSET >> 3]}
+
+    def _psync(self) -> None:  # asked and awaited (the first sync)
+        self._psynced(self._request(self._psync_request())[0])
+
+    def _psynced(self, reply: dict[str, Any]) -> None:
+        """Start from psync's reply: partial (the stripes moved since this region's offset)
+        or full (every stripe compared); see broker/repl_source.py."""
+        assert self.cache is not None
         self._check_region(reply["region_id"])
-        n = region.layout.n_stripes
+        n = self.cache._region.layout.n_stripes
         changes = reply["changes"]
         if reply["mode"] == "partial":
             self.partial_resyncs += 1
@@ -374,6 +446,23 @@ class Replica(Link):
             return False
         self._succeeded()
         return True
+
+    def _fail(self, exc: Exception) -> None:
+        """A request failed: a round (tried again after RETRY_S), or a start at run time
+        whose hello was not answered (tried again on a new socket until it is given up)."""
+        if self.applier is not None:
+            self._failed(exc)
+            return
+        self._drop_socket()
+        self._next = time.monotonic()
+        if isinstance(exc, HandshakeRefused):
+            self._said_refused(exc)
+            self._next += RETRY_S
+        elif not isinstance(exc, RemoteUnavailable):  # not a copy, refused hello: final
+            self.gave_up = str(exc)
+        if self._give_up_at is not None and self._next >= self._give_up_at and not self.gave_up:
+            self.gave_up = str(exc) if isinstance(exc, HandshakeRefused) else \
+                f"the primary {self.primary} did not answer within {self._give_up_after_s} s"
 
     def _failed(self, exc: Exception) -> None:
         self._drop_socket()

@@ -14,9 +14,12 @@ Switches (each one in the node's loop, between two requests):
                                         (shmkv/replica.py new_history), lift the fence up to
                                         writable_until_ns, open a Source
     follow(primary, takeover)           fence first (no write lands after the call), close the
-                                        Source, then open a Replica toward primary: it syncs
-                                        in the node's loop; the first round after a demotion
-                                        counts and logs what it discarded (below)
+                                        Source, then start a Replica toward primary and
+                                        return: its hello, psync and rounds run in the node's
+                                        loop (a primary silent for FOLLOW_TIMEOUT_S is given
+                                        up: candidate, "follow_failed" in the event and in
+                                        "role"); the first round after a demotion counts and
+                                        logs what it discarded (below)
     fence_until(ns)                     a primary under etcd pushes its fence forward on every
                                         renewal of its lease (broker/failover.py)
 
@@ -63,13 +66,13 @@ import zmq
 import shmkv
 from shmkv import layout as L
 from shmkv import replica as RP
-from shmkv.errors import RemoteUnavailable, ShmKVError
+from shmkv.errors import ShmKVError
 
 from .config import NodeConfig
 
 if TYPE_CHECKING:
     from shmkv.events import EventReader
-from .replication import Emit, Replica, Source, Stopped, curve_client
+from .replication import Emit, Replica, Source, curve_client
 
 # A Source closed a moment ago may still hold its port (libzmq unbinds in its I/O thread)
 BIND_RETRY_S = 2.0
@@ -77,8 +80,9 @@ BIND_RETRY_S = 2.0
 # gives the node's loop back to the election (a live primary answers a chunk well within it;
 # the round resumes from the stripes it had done)
 YIELD_AFTER_S = 0.1
-# How long follow() waits for the new primary to answer before it gives up (the node stays
-# fenced, following nobody; etcd's loop tries again, a user can repeat replicaof)
+# How long a Replica started by follow() waits for its new primary's hello, from the node's
+# loop, before it gives up (the node stays fenced, following nobody; etcd's loop tries again,
+# a user can repeat replicaof)
 FOLLOW_TIMEOUT_S = 10.0
 # (collection, key) -> (version, digest of the value): what a demoted node compares (_versions)
 Entries = dict[tuple[str, bytes], tuple[int, bytes]]
@@ -98,8 +102,7 @@ class Roles:
         self.yield_after_s = min(YIELD_AFTER_S, config.loop_interval_s) if config.etcd else None
         self._in_tick = False
         self._waiting: tuple[tuple[int, object], float] | None = None  # (request, since)
-        self._give_up_at: float | None = None  # while follow() waits for its new primary
-        self._gave_up = False
+        self.follow_failed = ""  # why the last follow() was given up ("": it was not)
         self.cache: shmkv.Cache | None = None  # the node's main handle
         self.source: Source | None = None
         # Told each time the Source changes (the node rebinds WAIT and min-replicas to it)
@@ -107,7 +110,6 @@ class Roles:
         self.replica: Replica | None = None
         self.role = "candidate" if config.etcd else "none"
         self._poller: zmq.Poller | None = None
-        self._replica_cache: shmkv.Cache | None = None  # a Replica opened after start
         self._before_demotion: Entries | None = None
         self._takeover: Takeover | None = None  # the new primary's, and this node's epoch
         self._epoch_at_demotion = 0
@@ -170,6 +172,8 @@ class Roles:
                 self.replica.tick()
             finally:
                 self._in_tick = False
+        if self.replica is not None and self.replica.gave_up:
+            self._give_up()
         # a round completes in tick() or in service() (a pushed round's reply)
         if self.replica is not None and self._before_demotion is not None \
                 and self.replica.rounds:
@@ -199,6 +203,7 @@ class Roles:
         if self.source is None and self.config.repl_bind:
             self._set_source(self._open_source())
         self.role = "primary"
+        self.follow_failed = ""
         self.emit("promoted", epoch=int(region.q[L.H_REPL_EPOCH >> 3]), repl_id=repl_id,
                   writable_until_ns=writable_until_ns, at_ns=time.time_ns())
         return {"role": "primary", "repl_id": repl_id,
@@ -207,7 +212,9 @@ class Roles:
 
     def follow(self, primary: str, takeover: Takeover | None = None) -> dict[str, Any]:
         """Become (or stay) a replica of primary (see the module docstring; takeover: how
-        it took over, if known, to count what this node discards)."""
+        it took over, if known, to count what this node discards). Returns at once: the
+        Replica's hello is answered in the node's loop (a primary silent for
+        FOLLOW_TIMEOUT_S is given up: see service())."""
         cache = self._cache()
         RP.fence(cache._region, primary)  # first: no write lands after this call
         if self.replica is not None and self.replica.primary == primary:
@@ -217,26 +224,16 @@ class Roles:
         self._close_replica()
         before = _versions(cache) if was != "replica" else None  # what it may discard
         self.replica = self._new_replica(primary)
-        self._give_up_at, self._gave_up = time.monotonic() + FOLLOW_TIMEOUT_S, False
         try:
-            self._replica_cache = self.replica.open_region()  # until the primary answers
-        except Stopped:
+            self.replica.begin(FOLLOW_TIMEOUT_S)
+        except zmq.ZMQError as exc:  # an endpoint ZeroMQ refuses
             self._close_replica()
             self.role = "candidate"
-            if not self._gave_up:  # a stop signal: the node stops
-                raise
-            raise RemoteUnavailable(f"the primary {primary} did not answer within "
-                                    f"{FOLLOW_TIMEOUT_S} s: this node stays fenced and "
-                                    "follows nobody") from None
-        except ShmKVError:
-            self._close_replica()
-            self.role = "candidate"
-            raise
-        finally:
-            self._give_up_at = None
+            raise ValueError(f"cannot follow {primary!r}: {exc}") from None
         self._before_demotion, self._takeover = before, takeover
         self._epoch_at_demotion = int(cache._region.q[L.H_REPL_EPOCH >> 3])
         self.role = "replica"
+        self.follow_failed = ""
         self.emit("following", primary=primary, was=was)
         return {"role": "replica", "primary": primary}
 
@@ -270,8 +267,11 @@ class Roles:
             return self.promote() if primary.lower() == "none" else self.follow(primary)
 
         def role(fields: dict[str, Any]) -> object:
-            return {"role": self.role, "primary": self.primary,
-                    "epoch": int(self._cache()._region.q[L.H_REPL_EPOCH >> 3])}
+            found = {"role": self.role, "primary": self.primary,
+                     "epoch": int(self._cache()._region.q[L.H_REPL_EPOCH >> 3])}
+            if self.follow_failed:  # why the last replicaof (or demotion) follows nobody
+                found["follow_failed"] = self.follow_failed
+            return found
 
         return {"promote": promote, "replicaof": replicaof, "role": role}
 
@@ -309,9 +309,6 @@ class Roles:
         the lease. A request is told from the next by its Poller (each has its own) and the
         Replica's request id: either changing means a new one started."""
         if not self._wait(poller, timeout_ms):
-            return False
-        if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
-            self._gave_up = True
             return False
         if self.yield_after_s is None or not self._in_tick:
             return True
@@ -351,11 +348,21 @@ class Roles:
     def _close_replica(self) -> None:
         if self.replica is not None:
             self.replica.close()
+            if self.replica.cache is not None and self.replica.cache is not self.cache:
+                self.replica.cache.close()  # its own handle, opened at run time
             self.replica = None
-        if self._replica_cache is not None:
-            self._replica_cache.close()
-            self._replica_cache = None
         self._before_demotion, self._takeover = None, None
+
+    def _give_up(self) -> None:
+        """A Replica started at run time whose primary never answered its hello (or whose
+        region cannot be a copy): the node stays fenced and follows nobody (etcd's loop
+        tries again; a user can repeat replicaof); "role" and the event say why."""
+        assert self.replica is not None
+        primary = self.replica.primary
+        self.follow_failed = f"{self.replica.gave_up}: this node stays fenced and follows nobody"
+        self._close_replica()
+        self.role = "candidate"
+        self.emit("follow_failed", primary=primary, message=self.follow_failed)
 
     def _count_discarded(self) -> None:
         """After the first round that followed a demotion: what this node had written that

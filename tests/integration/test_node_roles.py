@@ -7,21 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import zmq
 from node_process import Node, running_node
 from tests_support import new_region_name
 
 import shmkv
 from shmkv import layout as L
+from shmkv.broker.roles import FOLLOW_TIMEOUT_S
 from shmkv.clients import RemoteCache
 
 CONVERGE_S = 60.0
@@ -152,18 +154,80 @@ def test_a_request_not_safe_to_repeat_raises_outcome_unknown_when_the_primary_st
             assert remote.get("n") in (b"1", b"2")
 
 
-def test_replicaof_a_primary_that_never_answers_gives_up_and_leaves_the_node_fenced() -> None:
+def test_replicaof_a_primary_that_never_answers_never_blocks_the_node_and_gives_up() -> None:
     with pair() as (primary, replica, a, b):
         a.set("k", b"v")
-        with socket.socket() as silent:  # a port that accepts nothing ZeroMQ would answer
-            silent.bind(("127.0.0.1", 0))
-            nowhere = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        # a ROUTER that accepts the connection and never reads: hello waits there unanswered
+        silent = zmq.Context.instance().socket(zmq.ROUTER)
+        silent.setsockopt(zmq.LINGER, 0)
+        try:
+            nowhere = f"tcp://127.0.0.1:{silent.bind_to_random_port('tcp://127.0.0.1')}"
             with RemoteCache(primary.endpoint, timeout_s=30) as remote:
-                with pytest.raises(shmkv.RemoteUnavailable, match="did not answer"):
-                    remote.replicaof(nowhere)
-                assert remote.get("k") == b"v"  # still serving reads
-                with pytest.raises(shmkv.ReadOnlyReplica):
+                slowest_s = 0.0
+
+                def timed(call: Any) -> Any:
+                    nonlocal slowest_s
+                    t0 = time.monotonic()
+                    found = call()
+                    slowest_s = max(slowest_s, time.monotonic() - t0)
+                    return found
+
+                switched: list[object] = []
+
+                def switch() -> None:  # its own client: the test's keeps asking meanwhile
+                    with RemoteCache(primary.endpoint, timeout_s=30) as other:
+                        try:
+                            switched.append(other.replicaof(nowhere))
+                        except shmkv.ShmKVError as exc:
+                            switched.append(exc)
+
+                started = time.monotonic()
+                thread = threading.Thread(target=switch)
+                thread.start()
+                try:
+                    while (role := timed(remote.ping)["role"])["role"] != "candidate":
+                        assert role["role"] in ("primary", "replica")
+                        assert timed(lambda: remote.get("k")) == b"v"
+                        if role["role"] == "replica":
+                            assert role["primary"] == nowhere
+                            with pytest.raises(shmkv.ReadOnlyReplica):
+                                timed(lambda: remote.set("k", b"refused"))
+                        assert time.monotonic() - started < FOLLOW_TIMEOUT_S + 10, \
+                            "never gave up"
+                        time.sleep(0.05)
+                finally:
+                    thread.join()
+                assert slowest_s < 0.5, f"a request waited {slowest_s:.2f} s for the node"
+                assert switched == [{"role": "replica", "primary": nowhere}]  # at once
+                assert time.monotonic() - started >= FOLLOW_TIMEOUT_S - 1
+                assert role["role"] == "candidate" and role["primary"] == ""
+                assert "did not answer" in role["follow_failed"]
+                failed = events(primary, "follow_failed")
+                assert failed["primary"] == nowhere and "did not answer" in failed["message"]
+                with pytest.raises(shmkv.ReadOnlyReplica):  # fenced, following nobody
                     remote.set("k", b"refused")
-                assert remote.ping()["role"]["role"] == "candidate"
-                assert remote.promote()["role"] == "primary"
-                remote.set("k", b"writable again")
+                # then toward a real primary: it converges
+                with RemoteCache(replica.endpoint) as other:
+                    promoted = other.promote()
+                b.set("after", b"the promotion")
+                remote.replicaof(promoted["endpoint"])
+                eventually(lambda: a.get("after") == b"the promotion", "the node follows")
+                assert "follow_failed" not in remote.ping()["role"]
+        finally:
+            silent.close()
+
+
+def test_replicaof_a_primary_that_cannot_be_copied_is_given_up_at_once() -> None:
+    with pair() as (primary, _, a, _):
+        a.set("k", b"v")
+        other = new_region_name()
+        shmkv.Cache.create(other, 8 << 20).close()  # another size than the node's region
+        with running_node(other, "--repl-bind", "tcp://127.0.0.1:*") as unlike, \
+                RemoteCache(primary.endpoint, timeout_s=30) as remote:
+            endpoint = unlike.ready["replication"]["endpoint"]
+            assert remote.replicaof(endpoint)["role"] == "replica"
+            failed = events(primary, "follow_failed", timeout_s=FOLLOW_TIMEOUT_S / 2)
+            assert "not a copy" in failed["message"]
+            role = remote.ping()["role"]
+            assert role["role"] == "candidate" and "not a copy" in role["follow_failed"]
+            assert a.get("k") == b"v" and remote.get("k") == b"v"  # its region as it was

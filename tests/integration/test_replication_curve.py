@@ -19,6 +19,7 @@ from tests_support import new_region_name
 import shmkv
 from shmkv.broker.auth import create_key_files, read_public_key
 from shmkv.cli import EXIT_USAGE
+from shmkv.clients import RemoteCache
 
 
 @pytest.fixture
@@ -124,3 +125,25 @@ def test_a_replica_given_a_public_key_as_its_own_cert_does_not_start(
                                   "--repl-curve-client-cert", str(keys["primary_public"]))
     assert status == EXIT_USAGE
     assert "repl_curve_client_cert" in err and "no secret key" in err
+
+
+def test_replicaof_a_curve_primary_that_refuses_the_key_says_so_while_the_node_answers(
+        region_name: str, keys: dict[str, Path]) -> None:
+    other = new_region_name()
+    with primary_region(region_name), running_node(region_name, *primary_options(keys)) as node, \
+            running_node(other, "--repl-curve-server-key", str(keys["primary_public"]),
+                         "--repl-curve-client-cert", str(keys["stranger"])) as switched, \
+            RemoteCache(switched.endpoint, timeout_s=5) as remote:
+        remote.set("k", b"v")
+        assert remote.replicaof(repl_endpoint(node))["role"] == "replica"
+        event = next_event(switched.process.stdout, "replication_refused", timeout_s=20)
+        stranger = read_public_key(str(keys["stranger"]), "test").decode()
+        assert stranger in event["message"]
+        t0 = time.monotonic()
+        assert remote.get("k") == b"v" and remote.ping()["role"]["role"] == "replica"
+        assert time.monotonic() - t0 < 0.5  # the node answers while its hello is refused
+        failed = next_event(switched.process.stdout, "follow_failed", timeout_s=20)
+        assert stranger in failed["message"] and "curve_allow" in failed["message"]
+        role = remote.ping()["role"]
+        assert role["role"] == "candidate" and stranger in role["follow_failed"]
+        assert remote.get("k") == b"v"
