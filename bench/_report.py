@@ -201,3 +201,14 @@ def time_each(op: Callable[[], object], reps: int) -> list[int]:
         op()
         samples.append(time.perf_counter_ns() - t0)
     return samples
+
+
+def add_run_arguments(parser: Any, rounds: bool = True, seed: bool = True) -> None:
+    """The options every bench that writes results shares: --rounds, --seed, --quick, --out."""
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=3)
+    if seed:
+        parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one short round, no files")
+    parser.add_argument("--out", help="results directory (default bench/results; none with "
+                        "--quick)")

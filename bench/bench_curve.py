@@ -112,11 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="keys per get_many")
     parser.add_argument("--batches", type=int, default=300, help="batches per round")
     parser.add_argument("--connects", type=int, default=100, help="connections per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one short round, no files")
-    parser.add_argument("--out", help="results directory (default bench/results; none with "
-                        "--quick)")
+    _report.add_run_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.keys, args.gets, args.batches, args.connects, args.rounds = 2_000, 300, 30, 20, 1

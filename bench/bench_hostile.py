@@ -144,10 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gets", type=int, default=2_000, help="gets per case per round")
     parser.add_argument("--floods", type=int, default=3, help="1M-frame messages per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="one short round, no files")
-    parser.add_argument("--out", help="results directory (default bench/results; none with "
-                        "--quick)")
+    _report.add_run_arguments(parser, seed=False)
     args = parser.parse_args()
     if args.quick:
         args.gets, args.floods, args.rounds = 300, 1, 1

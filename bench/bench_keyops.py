@@ -106,11 +106,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="exists/delete_many per round")
     parser.add_argument("--count", type=int, default=100, help="scan's count per step")
     parser.add_argument("--scans", type=int, default=10, help="whole scans per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one short round, no files")
-    parser.add_argument("--out", help="results directory (default bench/results; none with "
-                        "--quick)")
+    _report.add_run_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.keys, args.calls, args.scans, args.rounds = 2_000, 30, 2, 1

@@ -319,11 +319,7 @@ def main() -> None:
     parser.add_argument("--clients", type=lambda s: [int(n) for n in s.split(",")],
                         default=[8, 32], help="client processes for throughput, e.g. 8,32")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one short round, no files")
-    parser.add_argument("--out", help="results directory (default bench/results; none with "
-                        "--quick)")
+    _report.add_run_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.keys, args.gets, args.batches, args.rounds = 2_000, 500, 30, 1

@@ -246,9 +246,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="TEST", help="profile the node under "
                         "redis-benchmark -t TEST (get, set or incr) instead; with -P")
     parser.add_argument("-P", dest="pipeline", type=int, default=1, help="with --profile")
-    parser.add_argument("--quick", action="store_true", help="one short round, no files")
-    parser.add_argument("--out", help="results directory (default bench/results; none with "
-                        "--quick)")
+    _report.add_run_arguments(parser, rounds=False, seed=False)
     args = parser.parse_args()
     if redis is None:
         sys.exit("bench_resp.py needs redis-py (pip install redis hiredis)")
