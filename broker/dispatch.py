@@ -23,8 +23,8 @@ One request model, two codecs
 -----------------------------
 Every command that touches the region, whichever door it came through, is one operation of
 this model: an op name, a collection (coll: "" for the default one), header fields, payload
-frames (a protocol.Request as the wire decodes it, a CodecRequest as another codec makes it),
-run by one executor, `Dispatcher.run`, which returns the
+frames (a protocol.Request, as the wire decodes it or another codec makes it, with id 0 and
+its frames as bytes), run by one executor, `Dispatcher.run`, which returns the
 operation's (result, payload frames) and raises the errors of shmkv.errors (LockTimeout: a
 lock it needs is busy, and nothing was changed). Each door is a codec around it:
 
@@ -96,9 +96,7 @@ WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", 
 # The model's operations beyond the wire's table (the docstring's second table): payload
 # frames per op, as protocol.REQUEST_FRAMES counts them (-1: one per key).
 MODEL_ONLY_FRAMES: dict[str, int] = {"get_each": -1}
-# A request of the model: the wire's (protocol.Request) or a codec's own (CodecRequest)
-AnyRequest = Any
-Handler = Callable[[Cache, AnyRequest], Result]
+Handler = Callable[[Cache, Request], Result]
 _REQUIRED = object()
 
 
@@ -160,7 +158,7 @@ class Dispatcher:
         """The node's limit, for a codec that makes its own requests (decode sets it)."""
         return self.limits["max_reply_bytes"] if self.limits is not None else None
 
-    def run(self, request: AnyRequest) -> Result:
+    def run(self, request: Request) -> Result:
         """Run one operation of the model: its (result, payload frames). Raises the errors
         of shmkv.errors; LockTimeout means a lock it needs is busy and nothing was changed."""
         op = request.op
@@ -172,7 +170,8 @@ class Dispatcher:
                 return handler(self._cache, request)
             return self._run_key(request)
         if request.max_reply_bytes is None and self.limits is not None:  # made without it
-            request = _capped(request, self.limits["max_reply_bytes"])
+            request = dataclasses.replace(request,
+                                          max_reply_bytes=self.limits["max_reply_bytes"])
         if op in WRITE_OPS and self.min_replicas[0]:
             self._check_replicas()
         admin = _ADMIN.get(op)
@@ -184,8 +183,6 @@ class Dispatcher:
             return ({**result, "replication": {**(result.get("replication") or {}), **state}}
                     if state else result), out
         return self._run_key(request)
-
-    _run = run  # its earlier name: code written against it keeps working
 
     def _run_key(self, request: Request) -> Result:
         handler = _KEY_COMMANDS.get(request.op)
@@ -514,35 +511,3 @@ _KEY_COMMANDS: dict[str, Handler] = {
 }
 # The key commands that run() hands to their handler at once (stats adds the node's state)
 _PLAIN_KEY_COMMANDS = {op: h for op, h in _KEY_COMMANDS.items() if op != "stats"}
-
-
-# --- requests made by a codec ------------------------------------------------------------------
-class CodecRequest:
-    """A request of the model made by a codec other than the wire's (the RESP door's): the
-    fields of protocol.Request, which are all that run() and the handlers read, in a plain
-    class. protocol.Request is a frozen dataclass, whose __init__ sets each field through
-    object.__setattr__: 470 ns a request against 120 ns for this one (measured on the
-    project's VM), and the RESP codec makes one for every command."""
-
-    __slots__ = ("op", "coll", "fields", "frames", "max_reply_bytes")
-    id = 0  # a codec without request ids (a RESP connection answers in order)
-
-    def __init__(self, op: str, coll: str, fields: dict[str, Any], frames: Sequence[Any],
-                 max_reply_bytes: int | None) -> None:
-        self.op = op
-        self.coll = coll
-        self.fields = fields
-        self.frames = frames
-        self.max_reply_bytes = max_reply_bytes
-
-    def __repr__(self) -> str:
-        return (f"CodecRequest(op={self.op!r}, coll={self.coll!r}, fields={self.fields!r}, "
-                f"frames={list(self.frames)!r})")
-
-
-def _capped(request: AnyRequest, max_reply_bytes: int) -> AnyRequest:
-    """request, with the node's limit on its reply."""
-    if type(request) is CodecRequest:
-        return CodecRequest(request.op, request.coll, request.fields, request.frames,
-                            max_reply_bytes)
-    return dataclasses.replace(request, max_reply_bytes=max_reply_bytes)

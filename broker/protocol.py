@@ -126,7 +126,7 @@ from shmkv.coerce import key_bytes, value_buffer
 from shmkv.errors import ProtocolError
 
 from . import compact
-from .wire_ops import REQUEST_FRAMES, RESENDABLE
+from .wire_ops import REQUEST_FRAMES, RESENDABLE  # noqa: F401  (RESENDABLE: clients read it here)
 
 # A frame as either side handles it: bytes, a memoryview or a zmq.Frame (anything with the
 # buffer protocol; collections.abc.Buffer is Python 3.12+).
@@ -184,7 +184,7 @@ class Request:
     op: str
     coll: str
     fields: dict[str, Any]
-    frames: Sequence[memoryview]
+    frames: Sequence[Buffer]  # views of the frames received (bytes from another codec)
     max_reply_bytes: int | None = None
 
 

@@ -44,7 +44,6 @@ from shmkv import errors
 from shmkv.arrays import ARRAY_MAGIC
 
 from . import protocol
-from .dispatch import CodecRequest
 from .resp import NIL_ARRAY, OK, Error, Simple
 
 if TYPE_CHECKING:
@@ -188,13 +187,14 @@ def execute(ctx: Context, session: Session, args: list[bytes]) -> Any:
 def run(ctx: Context, s: Session, op: str, *frames: bytes, **fields: Any) -> tuple[Any, list[Any]]:
     """Run one operation in the session's database: its (result, payload frames); raises the
     errors of shmkv.errors, which execute words as Redis does."""
-    return ctx.dispatcher.run(CodecRequest(op, s.coll, fields or _NO_FIELDS, frames,
-                                      ctx.max_reply_bytes))
+    return ctx.dispatcher.run(protocol.Request(0, op, s.coll, fields or _NO_FIELDS, frames,
+                                               ctx.max_reply_bytes))
 
 
 def open_db(ctx: Context, coll: str) -> None:
     """Create a database's collection if it is not there (SELECT n; Redis has them all)."""
-    ctx.dispatcher.run(CodecRequest("collection", "", {"name": coll}, (), ctx.max_reply_bytes))
+    ctx.dispatcher.run(protocol.Request(0, "collection", "", {"name": coll}, (),
+                                        ctx.max_reply_bytes))
 
 
 def _value(result: tuple[Any, list[Any]]) -> Any:
@@ -338,8 +338,8 @@ def _getex(ctx: Context, s: Session, a: list[bytes]) -> Any:
 
 @command("mget", -2, "readonly", keys=(1, -1, 1))
 def _mget(ctx: Context, s: Session, a: list[bytes]) -> Any:
-    values = ctx.dispatcher.run(CodecRequest("get_each", s.coll, _NO_FIELDS, a[1:],
-                                             ctx.max_reply_bytes))[1]
+    values = ctx.dispatcher.run(protocol.Request(0, "get_each", s.coll, _NO_FIELDS, a[1:],
+                                                 ctx.max_reply_bytes))[1]
     for i, value in enumerate(values):  # Redis's MGET answers nil for a key of another type
         if value is not None and value.startswith(ARRAY_MAGIC) and _is_array(ctx, s, a[i + 1]):
             values[i] = None
@@ -553,7 +553,8 @@ def _flushdb(ctx: Context, s: Session, a: list[bytes]) -> Any:
 def _flushall(ctx: Context, s: Session, a: list[bytes]) -> Any:
     _flush_mode(a)
     for _, coll in ctx.databases():
-        ctx.dispatcher.run(CodecRequest("clear", coll, _NO_FIELDS, (), ctx.max_reply_bytes))
+        ctx.dispatcher.run(protocol.Request(0, "clear", coll, _NO_FIELDS, (),
+                                            ctx.max_reply_bytes))
     return OK
 
 

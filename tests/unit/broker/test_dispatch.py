@@ -186,8 +186,8 @@ def test_get_each_answers_one_frame_per_key_none_where_not_found(cache) -> None:
 
 def test_a_codecs_request_runs_as_the_wires_does(cache) -> None:
     d = Dispatcher(cache)
-    d.run(dispatch.CodecRequest("set", "", {"ttl_s": 100}, (b"k", b"v"), None))
+    d.run(protocol.Request(0, "set", "", {"ttl_s": 100}, (b"k", b"v")))
     wire = protocol.Request(0, "get", "", {}, (memoryview(b"k"),))
-    assert d.run(dispatch.CodecRequest("get", "", {}, (b"k",), None)) == d.run(wire) \
+    assert d.run(protocol.Request(0, "get", "", {}, (b"k",))) == d.run(wire) \
         == (True, [b"v"])
     assert 99 < cache.ttl(b"k") <= 100
