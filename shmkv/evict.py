@@ -44,6 +44,12 @@ class Evictor:
         self._smask = lay.n_stripes - 1
 
     # --- removing one entry ------------------------------------------------------------
+    def remove_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
+        """Take one entry out: slot first (stripe lock, held by the caller), then block."""
+        self.unpublish_locked(stripe, pos, off, counter)
+        with self.r.locks.arena_held:
+            self.release_locked(off, counter)
+
     def unpublish_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
         """Remove the slot at pos (pointing at off) between two seq bumps, and tell event
         readers why (counter: H_DELETES, H_EVICTIONS or H_EXPIRATIONS). Stripe lock."""

@@ -415,9 +415,7 @@ class Applier:
                 pos, found = region.index.find_locked(
                     stripe, xxh3_64(key, region.seed ^ coll), key, coll)
                 if found:
-                    region.evictor.unpublish_locked(stripe, pos, found, L.H_DELETES)
-                    with region.locks.arena_held:
-                        region.evictor.release_locked(found, L.H_DELETES)
+                    region.evictor.remove_locked(stripe, pos, found, L.H_DELETES)
                     removed += 1
         finally:
             region.locks.release_stripe(stripe)
@@ -457,9 +455,7 @@ class Applier:
                                                coll)
                 if found != off:
                     continue
-                region.evictor.unpublish_locked(stripe, pos, off, L.H_DELETES)
-                with region.locks.arena_held:
-                    region.evictor.release_locked(off, L.H_DELETES)
+                region.evictor.remove_locked(stripe, pos, off, L.H_DELETES)
                 removed += 1
             region.q[self._seq0 + stripe * L.STRIPE_Q + (L.S_WRITES >> 3)] = \
                 _past_every(primary_writes, seen.values())

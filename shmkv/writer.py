@@ -228,10 +228,7 @@ class Writer:
 
     def remove_locked(self, stripe: int, pos: int, off: int, counter: int) -> None:
         """Take one entry out: slot first (stripe lock, held by the caller), then block."""
-        evictor = self._region.evictor
-        evictor.unpublish_locked(stripe, pos, off, counter)
-        with self._locks.arena_held:
-            evictor.release_locked(off, counter)
+        self._region.evictor.remove_locked(stripe, pos, off, counter)
 
     def delete_collection_entries(self, coll: int) -> int:
         removed = 0
