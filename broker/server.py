@@ -2,8 +2,9 @@
 over ZeroMQ request/reply, and publishes channel messages and keyspace events.
 
 `shmkv serve` binds a ROUTER socket to config.bind and an XPUB socket to config.pub_bind (both
-also to ipc:// endpoints in config.ipc_dir: ipc.py), creates the region if it does not exist (or attaches to it), turns keyspace events on for every
-writer of the region, reports that it is ready, and runs one loop until SIGTERM or SIGINT:
+also to ipc:// endpoints in config.ipc_dir: ipc.py), creates the region if it does not exist
+(or attaches to it), turns keyspace events on for every writer of the region, reports that it
+is ready, and runs one loop until SIGTERM or SIGINT:
 
     poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance, watchdog ping or
          retry of parked requests is due, or EVENT_POLL_S while anyone subscribes)

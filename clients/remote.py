@@ -34,8 +34,9 @@ What that means for callers:
     got lost. So only idempotent requests (get, set, delete, expire, ...) are sent again; a
     timed-out request that is not (incr, cas, append, rename, getdel, set with nx/xx/get,
     clear, publish, ...: any op not in protocol.RESENDABLE) raises OutcomeUnknown (a
-    RemoteUnavailable) at once, saying that it may have been applied. A timeout resets the connection, so the requests of
-    a pipeline still in flight then are sent again or failed by the same rule.
+    RemoteUnavailable) at once, saying that it may have been applied. A timeout resets the
+    connection, so the requests of a pipeline still in flight then are sent again or failed by
+    the same rule.
   * RemoteUnavailable does not mean that nothing was applied, for the same reason.
   * A handle is not thread-safe (a ZeroMQ socket belongs to one thread): use one per thread.
     After a fork, make a new one in the child.

@@ -18,11 +18,11 @@
  * keys present, in the keys' order (get_list: a list of one value or None per key, in the
  * keys' order, which is what a node sends back without building a dict first; given
  * max_bytes, the list stops after the value that takes the values' bytes past it, so a node
- * copies at most one value more than its reply limit before it refuses the batch), each key read and counted once per occurrence. A key that
- * cannot be coerced, or an iterator that raises, stops the batch where the loop would stop:
- * the keys before it are read and counted first, then the error is raised as it was (the only
- * difference being that up to BATCH_GROUP - 1 keys are coerced, and taken from the iterator,
- * ahead of their read).
+ * copies at most one value more than its reply limit before it refuses the batch), each key
+ * read and counted once per occurrence. A key that cannot be coerced, or an iterator that
+ * raises, stops the batch where the loop would stop: the keys before it are read and counted
+ * first, then the error is raised as it was (the only difference being that up to
+ * BATCH_GROUP - 1 keys are coerced, and taken from the iterator, ahead of their read).
  */
 #include "core.h"
 

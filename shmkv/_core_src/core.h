@@ -188,8 +188,8 @@ enum want { WANT_CONTAINS, WANT_VALUE, WANT_VERSIONED };
  * (*out: a new reference), 0 on a miss, -1 on error; counts it, as get does (reader.c). */
 SHMKV_INTERNAL int reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen,
                                       uint64_t h, enum want want, PyObject **out);
-/* get_many's body (as_list: get_list's; max_bytes < 0: no limit), called between mapped_enter and mapped_leave
-   (batch.c) */
+/* get_many's body (as_list: get_list's; max_bytes < 0: no limit), called between mapped_enter
+   and mapped_leave (batch.c) */
 SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys, int as_list,
                                          Py_ssize_t max_bytes);
 
