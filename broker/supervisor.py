@@ -206,7 +206,6 @@ class WorkerPool:
             self._resp_address = f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"
         if metrics is not None:  # the workers count the requests: serve their sum instead
             metrics.registry.unregister(metrics.requests)
-            metrics.registry.unregister(metrics.request_seconds)
             metrics.registry.register(self.sums)
         for slot in self.slots:
             self._spawn(slot)
