@@ -146,6 +146,11 @@ class EventReader:
         self._ring0 = [lay.events_offset + s * ring for s in range(lay.n_stripes)]
         q = self._region.q
         self._read = [q[at + (L.S_EVENTS_HEAD >> 3)] for at in self._rec_at]  # bytes read
+        # every stripe's head in one slice of q (the stripe records are evenly spaced): an
+        # idle poll compares two lists, 0.15 us, instead of looking at each stripe (2.6 us;
+        # the node polls at every turn of its loop)
+        heads = [at + (L.S_EVENTS_HEAD >> 3) for at in self._rec_at]
+        self._heads = slice(heads[0], heads[-1] + 1, L.STRIPE_BYTES >> 3)
         self._counted = [q[at + (L.S_EVENTS_COUNT >> 3)] for at in self._rec_at]
         self._lost = 0
         # told each stripe's events as they are read, and every overrun (None: nobody)
@@ -160,10 +165,14 @@ class EventReader:
     def poll(self, max_events: int = 4096) -> list[Event]:
         """The events written since the last poll (up to about max_events); never blocks."""
         events, self._held = self._held, []
-        for stripe in range(len(self._rec_at)):
+        heads, read = self._region.q[self._heads].tolist(), self._read
+        if heads == read:
+            return events
+        for stripe, head in enumerate(heads):
             if len(events) >= max_events:
                 break
-            self._poll_stripe(stripe, events)
+            if head != read[stripe]:  # else _poll_stripe would find nothing new
+                self._poll_stripe(stripe, events)
         return events
 
     def catch_up(self, stripe: int) -> None:
