@@ -162,6 +162,7 @@ class EventSource(Protocol):
     """What the publisher tails: shmkv.events.EventReader."""
 
     def poll(self, max_events: int = ...) -> list[Event]: ...
+    def skip(self) -> int | None: ...
     @property
     def lost(self) -> int: ...
 
@@ -217,7 +218,15 @@ class Publisher:
     def pump(self, source: EventSource) -> bool:
         """Forward what the source has (up to MAX_EVENTS_PER_PUMP); True if it may have more.
         With nobody listening the events are read and discarded, so that a new subscriber
-        does not get a backlog, and ring losses are not counted as drops."""
+        does not get a backlog, and ring losses are not counted as drops; skipped unread
+        where the source allows (nothing else reads them)."""
+        if not self._counts:
+            passed = source.skip()
+            if passed is not None:
+                # as forward() and the lost count below would have numbered them
+                self._seq += passed + source.lost - self._lost_seen
+                self._lost_seen = source.lost
+                return False
         events = source.poll(MAX_EVENTS_PER_PUMP)
         lost = source.lost - self._lost_seen  # overwritten before the events just read
         if lost > 0:

@@ -539,6 +539,9 @@ class EventTee:
             self._door.deliver_events(events)
         return events  # type: ignore[no-any-return]
 
+    def skip(self) -> int | None:
+        return None if self._door.listening else self._source.skip()  # type: ignore[no-any-return]
+
     @property
     def lost(self) -> int:
         return self._source.lost  # type: ignore[no-any-return]

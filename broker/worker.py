@@ -193,8 +193,9 @@ class Worker(_Node):
                 door.service(ready)
             now = time.monotonic()
             if door is not None and events is not None and now >= next_events:
-                # read even while nobody subscribes: a new subscriber gets no backlog
-                door.pump() if door.listening else events.poll()
+                # move past them even while nobody subscribes: a new subscriber gets no backlog
+                if door.listening or events.skip() is None:
+                    door.pump()
                 next_events = now + EVENT_POLL_S
             if now >= next_report:
                 self._report()

@@ -213,3 +213,29 @@ def test_an_overrun_ring_is_told_to_the_observer(cache, reader) -> None:
         cache.set(key, b"v")
     reader.poll()
     assert overruns == [0]
+
+
+def test_skip_passes_every_event_unread_and_counts_them(cache, reader) -> None:
+    cache.set("a", b"1")
+    cache.set("b", b"2")
+    cache.delete("a")
+    reader.catch_up(_stripe_of(cache, b"a"))  # held events are passed too
+    assert reader.skip() == 3
+    assert reader.poll() == []
+    assert reader.skip() == 0
+    cache.set("c", b"3")
+    assert kinds(reader) == [("set", b"c")]
+
+
+def test_skip_leaves_the_events_to_poll_while_an_observer_must_see_them(cache, reader) -> None:
+    class Told:
+        def seen(self, stripe: int, events: list[Event]) -> None:
+            pass
+
+        def overrun(self, stripe: int) -> None:
+            pass
+
+    reader.observer = Told()
+    cache.set("a", b"1")
+    assert reader.skip() is None
+    assert kinds(reader) == [("set", b"a")]
