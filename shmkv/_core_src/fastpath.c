@@ -30,14 +30,31 @@ writer_now(Writer *self, uint64_t *now)
     return ok;
 }
 
-/* The value's bytes: exact bytes, or exact str as UTF-8; 0 for anything else (Python's). */
+/* The value's bytes: exact bytes, exact str as UTF-8, or a C-contiguous memoryview without
+ * Python objects in its format (what coerce.value_buffer takes as it is: the node's values are
+ * views of received frames), whose buffer is held until value_release; 0 for anything else
+ * (Python's). Always pair with value_release. */
 int
 value_bytes(PyObject *value, wreq *r)
 {
     Py_ssize_t n;
+    r->held.obj = NULL;
     if (PyBytes_CheckExact(value)) {
         r->val = PyBytes_AS_STRING(value);
         n = PyBytes_GET_SIZE(value);
+    }
+    else if (PyMemoryView_Check(value)) {
+        if (PyObject_GetBuffer(value, &r->held, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear(); /* released, or not contiguous: Python copies or says what */
+            r->held.obj = NULL;
+            return 0;
+        }
+        if (r->held.format && strchr(r->held.format, 'O')) {
+            value_release(r); /* object pointers: Python refuses them */
+            return 0;
+        }
+        r->val = r->held.buf;
+        n = r->held.len;
     }
     else if (PyUnicode_CheckExact(value)) {
         r->val = PyUnicode_AsUTF8AndSize(value, &n);
@@ -53,6 +70,13 @@ value_bytes(PyObject *value, wreq *r)
         return 0;
     r->vlen = (uint32_t)n;
     return 1;
+}
+
+void
+value_release(wreq *r)
+{
+    if (r->held.obj)
+        PyBuffer_Release(&r->held); /* sets held.obj to NULL */
 }
 
 /* expires_at_ns for ttl_s as cache._expires_at computes it: 1 (in r->exp), 0 for what the

@@ -300,6 +300,7 @@ Writer_set(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         rc = expiry(self, ttl, &r);
     if (rc > 0)
         rc = writer_run(self, key, &r);
+    value_release(&r);
     PyObject *res = NULL;
     if (rc == FAST_DONE) {
         res = Py_NewRef(Py_None);
@@ -372,6 +373,7 @@ Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     wreq r;
     r.op = W_CAS;
     r.writes = 0;
+    r.held.obj = NULL;
     int rc = 0;
     if (PyLong_CheckExact(version)) {
         r.version = PyLong_AsUnsignedLongLong(version);
@@ -386,6 +388,7 @@ Writer_cas(Writer *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         rc = expiry(self, ttl, &r);
     if (rc > 0)
         rc = writer_run(self, key, &r);
+    value_release(&r);
     PyObject *res = NULL;
     if (rc == FAST_DONE)
         res = PyBool_FromLong(r.cas_ok);

@@ -76,6 +76,7 @@ typedef struct {
     enum wop op;
     const char *val;      /* set, cas: the new value */
     uint32_t vlen;
+    Py_buffer held;       /* a memoryview value's buffer, while held.obj (value_release) */
     uint64_t exp;         /* set, cas: the new expires_at_ns */
     uint64_t version;     /* cas */
     int64_t delta;        /* incr */
@@ -91,6 +92,7 @@ typedef struct {
  * Python or -1 if the clock raised), then the call's fast path: FAST_DONE, FAST_FALLBACK
  * (nothing was changed) or FAST_ERROR. */
 SHMKV_INTERNAL int value_bytes(PyObject *value, wreq *r);
+SHMKV_INTERNAL void value_release(wreq *r);
 SHMKV_INTERNAL int expiry(Writer *self, PyObject *ttl, wreq *r);
 SHMKV_INTERNAL int writer_run(Writer *self, PyObject *key_obj, wreq *r);
 

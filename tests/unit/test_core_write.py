@@ -670,9 +670,28 @@ def test_str_values_are_utf8_and_other_buffers_go_to_python(cache, writers) -> N
     cache.set("k", b"v" * 8)
     w.set("k", "é" * 4)
     assert cache.get("k") == "é".encode() * 4 and _counts(w) == (1, 0)
-    for value in [bytearray(b"12345678"), memoryview(b"abcdefgh"), np.arange(2, dtype="<i4")]:
+    for value in [bytearray(b"12345678"), np.arange(2, dtype="<i4"),
+                  memoryview(b"a-b-c-d-e-f-g-h-")[::2]]:  # not contiguous: Python copies it
         w.set("k", value)
         assert cache.get("k") == bytes(value) and _counts(w) == (0, 1)
+
+
+def test_a_contiguous_memoryview_value_is_written_in_c(cache, writers) -> None:
+    """The node's values are views of the frames it received: no Python write for them."""
+    np = pytest.importorskip("numpy")
+    w = writers()
+    cache.set("k", b"v" * 8)
+    for value in [memoryview(b"abcdefgh"), memoryview(bytearray(b"12345678")),
+                  memoryview(np.arange(2, dtype="<i4"))]:
+        w.set("k", value)
+        assert cache.get("k") == bytes(value) and _counts(w) == (1, 0)
+        assert w.cas("k", value, cache.get_with_version("k")[1]) is True
+        assert _counts(w) == (1, 0)
+    released = memoryview(b"abcdefgh")
+    released.release()
+    assert _error(lambda: w.set("k", released)) == \
+        _error(lambda: shmkv.Cache.set(cache, "k", released))
+    assert cache.get("k") == bytes(np.arange(2, dtype="<i4"))
 
 
 @pytest.mark.parametrize("key", ["\ud800", 1, 1.5, None, ["a"], b"x" * (L.MAX_KEY_BYTES + 1),
