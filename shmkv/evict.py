@@ -206,14 +206,21 @@ class Evictor:
         cursor = r.q[L.H_EXPIRE_CURSOR >> 3] % total
         now = r.clock()
         removed, touched_own = 0, False
-        for _ in range(max_slots):
+        left = max_slots  # slot visits: a slot looked at again after a removal counts twice
+        while left > 0:
             stripe, pos = divmod(cursor, index.per)
-            cursor = (cursor + 1) % total
-            off = index.entry_offset(stripe, pos)
-            if off and off != keep and self.expired(off, now):
-                if self.remove_if_lockable_locked(off, own_stripe, L.H_EXPIRATIONS, now) >= 0:
+            n = min(left, index.per - pos)  # the rest of this stripe's run
+            left -= n
+            cursor = (cursor + n) % total
+            for at, off in index.occupied(stripe, pos, n):
+                if off != keep and self.expired(off, now) and \
+                        self.remove_if_lockable_locked(off, own_stripe, L.H_EXPIRATIONS, now) >= 0:
                     removed += 1
                     touched_own |= stripe == own_stripe
-                    cursor = stripe * index.per + pos  # the backward shift may refill pos
+                    # the backward shift may refill the slot, and moves the ones after it:
+                    # go on from the slot itself, with the visits after it not yet made
+                    left += pos + n - at - 1
+                    cursor = stripe * index.per + at
+                    break
         r.q[L.H_EXPIRE_CURSOR >> 3] = cursor
         return removed, touched_own

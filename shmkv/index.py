@@ -32,6 +32,8 @@ from . import layout as L
 from .errors import CorruptRegion
 from .hashing import xxh3_64
 
+# below this many slots a Python loop reads them sooner than numpy copies them (~1.5 us)
+_NUMPY_FROM_SLOTS = 32
 _NO_EMPTY_SLOT = f"no slot is empty, though writers keep a stripe {L.MAX_LOAD:.0%} full at most"
 
 
@@ -170,6 +172,19 @@ class Index:
         words = np.array(self._q[base:base + self.per])
         for i in np.flatnonzero(words).tolist():
             yield i, self._entry_at(stripe, i, int(words[i]))
+
+    def occupied(self, stripe: int, pos: int, n: int) -> list[tuple[int, int]]:
+        """(position, entry offset) of the occupied slots among the stripe's n slots from pos
+        (pos + n <= per), in order: numpy past a few slots, as slots() (an expiry pass over
+        4,096 mostly empty slots cost the node 0.6 ms every 100 ms in a Python loop)."""
+        base = self.slot0 + stripe * self.per + pos
+        if n < _NUMPY_FROM_SLOTS:
+            q = self._q
+            return [(pos + i, self._entry_at(stripe, pos + i, q[base + i]))
+                    for i in range(n) if q[base + i]]
+        words = np.array(self._q[base:base + n])
+        return [(pos + i, self._entry_at(stripe, pos + i, int(words[i])))
+                for i in words.nonzero()[0].tolist()]
 
     def entry_offset(self, stripe: int, pos: int) -> int:
         v = self._q[self.slot0 + stripe * self.per + pos]

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from .shared_region import SharedRegion
     from .writer import Writer
 
-MAINTAIN_CHUNK_SLOTS = 64  # index slots one arena-lock section of maintain() looks at
+# index slots one arena-lock section of maintain() looks at: read with numpy
+# (Index.occupied), 256 of them hold the lock ~5 us plus the removals they make
+MAINTAIN_CHUNK_SLOTS = 256
 
 
 class Upkeep:
