@@ -159,10 +159,16 @@ class FakeSource:
     def __init__(self) -> None:
         self.pending: list[Event] = []
         self.lost = 0
+        self.polls = 0
 
     def poll(self, max_events: int = 4096) -> list[Event]:
+        self.polls += 1
         events, self.pending = self.pending[:max_events], self.pending[max_events:]
         return events
+
+    def skip(self) -> int | None:
+        passed, self.pending = len(self.pending), []
+        return passed
 
 
 @pytest.fixture
@@ -274,3 +280,16 @@ def test_the_publisher_refuses_an_endpoint_in_use(publisher) -> None:
             Publisher(context, publisher.endpoint, hwm=10)
     finally:
         context.term()
+
+
+def test_events_nobody_listens_to_are_skipped_unread_and_still_numbered(publisher) -> None:
+    source = FakeSource()
+    source.pending = [message(b"a"), message(b"b")]
+    assert publisher.pump(source) is False
+    assert source.pending == [] and source.polls == 0  # passed without being read
+    with Subscriber(publisher.endpoint) as sub:
+        sub.subscribe("a")
+        await_subscriptions(publisher, 1)
+        source.pending = [message(b"a")]
+        publisher.pump(source)
+        assert sub.get_message(WAIT_MS / 1000).seq == 3  # the two skipped count
