@@ -24,6 +24,13 @@ engine's: its memory is exported by a private ndarray over the region; every obj
 (memoryview slices, arrays) holds a reference to that ndarray, so its reference count says
 exactly whether anything still uses the bytes. Both pin through the same table (pins.py), and
 the compiled one hands every unusual case to Cache._pin_entry.
+
+`PinnedValue` is the same pin without a `with` block, for a caller that hands the bytes to
+something that reads them later (the node sends a large value from it while libzmq's I/O
+thread writes it out) and closes it once that is done. It gives the entry's version too (a
+pinned entry is never rewritten in place, so the version read under the pin is the bytes').
+Its close() drops the pin at once: it must run on a thread that may use the handle (the pure-
+Python unpin is several steps), and after nothing reads the bytes any more.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 
 from . import arrays
 from . import layout as L
+from .hashing import xxh3_64
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -109,6 +117,41 @@ class ValueView:
             return False
         del base
         self._cache._region.pins.unpin(self._pin, self._off)
+        return True
+
+
+class PinnedValue:
+    """One value's bytes pinned until close(): `mv` (a read-only memoryview over the region),
+    `kind` (the entry's kind byte), and if asked `version` (as get_with_version's). KeyError
+    if the key (bytes) is absent or expired."""
+
+    __slots__ = ("mv", "version", "kind", "_pins", "_pin", "_off")
+
+    def __init__(self, cache: Cache, key: bytes, versioned: bool = False) -> None:
+        region = cache._region
+        pin = cache._cw.pin if cache._cw is not None else cache._pin_entry
+        self._pin, self._off, start, vlen, self.kind = pin(key)
+        self._pins = region.pins
+        self.mv: memoryview | None = region.ro[start:start + vlen]
+        self.version: int | None = None
+        if versioned:  # the API's version: the stored one << 8 | stripe (layout.py)
+            self.version = region.u32[(self._off + L.E_VERSION) >> 2] << 8 | \
+                xxh3_64(key, cache._seed) & cache._smask
+
+    def close(self) -> bool:
+        """Release the bytes and drop the pin; False (nothing done, try again later) if an
+        object made from `mv` still exports its bytes. Idempotent. After the handle closed
+        too: the region stays mapped while a pin is held, and its last pin finishes the
+        close (pins.py)."""
+        mv = self.mv
+        if mv is None:
+            return True
+        try:
+            mv.release()
+        except BufferError:
+            return False
+        self.mv = None
+        self._pins.unpin(self._pin, self._off)
         return True
 
 

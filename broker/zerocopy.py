@@ -1,0 +1,182 @@
+"""Zero-copy sends of large values by the ZeroMQ door: the reply to a get (or get_with_version)
+of a value of at least ZERO_COPY_MIN_BYTES carries the value's bytes straight from the arena,
+pinned (shmkv/views.py's PinnedValue), instead of a copy of them.
+
+Why: a get of a 64 MiB value copied it into a new bytes object (a fresh 64 MiB allocation, its
+page faults, and a memcpy) before libzmq wrote it out. A pinned value's block stays unchanged
+until the pin goes, whatever other processes do to the key (an overwrite goes to a new block,
+a delete retires the block: pins.py), so libzmq can write it from the arena itself.
+
+The pin's lifetime. A reply frame that is a `Lent` (what `ZeroCopy.get` returns) is sent by
+router.send_or_drop with copy=False and track=True: pyzmq gives libzmq the pointer, and keeps
+a reference to the memoryview in its garbage collector's table until libzmq is done with the
+message. libzmq frees a message from its I/O thread (sent, or dropped: its client disconnected,
+the socket closed), which tells pyzmq's collector thread (zmq/utils/garbage.py), which sets the
+send's MessageTracker and drops its reference to the memoryview. Nothing of ours runs on those
+threads: the node's loop owns every Lent until it closes it itself, in `drain`, once its
+tracker says done. The pure-Python unpin is several Python steps over PinTable._free, which the
+loop's next pin pops from (the compiled one is atomic under the GIL, but its after_unpin may
+sweep under the arena lock): run from a foreign thread it could race them. The collector
+thread's late drop of the memoryview is harmless: it was released by then, and holds no pin.
+
+    step                                  thread           what happens to the Lent
+    get handler (dispatch.py)             the node's loop  pinned, in `pending`
+    router.send_or_drop                   the node's loop  handed to libzmq: `in_flight`,
+                                                           with its tracker; if the reply
+                                                           is dropped: stays in `pending`
+    libzmq frees the message              libzmq I/O       -
+    pyzmq's collector sets the tracker    pyzmq gc         -
+    drain (each get, and periodically:    the node's loop  closed if never sent, or once its
+    maintenance, a worker's report)                        tracker is done: the pin goes
+    close (the node stops, after its      the node's loop  every one closed (its context is
+    ZeroMQ context is destroyed)                           destroyed: libzmq has let go of
+                                                           every message)
+
+The node's own handles close before its context is destroyed: the region then stays mapped
+while a pin is held, and the last pin dropped by `close` finishes its close (pins.py), so the
+region is flushed and marked clean as after any stop.
+
+Limits: at most MAX_OUTSTANDING values are lent at a time (a process has PINS_PER_PROC pin
+slots for all its views); past that, or when the pin finds its stripe lock busy (the get
+then reads lock-free, as always), or the value is smaller than the threshold or an array,
+the get copies as before. A get of a missing key reads it lock-free, so that misses are
+counted; a get served from a pin is not counted as a hit in the region's stats (views are
+not either).
+
+The threshold. A value of ZERO_COPY_MIN_BYTES or more is sent from its pin. Below pyzmq's
+copy_threshold (64 KiB) pyzmq copies anyway; the default is measured in
+bench/bench_large_values.py (bench/results/large-values-*.md). Every get on the ZeroMQ door
+pins first and finds out the value's size then (~0.2 us more than a lock-free get on the
+compiled engine, ~2 us on the pure-Python one, of a ~100 us round trip): a lock-free read
+cannot tell the size without copying. SHMKV_ZERO_COPY_MIN_BYTES in the node's environment
+sets the threshold in bytes; 0 turns zero-copy sends off (every get copies, as before).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from shmkv import layout as L
+from shmkv.errors import LockTimeout, ShmKVError, TooManyViews
+from shmkv.views import PinnedValue
+
+if TYPE_CHECKING:
+    import zmq
+
+    from shmkv import Cache
+
+ZERO_COPY_MIN_BYTES = 256 << 10
+ENVIRONMENT = "SHMKV_ZERO_COPY_MIN_BYTES"
+# Values lent at once, of the PINS_PER_PROC (124) pin slots of the requests' handle: a client
+# holds at most router.SEND_HWM replies queued, so this many are in flight only with several
+# slow readers of large values; past it the node copies, as it did.
+MAX_OUTSTANDING = 64
+# The key of a request's fields under which the door hands the get handler its ZeroCopy: an
+# object, not a string, so that no header read off the wire can hold it.
+LEND = object()
+LENDING_OPS = frozenset({"get", "get_with_version"})
+
+
+class Lent:
+    """A reply frame that is a pinned value: router.send_or_drop sends `mv` without a copy
+    and gives back the tracker (sent()); the ZeroCopy that lent it closes it."""
+
+    __slots__ = ("value", "mv", "tracker")
+
+    def __init__(self, value: PinnedValue) -> None:
+        self.value = value
+        self.mv = value.mv
+        self.tracker: zmq.MessageTracker | None = None
+
+    def sent(self, tracker: zmq.MessageTracker) -> None:
+        self.tracker = tracker
+
+
+class ZeroCopy:
+    """The values lent by one node process (see the module's docstring)."""
+
+    def __init__(self, min_bytes: int = ZERO_COPY_MIN_BYTES,
+                 max_outstanding: int = MAX_OUTSTANDING) -> None:
+        self.min_bytes = min_bytes  # 0: off
+        # the ops whose requests the door hands to get() (none while off)
+        self.ops = LENDING_OPS if min_bytes else frozenset()
+        self.max_outstanding = max_outstanding
+        self._lent: list[Lent] = []  # pending and in flight, in the order lent
+        self._unreleased: list[PinnedValue] = []  # closes refused (BufferError): again later
+        self.sends = 0  # values sent from a pin, for the curious (tests, benches)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._lent) + len(self._unreleased)
+
+    def get(self, c: Cache, key: Any, versioned: bool) -> tuple[Any, list[Any]]:
+        """dispatch.py's result for get (versioned: get_with_version) of key."""
+        if self._lent or self._unreleased:
+            self.drain()
+        if self.outstanding < self.max_outstanding:
+            try:
+                # bytes: the pin takes no zmq.Frame (a lock-free get takes any buffer)
+                value = PinnedValue(c, key if type(key) is bytes else bytes(key), versioned)
+            except KeyError:
+                pass  # read lock-free below: counted as a miss
+            except (LockTimeout, TooManyViews):
+                pass  # a stopped holder of the stripe lock: gets never wait for one
+            else:
+                if len(value.mv) >= self.min_bytes and \
+                        value.kind & L.KIND_MASK == L.KIND_BYTES:  # type: ignore[arg-type]
+                    lent = Lent(value)
+                    self._lent.append(lent)
+                    self.sends += 1
+                    return (value.version, [lent]) if versioned else (True, [lent])
+                self._close(value)
+        if versioned:
+            found = c.get_with_version(key)
+            return (None, []) if found is None else (found[1], [found[0]])
+        copied = c.get(key)
+        return (True, [copied]) if copied is not None else (False, [])
+
+    def drain(self) -> int:
+        """Close what libzmq is done with, and what was never handed to it (its reply was
+        dropped); returns how many are still lent."""
+        kept: list[Lent] = []
+        for lent in self._lent:
+            tracker = lent.tracker
+            if tracker is None or tracker.done:
+                self._close(lent.value)
+            else:
+                kept.append(lent)
+        self._lent = kept
+        if self._unreleased:
+            self._unreleased = [v for v in self._unreleased if not v.close()]
+        return self.outstanding
+
+    def close(self) -> None:
+        """Close every value lent: only once libzmq has let go of them all (the node's
+        ZeroMQ context is destroyed)."""
+        lent, self._lent = self._lent, []
+        for one in lent:
+            self._close(one.value)
+        self._unreleased = [v for v in self._unreleased if not v.close()]
+
+    def _close(self, value: PinnedValue) -> None:
+        try:
+            if not value.close():
+                self._unreleased.append(value)
+        except ShmKVError:  # a sweep that found the arena lock busy: the pin is gone anyway
+            pass
+
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> ZeroCopy:
+        """The node's, as SHMKV_ZERO_COPY_MIN_BYTES says (unset: ZERO_COPY_MIN_BYTES)."""
+        text = environ.get(ENVIRONMENT, "").strip()
+        try:
+            min_bytes = int(text) if text else ZERO_COPY_MIN_BYTES
+        except ValueError:
+            min_bytes = -1
+        if min_bytes < 0:
+            raise ShmKVError(f"{ENVIRONMENT}={text!r} is not a number of bytes: give the "
+                             "smallest value to send without a copy, or 0 to copy every value")
+        return cls(min_bytes)
