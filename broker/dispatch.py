@@ -315,7 +315,9 @@ def _get(c: Cache, r: Request) -> Result:
     # The ZeroMQ door may lend a large value instead of copying it (zerocopy.py).
     lender = r.fields.pop(LEND, None)
     if lender is not None:
-        return lender.get(c, r.frames[0], False)  # type: ignore[no-any-return]
+        lent = lender.get(c, r.frames[0], False)
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     value = c.get(r.frames[0])
     return (True, [value]) if value is not None else (False, [])
 
@@ -323,7 +325,9 @@ def _get(c: Cache, r: Request) -> Result:
 def _get_with_version(c: Cache, r: Request) -> Result:
     lender = r.fields.pop(LEND, None)
     if lender is not None:
-        return lender.get(c, _key(r), True)  # type: ignore[no-any-return]
+        lent = lender.get(c, _key(r), True)
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     found = c.get_with_version(_key(r))
     return (None, []) if found is None else (found[1], [found[0]])
 
@@ -420,6 +424,11 @@ def _set_array(c: Cache, r: Request) -> Result:
 
 
 def _get_array(c: Cache, r: Request) -> Result:
+    lender = r.fields.pop(LEND, None)
+    if lender is not None:
+        lent = lender.get_array(c, _key(r))
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     arr = c.get_array(_key(r), default=None)
     if arr is None:
         return None, []

@@ -1,6 +1,6 @@
-"""Zero-copy sends of large values by the ZeroMQ door: the reply to a get (or get_with_version)
-of a value of at least ZERO_COPY_MIN_BYTES carries the value's bytes straight from the arena,
-pinned (shmkv/views.py's PinnedValue), instead of a copy of them.
+"""Zero-copy sends of large values by the ZeroMQ door: the reply to a get, get_with_version or
+get_array of a value of at least ZERO_COPY_MIN_BYTES carries the value's bytes (an array's
+data) straight from the arena, pinned (shmkv/views.py's PinnedValue), instead of a copy.
 
 Why: a get of a 64 MiB value copied it into a new bytes object (a fresh 64 MiB allocation, its
 page faults, and a memcpy) before libzmq wrote it out. A pinned value's block stays unchanged
@@ -58,6 +58,9 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from numpy.lib import format as npy_format
+
+from shmkv import arrays
 from shmkv import layout as L
 from shmkv.errors import LockTimeout, ShmKVError, TooManyViews
 from shmkv.views import PinnedValue
@@ -76,7 +79,7 @@ MAX_OUTSTANDING = 64
 # The key of a request's fields under which the door hands the get handler its ZeroCopy: an
 # object, not a string, so that no header read off the wire can hold it.
 LEND = object()
-LENDING_OPS = frozenset({"get", "get_with_version"})
+LENDING_OPS = frozenset({"get", "get_with_version", "get_array"})
 
 
 class Lent:
@@ -111,31 +114,58 @@ class ZeroCopy:
     def outstanding(self) -> int:
         return len(self._lent) + len(self._unreleased)
 
-    def get(self, c: Cache, key: Any, versioned: bool) -> tuple[Any, list[Any]]:
-        """dispatch.py's result for get (versioned: get_with_version) of key."""
+    def get(self, c: Cache, key: Any, versioned: bool) -> tuple[Any, list[Any]] | None:
+        """dispatch.py's result for get (versioned: get_with_version) of key (bytes or a
+        buffer) if its value is lent; None: read it as before."""
+        value = self._pin(c, key if type(key) is bytes else bytes(key), versioned)
+        if value is None:
+            return None
+        if value.kind & L.KIND_MASK != L.KIND_BYTES:  # type: ignore[operator]
+            self._close(value)
+            return None  # get's answer to an array, as before
+        lent = self._lend(value)
+        return (value.version, [lent]) if versioned else (True, [lent])
+
+    def get_array(self, c: Cache, key: bytes) -> tuple[Any, list[Any]] | None:
+        """dispatch.py's result for get_array of key if its data is lent; None: as before."""
+        value = self._pin(c, key, False)
+        if value is None:
+            return None
+        try:
+            if value.kind & L.KIND_MASK != L.KIND_ARRAY:  # type: ignore[operator]
+                raise TypeError("not an array")
+            dtype, shape, data_offset = arrays.decode(value.mv)  # type: ignore[arg-type]
+        except TypeError:  # get_array's error, as before
+            self._close(value)
+            return None
+        # the data alone: the pin's view narrowed (close() releases the narrower one)
+        whole, value.mv = value.mv, value.mv[data_offset:]  # type: ignore[index]
+        whole.release()  # type: ignore[union-attr]
+        fields = {"dtype": npy_format.dtype_to_descr(dtype), "shape": list(shape)}
+        return fields, [self._lend(value)]
+
+    def _pin(self, c: Cache, key: bytes, versioned: bool) -> PinnedValue | None:
+        """key's value pinned, if it is large and the node may lend one more."""
         if self._lent or self._unreleased:
             self.drain()
-        if self.outstanding < self.max_outstanding:
-            try:
-                # bytes: the pin takes no zmq.Frame (a lock-free get takes any buffer)
-                value = PinnedValue(c, key if type(key) is bytes else bytes(key), versioned)
-            except KeyError:
-                pass  # read lock-free below: counted as a miss
-            except (LockTimeout, TooManyViews):
-                pass  # a stopped holder of the stripe lock: gets never wait for one
-            else:
-                if len(value.mv) >= self.min_bytes and \
-                        value.kind & L.KIND_MASK == L.KIND_BYTES:  # type: ignore[arg-type]
-                    lent = Lent(value)
-                    self._lent.append(lent)
-                    self.sends += 1
-                    return (value.version, [lent]) if versioned else (True, [lent])
-                self._close(value)
-        if versioned:
-            found = c.get_with_version(key)
-            return (None, []) if found is None else (found[1], [found[0]])
-        copied = c.get(key)
-        return (True, [copied]) if copied is not None else (False, [])
+        if self.outstanding >= self.max_outstanding:
+            return None
+        try:
+            value = PinnedValue(c, key, versioned)
+        except KeyError:
+            return None  # read lock-free as before: counted as a miss
+        except (LockTimeout, TooManyViews):
+            return None  # a stopped holder of the stripe lock: gets never wait for one
+        if len(value.mv) < self.min_bytes:  # type: ignore[arg-type]
+            self._close(value)
+            return None
+        return value
+
+    def _lend(self, value: PinnedValue) -> Lent:
+        lent = Lent(value)
+        self._lent.append(lent)
+        self.sends += 1
+        return lent
 
     def drain(self) -> int:
         """Close what libzmq is done with, and what was never handed to it (its reply was

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import zmq
 from node_process import running_node
@@ -101,6 +102,25 @@ def test_a_large_get_is_sent_from_a_pin_that_goes_once_it_is_sent(region_name, w
             c.set(b"small", b"s" * 100)
             assert remote.get(b"small") == b"s" * 100 and remote.get(b"absent") is None
             assert remote.get(b"big") == value
+        until(lambda: pins(c) == 0, "no pin left")
+
+
+def test_a_large_array_is_sent_from_a_pin(region_name) -> None:
+    arr = np.arange(LARGE_BYTES // 8, dtype=np.float64).reshape(-1, 1024)
+    with running_node(region_name, "--arena-bytes", "128M") as node, \
+            shmkv.Cache.open(region_name) as c:
+        c.set_array(b"arr", arr)
+        with slow_reader(node.endpoint) as sock:
+            ask(sock, "get_array", b"arr", c)
+            assert pins(c) >= 1, "the node holds a pin on the array it sends"
+            for reply in replies(sock):
+                assert reply.result == {"dtype": "<f8", "shape": list(arr.shape)}
+                assert bytes(reply.frames[0]) == arr.tobytes()
+        until(lambda: pins(c) == 0, "the node dropped its pins once the replies were sent")
+        with RemoteCache(node.endpoint, timeout_s=WAIT_S) as remote:
+            np.testing.assert_array_equal(remote.get_array(b"arr"), arr)
+            with pytest.raises(TypeError):
+                remote.get_array(b"marker")  # a value stored by set(): as before
         until(lambda: pins(c) == 0, "no pin left")
 
 
