@@ -63,14 +63,14 @@ from numpy.lib import format as npy_format
 from shmkv import arrays
 from shmkv import layout as L
 from shmkv.errors import LockTimeout, ShmKVError, TooManyViews
-from shmkv.views import PinnedValue
+from shmkv.views import PinnedValue, pin_value
 
 if TYPE_CHECKING:
     import zmq
 
     from shmkv import Cache
 
-ZERO_COPY_MIN_BYTES = 256 << 10
+ZERO_COPY_MIN_BYTES = 1 << 20  # bench/results/large-values-*.md: zero-copy wins from here
 ENVIRONMENT = "SHMKV_ZERO_COPY_MIN_BYTES"
 # Values lent at once, of the PINS_PER_PROC (124) pin slots of the requests' handle: a client
 # holds at most router.SEND_HWM replies queued, so this many are in flight only with several
@@ -148,18 +148,14 @@ class ZeroCopy:
         """key's value pinned, if it is large and the node may lend one more."""
         if self._lent or self._unreleased:
             self.drain()
-        if self.outstanding >= self.max_outstanding:
+        if len(self._lent) + len(self._unreleased) >= self.max_outstanding:
             return None
         try:
-            value = PinnedValue(c, key, versioned)
+            return pin_value(c, key, self.min_bytes, versioned)
         except KeyError:
             return None  # read lock-free as before: counted as a miss
         except (LockTimeout, TooManyViews):
             return None  # a stopped holder of the stripe lock: gets never wait for one
-        if len(value.mv) < self.min_bytes:  # type: ignore[arg-type]
-            self._close(value)
-            return None
-        return value
 
     def _lend(self, value: PinnedValue) -> Lent:
         lent = Lent(value)
