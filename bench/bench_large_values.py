@@ -5,8 +5,11 @@ Two nodes serve regions holding the same values (random bytes, one key per size)
 zero-copy sends from 64 KiB up (SHMKV_ZERO_COPY_MIN_BYTES=65536, pyzmq's own copy threshold:
 below it pyzmq copies anyway), one with them off (SHMKV_ZERO_COPY_MIN_BYTES=0: every get copies
 the value out of the arena into a new bytes object, as before). One client, one get at a time,
-over tcp on loopback (RemoteCache.get; redis-py with hiredis, GET, over tcp). Rounds take turns
-between the systems, so that a slow moment of the shared machine falls on all of them.
+over tcp on loopback (RemoteCache.get; redis-py with hiredis, GET, over tcp). The systems take
+turns get by get (--turns get), so that a slow moment of the shared machine falls on all of
+them, and each server is idle between two of its gets; or each does a size's gets back to back
+(--turns batch): its process stays busy, and a copying node's allocator hands back the block
+it just freed, warm. The two differ on this machine (bench/results/large-values-*.md).
 
 What it shows: the node's cost of a large get, which is what zero-copy removes (a fresh
 allocation of the value's size, its page faults and a memcpy); what the client does with the
@@ -32,6 +35,7 @@ import contextlib
 import os
 import random
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,6 +85,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], list[str]]:
     values = {label.encode(): rng.randbytes(size) for label, size in SIZES.items()}
     samples: dict[str, list[int]] = {}
     notes: list[str] = []
+    clock = time.perf_counter_ns
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-large-") as tmp, \
             node(64 << 10, values) as zero_copy, node(0, values) as copy, \
             running_redis(Path(tmp)) as redis_port:
@@ -105,8 +110,13 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], list[str]]:
                     gets = max(5, min(MAX_GETS, args.bytes_per_round // size))
                     for name, get in systems.items():
                         assert get(key) == values[key], f"{name} answered another value"
-                        samples.setdefault(f"{name}|{label}", []).extend(
-                            _report.time_each(lambda: get(key), gets))  # noqa: B023
+                    turns = [list(systems.items())] * gets if args.turns == "get" else \
+                        [[one] * gets for one in systems.items()]
+                    for turn in turns:
+                        for name, get in turn:
+                            t0 = clock()
+                            get(key)
+                            samples.setdefault(f"{name}|{label}", []).append(clock() - t0)
         finally:
             for close in closers:
                 close()
@@ -189,6 +199,8 @@ def report(samples: dict[str, list[int]]) -> tuple[list[dict[str, object]], list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", choices=("get", "batch"), default="get",
+                        help="systems take turns every get, or every size (see above)")
     parser.add_argument("--small-gets", type=int, default=20_000,
                         help="gets of a 100-byte value per round and engine, in process")
     parser.add_argument("--bytes-per-round", type=int, default=BYTES_PER_ROUND,
@@ -204,14 +216,17 @@ def main() -> None:
     more_rows, more_checks = small_rows(small_get_cost(args))
     rows, checks = [*rows, *more_rows], [*checks, *more_checks]
     notes = [*checks, "ratio column = median / the copying node's median of the same size "
-             "(below 1: faster than copying); in-process rows: / the lock-free get's", "one client, one get at a time, tcp on "
+             "(below 1: faster than copying); in-process rows: / the lock-free get's",
+             "turns: " + ("the systems take turns every get" if args.turns == "get" else
+                          "each system does a size's gets back to back"), "one client, one get at a time, tcp on "
              "loopback; client and servers share the machine's cores; the client's own copy "
              "of what it receives is in every row",
              "load average before / after the run: " + " / ".join(
                  ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg())),
              *notes]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
-    _report.print_and_save("large-values", "Remote gets of large values: zero-copy sends vs "
+    name = "large-values" if args.turns == "get" else "large-values-batch"
+    _report.print_and_save(name, "Remote gets of large values: zero-copy sends vs "
                            "copies vs redis-server", rows, notes, out)
 
 

@@ -70,7 +70,9 @@ if TYPE_CHECKING:
 
     from shmkv import Cache
 
-ZERO_COPY_MIN_BYTES = 1 << 20  # bench/results/large-values-*.md: zero-copy wins from here
+# bench/results/large-values-*.md: from here zero-copy never lost beyond the noise, and won
+# (0.6x) when the node was idle between gets; below it, it lost back to back (64 KiB: 1.1x)
+ZERO_COPY_MIN_BYTES = 256 << 10
 ENVIRONMENT = "SHMKV_ZERO_COPY_MIN_BYTES"
 # Values lent at once, of the PINS_PER_PROC (124) pin slots of the requests' handle: a client
 # holds at most router.SEND_HWM replies queued, so this many are in flight only with several
