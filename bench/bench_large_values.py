@@ -218,9 +218,9 @@ def main() -> None:
     notes = [*checks, "ratio column = median / the copying node's median of the same size "
              "(below 1: faster than copying); in-process rows: / the lock-free get's",
              "turns: " + ("the systems take turns every get" if args.turns == "get" else
-                          "each system does a size's gets back to back"), "one client, one get at a time, tcp on "
-             "loopback; client and servers share the machine's cores; the client's own copy "
-             "of what it receives is in every row",
+                          "each system does a size's gets back to back"),
+             "one client, one get at a time, tcp on loopback; client and servers share the "
+             "machine's cores; the client's own copy of what it receives is in every row",
              "load average before / after the run: " + " / ".join(
                  ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg())),
              *notes]

@@ -19,15 +19,16 @@ loop's next pin pops from (the compiled one is atomic under the GIL, but its aft
 sweep under the arena lock): run from a foreign thread it could race them. The collector
 thread's late drop of the memoryview is harmless: it was released by then, and holds no pin.
 
-    step                                  thread           what happens to the Lent
-    get handler (dispatch.py)             the node's loop  pinned, in `pending`
-    router.send_or_drop                   the node's loop  handed to libzmq: `in_flight`,
-                                                           with its tracker; if the reply
-                                                           is dropped: stays in `pending`
+    step                                  thread           the Lent (in ZeroCopy._lent)
+    get handler (dispatch.py)             the node's loop  pinned, no tracker yet
+    router.send_or_drop                   the node's loop  handed to libzmq, its tracker
+                                                           noted; a reply dropped (client
+                                                           gone, queue full): never handed
     libzmq frees the message              libzmq I/O       -
     pyzmq's collector sets the tracker    pyzmq gc         -
-    drain (each get, and periodically:    the node's loop  closed if never sent, or once its
-    maintenance, a worker's report)                        tracker is done: the pin goes
+    drain (each get, and periodically:    the node's loop  closed once its tracker is done,
+    maintenance, a worker's report)                        or if it has none (never handed:
+                                                           the reply it was made for is gone)
     close (the node stops, after its      the node's loop  every one closed (its context is
     ZeroMQ context is destroyed)                           destroyed: libzmq has let go of
                                                            every message)
@@ -39,17 +40,22 @@ region is flushed and marked clean as after any stop.
 Limits: at most MAX_OUTSTANDING values are lent at a time (a process has PINS_PER_PROC pin
 slots for all its views); past that, or when the pin finds its stripe lock busy (the get
 then reads lock-free, as always), or the value is smaller than the threshold or an array,
-the get copies as before. A get of a missing key reads it lock-free, so that misses are
-counted; a get served from a pin is not counted as a hit in the region's stats (views are
-not either).
+the get copies as before. So do the gets of a batch (batches.py packs its replies into one
+frame) and the RESP door's GET: only the ZeroMQ door's single requests are lent. A get of a
+missing key reads it lock-free, so that misses are counted; a get served from a pin is not
+counted as a hit in the region's stats (views are not either).
 
 The threshold. A value of ZERO_COPY_MIN_BYTES or more is sent from its pin. Below pyzmq's
-copy_threshold (64 KiB) pyzmq copies anyway; the default is measured in
-bench/bench_large_values.py (bench/results/large-values-*.md). Every get on the ZeroMQ door
-pins first and finds out the value's size then (~0.2 us more than a lock-free get on the
-compiled engine, ~2 us on the pure-Python one, of a ~100 us round trip): a lock-free read
-cannot tell the size without copying. SHMKV_ZERO_COPY_MIN_BYTES in the node's environment
-sets the threshold in bytes; 0 turns zero-copy sends off (every get copies, as before).
+copy_threshold (64 KiB) pyzmq copies anyway; the default is measured by
+bench/bench_large_values.py (bench/results/large-values-*.md, the project's 2-CPU VM): a node
+idle between gets sent 256 KiB to 1 MiB in 0.55-0.8x the copying node's time and 64 MiB in
+0.5-0.7x; gets back to back, whose copies reuse a warm block, took 1.03-1.06x up to 1 MiB
+(about the noise) and 0.47x at 64 MiB; at 64 KiB it lost (1.15x back to back).
+Every get on the ZeroMQ door pins first and finds out the value's size then: a lock-free read
+cannot tell the size without copying. That costs a small get ~0.6 us more in the node on the
+compiled engine and ~3 us on the pure-Python one (same results; a round trip is ~100 us).
+SHMKV_ZERO_COPY_MIN_BYTES in the node's environment sets the threshold in bytes; 0 turns
+zero-copy sends off (every get is read lock-free and copied, as before).
 """
 
 from __future__ import annotations

@@ -25,12 +25,12 @@ engine's: its memory is exported by a private ndarray over the region; every obj
 exactly whether anything still uses the bytes. Both pin through the same table (pins.py), and
 the compiled one hands every unusual case to Cache._pin_entry.
 
-`pin_value` makes a `PinnedValue`: the same pin without a `with` block, for a caller that hands the bytes to
-something that reads them later (the node sends a large value from it while libzmq's I/O
-thread writes it out) and closes it once that is done. It gives the entry's version too (a
-pinned entry is never rewritten in place, so the version read under the pin is the bytes').
-Its close() drops the pin at once: it must run on a thread that may use the handle (the pure-
-Python unpin is several steps), and after nothing reads the bytes any more.
+`pin_value` makes a `PinnedValue`: the same pin without a `with` block, for a caller that
+hands the bytes to something that reads them later (the node sends a large value from it
+while libzmq's I/O thread writes it out) and closes it once that is done. It gives the
+entry's version too (a pinned entry is never rewritten in place, so the version read under
+the pin is the bytes'). Its close() drops the pin at once: it must run on a thread that may
+use the handle (the pure-Python unpin is several steps), once nothing reads the bytes.
 """
 
 from __future__ import annotations
