@@ -42,8 +42,8 @@ slots for all its views); past that, or when the pin finds its stripe lock busy 
 then reads lock-free, as always), or the value is smaller than the threshold or an array,
 the get copies as before. So do the gets of a batch (batches.py packs its replies into one
 frame) and the RESP door's GET: only the ZeroMQ door's single requests are lent. A get of a
-missing key reads it lock-free, so that misses are counted; a get served from a pin is not
-counted as a hit in the region's stats (views are not either).
+missing key reads it lock-free, so that misses are counted; one served from a pin adds its hit
+to the region's counter itself, as a handle adds its reads' (views count none).
 
 The threshold. A value of ZERO_COPY_MIN_BYTES or more is sent from its pin. Below pyzmq's
 copy_threshold (64 KiB) pyzmq copies anyway; the default is measured by
@@ -117,6 +117,7 @@ class ZeroCopy:
         self._lent: list[Lent] = []  # pending and in flight, in the order lent
         self._unreleased: list[PinnedValue] = []  # closes refused (BufferError): again later
         self.sends = 0  # values sent from a pin, for the curious (tests, benches)
+        self._hits = 0  # hits not added to the region's counter yet (its lock was busy)
 
     @property
     def outstanding(self) -> int:
@@ -131,7 +132,7 @@ class ZeroCopy:
         if value.kind & L.KIND_MASK != L.KIND_BYTES:  # type: ignore[operator]
             self._close(value)
             return None  # get's answer to an array, as before
-        lent = self._lend(value)
+        lent = self._lend(c, value)
         return (value.version, [lent]) if versioned else (True, [lent])
 
     def get_array(self, c: Cache, key: bytes) -> tuple[Any, list[Any]] | None:
@@ -150,7 +151,7 @@ class ZeroCopy:
         whole, value.mv = value.mv, value.mv[data_offset:]  # type: ignore[index]
         whole.release()  # type: ignore[union-attr]
         fields = {"dtype": npy_format.dtype_to_descr(dtype), "shape": list(shape)}
-        return fields, [self._lend(value)]
+        return fields, [self._lend(c, value)]
 
     def _pin(self, c: Cache, key: bytes, versioned: bool) -> PinnedValue | None:
         """key's value pinned, if it is large and the node may lend one more."""
@@ -165,10 +166,17 @@ class ZeroCopy:
         except (LockTimeout, TooManyViews):
             return None  # a stopped holder of the stripe lock: gets never wait for one
 
-    def _lend(self, value: PinnedValue) -> Lent:
+    def _lend(self, c: Cache, value: PinnedValue) -> Lent:
         lent = Lent(value)
         self._lent.append(lent)
         self.sends += 1
+        self._hits += 1
+        try:  # a hit, as the region counts a handle's reads (upkeep.py), under the arena lock
+            with c._locks.arena_held:
+                c._q[L.H_HITS >> 3] += self._hits
+            self._hits = 0
+        except ShmKVError:  # held by a stopped process: added with the next one
+            pass
         return lent
 
     def drain(self) -> int:

@@ -31,8 +31,10 @@ def test_a_large_value_is_lent_and_its_pin_goes_once_libzmq_is_done(cache) -> No
     value = bytes(range(256)) * (MIN_BYTES // 128)
     cache.set(b"big", value)
     lender, tracker = ZeroCopy(MIN_BYTES), Tracker()
+    hits = cache.stats()["hits"]
     found, [lent] = lender.get(cache, b"big", False)  # type: ignore[misc]
     assert found is True and type(lent) is Lent and lent.mv == value
+    assert cache.stats()["hits"] == hits + 1  # counted as a get's would be
     lent.sent(tracker)  # type: ignore[arg-type]
     cache.set(b"big", b"new")  # copy-on-write: the lent bytes stay
     assert lender.drain() == 1 and open_views(cache) == 1 and lent.mv == value
@@ -83,6 +85,12 @@ def test_the_dispatcher_lends_only_what_the_door_hands_it(cache) -> None:
     assert plain == (True, [b"v" * MIN_BYTES]) and open_views(cache) == 0
     found, [lent] = dispatcher.run(Request(1, "get", "", {LEND: lender}, [b"big"], 1 << 30))
     assert found is True and type(lent) is Lent and open_views(cache) == 1
+    cache.set(b"small", b"s")
+    before = cache.stats()
+    for key in (b"big", b"small", b"absent"):  # lent, copied, missed: counted as before
+        dispatcher.run(Request(1, "get", "", {LEND: lender}, [key], 1 << 30))
+    after = cache.stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (2, 1)
     lender.close()
 
 
