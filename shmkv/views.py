@@ -161,11 +161,15 @@ def pin_value(cache: Cache, key: bytes, min_bytes: int = 0,
         _unpin(cache, pin, off)
         return None
     region = cache._region
-    version = None
-    if versioned:  # the API's version: the stored one << 8 | stripe (layout.py)
-        version = region.u32[(off + L.E_VERSION) >> 2] << 8 | \
-            xxh3_64(key, cache._seed) & cache._smask
-    return PinnedValue(cache, pin, off, region.ro[start:start + vlen], kind, version)
+    try:
+        version = None
+        if versioned:  # the API's version: the stored one << 8 | stripe (layout.py)
+            version = region.u32[(off + L.E_VERSION) >> 2] << 8 | \
+                xxh3_64(key, cache._seed) & cache._smask
+        return PinnedValue(cache, pin, off, region.ro[start:start + vlen], kind, version)
+    except BaseException:
+        _unpin(cache, pin, off)
+        raise
 
 
 def _unpin(cache: Cache, pin: object, off: int) -> None:
