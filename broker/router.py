@@ -41,18 +41,18 @@ def send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
     message on its first frame or not at all, so the frames are sent one by one (cheaper than
     send_multipart) once the routing id is accepted; those above pyzmq's copy threshold go
     without a copy. A frame that is a zerocopy.Lent goes from the arena, tracked (zerocopy.py);
-    one of a reply dropped is never handed to libzmq, and its ZeroCopy closes it."""
+    one of a reply dropped is marked so, and its ZeroCopy closes it."""
     for attempt in range(2):
         try:
             router.send(frames[0], _NOBLOCK | _SNDMORE)
             break
         except zmq.Again:
             if attempt == 1:
-                return
+                return _dropped(frames)
             router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
-                return
+                return _dropped(frames)
             raise
     last = len(frames) - 1
     for i in range(1, last + 1):
@@ -62,6 +62,12 @@ def send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
             frame.sent(router.send(frame.mv, flags, copy=False, track=True))
         else:
             router.send(frame, flags, copy=False)
+
+
+def _dropped(frames: list[object]) -> None:
+    for frame in frames:
+        if type(frame) is Lent:  # libzmq never had it: its pin may go (zerocopy.py)
+            frame.dropped()
 
 
 def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | None:

@@ -20,15 +20,16 @@ sweep under the arena lock): run from a foreign thread it could race them. The c
 thread's late drop of the memoryview is harmless: it was released by then, and holds no pin.
 
     step                                  thread           the Lent (in ZeroCopy._lent)
-    get handler (dispatch.py)             the node's loop  pinned, no tracker yet
+    get handler (dispatch.py)             the node's loop  pinned, no tracker yet (a get
+                                                           retried after a busy lock waits
+                                                           for the others retried with it)
     router.send_or_drop                   the node's loop  handed to libzmq, its tracker
                                                            noted; a reply dropped (client
-                                                           gone, queue full): never handed
+                                                           gone, queue full): marked done
     libzmq frees the message              libzmq I/O       -
     pyzmq's collector sets the tracker    pyzmq gc         -
-    drain (each get, and periodically:    the node's loop  closed once its tracker is done,
-    maintenance, a worker's report)                        or if it has none (never handed:
-                                                           the reply it was made for is gone)
+    drain (each get, and periodically:    the node's loop  closed once its tracker is done
+    maintenance, a worker's report)
     close (the node stops, after its      the node's loop  every one closed (its context is
     ZeroMQ context is destroyed)                           destroyed: libzmq has let go of
                                                            every message)
@@ -90,19 +91,33 @@ LEND = object()
 LENDING_OPS = frozenset({"get", "get_with_version", "get_array"})
 
 
+class _Dropped:
+    """The tracker of a value whose reply was dropped: libzmq never had it."""
+
+    done = True
+
+
 class Lent:
     """A reply frame that is a pinned value: router.send_or_drop sends `mv` without a copy
-    and gives back the tracker (sent()); the ZeroCopy that lent it closes it."""
+    and gives back the tracker (sent()), or drops its reply (dropped()); the ZeroCopy that
+    lent it closes it once the tracker is done. Until then (no tracker yet: its reply is not
+    sent yet, maybe waiting for the other requests retried with it, waits.py) it stays."""
 
     __slots__ = ("value", "mv", "tracker")
 
     def __init__(self, value: PinnedValue) -> None:
         self.value = value
         self.mv = value.mv
-        self.tracker: zmq.MessageTracker | None = None
+        self.tracker: zmq.MessageTracker | _Dropped | None = None
 
     def sent(self, tracker: zmq.MessageTracker) -> None:
         self.tracker = tracker
+
+    def dropped(self) -> None:
+        self.tracker = _DROPPED
+
+
+_DROPPED = _Dropped()
 
 
 class ZeroCopy:
@@ -180,12 +195,12 @@ class ZeroCopy:
         return lent
 
     def drain(self) -> int:
-        """Close what libzmq is done with, and what was never handed to it (its reply was
+        """Close what libzmq is done with, and what it was never handed (its reply was
         dropped); returns how many are still lent."""
         kept: list[Lent] = []
         for lent in self._lent:
             tracker = lent.tracker
-            if tracker is None or tracker.done:
+            if tracker is not None and tracker.done:
                 self._close(lent.value)
             else:
                 kept.append(lent)

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import zmq
-from node_process import running_node
+from integration.test_node_limits import stopped_lock_holder
+from node_process import dealer, running_node
 
 import shmkv
 from shmkv import layout as L
@@ -170,6 +171,27 @@ def test_a_node_stopped_while_it_sends_a_large_value_closes_the_region_cleanly(
             assert f.read(8) != bytes(8), "the node's last handle closed and marked it clean"
         with shmkv.Cache.open(region_name) as c:
             assert pins(c) == 0 and c.get(b"big") == b"v" * LARGE_BYTES
+
+
+def test_large_gets_parked_behind_a_busy_lock_are_each_sent_when_it_frees(region_name) -> None:
+    # A write waits apart for a lock a stopped process holds, and the gets of its key wait
+    # behind it; once the lock frees they are all run, then all answered (waits.py).
+    value = b"n" * LARGE_BYTES
+    with running_node(region_name, "--arena-bytes", "128M") as node, \
+            shmkv.Cache.open(region_name) as c, dealer(node.endpoint) as sock:
+        with stopped_lock_holder(region_name, "big"):
+            sock.send_multipart(protocol.encode_request(1, "set", {}, [b"big", value]))
+            for request_id in range(2, 5):
+                sock.send_multipart(protocol.encode_request(request_id, "get", {}, [b"big"]))
+            assert not sock.poll(200), "answered while the lock was held"
+        # the holder is gone (killed): the next holder of the lock repairs what it left
+        found = []
+        for _ in range(4):
+            assert sock.poll(int(WAIT_S * 1000)), "no reply from the node"
+            found.append(protocol.decode_reply(sock.recv_multipart()))
+        assert [r.error for r in found] == [None] * 4
+        assert [bytes(r.frames[0]) == value for r in found[1:]] == [True] * 3
+        until(lambda: pins(c) == 0, "the node dropped its pins once the replies were sent")
 
 
 def test_zero_copy_sends_can_be_turned_off(region_name) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zmq
 
 import shmkv
 from shmkv.broker.dispatch import Dispatcher
 from shmkv.broker.protocol import Request
+from shmkv.broker.router import send_or_drop
 from shmkv.broker.zerocopy import LEND, ZERO_COPY_MIN_BYTES, Lent, ZeroCopy
 from shmkv.errors import ShmKVError
 
@@ -43,14 +45,21 @@ def test_a_large_value_is_lent_and_its_pin_goes_once_libzmq_is_done(cache) -> No
     assert cache.stats()["retired_blocks"] == 0  # the old block was freed with its pin
 
 
-def test_a_lent_value_whose_reply_was_never_sent_goes_at_the_next_drain(cache) -> None:
+def test_a_lent_value_stays_until_its_reply_is_sent_or_dropped(cache) -> None:
     cache.set(b"big", b"v" * MIN_BYTES)
     lender = ZeroCopy(MIN_BYTES)
-    lender.get(cache, b"big", False)
-    assert open_views(cache) == 1
-    lender.get(cache, b"big", False)  # each get drains first
-    assert open_views(cache) == 1
-    assert lender.drain() == 0 and open_views(cache) == 0
+    _, [first] = lender.get(cache, b"big", False)  # type: ignore[misc]
+    lender.get(cache, b"big", False)  # each get drains first: first, not sent yet, stays
+    assert first.mv == b"v" * MIN_BYTES and lender.drain() == 2
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    try:
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        send_or_drop(router, [b"gone", b"header", first])  # no such client: dropped
+    finally:
+        router.close(linger=0)
+    assert lender.drain() == 1 and open_views(cache) == 1
+    lender.close()
+    assert open_views(cache) == 0
 
 
 def test_small_missing_and_array_values_are_read_as_before(cache) -> None:
