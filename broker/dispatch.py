@@ -85,6 +85,7 @@ from shmkv.errors import (CollectionNotFound, LockTimeout, NotEnoughReplicas, Pr
 from . import protocol
 from .protocol import Buffer, Reply, Request
 from .resp_glob import glob_matcher
+from .zerocopy import LEND
 
 Result = tuple[Any, list[Any]]  # (the reply's result, its payload frames)
 # The commands that change the region: refused under --min-replicas-to-write when too few
@@ -311,11 +312,22 @@ def _key(request: Request) -> bytes:
 def _get(c: Cache, r: Request) -> Result:
     # The hottest operation: the key frame as it came (Cache.get takes any buffer, and its
     # errors do not show the key), not _key(r)'s bytes, which cost as much as the read.
+    # The ZeroMQ door may lend a large value instead of copying it (zerocopy.py).
+    lender = r.fields.pop(LEND, None)
+    if lender is not None:
+        lent = lender.get(c, r.frames[0], False)
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     value = c.get(r.frames[0])
     return (True, [value]) if value is not None else (False, [])
 
 
 def _get_with_version(c: Cache, r: Request) -> Result:
+    lender = r.fields.pop(LEND, None)
+    if lender is not None:
+        lent = lender.get(c, _key(r), True)
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     found = c.get_with_version(_key(r))
     return (None, []) if found is None else (found[1], [found[0]])
 
@@ -412,6 +424,11 @@ def _set_array(c: Cache, r: Request) -> Result:
 
 
 def _get_array(c: Cache, r: Request) -> Result:
+    lender = r.fields.pop(LEND, None)
+    if lender is not None:
+        lent = lender.get_array(c, _key(r))
+        if lent is not None:
+            return lent  # type: ignore[no-any-return]
     arr = c.get_array(_key(r), default=None)
     if arr is None:
         return None, []

@@ -19,6 +19,7 @@ import zmq
 from shmkv.errors import RequestTooLarge, ShmKVError
 
 from . import protocol
+from .zerocopy import Lent
 
 # Replies queued to one client before the ROUTER drops more (a RemoteCache keeps at most
 # protocol.MAX_IN_FLIGHT = SEND_HWM/2 requests in flight; a client that sends more without
@@ -39,23 +40,34 @@ def send_or_drop(router: zmq.Socket, frames: list[object]) -> None:
     client that reads every reply would lose one now and then. ROUTER_MANDATORY refuses a
     message on its first frame or not at all, so the frames are sent one by one (cheaper than
     send_multipart) once the routing id is accepted; those above pyzmq's copy threshold go
-    without a copy."""
+    without a copy. A frame that is a zerocopy.Lent goes from the arena, tracked (zerocopy.py);
+    one of a reply dropped is marked so, and its ZeroCopy closes it."""
     for attempt in range(2):
         try:
             router.send(frames[0], _NOBLOCK | _SNDMORE)
             break
         except zmq.Again:
             if attempt == 1:
-                return
+                return _dropped(frames)
             router.getsockopt(zmq.EVENTS)  # processes the socket's pending commands
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:  # the client has gone
-                return
+                return _dropped(frames)
             raise
     last = len(frames) - 1
-    for i in range(1, last):
-        router.send(frames[i], _SNDMORE, copy=False)
-    router.send(frames[last], 0, copy=False)
+    for i in range(1, last + 1):
+        frame = frames[i]
+        flags = _SNDMORE if i < last else 0
+        if type(frame) is Lent:  # a value sent from its pin, which stays until libzmq is done
+            frame.sent(router.send(frame.mv, flags, copy=False, track=True))
+        else:
+            router.send(frame, flags, copy=False)
+
+
+def _dropped(frames: list[object]) -> None:
+    for frame in frames:
+        if type(frame) is Lent:  # libzmq never had it: its pin may go (zerocopy.py)
+            frame.dropped()
 
 
 def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | None:

@@ -71,6 +71,7 @@ from .roles import Roles
 from .router import RECEIVE_HWM, SEND_HWM, bind, receive, send_or_drop
 from .signals import StopSignals
 from .waits import TRY_LOCK_S, LockWaits, RequestJob
+from .zerocopy import LEND, ZeroCopy
 
 if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
     from .failover import Failover
@@ -145,6 +146,7 @@ class _Node:
         self.workers: Workers | None = None
         self._written = WrittenOffsets(None)  # per client, the offset after its last write
         self._resp_door: RespDoor | None = None
+        self._zero_copy = ZeroCopy.from_environment()  # large values, sent from the arena
 
     def run(self) -> int:
         with StopSignals() as stop:
@@ -258,6 +260,7 @@ class _Node:
                 # blocked. destroy closes what is left at once; the sockets closed above keep
                 # the linger they were given.
                 context.destroy(linger=0)
+                self._zero_copy.close()  # libzmq has let go of every value lent
         return 0
 
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
@@ -350,6 +353,8 @@ class _Node:
             else:
                 if decoded.op == "wait":
                     decoded.fields["after"] = self._written.after(bytes(routing_id))
+                elif decoded.op in self._zero_copy.ops:  # sent from a pin if large
+                    decoded.fields[LEND] = self._zero_copy
                 reply = self._run(routing_id, decoded, started, dispatcher,
                                   lambda rid, late, at: self._send(router, [(rid, late, at)],
                                                                    publisher, events))
@@ -468,6 +473,7 @@ class _Node:
             self._resp_door.ctx.replication = source
 
     def _maintain(self, cache: shmkv.Cache) -> None:
+        self._zero_copy.drain()  # what libzmq is done with, though no get came since
         # On the requests' handle, which waits only TRY_LOCK_S for the arena lock: with the
         # node's lock timeout, a stopped local process holding it would stall the loop for 5 s
         # every maintain_interval_s. It also adds that handle's hit/miss counts to the region's

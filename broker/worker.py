@@ -154,6 +154,7 @@ class Worker(_Node):
                 if cache is not None:
                     cache.close()
                 context.destroy(linger=0)
+                self._zero_copy.close()  # libzmq has let go of every value lent
                 self._report()  # the counts up to the end (the link may be gone: ignored)
         return 0
 
@@ -199,6 +200,7 @@ class Worker(_Node):
                 next_events = now + EVENT_POLL_S
             if now >= next_report:
                 self._report()
+                self._zero_copy.drain()  # sends done though no get came (zerocopy.py)
                 next_report = now + REPORT_S
         # A received request is answered before the worker stops, if only with LockTimeout
         # (expire_all tries each once more first: a lock may have been freed since the last

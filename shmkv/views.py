@@ -24,6 +24,13 @@ engine's: its memory is exported by a private ndarray over the region; every obj
 (memoryview slices, arrays) holds a reference to that ndarray, so its reference count says
 exactly whether anything still uses the bytes. Both pin through the same table (pins.py), and
 the compiled one hands every unusual case to Cache._pin_entry.
+
+`pin_value` makes a `PinnedValue`: the same pin without a `with` block, for a caller that
+hands the bytes to something that reads them later (the node sends a large value from it
+while libzmq's I/O thread writes it out) and closes it once that is done. It gives the
+entry's version too (a pinned entry is never rewritten in place, so the version read under
+the pin is the bytes'). Its close() drops the pin at once: it must run on a thread that may
+use the handle (the pure-Python unpin is several steps), once nothing reads the bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 
 from . import arrays
 from . import layout as L
+from .hashing import xxh3_64
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -110,6 +118,66 @@ class ValueView:
         del base
         self._cache._region.pins.unpin(self._pin, self._off)
         return True
+
+
+class PinnedValue:
+    """One value's bytes pinned until close(): `mv` (a read-only memoryview over the region),
+    `kind` (the entry's kind byte), and if asked `version` (as get_with_version's). Made by
+    pin_value()."""
+
+    __slots__ = ("mv", "version", "kind", "_cache", "_pin", "_off")
+
+    def __init__(self, cache: Cache, pin: object, off: int, mv: memoryview, kind: int,
+                 version: int | None) -> None:
+        self._cache, self._pin, self._off = cache, pin, off
+        self.mv: memoryview | None = mv
+        self.kind = kind
+        self.version = version
+
+    def close(self) -> bool:
+        """Release the bytes and drop the pin; False (nothing done, try again later) if an
+        object made from `mv` still exports its bytes. Idempotent. After the handle closed
+        too: the region stays mapped while a pin is held, and its last pin finishes the
+        close (pins.py)."""
+        mv = self.mv
+        if mv is None:
+            return True
+        try:
+            mv.release()
+        except BufferError:
+            return False
+        self.mv = None
+        _unpin(self._cache, self._pin, self._off)
+        return True
+
+
+def pin_value(cache: Cache, key: bytes, min_bytes: int = 0,
+              versioned: bool = False) -> PinnedValue | None:
+    """key's value pinned (a PinnedValue), or None if it is shorter than min_bytes (then
+    nothing stays pinned). KeyError if the key is absent or expired."""
+    cw = cache._cw
+    pin, off, start, vlen, kind = (cw.pin if cw is not None else cache._pin_entry)(key)
+    if vlen < min_bytes:
+        _unpin(cache, pin, off)
+        return None
+    region = cache._region
+    try:
+        version = None
+        if versioned:  # the API's version: the stored one << 8 | stripe (layout.py)
+            version = region.u32[(off + L.E_VERSION) >> 2] << 8 | \
+                xxh3_64(key, cache._seed) & cache._smask
+        return PinnedValue(cache, pin, off, region.ro[start:start + vlen], kind, version)
+    except BaseException:
+        _unpin(cache, pin, off)
+        raise
+
+
+def _unpin(cache: Cache, pin: object, off: int) -> None:
+    # the compiled unpin while the handle is open (the same table: pins.py), else Python's
+    if cache._cw is not None and not cache.closed:
+        cache._cw.unpin(pin, off)
+    else:
+        cache._region.pins.unpin(pin, off)  # type: ignore[arg-type]
 
 
 def copy_array(cache: Cache, key: object) -> np.ndarray:
