@@ -18,7 +18,10 @@ breaks the protocol, or grows past the parser's limits, gets Redis's protocol er
 connection is closed once that reply is written; nothing else is affected. A connection whose
 queued output passes MAX_OUTPUT_BYTES (a client that sends requests or subscribes and never
 reads) is closed at once: the node's memory is bounded by the number of connections times
-that, not by what clients fail to read. Replies are queued in the order the requests came,
+that, not by what clients fail to read. One reply larger than that (a GET of a 64 MiB value)
+raises the connection's cap by its size until its output has drained (Session.allowance):
+Redis serves such a reply whole, and the bound becomes the cap plus two of the largest
+values a client asks for at once. Replies are queued in the order the requests came,
 pipelined or not.
 
 Busy locks. Commands run on the node's requests handle, which waits only a moment for a lock
@@ -112,6 +115,9 @@ class Session:
         self.handshake_deadline_s: float | None = None  # while a TLS handshake is under way
         self.handshake_wants = ""  # resp_tls.WANT_READ or WANT_WRITE, during it
         self.read_wants_write = False  # a TLS read stopped until the socket takes a write
+        # the largest reply queued since the output was last empty: the output may be that
+        # much more than MAX_OUTPUT_BYTES (one large value is served whole)
+        self.allowance = 0
         self._ctx = ctx
         self.reset()
 
@@ -373,10 +379,14 @@ class RespDoor:
                 break
             # Counted as it grows: one read can hold thousands of GETs of a large value,
             # whose replies must not all be made before the cap is looked at.
+            reply_bytes = 0
             for part in out[counted:]:
-                queued += len(part)
+                reply_bytes += len(part)
             counted = len(out)
-            if queued > MAX_OUTPUT_BYTES:
+            queued += reply_bytes
+            if reply_bytes > s.allowance:
+                s.allowance = reply_bytes
+            if queued > MAX_OUTPUT_BYTES + s.allowance:
                 self._cut_off(s, queued)
                 return
         if s.broken is not None and s.parked is None and not s.closing:
@@ -429,9 +439,11 @@ class RespDoor:
             del out[:sent]
         if flush_only:
             return
+        if not out:
+            s.allowance = 0
         if not out and s.closing:
             self._drop(s)
-        elif len(out) > MAX_OUTPUT_BYTES:
+        elif len(out) > MAX_OUTPUT_BYTES + s.allowance:
             self._cut_off(s, len(out))
         elif s.fd in self.ctx.sessions:
             self._watch(s)

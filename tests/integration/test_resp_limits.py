@@ -136,3 +136,20 @@ def test_a_client_that_never_reads_is_cut_off_and_the_node_stays_bounded(
     assert canary.get("canary") == b"alive"
     info = canary.info("stats")
     assert info["total_connections_received"] >= 2
+
+
+def test_a_value_larger_than_the_output_cap_is_served_whole() -> None:
+    """The cap bounds what a client leaves unread, not one reply: Redis serves a GET of a
+    value of any size."""
+    value = bytes(range(256)) * ((MAX_OUTPUT_BYTES + (8 << 20)) // 256)
+    with resp_node("--arena-bytes", "192M") as (node, _):
+        c = client(node, protocol=2, socket_timeout=60)
+        try:
+            c.set("big", value)
+            assert c.get("big") == value
+            with c.pipeline(transaction=False) as p:
+                p.get("big")
+                p.strlen("big")
+                assert p.execute() == [value, len(value)]
+        finally:
+            c.close()
