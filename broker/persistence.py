@@ -201,3 +201,19 @@ class Persistence:
             self.emit("snapshot", **report)
         else:
             self.emit("snapshot_failed", exit_code=child.returncode, **report)
+
+
+def arena_bytes_to_serve(config: NodeConfig) -> int:
+    """The arena size of the region the node is about to serve (open_or_restore's choice)."""
+    try:
+        with shmkv.Cache.open(config.region, owner=config.region_owner or None) as cache:
+            return int(cache.stats()["arena_bytes"])
+    except RegionNotFound:
+        pass
+    if config.snapshot_path and os.path.exists(config.snapshot_path):
+        try:
+            sizes = shmkv.Cache.sizes_for_snapshot(config.snapshot_path)
+        except ShmKVError:  # open_or_restore says what is wrong with it
+            return config.arena_bytes
+        return max(sizes["arena_bytes"], config.arena_bytes)
+    return config.arena_bytes

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import zmq
 
 import shmkv
-from shmkv.errors import ProtocolError, RegionNotFound, RequestTooLarge, ShmKVError
+from shmkv.errors import ProtocolError, RequestTooLarge, ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
@@ -62,7 +62,7 @@ from .dispatch import WRITE_OPS, Dispatcher
 from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
-from .persistence import Persistence, open_or_restore
+from .persistence import Persistence, arena_bytes_to_serve, open_or_restore
 from .pubsub import Publisher
 from .repl_source import WrittenOffsets
 from .replication import Source, Stopped
@@ -168,7 +168,7 @@ class _Node:
                     self._curve = curve
                 resp_tls.server_context(self.config)  # its files checked before any bind
                 # before binding: a listener gives its connections the options it was bound with
-                limits = protocol.limits_for(_arena_bytes_to_serve(self.config))
+                limits = protocol.limits_for(arena_bytes_to_serve(self.config))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 if self.workers is None:
                     self.endpoint = bind(router, self.config.bind)
@@ -589,19 +589,3 @@ class _Node:
 # replication state (Replica.state(), Source.state()) that the metrics export
 _EXPORTED = ("stripes_behind", "changes_behind", "last_sync_age_s", "replicas", "full_resyncs",
              "partial_resyncs", "epoch_refusals", "stripes_hinted", "stripes_compared")
-
-
-def _arena_bytes_to_serve(config: NodeConfig) -> int:
-    """The arena size of the region the node is about to serve (open_or_restore's choice)."""
-    try:
-        with shmkv.Cache.open(config.region, owner=config.region_owner or None) as cache:
-            return int(cache.stats()["arena_bytes"])
-    except RegionNotFound:
-        pass
-    if config.snapshot_path and os.path.exists(config.snapshot_path):
-        try:
-            sizes = shmkv.Cache.sizes_for_snapshot(config.snapshot_path)
-        except ShmKVError:  # open_or_restore says what is wrong with it
-            return config.arena_bytes
-        return max(sizes["arena_bytes"], config.arena_bytes)
-    return config.arena_bytes
