@@ -254,10 +254,11 @@ realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The key's bytes: exact bytes and str directly, anything else (and every error) through
- * coerce_key (the handle's, given to the Reader and the Writer), so that errors carry the
- * project's messages. *owned gets a new reference to keep while the bytes are used, or NULL.
- * 0, or -1 with an exception set. */
+/* The key's bytes: exact bytes and str directly, a memoryview (the node's keys are views of
+ * received frames) copied into new bytes without a Python call, anything else (and every
+ * error) through coerce_key (the handle's, given to the Reader and the Writer), so that
+ * errors carry the project's messages. *owned gets a new reference to keep while the bytes
+ * are used, or NULL. 0, or -1 with an exception set. */
 static inline int
 key_bytes(PyObject *coerce_key, PyObject *key, const char **data, Py_ssize_t *len,
           PyObject **owned)
@@ -281,6 +282,25 @@ key_bytes(PyObject *coerce_key, PyObject *key, const char **data, Py_ssize_t *le
         }
         if (!s)
             PyErr_Clear();
+    }
+    else if (PyMemoryView_Check(key)) {
+        Py_buffer view; /* copied, not borrowed: a lock wait releases the GIL meanwhile */
+        if (PyObject_GetBuffer(key, &view, PyBUF_SIMPLE) == 0) {
+            PyObject *copy = view.len <= MAX_KEY_BYTES
+                ? PyBytes_FromStringAndSize(view.buf, view.len) : NULL;
+            PyBuffer_Release(&view);
+            if (copy) {
+                *data = PyBytes_AS_STRING(copy);
+                *len = PyBytes_GET_SIZE(copy);
+                *owned = copy;
+                return 0;
+            }
+            if (PyErr_Occurred())
+                return -1;
+        }
+        else {
+            PyErr_Clear(); /* released or not contiguous: coerce_key says or copies */
+        }
     }
     PyObject *b = PyObject_CallOneArg(coerce_key, key);
     if (!b)

@@ -640,7 +640,7 @@ def test_str_bytes_and_buffer_keys_are_the_same_key(cache, writers) -> None:
     assert _counts(w) == (2, 0)
 
 
-def test_exact_str_and_bytes_keys_need_no_python_call(cache) -> None:
+def test_exact_str_bytes_and_memoryview_keys_need_no_python_call(cache) -> None:
     coerced: list[object] = []
 
     def spy(key: object) -> bytes:
@@ -657,9 +657,21 @@ def test_exact_str_and_bytes_keys_need_no_python_call(cache) -> None:
         cache.set("clé", b"12345678")
         w.set("clé", b"abcdefgh")
         w.set("clé".encode(), b"abcdefgh")
-        assert coerced == []
+        w.set(memoryview("clé".encode()), b"ABCDEFGH")  # the node's keys: frames' views
+        assert coerced == [] and cache.get("clé") == b"ABCDEFGH"
         w.set(bytearray(b"x"), b"abcdefgh")
         assert coerced == [bytearray(b"x")]
+        coerced.clear()
+        strided = memoryview(b"k-k-")[::2]  # not contiguous: Python copies it
+        w.set(strided, b"abcdefgh")
+        assert coerced == [strided] and cache.get(b"kk") == b"abcdefgh"
+        released = memoryview(b"k")
+        released.release()
+        for key in (released, memoryview(b"k" * (L.MAX_KEY_BYTES + 1))):
+            coerced.clear()  # Python raises what it raises
+            assert _error(lambda key=key: w.set(key, b"abcdefgh")) == \
+                _error(lambda key=key: shmkv.Cache.set(cache, key, b"abcdefgh"))
+            assert coerced == [key]
     finally:
         w.close()
 
