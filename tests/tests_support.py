@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,3 +136,17 @@ def scrape(port: int, host: str = "127.0.0.1") -> Samples:
         text = response.read().decode("utf-8")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+UNTIL_S = 30.0
+
+
+def until(condition: Callable[[], object], what: str, timeout_s: float = UNTIL_S) -> None:
+    """Poll condition until it holds; fail saying what did not happen."""
+    import pytest  # here: the worker processes that import this module need no pytest
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"within {timeout_s} s: {what}")
+        time.sleep(0.005)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,26 +16,17 @@ from pathlib import Path
 import pytest
 import redis
 from node_process import dealer, running_node
-from tests_support import scrape
-
-import shmkv
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
+from tests_support import scrape, until
+
+import shmkv
 
 pytestmark = pytest.mark.multiprocess
 
 WAIT_S = 30.0
 WRITER = Path(__file__).parent.parent / "acked_writer.py"
 SETS_OK = ("shmkv_requests_total", (("command", "set"), ("outcome", "ok")))
-
-
-def until(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll condition until it holds; fail saying what did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"within {timeout_s} s: {what}")
-        time.sleep(0.005)
 
 
 def running(pid: int) -> bool:

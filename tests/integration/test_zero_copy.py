@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -20,11 +19,12 @@ import pytest
 import zmq
 from integration.test_node_limits import stopped_lock_holder
 from node_process import dealer, running_node
+from shmkv.broker import protocol
+from shmkv.clients import RemoteCache
+from tests_support import until
 
 import shmkv
 from shmkv import layout as L
-from shmkv.broker import protocol
-from shmkv.clients import RemoteCache
 
 pytestmark = pytest.mark.multiprocess
 
@@ -32,15 +32,6 @@ WAIT_S = 30.0
 MIB = 1 << 20
 LARGE_BYTES = 16 * MIB  # more than the socket buffers between node and client hold
 HELD_REPLIES = 3  # a DEALER with RCVHWM 1 leaves at least one of three replies to the node
-
-
-def until(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll condition until it holds; fail saying what did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"within {timeout_s} s: {what}")
-        time.sleep(0.005)
 
 
 def pins(c: shmkv.Cache) -> int:
