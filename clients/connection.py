@@ -45,6 +45,11 @@ _send = zmq.backend.Socket.send
 # one step rather than through protocol.decode_reply's checks for every other form.
 _COMPACT_REPLY = protocol.PROTOCOL_TAG + bytes((compact.REPLY_FORM,))
 _TAG_BYTES = len(protocol.PROTOCOL_TAG)
+# Header templates (Connection._message): the fields a templated request may have, and how
+# many templates a connection keeps at most (ops x collections in use).
+_TEMPLATE_FIELDS = frozenset({"coll", "ttl_s"})
+MAX_TEMPLATES = 1024
+_UNKNOWN = object()
 
 
 class _Message:
@@ -99,6 +104,8 @@ class Connection:
         self._messages = 0  # messages in flight with a reply still due
         self._timeout_ms = max(1, round(self.timeout_s * 1000))
         self._worker_chosen = False  # a node with workers: which one, at the first call
+        # the header templates of the usual requests, by (op, coll); None: the JSON form
+        self._templates: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
         self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self._batch_requests = 1  # per message: more once the node says it reads batches
         self.closed = False
@@ -166,8 +173,7 @@ class Connection:
             solo = largest > SOLO_FRAME_BYTES
         self._last_id += 1
         request_id = self._last_id
-        fields["timeout_ms"] = self._timeout_ms
-        sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
+        sent = _Sent(request_id, op, self._message(request_id, op, fields, frames),
                      self.retries + 1 if op in protocol.RESENDABLE else 1, payload_bytes, solo)
         self._in_flight[request_id] = sent
         if not hold and not self._queued and self._messages < protocol.MAX_IN_FLIGHT:
@@ -180,6 +186,32 @@ class Connection:
             while len(self._queued) >= 2 * self._batch_requests:
                 self._next_reply()
         return sent
+
+    def _message(self, request_id: int, op: str, fields: dict[str, Any],
+                 frames: Sequence[Any]) -> list[Any]:
+        """The frames of a request, as protocol.encode_request makes them. The usual request
+        (an op with a compact form, no field but coll, or a ttl_s of None) has its header made
+        from a template kept per op and collection, in which only the id changes
+        (compact.request_template)."""
+        coll = fields.get("coll", "")
+        if type(coll) is str and fields.keys() <= _TEMPLATE_FIELDS \
+                and fields.get("ttl_s") is None:
+            template = self._templates.get((op, coll), _UNKNOWN)
+            if template is _UNKNOWN:
+                template = self._template(op, coll)
+            if template is not None:
+                before, after = template
+                return [before + compact.pack_id(request_id) + after, *frames]
+        fields["timeout_ms"] = self._timeout_ms
+        return protocol.encode_request(request_id, op, fields, frames)
+
+    def _template(self, op: str, coll: str) -> tuple[bytes, bytes] | None:
+        if len(self._templates) >= MAX_TEMPLATES:  # a program that names many collections
+            self._templates.clear()
+        made = compact.request_template(op, {"timeout_ms": self._timeout_ms, "coll": coll})
+        template = None if made is None else (protocol.PROTOCOL_TAG + made[0], made[1])
+        self._templates[op, coll] = template
+        return template
 
     def _choose_worker(self) -> None:
         """Ask the node (ping) for its workers and stick to one of them: a client's requests
