@@ -81,15 +81,18 @@ def encode(form: int, entries: Sequence[Sequence[Buffer]]) -> list[bytes]:
                               f"{MAX_BATCH_REQUESTS} per message")
     table = [PROTOCOL_TAG, bytes((form,)), _COUNT.pack(len(entries))]
     payload: list[Buffer] = []
-    append, extend, one, none = table.append, payload.extend, _ENTRY_1.pack, _ENTRY.pack
+    append, add, extend = table.append, payload.append, payload.extend
+    one, none = _ENTRY_1.pack, _ENTRY.pack
     for frames in entries:
         head = frames[0][_TAG_BYTES:]
         n = len(frames) - 1
-        if n == 0:
+        if n == 1:  # most: a key or a value (_size, spelled out)
+            frame = frames[1]
+            append(one(len(head), 1, len(frame) if type(frame) is bytes else
+                       memoryview(frame).nbytes))
+            add(frame)
+        elif n == 0:
             append(none(len(head), 0))
-        elif n == 1:
-            append(one(len(head), 1, _size(frames[1])))
-            payload.append(frames[1])
         else:
             append(struct.pack(f"<IB{n}I", len(head), n, *map(_size, frames[1:])))
             extend(frames[1:])
