@@ -149,21 +149,29 @@ def _entries(frames: Sequence[Buffer], form: int
                               f"{MAX_BATCH_REQUESTS} (max_batch_requests)")
     entries: list[tuple[bytes, int, int, list[memoryview]]] = []
     at, data_at, end = _HEAD_BYTES, 0, len(table)
-    unpack_entry, sizes_of = _ENTRY.unpack_from, _SIZES
+    unpack_entry, entry_bytes, sizes_of = _ENTRY.unpack_from, _ENTRY.size, _SIZES
+    unpack_size, append = _COUNT.unpack_from, entries.append
     for _ in range(count):
-        if end - at < _ENTRY.size:
+        if end - at < entry_bytes:
             raise ProtocolError("a batch's table ends inside an entry")
         head_bytes, n = unpack_entry(table, at)
-        at += _ENTRY.size
+        at += entry_bytes
         if n >= MAX_FRAMES or end - at < 4 * n + head_bytes:
             raise ProtocolError("a batch entry's frames or header do not fit its table")
-        payload = []
-        if n:
+        if n == 1:  # most: a key, a value
+            (size,) = unpack_size(table, at)
+            payload = [blob[data_at:data_at + size]]
+            data_at += size
+            at += 4
+        elif n:
+            payload = []
             for size in sizes_of[n].unpack_from(table, at):
                 payload.append(blob[data_at:data_at + size])
                 data_at += size
             at += 4 * n
-        entries.append((table, at, at + head_bytes, payload))
+        else:
+            payload = []
+        append((table, at, at + head_bytes, payload))
         at += head_bytes
     if at != end or data_at != blob.nbytes:
         raise ProtocolError("a batch's entries do not fill its table and payload exactly")

@@ -41,6 +41,7 @@ _REQUEST = struct.Struct("<BBBQId")  # form, op, flags, id, timeout_ms, ttl_s; t
 _ID = struct.Struct("<Q")
 _ID_AT = struct.calcsize("<BBB")  # the id's offset in a compact request
 _REPLY = struct.Struct("<BQB")  # form, id, result kind; then the result
+_REPLY_BYTES, _unpack_reply = _REPLY.size, _REPLY.unpack_from
 _I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
 _TTL_FLOAT, _TTL_INT, _HAS_TIMEOUT = 1, 2, 4
 _FIELDS = frozenset({"coll", "timeout_ms", "ttl_s"})
@@ -141,11 +142,11 @@ def reply_result(head: bytes, at: int, end: int | None = None) -> tuple[int, Any
     batch's replies are read in place, end to end in its table)."""
     if end is None:
         end = len(head)
-    if end - at < _REPLY.size:
-        raise ProtocolError(f"a compact reply header is at least {_REPLY.size} bytes")
-    _, request_id, kind = _REPLY.unpack_from(head, at)
-    at += _REPLY.size
-    rest = end - at
+    rest = end - at - _REPLY_BYTES  # the result's bytes
+    if rest < 0:
+        raise ProtocolError(f"a compact reply header is at least {_REPLY_BYTES} bytes")
+    _, request_id, kind = _unpack_reply(head, at)
+    at += _REPLY_BYTES
     if kind <= _TRUE and not rest:
         return request_id, _SINGLES[kind]
     if kind == _INT and rest == _I64.size:
