@@ -39,8 +39,9 @@ SOLO_FRAME_BYTES = 64 << 10
 # Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
 _SNDMORE = int(zmq.SNDMORE)
 # pyzmq's own send, not its Python wrapper's (zmq.Socket.send, ~0.3 us a frame, for options a
-# DEALER has no use for: routing_id, group).
-_send = zmq.backend.Socket.send
+# DEALER has no use for: routing_id, group); a socket of another class (a context's own, e.g.
+# zmq.green's) keeps its send, which may do more.
+_BACKEND_SEND = zmq.backend.Socket.send
 # What a compact ok reply's first frame starts with (compact.py): the usual reply, read here in
 # one step rather than through protocol.decode_reply's checks for every other form.
 _COMPACT_REPLY = protocol.PROTOCOL_TAG + bytes((compact.REPLY_FORM,))
@@ -292,6 +293,7 @@ class Connection:
 
     def _transmit(self, group: list[_Sent]) -> None:
         sock = self._socket or self._open()
+        send = _BACKEND_SEND if type(sock) is zmq.Socket else type(sock).send
         message = group[0].message if len(group) == 1 else \
             batches.encode(batches.REQUEST_FORM, [sent.message for sent in group])
         # a request's frames are copied into its messages (cheaper than copy=False's view,
@@ -299,8 +301,8 @@ class Connection:
         # value's (a solo request) or a batch's payload (up to BATCH_BYTES)
         last, copy = len(message) - 1, len(group) == 1 and not group[0].solo
         for i in range(last):  # frame by frame: cheaper than send_multipart
-            _send(sock, message[i], _SNDMORE, copy)
-        _send(sock, message[last], 0, copy)
+            send(sock, message[i], _SNDMORE, copy)
+        send(sock, message[last], 0, copy)
         deadline = time.monotonic() + self.timeout_s
         in_flight = _Message(group)
         for sent in group:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zmq
 from fake_node import FakeNode
 
 import shmkv
@@ -108,3 +109,27 @@ def test_get_returns_the_value_of_a_compact_reply_as_bytes(value: bytes) -> None
     finally:
         node.close()
     assert type(got) is bytes and got == value
+
+
+def test_a_socket_of_a_context_of_its_own_sends_through_its_own_send() -> None:
+    sent_flags: list[int] = []
+
+    class Socket(zmq.Socket):  # as a context with its own socket class (zmq.green's) makes
+        def send(self, data: Any, flags: int = 0, copy: bool = True,
+                 track: bool = False, **options: Any) -> Any:
+            sent_flags.append(int(flags))
+            return super().send(data, flags, copy, track, **options)
+
+    class Context(zmq.Context):
+        _socket_class = Socket
+
+    context = Context()
+    node = FakeNode([lambda r: [compact_reply(True, b"v")(r.id)]])
+    try:
+        with RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0,
+                         context=context) as remote:
+            assert remote.get("k") == b"v"
+    finally:
+        node.close()
+        context.term()
+    assert sent_flags == [0, zmq.SNDMORE, 0]  # the ping (its header), then the get
