@@ -191,8 +191,8 @@ class Connection:
     def _message(self, request_id: int, op: str, fields: dict[str, Any],
                  frames: Sequence[Any]) -> list[Any]:
         """The frames of a request, as protocol.encode_request makes them. The usual request
-        (an op with a compact form, no field but coll, or a ttl_s of None) has its header made
-        from a template kept per op and collection, in which only the id changes
+        (an op with a compact form and no field but coll, and ttl_s if it is None) has its
+        header made from a template kept per op and collection, in which only the id changes
         (compact.request_template)."""
         coll = fields.get("coll", "")
         if type(coll) is str and fields.keys() <= _TEMPLATE_FIELDS \
