@@ -62,6 +62,8 @@ REQUEST_FORM, REPLY_FORM = 3, 4
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<IB")
 _ENTRY_1 = struct.Struct("<IBI")  # an entry with one payload frame: most are
+# the payload sizes of an entry of n frames (u32 each), by n, compiled once
+_SIZES = tuple(struct.Struct(f"<{n}I") for n in range(MAX_FRAMES))
 _TAG_BYTES = len(PROTOCOL_TAG)
 _HEAD_BYTES = _TAG_BYTES + 1 + _COUNT.size  # tag, form, count
 
@@ -79,15 +81,18 @@ def encode(form: int, entries: Sequence[Sequence[Buffer]]) -> list[bytes]:
                               f"{MAX_BATCH_REQUESTS} per message")
     table = [PROTOCOL_TAG, bytes((form,)), _COUNT.pack(len(entries))]
     payload: list[Buffer] = []
-    append, extend, one, none = table.append, payload.extend, _ENTRY_1.pack, _ENTRY.pack
+    append, add, extend = table.append, payload.append, payload.extend
+    one, none = _ENTRY_1.pack, _ENTRY.pack
     for frames in entries:
         head = frames[0][_TAG_BYTES:]
         n = len(frames) - 1
-        if n == 0:
+        if n == 1:  # most: a key or a value (_size, spelled out)
+            frame = frames[1]
+            append(one(len(head), 1, len(frame) if type(frame) is bytes else
+                       memoryview(frame).nbytes))
+            add(frame)
+        elif n == 0:
             append(none(len(head), 0))
-        elif n == 1:
-            append(one(len(head), 1, _size(frames[1])))
-            payload.append(frames[1])
         else:
             append(struct.pack(f"<IB{n}I", len(head), n, *map(_size, frames[1:])))
             extend(frames[1:])
@@ -103,59 +108,74 @@ def decode(frames: Sequence[Buffer], form: int) -> list[list[Any]]:
     """The entries of a batch, each as the frames of a message of its own (its first frame
     the tag and its header, as bytes; its payload frames views of frame 1). Raises
     ProtocolError if the framing cannot be read, RequestTooLarge past MAX_BATCH_REQUESTS."""
-    if len(frames) != 2:
-        raise ProtocolError(f"a batch is two frames (its table, then its payload), not "
-                            f"{len(frames)}")
-    try:
-        head = frames[0] if type(frames[0]) is bytes else bytes(frames[0])
-        blob = memoryview(frames[1]).cast("B")
-    except TypeError:
-        raise ProtocolError("every frame of a message must be bytes") from None
-    if len(head) < _HEAD_BYTES or head[_TAG_BYTES] != form or \
-            not head.startswith(PROTOCOL_TAG):
-        raise ProtocolError("a batch's first frame is the tag, its form and a u32 count")
-    (count,) = _COUNT.unpack_from(head, _TAG_BYTES + 1)
-    if count > MAX_BATCH_REQUESTS:
-        raise RequestTooLarge(f"a batch of {count} requests is over this node's limit of "
-                              f"{MAX_BATCH_REQUESTS} (max_batch_requests)")
-    entries: list[list[Any]] = []
-    at, data_at, end = _HEAD_BYTES, 0, len(head)
-    unpack_entry = _ENTRY.unpack_from
-    for _ in range(count):
-        if end - at < _ENTRY.size:
-            raise ProtocolError("a batch's table ends inside an entry")
-        head_bytes, n = unpack_entry(head, at)
-        at += _ENTRY.size
-        if n >= MAX_FRAMES or end - at < 4 * n + head_bytes:
-            raise ProtocolError("a batch entry's frames or header do not fit its table")
-        entry: list[Any] = [None]
-        if n:
-            for size in struct.unpack_from(f"<{n}I", head, at):
-                entry.append(blob[data_at:data_at + size])
-                data_at += size
-            at += 4 * n
-        entry[0] = PROTOCOL_TAG + head[at:at + head_bytes]
-        at += head_bytes
-        entries.append(entry)
-    if at != end or data_at != blob.nbytes:
-        raise ProtocolError("a batch's entries do not fill its table and payload exactly")
-    return entries
+    return [[PROTOCOL_TAG + table[at:end], *payload]
+            for table, at, end, payload in _entries(frames, form)]
 
 
 def decode_replies(frames: Sequence[Buffer]) -> list[Reply]:
     """The replies of a reply batch (decode's checks), each as protocol.decode_reply reads a
-    message of its own; a compact reply is read in place (a client reads 100s a batch)."""
+    message of its own; a compact reply is read in place, in one step (a client reads 100s a
+    batch)."""
     replies: list[Reply] = []
     append, compact_form, result_of = replies.append, compact.REPLY_FORM, compact.reply_result
-    for entry in decode(frames, REPLY_FORM):
-        head = entry[0]
-        if len(head) > _TAG_BYTES and head[_TAG_BYTES] == compact_form:
-            request_id, result = result_of(head, _TAG_BYTES)
-            entry[0] = None
-            append(Reply(request_id, result, entry[1:]))
+    for table, at, end, payload in _entries(frames, REPLY_FORM):
+        if end > at and table[at] == compact_form:
+            request_id, result = result_of(table, at, end)
+            append(Reply(request_id, result, payload))
         else:
-            append(decode_reply(entry))
+            append(decode_reply([PROTOCOL_TAG + table[at:end], *payload]))
     return replies
+
+
+def _entries(frames: Sequence[Buffer], form: int
+             ) -> list[tuple[bytes, int, int, list[memoryview]]]:
+    """Each entry of a batch as (table, at, end, payload): its header is table[at:end] (a
+    compact header or a JSON object, as the entry says; it is read by the caller), its
+    payload frames views of frame 1. Raises what decode raises."""
+    if len(frames) != 2:
+        raise ProtocolError(f"a batch is two frames (its table, then its payload), not "
+                            f"{len(frames)}")
+    try:
+        table = frames[0] if type(frames[0]) is bytes else bytes(frames[0])
+        blob = memoryview(frames[1]).cast("B")
+    except TypeError:
+        raise ProtocolError("every frame of a message must be bytes") from None
+    if len(table) < _HEAD_BYTES or table[_TAG_BYTES] != form or \
+            not table.startswith(PROTOCOL_TAG):
+        raise ProtocolError("a batch's first frame is the tag, its form and a u32 count")
+    (count,) = _COUNT.unpack_from(table, _TAG_BYTES + 1)
+    if count > MAX_BATCH_REQUESTS:
+        raise RequestTooLarge(f"a batch of {count} requests is over this node's limit of "
+                              f"{MAX_BATCH_REQUESTS} (max_batch_requests)")
+    entries: list[tuple[bytes, int, int, list[memoryview]]] = []
+    at, data_at, end = _HEAD_BYTES, 0, len(table)
+    unpack_entry, entry_bytes, sizes_of = _ENTRY.unpack_from, _ENTRY.size, _SIZES
+    unpack_size, append = _COUNT.unpack_from, entries.append
+    for _ in range(count):
+        if end - at < entry_bytes:
+            raise ProtocolError("a batch's table ends inside an entry")
+        head_bytes, n = unpack_entry(table, at)
+        at += entry_bytes
+        if n >= MAX_FRAMES or end - at < 4 * n + head_bytes:
+            raise ProtocolError("a batch entry's frames or header do not fit its table")
+        if n == 1:  # most: a key, a value
+            (size,) = unpack_size(table, at)
+            payload = [blob[data_at:data_at + size]]
+            data_at += size
+            at += 4
+        elif n:
+            payload = []
+            for size in sizes_of[n].unpack_from(table, at):
+                payload.append(blob[data_at:data_at + size])
+                data_at += size
+            at += 4 * n
+        else:
+            payload = []
+        append((table, at, at + head_bytes, payload))
+        at += head_bytes
+    if at != end or data_at != blob.nbytes:
+        raise ProtocolError("a batch's entries do not fill its table and payload exactly")
+    return entries
 
 
 class Replies:

@@ -38,7 +38,10 @@ OPS = ("get", "set", "delete", "contains", "get_many", "set_many", "get_with_ver
 REQUEST_FORM, REPLY_FORM = 1, 2
 
 _REQUEST = struct.Struct("<BBBQId")  # form, op, flags, id, timeout_ms, ttl_s; then coll
+_ID = struct.Struct("<Q")
+_ID_AT = struct.calcsize("<BBB")  # the id's offset in a compact request
 _REPLY = struct.Struct("<BQB")  # form, id, result kind; then the result
+_REPLY_BYTES, _unpack_reply = _REPLY.size, _REPLY.unpack_from
 _I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
 _TTL_FLOAT, _TTL_INT, _HAS_TIMEOUT = 1, 2, 4
 _FIELDS = frozenset({"coll", "timeout_ms", "ttl_s"})
@@ -46,6 +49,7 @@ _OP_CODES = {op: code for code, op in enumerate(OPS)}
 _U64_END, _U32_END, _I64_END = 1 << 64, 1 << 32, 1 << 63
 _EXACT_FLOAT_INT = 1 << 53
 _NULL, _FALSE, _TRUE, _INT, _BOOLS, _FLOAT = range(6)
+_SINGLES = (None, False, True)  # the results of _NULL, _FALSE and _TRUE
 _BOOL_TYPE = {bool}
 
 
@@ -77,6 +81,19 @@ def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | 
         return None
     return _REQUEST.pack(REQUEST_FORM, code, flags, request_id, timeout_ms or 0, ttl) \
         + coll_bytes
+
+
+def request_template(op: str, fields: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """(before, after): request_header(request_id, op, fields) is before + pack_id(request_id)
+    + after for every request_id of a u64, so that a client makes the header of a request it
+    sends often with one pack (~0.1 us against ~0.3); None if it needs the JSON form."""
+    head = request_header(0, op, fields)
+    if head is None:
+        return None
+    return head[:_ID_AT], head[_ID_AT + _ID.size:]
+
+
+pack_id = _ID.pack
 
 
 def request_fields(head: bytes, at: int) -> dict[str, Any]:
@@ -120,19 +137,22 @@ def reply_header(request_id: int | None, result: Any) -> bytes | None:
     return None
 
 
-def reply_result(head: bytes, at: int) -> tuple[int, Any]:
-    """(id, result) of the compact reply at head[at:]."""
-    if len(head) - at < _REPLY.size:
-        raise ProtocolError(f"a compact reply header is at least {_REPLY.size} bytes")
-    _, request_id, kind = _REPLY.unpack_from(head, at)
-    at += _REPLY.size
-    rest = len(head) - at
+def reply_result(head: bytes, at: int, end: int | None = None) -> tuple[int, Any]:
+    """(id, result) of the compact reply at head[at:end] (end None: the end of head; a
+    batch's replies are read in place, end to end in its table)."""
+    if end is None:
+        end = len(head)
+    rest = end - at - _REPLY_BYTES  # the result's bytes
+    if rest < 0:
+        raise ProtocolError(f"a compact reply header is at least {_REPLY_BYTES} bytes")
+    _, request_id, kind = _unpack_reply(head, at)
+    at += _REPLY_BYTES
     if kind <= _TRUE and not rest:
-        return request_id, (None, False, True)[kind]
+        return request_id, _SINGLES[kind]
     if kind == _INT and rest == _I64.size:
         return request_id, _I64.unpack_from(head, at)[0]
     if kind == _FLOAT and rest == _F64.size:
         return request_id, _F64.unpack_from(head, at)[0]
     if kind == _BOOLS:
-        return request_id, list(map(bool, head[at:]))
+        return request_id, list(map(bool, head[at:end]))
     raise ProtocolError(f"a compact reply of result kind {kind} cannot be {rest} bytes long")

@@ -108,6 +108,8 @@ class Commands:
     # --- reads ----------------------------------------------------------------------------
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of key as bytes, or default if it is absent or expired."""
+        if default is None:  # the usual call: no function made for its reply
+            return self._do("get", [protocol.key_frame(key)], _value)
         return self._do("get", [protocol.key_frame(key)],
                         lambda r: bytes(r.frames[0]) if r.result else default)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from shmkv.broker import batches, protocol
+from shmkv.broker import batches, compact, protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.handshake import HandshakeWatch
 from shmkv.broker.protocol import Reply
@@ -37,7 +37,20 @@ BATCH_REQUESTS = 256
 BATCH_BYTES = 512 << 10
 SOLO_FRAME_BYTES = 64 << 10
 # Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
-_SNDMORE, _POLLIN = int(zmq.SNDMORE), int(zmq.POLLIN)
+_SNDMORE = int(zmq.SNDMORE)
+# pyzmq's own send, not its Python wrapper's (zmq.Socket.send, ~0.3 us a frame, for options a
+# DEALER has no use for: routing_id, group); a socket of another class (a context's own, e.g.
+# zmq.green's) keeps its send, which may do more.
+_BACKEND_SEND = zmq.backend.Socket.send
+# What a compact ok reply's first frame starts with (compact.py): the usual reply, read here in
+# one step rather than through protocol.decode_reply's checks for every other form.
+_COMPACT_REPLY = protocol.PROTOCOL_TAG + bytes((compact.REPLY_FORM,))
+_TAG_BYTES = len(protocol.PROTOCOL_TAG)
+# Header templates (Connection._message): the fields a templated request may have, and how
+# many templates a connection keeps at most (ops x collections in use).
+_TEMPLATE_FIELDS = frozenset({"coll", "ttl_s"})
+MAX_TEMPLATES = 1024
+_UNKNOWN = object()
 
 
 class _Message:
@@ -83,6 +96,7 @@ class Connection:
         self.curve = curve
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self._recv_timeout_ms = -1  # the socket's ZMQ_RCVTIMEO
         self._watch: HandshakeWatch | None = None
         self._last_id = 0
         # queued and in flight, by id, in the order queued (= the replies' order)
@@ -91,6 +105,8 @@ class Connection:
         self._messages = 0  # messages in flight with a reply still due
         self._timeout_ms = max(1, round(self.timeout_s * 1000))
         self._worker_chosen = False  # a node with workers: which one, at the first call
+        # the header templates of the usual requests, by (op, coll); None: the JSON form
+        self._templates: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
         self._node_limits: dict[str, Any] | None = None  # the ping reply's, once asked
         self._batch_requests = 1  # per message: more once the node says it reads batches
         self.closed = False
@@ -110,6 +126,7 @@ class Connection:
             raise ValueError(f"cannot connect to {self.endpoint!r}: {exc.strerror} (an "
                              "endpoint looks like tcp://host:port or ipc:///path)") from None
         self._socket, self._watch = sock, watch
+        self._recv_timeout_ms = -1  # libzmq's default: none
         return sock
 
     def _drop_socket(self) -> str | None:
@@ -157,8 +174,7 @@ class Connection:
             solo = largest > SOLO_FRAME_BYTES
         self._last_id += 1
         request_id = self._last_id
-        fields["timeout_ms"] = self._timeout_ms
-        sent = _Sent(request_id, op, protocol.encode_request(request_id, op, fields, frames),
+        sent = _Sent(request_id, op, self._message(request_id, op, fields, frames),
                      self.retries + 1 if op in protocol.RESENDABLE else 1, payload_bytes, solo)
         self._in_flight[request_id] = sent
         if not hold and not self._queued and self._messages < protocol.MAX_IN_FLIGHT:
@@ -171,6 +187,32 @@ class Connection:
             while len(self._queued) >= 2 * self._batch_requests:
                 self._next_reply()
         return sent
+
+    def _message(self, request_id: int, op: str, fields: dict[str, Any],
+                 frames: Sequence[Any]) -> list[Any]:
+        """The frames of a request, as protocol.encode_request makes them. The usual request
+        (an op with a compact form and no field but coll, and ttl_s if it is None) has its
+        header made from a template kept per op and collection, in which only the id changes
+        (compact.request_template)."""
+        coll = fields.get("coll", "")
+        if type(coll) is str and fields.keys() <= _TEMPLATE_FIELDS \
+                and fields.get("ttl_s") is None:
+            template = self._templates.get((op, coll), _UNKNOWN)
+            if template is _UNKNOWN:
+                template = self._template(op, coll)
+            if template is not None:
+                before, after = template
+                return [before + compact.pack_id(request_id) + after, *frames]
+        fields["timeout_ms"] = self._timeout_ms
+        return protocol.encode_request(request_id, op, fields, frames)
+
+    def _template(self, op: str, coll: str) -> tuple[bytes, bytes] | None:
+        if len(self._templates) >= MAX_TEMPLATES:  # a program that names many collections
+            self._templates.clear()
+        made = compact.request_template(op, {"timeout_ms": self._timeout_ms, "coll": coll})
+        template = None if made is None else (protocol.PROTOCOL_TAG + made[0], made[1])
+        self._templates[op, coll] = template
+        return template
 
     def _choose_worker(self) -> None:
         """Ask the node (ping) for its workers and stick to one of them: a client's requests
@@ -251,12 +293,16 @@ class Connection:
 
     def _transmit(self, group: list[_Sent]) -> None:
         sock = self._socket or self._open()
+        send = _BACKEND_SEND if type(sock) is zmq.Socket else type(sock).send
         message = group[0].message if len(group) == 1 else \
             batches.encode(batches.REQUEST_FORM, [sent.message for sent in group])
-        last = len(message) - 1
+        # a request's frames are copied into its messages (cheaper than copy=False's view,
+        # which pyzmq then copies anyway below its copy threshold, 64 KiB), but not a large
+        # value's (a solo request) or a batch's payload (up to BATCH_BYTES)
+        last, copy = len(message) - 1, len(group) == 1 and not group[0].solo
         for i in range(last):  # frame by frame: cheaper than send_multipart
-            sock.send(message[i], _SNDMORE, copy=False)
-        sock.send(message[last], 0, copy=False)
+            send(sock, message[i], _SNDMORE, copy)
+        send(sock, message[last], 0, copy)
         deadline = time.monotonic() + self.timeout_s
         in_flight = _Message(group)
         for sent in group:
@@ -272,17 +318,15 @@ class Connection:
         if oldest.sent_in is None:  # queued: nothing before it is in flight
             self.flush()
             return
-        sock = self._socket or self._open()
-        left_ms = math.ceil((oldest.deadline - time.monotonic()) * 1000)
-        # zmq_poll, not sock.poll: that one builds a Poller each time (~5 us against ~1 us)
-        if left_ms <= 0 or not zmq.zmq_poll([(sock, _POLLIN)], left_ms):
+        frames = self._receive(oldest.deadline)
+        if frames is None:
             self._timed_out()
             return
-        # get_array's data is viewed, not copied: it comes as a zmq.Frame
-        frames = sock.recv_multipart(copy=oldest.op != "get_array" or
-                                     len(oldest.sent_in.members) > 1)
-        head = frames[0] if type(frames[0]) is bytes else frames[0].bytes
-        if batches.is_batch(head, batches.REPLY_FORM):
+        head = frames[0].bytes
+        if head.startswith(_COMPACT_REPLY):
+            request_id, result = compact.reply_result(head, _TAG_BYTES)
+            self._take(request_id, Reply(request_id, result, frames[1:]))
+        elif batches.is_batch(head, batches.REPLY_FORM):
             self._take_batch(batches.decode_replies([head, *frames[1:]]))
         else:
             reply = protocol.decode_reply(frames)
@@ -295,6 +339,30 @@ class Connection:
                 self._take(reply.id, reply)  # type: ignore[arg-type]
         if self._queued:
             self.flush()
+
+    def _receive(self, deadline: float) -> list[zmq.Frame] | None:
+        """The next message, or None if none came by deadline. A blocking recv with a
+        timeout (ZMQ_RCVTIMEO, set again only when it changes: pyzmq's setsockopt costs
+        ~0.4 us) rather than zmq_poll then recv (~1 us more). Frames, not bytes: a Frame
+        says whether more follow, where getsockopt(RCVMORE) costs ~0.6 us a frame; a value is
+        copied once all the same, out of the Frame, and get_array's data is viewed, not
+        copied."""
+        sock = self._socket or self._open()
+        left_ms = math.ceil((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            return None
+        if left_ms != self._recv_timeout_ms:
+            sock.setsockopt(zmq.RCVTIMEO, left_ms)
+            self._recv_timeout_ms = left_ms
+        try:
+            frame = sock.recv(0, False)
+        except zmq.Again:
+            return None
+        frames = [frame]
+        while frame.more:  # the rest of a message is there once its first frame is
+            frame = sock.recv(0, False)
+            frames.append(frame)
+        return frames
 
     def _take_batch(self, replies: list[Reply]) -> None:
         """A batch's replies: by id, or by position for one whose id the node could not read

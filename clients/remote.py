@@ -135,7 +135,11 @@ class RemoteCache(Commands):
 
     def _do(self, op: str, frames: Sequence[Any], decode: Callable[[Reply], Any],
             **fields: Any) -> Any:
-        return decode(self._call(op, frames, **fields))
+        if self._closed:  # _call's, spelled out: a call less for every command
+            raise CacheClosed("this RemoteCache handle is closed; create a new one")
+        if self.collection_name:
+            fields["coll"] = self.collection_name
+        return decode(self._link.call(op, fields, frames))
 
     def pipeline(self) -> Pipeline:
         """A pipeline on this handle's connection and collection: its commands are sent at

@@ -17,13 +17,14 @@ WAIT_S = 10
 FIRST_ID = 2
 # What a fake node that reads batches says is its limit (fewer than a client's batch size).
 MAX_BATCH_REQUESTS = 100
-Step = Callable[[protocol.Request], list[protocol.Reply]] | None
+Step = Callable[[protocol.Request], list[protocol.Reply] | list[list[bytes]]] | None
 
 
 class FakeNode:
     """A ROUTER in a thread that runs a script: a list of what to do with each request it
     receives, in order (None: leave it unanswered; else a function request -> replies, sent
-    to the connection the request came from, a message each). With reads_batches, its ping
+    to the connection the request came from, a message each; a reply may also be a list of
+    frames, sent as they are). With reads_batches, its ping
     says that it reads batches, and each request of a batch is a step of its own."""
 
     def __init__(self, script: list[Step], reads_batches: bool = False) -> None:
@@ -47,7 +48,8 @@ class FakeNode:
             routing_id, request = received
             self.received.append((routing_id, request.id, request.op))
             for reply in (step(request) if step else []):
-                self.socket.send_multipart([routing_id, *protocol.encode_reply(reply)])
+                frames = reply if isinstance(reply, list) else protocol.encode_reply(reply)
+                self.socket.send_multipart([routing_id, *frames])
 
     def _receive(self) -> tuple[bytes, protocol.Request] | None:
         """The next request that is not a ping; pings (a client's first call asks about the

@@ -105,10 +105,14 @@ def test_node_serves_request_counts_and_region_counters_to_prometheus(region_nam
         with pytest.raises(shmkv.NotAnInteger):
             remote.incr("k")
         host, port = node.ready["metrics"].rsplit(":", 1)
-        samples = scrape(int(port), host)
+        # the node counts a request just after its reply is sent: wait for the last count
+        incr_refused = ("shmkv_requests_total", (("command", "incr"), ("outcome", "NotAnInteger")))
+        deadline = time.monotonic() + WAIT_S
+        while incr_refused not in (samples := scrape(int(port), host)):
+            assert time.monotonic() < deadline, "the node did not count the last request"
+            time.sleep(0.01)
     assert samples[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 2
-    assert samples[("shmkv_requests_total", (("command", "incr"),
-                                             ("outcome", "NotAnInteger")))] == 1
+    assert samples[incr_refused] == 1
     assert samples[("shmkv_request_duration_seconds_count", (("command", "set"),))] == 1
     region = {name: value for (name, labels), value in samples.items() if not labels}
     assert region["shmkv_region_keys"] == 1
