@@ -315,9 +315,7 @@ def _get(c: Cache, r: Request) -> Result:
     # The ZeroMQ door may lend a large value instead of copying it (zerocopy.py).
     lender = r.fields.pop(LEND, None)
     if lender is not None:
-        lent = lender.get(c, r.frames[0], False)
-        if lent is not None:
-            return lent  # type: ignore[no-any-return]
+        return lender.get(c, r.frames[0], False)  # type: ignore[no-any-return]
     value = c.get(r.frames[0])
     return (True, [value]) if value is not None else (False, [])
 
@@ -325,9 +323,7 @@ def _get(c: Cache, r: Request) -> Result:
 def _get_with_version(c: Cache, r: Request) -> Result:
     lender = r.fields.pop(LEND, None)
     if lender is not None:
-        lent = lender.get(c, _key(r), True)
-        if lent is not None:
-            return lent  # type: ignore[no-any-return]
+        return lender.get(c, _key(r), True)  # type: ignore[no-any-return]
     found = c.get_with_version(_key(r))
     return (None, []) if found is None else (found[1], [found[0]])
 

@@ -52,9 +52,10 @@ bench/bench_large_values.py (bench/results/large-values-*.md, the project's 2-CP
 idle between gets sent 256 KiB to 1 MiB in 0.55-0.8x the copying node's time and 64 MiB in
 0.5-0.7x; gets back to back, whose copies reuse a warm block, took 1.03-1.06x up to 1 MiB
 (about the noise) and 0.47x at 64 MiB; at 64 KiB it lost (1.15x back to back).
-Every get on the ZeroMQ door pins first and finds out the value's size then: a lock-free read
-cannot tell the size without copying. That costs a small get ~0.6 us more in the node on the
-compiled engine and ~3 us on the pure-Python one (same results; a round trip is ~100 us).
+A get on the ZeroMQ door reads lock-free as always (the reader's get_below), which copies a
+value below the threshold and gives a larger one's length instead: only large values are
+pinned (a pin takes the stripe's lock), and a small get costs what it did. A value that
+changed between the two reads is read again, copied: its hit may then be counted twice.
 SHMKV_ZERO_COPY_MIN_BYTES in the node's environment sets the threshold in bytes; 0 turns
 zero-copy sends off (every get is read lock-free and copied, as before).
 """
@@ -138,17 +139,23 @@ class ZeroCopy:
     def outstanding(self) -> int:
         return len(self._lent) + len(self._unreleased)
 
-    def get(self, c: Cache, key: Any, versioned: bool) -> tuple[Any, list[Any]] | None:
+    def get(self, c: Cache, key: Any, versioned: bool) -> tuple[Any, list[Any]]:
         """dispatch.py's result for get (versioned: get_with_version) of key (bytes or a
-        buffer) if its value is lent; None: read it as before."""
-        value = self._pin(c, key if type(key) is bytes else bytes(key), versioned)
-        if value is None:
-            return None
-        if value.kind & L.KIND_MASK != L.KIND_BYTES:  # type: ignore[operator]
-            self._close(value)
-            return None  # get's answer to an array, as before
-        lent = self._lend(c, value)
-        return (value.version, [lent]) if versioned else (True, [lent])
+        buffer): read lock-free and copied, as always, unless the value is large; then lent
+        from a pin if it can be (it is copied otherwise)."""
+        found = c._reader.get_below(key, self.min_bytes, versioned)  # counts the hit or miss
+        if type(found) is int:  # large: its length, not a copy
+            value = self._pin(c, key if type(key) is bytes else bytes(key), versioned)
+            if value is not None:
+                if value.kind & L.KIND_MASK == L.KIND_BYTES:  # type: ignore[operator]
+                    lent = self._lend(c, value, count_hit=False)
+                    return (value.version, [lent]) if versioned else (True, [lent])
+                self._close(value)  # an array: get answers it as before
+            # changed since, or no pin to be had: a copy, as before (a second read, counted)
+            found = c.get_with_version(key) if versioned else c.get(key)
+        if versioned:
+            return (None, []) if found is None else (found[1], [found[0]])
+        return (True, [found]) if found is not None else (False, [])
 
     def get_array(self, c: Cache, key: bytes) -> tuple[Any, list[Any]] | None:
         """dispatch.py's result for get_array of key if its data is lent; None: as before."""
@@ -181,10 +188,12 @@ class ZeroCopy:
         except (LockTimeout, TooManyViews):
             return None  # a stopped holder of the stripe lock: gets never wait for one
 
-    def _lend(self, c: Cache, value: PinnedValue) -> Lent:
+    def _lend(self, c: Cache, value: PinnedValue, count_hit: bool = True) -> Lent:
         lent = Lent(value)
         self._lent.append(lent)
         self.sends += 1
+        if not count_hit:  # get_below counted it, as a handle counts its reads
+            return lent
         self._hits += 1
         try:  # a hit, as the region counts a handle's reads (upkeep.py), under the arena lock
             with c._locks.arena_held:

@@ -17,8 +17,8 @@ from typing import Any
 from . import layout as L
 from . import reader as _pure
 
-READER_API = ("get", "get_with_version", "contains", "get_many", "get_list", "take_counts",
-              "close")
+READER_API = ("get", "get_with_version", "get_below", "contains", "get_many", "get_list",
+              "take_counts", "close")
 # The compiled engine also has a Writer: the fast path of set, cas and incr (in-place
 # overwrites), handing every other case to the Python write path. The pure engine has none.
 WRITER_API = ("set", "cas", "incr", "take_counts", "close")

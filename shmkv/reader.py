@@ -25,6 +25,7 @@ from .hashing import xxh3_64
 
 READ_SPINS_BEFORE_YIELD = 64  # as in the compiled reader: spin, then ask wait_writer
 _MISSING = object()
+_NO_LIMIT = 1 << 64  # copy_below for a value of any length
 # What a reader needs of an entry, in one unpack at E_EXPIRES_AT: expires_at_ns, version,
 # value_len, key_coll (key_len | kind bits << 8 | collection << 16)
 _ENTRY_READ = struct.Struct("<QIII")
@@ -51,9 +52,10 @@ class Reader:
                      coll << 16, arena_offset, arena_offset + arena_bytes, clock,
                      access_offset - slot0, self._counts)
 
-    def _read(self, key: object, default: Any, versioned: bool) -> Any:
+    def _read(self, key: object, default: Any, versioned: bool,
+              copy_below: int = _NO_LIMIT) -> Any:
         """The value of a live entry (with its version if asked), read consistently, or
-        default."""
+        default; a value of copy_below bytes or more is not copied: its length instead."""
         if type(key) is not bytes or len(key) > L.MAX_KEY_BYTES:
             key = self._coerce_key(key)
         q, mm, seed, smask, stripes, per, key_coll, abase, aend, clock, access0, counts = \
@@ -87,9 +89,12 @@ class Reader:
                         # bounds first: a block reused under us may hold any bytes
                         if start + vlen <= aend and mm[start - klen:start] == key:
                             if not exp or exp > clock():
-                                found = mm[start:start + vlen]
-                                if versioned:
-                                    found = (found, ver << 8 | h & smask)
+                                if vlen >= copy_below:
+                                    found = vlen
+                                else:
+                                    found = mm[start:start + vlen]
+                                    if versioned:
+                                        found = (found, ver << 8 | h & smask)
                             break
                 i = (i + 1) % per
                 left -= 1
@@ -114,6 +119,11 @@ class Reader:
 
     def get_with_version(self, key: object) -> tuple[bytes, int] | None:
         return self._read(key, None, True)  # type: ignore[no-any-return]
+
+    def get_below(self, key: object, limit_bytes: int, versioned: bool) -> Any:
+        """get (versioned: get_with_version), but the length (an int) of a value of
+        limit_bytes or more, not a copy: for the node's zero-copy sends."""
+        return self._read(key, None, versioned, limit_bytes)
 
     def contains(self, key: object) -> bool:
         return self._read(key, _MISSING, False) is not _MISSING

@@ -187,11 +187,12 @@ call_wait_writer(Reader *self, Py_ssize_t spins, uint64_t stripe)
 
 /* Read the key of bytes key[:klen], whose xxh3_64 with self->seed is h, consistently.
  * Returns 1 on a hit (*out: new reference to the value, the (value, version) tuple, or Py_True
- * for WANT_CONTAINS), 0 on a miss, -1 on error. Counts the hit or miss and marks the slot's
- * access byte on a hit, like the pure-Python Reader. */
+ * for WANT_CONTAINS; a value of copy_below bytes or more is not copied: its length as an int
+ * instead), 0 on a miss, -1 on error. Counts the hit or miss and marks the slot's access byte
+ * on a hit, like the pure-Python Reader. */
 static inline __attribute__((always_inline)) int
 read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum want want,
-            PyObject **out)
+            uint64_t copy_below, PyObject **out)
 {
     uint8_t *const base = self->map.base;
     const uint64_t stripe = h & self->smask;
@@ -246,6 +247,11 @@ read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum wan
                             if (want == WANT_CONTAINS) {
                                 found = Py_NewRef(Py_True);
                             }
+                            else if (vlen >= copy_below) {
+                                found = PyLong_FromUnsignedLong(vlen);
+                                if (!found)
+                                    goto done;
+                            }
                             else {
                                 found = PyBytes_FromStringAndSize(NULL, vlen);
                                 if (!found)
@@ -283,7 +289,7 @@ read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum wan
                                                      + stripe * per + i);
             if (!atomic_load_explicit(a, memory_order_relaxed))
                 atomic_store_explicit(a, 1, memory_order_relaxed);
-            if (want == WANT_VERSIONED) {
+            if (want == WANT_VERSIONED && PyBytes_Check(found)) {
                 PyObject *ver = PyLong_FromUnsignedLongLong(version);
                 PyObject *pair = ver ? PyTuple_New(2) : NULL;
                 if (!pair) {
@@ -317,19 +323,21 @@ int
 reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, enum want want,
                    PyObject **out)
 {
-    return read_hashed(self, key, klen, h, want, out);
+    return read_hashed(self, key, klen, h, want, UINT64_MAX, out);
 }
 
 /* read_hashed of key as given: coerced (the handle's errors) and hashed */
 static int
-reader_read(Reader *self, PyObject *key_obj, enum want want, PyObject **out)
+reader_read(Reader *self, PyObject *key_obj, enum want want, uint64_t copy_below,
+            PyObject **out)
 {
     const char *key;
     Py_ssize_t klen;
     PyObject *owned;
     if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
         return -1;
-    int rc = read_hashed(self, key, klen, xxh3_64(key, (size_t)klen, self->seed), want, out);
+    int rc = read_hashed(self, key, klen, xxh3_64(key, (size_t)klen, self->seed), want,
+                         copy_below, out);
     Py_XDECREF(owned);
     return rc;
 }
@@ -365,7 +373,7 @@ Reader_get(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
-    int rc = reader_read(self, key, WANT_VALUE, &found);
+    int rc = reader_read(self, key, WANT_VALUE, UINT64_MAX, &found);
     mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
@@ -380,7 +388,32 @@ Reader_get_with_version(Reader *self, PyObject *key)
     if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
-    int rc = reader_read(self, key, WANT_VERSIONED, &found);
+    int rc = reader_read(self, key, WANT_VERSIONED, UINT64_MAX, &found);
+    mapped_leave(&self->map);
+    if (rc < 0)
+        return NULL;
+    return rc ? found : Py_NewRef(Py_None);
+}
+
+/* get_below(key, limit_bytes, versioned): get or get_with_version, but a value of limit_bytes
+ * or more is not copied: its length (an int) instead. For the node's zero-copy sends
+ * (broker/zerocopy.py), which pin only what is large. */
+static PyObject *
+Reader_get_below(Reader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "get_below(key, limit_bytes, versioned)");
+        return NULL;
+    }
+    unsigned long long limit = PyLong_AsUnsignedLongLong(args[1]);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    int versioned = PyObject_IsTrue(args[2]);
+    if (versioned < 0 || mapped_enter(&self->map) < 0)
+        return NULL;
+    PyObject *found = NULL;
+    int rc = reader_read(self, args[0], versioned ? WANT_VERSIONED : WANT_VALUE,
+                         (uint64_t)limit, &found);
     mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
@@ -393,7 +426,7 @@ Reader_contains(Reader *self, PyObject *key)
     if (mapped_enter(&self->map) < 0)
         return NULL;
     PyObject *found = NULL;
-    int rc = reader_read(self, key, WANT_CONTAINS, &found);
+    int rc = reader_read(self, key, WANT_CONTAINS, UINT64_MAX, &found);
     mapped_leave(&self->map);
     if (rc < 0)
         return NULL;
@@ -469,6 +502,9 @@ static PyMethodDef Reader_methods[] = {
      "get(key, default=None): the value of key as bytes, or default if absent or expired."},
     {"get_with_version", (PyCFunction)Reader_get_with_version, METH_O,
      "get_with_version(key): (value, version), or None if absent or expired."},
+    {"get_below", (PyCFunction)(void (*)(void))Reader_get_below, METH_FASTCALL,
+     "get_below(key, limit_bytes, versioned): get (versioned: get_with_version), but the "
+     "length (an int) of a value of limit_bytes or more, not a copy."},
     {"contains", (PyCFunction)Reader_contains, METH_O,
      "contains(key): True if key is present and not expired (no value copy)."},
     {"get_many", (PyCFunction)Reader_get_many, METH_O,

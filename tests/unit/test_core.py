@@ -506,14 +506,17 @@ def test_a_random_workload_reads_the_same_through_both_engines(cache, readers,
             fake_clock.advance(rng.random())
         else:
             compiled, pure = pairs[handles.index(handle)]
-            method = rng.choice(["get", "contains", "get_with_version", "get_many"])
-            arg = [rng.choice(keys) for _ in range(4)] if method == "get_many" else key
+            method = rng.choice(["get", "contains", "get_with_version", "get_many",
+                                 "get_below"])
+            args = ([rng.choice(keys) for _ in range(4)],) if method == "get_many" else \
+                (key, rng.choice([0, 17, 101, 4000]), rng.random() < 0.5) \
+                if method == "get_below" else (key,)
             mm[area] = zero
-            got = getattr(compiled, method)(arg)
+            got = getattr(compiled, method)(*args)
             marked = bytes(mm[area])
             mm[area] = zero
-            assert got == getattr(pure, method)(arg), (method, arg)
-            assert marked == bytes(mm[area]), (method, arg)
+            assert got == getattr(pure, method)(*args), (method, args)
+            assert marked == bytes(mm[area]), (method, args)
             reads += 1
     for compiled, pure in pairs:
         assert compiled.take_counts() == pure.take_counts()
@@ -705,3 +708,16 @@ def test_a_reader_never_returns_a_torn_value_while_another_process_overwrites(
     assert int(out.strip()) > 0
     assert len(seen) > 2, "the writer did not overlap the reads; the test proved nothing"
     assert not torn, f"{len(torn)} torn reads out of {TORN_READS}, e.g. {torn[:3]}"
+
+
+def test_get_below_gives_a_large_values_length_instead_of_a_copy(cache, readers) -> None:
+    cache.set("small", b"s" * 99)
+    cache.set("large", b"l" * 100)
+    for r in (readers(), readers(engine=PureReader)):  # compiled, then the pure one
+        assert r.get_below("small", 100, False) == b"s" * 99
+        assert r.get_below("large", 100, False) == 100
+        assert r.get_below("small", 100, True) == cache.get_with_version("small")
+        assert r.get_below("large", 100, True) == 100
+        assert r.get_below("absent", 100, False) is None
+        assert r.get_below(memoryview(b"large"), 101, False) == b"l" * 100
+        assert r.take_counts() == (5, 1)  # counted as get counts

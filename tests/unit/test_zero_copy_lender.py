@@ -66,9 +66,13 @@ def test_small_missing_and_array_values_are_read_as_before(cache) -> None:
     cache.set(b"small", b"s" * (MIN_BYTES - 1))
     cache.set_array(b"arr", np.zeros(MIN_BYTES, np.uint8))
     lender = ZeroCopy(MIN_BYTES)
-    for key in (b"small", b"absent", b"arr"):
-        assert lender.get(cache, key, False) is None
-        assert lender.get(cache, key, True) is None
+    for key in (b"small", b"absent", b"arr"):  # the copying reads' answers, as dispatch shapes
+        value, found = cache.get(key), cache.get_with_version(key)
+        assert lender.get(cache, key, False) == ((True, [value]) if value is not None
+                                                 else (False, []))
+        assert lender.get(cache, key, True) == ((found[1], [found[0]]) if found is not None
+                                                else (None, []))
+        assert lender.sends == 0
     assert lender.get_array(cache, b"small") is None and lender.get_array(cache, b"x") is None
     assert open_views(cache) == 0
 
@@ -109,7 +113,8 @@ def test_past_max_outstanding_values_a_get_copies(cache) -> None:
     for _ in range(2):
         _, [lent] = lender.get(cache, b"big", False)  # type: ignore[misc]
         lent.sent(Tracker())  # type: ignore[arg-type]
-    assert lender.get(cache, b"big", False) is None and open_views(cache) == 2
+    assert lender.get(cache, b"big", False) == (True, [b"v" * MIN_BYTES])  # copied
+    assert open_views(cache) == 2 and lender.sends == 2
     lender.close()
     assert open_views(cache) == 0
 
