@@ -70,33 +70,31 @@ def decoded(frames: list[bytes]) -> protocol.Reply:
     return reply
 
 
-@pytest.mark.parametrize("name", REPLIES)
-def test_a_connection_reads_a_reply_as_protocol_decode_reply_does(name: str) -> None:
-    node = FakeNode([lambda r: [REPLIES[name](r.id)]])
+def get_answered(step: Callable[[Any], list[Any]]) -> tuple[object, int]:
+    """What a Connection's get returns (or raises) when a fake node answers with step's
+    messages, and the id the request carried."""
+    node = FakeNode([step])
     try:
         link = Connection(node.endpoint, WAIT_S, 0, None)
         try:
             got = outcome_of(lambda: link.call("get", {}, [b"k"]))
         finally:
             link.close()
-        request_id = node.received[0][1]
+        return got, node.received[0][1]
     finally:
         node.close()
+
+
+@pytest.mark.parametrize("name", REPLIES)
+def test_a_connection_reads_a_reply_as_protocol_decode_reply_does(name: str) -> None:
+    got, request_id = get_answered(lambda r: [REPLIES[name](r.id)])
     assert got == outcome_of(lambda: decoded(REPLIES[name](request_id)))
 
 
 @pytest.mark.parametrize("name", ["a value", "null", "an int", "a JSON result", "an error"])
 def test_a_reply_to_an_older_request_is_dropped_and_the_next_one_read(name: str) -> None:
-    node = FakeNode([lambda r: [REPLIES["a value"](r.id - 1), REPLIES[name](r.id)]])
-    try:
-        link = Connection(node.endpoint, WAIT_S, 0, None)
-        try:
-            got = outcome_of(lambda: link.call("get", {}, [b"k"]))
-        finally:
-            link.close()
-        request_id = node.received[0][1]
-    finally:
-        node.close()
+    got, request_id = get_answered(
+        lambda r: [REPLIES["a value"](r.id - 1), REPLIES[name](r.id)])
     assert got == outcome_of(lambda: decoded(REPLIES[name](request_id)))
 
 
