@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 from fake_node import FakeNode
 from node_process import running_node
-
-import shmkv
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
 from shmkv.clients import remote as remote_module
+from tests_support import until
+
+import shmkv
 
 WAIT_S = 10
 
@@ -37,14 +37,6 @@ with shmkv.Cache.open(sys.argv[1]) as c:
 """
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition on another process (there is nothing to block on), up to WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.001)
-
-
 @contextmanager
 def churning(region: str) -> Iterator[Callable[[], int]]:
     """A process writing and deleting keys of region; yields how far it got."""
@@ -54,7 +46,7 @@ def churning(region: str) -> Iterator[Callable[[], int]]:
             def progress() -> int:
                 assert process.poll() is None, "the writer process died"
                 return int(local.get(b"progress") or -1)
-            wait_until(lambda: progress() >= 0, "the writer started")
+            until(lambda: progress() >= 0, "the writer started", WAIT_S)
             yield progress
     finally:
         process.kill()
@@ -122,7 +114,7 @@ def test_scan_iter_returns_every_key_present_throughout_while_others_churn(
                 found.add(key)
                 if n % 100 == 0:  # the scan's next steps come after more writes and deletes
                     seen = progress()
-                    wait_until(lambda: progress() > seen + 20, "the writer went on")
+                    until(lambda: progress() > seen + 20, "the writer went on", WAIT_S)
             churned = progress()
         assert stable <= found
         assert churned > 1000  # keys were written and deleted throughout the scan
