@@ -1,5 +1,6 @@
 """Helpers of the replication tests (tests/integration/test_replication*.py): dumps of a region
-compared until they match, a primary and a replica node, a filled region.
+compared until they match, a primary and a replica node, a filled region, a stripe copied as a
+replica's round copies it.
 
 "Equal" is checked by polling both regions until their dumps match (every collection's keys,
 values, kinds, versions and absolute expiry), with a deadline."""
@@ -16,6 +17,7 @@ import pytest
 from node_process import Node, running_node
 
 import shmkv
+from shmkv import replica as RP
 
 ARENA_BYTES = 64 << 20
 CONVERGE_S = 60.0
@@ -134,3 +136,18 @@ def accepted_within(write: Any, refused: type[Exception] = shmkv.NotEnoughReplic
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def copy_stripe(source: shmkv.Cache, target: shmkv.Cache, stripe: int, writes: int,
+                keep_expired: bool = False) -> None:
+    """One stripe read from source and applied to target, as a replica's round does, with
+    writes as the source's counter at the round's start."""
+    applier = RP.Applier(target)
+    reader = RP.StripeReader(source._region, stripe, keep_expired=keep_expired)
+    seen: dict[tuple[int, bytes], int] = {}
+    while True:
+        data, done = reader.chunk()
+        applier.apply_chunk(stripe, data, seen)
+        if done:
+            break
+    applier.end_stripe(stripe, seen, writes)

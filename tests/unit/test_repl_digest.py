@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from replication_support import copy_stripe
 from tests_support import new_region_name
 
 import shmkv
@@ -25,18 +26,10 @@ def _digests(cache: shmkv.Cache) -> list[bytes]:
 
 def _copy(source: shmkv.Cache, target: shmkv.Cache) -> None:
     """Make target's region equal to source's, as a replica's first sync does."""
-    applier = RP.Applier(target)
-    applier.sync_collections(RP.live_collections(source._region))
+    RP.Applier(target).sync_collections(RP.live_collections(source._region))
     _, writes = RP.stripe_counters(source._region)
     for stripe in range(source._region.layout.n_stripes):
-        reader = RP.StripeReader(source._region, stripe, keep_expired=True)
-        seen: dict[tuple[int, bytes], int] = {}
-        while True:
-            data, done = reader.chunk()
-            applier.apply_chunk(stripe, data, seen)
-            if done:
-                break
-        applier.end_stripe(stripe, seen, writes[stripe])
+        copy_stripe(source, target, stripe, writes[stripe], keep_expired=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from replication_support import copy_stripe
 from tests_support import new_region_name
 
 import shmkv
@@ -60,17 +61,3 @@ def test_a_write_after_promotion_stores_a_newer_version_than_an_entry_copied_lat
     assert replica.get_with_version("k") == (b"2", copied)
     replica.set("k", b"3")  # promoted: this region takes writes of its own
     assert replica.get_with_version("k")[1] >> 8 > copied >> 8
-
-
-def copy_stripe(primary: shmkv.Cache, copy: shmkv.Cache, stripe: int, writes: int) -> None:
-    """One stripe read from primary and applied to copy, as a replica's round does, with
-    writes as the primary's counter at the round's start."""
-    applier = RP.Applier(copy)
-    reader = RP.StripeReader(primary._region, stripe)
-    seen: dict[tuple[int, bytes], int] = {}
-    while True:
-        data, done = reader.chunk()
-        applier.apply_chunk(stripe, data, seen)
-        if done:
-            break
-    applier.end_stripe(stripe, seen, writes)
