@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import zmq
 
 import shmkv
@@ -52,6 +54,23 @@ def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tempfile.gettempdir(),
         env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
+
+
+def next_event(process: subprocess.Popen[str], name: str, timeout_s: float,
+               skip: str = "") -> dict[str, Any]:
+    """The node's next event called name, but for those whose error is skip. Reads block:
+    select() on the pipe would miss lines its text layer has already read ahead, so a node
+    silent for timeout_s is killed instead, which ends the read."""
+    timer = threading.Timer(timeout_s, process.kill)
+    timer.start()
+    try:
+        for line in iter(process.stdout.readline, ""):  # type: ignore[union-attr]
+            event = json.loads(line)
+            if event["event"] == name and event.get("error") != skip:
+                return event
+    finally:
+        timer.cancel()
+    pytest.fail(f"no {name} event from the node within {timeout_s} s (it was killed)")
 
 
 def failed_start(region: str, *options: str,

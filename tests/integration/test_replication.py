@@ -6,14 +6,11 @@ replication_support.wait_equal's."""
 from __future__ import annotations
 
 import json
-import select
 import signal
-import time
-from typing import Any
 
 import numpy as np
 import pytest
-from node_process import STOP_TIMEOUT_S, Node, running_node, start_node
+from node_process import STOP_TIMEOUT_S, next_event, running_node, start_node
 from replication_support import (CONVERGE_S, TTL_S, changes, dump, fill, free_port, primary_node,
                                  primary_region, repl_endpoint, replica_node, wait_equal)
 from tests_support import new_region_name, scrape
@@ -145,19 +142,6 @@ def test_a_replica_refuses_a_region_that_is_not_a_copy_of_its_primary(region_nam
         shmkv.Cache.unlink(other)
 
 
-def _next_event(node: Node, name: str, timeout_s: float = CONVERGE_S,
-                skip: str = "") -> dict[str, Any]:
-    """The node's next event called name, but for those whose error is skip."""
-    deadline = time.monotonic() + timeout_s
-    stdout = node.process.stdout
-    while time.monotonic() < deadline:
-        if select.select([stdout], [], [], 0.1)[0]:
-            event = json.loads(stdout.readline())  # type: ignore[union-attr]
-            if event["event"] == name and event.get("error") != skip:
-                return event
-    pytest.fail(f"no {name} event from the node within {timeout_s} s")
-
-
 def test_a_primary_restarted_with_an_empty_region_never_wipes_its_replica(
         region_name: str) -> None:
     repl = f"tcp://127.0.0.1:{free_port()}"
@@ -172,6 +156,7 @@ def test_a_primary_restarted_with_an_empty_region_never_wipes_its_replica(
             shmkv.Cache.unlink(region_name)
             with primary_region(region_name), running_node(region_name, "--repl-bind", repl):
                 # a request the stopped node never answered times out first, at times
-                event = _next_event(replica, "replication_failed", skip="RemoteUnavailable")
+                event = next_event(replica.process, "replication_failed", CONVERGE_S,
+                                   skip="RemoteUnavailable")
                 assert "another region" in event["message"]
                 assert dump(copy) == before

@@ -4,14 +4,11 @@ allowed is refused, says so in an event naming its key, and its region stays as 
 
 from __future__ import annotations
 
-import json
-import select
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from node_process import STOP_TIMEOUT_S, failed_start, running_node, start_node
+from node_process import STOP_TIMEOUT_S, failed_start, next_event, running_node, start_node
 from replication_support import (CONVERGE_S, dump, fill, fixed_clock, primary_region,
                                  repl_endpoint, wait_equal)
 from tests_support import new_region_name
@@ -44,19 +41,6 @@ def replica_options(keys: dict[str, Path], primary_endpoint: str, who: str) -> t
             str(keys["primary_public"]), "--repl-curve-client-cert", str(keys[who]))
 
 
-def next_event(stdout: Any, name: str, timeout_s: float = CONVERGE_S) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if select.select([stdout], [], [], 0.1)[0]:
-            line = stdout.readline()
-            if not line:
-                break  # the node exited
-            event = json.loads(line)
-            if event["event"] == name:
-                return event
-    pytest.fail(f"no {name} event from the node within {timeout_s} s")
-
-
 def test_a_replica_with_an_allowed_key_converges_from_a_curve_primary(
         region_name: str, keys: dict[str, Path]) -> None:
     copy_name = new_region_name()
@@ -82,7 +66,7 @@ def test_a_replica_whose_key_is_not_allowed_is_refused_and_keeps_its_region(
             # a copy made while this node's key was allowed (running_node would unlink it)
             first = start_node(copy_name, *replica_options(keys, endpoint, "replica"))
             try:
-                assert next_event(first.stdout, "ready")
+                assert next_event(first, "ready", CONVERGE_S)
             finally:
                 first.terminate()
                 first.wait(timeout=STOP_TIMEOUT_S)
@@ -94,7 +78,7 @@ def test_a_replica_whose_key_is_not_allowed_is_refused_and_keeps_its_region(
             primary.set("unseen", b"written after the copy")
             process = start_node(copy_name, *replica_options(keys, endpoint, "stranger"))
             try:
-                event = next_event(process.stdout, "replication_refused", timeout_s=20)
+                event = next_event(process, "replication_refused", timeout_s=20)
                 stranger = read_public_key(str(keys["stranger"]), "test").decode()
                 assert stranger in event["message"]
                 assert "curve_allow" in event["message"]
@@ -136,13 +120,13 @@ def test_replicaof_a_curve_primary_that_refuses_the_key_says_so_while_the_node_a
             RemoteCache(switched.endpoint, timeout_s=5) as remote:
         remote.set("k", b"v")
         assert remote.replicaof(repl_endpoint(node))["role"] == "replica"
-        event = next_event(switched.process.stdout, "replication_refused", timeout_s=20)
+        event = next_event(switched.process, "replication_refused", timeout_s=20)
         stranger = read_public_key(str(keys["stranger"]), "test").decode()
         assert stranger in event["message"]
         t0 = time.monotonic()
         assert remote.get("k") == b"v" and remote.ping()["role"]["role"] == "replica"
         assert time.monotonic() - t0 < 0.5  # the node answers while its hello is refused
-        failed = next_event(switched.process.stdout, "follow_failed", timeout_s=20)
+        failed = next_event(switched.process, "follow_failed", timeout_s=20)
         assert stranger in failed["message"] and "curve_allow" in failed["message"]
         role = remote.ping()["role"]
         assert role["role"] == "candidate" and stranger in role["follow_failed"]
