@@ -46,7 +46,8 @@ READ_SPINS_BEFORE_LOCK = 2000
 _MISSING = object()
 _BOUND = ("get", "get_with_version", "get_many", "get_list", "_contains", "set", "cas", "incr",
           "view", "view_array", "delete")  # _bind
-_DECIMAL = re.compile(rb"-?[0-9]{1,19}")
+# What incr() takes as an integer: Redis's form (string2ll): no "+", no leading zeros, no "-0"
+_DECIMAL = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Clock = Callable[[], int]
 
@@ -498,8 +499,8 @@ class Cache(Upkeep):
 
     def incr(self, key: str | bytes, delta: int = 1) -> int:
         """Add delta to the integer stored at key (absent counts as 0) and return the result.
-        Atomic across processes. The value is stored as decimal ASCII, like Redis; its TTL is
-        kept."""
+        Atomic across processes. The value is stored as decimal ASCII and read as Redis reads
+        it (no "+", no leading zeros, within int64); its TTL is kept."""
         return self._incr(key, delta)
 
     def _incr(self, key: object, delta: int) -> int:
@@ -510,10 +511,10 @@ class Cache(Upkeep):
             current, exp = 0, 0
             if old and not self._w.expired(old):
                 raw = self._w.value_at(old)
-                if not _DECIMAL.fullmatch(raw):
+                current = int(raw) if _DECIMAL.fullmatch(raw) else _INT64_MAX + 1
+                if current > _INT64_MAX or current < _INT64_MIN:
                     raise NotAnInteger(f"value at {k!r} is not a decimal integer; incr() needs"
                                        " one (set it to a number or delete it first)")
-                current = int(raw)
                 exp = self._q[(old + L.E_EXPIRES_AT) >> 3]
             result = current + delta
             if not _INT64_MIN <= result <= _INT64_MAX:

@@ -116,11 +116,12 @@ expiry(Writer *self, PyObject *ttl, wreq *r)
 static int
 parse_decimal(const uint8_t *p, uint32_t n, int64_t *out)
 {
-    /* the fullmatch of -?[0-9]{1,19} (cache._DECIMAL) whose value fits an int64: 1, else 0 */
+    /* the fullmatch of 0|-?[1-9][0-9]{0,18} (cache._DECIMAL) whose value fits an int64: 1,
+     * else 0 */
     uint32_t i = 0;
     int neg = n && p[0] == '-';
     i = (uint32_t)neg;
-    if (n - i < 1 || n - i > 19)
+    if (n - i < 1 || n - i > 19 || (p[i] == '0' && (neg || n - i > 1)))
         return 0;
     uint64_t mag = 0;
     for (; i < n; i++) {

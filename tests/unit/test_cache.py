@@ -168,7 +168,9 @@ def test_incr_keeps_the_ttl(cache: shmkv.Cache, fake_clock) -> None:
 
 
 def test_incr_on_a_non_integer_raises_notaninteger(cache: shmkv.Cache) -> None:
-    for bad in (b"abc", b"1.5", b" 1", b"", b"1_000"):
+    # Redis's form, as its INCR reads it: no "+", no leading zeros, no "-0", within int64
+    for bad in (b"abc", b"1.5", b" 1", b"", b"1_000", b"+1", b"007", b"-0", b"-01",
+                b"9223372036854775808", b"-9223372036854775809"):
         cache.set("n", bad)
         with pytest.raises(shmkv.NotAnInteger):
             cache.incr("n")
