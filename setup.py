@@ -34,6 +34,7 @@ setup(
                 f"{CORE_SRC}/args.c",
                 f"{CORE_SRC}/hash.c",
                 f"{CORE_SRC}/digest.c",
+                f"{CORE_SRC}/resp.c",
             ],
             depends=[
                 f"{CORE_SRC}/core.h",

@@ -96,6 +96,11 @@ class RequestParser:
         return self.requests()
 
     @property
+    def at_boundary(self) -> bool:
+        """Nothing of a request is held: the next bytes begin one (or are garbage)."""
+        return self._args is None and not self._buf and self.error is None
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes received and not yet part of a returned request."""
         return len(self._buf)

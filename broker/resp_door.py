@@ -2,9 +2,10 @@
 from the node's one poll loop (server.py), non-blocking.
 
     listening socket readable -> accept every waiting connection (a Session each)
-    a connection readable     -> read what is there, parse the complete requests (resp.py),
-                                 run them in order (resp_commands.py), queue their replies,
-                                 and write as much as the socket takes
+    a connection readable     -> read what is there; answer the plain GET, SET, INCR and
+                                 DECR it begins with in C (_run_compiled); parse the rest
+                                 (resp.py), run it in order (resp_commands.py), queue the
+                                 replies, and write as much as the socket takes
     a parked command answered  -> queue its reply, run the connection's next commands
     a parked WAIT satisfied    -> the same, once its replicas have the connection's writes
                                  or its timeout passed (looked at every WAIT_POLL_S)
@@ -56,6 +57,8 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 import shmkv
+from shmkv.arrays import ARRAY_MAGIC
+from shmkv.backend import resp_serve
 from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
@@ -83,6 +86,8 @@ TLS_WRITE_BYTES = 256 << 10
 MAX_CLIENTS = 10_000  # Redis's maxclients
 # How often a parked WAIT looks again at what its replicas applied (they say so every round)
 WAIT_POLL_S = 0.005
+# The compiled path's largest GET reply (larger ones are Python's: the output cap's allowance)
+FAST_MAX_VALUE_BYTES = 64 << 10
 # The poll flags as plain ints: zmq's are enum members, whose & costs a call each (measured:
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
@@ -321,7 +326,14 @@ class RespDoor:
                 return
             if s.closing:
                 continue  # a QUIT or a protocol error came before: the rest is not read
-            requests = s.parser.parse(data)
+            size = len(data)
+            if self.ctx.compiled is not None and s.parked is None and not self._parked \
+                    and s.authenticated and not s.coll and not s.channels and not s.patterns \
+                    and s.parser.at_boundary:
+                data = self._run_compiled(s, data)
+                if self.ctx.sessions.get(s.fd) is not s:
+                    return
+            requests = s.parser.parse(data) if data else []
             if requests or s.parser.error is not None:
                 s.broken = s.parser.error
                 self._run(s, requests)
@@ -329,12 +341,36 @@ class RespDoor:
                     return
                 if s.parked is not None:  # read no more until it is answered
                     return
-            if len(data) < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
+            if size < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
                 break
         if s.tls and s.sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
             self._decrypted.add(s)  # read them next round, without a poll
         if s.closing:
             self._write(s)
+
+    def _run_compiled(self, s: Session, data: bytes) -> bytes:
+        """Answer the plain GET, SET, INCR and DECR at the start of data in C (_core.resp_serve,
+        which says which it leaves): what it left, for the parser and _run. The caller has
+        checked what the Python path would for each of them: db 0, authenticated, not a
+        subscriber, nothing parked (no order to keep)."""
+        ctx = self.ctx
+        taken, replies, ran, wrote = resp_serve(*ctx.compiled, data, s.encoder.resp3,  # type: ignore[misc]
+                                                FAST_MAX_VALUE_BYTES, ARRAY_MAGIC)
+        if not ran:
+            return data
+        ctx.commands_processed += ran
+        if wrote:
+            s.wrote = True  # the connection's next WAIT waits for them
+        s.out += replies
+        if len(s.out) > MAX_OUTPUT_BYTES + s.allowance:
+            self._cut_off(s, len(s.out))
+            return b""
+        if taken < len(data):
+            return data[taken:]  # _run pumps the events and writes, after the rest
+        if ctx.listening:
+            self.pump()  # these writes' messages reach subscribers before the replies
+        self._write(s)
+        return b""
 
     def _run(self, s: Session, requests: list[list[bytes]], first: object = _NO_REPLY) -> None:
         """Run requests in order until one is parked; those after it wait in s.pending (first:

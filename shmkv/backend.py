@@ -50,6 +50,7 @@ if _why:
     warnings.warn(f"{_why}; using the pure-Python engine", PurePythonWarning, stacklevel=2)
 Reader = _core.Reader if _core else _pure.Reader
 Writer = _core.Writer if _core else None
+resp_serve = _core.resp_serve if _core else None  # the node's RESP door's compiled path
 ENGINE = "c" if _core else "python"
 
 

@@ -244,6 +244,11 @@ class Cache(Upkeep):
     def closed(self) -> bool:
         return self._q is _CLOSED
 
+    def compiled_pair(self) -> tuple[Any, Any] | None:
+        """The compiled Reader and Writer under this handle (None on the pure-Python engine):
+        the node's RESP door answers its plainest requests on them in C (_core.resp_serve)."""
+        return None if self._cw is None or self.closed else (self._reader, self._cw)
+
     def __enter__(self) -> Cache:
         return self
 

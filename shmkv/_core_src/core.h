@@ -188,6 +188,10 @@ enum want { WANT_CONTAINS, WANT_VALUE, WANT_VERSIONED };
  * (*out: a new reference), 0 on a miss, -1 on error; counts it, as get does (reader.c). */
 SHMKV_INTERNAL int reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen,
                                       uint64_t h, enum want want, PyObject **out);
+/* The same for a get whose value of copy_below bytes or more is not copied (*out: its length,
+ * an int), for the RESP fast path (resp.c) */
+SHMKV_INTERNAL int reader_read_below(Reader *self, const char *key, Py_ssize_t klen, uint64_t h,
+                                     uint64_t copy_below, PyObject **out);
 /* get_many's body (as_list: get_list's; max_bytes < 0: no limit), called between mapped_enter
    and mapped_leave (batch.c) */
 SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys, int as_list,

@@ -374,15 +374,23 @@ writer_run(Writer *self, PyObject *key_obj, wreq *r)
      * coerce_key gives its exact message. */
     if (key_bytes(self->coerce_key, key_obj, &key, &klen, &owned) < 0)
         return FAST_ERROR;
-    const uint64_t h = xxh3_64(key, (size_t)klen, self->hseed);
-    r->sampled = 0;
-    int rc = writer_locked(self, key, (uint32_t)klen, h, r);
+    int rc = writer_run_hashed(self, key, (uint32_t)klen, xxh3_64(key, (size_t)klen, self->hseed),
+                               r);
     Py_XDECREF(owned);
+    return rc;
+}
+
+/* writer.h */
+int
+writer_run_hashed(Writer *self, const char *key, uint32_t klen, uint64_t h, wreq *r)
+{
+    r->sampled = 0;
+    int rc = writer_locked(self, key, klen, h, r);
     if (rc == FAST_DONE) {
         self->fast++;
         if (r->writes && r->writes % WRITER_EXPIRY_EVERY == 0 && !r->sampled
                 && writer_expiry_sample(self) < 0)
-            return FAST_ERROR; /* the write is done; the expiry pass failed */
+            return FAST_ERROR; /* the write is done (r->writes says so); the expiry pass failed */
     }
     return rc;
 }

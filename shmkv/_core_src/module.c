@@ -42,11 +42,17 @@ core_writer_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 
 /* digest.c */
 SHMKV_INTERNAL PyObject *core_range_digests(PyObject *, PyObject *const *, Py_ssize_t);
+/* resp.c */
+SHMKV_INTERNAL PyObject *core_resp_serve(PyObject *, PyObject *const *, Py_ssize_t);
 
 static PyMethodDef core_methods[] = {
     {"range_digests", (PyCFunction)(void (*)(void))core_range_digests, METH_FASTCALL,
      "range_digests(region, slots_offset, slots, arena_base, max_ref, n_ranges): the sums "
      "of the entry digests of each slot range (shmkv/repl_digest.py), n_ranges u64."},
+    {"resp_serve", (PyCFunction)(void (*)(void))core_resp_serve, METH_FASTCALL,
+     "resp_serve(reader, writer, data, resp3, max_value_bytes, array_magic): the plain GET, "
+     "SET, INCR and DECR requests at the start of data answered (resp.c): (bytes taken, "
+     "replies, commands, writes)."},
     {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
      "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},
     {"_writer_pid", (PyCFunction)core_writer_pid, METH_NOARGS,

@@ -326,6 +326,14 @@ reader_read_hashed(Reader *self, const char *key, Py_ssize_t klen, uint64_t h, e
     return read_hashed(self, key, klen, h, want, UINT64_MAX, out);
 }
 
+/* read_hashed with copy_below, for the RESP fast path (resp.c) */
+int
+reader_read_below(Reader *self, const char *key, Py_ssize_t klen, uint64_t h,
+                  uint64_t copy_below, PyObject **out)
+{
+    return read_hashed(self, key, klen, h, WANT_VALUE, copy_below, out);
+}
+
 /* read_hashed of key as given: coerced (the handle's errors) and hashed */
 static int
 reader_read(Reader *self, PyObject *key_obj, enum want want, uint64_t copy_below,

@@ -95,6 +95,11 @@ SHMKV_INTERNAL int value_bytes(PyObject *value, wreq *r);
 SHMKV_INTERNAL void value_release(wreq *r);
 SHMKV_INTERNAL int expiry(Writer *self, PyObject *ttl, wreq *r);
 SHMKV_INTERNAL int writer_run(Writer *self, PyObject *key_obj, wreq *r);
+/* writer_run of a key given as bytes (at most MAX_KEY_BYTES) and hashed with self->hseed; key
+ * must stay put while the call runs (a lock wait releases the GIL). FAST_ERROR with r->writes
+ * set: the write was done, the expiry sampling after it failed. */
+SHMKV_INTERNAL int writer_run_hashed(Writer *self, const char *key, uint32_t klen, uint64_t h,
+                                     wreq *r);
 
 /* --- the stripe lock (lock.c): 0, or -1 with an exception set -------------------------------- */
 SHMKV_INTERNAL int lock_stripe(Writer *self, pthread_mutex_t *m, const uint8_t *rec,

@@ -1,0 +1,120 @@
+"""_core.resp_serve, the RESP door's compiled path (shmkv/_core_src/resp.c): the plain GET, SET,
+INCR and DECR at the start of what a connection sent are answered in C, and it stops before
+the first request it does not take, with nothing of that one done, so that the door's Python
+path runs it whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from integration.test_node_limits import stopped_lock_holder
+
+import shmkv
+from shmkv import backend
+from shmkv.arrays import ARRAY_MAGIC
+from shmkv.broker.resp import encode_request as req
+
+pytestmark = pytest.mark.skipif(backend.resp_serve is None, reason="the compiled engine only")
+MAX_VALUE_BYTES = 64 << 10
+
+
+@pytest.fixture
+def handle(region_name: str) -> Iterator[shmkv.Cache]:
+    """A region on the real clock, opened as the node opens its requests handle: its lock
+    wait is short (a busy lock is handed back quickly)."""
+    shmkv.Cache.create(region_name, arena_bytes=4 << 20).close()
+    with shmkv.Cache.open(region_name, lock_timeout_s=0.01) as c:
+        yield c
+
+
+def serve(c: shmkv.Cache, data: bytes, resp3: bool = False) -> tuple[int, bytes, int, int]:
+    pair = c.compiled_pair()
+    assert pair is not None
+    return backend.resp_serve(*pair, data, resp3, MAX_VALUE_BYTES, ARRAY_MAGIC)  # type: ignore[misc]
+
+
+def test_plain_gets_sets_incrs_and_decrs_are_answered_in_order_as_redis_words_them(
+        handle: shmkv.Cache) -> None:
+    data = (req("SET", "k", "v\r\n") + req("get", "k") + req("GET", "none") + req("INCR", "n")
+            + req("incr", "n") + req("DeCr", "n") + req("DECR", "m") + req("SET", "k", ""))
+    assert serve(handle, data) == (
+        len(data), b"+OK\r\n$3\r\nv\r\n\r\n$-1\r\n:1\r\n:2\r\n:1\r\n:-1\r\n+OK\r\n", 8, 6)
+    assert handle.get("k") == b"" and handle.get("n") == b"1" and handle.get("m") == b"-1"
+
+
+def test_a_miss_in_resp3_is_its_null(handle: shmkv.Cache) -> None:
+    assert serve(handle, req("GET", "none"), resp3=True)[1] == b"_\r\n"
+
+
+def test_a_plain_set_drops_the_keys_ttl_as_redis_does(handle: shmkv.Cache) -> None:
+    handle.set("k", b"old", ttl_s=100)
+    serve(handle, req("SET", "k", "new"))
+    assert handle.ttl("k") is None and handle.get("k") == b"new"
+
+
+@pytest.mark.parametrize("other", [
+    req("SET", "k", "v", "EX", "10"), req("MGET", "k"), req("GET", "k", "extra"), req("PING"),
+    b"GET k\r\n", req("GET", "k" * 4097), req("GETX", "k"), b"*2\r\n$3\r\nGET\r\n$1\r\nkk\r\n",
+    b"*2\r\n$3\r\nGET\r\n$-1\r\n", b"*02\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+])
+def test_it_stops_before_a_request_it_does_not_take_and_leaves_the_rest(
+        handle: shmkv.Cache, other: bytes) -> None:
+    first = req("SET", "k", "v")
+    data = first + other + req("SET", "after", "x")
+    assert serve(handle, data) == (len(first), b"+OK\r\n", 1, 1)
+    assert handle.get("after") is None
+
+
+@pytest.mark.parametrize("cut", [1, 4, 10, 18, 22, 26])
+def test_an_incomplete_request_is_left_for_the_parser(handle: shmkv.Cache, cut: int) -> None:
+    first, last = req("GET", "k"), req("SET", "key", "value")
+    assert serve(handle, first + last[:cut])[0] == len(first)
+    assert handle.get("key") is None
+
+
+def test_a_get_of_an_array_is_left_to_python_and_counted_once_there(
+        handle: shmkv.Cache) -> None:
+    handle.set_array("a", np.arange(3))
+    hits = handle.stats()["hits"]
+    assert serve(handle, req("GET", "a")) == (0, b"", 0, 0)
+    assert handle.stats()["hits"] == hits
+
+
+def test_a_value_of_max_value_bytes_or_more_is_left_to_python(handle: shmkv.Cache) -> None:
+    handle.set("big", b"x" * MAX_VALUE_BYTES)
+    handle.set("small", b"x" * (MAX_VALUE_BYTES - 1))
+    taken, replies, _, _ = serve(handle, req("GET", "small") + req("GET", "big"))
+    assert taken == len(req("GET", "small")) and replies.endswith(b"x\r\n")
+
+
+def test_an_incr_of_a_value_that_is_not_an_integer_is_left_to_python_unchanged(
+        handle: shmkv.Cache) -> None:
+    handle.set("k", b"text")
+    assert serve(handle, req("INCR", "k"))[0] == 0
+    assert handle.get("k") == b"text"
+
+
+def test_a_write_that_needs_eviction_is_left_to_python(handle: shmkv.Cache) -> None:
+    value = b"v" * 60_000
+    data = b"".join(req("SET", f"k{i}", value) for i in range(200))  # 12 MB into 4 MiB
+    taken, _, ran, _ = serve(handle, data)
+    assert 0 < ran < 200 and taken < len(data)
+    assert handle.get(f"k{ran}") is None  # the one it stopped at was not written
+
+
+@pytest.mark.multiprocess
+def test_a_write_whose_lock_stays_busy_is_left_to_python_and_a_read_is_not(
+        handle: shmkv.Cache, region_name: str) -> None:
+    with stopped_lock_holder(region_name, "held"):
+        data = req("GET", "held") + req("SET", "held", "v") + req("GET", "other")
+        assert serve(handle, data) == (len(req("GET", "held")), b"$-1\r\n", 1, 0)
+    assert handle.get("held") is None
+
+
+def test_replies_past_the_budget_stop_it_at_a_request_boundary(handle: shmkv.Cache) -> None:
+    handle.set("k", b"x" * 60_000)
+    one = req("GET", "k")
+    taken, replies, ran, _ = serve(handle, one * 100)
+    assert 0 < ran < 100 and taken == ran * len(one) and len(replies) >= 1 << 20
