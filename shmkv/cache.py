@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MethodType
 from typing import Any
 
@@ -35,6 +35,7 @@ from .events import want as want_events
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .reader import READ_SPINS_BEFORE_YIELD
 from .shared_region import SharedRegion
+from .listing import Listing
 from .upkeep import Upkeep
 from .views import ValueView, copy_array
 from .writer import WRITER_EXPIRY_SLOTS, Writer
@@ -77,7 +78,7 @@ def _check_timeout(lock_timeout_s: object) -> None:
         raise ValueError("lock_timeout_s must be > 0 and at most an hour")
 
 
-class Cache(Upkeep):
+class Cache(Upkeep, Listing):
     """A handle on a shared-memory key/value region (or on one collection inside it).
 
     Keys are str (UTF-8) or bytes; a str key and its UTF-8 bytes are the same key. Values are
@@ -358,33 +359,6 @@ class Cache(Upkeep):
         through any crash: counts change with the slots, under the stripe lock."""
         self._q[0]  # raises CacheClosed on a closed handle
         return self._region.colls.items(self._coll)
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Keys of this collection, as bytes; a snapshot taken one stripe at a time."""
-        for stripe in range(self._smask + 1):
-            yield from self._stripe_keys(stripe)
-
-    def keys(self) -> list[bytes]:
-        return list(self)
-
-    def _stripe_keys(self, stripe: int) -> list[bytes]:
-        q, u32, mm = self._q, self._u32, self._mm
-        seq_at = self._seq0 + stripe * L.STRIPE_Q
-        spins = 0
-        while True:
-            s1 = q[seq_at]
-            keys = []
-            now = self._clock()
-            for _, off in self._index.slots(stripe):
-                key_coll = u32[(off + L.E_KEY_COLL) >> 2]
-                klen = key_coll & L.KEY_LEN_MASK
-                exp = q[(off + L.E_EXPIRES_AT) >> 3]
-                if key_coll >> 16 == self._coll and (not exp or exp > now) \
-                        and off + L.ENTRY_HEADER_BYTES + klen <= self._aend:
-                    keys.append(mm[off + L.ENTRY_HEADER_BYTES:off + L.ENTRY_HEADER_BYTES + klen])
-            if q[seq_at] == s1 and not s1 & 1:
-                return keys
-            spins = self._wait_writer(spins, stripe)
 
     # --- writes -------------------------------------------------------------------------
     def set(self, key: str | bytes, value: Any, ttl_s: float | None = None, *,

@@ -10,6 +10,7 @@ import pytest
 
 import shmkv
 from shmkv import layout as L
+from shmkv import listing
 from shmkv.check import check_region
 from shmkv.hashing import xxh3_64
 from tests_support import region_objects
@@ -401,3 +402,24 @@ def test_get_list_stops_after_the_value_that_passes_max_bytes(cache) -> None:
         cache.get_list(["a"], -1)
     with pytest.raises(TypeError):
         cache.get_list(["a", 5])
+
+
+def test_a_stripe_that_writers_keep_changing_is_listed_under_its_lock(
+        cache: shmkv.Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every lock-free listing sees the stripe's seqlock move, as under a writer that never
+    # stops (a Python listing of a large stripe takes a millisecond): the listing must still
+    # end, under the stripe's lock, which holds writers off.
+    cache.set("k", b"v")
+    stripe = next(s for s in range(cache._smask + 1) if cache._stripe_keys(s))
+    seq_at = cache._seq0 + stripe * L.STRIPE_Q
+    real, listings = cache._list_stripe, []
+
+    def listed_while_a_writer_goes_on(s: int) -> list[bytes]:
+        listings.append(s)
+        if len(listings) <= 1000:
+            cache._q[seq_at] += 2  # a write that began and ended meanwhile
+        return real(s)
+    monkeypatch.setattr(cache, "_list_stripe", listed_while_a_writer_goes_on)
+    assert cache._stripe_keys(stripe) == [b"k"]
+    assert len(listings) == listing.STRIPE_LIST_TRIES + 1
+    assert cache.get("k") == b"v"
