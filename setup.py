@@ -35,6 +35,7 @@ setup(
                 f"{CORE_SRC}/hash.c",
                 f"{CORE_SRC}/digest.c",
                 f"{CORE_SRC}/resp.c",
+                f"{CORE_SRC}/packed.c",
             ],
             depends=[
                 f"{CORE_SRC}/core.h",

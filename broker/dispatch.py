@@ -79,6 +79,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from shmkv import Cache
+from shmkv.backend import pack_found_c
 from shmkv.errors import (CollectionNotFound, LockTimeout, NotEnoughReplicas, ProtocolError,
                           RequestTooLarge, ShmKVError)
 
@@ -385,6 +386,10 @@ def _get_many(c: Cache, r: Request) -> Result:
     # copying once the values pass the reply limit; then the reply's two packed frames.
     keys = protocol.unpack_bytes(*r.frames)
     values = c.get_list(keys, r.max_reply_bytes)
+    if len(values) == len(keys) and pack_found_c is not None \
+            and (packed := pack_found_c(values)) is not None:  # in C: ~5 us of 100 values
+        _check_reply_bytes(r, len(packed[1][1]))
+        return packed  # type: ignore[no-any-return]
     present = [v for v in values if v is not None]
     lengths = list(map(len, present))
     if len(values) < len(keys):

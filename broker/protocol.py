@@ -122,6 +122,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from shmkv import errors
+from shmkv.backend import pack_c, unpack_bytes_c
 from shmkv.coerce import key_bytes, value_buffer
 from shmkv.errors import ProtocolError
 
@@ -347,6 +348,8 @@ value_frame = value_buffer
 
 def pack(items: Sequence[Buffer]) -> list[bytes]:
     """Two frames for a batch: the lengths (u32 each), then the items back to back."""
+    if pack_c is not None and (frames := pack_c(items)) is not None:  # bytes items, in C
+        return frames  # type: ignore[no-any-return]
     return [struct.pack(f"<{len(items)}I", *map(len, items)), b"".join(items)]
 
 
@@ -365,6 +368,10 @@ def unpack_bytes(lengths: Buffer, data: Buffer) -> list[bytes]:
     """The items of a packed batch as bytes (unpack's checks): for small items (keys, the
     values of get_many's reply) one struct call that cuts them all costs half of a loop of
     slices (and a third of views and their tobytes())."""
+    if unpack_bytes_c is not None:  # in C when the framing is sound; else the errors below
+        items = unpack_bytes_c(lengths, data, MAX_BATCH_KEYS)
+        if items is not None:
+            return items  # type: ignore[no-any-return]
     lens = _lengths(lengths, memoryview(data).nbytes)
     layout = ("%ds" * len(lens)) % lens
     if len(lens) <= _CACHED_LAYOUT_ITEMS:  # struct's own cache of compiled layouts

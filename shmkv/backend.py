@@ -50,7 +50,12 @@ if _why:
     warnings.warn(f"{_why}; using the pure-Python engine", PurePythonWarning, stacklevel=2)
 Reader = _core.Reader if _core else _pure.Reader
 Writer = _core.Writer if _core else None
-resp_serve = _core.resp_serve if _core else None  # the node's RESP door's compiled path
+# The compiled helpers of the doors (None on the pure-Python engine): the RESP door's hot
+# commands (resp.c) and the wire protocol's packed batches (packed.c)
+resp_serve = _core.resp_serve if _core else None
+pack_c = _core.pack if _core else None
+pack_found_c = _core.pack_found if _core else None
+unpack_bytes_c = _core.unpack_bytes if _core else None
 ENGINE = "c" if _core else "python"
 
 

@@ -42,6 +42,10 @@ core_writer_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 
 /* digest.c */
 SHMKV_INTERNAL PyObject *core_range_digests(PyObject *, PyObject *const *, Py_ssize_t);
+/* packed.c */
+SHMKV_INTERNAL PyObject *core_pack(PyObject *, PyObject *);
+SHMKV_INTERNAL PyObject *core_pack_found(PyObject *, PyObject *);
+SHMKV_INTERNAL PyObject *core_unpack_bytes(PyObject *, PyObject *const *, Py_ssize_t);
 /* resp.c */
 SHMKV_INTERNAL PyObject *core_resp_serve(PyObject *, PyObject *const *, Py_ssize_t);
 
@@ -49,6 +53,14 @@ static PyMethodDef core_methods[] = {
     {"range_digests", (PyCFunction)(void (*)(void))core_range_digests, METH_FASTCALL,
      "range_digests(region, slots_offset, slots, arena_base, max_ref, n_ranges): the sums "
      "of the entry digests of each slot range (shmkv/repl_digest.py), n_ranges u64."},
+    {"pack", (PyCFunction)core_pack, METH_O,
+     "pack(items): [lengths, data] of a list or tuple of bytes (protocol.pack), or None."},
+    {"pack_found", (PyCFunction)core_pack_found, METH_O,
+     "pack_found(values): (found, [lengths, data]) of a list of bytes or None (get_many's "
+     "reply), or None."},
+    {"unpack_bytes", (PyCFunction)(void (*)(void))core_unpack_bytes, METH_FASTCALL,
+     "unpack_bytes(lengths, data, max_items): the items of a packed batch as bytes, or None "
+     "if its framing is not sound (protocol.unpack_bytes says why)."},
     {"resp_serve", (PyCFunction)(void (*)(void))core_resp_serve, METH_FASTCALL,
      "resp_serve(reader, writer, data, resp3, max_value_bytes, array_magic): the plain GET, "
      "SET, INCR and DECR requests at the start of data answered (resp.c): (bytes taken, "

@@ -1,0 +1,137 @@
+/* shmkv/_core_src/packed.c: the packed batch form of the wire protocol (broker/protocol.py's
+ * pack and unpack: a frame of u32 little-endian lengths, then the items back to back), in C for
+ * the node and the clients. In Python a batch of 100 keys took ~3 us to pack and ~6 us to cut
+ * up, and a get_many reply's two frames ~5.5 us to build, on each side of every batch: a third
+ * of what the node spent on get_many(100).
+ *
+ * Each function answers None for what it leaves to Python (an item that is not bytes, a
+ * length table that is not whole or does not add up, more than max_items items): Python then
+ * does the whole call, with its own errors and messages.
+ */
+#include "core.h"
+
+/* [lengths, data] of a sequence of exact bytes; lengths only for pack_found's present ones */
+static PyObject *
+pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found_out)
+{
+    Py_ssize_t present = 0, total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (items[i] == Py_None && skip_none)
+            continue;
+        if (!PyBytes_CheckExact(items[i]) || (uint64_t)PyBytes_GET_SIZE(items[i]) > UINT32_MAX)
+            Py_RETURN_NONE;
+        present++;
+        total += PyBytes_GET_SIZE(items[i]);
+    }
+    PyObject *lengths = PyBytes_FromStringAndSize(NULL, present * 4);
+    PyObject *data = lengths ? PyBytes_FromStringAndSize(NULL, total) : NULL;
+    PyObject *found = data && found_out ? PyList_New(n) : NULL;
+    if (!data || (found_out && !found)) {
+        Py_XDECREF(lengths);
+        Py_XDECREF(data);
+        return NULL;
+    }
+    uint8_t *len_at = (uint8_t *)PyBytes_AS_STRING(lengths);
+    char *data_at = PyBytes_AS_STRING(data);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (items[i] == Py_None) {
+            PyList_SET_ITEM(found, i, Py_NewRef(Py_False)); /* only with skip_none */
+            continue;
+        }
+        if (found)
+            PyList_SET_ITEM(found, i, Py_NewRef(Py_True));
+        const uint32_t k = (uint32_t)PyBytes_GET_SIZE(items[i]);
+        len_at[0] = (uint8_t)k;
+        len_at[1] = (uint8_t)(k >> 8);
+        len_at[2] = (uint8_t)(k >> 16);
+        len_at[3] = (uint8_t)(k >> 24);
+        len_at += 4;
+        memcpy(data_at, PyBytes_AS_STRING(items[i]), k);
+        data_at += k;
+    }
+    if (found_out)
+        *found_out = found;
+    return Py_BuildValue("[NN]", lengths, data);
+}
+
+/* pack(items: list | tuple of bytes) -> [lengths, data] | None */
+SHMKV_INTERNAL PyObject *
+core_pack(PyObject *Py_UNUSED(module), PyObject *items)
+{
+    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
+        Py_RETURN_NONE;
+    PyObject *fast = PySequence_Fast(items, "pack(items)"); /* the same object: a borrowed view */
+    if (!fast)
+        return NULL;
+    PyObject *res = pack_items(PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), 0,
+                               NULL);
+    Py_DECREF(fast);
+    return res;
+}
+
+/* pack_found(values: list of bytes or None) -> (found: list of bool, [lengths, data]) | None:
+ * get_many's reply (broker/dispatch.py) */
+SHMKV_INTERNAL PyObject *
+core_pack_found(PyObject *Py_UNUSED(module), PyObject *values)
+{
+    if (!PyList_CheckExact(values))
+        Py_RETURN_NONE;
+    PyObject *found = NULL;
+    PyObject *frames = pack_items(PySequence_Fast_ITEMS(values), PyList_GET_SIZE(values), 1,
+                                  &found);
+    if (!frames || frames == Py_None)
+        return frames;
+    return Py_BuildValue("(NN)", found, frames);
+}
+
+/* unpack_bytes(lengths, data, max_items) -> list of bytes | None */
+SHMKV_INTERNAL PyObject *
+core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unpack_bytes(lengths, data, max_items)");
+        return NULL;
+    }
+    const Py_ssize_t max_items = PyLong_AsSsize_t(args[2]);
+    if (max_items == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer table, data;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* not a contiguous buffer: Python's view of it says what */
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&table);
+        Py_RETURN_NONE;
+    }
+    PyObject *res = NULL;
+    const Py_ssize_t n = table.len / 4;
+    const uint8_t *len_at = table.buf;
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < n && n <= max_items; i++)
+        total += (uint64_t)len_at[4 * i] | (uint64_t)len_at[4 * i + 1] << 8
+                 | (uint64_t)len_at[4 * i + 2] << 16 | (uint64_t)len_at[4 * i + 3] << 24;
+    if (table.len % 4 || n > max_items || total != (uint64_t)data.len) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (!(res = PyList_New(n)))
+        goto done;
+    const char *at = data.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint32_t k = (uint32_t)len_at[4 * i] | (uint32_t)len_at[4 * i + 1] << 8
+                           | (uint32_t)len_at[4 * i + 2] << 16 | (uint32_t)len_at[4 * i + 3] << 24;
+        PyObject *item = PyBytes_FromStringAndSize(at, k);
+        if (!item) {
+            Py_CLEAR(res);
+            goto done;
+        }
+        PyList_SET_ITEM(res, i, item);
+        at += k;
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&table);
+    return res;
+}
