@@ -2,13 +2,14 @@
 
 Latency on this kind of machine moves 2x with the weather; CPU time per request moves less,
 and it is what bounds a node's throughput. For each server in turn, in rounds that alternate
-the order, one client sends --requests single GETs, then single SETs of 100 B values, and the
-server's utime + stime (from /proc, its worker processes included) is divided by the count:
+the order, one client sends --requests single GETs, then single SETs of 100 B values, then
+--requests / 10 reads of BATCH_KEYS keys at once (get_many, MGET), and the server's utime +
+stime (from /proc, its worker processes included) is divided by the count:
 
-    shmkv      RemoteCache.get/set against `shmkv serve` run by this checkout
+    shmkv      RemoteCache.get/set/get_many against `shmkv serve` run by this checkout
     base       the same client against a node run by another checkout's interpreter
                (--base-python PATH/.venv/bin/python): the before of a change
-    redis      redis-py GET/SET against redis-server (Debian's), if installed
+    redis      redis-py GET/SET/MGET against redis-server (Debian's), if installed
 
 The client's own CPU per request is reported too. Every node runs with its metrics endpoint
 on (the default of `shmkv serve`), ZeroMQ over tcp on loopback.
@@ -43,6 +44,7 @@ import shmkv
 
 TICK_S = os.sysconf("SC_CLK_TCK")
 VALUE = b"v" * 100
+BATCH_KEYS = 100
 START_TIMEOUT_S = 30.0
 
 
@@ -119,18 +121,24 @@ def measure(server: Any, requests: int) -> dict[str, dict[str, float]]:
         client = connect()
         try:
             client.set("k", VALUE)
+            keys = [b"k%d" % i for i in range(BATCH_KEYS)]
+            for key in keys:
+                client.set(key, VALUE)
             for _ in range(min(1000, requests)):
                 client.get("k")
+            read_many = getattr(client, "get_many", None) or client.mget
             out = {}
-            for op, call in (("get", lambda: client.get("k")),
-                             ("set", lambda: client.set("k", VALUE))):
+            for op, call, n in (("get", lambda: client.get("k"), requests),
+                                ("set", lambda: client.set("k", VALUE), requests),
+                                (f"get {BATCH_KEYS} keys", lambda: read_many(keys),
+                                 requests // 10)):
                 server0, client0, wall0 = cpu_s(pid), time.process_time(), time.perf_counter()
-                for _ in range(requests):
+                for _ in range(n):
                     call()
                 wall1, client1, server1 = time.perf_counter(), time.process_time(), cpu_s(pid)
-                out[op] = {"server_us": (server1 - server0) / requests * 1e6,
-                           "client_us": (client1 - client0) / requests * 1e6,
-                           "wall_us": (wall1 - wall0) / requests * 1e6}
+                out[op] = {"server_us": (server1 - server0) / n * 1e6,
+                           "client_us": (client1 - client0) / n * 1e6,
+                           "wall_us": (wall1 - wall0) / n * 1e6}
             return out
         finally:
             client.close()
@@ -161,18 +169,20 @@ def main() -> None:
              "| server CPU x redis |", "|---|---|---:|---:|---:|---:|"]
     summary = {}
     for name in servers:
-        for op in ("get", "set"):
+        for op in ("get", "set", f"get {BATCH_KEYS} keys"):
             figures = runs[(name, op)]
             med = {k: statistics.median(f[k] for f in figures) for k in figures[0]}
             summary[f"{name} {op}"] = {**med, "rounds": figures}
     for key, med in summary.items():
-        redis = summary.get("redis " + key.split()[1])
+        name, op = key.split(" ", 1)
+        redis = summary.get("redis " + op)
         ratio = f"{med['server_us'] / redis['server_us']:.1f}" if redis else "-"
-        lines.append(f"| {key.split()[0]} | {key.split()[1]} | {med['server_us']:.1f} | "
+        lines.append(f"| {name} | {op} | {med['server_us']:.1f} | "
                      f"{med['client_us']:.1f} | {med['wall_us']:.1f} | {ratio} |")
     table = "\n".join(lines)
     notes = [f"medians of {args.rounds} rounds of {args.requests:,} requests each per server "
-             f"and op; the node with --workers {args.workers}; 100 B values",
+             f"and op ({args.requests // 10:,} of get {BATCH_KEYS} keys: get_many, MGET); the "
+             f"node with --workers {args.workers}; 100 B values",
              "server CPU: utime + stime of the server process and its children, from /proc "
              f"(a tick is {1e6 / TICK_S:.0f} us: {args.requests:,} requests resolve "
              f"{1e6 / TICK_S / args.requests:.2f} us)"]
