@@ -5,6 +5,7 @@ path runs it whole."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,6 +15,7 @@ from integration.test_node_limits import stopped_lock_holder
 import shmkv
 from shmkv import backend
 from shmkv.arrays import ARRAY_MAGIC
+from shmkv.broker.resp import RequestParser
 from shmkv.broker.resp import encode_request as req
 
 pytestmark = pytest.mark.skipif(backend.resp_serve is None, reason="the compiled engine only")
@@ -118,3 +120,28 @@ def test_replies_past_the_budget_stop_it_at_a_request_boundary(handle: shmkv.Cac
     one = req("GET", "k")
     taken, replies, ran, _ = serve(handle, one * 100)
     assert 0 < ran < 100 and taken == ran * len(one) and len(replies) >= 1 << 20
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mangled_input_never_crashes_it_and_it_takes_only_whole_hot_requests(
+        handle: shmkv.Cache, seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(1000):
+        data = bytearray(b"".join(rng.choice([
+            req("GET", "k"), req("SET", "k", rng.randbytes(rng.randrange(20))),
+            req("INCR", "n"), req("DECR", "n"), req("PING"), b"GET k\r\n"])
+            for _ in range(rng.randrange(1, 6))))
+        for _ in range(rng.randrange(4)):  # flip, cut or insert bytes anywhere
+            at = rng.randrange(len(data) + 1)
+            what = rng.randrange(3)
+            if what == 0 and at < len(data):
+                data[at] = rng.choice(b"*$\r\n\r\n0123401234-GETSINCRX")
+            elif what == 1:
+                del data[at:at + rng.randrange(1, 8)]
+            else:
+                data[at:at] = rng.randbytes(rng.randrange(1, 4))
+        taken, _, ran, _ = serve(handle, bytes(data))
+        parser = RequestParser()
+        requests = parser.parse(bytes(data[:taken])) if taken else []
+        assert parser.pending_bytes == 0 and parser.error is None and len(requests) == ran
+        assert all(r[0].upper() in (b"GET", b"SET", b"INCR", b"DECR") for r in requests)
