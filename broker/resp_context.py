@@ -49,7 +49,7 @@ class Context:
         # the executor keeps no request after run() returns.
         self.hot = {op: Request(0, op, "", {}, (), self.max_reply_bytes)
                     for op in ("get", "set", "incr")}
-        # The compiled handles _core.resp_serve answers the plainest GET, SET, INCR and DECR
+        # The compiled handles _core.resp_serve answers the plainest GET, SET, INCR, DECR, MGET
         # on (resp_door.py), or None: the pure-Python engine, or writes that must first count
         # the replicas in sync (--min-replicas-to-write), which only the executor does.
         self.compiled = cache.compiled_pair() if not config.min_replicas_to_write else None

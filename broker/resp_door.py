@@ -2,8 +2,8 @@
 from the node's one poll loop (server.py), non-blocking.
 
     listening socket readable -> accept every waiting connection (a Session each)
-    a connection readable     -> read what is there; answer the plain GET, SET, INCR and
-                                 DECR it begins with in C (_run_compiled); parse the rest
+    a connection readable     -> read what is there; answer the plain GET, SET, INCR,
+                                 DECR and MGET it begins with in C (_run_compiled); parse the rest
                                  (resp.py), run it in order (resp_commands.py), queue the
                                  replies, and write as much as the socket takes
     a parked command answered  -> queue its reply, run the connection's next commands
@@ -349,10 +349,10 @@ class RespDoor:
             self._write(s)
 
     def _run_compiled(self, s: Session, data: bytes) -> bytes:
-        """Answer the plain GET, SET, INCR and DECR at the start of data in C (_core.resp_serve,
-        which says which it leaves): what it left, for the parser and _run. The caller has
-        checked what the Python path would for each of them: db 0, authenticated, not a
-        subscriber, nothing parked (no order to keep)."""
+        """Answer the plain GET, SET, INCR, DECR and MGET at the start of data in C
+        (_core.resp_serve, which says which it leaves): what it left, for the parser and _run.
+        The caller has checked what the Python path would for each of them: db 0,
+        authenticated, not a subscriber, nothing parked (no order to keep)."""
         ctx = self.ctx
         taken, replies, ran, wrote = resp_serve(*ctx.compiled, data, s.encoder.resp3,  # type: ignore[misc]
                                                 FAST_MAX_VALUE_BYTES, ARRAY_MAGIC)

@@ -63,7 +63,7 @@ static PyMethodDef core_methods[] = {
      "if its framing is not sound (protocol.unpack_bytes says why)."},
     {"resp_serve", (PyCFunction)(void (*)(void))core_resp_serve, METH_FASTCALL,
      "resp_serve(reader, writer, data, resp3, max_value_bytes, array_magic): the plain GET, "
-     "SET, INCR and DECR requests at the start of data answered (resp.c): (bytes taken, "
+     "SET, INCR, DECR and MGET requests at the start of data answered (resp.c): (bytes taken, "
      "replies, commands, writes)."},
     {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
      "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},

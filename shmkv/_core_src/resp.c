@@ -1,6 +1,6 @@
 /* shmkv/_core_src/resp.c: the RESP door's compiled path, resp_serve: the plainest requests of
- * Redis's hottest commands (GET, SET key value, INCR, DECR), read from what a connection sent
- * and answered in C, on a handle's Reader and Writer. broker/resp_door.py calls it on each
+ * Redis's hottest commands (GET, SET key value, INCR, DECR, MGET), read from what a
+ * connection sent and answered in C, on a handle's Reader and Writer. broker/resp_door.py calls it on each
  * read before its Python parser, and runs whatever it leaves (its docstring says when).
  *
  * It takes requests from the start of the bytes while each one is complete, in RESP's array
@@ -10,7 +10,8 @@
  *   - anything else: another command or arity, an inline request, a malformed or incomplete
  *     one, a key longer than MAX_KEY_BYTES (the parser and the executor have the errors);
  *   - a GET whose value is an array (WRONGTYPE is Python's) or max_value_bytes or more (the
- *     door's output cap and large replies are Python's);
+ *     door's output cap and large replies are Python's); an MGET with such a value, of more
+ *     than MGET_MAX_KEYS keys, or whose reply passes MGET_MAX_BYTES (its reads are taken back);
  *   - a write the Writer's fast path hands back (eviction, a fence, a stripe needing repair,
  *     a value that is not an integer for INCR, ...) or one whose lock stayed busy (Python
  *     parks it): nothing was changed by it;
@@ -23,14 +24,17 @@
 #include "writer.h"
 
 #define OUT_BUDGET_BYTES (1u << 20)
+/* An MGET of more keys, or whose reply passes MGET_MAX_BYTES, is Python's */
+#define MGET_MAX_KEYS 1000
+#define MGET_MAX_BYTES (1u << 20)
 
 /* --- the request -------------------------------------------------------------------------- */
-enum rcmd { R_GET, R_SET, R_INCR, R_DECR };
+enum rcmd { R_GET, R_SET, R_INCR, R_DECR, R_MGET };
 
 typedef struct {
     enum rcmd cmd;
-    const char *key, *val;
-    uint32_t klen, vlen;
+    const char *key, *val; /* MGET: where its first key's bulk string begins, and its end */
+    uint32_t klen, vlen;   /* MGET: klen is its number of keys */
 } rreq;
 
 /* A bulk string `$<n>\r\n<n bytes>\r\n` at *p: its bytes, *p moved past it; 0 if it is not
@@ -70,12 +74,28 @@ static int
 parse(const char **p, const char *end, rreq *q)
 {
     const char *s = *p, *name;
-    uint32_t nlen;
-    if (end - s < 4 || s[0] != '*' || (s[1] != '2' && s[1] != '3') || s[2] != '\r' || s[3] != '\n')
+    uint32_t nlen, argc = 0;
+    if (end - s < 4 || s[0] != '*' || s[1] < '1' || s[1] > '9')
         return 0;
-    const int argc = s[1] - '0';
-    s += 4;
-    if (!bulk(&s, end, 4, &name, &nlen) || !bulk(&s, end, MAX_KEY_BYTES, &q->key, &q->klen))
+    for (s++; s < end && *s >= '0' && *s <= '9' && argc <= MGET_MAX_KEYS; s++)
+        argc = argc * 10 + (uint32_t)(*s - '0');
+    if (argc < 2 || argc > MGET_MAX_KEYS + 1 || end - s < 2 || s[0] != '\r' || s[1] != '\n')
+        return 0;
+    s += 2;
+    if (!bulk(&s, end, 4, &name, &nlen))
+        return 0;
+    if (is_name(name, nlen, "MGET")) {
+        q->cmd = R_MGET;
+        q->key = s;
+        q->klen = argc - 1;
+        for (uint32_t i = 1; i < argc; i++) /* all there, each a key of this path */
+            if (!bulk(&s, end, MAX_KEY_BYTES, &name, &nlen))
+                return 0;
+        q->val = s; /* where the request ends */
+        *p = s;
+        return 1;
+    }
+    if (argc > 3 || !bulk(&s, end, MAX_KEY_BYTES, &q->key, &q->klen))
         return 0;
     if (argc == 3) {
         if (!is_name(name, nlen, "SET") || !bulk(&s, end, INPLACE_MAX_BYTES, &q->val, &q->vlen))
@@ -139,32 +159,32 @@ put_number(outbuf *o, char prefix, long long n)
 /* --- one command ---------------------------------------------------------------------------- */
 enum { DONE = 1, STOP = 0 };
 
+/* One key's value appended as a bulk string (nil if absent): DONE, or STOP (an array value, or
+ * one of max_value_bytes or more: Python's; its hit is taken back, Python counts it) */
 static int
-get_one(Reader *reader, const rreq *q, uint64_t h, uint64_t max_value_bytes, PyObject *magic,
-    int resp3, outbuf *o)
+read_one(Reader *reader, const char *key, uint32_t klen, uint64_t max_value_bytes,
+         PyObject *magic, int resp3, outbuf *o)
 {
     PyObject *value = NULL;
-    int rc = reader_read_below(reader, q->key, q->klen, h, max_value_bytes, &value);
+    int rc = reader_read_below(reader, key, klen, xxh3_64(key, klen, reader->seed),
+                               max_value_bytes, &value);
     if (rc < 0) {
         PyErr_Clear(); /* a corrupt region: Python's read raises it again, and answers it */
         return STOP;
     }
     if (rc == 0) {
-        if (reserve(o, 5) < 0)
+        if (reserve(o, 5) < 0) {
+            reader->misses--;
             return STOP;
+        }
         put(o, resp3 ? "_\r\n" : "$-1\r\n", resp3 ? 3 : 5);
         return DONE;
     }
     const Py_ssize_t mlen = PyBytes_GET_SIZE(magic);
-    if (!PyBytes_CheckExact(value) || (PyBytes_GET_SIZE(value) >= mlen
-            && memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(magic), (size_t)mlen) == 0)) {
+    const Py_ssize_t n = PyBytes_CheckExact(value) ? PyBytes_GET_SIZE(value) : -1;
+    if (n < 0 || (n >= mlen && memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(magic),
+                                      (size_t)mlen) == 0) || reserve(o, (size_t)n + 32) < 0) {
         reader->hits--; /* Python reads it again, and counts it then */
-        Py_DECREF(value);
-        return STOP;
-    }
-    const Py_ssize_t n = PyBytes_GET_SIZE(value);
-    if (reserve(o, (size_t)n + 32) < 0) {
-        reader->hits--;
         Py_DECREF(value);
         return STOP;
     }
@@ -172,6 +192,32 @@ get_one(Reader *reader, const rreq *q, uint64_t h, uint64_t max_value_bytes, PyO
     put(o, PyBytes_AS_STRING(value), (size_t)n);
     put(o, "\r\n", 2);
     Py_DECREF(value);
+    return DONE;
+}
+
+/* MGET: every key's value, or nothing of it at all (STOP: the reply and the counts of the keys
+ * read are taken back) */
+static int
+mget(Reader *reader, const rreq *q, uint64_t max_value_bytes, PyObject *magic, int resp3,
+     outbuf *o)
+{
+    const size_t start = o->len;
+    const uint64_t hits = reader->hits, misses = reader->misses;
+    const char *at = q->key, *key;
+    uint32_t klen;
+    if (reserve(o, 16) < 0)
+        return STOP;
+    put_number(o, '*', q->klen);
+    for (uint32_t i = 0; i < q->klen; i++) {
+        bulk(&at, q->val, MAX_KEY_BYTES, &key, &klen); /* parse checked it */
+        if (read_one(reader, key, klen, max_value_bytes, magic, resp3, o) != DONE
+                || o->len - start > MGET_MAX_BYTES) {
+            o->len = start;
+            reader->hits = hits;
+            reader->misses = misses;
+            return STOP;
+        }
+    }
     return DONE;
 }
 
@@ -256,13 +302,18 @@ core_resp_serve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         const char *next = p;
         if (!parse(&next, end, &q))
             break;
-        const uint64_t h = xxh3_64(q.key, q.klen, reader->seed);
-        if ((q.cmd == R_GET ? get_one(reader, &q, h, max_value, magic, resp3, &o)
-                            : write_one(writer, &q, h, &o)) != DONE)
+        int rc;
+        if (q.cmd == R_GET)
+            rc = read_one(reader, q.key, q.klen, max_value, magic, resp3, &o);
+        else if (q.cmd == R_MGET)
+            rc = mget(reader, &q, max_value, magic, resp3, &o);
+        else
+            rc = write_one(writer, &q, xxh3_64(q.key, q.klen, writer->hseed), &o);
+        if (rc != DONE)
             break;
         p = next;
         commands++;
-        writes += q.cmd != R_GET;
+        writes += q.cmd != R_GET && q.cmd != R_MGET;
     }
     mapped_leave(&writer->map);
     mapped_leave(&reader->map);

@@ -1,4 +1,4 @@
-"""The RESP door's compiled path (plain GET, SET, INCR, DECR answered in C) and its Python path
+"""The RESP door's compiled path (plain GET, SET, INCR, DECR, MGET answered in C) and its Python path
 together answer a pipeline exactly as redis-server does, byte for byte, whatever the mix of
 commands and however the bytes are split into reads."""
 
@@ -26,6 +26,8 @@ def random_request(rng: random.Random) -> bytes:
         return req(rng.choice(["SET", "set"]), key, rng.choice(VALUES))
     if kind < 7:
         return req(rng.choice(["INCR", "DECR", "incr", "decr"]), key)
+    if kind < 8:
+        return req("MGET", *rng.choices(KEYS, k=rng.randrange(1, 12)))
     return rng.choice([
         req("SET", key, rng.choice(VALUES), "EX", "100"), req("APPEND", key, "9"),
         req("DEL", key), req("EXISTS", key), req("STRLEN", key), req("INCRBY", key, "5"),

@@ -1,5 +1,5 @@
 """_core.resp_serve, the RESP door's compiled path (shmkv/_core_src/resp.c): the plain GET, SET,
-INCR and DECR at the start of what a connection sent are answered in C, and it stops before
+INCR, DECR and MGET at the start of what a connection sent are answered in C, and it stops before
 the first request it does not take, with nothing of that one done, so that the door's Python
 path runs it whole."""
 
@@ -48,6 +48,37 @@ def test_plain_gets_sets_incrs_and_decrs_are_answered_in_order_as_redis_words_th
 
 def test_a_miss_in_resp3_is_its_null(handle: shmkv.Cache) -> None:
     assert serve(handle, req("GET", "none"), resp3=True)[1] == b"_\r\n"
+    assert serve(handle, req("MGET", "none"), resp3=True)[1] == b"*1\r\n_\r\n"
+
+
+def test_mget_answers_every_key_in_order_and_counts_each_read(handle: shmkv.Cache) -> None:
+    handle.set("a", b"1")
+    handle.set("b", b"")
+    stats = handle.stats()
+    data = req("mget", "a", "none", "b", "a")
+    assert serve(handle, data) == (
+        len(data), b"*4\r\n$1\r\n1\r\n$-1\r\n$0\r\n\r\n$1\r\n1\r\n", 1, 0)
+    handle.close()  # its counts go to the region
+    with shmkv.Cache.open(handle._region.name) as again:
+        after = again.stats()
+    assert (after["hits"] - stats["hits"], after["misses"] - stats["misses"]) == (3, 1)
+
+
+@pytest.mark.parametrize("case", ["array", "large", "reply past its cap"])
+def test_an_mget_it_cannot_answer_whole_is_left_to_python_with_no_read_counted(
+        handle: shmkv.Cache, case: str) -> None:
+    handle.set("a", b"1")
+    keys = ["a", "x"]
+    if case == "array":
+        handle.set_array("x", np.arange(3))
+    elif case == "large":
+        handle.set("x", b"x" * MAX_VALUE_BYTES)
+    else:
+        handle.set("x", b"x" * 60_000)
+        keys = ["a", *["x"] * 20]  # 1.2 MB
+    before = handle._reader.hits, handle._reader.misses
+    assert serve(handle, req("MGET", *keys)) == (0, b"", 0, 0)
+    assert (handle._reader.hits, handle._reader.misses) == before
 
 
 def test_a_plain_set_drops_the_keys_ttl_as_redis_does(handle: shmkv.Cache) -> None:
@@ -57,7 +88,8 @@ def test_a_plain_set_drops_the_keys_ttl_as_redis_does(handle: shmkv.Cache) -> No
 
 
 @pytest.mark.parametrize("other", [
-    req("SET", "k", "v", "EX", "10"), req("MGET", "k"), req("GET", "k", "extra"), req("PING"),
+    req("SET", "k", "v", "EX", "10"), req("EXISTS", "k"), req("GET", "k", "extra"), req("PING"),
+    req("MGET", "k", "k" * 4097), req("MGET", *["k"] * 1001), req("MGET"),
     b"GET k\r\n", req("GET", "k" * 4097), req("GETX", "k"), b"*2\r\n$3\r\nGET\r\n$1\r\nkk\r\n",
     b"*2\r\n$3\r\nGET\r\n$-1\r\n", b"*02\r\n$3\r\nGET\r\n$1\r\nk\r\n",
 ])
@@ -129,7 +161,8 @@ def test_mangled_input_never_crashes_it_and_it_takes_only_whole_hot_requests(
     for _ in range(1000):
         data = bytearray(b"".join(rng.choice([
             req("GET", "k"), req("SET", "k", rng.randbytes(rng.randrange(20))),
-            req("INCR", "n"), req("DECR", "n"), req("PING"), b"GET k\r\n"])
+            req("INCR", "n"), req("DECR", "n"), req("MGET", "k", "n"), req("PING"),
+            b"GET k\r\n"])
             for _ in range(rng.randrange(1, 6))))
         for _ in range(rng.randrange(4)):  # flip, cut or insert bytes anywhere
             at = rng.randrange(len(data) + 1)
@@ -144,4 +177,5 @@ def test_mangled_input_never_crashes_it_and_it_takes_only_whole_hot_requests(
         parser = RequestParser()
         requests = parser.parse(bytes(data[:taken])) if taken else []
         assert parser.pending_bytes == 0 and parser.error is None and len(requests) == ran
-        assert all(r[0].upper() in (b"GET", b"SET", b"INCR", b"DECR") for r in requests)
+        assert all(r[0].upper() in (b"GET", b"SET", b"INCR", b"DECR", b"MGET")
+                   for r in requests)
