@@ -386,14 +386,13 @@ def _get_many(c: Cache, r: Request) -> Result:
     # copying once the values pass the reply limit; then the reply's two packed frames.
     keys = protocol.unpack_bytes(*r.frames)
     values = c.get_list(keys, r.max_reply_bytes)
-    if len(values) == len(keys) and pack_found_c is not None \
-            and (packed := pack_found_c(values)) is not None:  # in C: ~5 us of 100 values
+    if len(values) < len(keys):  # it stopped past the limit
+        _check_reply_bytes(r, r.max_reply_bytes + 1)  # type: ignore[operator]
+    if pack_found_c is not None and (packed := pack_found_c(values)) is not None:  # ~5 us less
         _check_reply_bytes(r, len(packed[1][1]))
         return packed  # type: ignore[no-any-return]
     present = [v for v in values if v is not None]
     lengths = list(map(len, present))
-    if len(values) < len(keys):
-        _check_reply_bytes(r, r.max_reply_bytes + 1)  # type: ignore[operator]
     _check_reply_bytes(r, sum(lengths))
     return ([v is not None for v in values],
             [struct.pack(f"<{len(lengths)}I", *lengths), b"".join(present)])

@@ -32,10 +32,10 @@ from .errors import (CacheClosed, CorruptRegion, LockTimeout, NotAnInteger, Read
 from .hashing import xxh3_64
 from .events import emit_locked
 from .events import want as want_events
+from .listing import Listing
 from .locks import DEFAULT_LOCK_TIMEOUT_S
 from .reader import READ_SPINS_BEFORE_YIELD
 from .shared_region import SharedRegion
-from .listing import Listing
 from .upkeep import Upkeep
 from .views import ValueView, copy_array
 from .writer import WRITER_EXPIRY_SLOTS, Writer

@@ -10,6 +10,13 @@
  */
 #include "core.h"
 
+/* the u32 little-endian length at p */
+static inline uint32_t
+le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 /* [lengths, data] of a sequence of exact bytes; lengths only for pack_found's present ones */
 static PyObject *
 pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found_out)
@@ -41,17 +48,17 @@ pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found
         if (found)
             PyList_SET_ITEM(found, i, Py_NewRef(Py_True));
         const uint32_t k = (uint32_t)PyBytes_GET_SIZE(items[i]);
-        len_at[0] = (uint8_t)k;
-        len_at[1] = (uint8_t)(k >> 8);
-        len_at[2] = (uint8_t)(k >> 16);
-        len_at[3] = (uint8_t)(k >> 24);
-        len_at += 4;
+        for (int b = 0; b < 4; b++)
+            *len_at++ = (uint8_t)(k >> (8 * b));
         memcpy(data_at, PyBytes_AS_STRING(items[i]), k);
         data_at += k;
     }
-    if (found_out)
+    PyObject *frames = Py_BuildValue("[NN]", lengths, data);
+    if (!frames)
+        Py_XDECREF(found);
+    else if (found_out)
         *found_out = found;
-    return Py_BuildValue("[NN]", lengths, data);
+    return frames;
 }
 
 /* pack(items: list | tuple of bytes) -> [lengths, data] | None */
@@ -60,13 +67,7 @@ core_pack(PyObject *Py_UNUSED(module), PyObject *items)
 {
     if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
         Py_RETURN_NONE;
-    PyObject *fast = PySequence_Fast(items, "pack(items)"); /* the same object: a borrowed view */
-    if (!fast)
-        return NULL;
-    PyObject *res = pack_items(PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), 0,
-                               NULL);
-    Py_DECREF(fast);
-    return res;
+    return pack_items(PySequence_Fast_ITEMS(items), PySequence_Fast_GET_SIZE(items), 0, NULL);
 }
 
 /* pack_found(values: list of bytes or None) -> (found: list of bool, [lengths, data]) | None:
@@ -110,8 +111,7 @@ core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     const uint8_t *len_at = table.buf;
     uint64_t total = 0;
     for (Py_ssize_t i = 0; i < n && n <= max_items; i++)
-        total += (uint64_t)len_at[4 * i] | (uint64_t)len_at[4 * i + 1] << 8
-                 | (uint64_t)len_at[4 * i + 2] << 16 | (uint64_t)len_at[4 * i + 3] << 24;
+        total += le32(len_at + 4 * i);
     if (table.len % 4 || n > max_items || total != (uint64_t)data.len) {
         res = Py_NewRef(Py_None);
         goto done;
@@ -120,8 +120,7 @@ core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
         goto done;
     const char *at = data.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const uint32_t k = (uint32_t)len_at[4 * i] | (uint32_t)len_at[4 * i + 1] << 8
-                           | (uint32_t)len_at[4 * i + 2] << 16 | (uint32_t)len_at[4 * i + 3] << 24;
+        const uint32_t k = le32(len_at + 4 * i);
         PyObject *item = PyBytes_FromStringAndSize(at, k);
         if (!item) {
             Py_CLEAR(res);

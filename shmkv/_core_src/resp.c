@@ -222,7 +222,7 @@ mget(Reader *reader, const rreq *q, uint64_t max_value_bytes, PyObject *magic, i
 }
 
 static int
-write_one(Writer *writer, const rreq *q, uint64_t h, outbuf *o)
+write_one(Writer *writer, const rreq *q, outbuf *o)
 {
     if (reserve(o, 24) < 0) /* before the write: a write done is always answered */
         return STOP;
@@ -239,7 +239,8 @@ write_one(Writer *writer, const rreq *q, uint64_t h, outbuf *o)
         r.op = W_INCR;
         r.delta = q->cmd == R_INCR ? 1 : -1;
     }
-    int rc = writer_run_hashed(writer, q->key, q->klen, h, &r);
+    int rc = writer_run_hashed(writer, q->key, q->klen, xxh3_64(q->key, q->klen, writer->hseed),
+                               &r);
     if (rc == FAST_ERROR && r.writes) {
         /* Done; only the expiry pass after it failed (a busy arena lock, say): the next
          * sample and the node's maintenance pass look at those slots again. */
@@ -308,7 +309,7 @@ core_resp_serve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         else if (q.cmd == R_MGET)
             rc = mget(reader, &q, max_value, magic, resp3, &o);
         else
-            rc = write_one(writer, &q, xxh3_64(q.key, q.klen, writer->hseed), &o);
+            rc = write_one(writer, &q, &o);
         if (rc != DONE)
             break;
         p = next;
