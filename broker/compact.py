@@ -53,6 +53,21 @@ _SINGLES = (None, False, True)  # the results of _NULL, _FALSE and _TRUE
 _BOOL_TYPE = {bool}
 
 
+# The plain get: a compact get with timeout_ms and nothing else (no ttl_s, the default
+# collection), the request a node answers most. The node's loop knows it by these first bytes
+# and its size, and answers it without decoding it (zmq_door.py): the reply's header is
+# plain_get_reply(), the compact reply of true (the value follows) or false.
+PLAIN_GET = bytes([REQUEST_FORM, _OP_CODES["get"], _HAS_TIMEOUT])
+PLAIN_GET_BYTES = _REQUEST.size
+_FOUND, _NOT_FOUND = bytes([_TRUE]), bytes([_FALSE])
+
+
+def plain_get_reply(head: bytes, at: int, found: bool) -> bytes:
+    """The header of the reply to the plain get at head[at:]: its id, found or not."""
+    start = at + _ID_AT
+    return bytes([REPLY_FORM]) + head[start:start + _ID.size] + (_FOUND if found else _NOT_FOUND)
+
+
 def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | None:
     """The compact header of a request, or None if it needs the JSON form."""
     code = _OP_CODES.get(op)

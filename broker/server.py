@@ -9,8 +9,9 @@ is ready, and runs one loop until SIGTERM or SIGINT:
     poll(ROUTER, XPUB, signal wake-up socket; until the next maintenance, watchdog ping or
          retry of parked requests is due, or EVENT_POLL_S while anyone subscribes)
       subscriptions      -> note which topic prefixes subscribers want (pubsub.py)
-      requests waiting   -> answer up to MAX_BATCH of them, one at a time (dispatch.py); one
-                            that finds a lock busy is parked instead (waits.py)
+      requests waiting   -> answer up to MAX_BATCH of them, one at a time (zmq_door.py,
+                            dispatch.py); one that finds a lock busy is parked instead
+                            (waits.py)
       parked retry due   -> try the parked requests again; answer those done or out of time
       ring events        -> forward them to subscribers (pubsub.py), whoever wrote them
       maintenance due    -> one bounded Cache.maintain() pass (active expiry, segment
@@ -27,10 +28,11 @@ admits only the allowed client keys (auth.py); the loop does not see it.
 With --workers N (N > 1) this loop is the supervisor's: it binds no request socket and serves
 no requests; N worker processes do, and the loop also watches them (supervisor.py).
 
-This module is the transport only: the wire format is protocol.py, what a request does is
-dispatch.py, what is published and how is pubsub.py. On the way out the node turns keyspace
-events off (writers stop paying for them), closes its sockets and its handle and leaves the
-region in place, so local processes keep their data across a restart.
+This module is the transport only: the wire format is protocol.py, how a request read is
+answered zmq_door.py, what it does dispatch.py, what is published and how is pubsub.py. On
+the way out the node turns keyspace events off (writers stop paying for them), closes its
+sockets and its handle and leaves the region in place, so local processes keep their data
+across a restart.
 
 Signals: signals.py. The ROUTER's reading, sending and binding, and what a hostile client
 can do to them: router.py.
@@ -51,14 +53,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import zmq
 
 import shmkv
-from shmkv.errors import ProtocolError, RequestTooLarge, ShmKVError
+from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from . import batches, protocol, resp_tls
+from . import protocol, resp_tls
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
-from .dispatch import WRITE_OPS, Dispatcher
+from .dispatch import Dispatcher
 from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
@@ -68,17 +70,15 @@ from .repl_source import WrittenOffsets
 from .replication import Source, Stopped
 from .resp_door import EventTee, RespDoor
 from .roles import Roles
-from .router import RECEIVE_HWM, SEND_HWM, bind, receive, send_or_drop
+from .router import RECEIVE_HWM, SEND_HWM, bind
 from .signals import StopSignals
-from .waits import TRY_LOCK_S, LockWaits, RequestJob
-from .zerocopy import LEND, ZeroCopy
+from .waits import TRY_LOCK_S, LockWaits
+from .zerocopy import ZeroCopy
+from .zmq_door import ZmqDoor
 
 if TYPE_CHECKING:  # imported when etcd is configured (etcd3gw: an optional extra)
     from .failover import Failover
 
-# Requests answered per wake-up before the loop looks at the clock and the signals again: a
-# flood of requests must not starve maintenance or delay a stop for long.
-MAX_BATCH = 64
 # How long closing waits for replies still queued to live clients. LINGER 0 would discard a
 # reply sent just before the stop (zmq_close(3)) and break the promise above; a peer that has
 # gone is dropped at once by the ROUTER, so only a client too slow to read can use it all up.
@@ -89,7 +89,6 @@ STOP_LINGER_MS = 1000
 # so at 10 ms an idle node with subscribers spends ~2% more of a core than without (5 ms: 3%).
 # Nobody subscribed, the node only drains the rings when it wakes for other reasons.
 EVENT_POLL_S = 0.01
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost ~1 us
 
 
 class Notifier(Protocol):
@@ -127,7 +126,7 @@ def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
         return 0
 
 
-class _Node:
+class _Node(ZmqDoor):
     def __init__(self, config: NodeConfig, out: TextIO, notifier: Notifier | None) -> None:
         self.config = config
         self.out = out
@@ -329,139 +328,6 @@ class _Node:
         while waits.expire_all():  # an answer may run its connection's next commands,
             pass                   # which may wait in turn (resp_door.py): until none does
 
-    def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
-                        events: EventReader) -> None:
-        for count in range(MAX_BATCH):
-            # After the first (the poll said one is there), ask before reading: a receive
-            # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
-            if count and not router.get(_EVENTS) & _POLLIN:
-                return
-            received = receive(router)
-            if received is None:
-                return
-            started = time.monotonic()
-            routing_id, message = received
-            if type(message) is list and message and \
-                    batches.is_batch(message[0], batches.REQUEST_FORM):
-                self._answer_batch(router, dispatcher, publisher, events, routing_id, message,
-                                   started)
-                continue
-            decoded = message if isinstance(message, protocol.Reply) else \
-                dispatcher.decode(message)
-            if isinstance(decoded, protocol.Reply):
-                reply: protocol.Reply | None = decoded
-            else:
-                if decoded.op == "wait":
-                    decoded.fields["after"] = self._written.after(bytes(routing_id))
-                elif decoded.op in self._zero_copy.ops:  # sent from a pin if large
-                    decoded.fields[LEND] = self._zero_copy
-                reply = self._run(routing_id, decoded, started, dispatcher,
-                                  lambda rid, late, at: self._send(router, [(rid, late, at)],
-                                                                   publisher, events))
-            if reply is not None:  # else parked: waits.py answers it later (the lambda)
-                self._send(router, [(routing_id, reply, started)], publisher, events)
-
-    def _answer_batch(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
-                      events: EventReader, routing_id: Any, message: list[Any],
-                      started: float) -> None:
-        """Run a batch's requests in order, each as if it came alone (parked on a busy lock
-        like any other: waits.py); send their replies as one batch once all are in
-        (batches.py)."""
-        try:
-            entries = batches.decode(message, batches.REQUEST_FORM)
-        except (ProtocolError, RequestTooLarge) as exc:
-            self._send(router, [(routing_id, protocol.error_reply(None, exc, op="invalid"),
-                                 started)], publisher, events)
-            return
-        if not entries:
-            self._send_batch(router, routing_id, [], started, publisher, events)
-            return
-        limits = dispatcher.limits
-        replies = batches.Replies(
-            len(entries), limits["max_reply_bytes"] if limits is not None else None,
-            lambda done: self._send_batch(router, routing_id, done, started, publisher, events))
-        key = bytes(routing_id)
-        waiting, decode, attempt = self._waits.queue, dispatcher.decode, dispatcher.attempt
-        cap = replies.max_reply_bytes
-        for index, entry in enumerate(entries):
-            if cap is not None and replies.payload_bytes > cap:  # the rest is not run
-                replies.fill(index, protocol.error_reply(
-                    protocol.request_id_of(entry), replies.over_limit(), op="invalid"))
-                continue
-            decoded = decode(entry)
-            if isinstance(decoded, protocol.Reply):
-                replies.fill(index, decoded)
-                continue
-            if decoded.op == "wait":  # after the writes before it, this batch's included
-                decoded.fields["after"] = self._written.after(key)
-            # _run's first step inline: the common case makes no closure
-            reply = None if waiting else attempt(decoded)
-            if reply is None:
-                fill = self._batch_filler(replies, index, key)
-                reply = self._run(routing_id, decoded, started, dispatcher,
-                                  lambda rid, late, at, fill=fill: fill(late),
-                                  tried=not waiting)
-                if reply is not None:  # else parked: waits.py answers it later (fill)
-                    fill(reply)
-                continue
-            if reply.error is None and reply.op in WRITE_OPS:
-                self._written.note(key)
-            replies.fill(index, reply)
-
-    def _run(self, routing_id: Any, request: protocol.Request, started: float,
-             dispatcher: Dispatcher, answer: Callable[[Any, protocol.Reply, float], None],
-             tried: bool = False) -> protocol.Reply | None:
-        """The reply to a request, or None if it is parked on a busy lock (answer gets its
-        reply later): waits.submit, without making a job for a request that is not parked
-        when nothing waits (then nothing is there to keep order with: ~2 us a request).
-        tried: the caller attempted it already while nothing waited, and found a lock busy."""
-        waits = self._waits
-        if waits.queue and not tried:
-            return waits.submit(RequestJob(routing_id, request, started, dispatcher, answer,
-                                           waits.lock_timeout_s))
-        if not tried:
-            reply = dispatcher.attempt(request)
-            if reply is not None:
-                return reply
-        job = RequestJob(routing_id, request, started, dispatcher, answer, waits.lock_timeout_s)
-        job.last_error = dispatcher.last_lock_timeout  # as job.attempt() would have noted
-        return waits.park(job)
-
-    def _batch_filler(self, replies: batches.Replies, index: int,
-                      key: bytes) -> Callable[[protocol.Reply], None]:
-        def fill(reply: protocol.Reply) -> None:
-            # noted now, not when the batch is sent: a wait later in the batch counts it
-            if reply.error is None and reply.op in WRITE_OPS:
-                self._written.note(key)
-            replies.fill(index, reply)
-        return fill
-
-    def _send_batch(self, router: zmq.Socket, routing_id: Any, replies: list[protocol.Reply],
-                    started: float, publisher: Publisher, events: EventReader) -> None:
-        """Send a batch's replies as one message (after its requests' events, as _send)."""
-        if publisher.listening:
-            publisher.pump(events)
-        send_or_drop(router, [routing_id, *batches.encode(
-            batches.REPLY_FORM, [protocol.encode_reply(reply) for reply in replies])])
-        latency_s = time.monotonic() - started
-        for reply in replies:
-            self._observe(reply.op, latency_s, reply.error)
-
-    def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
-              publisher: Publisher, events: EventReader) -> None:
-        """Send (routing id, reply, when the request arrived: time.monotonic()) each."""
-        for routing_id, reply, started in replies:
-            # While someone listens, forward the request's events before replying: the rings
-            # keep order only per stripe, so this is what publishes the events of requests in
-            # the order they were made (publish("a") before publish("b")), and before anything
-            # the client does once it has the reply. Nobody listening: the loop's pump drains.
-            if publisher.listening:
-                publisher.pump(events)
-            send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
-            self._observe(reply.op, time.monotonic() - started, reply.error)
-            if reply.error is None and reply.op in WRITE_OPS:
-                self._written.note(bytes(routing_id))
-
     def _guard_writes(self, dispatcher: Dispatcher, source: Source | None) -> None:
         """WAIT and --min-replicas-to-write: both count on the primary's replicas."""
         dispatcher.replication = source
@@ -576,10 +442,6 @@ class _Node:
                              f"{exc.strerror}; give another address with --metrics-bind, "
                              "or turn it off with --metrics-bind off") from None
         return f"{address[0]}:{port}"
-
-    def _observe(self, request: str, latency_s: float, error: str | None) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_request(request or "invalid", error or "ok", latency_s)
 
     def _emit(self, event: str, **fields: object) -> None:
         self.out.write(json.dumps({"event": event, **fields}) + "\n")

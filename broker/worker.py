@@ -7,8 +7,8 @@ over that link: which region, which endpoints, which settings.
     poll(ROUTER, the RESP door, the link, signal wake-up socket; until a parked request's
          retry, the next report to the supervisor, or EVENT_POLL_S while a RESP client
          subscribes)
-      requests waiting    -> answered as the single-process node answers them (server.py's
-                             _answer_waiting, dispatch.py, waits.py)
+      requests waiting    -> answered as the single-process node answers them (zmq_door.py,
+                             dispatch.py, waits.py)
       RESP door           -> as in the single-process node (resp_door.py)
       link readable       -> what ping tells (the workers' endpoints), the replicas'
                              positions (WAIT, --min-replicas-to-write), or the supervisor

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import shmkv
-from shmkv.broker import protocol
+from shmkv.broker import compact, protocol
 from shmkv.broker.protocol import PROTOCOL_TAG, PROTOCOL_VERSION, Reply
 from shmkv.errors import ProtocolError, RequestTooLarge
 
@@ -127,6 +127,40 @@ def test_a_compact_reply_round_trips_its_result(result) -> None:
     assert frames[0][len(PROTOCOL_TAG)] == 2  # compact
     reply = protocol.decode_reply(frames)
     assert reply.id == 7 and reply.result == result and type(reply.result) is type(result)
+
+
+# The plain get: the node knows it by its first bytes and size (zmq_door.py)
+def _is_plain_get(head: bytes) -> bool:
+    at = len(PROTOCOL_TAG)
+    return len(head) == at + compact.PLAIN_GET_BYTES and head[at:].startswith(compact.PLAIN_GET)
+
+
+@pytest.mark.parametrize("request_id", [0, 1, 2**32 + 5, 2**64 - 1])
+@pytest.mark.parametrize("timeout_ms", [1, 2000, 2**32 - 1])
+def test_a_get_with_a_timeout_and_nothing_else_is_a_plain_get(request_id, timeout_ms) -> None:
+    head = protocol.encode_request(request_id, "get", {"timeout_ms": timeout_ms}, [b"k"])[0]
+    assert _is_plain_get(head)
+    before, after = compact.request_template("get", {"timeout_ms": timeout_ms, "coll": ""})
+    assert head == PROTOCOL_TAG + before + compact.pack_id(request_id) + after  # the client's
+    assert protocol.decode_request([head, b"k"]).fields == \
+        {"id": request_id, "op": "get", "timeout_ms": timeout_ms}
+
+
+@pytest.mark.parametrize("op, fields", [
+    ("get", {}), ("get", {"coll": "users"}), ("get", {"timeout_ms": 5, "ttl_s": 1}),
+    ("get", {"timeout_ms": 5, "ttl_s": 0.0}), ("get_with_version", {"timeout_ms": 5}),
+    ("getdel", {"timeout_ms": 5}), ("contains", {"timeout_ms": 5}),
+], ids=str)
+def test_any_other_request_is_not_a_plain_get(op, fields) -> None:
+    assert not _is_plain_get(protocol.encode_request(3, op, fields, [b"k"])[0])
+
+
+@pytest.mark.parametrize("request_id", [0, 7, 2**64 - 1])
+@pytest.mark.parametrize("found", [True, False])
+def test_the_reply_to_a_plain_get_is_the_compact_reply_of_found(request_id, found) -> None:
+    head = protocol.encode_request(request_id, "get", {"timeout_ms": 9}, [b"k"])[0]
+    made = compact.plain_get_reply(head, len(PROTOCOL_TAG), found)
+    assert PROTOCOL_TAG + made == protocol.encode_reply(Reply(request_id, found))[0]
 
 
 @pytest.mark.parametrize("result", [2**63, "text", {"a": 1}, [1, 2], [True, 1]], ids=repr)

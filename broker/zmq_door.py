@@ -1,0 +1,211 @@
+"""The ZeroMQ door: answering the requests read off the ROUTER (a mixin of the node, server.py,
+whose loop serves them, and so of each worker, worker.py).
+
+A request is read whole (router.py), decoded (protocol.py, compact.py), run (dispatch.py) or
+parked while a lock it needs is busy (waits.py), and its reply sent after the events it caused
+(pubsub.py). A batch (batches.py) runs its requests in order, each as if it came alone, and
+gets one message of replies. The plain get, the request a node answers most, skips the
+decoding and the Reply: _answer_plain_get.
+
+The mixin reads these attributes of the node: metrics, _requests (the requests' handle),
+_waits (LockWaits), _written (WrittenOffsets), _zero_copy (ZeroCopy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from shmkv.errors import ProtocolError, RequestTooLarge
+
+from . import batches, compact, protocol
+from .dispatch import WRITE_OPS, Dispatcher
+from .router import receive, send_or_drop
+from .waits import RequestJob
+from .zerocopy import LEND
+
+if TYPE_CHECKING:
+    from shmkv.events import EventReader
+
+    from .pubsub import Publisher
+
+# Requests answered per wake-up before the loop looks at the clock and the signals again: a
+# flood of requests must not starve maintenance or delay a stop for long.
+MAX_BATCH = 64
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost ~1 us
+_REPLY_TAG, _AT = protocol.PROTOCOL_TAG, len(protocol.PROTOCOL_TAG)
+_PLAIN_GET, _PLAIN_GET_BYTES = _REPLY_TAG + compact.PLAIN_GET, _AT + compact.PLAIN_GET_BYTES
+
+
+class ZmqDoor:
+    def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
+                        events: EventReader) -> None:
+        """Answer the requests waiting on the ROUTER, at most MAX_BATCH."""
+        for count in range(MAX_BATCH):
+            # After the first (the poll said one is there), ask before reading: a receive
+            # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
+            if count and not router.get(_EVENTS) & _POLLIN:
+                return
+            received = receive(router)
+            if received is None:
+                return
+            started = time.monotonic()
+            routing_id, message = received
+            if type(message) is list and len(message) == 2 and \
+                    self._answer_plain_get(router, routing_id, message, publisher, events,
+                                           started):
+                continue
+            if type(message) is list and message and \
+                    batches.is_batch(message[0], batches.REQUEST_FORM):
+                self._answer_batch(router, dispatcher, publisher, events, routing_id, message,
+                                   started)
+                continue
+            decoded = message if isinstance(message, protocol.Reply) else \
+                dispatcher.decode(message)
+            if isinstance(decoded, protocol.Reply):
+                reply: protocol.Reply | None = decoded
+            else:
+                if decoded.op == "wait":
+                    decoded.fields["after"] = self._written.after(bytes(routing_id))
+                elif decoded.op in self._zero_copy.ops:  # sent from a pin if large
+                    decoded.fields[LEND] = self._zero_copy
+                reply = self._run(routing_id, decoded, started, dispatcher,
+                                  lambda rid, late, at: self._send(router, [(rid, late, at)],
+                                                                   publisher, events))
+            if reply is not None:  # else parked: waits.py answers it later (the lambda)
+                self._send(router, [(routing_id, reply, started)], publisher, events)
+
+    def _answer_plain_get(self, router: zmq.Socket, routing_id: Any, message: list[Any],
+                          publisher: Publisher, events: EventReader, started: float) -> bool:
+        """Answer a plain get (compact.py) as dispatch.py's get would, without decoding it or
+        making its Reply (a fifth of what a get costs the node: bench/README.md); True if it
+        was one and is answered. Not while any request is parked: it would pass its client's
+        earlier one (waits.py). A read that raises goes the long way, which makes the error
+        reply."""
+        head = message[0]
+        if type(head) is not bytes or len(head) != _PLAIN_GET_BYTES or \
+                not head.startswith(_PLAIN_GET) or self._waits.queue:
+            return False
+        key = memoryview(message[1])
+        try:
+            if self._zero_copy.ops:  # a large value goes from a pin (zerocopy.py)
+                found, frames = self._zero_copy.get(self._requests, key, False)
+            else:
+                value = self._requests.get(key)
+                found, frames = value is not None, [] if value is None else [value]
+        except Exception:  # noqa: BLE001  (the long way answers it, as it answers any error)
+            return False
+        if publisher.listening:  # the events before it first, as _send
+            publisher.pump(events)
+        send_or_drop(router, [routing_id, _REPLY_TAG + compact.plain_get_reply(head, _AT, found),
+                              *frames])
+        self._observe("get", time.monotonic() - started, None)
+        return True
+
+    def _answer_batch(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
+                      events: EventReader, routing_id: Any, message: list[Any],
+                      started: float) -> None:
+        """Run a batch's requests in order, each as if it came alone (parked on a busy lock
+        like any other: waits.py); send their replies as one batch once all are in
+        (batches.py)."""
+        try:
+            entries = batches.decode(message, batches.REQUEST_FORM)
+        except (ProtocolError, RequestTooLarge) as exc:
+            self._send(router, [(routing_id, protocol.error_reply(None, exc, op="invalid"),
+                                 started)], publisher, events)
+            return
+        if not entries:
+            self._send_batch(router, routing_id, [], started, publisher, events)
+            return
+        limits = dispatcher.limits
+        replies = batches.Replies(
+            len(entries), limits["max_reply_bytes"] if limits is not None else None,
+            lambda done: self._send_batch(router, routing_id, done, started, publisher, events))
+        key = bytes(routing_id)
+        waiting, decode, attempt = self._waits.queue, dispatcher.decode, dispatcher.attempt
+        cap = replies.max_reply_bytes
+        for index, entry in enumerate(entries):
+            if cap is not None and replies.payload_bytes > cap:  # the rest is not run
+                replies.fill(index, protocol.error_reply(
+                    protocol.request_id_of(entry), replies.over_limit(), op="invalid"))
+                continue
+            decoded = decode(entry)
+            if isinstance(decoded, protocol.Reply):
+                replies.fill(index, decoded)
+                continue
+            if decoded.op == "wait":  # after the writes before it, this batch's included
+                decoded.fields["after"] = self._written.after(key)
+            # _run's first step inline: the common case makes no closure
+            reply = None if waiting else attempt(decoded)
+            if reply is None:
+                fill = self._batch_filler(replies, index, key)
+                reply = self._run(routing_id, decoded, started, dispatcher,
+                                  lambda rid, late, at, fill=fill: fill(late),
+                                  tried=not waiting)
+                if reply is not None:  # else parked: waits.py answers it later (fill)
+                    fill(reply)
+                continue
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(key)
+            replies.fill(index, reply)
+
+    def _run(self, routing_id: Any, request: protocol.Request, started: float,
+             dispatcher: Dispatcher, answer: Callable[[Any, protocol.Reply, float], None],
+             tried: bool = False) -> protocol.Reply | None:
+        """The reply to a request, or None if it is parked on a busy lock (answer gets its
+        reply later): waits.submit, without making a job for a request that is not parked
+        when nothing waits (then nothing is there to keep order with: ~2 us a request).
+        tried: the caller attempted it already while nothing waited, and found a lock busy."""
+        waits = self._waits
+        if waits.queue and not tried:
+            return waits.submit(RequestJob(routing_id, request, started, dispatcher, answer,
+                                           waits.lock_timeout_s))
+        if not tried:
+            reply = dispatcher.attempt(request)
+            if reply is not None:
+                return reply
+        job = RequestJob(routing_id, request, started, dispatcher, answer, waits.lock_timeout_s)
+        job.last_error = dispatcher.last_lock_timeout  # as job.attempt() would have noted
+        return waits.park(job)
+
+    def _batch_filler(self, replies: batches.Replies, index: int,
+                      key: bytes) -> Callable[[protocol.Reply], None]:
+        def fill(reply: protocol.Reply) -> None:
+            # noted now, not when the batch is sent: a wait later in the batch counts it
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(key)
+            replies.fill(index, reply)
+        return fill
+
+    def _send_batch(self, router: zmq.Socket, routing_id: Any, replies: list[protocol.Reply],
+                    started: float, publisher: Publisher, events: EventReader) -> None:
+        """Send a batch's replies as one message (after its requests' events, as _send)."""
+        if publisher.listening:
+            publisher.pump(events)
+        send_or_drop(router, [routing_id, *batches.encode(
+            batches.REPLY_FORM, [protocol.encode_reply(reply) for reply in replies])])
+        latency_s = time.monotonic() - started
+        for reply in replies:
+            self._observe(reply.op, latency_s, reply.error)
+
+    def _send(self, router: zmq.Socket, replies: list[tuple[Any, protocol.Reply, float]],
+              publisher: Publisher, events: EventReader) -> None:
+        """Send (routing id, reply, when the request arrived: time.monotonic()) each."""
+        for routing_id, reply, started in replies:
+            # While someone listens, forward the request's events before replying: the rings
+            # keep order only per stripe, so this is what publishes the events of requests in
+            # the order they were made (publish("a") before publish("b")), and before anything
+            # the client does once it has the reply. Nobody listening: the loop's pump drains.
+            if publisher.listening:
+                publisher.pump(events)
+            send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
+            self._observe(reply.op, time.monotonic() - started, reply.error)
+            if reply.error is None and reply.op in WRITE_OPS:
+                self._written.note(bytes(routing_id))
+
+    def _observe(self, request: str, latency_s: float, error: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(request or "invalid", error or "ok", latency_s)

@@ -1,0 +1,111 @@
+"""The plain get (compact.py's PLAIN_GET), which a node answers without decoding it
+(zmq_door.py): on a real node, its replies are those the long way gives the same get sent with
+a JSON header, for every kind of key; it is counted as a get; and it never passes a request of
+its client that waits for a lock."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from integration.test_node_limits import stopped_lock_holder
+from node_process import dealer, running_node
+from tests_support import scrape
+
+import shmkv
+from shmkv.broker import compact, protocol
+from shmkv.broker.protocol import PROTOCOL_TAG
+from shmkv.broker.zerocopy import ENVIRONMENT, ZERO_COPY_MIN_BYTES
+
+WAIT_MS = 20_000
+TIMEOUT_MS = 2000
+
+# key -> what a local process stores there (None: nothing)
+STORED = {
+    b"small": b"v",
+    b"empty": b"",
+    b"large": bytes(range(256)) * (ZERO_COPY_MIN_BYTES // 256 + 1),  # lent when zero copy is on
+    b"array": np.arange(12, dtype=np.int32).reshape(3, 4),
+    b"absent": None,
+    b"\xff\x00binary": b"\x00\x01",
+    b"k" * shmkv.layout.MAX_KEY_BYTES: b"longest key",
+    b"k" * (shmkv.layout.MAX_KEY_BYTES + 1): None,  # too long: an error either way
+    b"": None,
+}
+
+
+def plain_get(request_id: int, key: bytes) -> list[bytes]:
+    frames = protocol.encode_request(request_id, "get", {"timeout_ms": TIMEOUT_MS}, [key])
+    head = frames[0]
+    assert len(head) == len(PROTOCOL_TAG) + compact.PLAIN_GET_BYTES and \
+        head[len(PROTOCOL_TAG):].startswith(compact.PLAIN_GET)
+    return frames
+
+
+def long_get(request_id: int, key: bytes) -> list[bytes]:
+    """The same get with a JSON header: decoded and run by dispatch.py."""
+    header = {"id": request_id, "op": "get", "timeout_ms": TIMEOUT_MS}
+    return [PROTOCOL_TAG + json.dumps(header).encode(), key]
+
+
+def answer(sock, frames: list[bytes]) -> tuple:
+    sock.send_multipart(frames)
+    assert sock.poll(WAIT_MS), "no reply from the node"
+    reply = protocol.decode_reply(sock.recv_multipart())
+    return reply.result, [bytes(f) for f in reply.frames], reply.error, reply.message
+
+
+def store(region: str) -> None:
+    with shmkv.Cache.open(region) as cache:
+        for key, value in STORED.items():
+            if isinstance(value, np.ndarray):
+                cache.set_array(key, value)
+            elif value is not None:
+                cache.set(key, value)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("zero_copy_min_bytes", [str(ZERO_COPY_MIN_BYTES), "0"])
+def test_a_plain_get_is_answered_as_the_long_way_answers_it(region_name, workers,
+                                                           zero_copy_min_bytes) -> None:
+    env = {**os.environ, ENVIRONMENT: zero_copy_min_bytes}
+    with running_node(region_name, "--workers", workers, env=env) as node, \
+            dealer(node.endpoint) as sock:
+        store(region_name)
+        for i, key in enumerate(STORED):
+            fast = answer(sock, plain_get(2 * i, key))
+            assert fast == answer(sock, long_get(2 * i + 1, key)), key[:20]
+        # and what the long way answers is what a local read gives
+        assert answer(sock, plain_get(99, b"small"))[:2] == (True, [b"v"])
+        assert answer(sock, plain_get(98, b"absent"))[:3] == (False, [], None)
+        too_long = b"k" * (shmkv.layout.MAX_KEY_BYTES + 1)
+        assert answer(sock, plain_get(97, too_long))[2] == "KeyTooLarge"
+
+
+@pytest.mark.multiprocess
+def test_plain_gets_are_counted_as_gets(region_name) -> None:
+    with running_node(region_name) as node, dealer(node.endpoint) as sock:
+        store(region_name)
+        for i in range(5):
+            answer(sock, plain_get(i, b"small" if i % 2 else b"absent"))
+        samples = scrape(int(node.ready["metrics"].rsplit(":", 1)[1]))
+        assert samples[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 5
+
+
+@pytest.mark.multiprocess
+def test_a_plain_get_behind_a_parked_request_of_its_client_is_answered_after_it(
+        region_name) -> None:
+    with running_node(region_name) as node, stopped_lock_holder(region_name, "held"), \
+            dealer(node.endpoint) as sock:
+        sock.send_multipart(protocol.encode_request(1, "set", {"timeout_ms": 500},
+                                                    [b"held", b"new"]))  # parked: lock held
+        sock.send_multipart(plain_get(2, b"held"))
+        replies = []
+        for _ in range(2):
+            assert sock.poll(WAIT_MS), "no reply from the node"
+            replies.append(protocol.decode_reply(sock.recv_multipart()))
+        assert [(r.id, r.error) for r in replies] == [(1, "LockTimeout"), (2, None)]
+        assert replies[1].result is False  # the set did not happen
