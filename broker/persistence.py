@@ -34,6 +34,7 @@ from shmkv.errors import RegionNotFound, ShmKVError
 from shmkv.region import is_path
 
 from .config import NodeConfig
+from .signals import held
 
 # How far each EXTEND_TIMEOUT_USEC= pushes systemd's timeout, and how often progress is told:
 # a restore or snapshot that keeps making progress is never killed, one that hangs still is.
@@ -182,10 +183,11 @@ class Persistence:
 
     def _start_child(self) -> None:
         self._child_changes = changes(self.cache)  # what it will capture, at least
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "shmkv", "--region", self.config.region, "snapshot",
-             self.config.snapshot_path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with held():
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "shmkv", "--region", self.config.region, "snapshot",
+                 self.config.snapshot_path],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def _reap(self) -> None:
         child, self._child = self._child, None

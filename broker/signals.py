@@ -1,18 +1,20 @@
 """The node's signals (used by the node's loop, server.py, and by each worker, worker.py).
 
-A handler runs in the main thread between two bytecodes, and the signal itself makes a
-blocking system call fail with EINTR; semop(2) is never restarted after a handler (signal(7)),
-so a stop signal arriving while a request waits for a region lock would fail that request. So
-the stop signals stay blocked except while the loop sleeps in poll(); their handlers only
-record the signal, and signal.set_wakeup_fd() makes a socket the poller watches readable, which
-ends the poll. A request the node has received is therefore always answered before it stops.
-SIGHUP is handled the same way (blocked outside poll, recorded, acted on by the loop between
-requests), so a reload never interrupts a request either.
+SIGTERM and SIGINT stop the node, SIGHUP asks it to reload; their handlers only record the
+signal, and signal.set_wakeup_fd() makes a socket the loop's poller watches readable, which
+ends its sleep. The loop acts on what was recorded between two requests, so a request the
+node has received is always answered before it stops, and a reload never interrupts one.
+
+The signals stay deliverable all the time: a handler runs in the main thread between two
+bytecodes and does nothing else, and the system call a signal interrupts is retried (by
+Python since PEP 475, by pyzmq for libzmq's calls; a region lock is a pthread mutex, whose
+waits never fail with EINTR). Blocking them outside the poll, as the node once did for locks
+that were semaphores (semop(2) fails with EINTR after a handler), cost two sigprocmask calls
+and ~3k instructions a wake-up (bench/README.md).
 """
 
 from __future__ import annotations
 
-import _signal
 import math
 import signal
 import socket
@@ -27,16 +29,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGHUP: read the CurveZMQ allow-list again (auth.py). Handled as the stop signals are.
 RELOAD_SIGNAL = signal.SIGHUP
 HANDLED_SIGNALS = (*STOP_SIGNALS, RELOAD_SIGNAL)
-# signal.pthread_sigmask turns the previous mask it returns into a set of Signals enums, ~2 us
-# a call; the loop sets the mask twice a wake-up, so it calls the C function underneath.
-_sigmask = _signal.pthread_sigmask
-_BLOCK, _UNBLOCK = int(signal.SIG_BLOCK), int(signal.SIG_UNBLOCK)
-_HANDLED = tuple(int(sig) for sig in HANDLED_SIGNALS)
 
 
 class StopSignals:
-    """SIGTERM/SIGINT as a flag and a readable socket, delivered only inside deliverable();
-    SIGHUP the same way, as a request to reload (take_reload())."""
+    """SIGTERM/SIGINT as a flag and a readable socket; SIGHUP the same way, as a request to
+    reload (take_reload())."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -47,16 +44,15 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         for sock in (self.wakeup, self._wakeup_w):
             sock.setblocking(False)  # set_wakeup_fd needs it; drain() relies on it
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self._previous = {sig: signal.signal(sig, self._record) for sig in HANDLED_SIGNALS}
         self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno(),
                                                  warn_on_full_buffer=False)
+        # A process the node starts inherits them blocked (held()): recorded from here on,
+        # with any that came while it started.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Unblock first: a signal that came during the shutdown goes to _record, not to the
-        # default action (which would kill the node before it exits 0).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -75,33 +71,20 @@ class StopSignals:
         return asked
 
     def poll(self, poller: zmq.Poller, wake_at_s: float) -> dict[object, int]:
-        """Poll until wake_at_s (time.monotonic(); inf: until something comes) with the
-        signals deliverable; what is ready, the wake-up socket drained."""
+        """Poll until wake_at_s (time.monotonic(); inf: until something comes); what is
+        ready, the wake-up socket drained."""
         timeout_ms = -1 if math.isinf(wake_at_s) else \
             max(0, math.ceil((wake_at_s - time.monotonic()) * 1000))
-        # the loop's hot path: the mask set by hand rather than by deliverable() (~1 us)
-        _sigmask(_UNBLOCK, _HANDLED)
-        try:
-            ready = dict(poller.poll(timeout_ms))
-        finally:
-            _sigmask(_BLOCK, _HANDLED)
+        ready = dict(poller.poll(timeout_ms))
         if self.wakeup_fd in ready:
             self.drain()
         return ready
 
     def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
-        """Poll with the stop signals deliverable; False once one has arrived."""
-        with self.deliverable():
-            poller.poll(timeout_ms)
+        """Poll (for a step that waits on its own sockets); False once a stop signal has
+        arrived."""
+        poller.poll(timeout_ms)
         return self.received is None
-
-    @contextmanager
-    def deliverable(self) -> Iterator[None]:
-        _sigmask(_UNBLOCK, _HANDLED)
-        try:
-            yield
-        finally:
-            _sigmask(_BLOCK, _HANDLED)
 
     def drain(self) -> None:
         try:
@@ -109,3 +92,16 @@ class StopSignals:
                 pass
         except BlockingIOError:
             pass
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """The handled signals blocked meanwhile, for starting a process: it inherits them
+    blocked, so one that comes while it starts waits for its StopSignals (a worker) or is
+    never taken (a snapshot's child, which its node waits for or kills), rather than killing
+    it half-way (the terminal's Ctrl-C reaches the whole process group)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)

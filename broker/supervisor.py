@@ -112,7 +112,7 @@ from .metrics import Metrics
 from .replication import Stopped
 from .server import Notifier, _Node
 from .server import serve as serve_alone
-from .signals import StopSignals
+from .signals import StopSignals, held
 
 LINK_VERSION = 1
 LINK_MESSAGE_BYTES = 1 << 20
@@ -220,8 +220,7 @@ class WorkerPool:
                 raise ShmKVError(f"the workers did not start within {START_TIMEOUT_S} s: "
                                  f"{sum(s.serving for s in self.slots)} of {len(self.slots)} "
                                  "serve")
-            with stop.deliverable():
-                ready = dict(poller.poll(left_ms))
+            ready = dict(poller.poll(left_ms))
             if stop.wakeup_fd in ready:
                 stop.drain()
             for slot in self.slots:
@@ -367,9 +366,11 @@ class WorkerPool:
         fds = [theirs.fileno()] + ([self._resp.fileno()] if self._resp is not None else [])
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
         try:
-            slot.process = subprocess.Popen(
-                [*self.python, "-m", "shmkv.broker.worker", "--link-fd", str(theirs.fileno())],
-                pass_fds=fds, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env)
+            with held():
+                slot.process = subprocess.Popen(
+                    [*self.python, "-m", "shmkv.broker.worker", "--link-fd",
+                     str(theirs.fileno())],
+                    pass_fds=fds, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(), env=env)
         except BaseException:
             ours.close()
             raise
