@@ -183,13 +183,18 @@ def print_and_save(name: str, title: str, rows: Sequence[dict[str, Any]], notes:
                    out_dir: str | None) -> None:
     """Print the table and notes of a run; with out_dir, also write them (write_results) with
     the command line that produced them."""
-    table = markdown_table(rows)
+    print_and_save_table(name, title, markdown_table(rows), notes, out_dir, {"rows": list(rows)})
+
+
+def print_and_save_table(name: str, title: str, table: str, notes: Sequence[str],
+                         out_dir: str | None, summary: dict[str, Any]) -> None:
+    """print_and_save for a table of a script's own columns, with its own summary."""
     print(table)
     print("\n".join(f"- {n}" for n in notes))
     if out_dir:
         script = Path(sys.argv[0]).resolve().relative_to(REPO)
         command = "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
-        md, js = write_results(out_dir, name, title, command, table, notes, {"rows": list(rows)})
+        md, js = write_results(out_dir, name, title, command, table, notes, summary)
         print(f"wrote {md} and {js}")
 
 

@@ -107,14 +107,9 @@ def main() -> None:
               "instructions a get")]
     if args.base_python:
         notes.append(f"base node: run by {args.base_python}")
-    print(table)
-    print("\n".join(f"- {n}" for n in notes))
-    if args.out:
-        command = "python bench/bench_node_callgrind.py " + " ".join(sys.argv[1:])
-        md, js = _report.write_results(args.out, "node-callgrind", "Instructions per get in "
-                                       "the node's process", command, table, notes,
-                                       {"instructions_per_get": per_get})
-        print(f"wrote {md} and {js}")
+    _report.print_and_save_table("node-callgrind", "Instructions per get in the node's "
+                                 "process", table, notes, args.out,
+                                 {"instructions_per_get": per_get})
 
 
 if __name__ == "__main__":

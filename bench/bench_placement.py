@@ -129,14 +129,9 @@ def main() -> None:
               "CPU: server and client on CPU 0; two CPUs: server on 0, client on 1")]
     if not has_redis:
         notes.append("redis-server or redis-py missing: no Redis row")
-    print(table)
-    print("\n".join(f"- {n}" for n in notes))
-    if args.out:
-        command = "python bench/bench_placement.py " + " ".join(sys.argv[1:])
-        md, js = _report.write_results(args.out, "placement", "A round trip by where its "
-                                       "processes run", command, table, notes,
-                                       {f"{s}|{p}": v for (s, p), v in found.items()})
-        print(f"wrote {md} and {js}")
+    _report.print_and_save_table("placement", "A round trip by where its processes run",
+                                 table, notes, args.out,
+                                 {f"{s}|{p}": v for (s, p), v in found.items()})
 
 
 if __name__ == "__main__":
