@@ -65,7 +65,6 @@ from .ipc import IpcEndpoints
 from .ipc import prepare as ipc_endpoints
 from .metrics import Metrics
 from .persistence import Persistence, arena_bytes_to_serve, open_or_restore
-from .poller import Poller
 from .pubsub import Publisher
 from .repl_source import WrittenOffsets
 from .replication import Source, Stopped
@@ -266,10 +265,10 @@ class _Node(ZmqDoor):
     def _loop(self, router: zmq.Socket, publisher: Publisher, events: EventReader,
               dispatcher: Dispatcher, cache: shmkv.Cache, stop: StopSignals,
               persistence: Persistence, door: RespDoor | None = None) -> None:
-        poller = Poller()
+        poller = zmq.Poller()
         if door is not None:
             door.attach(poller)
-        poller.register(router, zmq.POLLIN, tracked=True)  # its uses: _answer_waiting, waits
+        poller.register(router, zmq.POLLIN)
         poller.register(publisher.socket, zmq.POLLIN)  # subscriptions arrive as messages
         poller.register(stop.wakeup_fd, zmq.POLLIN)  # the poller reports it by fd
         roles = self.roles
@@ -302,11 +301,10 @@ class _Node(ZmqDoor):
                     self.workers.reload()
             if publisher.socket in ready:
                 publisher.take_subscriptions()
-            if router in ready and self._answer_waiting(router, dispatcher, publisher, events):
-                poller.settled(router)
+            if router in ready:
+                self._answer_waiting(router, dispatcher, publisher, events)
             if time.monotonic() >= waits.due():
                 waits.retry()  # both doors' parked requests: each is answered by its door
-                poller.unsettled(router)  # it may have sent their replies
             if door is not None:
                 door.service(ready)
             if workers is not None:

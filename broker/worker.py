@@ -49,7 +49,6 @@ from .auth import CurveServer
 from .config import NodeConfig
 from .dispatch import Dispatcher
 from .metrics import Metrics
-from .poller import Poller
 from .repl_source import RelayedReplicas, WrittenOffsets
 from .resp_door import EventTee, RespDoor
 from .router import RECEIVE_HWM, SEND_HWM, bind
@@ -167,10 +166,10 @@ class Worker(_Node):
 
     def _serve(self, router: zmq.Socket, dispatcher: Dispatcher, stop: StopSignals,
                door: RespDoor | None, events: EventReader | None) -> None:
-        poller = Poller()
+        poller = zmq.Poller()
         if door is not None:
             door.attach(poller)
-        poller.register(router, zmq.POLLIN, tracked=True)  # its uses: _answer_waiting, waits
+        poller.register(router, zmq.POLLIN)
         poller.register(stop.wakeup_fd, zmq.POLLIN)
         poller.register(self.link.fileno(), zmq.POLLIN)
         no_publisher: Any = _NoPublisher()
@@ -186,12 +185,11 @@ class Worker(_Node):
                 self._reload()
             if self.link.fileno() in ready:
                 self._listen()
-            if router in ready and self._answer_waiting(router, dispatcher, no_publisher,
-                                                         None):  # type: ignore[arg-type]
-                poller.settled(router)
+            if router in ready:
+                self._answer_waiting(router, dispatcher, no_publisher,
+                                     None)  # type: ignore[arg-type]
             if time.monotonic() >= waits.due():
                 waits.retry()  # both doors' parked requests: each is answered by its door
-                poller.unsettled(router)  # it may have sent their replies
             if door is not None:
                 door.service(ready)
             now = time.monotonic()

@@ -42,18 +42,16 @@ _PLAIN_GET, _PLAIN_GET_BYTES = _REPLY_TAG + compact.PLAIN_GET, _AT + compact.PLA
 
 class ZmqDoor:
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
-                        events: EventReader) -> bool:
-        """Answer the requests waiting on the ROUTER, at most MAX_BATCH. True if it stopped
-        because none was left, found by the last thing it did with the ROUTER (then its
-        poller may rely on its ZMQ_FD: poller.py's settled)."""
+                        events: EventReader) -> None:
+        """Answer the requests waiting on the ROUTER, at most MAX_BATCH."""
         for count in range(MAX_BATCH):
             # After the first (the poll said one is there), ask before reading: a receive
             # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
             if count and not router.get(_EVENTS) & _POLLIN:
-                return True
+                return
             received = receive(router)
             if received is None:
-                return True
+                return
             started = time.monotonic()
             routing_id, message = received
             if type(message) is list and len(message) == 2 and \
@@ -79,7 +77,6 @@ class ZmqDoor:
                                                                    publisher, events))
             if reply is not None:  # else parked: waits.py answers it later (the lambda)
                 self._send(router, [(routing_id, reply, started)], publisher, events)
-        return False  # more may wait: the poll asks
 
     def _answer_plain_get(self, router: zmq.Socket, routing_id: Any, message: list[Any],
                           publisher: Publisher, events: EventReader, started: float) -> bool:
