@@ -66,6 +66,7 @@ FLOOR, FLOOR_IPC = "bare pyzmq echo, tcp", "bare pyzmq echo, ipc"
 ECHO = """
 import sys, zmq
 sock = zmq.Context().socket(zmq.ROUTER)
+sock.setsockopt(zmq.LINGER, 0)  # a SIGINT ends it at once (bench_node_callgrind.py)
 for endpoint in sys.argv[1:]:
     sock.bind(endpoint)
 print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
