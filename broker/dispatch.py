@@ -313,11 +313,16 @@ def _key(request: Request) -> bytes:
 def _get(c: Cache, r: Request) -> Result:
     # The hottest operation: the key frame as it came (Cache.get takes any buffer, and its
     # errors do not show the key), not _key(r)'s bytes, which cost as much as the read.
-    # The ZeroMQ door may lend a large value instead of copying it (zerocopy.py).
-    lender = r.fields.pop(LEND, None)
+    return get_result(c, r.frames[0], r.fields.pop(LEND, None))
+
+
+def get_result(c: Cache, key: Any, lender: Any = None) -> Result:
+    """get's (found, frames) for key (bytes or a buffer); with a lender (the ZeroMQ door's
+    ZeroCopy), a large value is lent from a pin instead of copied (zerocopy.py). Also the
+    ZeroMQ door's plain get, which skips the rest of dispatch (zmq_door.py)."""
     if lender is not None:
-        return lender.get(c, r.frames[0], False)  # type: ignore[no-any-return]
-    value = c.get(r.frames[0])
+        return lender.get(c, key, False)  # type: ignore[no-any-return]
+    value = c.get(key)
     return (True, [value]) if value is not None else (False, [])
 
 

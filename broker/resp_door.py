@@ -354,8 +354,8 @@ class RespDoor:
         The caller has checked what the Python path would for each of them: db 0,
         authenticated, not a subscriber, nothing parked (no order to keep)."""
         ctx = self.ctx
-        taken, replies, ran, wrote = resp_serve(*ctx.compiled, data, s.encoder.resp3,  # type: ignore[misc]
-                                                FAST_MAX_VALUE_BYTES, ARRAY_MAGIC)
+        taken, replies, ran, wrote = resp_serve(  # type: ignore[misc]
+            *ctx.compiled, data, s.encoder.resp3, FAST_MAX_VALUE_BYTES, ARRAY_MAGIC)
         if not ran:
             return data
         ctx.commands_processed += ran

@@ -22,7 +22,7 @@ import zmq
 from shmkv.errors import ProtocolError, RequestTooLarge
 
 from . import batches, compact, protocol
-from .dispatch import WRITE_OPS, Dispatcher
+from .dispatch import WRITE_OPS, Dispatcher, get_result
 from .router import receive, send_or_drop
 from .waits import RequestJob
 from .zerocopy import LEND
@@ -89,13 +89,9 @@ class ZmqDoor:
         if type(head) is not bytes or len(head) != _PLAIN_GET_BYTES or \
                 not head.startswith(_PLAIN_GET) or self._waits.queue:
             return False
-        key = memoryview(message[1])
+        lender = self._zero_copy if self._zero_copy.ops else None
         try:
-            if self._zero_copy.ops:  # a large value goes from a pin (zerocopy.py)
-                found, frames = self._zero_copy.get(self._requests, key, False)
-            else:
-                value = self._requests.get(key)
-                found, frames = value is not None, [] if value is None else [value]
+            found, frames = get_result(self._requests, memoryview(message[1]), lender)
         except Exception:  # noqa: BLE001  (the long way answers it, as it answers any error)
             return False
         if publisher.listening:  # the events before it first, as _send

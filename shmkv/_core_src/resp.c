@@ -1,7 +1,8 @@
 /* shmkv/_core_src/resp.c: the RESP door's compiled path, resp_serve: the plainest requests of
  * Redis's hottest commands (GET, SET key value, INCR, DECR, MGET), read from what a
- * connection sent and answered in C, on a handle's Reader and Writer. broker/resp_door.py calls it on each
- * read before its Python parser, and runs whatever it leaves (its docstring says when).
+ * connection sent and answered in C, on a handle's Reader and Writer. broker/resp_door.py
+ * calls it on each read before its Python parser, and runs whatever it leaves (its docstring
+ * says when).
  *
  * It takes requests from the start of the bytes while each one is complete, in RESP's array
  * form (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`), one of those commands with its exact arity, and
