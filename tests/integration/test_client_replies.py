@@ -1,7 +1,9 @@
 """How a RemoteCache connection reads a reply: the usual one (a compact ok reply) in one step of
 its own, every other form through protocol.decode_reply. Each reply below is sent as raw frames
 by a fake node, and what the connection makes of it must be what protocol.decode_reply makes of
-the same frames: the same id, result and payload, or the same error."""
+the same frames: the same id, result and payload, or the same error. Each is read by a
+connection's first call (sent the usual way, after a ping) and by a later one (sent and read by
+Connection._call_alone, which hands anything but the reply it expects to the usual way)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from fake_node import FakeNode
 
 import shmkv
 from shmkv.broker import compact, protocol
-from shmkv.clients import RemoteCache
+from shmkv.clients import RemoteCache, connection
 from shmkv.clients.connection import Connection
 
 WAIT_S = 10
@@ -70,32 +72,64 @@ def decoded(frames: list[bytes]) -> protocol.Reply:
     return reply
 
 
-def get_answered(step: Callable[[Any], list[Any]]) -> tuple[object, int]:
+CALLS = ["the first call", "a later call"]
+
+
+def get_answered(step: Callable[[Any], list[Any]], which: str) -> tuple[object, int]:
     """What a Connection's get returns (or raises) when a fake node answers with step's
-    messages, and the id the request carried."""
-    node = FakeNode([step])
+    messages, and the id the request carried; the get is its first call, or one after a
+    get answered as usual."""
+    earlier = [lambda r: [REPLIES["a value"](r.id)]] if which == "a later call" else []
+    node = FakeNode([*earlier, step])
     try:
         link = Connection(node.endpoint, WAIT_S, 0, None)
         try:
+            if earlier:
+                assert link.call("get", {}, [b"k"]).result is True
             got = outcome_of(lambda: link.call("get", {}, [b"k"]))
+            assert not link._in_flight  # nothing is left behind either way
         finally:
             link.close()
-        return got, node.received[0][1]
+        return got, node.received[-1][1]
     finally:
         node.close()
 
 
+@pytest.mark.parametrize("which", CALLS)
 @pytest.mark.parametrize("name", REPLIES)
-def test_a_connection_reads_a_reply_as_protocol_decode_reply_does(name: str) -> None:
-    got, request_id = get_answered(lambda r: [REPLIES[name](r.id)])
+def test_a_connection_reads_a_reply_as_protocol_decode_reply_does(name: str, which: str) -> None:
+    got, request_id = get_answered(lambda r: [REPLIES[name](r.id)], which)
     assert got == outcome_of(lambda: decoded(REPLIES[name](request_id)))
 
 
+@pytest.mark.parametrize("which", CALLS)
 @pytest.mark.parametrize("name", ["a value", "null", "an int", "a JSON result", "an error"])
-def test_a_reply_to_an_older_request_is_dropped_and_the_next_one_read(name: str) -> None:
+def test_a_reply_to_an_older_request_is_dropped_and_the_next_one_read(name: str,
+                                                                      which: str) -> None:
     got, request_id = get_answered(
-        lambda r: [REPLIES["a value"](r.id - 1), REPLIES[name](r.id)])
+        lambda r: [REPLIES["a value"](r.id - 1), REPLIES[name](r.id)], which)
     assert got == outcome_of(lambda: decoded(REPLIES[name](request_id)))
+
+
+def test_a_later_call_of_the_usual_kind_makes_no_request_in_flight(monkeypatch) -> None:
+    """What the quick way is for: a get or a set alone, answered as expected, makes none of
+    the objects that keep a request in flight (each with its allocations)."""
+    made: list[int] = []
+    real = connection._Sent
+
+    def counted(*args: Any) -> Any:
+        made.append(args[0])
+        return real(*args)
+
+    steps = [lambda r: [REPLIES["a value"](r.id)], lambda r: [compact_reply(None)(r.id)],
+             lambda r: [REPLIES["a value"](r.id)]]
+    with FakeNode(steps) as node, \
+            RemoteCache(node.endpoint, timeout_s=WAIT_S, retries=0) as remote:
+        assert remote.get("k") == b"v"  # the first: after a ping, the usual way
+        monkeypatch.setattr(connection, "_Sent", counted)
+        remote.set("k", b"v")
+        assert remote.get("k") == b"v"
+    assert made == []
 
 
 @pytest.mark.parametrize("value", [b"v", b"", BIG_VALUE])

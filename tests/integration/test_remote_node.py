@@ -142,13 +142,40 @@ def test_remote_cache_refuses_a_malformed_endpoint_or_timeout() -> None:
 
 
 # --- a fake node that replies late ----------------------------------------------------------
-def test_a_lost_request_is_sent_again_on_a_new_socket_with_the_same_id() -> None:
-    node = FakeNode([None, lambda r: [protocol.Reply(r.id, True, [b"v"])]])
+def answered(r: protocol.Request) -> list[protocol.Reply]:
+    return [protocol.Reply(r.id, True, [b"v"])]
+
+
+# A connection's first call goes the usual way (after a ping); a later one alone goes
+# Connection._call_alone's, which hands a request whose reply is late to the usual way.
+@pytest.mark.parametrize("earlier", [[], [answered]], ids=["first call", "later call"])
+def test_a_lost_request_is_sent_again_on_a_new_socket_with_the_same_id(earlier) -> None:
+    node = FakeNode([*earlier, None, answered])
     try:
         with RemoteCache(node.endpoint, timeout_s=0.2, retries=1) as remote:
-            assert remote.get("k") == b"v"
-        (first_peer, first_id, _), (second_peer, second_id, _) = node.received
+            for _ in range(len(earlier) + 1):
+                assert remote.get("k") == b"v"
+        (first_peer, first_id, _), (second_peer, second_id, _) = node.received[-2:]
         assert first_id == second_id and first_peer != second_peer
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("earlier", [[], [answered]], ids=["first call", "later call"])
+def test_a_request_unanswered_raises_after_its_attempts_what_its_command_allows(
+        earlier) -> None:
+    """A get is sent again, then RemoteUnavailable; a getdel is not (a second may not do
+    what the first did): OutcomeUnknown."""
+    node = FakeNode([*earlier, None, None, None])
+    try:
+        with RemoteCache(node.endpoint, timeout_s=0.1, retries=1) as remote:
+            for _ in earlier:
+                assert remote.get("k") == b"v"
+            with pytest.raises(shmkv.RemoteUnavailable, match="2 attempt"):
+                remote.get("k")
+            with pytest.raises(shmkv.OutcomeUnknown, match="getdel"):
+                remote.getdel("k")
+        assert [op for _, _, op in node.received[len(earlier):]] == ["get", "get", "getdel"]
     finally:
         node.close()
 
