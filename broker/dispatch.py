@@ -114,6 +114,7 @@ class Dispatcher:
         # handed in by the node; "role" adds the node's role to ping's reply.
         self.node_ops: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self.about: dict[str, Any] = {}  # more for ping to tell (a worker: its siblings)
+        self._pings = 0  # answered: the worker each suggests goes round (_ping)
         # The node's replication source (broker/repl_source.py), if it is a primary, and
         # (--min-replicas-to-write, --min-replicas-max-lag-s); server.py sets them.
         self.replication: Any = None
@@ -226,6 +227,10 @@ class Dispatcher:
     def _ping(self, request: Request) -> Result:
         limits = self.limits or protocol.limits_for(self._cache.stats()["arena_bytes"])
         found = {"protocol_version": protocol.PROTOCOL_VERSION, "limits": limits, **self.about}
+        workers = self.about.get("workers")
+        if workers:  # which of them the client should use: each in turn (clients/workers.py)
+            found["worker_hint"] = self._pings % len(workers)
+            self._pings += 1
         if "role" in self.node_ops:  # clients of several nodes look for the primary
             found["role"] = self.node_ops["role"]({})
         return found, []

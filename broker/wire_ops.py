@@ -7,7 +7,9 @@ Commands. "key", "value": one payload frame each; "k1 v1 k2 v2 ..": pairs of fra
 frame holds the key's bytes (a str key in UTF-8, which the engine treats as the same key).
     op                request fields     request frames   reply result          reply frames
     ping              -                  -                {"protocol_version",  -
-                                                          "limits", "role"}
+                                                          "limits", "role"; with
+                                                          workers: "workers",
+                                                          "worker_hint"}
     get               coll               key              found: bool           value if found
     get_with_version  coll               key              version or null       value if found
     set               coll, ttl_s        key, value       null                  -

@@ -7,9 +7,12 @@ the same host name the client used (a worker bound to 0.0.0.0 or * reports that 
 which is no address to connect to) with the worker's port. A client sticks to the worker it
 picked, so its requests are answered in the order it sent them.
 
-Picks are spread: a process's first handle takes worker pid % N, its next ones the following
-workers, so client processes (consecutive pids) and the handles of one process both cover
-every worker.
+Picks are spread by the node: its ping reply says which worker to use (`worker_hint`, each in
+turn, counted by the worker that answers: worker 0 for every client's first ping, which goes
+to the configured endpoint). A node that does not say so (one before this field) is spread
+from the client's side: a process's first handle takes worker pid % N, its next ones the
+following workers. That alone can put every client on one worker: processes started one after
+another, each with its threads (libzmq's, a BLAS pool's), may all have pids of one parity.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def choose_worker(endpoint: str, ping: Mapping[str, Any]) -> str:
                  if found is not None]
     if len(reachable) != len(workers):  # cannot tell which entry is the one reached
         return endpoint
+    hint = ping.get("worker_hint")
+    if type(hint) is int and 0 <= hint < len(reachable):
+        return reachable[hint]
     return reachable[(os.getpid() + next(_handles)) % len(reachable)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import redis
 from node_process import dealer, running_node
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
+from shmkv.clients import workers as client_workers
 from tests_support import scrape, until
 
 import shmkv
@@ -85,6 +87,19 @@ def test_remote_caches_are_spread_over_the_workers_and_share_the_region(
             assert {h._link.endpoint for h in handles} == {w["endpoint"] for w in workers}
             everything = {f"k{i}": b"v%d" % i for i in range(4)}
             assert all(h.get_many(list(everything)) == everything for h in handles)
+
+
+def test_the_node_spreads_clients_whose_pids_would_all_pick_one_worker(
+        region_name: str, monkeypatch) -> None:
+    """As processes started one after another can be (each with its threads, their pids may
+    all have one parity): here every handle's own pick is the same worker."""
+    monkeypatch.setattr(client_workers, "_handles", itertools.repeat(0))
+    with running_node(region_name, "--workers", "2") as node, ExitStack() as stack:
+        handles = [stack.enter_context(RemoteCache(node.endpoint)) for _ in range(4)]
+        for handle in handles:
+            handle.get("k")  # the first call asks the node which worker to use
+        picked = [h._link.endpoint for h in handles]
+        assert sorted(picked) == sorted([w["endpoint"] for w in node.ready["workers"]] * 2)
 
 
 def test_a_worker_killed_under_load_is_restarted_and_no_acknowledged_write_is_lost(

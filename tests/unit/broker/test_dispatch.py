@@ -154,6 +154,12 @@ def test_ping_reports_the_protocol_version_and_the_limits(cache) -> None:
     json.dumps(reply.result)
 
 
+def test_ping_names_the_workers_in_turn_when_the_node_has_them(cache) -> None:
+    d = Dispatcher(cache)
+    d.about = {"workers": [{"endpoint": f"tcp://127.0.0.1:{port}"} for port in (1, 2, 3)]}
+    assert [call(d, "ping").result["worker_hint"] for _ in range(5)] == [0, 1, 2, 0, 1]
+
+
 def test_publish_goes_through_the_region_on_the_root_handle(cache) -> None:
     events = EventReader(cache)
     d = Dispatcher(cache)

@@ -3,6 +3,7 @@ long a dead worker waits before it is started again."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -18,6 +19,7 @@ from shmkv.broker.supervisor import (
     _endpoints,
     restart_delay_s,
 )
+from shmkv.clients import workers as client_workers
 from shmkv.clients.workers import choose_worker
 from shmkv.errors import ConfigError
 
@@ -32,6 +34,21 @@ def test_clients_pick_every_worker_in_turn_at_the_host_they_used() -> None:
     picks = [choose_worker("tcp://cache.example:7370", PING) for _ in range(3)]
     assert sorted(picks) == ["tcp://cache.example:40001", "tcp://cache.example:40002",
                              "tcp://cache.example:7370"]
+
+
+def test_a_client_takes_the_worker_the_nodes_ping_names(monkeypatch) -> None:
+    monkeypatch.setattr(client_workers, "_handles", itertools.repeat(0))  # its own pick: one
+    picks = [choose_worker("tcp://cache.example:7370", {**PING, "worker_hint": hint})
+             for hint in (2, 0, 1)]
+    assert picks == ["tcp://cache.example:40002", "tcp://cache.example:7370",
+                     "tcp://cache.example:40001"]
+
+
+@pytest.mark.parametrize("hint", [3, -1, "1", 1.0, True, None])
+def test_a_client_picks_for_itself_when_the_hint_names_no_worker(hint) -> None:
+    picks = {choose_worker("tcp://cache.example:7370", {**PING, "worker_hint": hint})
+             for _ in range(3)}
+    assert len(picks) == 3
 
 
 def test_a_client_over_ipc_picks_a_workers_ipc_endpoint() -> None:
