@@ -60,12 +60,15 @@ _BOOL_TYPE = {bool}
 PLAIN_GET = bytes([REQUEST_FORM, _OP_CODES["get"], _HAS_TIMEOUT])
 PLAIN_GET_BYTES = _REQUEST.size
 _FOUND, _NOT_FOUND = bytes([_TRUE]), bytes([_FALSE])
+_REPLY_FORM_BYTE = bytes([REPLY_FORM])
 
 
-def plain_get_reply(head: bytes, at: int, found: bool) -> bytes:
-    """The header of the reply to the plain get at head[at:]: its id, found or not."""
+def plain_get_reply(head: bytes, at: int, found: bool, tag: bytes = b"") -> bytes:
+    """The header of the reply to the plain get at head[at:] (its id, found or not), after
+    tag (the protocol's, in one concatenation)."""
     start = at + _ID_AT
-    return bytes([REPLY_FORM]) + head[start:start + _ID.size] + (_FOUND if found else _NOT_FOUND)
+    return tag + _REPLY_FORM_BYTE + head[start:start + _ID.size] + \
+        (_FOUND if found else _NOT_FOUND)
 
 
 def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | None:

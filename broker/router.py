@@ -83,7 +83,7 @@ def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | No
     2 MB on the wire and ~600 MB as Python objects): the error reply that answers it comes
     instead of its frames."""
     try:  # zmq.Frames say whether more follow: no RCVMORE look-up (~0.3 us each)
-        first = router.recv(_NOBLOCK, copy=False)
+        first = router.recv(_NOBLOCK, False)  # copy=False, positional: no keywords to parse
     except zmq.Again:
         return None
     routing_id = first.bytes
@@ -91,11 +91,11 @@ def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | No
     # a multipart message is delivered whole, so its other frames are there: no waiting
     more = first.more
     if more:
-        header = router.recv(0, copy=False)
+        header = router.recv(0, False)
         frames.append(header.bytes)
         more = header.more
     while more and len(frames) < protocol.MAX_FRAMES:
-        frame = router.recv(0, copy=False)
+        frame = router.recv(0, False)
         frames.append(frame)
         more = frame.more
     if not more:

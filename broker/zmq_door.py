@@ -96,9 +96,10 @@ class ZmqDoor:
             return False
         if publisher.listening:  # the events before it first, as _send
             publisher.pump(events)
-        send_or_drop(router, [routing_id, _REPLY_TAG + compact.plain_get_reply(head, _AT, found),
+        send_or_drop(router, [routing_id, compact.plain_get_reply(head, _AT, found, _REPLY_TAG),
                               *frames])
-        self._observe("get", time.monotonic() - started, None)
+        if self.metrics is not None:  # _observe's, inline
+            self.metrics.requests.observe("get", "ok", time.monotonic() - started)
         return True
 
     def _answer_batch(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
