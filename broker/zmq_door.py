@@ -40,6 +40,17 @@ _REPLY_TAG, _AT = protocol.PROTOCOL_TAG, len(protocol.PROTOCOL_TAG)
 _PLAIN_GET, _PLAIN_GET_BYTES = _REPLY_TAG + compact.PLAIN_GET, _AT + compact.PLAIN_GET_BYTES
 
 
+class _PlainGetReply:
+    """A plain get's reply in a batch, encoded already: what batches.Replies and _send_batch
+    read of a protocol.Reply (frames, op, error), and the entry's frames (encoded)."""
+
+    __slots__ = ("encoded", "frames")
+    op, error = "get", None
+
+    def __init__(self, encoded: list[Any]) -> None:
+        self.encoded, self.frames = encoded, encoded[1:]
+
+
 class ZmqDoor:
     def _answer_waiting(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                         events: EventReader) -> None:
@@ -129,6 +140,8 @@ class ZmqDoor:
                 replies.fill(index, protocol.error_reply(
                     protocol.request_id_of(entry), replies.over_limit(), op="invalid"))
                 continue
+            if not waiting and self._fill_plain_get(replies, index, entry):
+                continue
             decoded = decode(entry)
             if isinstance(decoded, protocol.Reply):
                 replies.fill(index, decoded)
@@ -148,6 +161,21 @@ class ZmqDoor:
             if reply.error is None and reply.op in WRITE_OPS:
                 self._written.note(key)
             replies.fill(index, reply)
+
+    def _fill_plain_get(self, replies: batches.Replies, index: int, entry: list[Any]) -> bool:
+        """A batch's entry that is a plain get, answered as _answer_plain_get answers one
+        alone (a value copied: a batch's payload is one frame); True if it was one and is
+        answered. Only while nothing is parked: the caller checks."""
+        head = entry[0]
+        if len(entry) != 2 or len(head) != _PLAIN_GET_BYTES or not head.startswith(_PLAIN_GET):
+            return False
+        try:
+            found, frames = get_result(self._requests, entry[1])
+        except Exception:  # noqa: BLE001  (the long way answers it, as it answers any error)
+            return False
+        replies.fill(index, _PlainGetReply(
+            [compact.plain_get_reply(head, _AT, found, _REPLY_TAG), *frames]))
+        return True
 
     def _run(self, routing_id: Any, request: protocol.Request, started: float,
              dispatcher: Dispatcher, answer: Callable[[Any, protocol.Reply, float], None],
@@ -183,7 +211,8 @@ class ZmqDoor:
         if publisher.listening:
             publisher.pump(events)
         send_or_drop(router, [routing_id, *batches.encode(
-            batches.REPLY_FORM, [protocol.encode_reply(reply) for reply in replies])])
+            batches.REPLY_FORM, [reply.encoded if type(reply) is _PlainGetReply else
+                                 protocol.encode_reply(reply) for reply in replies])])
         latency_s = time.monotonic() - started
         for reply in replies:
             self._observe(reply.op, latency_s, reply.error)

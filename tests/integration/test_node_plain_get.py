@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from node_process import dealer, running_node
 from tests_support import scrape
 
 import shmkv
-from shmkv.broker import compact, protocol
+from shmkv.broker import batches, compact, protocol
 from shmkv.broker.protocol import PROTOCOL_TAG
 from shmkv.broker.zerocopy import ENVIRONMENT, ZERO_COPY_MIN_BYTES
 
@@ -109,3 +110,54 @@ def test_a_plain_get_behind_a_parked_request_of_its_client_is_answered_after_it(
             replies.append(protocol.decode_reply(sock.recv_multipart()))
         assert [(r.id, r.error) for r in replies] == [(1, "LockTimeout"), (2, None)]
         assert replies[1].result is False  # the set did not happen
+
+
+# --- in a batch (batches.py): a pipeline's gets ------------------------------------------------
+def batch_answers(sock, entries: list[list[bytes]]) -> list[tuple]:
+    sock.send_multipart(batches.encode(batches.REQUEST_FORM, entries))
+    assert sock.poll(WAIT_MS), "no reply from the node"
+    return [(r.id, r.result, [bytes(f) for f in r.frames], r.error, r.message)
+            for r in batches.decode_replies(sock.recv_multipart())]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_plain_gets_in_a_batch_are_answered_as_the_long_way_answers_them(region_name,
+                                                                        workers) -> None:
+    with running_node(region_name, "--workers", workers) as node, \
+            dealer(node.endpoint) as sock:
+        store(region_name)
+        entries = [entry for i, key in enumerate(STORED)
+                   for entry in (plain_get(2 * i, key), long_get(2 * i + 1, key))]
+        replies = batch_answers(sock, entries)
+        assert [r[0] for r in replies] == list(range(2 * len(STORED)))
+        for fast, slow in zip(replies[::2], replies[1::2]):
+            assert fast[1:] == slow[1:], fast[:3]
+        assert replies[0][1:3] == (True, [b"v"])  # small: what a local read gives
+
+
+@pytest.mark.multiprocess
+def test_plain_gets_in_a_batch_are_counted_as_gets(region_name) -> None:
+    with running_node(region_name) as node, dealer(node.endpoint) as sock:
+        store(region_name)
+        batch_answers(sock, [plain_get(i, b"small" if i % 2 else b"absent") for i in range(5)])
+        samples = scrape(int(node.ready["metrics"].rsplit(":", 1)[1]))
+        assert samples[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 5
+
+
+@pytest.mark.multiprocess
+def test_a_plain_get_in_a_batch_behind_a_parked_set_reads_what_the_set_wrote(
+        region_name) -> None:
+    with running_node(region_name) as node, \
+            stopped_lock_holder(region_name, "held") as holder, dealer(node.endpoint) as sock:
+        set_held = protocol.encode_request(1, "set", {"timeout_ms": WAIT_MS}, [b"held", b"new"])
+        sock.send_multipart(batches.encode(batches.REQUEST_FORM,
+                                           [set_held, plain_get(2, b"held")]))
+        sock.send_multipart(plain_get(3, b"other"))  # another key: answered at once, so the
+        assert sock.poll(WAIT_MS), "no reply from the node"  # batch is in, its set parked
+        assert protocol.decode_reply(sock.recv_multipart()).id == 3
+        os.kill(holder, signal.SIGKILL)  # the lock is free (its owner died): the set is done
+        assert sock.poll(WAIT_MS), "no reply from the node"
+        replies = batches.decode_replies(sock.recv_multipart())
+        assert [(r.id, r.error) for r in replies] == [(1, None), (2, None)]
+        assert [bytes(f) for f in replies[1].frames] == [b"new"]  # read after the set
