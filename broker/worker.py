@@ -171,7 +171,8 @@ class Worker(_Node):
             door.attach(poller)
         poller.register(router, zmq.POLLIN)
         poller.register(stop.wakeup_fd, zmq.POLLIN)
-        poller.register(self.link.fileno(), zmq.POLLIN)
+        link_fd = self.link.fileno()  # the link is never replaced
+        poller.register(link_fd, zmq.POLLIN)
         no_publisher: Any = _NoPublisher()
         waits = self._waits
         next_report = time.monotonic() + REPORT_S
@@ -183,12 +184,12 @@ class Worker(_Node):
             ready = stop.poll(poller, wake_at)
             if stop.take_reload():
                 self._reload()
-            if self.link.fileno() in ready:
+            if link_fd in ready:
                 self._listen()
             if router in ready:
                 self._answer_waiting(router, dispatcher, no_publisher,
                                      None)  # type: ignore[arg-type]
-            if time.monotonic() >= waits.due():
+            if waits.queue and time.monotonic() >= waits.due():
                 waits.retry()  # both doors' parked requests: each is answered by its door
             if door is not None:
                 door.service(ready)
