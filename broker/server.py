@@ -303,7 +303,7 @@ class _Node(ZmqDoor):
                 publisher.take_subscriptions()
             if router in ready:
                 self._answer_waiting(router, dispatcher, publisher, events)
-            if time.monotonic() >= waits.due():
+            if waits.queue and time.monotonic() >= waits.due():
                 waits.retry()  # both doors' parked requests: each is answered by its door
             if door is not None:
                 door.service(ready)
