@@ -253,10 +253,12 @@ class Connection:
     def _template_of(self, op: str, fields: dict[str, Any]) -> tuple[bytes, bytes] | None:
         """(before, after) of the header of a request with these fields, if it has a
         template; None if it needs protocol.encode_request."""
-        coll = fields.get("coll", "")
-        if type(coll) is not str or fields.get("ttl_s") is not None \
-                or not fields.keys() <= _TEMPLATE_FIELDS:
-            return None
+        coll = ""
+        if fields:  # a get in the default collection has none
+            coll = fields.get("coll", "")
+            if type(coll) is not str or fields.get("ttl_s") is not None \
+                    or not fields.keys() <= _TEMPLATE_FIELDS:
+                return None
         template = self._templates.get((op, coll), _UNKNOWN)
         return self._template(op, coll) if template is _UNKNOWN else template
 
