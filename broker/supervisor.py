@@ -28,7 +28,8 @@ A restarted worker binds the same endpoints again, so clients' sockets reconnect
 ping reply lists the workers (`"workers": [{"endpoint", "ipc_endpoint", "pid"}, ...]`); a
 RemoteCache asks once, at its first call, and then sticks to one worker (the one the reply's
 worker_hint names, each in turn: clients/workers.py): one worker answers one client's
-requests in order, which is what a client relies on. Clients that never ask (a raw DEALER) are served by worker 0.
+requests in order, which is what a client relies on. Clients that never ask (a raw DEALER)
+are served by worker 0.
 
 RESP: the supervisor binds the listening socket once and passes it to every worker, which all
 accept() on it (non-blocking: a worker that loses the race gets EAGAIN). Rather than

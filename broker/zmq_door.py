@@ -65,7 +65,7 @@ class ZmqDoor:
                 return
             started = time.monotonic()
             routing_id, message = received
-            if type(message) is list and len(message) == 2 and \
+            if type(message) is list and \
                     self._answer_plain_get(router, routing_id, message, publisher, events,
                                            started):
                 continue
@@ -91,27 +91,34 @@ class ZmqDoor:
 
     def _answer_plain_get(self, router: zmq.Socket, routing_id: Any, message: list[Any],
                           publisher: Publisher, events: EventReader, started: float) -> bool:
-        """Answer a plain get (compact.py) as dispatch.py's get would, without decoding it or
-        making its Reply (a fifth of what a get costs the node: bench/README.md); True if it
-        was one and is answered. Not while any request is parked: it would pass its client's
-        earlier one (waits.py). A read that raises goes the long way, which makes the error
-        reply."""
-        head = message[0]
-        if type(head) is not bytes or len(head) != _PLAIN_GET_BYTES or \
-                not head.startswith(_PLAIN_GET) or self._waits.queue:
+        """Answer a plain get as dispatch.py's get would, without decoding it or making its
+        Reply (a fifth of what a get costs the node: bench/README.md); True if it was one and
+        is answered. Not while any request is parked: it would pass its client's earlier one
+        (waits.py)."""
+        if self._waits.queue:
             return False
-        lender = self._zero_copy if self._zero_copy.ops else None
-        try:
-            found, frames = get_result(self._requests, memoryview(message[1]), lender)
-        except Exception:  # noqa: BLE001  (the long way answers it, as it answers any error)
+        reply = self._plain_get(message, self._zero_copy if self._zero_copy.ops else None)
+        if reply is None:
             return False
         if publisher.listening:  # the events before it first, as _send
             publisher.pump(events)
-        send_or_drop(router, [routing_id, compact.plain_get_reply(head, _AT, found, _REPLY_TAG),
-                              *frames])
+        send_or_drop(router, [routing_id, *reply])
         if self.metrics is not None:  # _observe's, inline
             self.metrics.requests.observe("get", "ok", time.monotonic() - started)
         return True
+
+    def _plain_get(self, message: list[Any], lender: Any) -> list[Any] | None:
+        """The reply's frames if message is a plain get (compact.py), None if it is not. A
+        read that raises is None too: the long way answers it, as it answers any error."""
+        head = message[0]
+        if len(message) != 2 or type(head) is not bytes or len(head) != _PLAIN_GET_BYTES \
+                or not head.startswith(_PLAIN_GET):
+            return None
+        try:
+            found, frames = get_result(self._requests, memoryview(message[1]), lender)
+        except Exception:  # noqa: BLE001
+            return None
+        return [compact.plain_get_reply(head, _AT, found, _REPLY_TAG), *frames]
 
     def _answer_batch(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                       events: EventReader, routing_id: Any, message: list[Any],
@@ -166,15 +173,10 @@ class ZmqDoor:
         """A batch's entry that is a plain get, answered as _answer_plain_get answers one
         alone (a value copied: a batch's payload is one frame); True if it was one and is
         answered. Only while nothing is parked: the caller checks."""
-        head = entry[0]
-        if len(entry) != 2 or len(head) != _PLAIN_GET_BYTES or not head.startswith(_PLAIN_GET):
+        reply = self._plain_get(entry, None)
+        if reply is None:
             return False
-        try:
-            found, frames = get_result(self._requests, entry[1])
-        except Exception:  # noqa: BLE001  (the long way answers it, as it answers any error)
-            return False
-        replies.fill(index, _PlainGetReply(
-            [compact.plain_get_reply(head, _AT, found, _REPLY_TAG), *frames]))
+        replies.fill(index, _PlainGetReply(reply))
         return True
 
     def _run(self, routing_id: Any, request: protocol.Request, started: float,
