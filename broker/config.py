@@ -44,6 +44,8 @@ from shmkv import region as shm_region
 from shmkv.errors import ConfigError
 from shmkv.sizes import parse_size
 
+from . import cpus
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -115,6 +117,9 @@ class NodeConfig:
     # Processes that serve requests (broker/supervisor.py); 0: one per CPU. 1 is the single
     # process node, which serves and also does everything else itself.
     workers: int = 0
+    # The CPUs the workers run on, each on one (broker/cpus.py): "auto" (the node's own CPUs),
+    # "off", or a list such as "0-3,8".
+    cpu_affinity: str = "auto"
     # A replica more changes behind than this when it comes back resyncs fully (every stripe
     # compared); within it, only the stripes that moved (broker/repl_source.py).
     repl_backlog_changes: int = 10_000_000
@@ -364,6 +369,14 @@ def _password(value: object, text: bool) -> str:
     return value
 
 
+def _cpu_affinity(value: object, text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected auto, off or a CPU list such as 0-3,8, got {value!r}")
+    setting = cpus.parse_setting(value)
+    cpus.chosen(setting)  # a CPU this process may not use: refused now, not at a worker's start
+    return setting
+
+
 def _metrics_bind(value: object, text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, or \"off\", got {value!r}")
@@ -397,7 +410,7 @@ _PARSERS: dict[str, Callable[[object, bool], object]] = {
     "repl_curve_server_key": _path, "repl_curve_client_cert": _path,
     "etcd": _etcd_urls, "cluster": _cluster, "advertise": _optional_endpoint,
     "lease_ttl_s": _whole_seconds, "loop_interval_s": _seconds, "retry_timeout_s": _seconds,
-    "workers": _count,
+    "workers": _count, "cpu_affinity": _cpu_affinity,
     "repl_backlog_changes": _count, "min_replicas_to_write": _count,
     "min_replicas_max_lag_s": _seconds,
 }

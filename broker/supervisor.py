@@ -25,7 +25,8 @@ hop and a process to every request (the round trip the node is measured by), so 
 binds its own: worker 0 the configured endpoint, the others the same host on an ephemeral port
 (not port + i: that would collide with --pub-bind's default), and each its own ipc:// socket.
 A restarted worker binds the same endpoints again, so clients' sockets reconnect to it. The
-ping reply lists the workers (`"workers": [{"endpoint", "ipc_endpoint", "pid"}, ...]`); a
+ping reply lists the workers (`"workers": [{"endpoint", "ipc_endpoint", "pid", "cpu"}, ...]`,
+cpu being the one it is pinned to: broker/cpus.py); a
 RemoteCache asks once, at its first call, and then sticks to one worker (the one the reply's
 worker_hint names, each in turn: clients/workers.py): one worker answers one client's
 requests in order, which is what a client relies on. Clients that never ask (a raw DEALER)
@@ -73,7 +74,8 @@ The link carries JSON objects, one per datagram, each with a "kind":
 
     kind     from        fields
     start    supervisor  version (LINK_VERSION), parent (pid), index, config (NodeConfig as
-                         a dict), bind, ipc (endpoint or null), resp_fd (fd or null)
+                         a dict), bind, ipc (endpoint or null), cpu (the worker's, or
+                         null: broker/cpus.py), resp_fd (fd or null)
     ready    worker      pid, endpoint (as bound), ipc_endpoint
     about    supervisor  about: what the worker's ping adds (workers, worker_restarts)
     replicas supervisor  applied: [[offset, time.monotonic()], ...] of the primary's replicas
@@ -107,7 +109,7 @@ from prometheus_client.registry import Collector
 
 from shmkv.errors import ConfigError, ShmKVError
 
-from . import ipc
+from . import cpus, ipc
 from .config import NodeConfig, resp_address, worker_count
 from .metrics import Metrics
 from .replication import Stopped
@@ -140,6 +142,8 @@ def serve(config: NodeConfig, out: TextIO = sys.stdout, *,
     SIGTERM/SIGINT; returns the process exit status."""
     count = worker_count(config)
     if count == 1:
+        if config.cpu_affinity not in (cpus.AUTO, cpus.OFF):  # a list: the whole node on it
+            cpus.pin_process(cpus.chosen(config.cpu_affinity))  # type: ignore[arg-type]
         return serve_alone(config, out, notifier=notifier)
     node = _Node(config, out, notifier)
     node.workers = WorkerPool(config, count)
@@ -156,6 +160,7 @@ class _Slot:
     index: int
     bind: str
     ipc: str | None
+    cpu: int | None  # the one it runs on (broker/cpus.py); None: any of the node's
     process: subprocess.Popen[bytes] | None = None
     link: socket.socket | None = None
     serving: bool = False  # it said ready
@@ -173,7 +178,8 @@ class WorkerPool:
                  python: tuple[str, ...] = (sys.executable, "-P")) -> None:
         self.config = config
         self.python = python
-        self.slots = [_Slot(i, *_endpoints(config, i)) for i in range(count)]
+        self.slots = [_Slot(i, *_endpoints(config, i), cpu)
+                      for i, cpu in enumerate(cpus.worker_cpus(config.cpu_affinity, count))]
         self.restarts = 0
         self._relayed: tuple[int, int] | None = None  # (Source, its reports) last relayed
         self.stopping = False
@@ -305,7 +311,8 @@ class WorkerPool:
     def about(self) -> dict[str, Any]:
         """What each worker's ping adds."""
         return {"workers": [{"endpoint": s.bind, "ipc_endpoint": s.ipc,
-                             "pid": s.process.pid if s.process is not None else None}
+                             "pid": s.process.pid if s.process is not None else None,
+                             "cpu": s.cpu}
                             for s in self.slots],
                 "worker_restarts": self.restarts}
 
@@ -383,7 +390,7 @@ class WorkerPool:
         slot.restart_at = math.inf
         _send(ours, {"kind": "start", "version": LINK_VERSION, "parent": os.getpid(),
                      "index": slot.index, "config": asdict(self.config), "bind": slot.bind,
-                     "ipc": slot.ipc,
+                     "ipc": slot.ipc, "cpu": slot.cpu,
                      "resp_fd": self._resp.fileno() if self._resp is not None else None})
         if self._poller is not None:
             self._poller.register(ours.fileno(), zmq.POLLIN)

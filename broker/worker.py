@@ -44,7 +44,7 @@ import shmkv
 from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 
-from . import protocol
+from . import cpus, protocol
 from .auth import CurveServer
 from .config import NodeConfig
 from .dispatch import Dispatcher
@@ -91,6 +91,7 @@ class Worker(_Node):
         self.bind: str = start["bind"]
         self.ipc: str | None = start.get("ipc")
         self.resp_fd: int | None = start.get("resp_fd")
+        self.cpu: int | None = start.get("cpu")
         self.orphaned = False  # the link read end-of-file: the supervisor has gone
         self.metrics = Metrics()  # counts requests; the supervisor serves the sum
         self._dispatcher: Dispatcher | None = None
@@ -100,6 +101,8 @@ class Worker(_Node):
         self._resp: RespDoor | None = None
 
     def run(self) -> int:
+        if self.cpu is not None:  # before the context: its I/O thread shares the CPU (cpus.py)
+            cpus.pin_process([self.cpu])
         with StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)

@@ -141,6 +141,10 @@ def serve(
         "--workers", "Processes that serve requests, each on its own endpoint (the first on "
         "--bind; clients learn the others); 1: a single process, 0: one per CPU. "
         "(default: $SHMKV_WORKERS, else one per CPU)", metavar="N")] = None,
+    cpu_affinity: Annotated[str | None, _node_option(
+        "--cpu-affinity", "The CPUs the workers run on, one each: auto (the node's own CPUs), "
+        "off (left to the scheduler), or a list such as 0-3,8 (with --workers 1: the node's "
+        "CPUs). (default: $SHMKV_CPU_AFFINITY, else auto)", metavar="auto|off|LIST")] = None,
     repl_backlog_changes: Annotated[int | None, _node_option(
         "--repl-backlog-changes", "A replica that comes back more changes behind than this "
         "resyncs fully. (default: $SHMKV_REPL_BACKLOG_CHANGES, else 10000000)")] = None,
@@ -177,7 +181,8 @@ def serve(
              "repl_curve_client_cert": repl_curve_client_cert, "etcd": etcd,
              "cluster": cluster, "advertise": advertise, "lease_ttl_s": lease_ttl_s,
              "loop_interval_s": loop_interval_s, "retry_timeout_s": retry_timeout_s,
-             "workers": workers, "repl_backlog_changes": repl_backlog_changes,
+             "workers": workers, "cpu_affinity": cpu_affinity,
+             "repl_backlog_changes": repl_backlog_changes,
              "min_replicas_to_write": min_replicas_to_write,
              "min_replicas_max_lag_s": min_replicas_max_lag_s}
     # The global --region always has a value (its default, or $SHMKV_REGION): only a region

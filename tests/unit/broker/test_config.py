@@ -5,6 +5,7 @@ and the ConfigError that names the source and the key of a bad one. The last tes
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -33,6 +34,8 @@ def write(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
+LAST_CPU = max(os.sched_getaffinity(0))  # a CPU list must name CPUs the node may use
+
 # One value per field, as a file, a variable and a flag would give it; each differs from the
 # default and from the values of the other levels, so the winner is unambiguous.
 FILE_VALUES: dict[str, Any] = {
@@ -50,7 +53,7 @@ FILE_VALUES: dict[str, Any] = {
     "etcd": "http://127.0.0.1:2379,http://127.0.0.2:2379", "cluster": "file-cluster",
     "advertise": "tcp://10.0.0.1:7007", "lease_ttl_s": 20, "loop_interval_s": 2,
     "retry_timeout_s": 4,
-    "workers": 3,
+    "workers": 3, "cpu_affinity": "0",
     "repl_backlog_changes": 1000, "min_replicas_to_write": 1, "min_replicas_max_lag_s": 5,
 }
 ENV_VALUES = {
@@ -66,7 +69,7 @@ ENV_VALUES = {
     "etcd": "https://etcd.example:2379", "cluster": "env-cluster",
     "advertise": "tcp://10.0.0.1:7017", "lease_ttl_s": "30", "loop_interval_s": "0.5",
     "retry_timeout_s": "2.5",
-    "workers": "4",
+    "workers": "4", "cpu_affinity": "OFF",
     "repl_backlog_changes": "2000", "min_replicas_to_write": "2", "min_replicas_max_lag_s": "6",
 }
 CLI_VALUES: dict[str, Any] = {
@@ -83,7 +86,7 @@ CLI_VALUES: dict[str, Any] = {
     "repl_curve_client_cert": "/nonexistent/flag.key_secret",
     "etcd": "http://[::1]:2379", "cluster": "flag-cluster", "advertise": "tcp://10.0.0.1:7027",
     "lease_ttl_s": 40, "loop_interval_s": 3.0, "retry_timeout_s": 3.5,
-    "workers": 5,
+    "workers": 5, "cpu_affinity": f" {LAST_CPU} ",
     "repl_backlog_changes": 3000, "min_replicas_to_write": 3, "min_replicas_max_lag_s": 7.0,
 }
 EXPECTED = {
@@ -91,10 +94,10 @@ EXPECTED = {
     "env": {**ENV_VALUES, "ipc_dir": "", "arena_bytes": 4 << 20, "maintain_interval_s": 0.25, "pub_hwm": 12,
             "allow_remote": False, "flush_interval_s": 0.5, "snapshot_interval_s": 0.0,
             "lease_ttl_s": 30, "loop_interval_s": 0.5, "retry_timeout_s": 2.5,
-            "workers": 4,
+            "workers": 4, "cpu_affinity": "off",
             "repl_backlog_changes": 2000, "min_replicas_to_write": 2,
             "min_replicas_max_lag_s": 6.0},
-    "flag": {**CLI_VALUES, "metrics_bind": ""},
+    "flag": {**CLI_VALUES, "metrics_bind": "", "cpu_affinity": str(LAST_CPU)},
 }
 EXPECTED["file"].update(loop_interval_s=2.0, retry_timeout_s=4.0)
 
@@ -212,6 +215,9 @@ def test_config_error_is_a_shmkv_error_and_a_value_error() -> None:
     ("SHMKV_CURVE_SECRET_KEY", "/", "is a directory"),
     ("SHMKV_CURVE_ALLOW", "/etc/passwd", "is not a directory"),
     ("SHMKV_IPC_DIR", "/etc/passwd", "is not a directory"),
+    ("SHMKV_CPU_AFFINITY", "most", "auto, off or a CPU list"),
+    ("SHMKV_CPU_AFFINITY", "3-1", "rising ranges"),
+    ("SHMKV_CPU_AFFINITY", "0,4095", "4095: not among the CPUs this node may run on"),
 ])
 def test_unparsable_variable_names_the_variable_and_key(variable: str, value: str,
                                                         says: str) -> None:
@@ -239,6 +245,7 @@ def test_unparsable_variable_names_the_variable_and_key(variable: str, value: st
     ("requirepass", 1234, "a password"),
     ("repl_bind", 7005, "ZeroMQ endpoint"),
     ("replica_of", ["tcp://127.0.0.1:1"], "ZeroMQ endpoint"),
+    ("cpu_affinity", 0, "auto, off or a CPU list"),
 ])
 def test_wrong_type_in_file_names_the_file_and_key(tmp_path: Path, key: str, value: object,
                                                    says: str) -> None:

@@ -1,0 +1,94 @@
+"""--cpu-affinity on live nodes (broker/cpus.py): where each worker's threads run, libzmq's I/O
+thread included, across a worker's restart; off and a list; the single-process node."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from node_process import running_node
+from shmkv.clients import RemoteCache
+from tests_support import until
+
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                 reason="needs 2 CPUs to tell pinned from free")]
+
+ALLOWED = sorted(os.sched_getaffinity(0))
+
+
+def threads_cpus(pid: int) -> dict[str, list[list[int]]]:
+    """Each thread's name -> the CPUs each thread of that name may run on."""
+    found: dict[str, list[list[int]]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+            name = comm.read().strip()
+        found.setdefault(name, []).append(sorted(os.sched_getaffinity(int(tid))))
+    return found
+
+
+def on_cpus(pid: int) -> list[list[int]]:
+    """The distinct CPU sets of the process's threads; it must have libzmq's I/O thread."""
+    threads = threads_cpus(pid)
+    assert "ZMQbg/IO/0" in threads, threads  # the thread the pin is for
+    return sorted({tuple(cpus) for sets in threads.values() for cpus in sets})  # type: ignore
+
+
+def node_ping(endpoint: str) -> dict:
+    with RemoteCache(endpoint, timeout_s=2.0, retries=5) as remote:
+        return remote.ping()
+
+
+def test_each_worker_runs_with_its_zeromq_threads_on_one_cpu_of_its_own(
+        region_name: str) -> None:
+    with running_node(region_name, "--workers", str(len(ALLOWED))) as node:
+        workers = node.ready["workers"]
+        assert [w["cpu"] for w in workers] == ALLOWED
+        for worker in workers:
+            assert on_cpus(worker["pid"]) == [(worker["cpu"],)]
+        assert on_cpus(node.process.pid) == [tuple(ALLOWED)]  # the supervisor stays free
+        assert [w["cpu"] for w in node_ping(node.endpoint)["workers"]] == ALLOWED
+
+
+def test_a_worker_restarted_after_sigkill_runs_on_the_cpu_of_the_one_it_replaces(
+        region_name: str) -> None:
+    with running_node(region_name, "--workers", "2") as node:
+        victim = node.ready["workers"][1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        until(lambda: node_ping(node.endpoint)["worker_restarts"] == 1 and
+              node_ping(node.endpoint)["workers"][1]["pid"] not in (None, victim["pid"]),
+              "the supervisor restarts the worker")
+        replaced = node_ping(node.endpoint)["workers"][1]
+        node_ping(replaced["endpoint"])  # answered there first: the new worker serves
+        assert replaced["cpu"] == victim["cpu"] == ALLOWED[1]
+        assert on_cpus(replaced["pid"]) == [(victim["cpu"],)]
+
+
+def test_off_leaves_every_worker_to_the_scheduler(region_name: str) -> None:
+    with running_node(region_name, "--workers", "2", "--cpu-affinity", "off") as node:
+        for worker in node.ready["workers"]:
+            assert worker["cpu"] is None
+            assert on_cpus(worker["pid"]) == [tuple(ALLOWED)]
+
+
+def test_a_list_spreads_the_workers_over_its_cpus_in_turn(region_name: str) -> None:
+    last = ALLOWED[-1]
+    with running_node(region_name, "--workers", "3", "--cpu-affinity",
+                      f"{ALLOWED[0]},{last}") as node:
+        workers = node.ready["workers"]
+        assert [w["cpu"] for w in workers] == [ALLOWED[0], last, ALLOWED[0]]
+        for worker in workers:
+            assert on_cpus(worker["pid"]) == [(worker["cpu"],)]
+
+
+def test_the_single_process_node_is_free_by_default_and_runs_on_a_list_given(
+        region_name: str) -> None:
+    with running_node(region_name, "--workers", "1") as node:
+        assert on_cpus(node.process.pid) == [tuple(ALLOWED)]
+    last = ALLOWED[-1]
+    with running_node(region_name, "--workers", "1", "--cpu-affinity", str(last)) as node:
+        assert on_cpus(node.process.pid) == [(last,)]
+        with RemoteCache(node.endpoint) as remote:  # it serves from there
+            remote.set("k", b"v")
+            assert remote.get("k") == b"v"

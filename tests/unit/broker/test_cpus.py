@@ -1,0 +1,43 @@
+"""broker/cpus.py: the --cpu-affinity setting, and the CPU each worker gets from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from shmkv.broker import cpus
+
+
+@pytest.mark.parametrize(("given", "normalised"), [
+    ("auto", "auto"), (" AUTO ", "auto"), ("Off", "off"),
+    ("0", "0"), ("3,1,2", "1-3"), ("0-3,8", "0-3,8"), ("8,0-3,2", "0-3,8"),
+    ("5-5", "5"), ("0-1,3-4,6", "0-1,3-4,6"),
+])
+def test_a_setting_is_auto_off_or_a_cpu_list_written_in_rising_ranges(
+        given: str, normalised: str) -> None:
+    assert cpus.parse_setting(given) == normalised
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    ("", "auto, off or a CPU list"), ("some", "auto, off or a CPU list"),
+    ("1,,2", "auto, off or a CPU list"), ("1-2-3", "auto, off or a CPU list"),
+    ("-1", "auto, off or a CPU list"), ("3-1", "rising ranges"), ("4096", "0 to 4095"),
+    ("0," * 600, "characters"),
+])
+def test_a_setting_that_names_no_cpus_is_refused_saying_why(given: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        cpus.parse_setting(given)
+
+
+def test_workers_take_the_cpus_in_turn(monkeypatch) -> None:
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {4, 5, 6})
+    assert cpus.worker_cpus("auto", 5) == [4, 5, 6, 4, 5]
+    assert cpus.worker_cpus("6,4", 3) == [4, 6, 4]
+    assert cpus.worker_cpus("off", 2) == [None, None]
+
+
+def test_a_list_may_name_only_cpus_the_node_may_run_on(monkeypatch) -> None:
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpus.chosen("1-2") == [1, 2]
+    with pytest.raises(ValueError, match=r"4-5,7: not among the CPUs this node may run on "
+                                         r"\(0-3\)"):
+        cpus.chosen("2-5,7")
