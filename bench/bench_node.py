@@ -131,10 +131,12 @@ def echo_round_trip(sock, key: bytes) -> object:
 
 
 @contextlib.contextmanager
-def running_node(arena_bytes: int, ipc_dir: str) -> Iterator[dict[str, str]]:
-    """A node on an ephemeral loopback port and an ipc:// socket; yields its ready event."""
+def running_node(arena_bytes: int, ipc_dir: str,
+                 options: list[str]) -> Iterator[dict[str, str]]:
+    """A node on an ephemeral loopback port and an ipc:// socket, with the options given after
+    the bench's; yields its ready event."""
     with _node.running_node(f"shmkv-bench-node-{uuid.uuid4().hex[:8]}", "--ipc-dir", ipc_dir,
-                            arena_bytes=arena_bytes) as ready:
+                            *options, arena_bytes=arena_bytes) as ready:
         yield ready
 
 
@@ -197,7 +199,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, f
     throughput: dict[str, float] = {}
     notes = []
     with tempfile.TemporaryDirectory(prefix="shmkv-bench-node-") as tmp, \
-            running_node(256 << 20, os.path.join(tmp, "ipc")) as node, \
+            running_node(256 << 20, os.path.join(tmp, "ipc"), args.node_option) as node, \
             running_redis(Path(tmp)) as redis_port, \
             BareEcho(len(node.get("workers") or [None]), tmp) as echo, \
             contextlib.ExitStack() as clients:
@@ -383,6 +385,9 @@ def main() -> None:
     parser.add_argument("--clients", type=lambda s: [int(n) for n in s.split(",")],
                         default=[8, 32], help="client processes for throughput, e.g. 8,32")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput run")
+    parser.add_argument("--node-option", action="append", default=[],
+                        help="a `shmkv serve` option for the node, as --node-option=--flag=value "
+                        "(repeatable), e.g. --node-option=--cpu-affinity=off")
     _report.add_run_arguments(parser)
     args = parser.parse_args()
     if args.quick:
@@ -397,6 +402,7 @@ def main() -> None:
              "Redis; ops/s counts keys", f"big batch: {args.big_batch} keys; throughput: best "
              f"of {args.rounds} runs of {args.seconds} s each; loopback, client and servers "
              "share the machine's cores",
+             *([f"node options: {' '.join(args.node_option)}"] if args.node_option else []),
              "load average before / after the run: " + " / ".join(
                  ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg())),
              *notes]
