@@ -2,25 +2,27 @@
 
 A ZeroMQ request crosses two threads in the process that answers it: libzmq's I/O thread reads
 the socket and wakes the loop's thread through an eventfd, and the reply goes back the same
-way. On a small VM a wake-up on another CPU costs an interrupt to wake it up (a halted vCPU
-exits to the hypervisor); one on the same CPU does not. So each worker of a node with several
-runs on one CPU, pinned before it makes its ZeroMQ context, whose I/O thread then inherits
-the pin (Linux threads take their creator's mask): bench/README.md, section
-"Workers on their own CPU", measured 8-12% off a get's round trip and 12-19% more gets/s from
-8 and 32 client processes on 2 vCPUs. That is the thread-per-core shape nginx's
-worker_cpu_affinity and Redis's server_cpulist offer; here it is the default.
+way. On a small VM a wake-up on another CPU costs an interrupt to wake it (a halted vCPU exits
+to the hypervisor); one on the same CPU does not. So each worker of a node with several runs
+on one CPU, pinned before it makes its ZeroMQ context, whose I/O thread then inherits the pin
+(Linux threads take their creator's mask). On 2 vCPUs (bench/README.md, "Workers on their own
+CPU"): 5-9% off a get's round trip, and up to a fifth more gets a second from 8 client
+processes, in rounds alternating with the workers unpinned. That is the thread-per-core shape
+nginx's worker_cpu_affinity and Redis's server_cpulist offer; here it is the default.
 
-    setting     a node with several workers          the single-process node (--workers 1)
-    auto        worker i on the i-th CPU (mod n) of   left to the scheduler: it also
-                the node's own CPUs (sched_getaffinity maintains, flushes and snapshots,
-                at start, so systemd's CPUAffinity=   which are better free to move
-                and taskset narrow them)
-    off         left to the scheduler                 left to the scheduler
-    LIST        worker i on the i-th CPU (mod n) of   the whole process on LIST (as taskset:
-    (0-3,8)     LIST                                  its children and threads inherit it)
+    setting   a node with several workers        the single-process node (--workers 1)
+    auto      worker i on the i-th (mod n) of    left to the scheduler: it also maintains,
+              the node's own CPUs, as            flushes and snapshots, which had better be
+              sched_getaffinity says at start    free to move
+              (systemd's CPUAffinity= and
+              taskset narrow them)
+    off       left to the scheduler              left to the scheduler
+    LIST      worker i on the i-th (mod n) of    the whole process on LIST (as taskset: its
+    (0-3,8)   LIST                               threads and children inherit it)
 
-Left as `off` where the node shares a few CPUs with busy processes of its own host: a pinned
-worker cannot move to an idle CPU when its own is taken. The supervisor itself, with the
+`off` suits a host where the node shares a few CPUs with busy processes (a pinned worker cannot
+move to an idle CPU when its own is taken), and a client on the node's host that happens to
+run on its worker's CPU waits for it (remote clients never do). The supervisor, with the
 node's maintenance, snapshots and replication, is never pinned.
 """
 
