@@ -102,9 +102,20 @@ def worker_cpus(setting: str, count: int) -> list[int | None]:
 
 def pin_process(cpus: list[int]) -> None:
     """Run this process on cpus: each of its threads now (a pool numpy's BLAS started at
-    import, say), and so the threads and processes they start later."""
+    import, say), and so the threads and processes they start later. OSError if the kernel
+    refuses (a CPU taken offline or out of the cgroup's cpuset since the node started)."""
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:  # a thread that has ended since
             pass
+
+
+def try_pin_process(cpus: list[int]) -> str | None:
+    """pin_process, or why it could not be (the process then runs where it may: a worker
+    that serves unpinned beats one that cannot start)."""
+    try:
+        pin_process(cpus)
+    except OSError as exc:
+        return f"cannot run on CPU {format_cpus(cpus)}: {exc.strerror}"
+    return None

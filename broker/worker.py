@@ -102,7 +102,10 @@ class Worker(_Node):
 
     def run(self) -> int:
         if self.cpu is not None:  # before the context: its I/O thread shares the CPU (cpus.py)
-            cpus.pin_process([self.cpu])
+            refused = cpus.try_pin_process([self.cpu])
+            if refused is not None:
+                print(json.dumps({"event": "worker_unpinned", "index": self.index,
+                                  "message": refused}), file=sys.stderr, flush=True)
         with StopSignals() as stop:
             context = zmq.Context()
             router = context.socket(zmq.ROUTER)

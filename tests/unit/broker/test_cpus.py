@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from shmkv.broker import cpus
@@ -41,3 +44,17 @@ def test_a_list_may_name_only_cpus_the_node_may_run_on(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"4-5,7: not among the CPUs this node may run on "
                                          r"\(0-3\)"):
         cpus.chosen("2-5,7")
+
+
+def test_a_pin_the_kernel_refuses_is_reported_and_leaves_the_process_where_it_was(
+        monkeypatch) -> None:
+    before = os.sched_getaffinity(0)
+
+    def refuse(pid: int, mask: object) -> None:  # as for a CPU taken offline since the start
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(cpus.os, "sched_setaffinity", refuse)
+    assert cpus.try_pin_process([3]) == "cannot run on CPU 3: Invalid argument"
+    monkeypatch.undo()
+    assert os.sched_getaffinity(0) == before
+    assert cpus.try_pin_process(sorted(before)) is None
