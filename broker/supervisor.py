@@ -179,7 +179,8 @@ class WorkerPool:
         self.config = config
         self.python = python
         self.slots = [_Slot(i, *_endpoints(config, i), cpu)
-                      for i, cpu in enumerate(cpus.worker_cpus(config.cpu_affinity, count))]
+                      for i, cpu in enumerate(cpus.worker_cpus(
+                          config.cpu_affinity, count, resp_door=bool(config.resp_bind)))]
         self.restarts = 0
         self._relayed: tuple[int, int] | None = None  # (Source, its reports) last relayed
         self.stopping = False

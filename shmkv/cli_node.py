@@ -142,8 +142,8 @@ def serve(
         "--bind; clients learn the others); 1: a single process, 0: one per CPU. "
         "(default: $SHMKV_WORKERS, else one per CPU)", metavar="N")] = None,
     cpu_affinity: Annotated[str | None, _node_option(
-        "--cpu-affinity", "The CPUs the workers run on, one each: auto (the node's own CPUs), "
-        "off (left to the scheduler), or a list such as 0-3,8 (with --workers 1: the node's "
+        "--cpu-affinity", "The CPUs the workers run on, one each: auto (the node's own CPUs; "
+        "none with --resp-bind), off (left to the scheduler), or a list such as 0-3,8 (with --workers 1: the node's "
         "CPUs). (default: $SHMKV_CPU_AFFINITY, else auto)", metavar="auto|off|LIST")] = None,
     repl_backlog_changes: Annotated[int | None, _node_option(
         "--repl-backlog-changes", "A replica that comes back more changes behind than this "

@@ -65,8 +65,11 @@ def test_a_worker_restarted_after_sigkill_runs_on_the_cpu_of_the_one_it_replaces
         assert on_cpus(replaced["pid"]) == [(victim["cpu"],)]
 
 
-def test_off_leaves_every_worker_to_the_scheduler(region_name: str) -> None:
-    with running_node(region_name, "--workers", "2", "--cpu-affinity", "off") as node:
+@pytest.mark.parametrize("options", [("--cpu-affinity", "off"),
+                                     ("--resp-bind", "127.0.0.1:0")],  # auto, a RESP door
+                         ids=["off", "auto with a RESP door"])
+def test_workers_left_to_the_scheduler(region_name: str, options: tuple[str, str]) -> None:
+    with running_node(region_name, "--workers", "2", *options) as node:
         for worker in node.ready["workers"]:
             assert worker["cpu"] is None
             assert on_cpus(worker["pid"]) == [tuple(ALLOWED)]

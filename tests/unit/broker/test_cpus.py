@@ -38,6 +38,13 @@ def test_workers_take_the_cpus_in_turn(monkeypatch) -> None:
     assert cpus.worker_cpus("off", 2) == [None, None]
 
 
+def test_auto_leaves_the_workers_of_a_node_with_a_resp_door_free_and_a_list_does_not(
+        monkeypatch) -> None:
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpus.worker_cpus("auto", 2, resp_door=True) == [None, None]
+    assert cpus.worker_cpus("1", 2, resp_door=True) == [1, 1]
+
+
 def test_a_list_may_name_only_cpus_the_node_may_run_on(monkeypatch) -> None:
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert cpus.chosen("1-2") == [1, 2]
