@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 import shmkv
+from shmkv.clients import RemoteCache
 
 STOP_TIMEOUT_S = 30
 
@@ -85,6 +86,13 @@ def failed_start(region: str, *options: str,
             process.kill()
             process.wait()
     return process.returncode, out, err
+
+
+def node_ping(endpoint: str) -> dict:
+    """A node's (or one worker's) ping reply, through a RemoteCache that retries while it
+    starts."""
+    with RemoteCache(endpoint, timeout_s=2.0, retries=5) as remote:
+        return remote.ping()  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from node_process import running_node
+from node_process import node_ping, running_node
 from shmkv.clients import RemoteCache
 from tests_support import until
 
@@ -18,26 +18,16 @@ pytestmark = [pytest.mark.multiprocess,
 ALLOWED = sorted(os.sched_getaffinity(0))
 
 
-def threads_cpus(pid: int) -> dict[str, list[list[int]]]:
-    """Each thread's name -> the CPUs each thread of that name may run on."""
-    found: dict[str, list[list[int]]] = {}
+def on_cpus(pid: int) -> list[tuple[int, ...]]:
+    """The distinct CPU sets of the process's threads; it must have libzmq's I/O thread, the
+    one the pin is for."""
+    names, sets = [], set()
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-            name = comm.read().strip()
-        found.setdefault(name, []).append(sorted(os.sched_getaffinity(int(tid))))
-    return found
-
-
-def on_cpus(pid: int) -> list[list[int]]:
-    """The distinct CPU sets of the process's threads; it must have libzmq's I/O thread."""
-    threads = threads_cpus(pid)
-    assert "ZMQbg/IO/0" in threads, threads  # the thread the pin is for
-    return sorted({tuple(cpus) for sets in threads.values() for cpus in sets})  # type: ignore
-
-
-def node_ping(endpoint: str) -> dict:
-    with RemoteCache(endpoint, timeout_s=2.0, retries=5) as remote:
-        return remote.ping()
+            names.append(comm.read().strip())
+        sets.add(tuple(sorted(os.sched_getaffinity(int(tid)))))
+    assert "ZMQbg/IO/0" in names, names
+    return sorted(sets)
 
 
 def test_each_worker_runs_with_its_zeromq_threads_on_one_cpu_of_its_own(

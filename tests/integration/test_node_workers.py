@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from node_process import dealer, running_node
+from node_process import dealer, node_ping, running_node
 from shmkv.broker import protocol
 from shmkv.clients import RemoteCache
 from shmkv.clients import workers as client_workers
@@ -65,10 +65,6 @@ def stripe_lock_held(cache: shmkv.Cache, key: bytes) -> Iterator[Callable[[], bo
     finally:
         cache._locks.release_stripe(stripe)
 
-
-def node_ping(endpoint: str) -> dict:
-    with RemoteCache(endpoint, timeout_s=2.0, retries=5) as remote:
-        return remote.ping()
 
 
 def test_remote_caches_are_spread_over_the_workers_and_share_the_region(
