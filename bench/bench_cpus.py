@@ -1,6 +1,7 @@
 """--cpu-affinity auto (each worker on a CPU of its own) against off (the workers left to the
 scheduler): two nodes of 2+ workers side by side, their rounds alternating, with redis-server
-in the same run (broker/cpus.py says why the pin can matter).
+in the same run (broker/cpus.py says why the pin can matter). bench_compiled_door.py compares
+two other nodes the same way (measure() and report() take the two variants).
 
     python bench/bench_cpus.py --rounds 4                 # writes bench/results/cpus-*.md
     python bench/bench_cpus.py --quick
@@ -32,11 +33,14 @@ try:
 except ImportError:  # a peer, not a dependency
     redis = None
 
-SETTINGS = ("auto", "off")
+# name: (the node's options, what its environment adds); the first is compared with the second
+Variants = dict[str, tuple[list[str], dict[str, str]]]
+VARIANTS: Variants = {"auto": (["--cpu-affinity", "auto"], {}),
+                      "off": (["--cpu-affinity", "off"], {})}
 
 
-def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, list[float]],
-                                              dict[str, object]]:
+def measure(args: argparse.Namespace, variants: Variants = VARIANTS
+            ) -> tuple[dict[str, list[int]], dict[str, list[float]], dict[str, object]]:
     rng = random.Random(args.seed)
     keys = [os.urandom(8).hex().encode() for _ in range(args.keys)]
     values = {k: os.urandom(100) for k in keys}
@@ -48,9 +52,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, l
         gets: dict[str, Callable[[bytes], object]] = {}
         batches: dict[str, Callable[[list[bytes]], object]] = {}
         targets: dict[str, str] = {}
-        for setting in SETTINGS:
+        for setting, (options, env) in variants.items():
             node = stack.enter_context(bench_node.running_node(
-                64 << 20, os.path.join(tmp, setting), ["--cpu-affinity", setting]))
+                64 << 20, os.path.join(tmp, setting), options, env))
             placed[setting] = [w.get("cpu") for w in node["workers"]]
             for transport, endpoint in (("tcp", node["endpoint"]),
                                         ("ipc", node["ipc_endpoint"])):
@@ -80,7 +84,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, l
 
 
 def report(samples: dict[str, list[int]], throughput: dict[str, list[float]],
-           clients: int) -> tuple[list[dict], list[str]]:
+           clients: int, variants: Variants = VARIANTS) -> tuple[list[dict], list[str]]:
     med = {name: _report.percentiles(s)["median"] for name, s in samples.items()}
     best = {name: max(runs) for name, runs in throughput.items()}
     rows = []
@@ -97,19 +101,20 @@ def report(samples: dict[str, list[int]], throughput: dict[str, list[float]],
                      "median_ns": None, "p99_ns": None, "ops_per_s": ops_per_s,
                      "ratio": peer / ops_per_s if peer else None})
     notes = []
+    first, second = variants
     for transport in ("tcp", "ipc"):
-        auto, off = f"shmkv {transport}, auto", f"shmkv {transport}, off"
+        a, b = f"shmkv {transport}, {first}", f"shmkv {transport}, {second}"
         for op in ("get", "get_many(100)"):
-            notes.append(f"{transport} {op}: auto's median {med[f'{auto}|{op}'] / 1000:.1f} us, "
-                         f"{med[f'{auto}|{op}'] / med[f'{off}|{op}']:.2f}x off's")
-        each = ", ".join(f"{a / o:.2f}" for a, o in zip(throughput[auto], throughput[off]))
-        notes.append(f"{transport}, {clients} clients: auto's best {best[auto]:,.0f} gets/s, "
-                     f"{best[auto] / best[off]:.2f}x off's (round by round: {each})")
+            notes.append(f"{transport} {op}: {first}'s median {med[f'{a}|{op}'] / 1000:.1f} us, "
+                         f"{med[f'{a}|{op}'] / med[f'{b}|{op}']:.2f}x {second}'s")
+        each = ", ".join(f"{x / y:.2f}" for x, y in zip(throughput[a], throughput[b]))
+        notes.append(f"{transport}, {clients} clients: {first}'s best {best[a]:,.0f} gets/s, "
+                     f"{best[a] / best[b]:.2f}x {second}'s (round by round: {each})")
     return rows, notes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--gets", type=int, default=5_000, help="single gets per round")
     parser.add_argument("--batches", type=int, default=500, help="get_many(100) per round")
@@ -119,11 +124,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.keys, args.gets, args.batches, args.rounds, args.seconds = 2_000, 500, 50, 1, 0.5
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("needs 2 CPUs: with one, auto and off place the workers alike")
+    return args
+
+
+def run(args: argparse.Namespace, variants: Variants, name: str, title: str) -> None:
+    """Measure the two variants and redis-server; print and save the table (name-*.md)."""
     load = os.getloadavg()
-    samples, throughput, placed = measure(args)
-    rows, notes = report(samples, throughput, args.clients)
+    samples, throughput, placed = measure(args, variants)
+    rows, notes = report(samples, throughput, args.clients, variants)
     notes += [f"workers' CPUs: {placed}; each node has one worker per CPU (the default); "
               "ratio = median / redis-py's of the same op (latency rows), redis-server's "
               "ops/s / this row's (throughput rows): below 1 is faster than Redis",
@@ -132,8 +140,14 @@ def main() -> None:
               "load average before / after the run: " + " / ".join(
                   ", ".join(f"{x:.2f}" for x in avg) for avg in (load, os.getloadavg()))]
     out = args.out or (None if args.quick else str(_report.REPO / "bench" / "results"))
-    _report.print_and_save("cpus", "Workers on a CPU each (--cpu-affinity auto) against off",
-                           rows, notes, out)
+    _report.print_and_save(name, title, rows, notes, out)
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs 2 CPUs: with one, auto and off place the workers alike")
+    run(args, VARIANTS, "cpus", "Workers on a CPU each (--cpu-affinity auto) against off")
 
 
 if __name__ == "__main__":

@@ -131,12 +131,12 @@ def echo_round_trip(sock, key: bytes) -> object:
 
 
 @contextlib.contextmanager
-def running_node(arena_bytes: int, ipc_dir: str,
-                 options: list[str]) -> Iterator[dict[str, str]]:
+def running_node(arena_bytes: int, ipc_dir: str, options: list[str],
+                 env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
     """A node on an ephemeral loopback port and an ipc:// socket, with the options given after
-    the bench's; yields its ready event."""
+    the bench's and env added to the environment; yields its ready event."""
     with _node.running_node(f"shmkv-bench-node-{uuid.uuid4().hex[:8]}", "--ipc-dir", ipc_dir,
-                            *options, arena_bytes=arena_bytes) as ready:
+                            *options, arena_bytes=arena_bytes, env=env) as ready:
         yield ready
 
 

@@ -59,16 +59,19 @@ _BOOL_TYPE = {bool}
 # plain_get_reply(), the compact reply of true (the value follows) or false.
 PLAIN_GET = bytes([REQUEST_FORM, _OP_CODES["get"], _HAS_TIMEOUT])
 PLAIN_GET_BYTES = _REQUEST.size
-_FOUND, _NOT_FOUND = bytes([_TRUE]), bytes([_FALSE])
-_REPLY_FORM_BYTE = bytes([REPLY_FORM])
+# What its reply is made of (also the compiled door's: compiled_door.py): the id is the
+# request's 8 bytes at PLAIN_GET_ID_AT.
+FOUND, NOT_FOUND = bytes([_TRUE]), bytes([_FALSE])
+REPLY_FORM_BYTE = bytes([REPLY_FORM])
+PLAIN_GET_ID_AT = _ID_AT
 
 
 def plain_get_reply(head: bytes, at: int, found: bool, tag: bytes = b"") -> bytes:
     """The header of the reply to the plain get at head[at:] (its id, found or not), after
     tag (the protocol's, in one concatenation)."""
     start = at + _ID_AT
-    return tag + _REPLY_FORM_BYTE + head[start:start + _ID.size] + \
-        (_FOUND if found else _NOT_FOUND)
+    return tag + REPLY_FORM_BYTE + head[start:start + _ID.size] + \
+        (FOUND if found else NOT_FOUND)
 
 
 def request_header(request_id: int, op: str, fields: dict[str, Any]) -> bytes | None:

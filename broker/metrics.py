@@ -130,6 +130,16 @@ class RequestCounts(Collector):
         self._counts: dict[tuple[str, str], int] = {}
         # command -> [count per bucket (not cumulative; the last is +Inf only), sum of seconds]
         self._latency: dict[str, list[Any]] = {}
+        # (command, outcome, counts()) of requests counted elsewhere: the compiled door's
+        self._sources: list[tuple[str, str, Callable[[], tuple[int, list[int], float]]]] = []
+
+    def add_source(self, command: str, outcome: str,
+                   counts: Callable[[], tuple[int, list[int], float]]) -> None:
+        """Count in collect() what counts() says (requests so far, count per bucket, sum of
+        seconds; since it began, never reset) as more of command's requests with outcome:
+        requests counted where calling observe() for each would cost more than answering
+        them (the compiled door: compiled_door.py)."""
+        self._sources.append((command, outcome, counts))
 
     def observe(self, command: str, outcome: str, duration_s: float) -> None:
         key = (command, outcome)
@@ -142,18 +152,29 @@ class RequestCounts(Collector):
         latency[1] += duration_s
 
     def collect(self) -> Iterator[Metric]:
+        counts = dict(self._counts)
+        latencies = {command: [list(per_bucket), sum_s]
+                     for command, (per_bucket, sum_s) in dict(self._latency).items()}
+        for command, outcome, source in list(self._sources):
+            count, per_bucket, sum_s = source()
+            if not count:
+                continue
+            counts[command, outcome] = counts.get((command, outcome), 0) + count
+            latency = latencies.setdefault(command, [[0] * len(per_bucket), 0.0])
+            latency[0] = [a + b for a, b in zip(latency[0], per_bucket)]
+            latency[1] += sum_s
         requests = CounterMetricFamily(
             "shmkv_requests", "Requests handled, by command and outcome (ok, or the error code)",
             labels=["command", "outcome"])
-        for (command, outcome), count in sorted(dict(self._counts).items()):
+        for (command, outcome), count in sorted(counts.items()):
             requests.add_metric([command, outcome], count)
         yield requests
         latency = HistogramMetricFamily(
             "shmkv_request_duration_seconds", "Time from a request's arrival to its reply",
             labels=["command"])
-        for command, (per_bucket, sum_s) in sorted(dict(self._latency).items()):
+        for command, (per_bucket, sum_s) in sorted(latencies.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), list(per_bucket)):
+            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), per_bucket):
                 cumulative += count
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([command], buckets, sum_s)

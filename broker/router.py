@@ -107,7 +107,13 @@ def receive(router: zmq.Socket) -> tuple[bytes, list[Any] | protocol.Reply] | No
     while option(_RCVMORE):
         recv_into(scratch)
         dropped += 1
-    return routing_id, protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
+    return routing_id, too_many_frames(frames, dropped)
+
+
+def too_many_frames(frames: list[Any], dropped: int) -> protocol.Reply:
+    """The error reply to a message of more than MAX_FRAMES frames: its first frames, and how
+    many more were dropped unread."""
+    return protocol.error_reply(protocol.request_id_of(frames), RequestTooLarge(
         f"a message of {len(frames) + dropped} frames is over this node's limit of "
         f"{protocol.MAX_FRAMES} (max_frames)"), op="invalid")
 

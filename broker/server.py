@@ -57,7 +57,7 @@ from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 from shmkv.locks import DEFAULT_LOCK_TIMEOUT_S
 
-from . import protocol, resp_tls
+from . import compiled_door, protocol, resp_tls
 from .auth import CurveServer
 from .config import NodeConfig, metrics_address, resp_address
 from .dispatch import Dispatcher
@@ -146,6 +146,7 @@ class _Node(ZmqDoor):
         self._written = WrittenOffsets(None)  # per client, the offset after its last write
         self._resp_door: RespDoor | None = None
         self._zero_copy = ZeroCopy.from_environment()  # large values, sent from the arena
+        self._compiled: Any = None  # the plain gets answered in C (compiled_door.py)
 
     def run(self) -> int:
         with StopSignals() as stop:
@@ -202,6 +203,8 @@ class _Node(ZmqDoor):
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
+                    self._compiled = compiled_door.plain_gets(requests, router,
+                                                              self._zero_copy, self.metrics)
                     door = self._open_door(requests)
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too
@@ -246,6 +249,7 @@ class _Node(ZmqDoor):
                         requests.close()
                     cache.close()  # the region itself stays
             finally:
+                self._compiled = None  # it uses the socket
                 router.close()
                 if publisher is not None:
                     publisher.close(linger_ms)

@@ -44,7 +44,7 @@ import shmkv
 from shmkv.errors import ShmKVError
 from shmkv.events import EventReader
 
-from . import cpus, protocol
+from . import compiled_door, cpus, protocol
 from .auth import CurveServer
 from .config import NodeConfig
 from .dispatch import Dispatcher
@@ -126,6 +126,8 @@ class Worker(_Node):
                 requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
                                             owner=owner)
                 self._requests = requests
+                self._compiled = compiled_door.plain_gets(requests, router, self._zero_copy,
+                                                          self.metrics)
                 limits = protocol.limits_for(int(requests.stats()["arena_bytes"]))
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 self.endpoint = bind(router, self.bind)
@@ -152,6 +154,7 @@ class Worker(_Node):
             finally:
                 if door is not None:
                     door.close()
+                self._compiled = None  # it uses the socket
                 router.close()
                 if curve is not None:
                     curve.stop()

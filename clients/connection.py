@@ -18,6 +18,7 @@ from typing import Any
 
 import zmq
 
+from shmkv import backend
 from shmkv.broker import batches, compact, protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.handshake import HandshakeWatch
@@ -42,6 +43,9 @@ CHECK_LIMITS_ABOVE_BYTES = protocol.MESSAGE_HEADROOM_BYTES
 BATCH_REQUESTS = 256
 BATCH_BYTES = 512 << 10
 SOLO_FRAME_BYTES = 64 << 10
+# A round trip in C (shmkv/_core_src/zmqcall.c), for the usual request; None where the compiled
+# ZeroMQ paths do not run (backend.compiled_zmq).
+_ZMQ_CALL = backend.zmq_call if backend.compiled_zmq() else None
 # Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
 _SNDMORE = int(zmq.SNDMORE)
 # pyzmq's own send, not its Python wrapper's (zmq.Socket.send, ~0.3 us a frame, for options a
@@ -174,19 +178,27 @@ class Connection:
         _Message) only if that reply is not the compact ok one it expects, when the usual way
         takes over. A third of a client's instructions a get (bench/README.md), and fewer
         objects made: fewer rounds of the garbage collector."""
-        # _transmit's sending, inline: a helper shared with it cost 1.3k instructions a get
         sock = self._socket
-        send = _BACKEND_SEND if type(sock) is zmq.Socket else type(sock).send
         request_id = self._last_id = self._last_id + 1
         head = template[0] + compact.pack_id(request_id) + template[1]
-        last = len(frames) - 1
-        send(sock, head, _SNDMORE if last >= 0 else 0, True)
-        for i, frame in enumerate(frames):
-            send(sock, frame, _SNDMORE if i < last else 0, True)
-        deadline = time.monotonic() + self.timeout_s
-        received = self._receive(deadline)
+        received: Any = False
+        if _ZMQ_CALL is not None and type(sock) is zmq.Socket:  # the round trip in C
+            if self._recv_timeout_ms != self._timeout_ms:  # as _receive sets it
+                sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
+                self._recv_timeout_ms = self._timeout_ms
+            deadline = time.monotonic() + self.timeout_s
+            received = _ZMQ_CALL(sock, head, frames)
+        if received is False:  # not sent (its pipe is full), or no compiled path
+            # _transmit's sending, inline: a helper shared with it cost 1.3k instructions
+            send = _BACKEND_SEND if type(sock) is zmq.Socket else type(sock).send
+            last = len(frames) - 1
+            send(sock, head, _SNDMORE if last >= 0 else 0, True)
+            for i, frame in enumerate(frames):
+                send(sock, frame, _SNDMORE if i < last else 0, True)
+            deadline = time.monotonic() + self.timeout_s
+            received = self._receive(deadline)
         if received is not None:
-            reply_head = received[0].bytes
+            reply_head = bytes(received[0])  # bytes from C: itself, no copy
             if reply_head.startswith(_COMPACT_REPLY):
                 try:
                     reply_id, result = compact.reply_result(reply_head, _TAG_BYTES)
@@ -398,8 +410,8 @@ class Connection:
                     sent.error = exc
                     self._done(sent)
 
-    def _read_message(self, frames: list[zmq.Frame], oldest: _Sent) -> None:
-        head = frames[0].bytes
+    def _read_message(self, frames: list[Any], oldest: _Sent) -> None:
+        head = bytes(frames[0])  # a zmq.Frame, or bytes (zmq_call's)
         if head.startswith(_COMPACT_REPLY):
             request_id, result = compact.reply_result(head, _TAG_BYTES)
             self._take(request_id, Reply(request_id, result, frames[1:]))

@@ -50,9 +50,13 @@ if _why:
     warnings.warn(f"{_why}; using the pure-Python engine", PurePythonWarning, stacklevel=2)
 Reader = _core.Reader if _core else _pure.Reader
 Writer = _core.Writer if _core else None
-# The compiled helpers of the doors (None on the pure-Python engine): the RESP door's hot
-# commands (resp.c) and the wire protocol's packed batches (packed.c)
+# The compiled helpers of the doors and clients (None on the pure-Python engine): the RESP
+# door's hot commands (resp.c), the ZeroMQ door's plain gets (zmqdoor.c), a RemoteCache's round
+# trip (zmqcall.c) and the wire protocol's packed batches (packed.c)
 resp_serve = _core.resp_serve if _core else None
+PlainGets = _core.PlainGets if _core else None
+zmq_call = _core.zmq_call if _core else None
+Frame = _core.Frame if _core else None  # a received frame zmq_call and PlainGets hand out
 pack_c = _core.pack if _core else None
 pack_found_c = _core.pack_found if _core else None
 unpack_bytes_c = _core.unpack_bytes if _core else None
@@ -62,3 +66,20 @@ ENGINE = "c" if _core else "python"
 def engine_of(reader: object) -> str:
     """"c" or "python": which engine a handle's reader is."""
     return "python" if isinstance(reader, _pure.Reader) else "c"
+
+
+# SHMKV_COMPILED_ZMQ=0 turns off the compiled ZeroMQ paths (the node's plain gets, a client's
+# round trip): the Python ones then run every request, as they do on the pure engine.
+COMPILED_ZMQ_ENV = "SHMKV_COMPILED_ZMQ"
+
+
+def compiled_zmq() -> bool:
+    """Whether the compiled ZeroMQ paths run in this process: the compiled engine, pyzmq's
+    libzmq found in it (import zmq first) and not turned off by SHMKV_COMPILED_ZMQ=0."""
+    if _core is None or os.environ.get(COMPILED_ZMQ_ENV, "1") == "0":
+        return False
+    try:
+        _core.zmq_bind()
+    except ImportError:  # no libzmq of pyzmq's, or one older than 4.1
+        return False
+    return True

@@ -2,6 +2,7 @@
  * state, the atfork handler), its constants (LAYOUT and the others, which the tests compare
  * with the Python engine's) and its functions (xxh3_64, _writer_pid). */
 #include "writer.h"
+#include "zmqlib.h"
 
 PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
 pid_t writer_pid;       /* getpid(), refreshed in a forked child */
@@ -48,6 +49,16 @@ SHMKV_INTERNAL PyObject *core_pack_found(PyObject *, PyObject *);
 SHMKV_INTERNAL PyObject *core_unpack_bytes(PyObject *, PyObject *const *, Py_ssize_t);
 /* resp.c */
 SHMKV_INTERNAL PyObject *core_resp_serve(PyObject *, PyObject *const *, Py_ssize_t);
+/* zmqcall.c */
+SHMKV_INTERNAL PyObject *core_zmq_call(PyObject *, PyObject *const *, Py_ssize_t);
+
+static PyObject *
+core_zmq_bind(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (zmqlib_bind() < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
 
 static PyMethodDef core_methods[] = {
     {"range_digests", (PyCFunction)(void (*)(void))core_range_digests, METH_FASTCALL,
@@ -65,6 +76,13 @@ static PyMethodDef core_methods[] = {
      "resp_serve(reader, writer, data, resp3, max_value_bytes, array_magic): the plain GET, "
      "SET, INCR, DECR and MGET requests at the start of data answered (resp.c): (bytes taken, "
      "replies, commands, writes)."},
+    {"zmq_bind", (PyCFunction)core_zmq_bind, METH_NOARGS,
+     "zmq_bind(): find the libzmq pyzmq loaded (zmqlib.c); ImportError if there is none, or "
+     "it is older than 4.1."},
+    {"zmq_call", (PyCFunction)(void (*)(void))core_zmq_call, METH_FASTCALL,
+     "zmq_call(socket, head, frames): send head and frames (bytes) on a pyzmq socket and "
+     "receive the next message (zmqcall.c): its frames, None if none came within the "
+     "socket's RCVTIMEO, or False if nothing was sent (its pipe was full)."},
     {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
      "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},
     {"_writer_pid", (PyCFunction)core_writer_pid, METH_NOARGS,
@@ -170,7 +188,8 @@ PyMODINIT_FUNC
 PyInit__core(void)
 {
     if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0
-            || PyType_Ready(&ViewType) < 0 || PyType_Ready(&PinType) < 0)
+            || PyType_Ready(&ViewType) < 0 || PyType_Ready(&PinType) < 0
+            || PyType_Ready(&FrameType) < 0 || PyType_Ready(&PlainGetsType) < 0)
         return NULL;
     if (!writer_pid) {
         writer_pid = getpid();
@@ -195,7 +214,9 @@ PyInit__core(void)
     if (add_layout(m) < 0 || PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0
             || PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0
             || PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0
-            || PyModule_AddObjectRef(m, "Pin", (PyObject *)&PinType) < 0) {
+            || PyModule_AddObjectRef(m, "Pin", (PyObject *)&PinType) < 0
+            || PyModule_AddObjectRef(m, "Frame", (PyObject *)&FrameType) < 0
+            || PyModule_AddObjectRef(m, "PlainGets", (PyObject *)&PlainGetsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,8 @@
 """The plain get (compact.py's PLAIN_GET), which a node answers without decoding it
-(zmq_door.py): on a real node, its replies are those the long way gives the same get sent with
-a JSON header, for every kind of key; it is counted as a get; and it never passes a request of
-its client that waits for a lock."""
+(zmq_door.py), in C where it can (compiled_door.py) and in Python: on a real node, its replies
+are those the long way gives the same get sent with a JSON header, for every kind of key,
+either way; it is counted as a get; and it never passes a request of its client that waits
+for a lock."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from node_process import dealer, running_node
 from tests_support import scrape
 
 import shmkv
+from shmkv import backend
 from shmkv.broker import batches, compact, protocol
 from shmkv.broker.protocol import PROTOCOL_TAG
 from shmkv.broker.zerocopy import ENVIRONMENT, ZERO_COPY_MIN_BYTES
@@ -70,9 +72,10 @@ def store(region: str) -> None:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("zero_copy_min_bytes", [str(ZERO_COPY_MIN_BYTES), "0"])
+@pytest.mark.parametrize("compiled", ["1", "0"])
 def test_a_plain_get_is_answered_as_the_long_way_answers_it(region_name, workers,
-                                                           zero_copy_min_bytes) -> None:
-    env = {**os.environ, ENVIRONMENT: zero_copy_min_bytes}
+                                                           zero_copy_min_bytes, compiled) -> None:
+    env = {**os.environ, ENVIRONMENT: zero_copy_min_bytes, backend.COMPILED_ZMQ_ENV: compiled}
     with running_node(region_name, "--workers", workers, env=env) as node, \
             dealer(node.endpoint) as sock:
         store(region_name)
@@ -87,8 +90,10 @@ def test_a_plain_get_is_answered_as_the_long_way_answers_it(region_name, workers
 
 
 @pytest.mark.multiprocess
-def test_plain_gets_are_counted_as_gets(region_name) -> None:
-    with running_node(region_name) as node, dealer(node.endpoint) as sock:
+@pytest.mark.parametrize("compiled", ["1", "0"])
+def test_plain_gets_are_counted_as_gets(region_name, compiled) -> None:
+    env = {**os.environ, backend.COMPILED_ZMQ_ENV: compiled}
+    with running_node(region_name, env=env) as node, dealer(node.endpoint) as sock:
         store(region_name)
         for i in range(5):
             answer(sock, plain_get(i, b"small" if i % 2 else b"absent"))

@@ -72,6 +72,22 @@ def test_latency_histogram_sorts_requests_into_buckets_from_20us_to_100ms(
         pytest.approx(0.50003)
 
 
+def test_requests_counted_by_a_source_are_added_to_those_observed_at_each_scrape(
+        metrics: Metrics, port: int) -> None:
+    tally = [0, [0] * (len(LATENCY_BUCKETS_S) + 1), 0.0]  # what the compiled door's counts() says
+    metrics.requests.add_source("get", "ok", lambda: tuple(tally))  # type: ignore[arg-type]
+    metrics.observe_request("get", "ok", 30e-6)
+    tally[:] = [3, [1, 2] + [0] * (len(LATENCY_BUCKETS_S) - 1), 0.0001]
+    samples = scrape(port)
+    assert samples[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 4
+    assert samples[("shmkv_request_duration_seconds_bucket",
+                    (("command", "get"), ("le", "5e-05")))] == 4
+    assert samples[("shmkv_request_duration_seconds_sum", (("command", "get"),))] == \
+        pytest.approx(0.00013)
+    tally[0] = 4  # read anew at each scrape, never kept
+    assert scrape(port)[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 5
+
+
 def test_pubsub_counters_count_published_and_dropped(metrics: Metrics, port: int) -> None:
     metrics.count_published()
     metrics.count_published(4)

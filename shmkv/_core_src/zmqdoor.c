@@ -1,0 +1,361 @@
+/* shmkv/_core_src/zmqdoor.c: the ZeroMQ door's compiled path, PlainGets: the plain gets waiting
+ * on a node's ROUTER read, answered and sent in C, on a Reader. broker/compiled_door.py makes
+ * one per door and broker/zmq_door.py calls serve() where it would read a request itself.
+ *
+ * serve(budget) reads the messages waiting, without blocking, and answers each that is a plain
+ * get (broker/compact.py: a header of exactly request_bytes starting with request_prefix, then
+ * one key frame) as zmq_door.py's _answer_plain_get would: the same read, the same reply
+ * (reply_prefix, the request's id, reply_found or reply_missing; then the value), the same
+ * drop of a reply whose client has gone or stopped reading. It stops at the first message
+ * that is anything else, or a plain get it leaves to Python (a key over MAX_KEY_BYTES, a value
+ * of copy_below bytes or more, a read that raised: Python's read meets the same and answers
+ * it), and hands that message back as broker/router.py's receive() reads one: (routing id,
+ * [header bytes, frames...], frames dropped past max_frames), nothing of it done, its frames
+ * kept without a copy (FrameType). The caller calls it only while Python has nothing to do
+ * before a reply: no request parked on a lock (it would be passed) and nobody subscribed to
+ * events (they go out before the reply).
+ *
+ * Why: a get through pyzmq and the Python loop costs the node ~25 us of CPU more than the same
+ * round trip in C (bench/README.md, "The compiled door"). */
+#include "zmqlib.h"
+
+#include <time.h>
+
+/* Frames smaller than this are handed back as bytes (the engine takes bytes without a
+ * conversion, and a key is never larger), larger ones as Frames (no copy of a large value). */
+#define FRAME_COPY_BELOW_BYTES (MAX_KEY_BYTES + 1)
+#define MAX_BOUNDS 32
+#define MAX_PREFIX_BYTES 64
+#define MAX_PARTS 32 /* a message's routing id and frames kept, at most */
+
+typedef struct {
+    PyObject_HEAD
+    Reader *reader;
+    PyObject *socket;        /* the zmq.Socket, kept alive while this is */
+    void *handle;            /* its libzmq socket */
+    char request_prefix[MAX_PREFIX_BYTES], reply_prefix[MAX_PREFIX_BYTES];
+    Py_ssize_t request_prefix_len, reply_prefix_len;
+    size_t request_bytes, id_at;
+    char reply_found, reply_missing;
+    uint64_t copy_below;     /* values this large or larger are Python's (zero-copy sends) */
+    int max_frames;
+    int n_bounds;
+    double bounds_s[MAX_BOUNDS];
+    /* what Python's metrics read (counts()): gets answered, latency histogram and sum */
+    uint64_t answered, per_bucket[MAX_BOUNDS + 1];
+    double sum_s;
+} PlainGets;
+
+static double
+monotonic_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int
+copy_prefix(PyObject *b, char *to, Py_ssize_t *len, const char *what)
+{
+    if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) > MAX_PREFIX_BYTES) {
+        PyErr_Format(PyExc_ValueError, "%s must be bytes of at most %d", what,
+                     MAX_PREFIX_BYTES);
+        return -1;
+    }
+    *len = PyBytes_GET_SIZE(b);
+    memcpy(to, PyBytes_AS_STRING(b), (size_t)*len);
+    return 0;
+}
+
+static int
+PlainGets_init(PlainGets *self, PyObject *args, PyObject *kwds)
+{
+    static char *kw[] = {"reader", "socket", "request_prefix", "request_bytes", "id_at",
+                         "reply_prefix", "reply_found", "reply_missing", "max_frames",
+                         "copy_below", "bounds_s", NULL};
+    PyObject *reader, *sock, *request_prefix, *reply_prefix, *bounds;
+    Py_ssize_t request_bytes, id_at;
+    int found, missing, max_frames;
+    unsigned long long copy_below;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSnnSbbiKO:PlainGets", kw, &ReaderType,
+                                     &reader, &sock, &request_prefix, &request_bytes, &id_at,
+                                     &reply_prefix, &found, &missing, &max_frames,
+                                     &copy_below, &bounds))
+        return -1;
+    if (zmqlib_bind() < 0 || copy_prefix(request_prefix, self->request_prefix,
+                                         &self->request_prefix_len, "request_prefix") < 0
+            || copy_prefix(reply_prefix, self->reply_prefix, &self->reply_prefix_len,
+                           "reply_prefix") < 0)
+        return -1;
+    if (request_bytes < self->request_prefix_len || id_at < 0 || id_at + 8 > request_bytes
+            || max_frames < 2 || max_frames >= MAX_PARTS) {
+        PyErr_SetString(PyExc_ValueError, "PlainGets: the request's layout does not hold");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(bounds, "bounds_s must be a sequence of floats");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n && i < MAX_BOUNDS; i++)
+        self->bounds_s[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    if (n > MAX_BOUNDS) {
+        PyErr_Format(PyExc_ValueError, "at most %d bounds", MAX_BOUNDS);
+        return -1;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    void *handle = zmqlib_socket(sock);
+    if (!handle)
+        return -1;
+    Py_XSETREF(self->reader, (Reader *)Py_NewRef(reader));
+    Py_XSETREF(self->socket, Py_NewRef(sock));
+    self->handle = handle;
+    self->request_bytes = (size_t)request_bytes;
+    self->id_at = (size_t)id_at;
+    self->reply_found = (char)found;
+    self->reply_missing = (char)missing;
+    self->max_frames = max_frames;
+    self->copy_below = (uint64_t)copy_below;
+    self->n_bounds = (int)n;
+    return 0;
+}
+
+static int
+PlainGets_traverse(PlainGets *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->reader);
+    Py_VISIT(self->socket);
+    return 0;
+}
+
+static int
+PlainGets_clear(PlainGets *self)
+{
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->socket);
+    return 0;
+}
+
+static void
+PlainGets_dealloc(PlainGets *self)
+{
+    PyObject_GC_UnTrack(self);
+    PlainGets_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* --- one message -------------------------------------------------------------------------- */
+enum { ANSWERED = 1, PYTHONS = 0 };
+
+/* Send the reply [routing id, head, value?] as router.send_or_drop does: dropped if the client
+ * has gone or has a full pipe (once more after reading the socket's pending commands);
+ * 0, or -1 with an error. */
+static int
+send_reply(PlainGets *self, zmq_msg_t *routing_id, const char *head, size_t head_len,
+           PyObject *value)
+{
+    void *sock = self->handle;
+    for (int attempt = 0;; attempt++) {
+        if (zmq.msg_send(routing_id, sock, ZMQ_DONTWAIT | ZMQ_SNDMORE) >= 0)
+            break;
+        int err = zmq.errno_();
+        if (err == EHOSTUNREACH || (err == EAGAIN && attempt == 1))
+            return 0; /* the client has gone, or reads none of its replies: dropped */
+        if (err != EAGAIN) {
+            zmqlib_error(err);
+            return -1;
+        }
+        int events;
+        size_t len = sizeof events;
+        zmq.getsockopt(sock, ZMQ_EVENTS, &events, &len);
+    }
+    if (zmq.send(sock, head, head_len, value ? ZMQ_SNDMORE : 0) < 0
+            || (value && zmq.send(sock, PyBytes_AS_STRING(value),
+                                  (size_t)PyBytes_GET_SIZE(value), 0) < 0)) {
+        zmqlib_error(zmq.errno_());
+        return -1;
+    }
+    return 0;
+}
+
+/* Answer the plain get parts[1..2] (a header and a key): ANSWERED, PYTHONS (nothing done: not
+ * one, or one Python answers), or -1 with an error. */
+static int
+answer(PlainGets *self, zmq_msg_t *parts, int n_parts, double started_s)
+{
+    if (n_parts != 3 || zmq.msg_size(&parts[1]) != self->request_bytes
+            || zmq.msg_size(&parts[2]) > MAX_KEY_BYTES)
+        return PYTHONS;
+    const char *head = zmq.msg_data(&parts[1]);
+    if (memcmp(head, self->request_prefix, (size_t)self->request_prefix_len) != 0)
+        return PYTHONS;
+    Reader *reader = self->reader;
+    const char *key = zmq.msg_data(&parts[2]);
+    const size_t klen = zmq.msg_size(&parts[2]);
+    if (mapped_enter(&reader->map) < 0) {
+        PyErr_Clear(); /* closed: Python's read says so */
+        return PYTHONS;
+    }
+    PyObject *value = NULL;
+    int rc = reader_read_below(reader, key, (Py_ssize_t)klen, xxh3_64(key, klen, reader->seed),
+                               self->copy_below, &value);
+    mapped_leave(&reader->map);
+    if (rc < 0) {
+        PyErr_Clear(); /* a corrupt region: Python's read raises it again, and answers it */
+        return PYTHONS;
+    }
+    if (rc == 1 && !PyBytes_CheckExact(value)) { /* large: sent from a pin, by Python */
+        reader->hits--; /* Python reads it again, and counts it then */
+        Py_DECREF(value);
+        return PYTHONS;
+    }
+    char reply[MAX_PREFIX_BYTES + 9];
+    const size_t plen = (size_t)self->reply_prefix_len;
+    memcpy(reply, self->reply_prefix, plen);
+    memcpy(reply + plen, head + self->id_at, 8);
+    reply[plen + 8] = rc ? self->reply_found : self->reply_missing;
+    int sent = send_reply(self, &parts[0], reply, plen + 9, value);
+    Py_XDECREF(value);
+    if (sent < 0)
+        return -1;
+    const double latency_s = monotonic_s() - started_s;
+    int bucket = 0;
+    while (bucket < self->n_bounds && latency_s > self->bounds_s[bucket])
+        bucket++; /* bisect_left, as metrics.RequestCounts.observe */
+    self->per_bucket[bucket]++;
+    self->sum_s += latency_s;
+    self->answered++;
+    return ANSWERED;
+}
+
+/* The message parts[0..n_parts) (and `dropped` frames past them) as router.receive returns it:
+ * (routing id, [header bytes, frames...], dropped); the parts are moved into it. */
+static PyObject *
+hand_back(zmq_msg_t *parts, int n_parts, Py_ssize_t dropped)
+{
+    PyObject *frames = PyList_New(0), *routing_id = NULL, *out = NULL;
+    if (!frames)
+        return NULL;
+    for (int i = 0; i < n_parts; i++) {
+        const size_t size = zmq.msg_size(&parts[i]);
+        PyObject *frame = i < 2 || size < FRAME_COPY_BELOW_BYTES
+            ? PyBytes_FromStringAndSize(zmq.msg_data(&parts[i]), (Py_ssize_t)size)
+            : zmqlib_frame(&parts[i]);
+        if (!frame)
+            goto done;
+        if (i == 0)
+            routing_id = frame;
+        else if (PyList_Append(frames, frame) < 0) {
+            Py_DECREF(frame);
+            goto done;
+        }
+        else
+            Py_DECREF(frame);
+    }
+    out = Py_BuildValue("(OOn)", routing_id, frames, dropped);
+done:
+    Py_XDECREF(routing_id);
+    Py_DECREF(frames);
+    return out;
+}
+
+/* serve(budget): (gets answered, the message handed back or None) */
+static PyObject *
+PlainGets_serve(PlainGets *self, PyObject *budget_obj)
+{
+    const Py_ssize_t budget = PyLong_AsSsize_t(budget_obj);
+    if (budget == -1 && PyErr_Occurred())
+        return NULL;
+    if (!self->socket) {
+        PyErr_SetString(PyExc_ValueError, "PlainGets is not initialised");
+        return NULL;
+    }
+    zmq_msg_t parts[MAX_PARTS];
+    const int max_parts = self->max_frames + 1;
+    Py_ssize_t answered = 0;
+    PyObject *left = NULL;
+    while (answered < budget) {
+        zmq.msg_init(&parts[0]);
+        if (zmq.msg_recv(&parts[0], self->handle, ZMQ_DONTWAIT) < 0) {
+            int err = zmq.errno_();
+            zmq.msg_close(&parts[0]);
+            if (err == EAGAIN || err == EINTR) /* none waits (a signal: the loop's to see) */
+                break;
+            return zmqlib_error(err);
+        }
+        const double started_s = monotonic_s();
+        /* a multipart message is delivered whole: its other frames are there */
+        int n_parts = 1, more = zmq.msg_more(&parts[0]);
+        while (more && n_parts < max_parts) {
+            zmq.msg_init(&parts[n_parts]);
+            zmq.msg_recv(&parts[n_parts], self->handle, 0);
+            more = zmq.msg_more(&parts[n_parts++]);
+        }
+        Py_ssize_t dropped = 0; /* past max_frames: read to its end, not kept */
+        while (more) {
+            zmq_msg_t scratch;
+            zmq.msg_init(&scratch);
+            zmq.msg_recv(&scratch, self->handle, 0);
+            more = zmq.msg_more(&scratch);
+            zmq.msg_close(&scratch);
+            dropped++;
+        }
+        int rc = dropped ? PYTHONS : answer(self, parts, n_parts, started_s);
+        if (rc == PYTHONS)
+            left = hand_back(parts, n_parts, dropped);
+        for (int i = 0; i < n_parts; i++)
+            zmq.msg_close(&parts[i]);
+        if (rc < 0 || (rc == PYTHONS && !left))
+            return NULL;
+        if (rc == PYTHONS)
+            break;
+        answered++;
+    }
+    PyObject *out = Py_BuildValue("(nO)", answered, left ? left : Py_None);
+    Py_XDECREF(left);
+    return out;
+}
+
+/* counts(): (gets answered, [count per latency bucket, the last past every bound], sum of
+ * their latencies in seconds), since this was made */
+static PyObject *
+PlainGets_counts(PlainGets *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *per_bucket = PyList_New(self->n_bounds + 1);
+    if (!per_bucket)
+        return NULL;
+    for (int i = 0; i <= self->n_bounds; i++) {
+        PyObject *n = PyLong_FromUnsignedLongLong(self->per_bucket[i]);
+        if (!n) {
+            Py_DECREF(per_bucket);
+            return NULL;
+        }
+        PyList_SET_ITEM(per_bucket, i, n);
+    }
+    return Py_BuildValue("(KNd)", (unsigned long long)self->answered, per_bucket,
+                         self->sum_s);
+}
+
+static PyMethodDef PlainGets_methods[] = {
+    {"serve", (PyCFunction)PlainGets_serve, METH_O,
+     "serve(budget): answer up to budget plain gets waiting on the socket; (answered, the "
+     "first other message as (routing id, frames, frames dropped), or None if none waits)."},
+    {"counts", (PyCFunction)PlainGets_counts, METH_NOARGS,
+     "counts(): (gets answered, count per latency bucket, sum of latencies in seconds)."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject PlainGetsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmkv._core.PlainGets",
+    .tp_doc = "The ZeroMQ door's plain gets, answered in C (zmqdoor.c).",
+    .tp_basicsize = sizeof(PlainGets),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PlainGets_init,
+    .tp_traverse = (traverseproc)PlainGets_traverse,
+    .tp_clear = (inquiry)PlainGets_clear,
+    .tp_dealloc = (destructor)PlainGets_dealloc,
+    .tp_methods = PlainGets_methods,
+};
