@@ -31,6 +31,13 @@ def _nothing(reply: Reply) -> None:
     return None
 
 
+def _writable(frame: Any) -> Any:
+    """A received frame as a buffer its reader may change: a small one comes as bytes (the
+    compiled round trip's, shmkv/_core_src/zmqcall.c), copied; a large one as a Frame, which
+    the reader owns already."""
+    return bytearray(frame) if type(frame) is bytes else frame
+
+
 def _value(reply: Reply) -> bytes | None:
     return bytes(reply.frames[0]) if reply.result else None
 
@@ -142,11 +149,11 @@ class Commands:
         return self._do("scan", frames, scan_reply, **fields)
 
     def get_array(self, key: str | bytes, default: Any = None) -> Any:
-        """The array stored at key by set_array (read-only, over the received message), or
-        default if absent."""
+        """The array stored at key by set_array (over the received message, the caller's to
+        change), or default if absent."""
         return self._do("get_array", [protocol.key_frame(key)],
                         lambda r: default if r.result is None else
-                        protocol.array_from(r.result, r.frames[0]))
+                        protocol.array_from(r.result, _writable(r.frames[0])))
 
     def strlen(self, key: str | bytes) -> Any:
         """Length in bytes of key's value, 0 if absent."""

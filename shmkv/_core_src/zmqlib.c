@@ -116,8 +116,10 @@ Frame_dealloc(Frame *self)
 static int
 Frame_getbuffer(Frame *self, Py_buffer *view, int flags)
 {
+    /* writable, as a zmq.Frame: its receiver owns the message (get_array's caller may change
+     * the array over it) */
     return PyBuffer_FillInfo(view, (PyObject *)self, zmq.msg_data(&self->msg),
-                             (Py_ssize_t)zmq.msg_size(&self->msg), 1, flags);
+                             (Py_ssize_t)zmq.msg_size(&self->msg), 0, flags);
 }
 
 static Py_ssize_t
@@ -132,7 +134,7 @@ static PySequenceMethods Frame_as_sequence = {.sq_length = (lenfunc)Frame_length
 PyTypeObject FrameType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmkv._core.Frame",
-    .tp_doc = "A received ZeroMQ frame, read-only through the buffer protocol (no copy).",
+    .tp_doc = "A received ZeroMQ frame, through the buffer protocol (no copy); its receiver's.",
     .tp_basicsize = sizeof(Frame),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)Frame_dealloc,

@@ -50,9 +50,9 @@ SHMKV_INTERNAL int zmqlib_bind(void);
  * not one, or closed. */
 SHMKV_INTERNAL void *zmqlib_socket(PyObject *sock);
 
-/* A received frame as a Python object with the buffer protocol, which owns the message (no
- * copy): what a zmq.Frame is to the Python code that reads it. *msg is moved into it (left
- * empty); NULL on error, *msg then closed. */
+/* A received frame as a Python object with the buffer protocol (writable: its receiver's),
+ * which owns the message (no copy): what a zmq.Frame is to the Python code that reads it.
+ * *msg is moved into it (left empty); NULL on error, *msg then closed. */
 SHMKV_INTERNAL PyObject *zmqlib_frame(zmq_msg_t *msg);
 SHMKV_INTERNAL extern PyTypeObject FrameType;
 
