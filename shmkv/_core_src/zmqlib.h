@@ -18,9 +18,7 @@ typedef struct {
 enum {
     ZMQ_DONTWAIT = 1,
     ZMQ_SNDMORE = 2,
-    ZMQ_RCVMORE = 13,
     ZMQ_EVENTS = 15,
-    ZMQ_POLLIN = 1,
 };
 
 typedef struct {
