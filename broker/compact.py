@@ -62,6 +62,10 @@ PLAIN_GET_BYTES = _REQUEST.size
 # What its reply is made of (also the compiled door's: compiled_door.py): the id is the
 # request's 8 bytes at PLAIN_GET_ID_AT.
 FOUND, NOT_FOUND = bytes([_TRUE]), bytes([_FALSE])
+# The plain get_many, the compiled door's too: the same header but its op, then a packed batch
+# of keys; its reply's result kind is BOOLS, a found byte per key.
+PLAIN_GET_MANY = bytes([REQUEST_FORM, _OP_CODES["get_many"], _HAS_TIMEOUT])
+BOOLS = bytes([_BOOLS])
 REPLY_FORM_BYTE = bytes([REPLY_FORM])
 PLAIN_GET_ID_AT = _ID_AT
 

@@ -203,8 +203,9 @@ class _Node(ZmqDoor):
                     cache.enable_events(True)
                     metrics_at = self._start_metrics(cache)
                     publisher.metrics = self.metrics
-                    self._compiled = compiled_door.plain_gets(requests, router,
-                                                              self._zero_copy, self.metrics)
+                    self._compiled = compiled_door.plain_gets(
+                        requests, router, self._zero_copy, self.metrics,
+                        limits["max_reply_bytes"])
                     door = self._open_door(requests)
                     if door is not None:
                         events = EventTee(events, door)  # the door's subscribers get them too

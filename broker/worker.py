@@ -126,9 +126,10 @@ class Worker(_Node):
                 requests = shmkv.Cache.open(self.config.region, lock_timeout_s=TRY_LOCK_S,
                                             owner=owner)
                 self._requests = requests
-                self._compiled = compiled_door.plain_gets(requests, router, self._zero_copy,
-                                                          self.metrics)
                 limits = protocol.limits_for(int(requests.stats()["arena_bytes"]))
+                self._compiled = compiled_door.plain_gets(requests, router, self._zero_copy,
+                                                          self.metrics,
+                                                          limits["max_reply_bytes"])
                 router.setsockopt(zmq.MAXMSGSIZE, limits["max_message_bytes"])
                 self.endpoint = bind(router, self.bind)
                 if self.ipc:

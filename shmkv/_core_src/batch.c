@@ -26,8 +26,8 @@
  */
 #include "core.h"
 
-/* keys per group: 32 measured best here (16: ~0.44x a get, 32 and 64: ~0.41x; 8: ~0.5x) */
-#define BATCH_GROUP 32
+/* BATCH_GROUP (core.h), keys per group: 32 measured best here (16: ~0.44x a get, 32 and 64:
+ * ~0.41x; 8: ~0.5x) */
 /* how much of a value step 2b prefetches: its first lines; the rest is left to the hardware */
 #define BATCH_VALUE_BYTES 256
 /* step 2 looks for a key's tag in at most this many slots from its home */
@@ -36,10 +36,7 @@
 typedef struct {
     PyObject *key;   /* the key as given: a new reference */
     PyObject *owned; /* what coerce_key made of it, or NULL (see key_bytes) */
-    const char *data;
-    Py_ssize_t len;
-    uint64_t h;      /* xxh3_64(data, seed) */
-    uint64_t at;     /* step 2's guess of the offset of its entry's value, or 0 */
+    BatchKey k;      /* its bytes */
 } Pending;
 
 /* the error being raised, put aside while the keys before it are read */
@@ -81,9 +78,19 @@ unstash(Stashed *s, int raise)
 #endif
 }
 
+/* step 1 for one key */
+void
+batch_hash(const Reader *self, BatchKey *p)
+{
+    p->h = xxh3_64(p->data, (size_t)p->len, self->seed);
+    const uint64_t stripe = p->h & self->smask;
+    __builtin_prefetch(self->map.base + self->index_off
+                       + (stripe * self->per + (uint32_t)(p->h >> 32) % self->per) * 8);
+}
+
 /* step 2 for one key: the guess of where its entry is (p->at), prefetched */
 static inline void
-prefetch_entry(const Reader *self, Pending *p)
+prefetch_entry(const Reader *self, BatchKey *p)
 {
     const uint8_t *const base = self->map.base;
     const uint64_t stripe = p->h & self->smask;
@@ -113,7 +120,7 @@ prefetch_entry(const Reader *self, Pending *p)
 
 /* step 2b for one key: the rest of the value's first BATCH_VALUE_BYTES, prefetched */
 static inline void
-prefetch_value(const Reader *self, const Pending *p)
+prefetch_value(const Reader *self, const BatchKey *p)
 {
     if (!p->at)
         return;
@@ -126,6 +133,16 @@ prefetch_value(const Reader *self, const Pending *p)
         return;
     for (uint64_t line = (p->at | 63) + 1; line < end; line += 64)
         __builtin_prefetch(base + line);
+}
+
+void
+batch_prefetch(const Reader *self, BatchKey *keys, int n)
+{
+    for (int k = 0; k < n; k++)
+        prefetch_entry(self, &keys[k]);
+    /* 2b. and the rest of each value's first lines, now that its length may be there */
+    for (int k = 0; k < n; k++)
+        prefetch_value(self, &keys[k]);
 }
 
 PyObject *
@@ -149,33 +166,29 @@ reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
                 last = 1;
                 break;
             }
-            if (key_bytes(self->coerce_key, p->key, &p->data, &p->len, &p->owned) < 0) {
+            if (key_bytes(self->coerce_key, p->key, &p->k.data, &p->k.len, &p->owned) < 0) {
                 Py_DECREF(p->key);
                 last = 1;
                 break;
             }
-            p->h = xxh3_64(p->data, (size_t)p->len, self->seed);
-            const uint64_t stripe = p->h & self->smask;
-            __builtin_prefetch(self->map.base + self->index_off
-                               + (stripe * self->per + (uint32_t)(p->h >> 32) % self->per) * 8);
+            batch_hash(self, &p->k);
             n++;
         }
         Stashed error;
         const int failed = PyErr_Occurred() != NULL; /* the iterator's or coerce_key's */
         if (failed)
             stash(&error);
-        /* 2. find each key's entry, without validating anything, and prefetch it */
+        /* 2. find each key's entry, without validating anything, and prefetch it (2b) */
+        BatchKey keys[BATCH_GROUP];
         for (int k = 0; k < n; k++)
-            prefetch_entry(self, &group[k]);
-        /* 2b. and the rest of each value's first lines, now that its length may be there */
-        for (int k = 0; k < n; k++)
-            prefetch_value(self, &group[k]);
+            keys[k] = group[k].k;
+        batch_prefetch(self, keys, n);
         /* 3. read them in order, as get does */
         int k = 0, rc = 0;
         for (; k < n && rc >= 0 && !full; k++) {
             Pending *p = &group[k];
             PyObject *found = NULL;
-            rc = reader_read_hashed(self, p->data, p->len, p->h, WANT_VALUE, &found);
+            rc = reader_read_hashed(self, p->k.data, p->k.len, p->k.h, WANT_VALUE, &found);
             if (as_list) {
                 if (rc > 0 && max_bytes >= 0 && PyBytes_Check(found)
                     && (total_bytes += PyBytes_GET_SIZE(found)) > max_bytes)

@@ -196,11 +196,32 @@ SHMKV_INTERNAL int reader_read_below(Reader *self, const char *key, Py_ssize_t k
    and mapped_leave (batch.c) */
 SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys, int as_list,
                                          Py_ssize_t max_bytes);
+/* A key of a batch read (batch.c's steps, for callers whose keys are bytes already: the
+ * compiled door's get_many, zmqdoor_many.c): read them BATCH_GROUP at a time, each group
+ * hashed with batch_hash, then batch_prefetch, then each read with reader_read_hashed. */
+#define BATCH_GROUP 32
+typedef struct {
+    const char *data;
+    Py_ssize_t len;
+    uint64_t h;  /* xxh3_64(data, seed) */
+    uint64_t at; /* batch_prefetch's guess of the offset of its entry's value, or 0 */
+} BatchKey;
+/* hash the key and prefetch its home slot (step 1) */
+SHMKV_INTERNAL void batch_hash(const Reader *self, BatchKey *key);
+/* prefetch the entries and values of a group of hashed keys (steps 2 and 2b) */
+SHMKV_INTERNAL void batch_prefetch(const Reader *self, BatchKey *keys, int n);
 
 /* --- hashing (hash.c) ------------------------------------------------------------------------ */
 /* XXH3_64bits_withSeed of the vendored xxHash */
 SHMKV_INTERNAL uint64_t xxh3_64(const void *data, size_t len, uint64_t seed);
 SHMKV_INTERNAL extern const char xxh_version[]; /* "major.minor.release" of that xxHash */
+
+/* the u32 little-endian length at p, unaligned (a packed batch's: packed.c) */
+static inline uint32_t
+le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 
 /* --- atomic loads and stores of region fields ----------------------------------------------- */
 static inline uint64_t

@@ -10,13 +10,6 @@
  */
 #include "core.h"
 
-/* the u32 little-endian length at p */
-static inline uint32_t
-le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* [lengths, data] of a sequence of exact bytes; lengths only for pack_found's present ones */
 static PyObject *
 pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found_out)

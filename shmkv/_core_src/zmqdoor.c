@@ -1,15 +1,21 @@
-/* shmkv/_core_src/zmqdoor.c: the ZeroMQ door's compiled path, PlainGets: the plain gets waiting
- * on a node's ROUTER read, answered and sent in C, on a Reader. broker/compiled_door.py makes
- * one per door and broker/zmq_door.py calls serve() where it would read a request itself.
+/* shmkv/_core_src/zmqdoor.c: the ZeroMQ door's compiled path, PlainGets: the plain gets and
+ * get_manys waiting on a node's ROUTER read, answered and sent in C, on a Reader.
+ * broker/compiled_door.py makes one per door and broker/zmq_door.py calls serve() where it
+ * would read a request itself.
  *
  * serve(budget) reads the messages waiting, without blocking, and answers each that is a plain
  * get (broker/compact.py: a header of exactly request_bytes starting with request_prefix, then
  * one key frame) as zmq_door.py's _answer_plain_get would: the same read, the same reply
  * (reply_prefix, the request's id, reply_found or reply_missing; then the value), the same
- * drop of a reply whose client has gone or stopped reading. It stops at the first message
- * that is anything else, or a plain get it leaves to Python (a key over MAX_KEY_BYTES, a value
- * of copy_below bytes or more, a read that raised: Python's read meets the same and answers
- * it), and hands that message back as broker/router.py's receive() reads one: (routing id,
+ * drop of a reply whose client has gone or stopped reading. A plain get_many (the same header
+ * but many_prefix, then a packed batch of keys: two frames) is answered as dispatch.py's
+ * get_many would: reply_prefix, the id, reply_bools and a found byte per key; the values found
+ * packed (broker/protocol.py's pack). It stops at the first message that is anything else, or
+ * one it leaves to Python (a key over MAX_KEY_BYTES, a value of copy_below bytes or
+ * more, a batch past max_batch_keys or whose table does not add up, a reply past
+ * max_reply_bytes, a read that raised: Python meets the same and answers it, with the counts
+ * of what was read here taken back), and hands that message back as broker/router.py's
+ * receive() reads one: (routing id,
  * [header bytes, frames...], frames dropped past max_frames), nothing of it done, its frames
  * kept without a copy (FrameType). The caller calls it only while Python has nothing to do
  * before a reply: no request parked on a lock (it would be passed) and nobody subscribed to
@@ -28,22 +34,29 @@
 #define MAX_PREFIX_BYTES 64
 #define MAX_PARTS 32 /* a message's routing id and frames kept, at most */
 
+/* what Python's metrics read of an op (counts()): requests answered, latency histogram, sum */
+typedef struct {
+    uint64_t answered, per_bucket[MAX_BOUNDS + 1];
+    double sum_s;
+} Counts;
+enum { OP_GET, OP_GET_MANY, N_OPS };
+
 typedef struct {
     PyObject_HEAD
     Reader *reader;
     PyObject *socket;        /* the zmq.Socket, kept alive while this is */
     void *handle;            /* its libzmq socket */
-    char request_prefix[MAX_PREFIX_BYTES], reply_prefix[MAX_PREFIX_BYTES];
-    Py_ssize_t request_prefix_len, reply_prefix_len;
+    char request_prefix[MAX_PREFIX_BYTES], many_prefix[MAX_PREFIX_BYTES];
+    char reply_prefix[MAX_PREFIX_BYTES];
+    Py_ssize_t request_prefix_len, many_prefix_len, reply_prefix_len;
     size_t request_bytes, id_at;
-    char reply_found, reply_missing;
+    char reply_found, reply_missing, reply_bools;
     uint64_t copy_below;     /* values this large or larger are Python's (zero-copy sends) */
+    uint64_t max_batch_keys, max_reply_bytes;
     int max_frames;
     int n_bounds;
     double bounds_s[MAX_BOUNDS];
-    /* what Python's metrics read (counts()): gets answered, latency histogram and sum */
-    uint64_t answered, per_bucket[MAX_BOUNDS + 1];
-    double sum_s;
+    Counts counts[N_OPS];
 } PlainGets;
 
 static double
@@ -72,22 +85,27 @@ PlainGets_init(PlainGets *self, PyObject *args, PyObject *kwds)
 {
     static char *kw[] = {"reader", "socket", "request_prefix", "request_bytes", "id_at",
                          "reply_prefix", "reply_found", "reply_missing", "max_frames",
-                         "copy_below", "bounds_s", NULL};
-    PyObject *reader, *sock, *request_prefix, *reply_prefix, *bounds;
+                         "copy_below", "bounds_s", "many_prefix", "reply_bools",
+                         "max_batch_keys", "max_reply_bytes", NULL};
+    PyObject *reader, *sock, *request_prefix, *reply_prefix, *bounds, *many_prefix;
     Py_ssize_t request_bytes, id_at;
-    int found, missing, max_frames;
-    unsigned long long copy_below;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSnnSbbiKO:PlainGets", kw, &ReaderType,
-                                     &reader, &sock, &request_prefix, &request_bytes, &id_at,
-                                     &reply_prefix, &found, &missing, &max_frames,
-                                     &copy_below, &bounds))
+    int found, missing, bools, max_frames;
+    unsigned long long copy_below, max_batch_keys, max_reply_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OSnnSbbiKOSbKK:PlainGets", kw,
+                                     &ReaderType, &reader, &sock, &request_prefix,
+                                     &request_bytes, &id_at, &reply_prefix, &found, &missing,
+                                     &max_frames, &copy_below, &bounds, &many_prefix, &bools,
+                                     &max_batch_keys, &max_reply_bytes))
         return -1;
     if (zmqlib_bind() < 0 || copy_prefix(request_prefix, self->request_prefix,
                                          &self->request_prefix_len, "request_prefix") < 0
+            || copy_prefix(many_prefix, self->many_prefix, &self->many_prefix_len,
+                           "many_prefix") < 0
             || copy_prefix(reply_prefix, self->reply_prefix, &self->reply_prefix_len,
                            "reply_prefix") < 0)
         return -1;
-    if (request_bytes < self->request_prefix_len || id_at < 0 || id_at + 8 > request_bytes
+    if (request_bytes < self->request_prefix_len || request_bytes < self->many_prefix_len
+            || id_at < 0 || id_at + 8 > request_bytes
             || max_frames < 2 || max_frames >= MAX_PARTS) {
         PyErr_SetString(PyExc_ValueError, "PlainGets: the request's layout does not hold");
         return -1;
@@ -115,6 +133,9 @@ PlainGets_init(PlainGets *self, PyObject *args, PyObject *kwds)
     self->id_at = (size_t)id_at;
     self->reply_found = (char)found;
     self->reply_missing = (char)missing;
+    self->reply_bools = (char)bools;
+    self->max_batch_keys = (uint64_t)max_batch_keys;
+    self->max_reply_bytes = (uint64_t)max_reply_bytes;
     self->max_frames = max_frames;
     self->copy_below = (uint64_t)copy_below;
     self->n_bounds = (int)n;
@@ -148,17 +169,30 @@ PlainGets_dealloc(PlainGets *self)
 /* --- one message -------------------------------------------------------------------------- */
 enum { ANSWERED = 1, PYTHONS = 0 };
 
-/* Send the reply [routing id, head, value?] as router.send_or_drop does: dropped if the client
- * has gone or has a full pipe (once more after reading the socket's pending commands);
- * 0, or -1 with an error. */
+/* count an answer to op in its latency bucket, as metrics.RequestCounts.observe */
+static void
+observe(PlainGets *self, int op, double started_s)
+{
+    Counts *c = &self->counts[op];
+    const double latency_s = monotonic_s() - started_s;
+    int bucket = 0;
+    while (bucket < self->n_bounds && latency_s > self->bounds_s[bucket])
+        bucket++; /* bisect_left */
+    c->per_bucket[bucket]++;
+    c->sum_s += latency_s;
+    c->answered++;
+}
+
+/* Send a reply's routing id as router.send_or_drop does: dropped if the client has gone or has
+ * a full pipe (once more after reading the socket's pending commands); 1 sent (its frames
+ * follow), 0 dropped, or -1 with an error. */
 static int
-send_reply(PlainGets *self, zmq_msg_t *routing_id, const char *head, size_t head_len,
-           PyObject *value)
+send_routing_id(PlainGets *self, zmq_msg_t *routing_id)
 {
     void *sock = self->handle;
     for (int attempt = 0;; attempt++) {
         if (zmq.msg_send(routing_id, sock, ZMQ_DONTWAIT | ZMQ_SNDMORE) >= 0)
-            break;
+            return 1;
         int err = zmq.errno_();
         if (err == EHOSTUNREACH || (err == EAGAIN && attempt == 1))
             return 0; /* the client has gone, or reads none of its replies: dropped */
@@ -170,6 +204,17 @@ send_reply(PlainGets *self, zmq_msg_t *routing_id, const char *head, size_t head
         size_t len = sizeof events;
         zmq.getsockopt(sock, ZMQ_EVENTS, &events, &len);
     }
+}
+
+/* Send the reply [routing id, head, value?]: 0 (sent or dropped), or -1 with an error. */
+static int
+send_reply(PlainGets *self, zmq_msg_t *routing_id, const char *head, size_t head_len,
+           PyObject *value)
+{
+    void *sock = self->handle;
+    const int rc = send_routing_id(self, routing_id);
+    if (rc <= 0)
+        return rc;
     if (zmq.send(sock, head, head_len, value ? ZMQ_SNDMORE : 0) < 0
             || (value && zmq.send(sock, PyBytes_AS_STRING(value),
                                   (size_t)PyBytes_GET_SIZE(value), 0) < 0)) {
@@ -179,17 +224,14 @@ send_reply(PlainGets *self, zmq_msg_t *routing_id, const char *head, size_t head
     return 0;
 }
 
-/* Answer the plain get parts[1..2] (a header and a key): ANSWERED, PYTHONS (nothing done: not
- * one, or one Python answers), or -1 with an error. */
+/* Answer the plain get parts[1..2] (a header and a key): ANSWERED, PYTHONS (nothing done: one
+ * Python answers), or -1 with an error. */
 static int
-answer(PlainGets *self, zmq_msg_t *parts, int n_parts, double started_s)
+answer_get(PlainGets *self, zmq_msg_t *parts, double started_s)
 {
-    if (n_parts != 3 || zmq.msg_size(&parts[1]) != self->request_bytes
-            || zmq.msg_size(&parts[2]) > MAX_KEY_BYTES)
+    if (zmq.msg_size(&parts[2]) > MAX_KEY_BYTES)
         return PYTHONS;
     const char *head = zmq.msg_data(&parts[1]);
-    if (memcmp(head, self->request_prefix, (size_t)self->request_prefix_len) != 0)
-        return PYTHONS;
     Reader *reader = self->reader;
     const char *key = zmq.msg_data(&parts[2]);
     const size_t klen = zmq.msg_size(&parts[2]);
@@ -219,14 +261,155 @@ answer(PlainGets *self, zmq_msg_t *parts, int n_parts, double started_s)
     Py_XDECREF(value);
     if (sent < 0)
         return -1;
-    const double latency_s = monotonic_s() - started_s;
-    int bucket = 0;
-    while (bucket < self->n_bounds && latency_s > self->bounds_s[bucket])
-        bucket++; /* bisect_left, as metrics.RequestCounts.observe */
-    self->per_bucket[bucket]++;
-    self->sum_s += latency_s;
-    self->answered++;
+    observe(self, OP_GET, started_s);
     return ANSWERED;
+}
+
+/* Read the n keys of a packed batch (their u32 lengths at table, their bytes back to back at
+ * data) into values (a new reference or NULL each), in BATCH_GROUP groups as batch.c does;
+ * *hits and *misses say how many it counted. 1, 0 when the values' bytes pass max_bytes
+ * (*total_bytes: theirs so far), or -1 with an error; what was read is in values either way. */
+static int
+read_batch(Reader *reader, const uint8_t *table, const char *data, size_t n,
+           uint64_t max_bytes, PyObject **values, uint64_t *total_bytes, size_t *hits,
+           size_t *misses)
+{
+    BatchKey group[BATCH_GROUP];
+    for (size_t first = 0; first < n; first += BATCH_GROUP) {
+        const int m = n - first < BATCH_GROUP ? (int)(n - first) : BATCH_GROUP;
+        for (int k = 0; k < m; k++) {
+            group[k].data = data;
+            group[k].len = (Py_ssize_t)le32(table + 4 * (first + (size_t)k));
+            data += group[k].len;
+            batch_hash(reader, &group[k]);
+        }
+        batch_prefetch(reader, group, m);
+        for (int k = 0; k < m; k++) {
+            PyObject **value = &values[first + (size_t)k];
+            const int rc = reader_read_hashed(reader, group[k].data, group[k].len, group[k].h,
+                                              WANT_VALUE, value);
+            if (rc < 0)
+                return -1;
+            if (rc == 0) {
+                (*misses)++;
+                continue;
+            }
+            (*hits)++;
+            if ((*total_bytes += (uint64_t)PyBytes_GET_SIZE(*value)) > max_bytes)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Send get_many's reply [routing id, head + a found byte per key, lengths, values] of the n
+ * values read: 0 (sent or dropped), or -1 with an error. */
+static int
+send_many(PlainGets *self, zmq_msg_t *routing_id, const char *request, PyObject **values,
+          size_t n, uint64_t total_bytes)
+{
+    const size_t plen = (size_t)self->reply_prefix_len;
+    size_t present = 0;
+    for (size_t i = 0; i < n; i++)
+        present += values[i] != NULL;
+    zmq_msg_t frames[3];
+    const size_t sizes[3] = {plen + 9 + n, 4 * present, (size_t)total_bytes};
+    for (int i = 0; i < 3; i++)
+        if (zmq.msg_init_size(&frames[i], sizes[i]) < 0) {
+            while (i--)
+                zmq.msg_close(&frames[i]);
+            PyErr_NoMemory();
+            return -1;
+        }
+    char *head = zmq.msg_data(&frames[0]), *data = zmq.msg_data(&frames[2]);
+    uint8_t *lengths = zmq.msg_data(&frames[1]);
+    memcpy(head, self->reply_prefix, plen);
+    memcpy(head + plen, request + self->id_at, 8);
+    head[plen + 8] = self->reply_bools;
+    for (size_t i = 0; i < n; i++) {
+        head[plen + 9 + i] = values[i] != NULL;
+        if (!values[i])
+            continue;
+        const uint32_t len = (uint32_t)PyBytes_GET_SIZE(values[i]);
+        for (int b = 0; b < 4; b++)
+            *lengths++ = (uint8_t)(len >> (8 * b));
+        memcpy(data, PyBytes_AS_STRING(values[i]), len);
+        data += len;
+    }
+    int rc = send_routing_id(self, routing_id);
+    for (int i = 0; i < 3 && rc > 0; i++)
+        if (zmq.msg_send(&frames[i], self->handle, i < 2 ? ZMQ_SNDMORE : 0) < 0) {
+            zmqlib_error(zmq.errno_());
+            rc = -1;
+        }
+    for (int i = 0; i < 3; i++)
+        zmq.msg_close(&frames[i]); /* those not sent */
+    return rc < 0 ? -1 : 0;
+}
+
+/* Answer the plain get_many parts[1..3] (a header and a packed batch of keys): ANSWERED,
+ * PYTHONS (nothing done, nothing counted), or -1 with an error. */
+static int
+answer_many(PlainGets *self, zmq_msg_t *parts, double started_s)
+{
+    const size_t table_bytes = zmq.msg_size(&parts[2]), n = table_bytes / 4;
+    if (table_bytes % 4 || n == 0 || n > self->max_batch_keys)
+        return PYTHONS;
+    const uint8_t *table = zmq.msg_data(&parts[2]);
+    uint64_t keys_bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t len = le32(table + 4 * i);
+        if (len > MAX_KEY_BYTES)
+            return PYTHONS;
+        keys_bytes += len;
+    }
+    if (keys_bytes != zmq.msg_size(&parts[3]))
+        return PYTHONS;
+    PyObject **values = PyMem_Calloc(n, sizeof *values);
+    if (!values) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Reader *reader = self->reader;
+    uint64_t total_bytes = 0;
+    size_t hits = 0, misses = 0;
+    int rc = PYTHONS;
+    if (mapped_enter(&reader->map) == 0) {
+        const int read = read_batch(reader, table, zmq.msg_data(&parts[3]), n,
+                                    self->max_reply_bytes, values, &total_bytes, &hits,
+                                    &misses);
+        mapped_leave(&reader->map);
+        if (read > 0)
+            rc = send_many(self, &parts[0], zmq.msg_data(&parts[1]), values, n, total_bytes)
+                < 0 ? -1 : ANSWERED;
+    }
+    if (rc == PYTHONS) { /* closed, corrupt, or too large: Python reads it all again */
+        PyErr_Clear();
+        reader->hits -= hits;
+        reader->misses -= misses;
+    }
+    for (size_t i = 0; i < n; i++)
+        Py_XDECREF(values[i]);
+    PyMem_Free(values);
+    if (rc == ANSWERED)
+        observe(self, OP_GET_MANY, started_s);
+    return rc;
+}
+
+/* Answer the message parts[0..n_parts) if it is a plain get or get_many: ANSWERED, PYTHONS
+ * (nothing done), or -1 with an error. */
+static int
+answer(PlainGets *self, zmq_msg_t *parts, int n_parts, double started_s)
+{
+    if (n_parts < 3 || zmq.msg_size(&parts[1]) != self->request_bytes)
+        return PYTHONS;
+    const char *head = zmq.msg_data(&parts[1]);
+    if (n_parts == 3 && !memcmp(head, self->request_prefix, (size_t)self->request_prefix_len))
+        return answer_get(self, parts, started_s);
+    if (n_parts == 4 && self->many_prefix_len
+            && !memcmp(head, self->many_prefix, (size_t)self->many_prefix_len))
+        return answer_many(self, parts, started_s);
+    return PYTHONS;
 }
 
 /* The message parts[0..n_parts) (and `dropped` frames past them) as router.receive returns it:
@@ -317,39 +500,48 @@ PlainGets_serve(PlainGets *self, PyObject *budget_obj)
     return out;
 }
 
-/* counts(): (gets answered, [count per latency bucket, the last past every bound], sum of
- * their latencies in seconds), since this was made */
+/* counts(op): (requests of op answered: 0 get, 1 get_many; [count per latency bucket, the last
+ * past every bound], sum of their latencies in seconds), since this was made */
 static PyObject *
-PlainGets_counts(PlainGets *self, PyObject *Py_UNUSED(ignored))
+PlainGets_counts(PlainGets *self, PyObject *op_obj)
 {
+    const long op = PyLong_AsLong(op_obj);
+    if (op == -1 && PyErr_Occurred())
+        return NULL;
+    if (op < 0 || op >= N_OPS) {
+        PyErr_Format(PyExc_ValueError, "counts(op): op is 0 (get) or 1 (get_many), not %ld",
+                     op);
+        return NULL;
+    }
+    const Counts *c = &self->counts[op];
     PyObject *per_bucket = PyList_New(self->n_bounds + 1);
     if (!per_bucket)
         return NULL;
     for (int i = 0; i <= self->n_bounds; i++) {
-        PyObject *n = PyLong_FromUnsignedLongLong(self->per_bucket[i]);
+        PyObject *n = PyLong_FromUnsignedLongLong(c->per_bucket[i]);
         if (!n) {
             Py_DECREF(per_bucket);
             return NULL;
         }
         PyList_SET_ITEM(per_bucket, i, n);
     }
-    return Py_BuildValue("(KNd)", (unsigned long long)self->answered, per_bucket,
-                         self->sum_s);
+    return Py_BuildValue("(KNd)", (unsigned long long)c->answered, per_bucket, c->sum_s);
 }
 
 static PyMethodDef PlainGets_methods[] = {
     {"serve", (PyCFunction)PlainGets_serve, METH_O,
-     "serve(budget): answer up to budget plain gets waiting on the socket; (answered, the "
-     "first other message as (routing id, frames, frames dropped), or None if none waits)."},
-    {"counts", (PyCFunction)PlainGets_counts, METH_NOARGS,
-     "counts(): (gets answered, count per latency bucket, sum of latencies in seconds)."},
+     "serve(budget): answer up to budget plain gets and get_manys waiting on the socket; "
+     "(answered, the first other message as (routing id, frames, frames dropped), or None if none waits)."},
+    {"counts", (PyCFunction)PlainGets_counts, METH_O,
+     "counts(op): (requests of op answered: 0 get, 1 get_many; count per latency bucket, sum "
+     "of latencies in seconds)."},
     {NULL, NULL, 0, NULL},
 };
 
 PyTypeObject PlainGetsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmkv._core.PlainGets",
-    .tp_doc = "The ZeroMQ door's plain gets, answered in C (zmqdoor.c).",
+    .tp_doc = "The ZeroMQ door's plain gets and get_manys, answered in C (zmqdoor.c).",
     .tp_basicsize = sizeof(PlainGets),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

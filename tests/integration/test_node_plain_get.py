@@ -2,7 +2,7 @@
 (zmq_door.py), in C where it can (compiled_door.py) and in Python: on a real node, its replies
 are those the long way gives the same get sent with a JSON header, for every kind of key,
 either way; it is counted as a get; and it never passes a request of its client that waits
-for a lock."""
+for a lock. The same for the plain get_many (PLAIN_GET_MANY), which the C path answers too."""
 
 from __future__ import annotations
 
@@ -99,6 +99,38 @@ def test_plain_gets_are_counted_as_gets(region_name, compiled) -> None:
             answer(sock, plain_get(i, b"small" if i % 2 else b"absent"))
         samples = scrape(int(node.ready["metrics"].rsplit(":", 1)[1]))
         assert samples[("shmkv_requests_total", (("command", "get"), ("outcome", "ok")))] == 5
+
+
+def get_many_request(request_id: int, keys: list[bytes], compact_header: bool) -> list[bytes]:
+    """A get_many: a plain one (a compact header), or the same with a JSON header."""
+    if compact_header:
+        frames = protocol.encode_request(request_id, "get_many", {"timeout_ms": TIMEOUT_MS},
+                                         protocol.pack(keys))
+        assert frames[0][len(PROTOCOL_TAG):].startswith(compact.PLAIN_GET_MANY)
+        return frames
+    header = {"id": request_id, "op": "get_many", "timeout_ms": TIMEOUT_MS}
+    return [PROTOCOL_TAG + json.dumps(header).encode(), *protocol.pack(keys)]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("compiled", ["1", "0"])
+def test_a_plain_get_many_is_answered_as_the_long_way_answers_it_and_counted(region_name,
+                                                                             compiled) -> None:
+    env = {**os.environ, backend.COMPILED_ZMQ_ENV: compiled}
+    valid = [k for k in STORED if 0 < len(k) <= shmkv.layout.MAX_KEY_BYTES]
+    batches_of_keys = [valid, valid * 3, [b"absent"], [b"small", b""],
+                       [b"k" * (shmkv.layout.MAX_KEY_BYTES + 1), b"small"]]
+    with running_node(region_name, env=env) as node, dealer(node.endpoint) as sock:
+        store(region_name)
+        for i, keys in enumerate(batches_of_keys):
+            fast = answer(sock, get_many_request(2 * i, keys, True))
+            assert fast == answer(sock, get_many_request(2 * i + 1, keys, False)), i
+        result, frames, error, _ = answer(sock, get_many_request(99, valid, True))
+        assert error is None and result == [STORED[k] is not None for k in valid]
+        assert protocol.unpack_bytes(*frames)[:2] == [b"v", b""]
+        samples = scrape(int(node.ready["metrics"].rsplit(":", 1)[1]))
+        ok = ("shmkv_requests_total", (("command", "get_many"), ("outcome", "ok")))
+        assert samples[ok] == 2 * 4 + 1  # the last batch: an error either way
 
 
 @pytest.mark.multiprocess

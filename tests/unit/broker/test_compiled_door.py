@@ -1,6 +1,6 @@
-"""The compiled ZeroMQ paths, on real sockets. The door's plain gets (broker/compiled_door.py,
-shmkv/_core_src/zmqdoor.c): the plain gets waiting are answered in C as the Python path would
-answer them, and the first message of any other kind is handed back whole, its frames intact,
+"""The compiled ZeroMQ paths, on real sockets. The door's plain gets and get_manys
+(broker/compiled_door.py, shmkv/_core_src/zmqdoor.c): those waiting are answered in C as the
+Python path (dispatch.py) would answer them, and the first message of any other kind is handed back whole, its frames intact,
 for the Python path to run. A client's round trip (zmqcall.c): sent, and the reply read, its
 wait ended by a timeout or a signal handler's exception."""
 
@@ -17,6 +17,7 @@ import zmq
 import shmkv
 from shmkv import backend
 from shmkv.broker import compact, compiled_door, protocol
+from shmkv.broker.dispatch import Dispatcher
 from shmkv.broker.metrics import LATENCY_BUCKETS_S, Metrics
 from shmkv.broker.router import RECEIVE_HWM, SEND_HWM
 from shmkv.broker.zerocopy import ZeroCopy
@@ -26,9 +27,11 @@ TAG = protocol.PROTOCOL_TAG
 
 
 class Door:
-    """A ROUTER set up as the node's, a DEALER connected to it, and the compiled plain gets."""
+    """A ROUTER set up as the node's, a DEALER connected to it, and the compiled plain gets
+    (and get_manys)."""
 
-    def __init__(self, handle: shmkv.Cache, name: str, zero_copy: ZeroCopy) -> None:
+    def __init__(self, handle: shmkv.Cache, name: str, zero_copy: ZeroCopy,
+                 max_reply_bytes: int | None = None) -> None:
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.dealer = self.context.socket(zmq.DEALER)
@@ -42,7 +45,8 @@ class Door:
         self.router.bind(f"inproc://{name}")
         self.dealer.connect(f"inproc://{name}")
         self.metrics = Metrics()
-        self.gets = compiled_door.plain_gets(handle, self.router, zero_copy, self.metrics)
+        self.gets = compiled_door.plain_gets(handle, self.router, zero_copy, self.metrics,
+                                             max_reply_bytes)
         assert self.gets is not None
 
     def send(self, *messages: list[bytes]) -> None:
@@ -101,7 +105,7 @@ def test_the_gets_answered_are_counted_in_the_metrics_with_their_latency(door: D
                                                                          ) -> None:
     door.send(plain_get(1, b"a"), plain_get(2, b"b"))
     assert door.gets.serve(64)[0] == 2
-    answered, per_bucket, sum_s = door.gets.counts()
+    answered, per_bucket, sum_s = door.gets.counts(0)
     assert answered == 2 and sum(per_bucket) == 2 and sum_s > 0
     assert len(per_bucket) == len(LATENCY_BUCKETS_S) + 1
     families = {m.name: m for m in door.metrics.registry.collect()}
@@ -164,6 +168,85 @@ def test_a_value_lent_from_a_pin_is_left_to_python_and_its_hit_not_counted_twice
         answered, (_, frames, _) = d.gets.serve(64)
         assert answered == 1 and frames == plain_get(2, b"large")
         assert handle.stats()["hits"] == 1  # the large one: counted when Python reads it
+    finally:
+        d.close()
+
+
+# --- get_many ----------------------------------------------------------------------------------
+def plain_get_many(request_id: int, keys: list[bytes]) -> list[bytes]:
+    head = compact.request_header(request_id, "get_many", {"timeout_ms": 1000})
+    assert head is not None and head.startswith(compact.PLAIN_GET_MANY)
+    return [TAG + head, *protocol.pack(keys)]
+
+
+def python_reply(handle: shmkv.Cache, message: list[bytes]) -> list[bytes]:
+    """What the Python path (dispatch.py) answers to message."""
+    dispatcher = Dispatcher(handle, protocol.limits_for(4 << 20))
+    request = dispatcher.decode(message)
+    return [bytes(f) for f in protocol.encode_reply(dispatcher.attempt(request))]
+
+
+def test_a_get_many_is_answered_as_the_python_path_answers_it(door: Door,
+                                                               handle: shmkv.Cache) -> None:
+    handle.set(b"a", b"1" * 300)
+    handle.set(b"empty", b"")
+    handle.set(b"k" * 4096, b"longest key")
+    handle.set(b"", b"the empty key")
+    keys = [b"a", b"absent", b"empty", b"a", b"k" * 4096, b""] + [b"x%d" % i for i in range(70)]
+    for i in range(0, 70, 3):
+        handle.set(b"x%d" % i, bytes([i]) * i)
+    door.send(plain_get_many(5, keys))
+    assert door.gets.serve(64) == (1, None)
+    reply = [bytes(f) for f in door.reply()]
+    hits, misses = handle.stats()["hits"], handle.stats()["misses"]
+    assert (hits, misses) == (5 + 24, 1 + 46)  # each key read once, as a loop of get
+    assert reply == python_reply(handle, plain_get_many(5, keys))
+    decoded = protocol.decode_reply(reply)
+    assert decoded.id == 5 and decoded.result[:4] == [True, False, True, True]
+    assert protocol.unpack_bytes(*decoded.frames)[:3] == [b"1" * 300, b"", b"1" * 300]
+
+
+def test_the_get_manys_answered_are_counted_apart_from_the_gets(door: Door) -> None:
+    door.send(plain_get_many(1, [b"a", b"b"]), plain_get(2, b"a"), plain_get_many(3, [b"c"]))
+    assert door.gets.serve(64) == (3, None)
+    assert door.gets.counts(0)[0] == 1 and door.gets.counts(1)[0] == 2
+    families = {m.name: m for m in door.metrics.registry.collect()}
+    counted = {tuple(s.labels.values()): s.value for s in families["shmkv_requests"].samples
+               if s.name == "shmkv_requests_total"}
+    assert counted == {("get", "ok"): 1, ("get_many", "ok"): 2}
+    with pytest.raises(ValueError, match="get_many"):
+        door.gets.counts(2)
+
+
+@pytest.mark.parametrize("message", [
+    plain_get_many(1, []),  # no key
+    [plain_get_many(1, [b"a", b"b"])[0], b"ab"],  # no length table
+    [plain_get_many(1, [b"a"])[0], b"\x01\x00\x00", b"a"],  # a table not of whole u32s
+    [plain_get_many(1, [b"a"])[0], b"\x02\x00\x00\x00", b"a"],  # does not add up
+    plain_get_many(1, [b"a", b"k" * 4097]),  # a key too long
+    plain_get_many(1, [b"a"] * (protocol.MAX_BATCH_KEYS + 1)),  # too many keys
+    [TAG + compact.request_header(1, "get_many", {"timeout_ms": 1, "coll": "c"}),
+     *protocol.pack([b"a"])],  # a collection
+])
+def test_what_is_not_a_get_many_the_c_path_can_answer_is_handed_back_untouched(
+        door: Door, handle: shmkv.Cache, message: list[bytes]) -> None:
+    handle.set(b"a", b"1")
+    door.send(message)
+    answered, (_, frames, dropped) = door.gets.serve(64)
+    assert answered == 0 and dropped == 0 and [bytes(f) for f in frames] == message
+    assert handle.stats()["hits"] == 0 and handle.stats()["misses"] == 0
+
+
+def test_a_get_many_whose_reply_passes_the_limit_is_handed_back_its_reads_uncounted(
+        handle: shmkv.Cache, region_name: str) -> None:
+    d = Door(handle, region_name, ZeroCopy(0), max_reply_bytes=1000)
+    try:
+        handle.set(b"a", b"1" * 600)
+        keys = [b"absent", b"a", b"a", b"a"]  # the second value passes 1000 bytes
+        d.send(plain_get_many(1, [b"a"]), plain_get_many(2, keys))
+        answered, (_, frames, _) = d.gets.serve(64)
+        assert answered == 1 and frames == plain_get_many(2, keys)
+        assert (handle.stats()["hits"], handle.stats()["misses"]) == (1, 0)  # the first's
     finally:
         d.close()
 
