@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shmkv.backend import found_values_c, pack_c
 from shmkv.broker import protocol
 from shmkv.broker.protocol import Reply
 from shmkv.errors import ProtocolError, RequestTooLarge
@@ -50,15 +51,22 @@ def check_batch(count: int) -> None:
 
 def pack_keys(keys: Sequence[Any]) -> list[bytes]:
     """The two frames of a batch of keys (protocol.pack), each key checked as key_frame does:
-    at once when they are all bytes, the usual case (a call per key is ~0.1 us a key)."""
+    at once when they are all bytes, the usual case (a call per key is ~0.1 us a key; the
+    check in Python ~5 us a hundred keys, in C 0.5 with the packing)."""
+    if pack_c is not None and (frames := pack_c(keys, MAX_KEY_BYTES)) is not None:
+        return frames  # type: ignore[no-any-return]
     if set(map(type, keys)) == {bytes} and max(map(len, keys)) <= MAX_KEY_BYTES:
         return protocol.pack(keys)
     return protocol.pack([protocol.key_frame(k) for k in keys])
 
 
 def found_values(keys: Sequence[Any], reply: Reply) -> dict[Any, bytes]:
-    """{key: value} of get_many's reply, keys as given."""
+    """{key: value} of get_many's reply, keys as given (in C when the reply holds: ~2 us a
+    hundred keys against ~8)."""
     found = reply.result
+    if found_values_c is not None and len(reply.frames) == 2 and \
+            (done := found_values_c(keys, found, *reply.frames)) is not None:
+        return done  # type: ignore[no-any-return]
     values = protocol.unpack_bytes(*reply.frames)
     if type(found) is not list or len(found) != len(keys) or sum(found) != len(values):
         raise ProtocolError(f"a get_many reply must say found or not for each of its "

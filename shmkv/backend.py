@@ -60,6 +60,7 @@ Frame = _core.Frame if _core else None  # a received frame zmq_call and PlainGet
 pack_c = _core.pack if _core else None
 pack_found_c = _core.pack_found if _core else None
 unpack_bytes_c = _core.unpack_bytes if _core else None
+found_values_c = _core.found_values if _core else None
 ENGINE = "c" if _core else "python"
 
 

@@ -44,9 +44,10 @@ core_writer_pid(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 /* digest.c */
 SHMKV_INTERNAL PyObject *core_range_digests(PyObject *, PyObject *const *, Py_ssize_t);
 /* packed.c */
-SHMKV_INTERNAL PyObject *core_pack(PyObject *, PyObject *);
+SHMKV_INTERNAL PyObject *core_pack(PyObject *, PyObject *const *, Py_ssize_t);
 SHMKV_INTERNAL PyObject *core_pack_found(PyObject *, PyObject *);
 SHMKV_INTERNAL PyObject *core_unpack_bytes(PyObject *, PyObject *const *, Py_ssize_t);
+SHMKV_INTERNAL PyObject *core_found_values(PyObject *, PyObject *const *, Py_ssize_t);
 /* resp.c */
 SHMKV_INTERNAL PyObject *core_resp_serve(PyObject *, PyObject *const *, Py_ssize_t);
 /* zmqcall.c */
@@ -64,8 +65,12 @@ static PyMethodDef core_methods[] = {
     {"range_digests", (PyCFunction)(void (*)(void))core_range_digests, METH_FASTCALL,
      "range_digests(region, slots_offset, slots, arena_base, max_ref, n_ranges): the sums "
      "of the entry digests of each slot range (shmkv/repl_digest.py), n_ranges u64."},
-    {"pack", (PyCFunction)core_pack, METH_O,
-     "pack(items): [lengths, data] of a list or tuple of bytes (protocol.pack), or None."},
+    {"pack", (PyCFunction)(void (*)(void))core_pack, METH_FASTCALL,
+     "pack(items, max_item_bytes=2**32 - 1): [lengths, data] of a list or tuple of bytes "
+     "(protocol.pack), or None (an item that is not bytes or is longer)."},
+    {"found_values", (PyCFunction)(void (*)(void))core_found_values, METH_FASTCALL,
+     "found_values(keys, found, lengths, data): {key: value} of a get_many reply, or None "
+     "if found and the packed values do not match the keys."},
     {"pack_found", (PyCFunction)core_pack_found, METH_O,
      "pack_found(values): (found, [lengths, data]) of a list of bytes or None (get_many's "
      "reply), or None."},

@@ -10,15 +10,18 @@
  */
 #include "core.h"
 
-/* [lengths, data] of a sequence of exact bytes; lengths only for pack_found's present ones */
+/* [lengths, data] of a sequence of exact bytes of at most max_item_bytes; lengths only for
+ * pack_found's present ones */
 static PyObject *
-pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found_out)
+pack_items(PyObject *const *items, Py_ssize_t n, uint64_t max_item_bytes, int skip_none,
+           PyObject **found_out)
 {
     Py_ssize_t present = 0, total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (items[i] == Py_None && skip_none)
             continue;
-        if (!PyBytes_CheckExact(items[i]) || (uint64_t)PyBytes_GET_SIZE(items[i]) > UINT32_MAX)
+        if (!PyBytes_CheckExact(items[i])
+                || (uint64_t)PyBytes_GET_SIZE(items[i]) > max_item_bytes)
             Py_RETURN_NONE;
         present++;
         total += PyBytes_GET_SIZE(items[i]);
@@ -54,13 +57,28 @@ pack_items(PyObject *const *items, Py_ssize_t n, int skip_none, PyObject **found
     return frames;
 }
 
-/* pack(items: list | tuple of bytes) -> [lengths, data] | None */
+/* pack(items: list | tuple of bytes, max_item_bytes=2**32 - 1) -> [lengths, data] | None (an
+ * item longer than max_item_bytes: None, as for one that is not bytes; the clients' keys) */
 SHMKV_INTERNAL PyObject *
-core_pack(PyObject *Py_UNUSED(module), PyObject *items)
+core_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "pack(items, max_item_bytes=2**32 - 1)");
+        return NULL;
+    }
+    uint64_t max_item_bytes = UINT32_MAX;
+    if (nargs == 2) {
+        const unsigned long long max = PyLong_AsUnsignedLongLong(args[1]);
+        if (max == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        if (max < max_item_bytes)
+            max_item_bytes = max;
+    }
+    PyObject *items = args[0];
     if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
         Py_RETURN_NONE;
-    return pack_items(PySequence_Fast_ITEMS(items), PySequence_Fast_GET_SIZE(items), 0, NULL);
+    return pack_items(PySequence_Fast_ITEMS(items), PySequence_Fast_GET_SIZE(items),
+                      max_item_bytes, 0, NULL);
 }
 
 /* pack_found(values: list of bytes or None) -> (found: list of bool, [lengths, data]) | None:
@@ -71,8 +89,8 @@ core_pack_found(PyObject *Py_UNUSED(module), PyObject *values)
     if (!PyList_CheckExact(values))
         Py_RETURN_NONE;
     PyObject *found = NULL;
-    PyObject *frames = pack_items(PySequence_Fast_ITEMS(values), PyList_GET_SIZE(values), 1,
-                                  &found);
+    PyObject *frames = pack_items(PySequence_Fast_ITEMS(values), PyList_GET_SIZE(values),
+                                  UINT32_MAX, 1, &found);
     if (!frames || frames == Py_None)
         return frames;
     return Py_BuildValue("(NN)", found, frames);
@@ -120,6 +138,73 @@ core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
             goto done;
         }
         PyList_SET_ITEM(res, i, item);
+        at += k;
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&table);
+    return res;
+}
+
+/* found_values(keys: list | tuple, found: list of bool, lengths, data) -> {key: value} | None:
+ * get_many's reply as a client returns it (clients/commands.py), the values cut out of data
+ * straight into the dict; None if found is not one bool per key or the table does not hold
+ * one value per key found, adding up to data */
+SHMKV_INTERNAL PyObject *
+core_found_values(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "found_values(keys, found, lengths, data)");
+        return NULL;
+    }
+    PyObject *keys = args[0], *found = args[1];
+    if ((!PyList_CheckExact(keys) && !PyTuple_CheckExact(keys)) || !PyList_CheckExact(found)
+            || PyList_GET_SIZE(found) != PySequence_Fast_GET_SIZE(keys))
+        Py_RETURN_NONE;
+    const Py_ssize_t n = PyList_GET_SIZE(found);
+    Py_ssize_t present = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(found, i);
+        if (f != Py_True && f != Py_False)
+            Py_RETURN_NONE;
+        present += f == Py_True;
+    }
+    Py_buffer table, data;
+    if (PyObject_GetBuffer(args[2], &table, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&table);
+        Py_RETURN_NONE;
+    }
+    PyObject *res = NULL;
+    const uint8_t *len_at = table.buf;
+    uint64_t total = 0;
+    if (table.len == present * 4)
+        for (Py_ssize_t i = 0; i < present; i++)
+            total += le32(len_at + 4 * i);
+    if (table.len != present * 4 || total != (uint64_t)data.len) {
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (!(res = PyDict_New()))
+        goto done;
+    PyObject *const *key = PySequence_Fast_ITEMS(keys);
+    const char *at = data.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_ITEM(found, i) != Py_True)
+            continue;
+        const uint32_t k = le32(len_at);
+        len_at += 4;
+        PyObject *value = PyBytes_FromStringAndSize(at, k);
+        if (!value || PyDict_SetItem(res, key[i], value) < 0) {
+            Py_XDECREF(value);
+            Py_CLEAR(res);
+            goto done;
+        }
+        Py_DECREF(value);
         at += k;
     }
 done:

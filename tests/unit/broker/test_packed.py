@@ -1,17 +1,21 @@
-"""The packed batch form (protocol.pack, protocol.unpack_bytes, get_many's reply) made in C
-(shmkv/_core_src/packed.c) is byte for byte what the Python code makes, and what C leaves
-to Python (a framing that is not sound, items that are not bytes) gets Python's errors."""
+"""The packed batch form (protocol.pack, protocol.unpack_bytes, get_many's reply, a client's keys
+and its reading of that reply) made in C (shmkv/_core_src/packed.c) is byte for byte what the
+Python code makes, and what C leaves to Python (a framing that is not sound, items that are not
+bytes, keys too long) gets Python's errors."""
 
 from __future__ import annotations
 
 import random
 import struct
+from itertools import compress
 
 import pytest
 
 from shmkv import backend
 from shmkv.broker import protocol
-from shmkv.errors import ProtocolError, RequestTooLarge
+from shmkv.clients.commands import found_values, pack_keys
+from shmkv.errors import KeyTooLarge, ProtocolError, RequestTooLarge
+from shmkv.layout import MAX_KEY_BYTES
 
 pytestmark = pytest.mark.skipif(backend.pack_c is None, reason="the compiled engine only")
 
@@ -61,3 +65,38 @@ def test_a_framing_c_refuses_gets_pythons_error(lengths: bytes, data: bytes,
     assert backend.unpack_bytes_c(lengths, data, protocol.MAX_BATCH_KEYS) is None  # type: ignore[misc]
     with pytest.raises(error):
         protocol.unpack_bytes(lengths, data)
+
+
+def test_keys_past_the_key_limit_are_left_to_python_and_refused_there() -> None:
+    assert backend.pack_c([b"k" * MAX_KEY_BYTES], MAX_KEY_BYTES) == \
+        python_pack([b"k" * MAX_KEY_BYTES])  # type: ignore[misc]
+    assert backend.pack_c([b"a", b"k" * (MAX_KEY_BYTES + 1)], MAX_KEY_BYTES) is None  # type: ignore[misc]
+    with pytest.raises(KeyTooLarge):
+        pack_keys([b"a", b"k" * (MAX_KEY_BYTES + 1)])
+    assert pack_keys(["a", b"b"]) == python_pack([b"a", b"b"])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_get_many_reply_read_in_c_is_the_dict_python_makes(seed: int) -> None:
+    rng = random.Random(seed)
+    keys: list = [rng.choice([b"k%d" % i, "s%d" % i, b"same"]) for i in range(rng.randrange(50))]
+    found = [rng.random() < 0.5 for _ in keys]
+    values = random_items(rng)[:sum(found)]
+    values += [b"v"] * (sum(found) - len(values))
+    frames = python_pack(values)
+    expected = dict(zip(compress(keys, found), values))
+    assert backend.found_values_c(keys, found, *frames) == expected  # type: ignore[misc]
+    assert found_values(keys, protocol.Reply(1, found, frames)) == expected
+
+
+@pytest.mark.parametrize("found, frames", [
+    ([True, False], python_pack([b"a", b"b"])),  # a value more than found
+    ([True, True], python_pack([b"a"])),  # a value less
+    ([True], python_pack([b"a"])),  # not one per key
+    ([True, False], [b"\x05\x00\x00\x00", b"a"]),  # lengths past the data
+], ids=["more", "fewer", "short", "torn"])
+def test_a_get_many_reply_that_does_not_hold_is_a_protocol_error(found: list,
+                                                                  frames: list[bytes]) -> None:
+    assert backend.found_values_c([b"x", b"y"], found, *frames) is None  # type: ignore[misc]
+    with pytest.raises(ProtocolError):
+        found_values([b"x", b"y"], protocol.Reply(1, found, frames))
