@@ -96,6 +96,23 @@ core_pack_found(PyObject *Py_UNUSED(module), PyObject *values)
     return Py_BuildValue("(NN)", found, frames);
 }
 
+/* The buffers of a packed batch's two frames: 0, or -1 (no error set) if either is not a
+ * contiguous buffer, which the caller leaves to Python, whose view of it says what */
+static int
+table_and_data(PyObject *lengths, PyObject *items, Py_buffer *table, Py_buffer *data)
+{
+    if (PyObject_GetBuffer(lengths, table, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (PyObject_GetBuffer(items, data, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(table);
+        return -1;
+    }
+    return 0;
+}
+
 /* unpack_bytes(lengths, data, max_items) -> list of bytes | None */
 SHMKV_INTERNAL PyObject *
 core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -108,15 +125,8 @@ core_unpack_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     if (max_items == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer table, data;
-    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear(); /* not a contiguous buffer: Python's view of it says what */
+    if (table_and_data(args[0], args[1], &table, &data) < 0)
         Py_RETURN_NONE;
-    }
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
-        PyBuffer_Release(&table);
-        Py_RETURN_NONE;
-    }
     PyObject *res = NULL;
     const Py_ssize_t n = table.len / 4;
     const uint8_t *len_at = table.buf;
@@ -170,15 +180,8 @@ core_found_values(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
         present += f == Py_True;
     }
     Py_buffer table, data;
-    if (PyObject_GetBuffer(args[2], &table, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
+    if (table_and_data(args[2], args[3], &table, &data) < 0)
         Py_RETURN_NONE;
-    }
-    if (PyObject_GetBuffer(args[3], &data, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
-        PyBuffer_Release(&table);
-        Py_RETURN_NONE;
-    }
     PyObject *res = NULL;
     const uint8_t *len_at = table.buf;
     uint64_t total = 0;

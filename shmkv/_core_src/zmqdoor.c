@@ -531,7 +531,8 @@ PlainGets_counts(PlainGets *self, PyObject *op_obj)
 static PyMethodDef PlainGets_methods[] = {
     {"serve", (PyCFunction)PlainGets_serve, METH_O,
      "serve(budget): answer up to budget plain gets and get_manys waiting on the socket; "
-     "(answered, the first other message as (routing id, frames, frames dropped), or None if none waits)."},
+     "(answered, the first other message as (routing id, frames, frames dropped), or None "
+     "if none waits)."},
     {"counts", (PyCFunction)PlainGets_counts, METH_O,
      "counts(op): (requests of op answered: 0 get, 1 get_many; count per latency bucket, sum "
      "of latencies in seconds)."},

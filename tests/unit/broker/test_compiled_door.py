@@ -1,8 +1,8 @@
 """The compiled ZeroMQ paths, on real sockets. The door's plain gets and get_manys
 (broker/compiled_door.py, shmkv/_core_src/zmqdoor.c): those waiting are answered in C as the
-Python path (dispatch.py) would answer them, and the first message of any other kind is handed back whole, its frames intact,
-for the Python path to run. A client's round trip (zmqcall.c): sent, and the reply read, its
-wait ended by a timeout or a signal handler's exception."""
+Python path (dispatch.py) would answer them, and the first message of any other kind is handed
+back whole, its frames intact, for the Python path to run. A client's round trip (zmqcall.c):
+sent, and the reply read, its wait ended by a timeout or a signal handler's exception."""
 
 from __future__ import annotations
 
