@@ -2,12 +2,16 @@
 request model (a dispatch.Dispatcher over the node's handle, which keeps the handles of the
 databases' collections), the settings, the pub/sub registry (channels, patterns, keyspace
 notifications) and the counters INFO shows. No sockets here: a subscriber is a Session whose
-queue() takes what it is sent.
+queue() takes what it is sent. Session is one connection's state (database, protocol, name,
+authentication, subscriptions, buffers); EventTee hands the door the events the node's
+publisher reads.
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +21,7 @@ import shmkv
 from . import protocol
 from .dispatch import Dispatcher
 from .protocol import Request
-from .resp import Push
+from .resp import Encoder, Push, RequestParser
 from .resp_commands import MAX_DB
 from .resp_glob import glob_matcher
 
@@ -25,7 +29,9 @@ if TYPE_CHECKING:
     from shmkv.events import Event
 
     from .config import NodeConfig
-    from .resp_door import Session
+    from .resp_door import CommandJob, RespDoor
+    from .resp_lane import ReadLane
+    from .resp_server_commands import WaitFor
 
 # notify-keyspace-events: the event kinds of the rings and the class letter that selects each
 _EVENT_CLASS = {"set": "$", "del": "g", "expired": "x", "evicted": "e"}
@@ -66,6 +72,7 @@ class Context:
         self.run_id = secrets.token_hex(20)
         self.started = time.monotonic()
         self.connections_received = self.commands_processed = self.rejected_connections = 0
+        self.lane: ReadLane | None = None  # the door's read lane, which counts its own commands
         self.last_lock_timeout = ""  # the engine's message of the last busy lock (BUSY)
         # --min-replicas-to-write: the executor refuses writes while too few replicas are in
         # sync (NotEnoughReplicas, answered as Redis's NOREPLICAS), as in the ZeroMQ door
@@ -184,3 +191,81 @@ def _db_of(collection: str) -> int | None:
         n = int(collection[2:])
         return n if 0 < n <= MAX_DB and collection == f"db{n}" else None
     return None
+
+
+class Session:
+    """One client connection's state."""
+
+    def __init__(self, ctx: Context, sock: socket.socket, peer: str) -> None:
+        self.id = ctx.next_id()
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.parser = RequestParser()
+        self.out = bytearray()
+        self.encoder = Encoder(2)
+        self.closing = False  # close once the queued output is written
+        self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
+        self.authenticated = not ctx.requirepass
+        self.pending: list[list[bytes]] = []  # requests read after the parked one
+        # the request waiting for a lock, or a WAIT for its replicas, if any
+        self.parked: CommandJob | WaitFor | None = None
+        self.wrote = False  # a write since the last WAIT took the offset to wait for
+        self.write_offset = 0  # the primary's offset the last WAIT took
+        self.broken: Exception | None = None  # the protocol error after the pending ones
+        self.poll_flags = 0  # what the poller is asked about this connection
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.handshake_deadline_s: float | None = None  # while a TLS handshake is under way
+        self.handshake_wants = ""  # resp_tls.WANT_READ or WANT_WRITE, during it
+        self.read_wants_write = False  # a TLS read stopped until the socket takes a write
+        # the largest reply queued since the output was last empty: the output may be that
+        # much more than MAX_OUTPUT_BYTES (one large value is served whole)
+        self.allowance = 0
+        self.in_lane = False  # served by the read lane (resp_lane.py) until handed back
+        self.lane_reads = 0  # reads in a row the compiled path answered whole, writing nothing
+        self._ctx = ctx
+        self.reset()
+
+    def reset(self) -> None:
+        self.db = 0
+        self.coll = ""  # the collection of the database: "" for db 0, "db<n>" for db n
+        self.name: bytes | None = None
+        self.set_protocol(2)
+
+    @property
+    def resp3(self) -> bool:
+        return self.encoder.resp3
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.channels or self.patterns)
+
+    def set_protocol(self, version: int) -> None:
+        self.encoder.resp3 = version == 3
+
+    def queue(self, message: object) -> None:
+        """Add an out-of-band message (pub/sub) to what the connection will be sent."""
+        self.out += self.encoder.encode(message)
+
+
+class EventTee:
+    """An event source (shmkv.events.EventReader) whose events the door sees too: the node's
+    publisher and the door share one reader of the rings."""
+
+    def __init__(self, source: Any, door: RespDoor) -> None:
+        self._source = source
+        self._door = door
+
+    def poll(self, max_events: int = 4096) -> list[Event]:
+        events = self._source.poll(max_events)
+        if events:
+            self._door.deliver_events(events)
+        return events  # type: ignore[no-any-return]
+
+    def skip(self) -> int | None:
+        return None if self._door.listening else self._source.skip()  # type: ignore[no-any-return]
+
+    @property
+    def lost(self) -> int:
+        return self._source.lost  # type: ignore[no-any-return]

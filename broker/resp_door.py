@@ -5,7 +5,9 @@ from the node's one poll loop (server.py), non-blocking.
     a connection readable     -> read what is there; answer the plain GET, SET, INCR,
                                  DECR and MGET it begins with in C (_run_compiled); parse the rest
                                  (resp.py), run it in order (resp_commands.py), queue the
-                                 replies, and write as much as the socket takes
+                                 replies, and write as much as the socket takes; a connection
+                                 that only reads moves to the read lane (resp_lane.py)
+    the read lane hands one back -> run what it did not answer, as if read now
     a parked command answered  -> queue its reply, run the connection's next commands
     a parked WAIT satisfied    -> the same, once its replicas have the connection's writes
                                  or its timeout passed (looked at every WAIT_POLL_S)
@@ -62,9 +64,10 @@ from shmkv.backend import resp_serve
 from shmkv.errors import ShmKVError
 
 from . import resp_server_commands  # noqa: F401  (adds its commands to the table)
-from .resp import Encoder, Error, RequestParser
+from .resp import Error
 from .resp_commands import BUSY, execute, keys_of
-from .resp_context import Context
+from .resp_context import Context, Session
+from .resp_lane import LANE_AFTER_READS, lane_for
 from .resp_server_commands import Replies, WaitFor
 from .resp_tls import HANDSHAKE_TIMEOUT_S, WANT_WRITE, handshake_step, server_context
 from .waits import Keys, LockWaits
@@ -92,60 +95,6 @@ FAST_MAX_VALUE_BYTES = 64 << 10
 # 5% of the node's time under redis-benchmark).
 POLLIN, POLLOUT, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 _NO_REPLY = object()
-
-
-class Session:
-    """One client connection's state."""
-
-    def __init__(self, ctx: Context, sock: socket.socket, peer: str) -> None:
-        self.id = ctx.next_id()
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.parser = RequestParser()
-        self.out = bytearray()
-        self.encoder = Encoder(2)
-        self.closing = False  # close once the queued output is written
-        self.channels: set[bytes] = set()
-        self.patterns: set[bytes] = set()
-        self.authenticated = not ctx.requirepass
-        self.pending: list[list[bytes]] = []  # requests read after the parked one
-        # the request waiting for a lock, or a WAIT for its replicas, if any
-        self.parked: CommandJob | WaitFor | None = None
-        self.wrote = False  # a write since the last WAIT took the offset to wait for
-        self.write_offset = 0  # the primary's offset the last WAIT took
-        self.broken: Exception | None = None  # the protocol error after the pending ones
-        self.poll_flags = 0  # what the poller is asked about this connection
-        self.tls = isinstance(sock, ssl.SSLSocket)
-        self.handshake_deadline_s: float | None = None  # while a TLS handshake is under way
-        self.handshake_wants = ""  # resp_tls.WANT_READ or WANT_WRITE, during it
-        self.read_wants_write = False  # a TLS read stopped until the socket takes a write
-        # the largest reply queued since the output was last empty: the output may be that
-        # much more than MAX_OUTPUT_BYTES (one large value is served whole)
-        self.allowance = 0
-        self._ctx = ctx
-        self.reset()
-
-    def reset(self) -> None:
-        self.db = 0
-        self.coll = ""  # the collection of the database: "" for db 0, "db<n>" for db n
-        self.name: bytes | None = None
-        self.set_protocol(2)
-
-    @property
-    def resp3(self) -> bool:
-        return self.encoder.resp3
-
-    @property
-    def subscribed(self) -> bool:
-        return bool(self.channels or self.patterns)
-
-    def set_protocol(self, version: int) -> None:
-        self.encoder.resp3 = version == 3
-
-    def queue(self, message: object) -> None:
-        """Add an out-of-band message (pub/sub) to what the connection will be sent."""
-        self.out += self.encoder.encode(message)
 
 
 class RespDoor:
@@ -179,6 +128,9 @@ class RespDoor:
         self._poller: zmq.Poller | None = None
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
         self._waiting: dict[Session, WaitFor] = {}  # the connections parked by a WAIT
+        self._lane = self.ctx.lane = None if self.ctx.compiled is None or tls is not None \
+            else lane_for(cache, config.region, config.region_owner or None,
+                          FAST_MAX_VALUE_BYTES, waits.queue)
 
     @property
     def listening(self) -> bool:
@@ -187,6 +139,8 @@ class RespDoor:
     def attach(self, poller: zmq.Poller) -> None:
         self._poller = poller
         poller.register(self.fd, POLLIN)
+        if self._lane is not None:
+            poller.register(self._lane.fd, POLLIN)
 
     def service(self, ready: dict[Any, int]) -> None:
         """Handle what the poll reported for the door's sockets (others are ignored)."""
@@ -194,6 +148,10 @@ class RespDoor:
             self._answer_waits()
         if self.fd in ready:
             self._accept()
+        if self._lane is not None:
+            if self._lane.fd in ready:
+                self._taken_back(self._lane.take_back())
+            self._lane.count(time.monotonic())
         sessions = self.ctx.sessions
         for fd, flags in ready.items():
             s = sessions.get(fd) if type(fd) is int else None
@@ -237,6 +195,11 @@ class RespDoor:
         """Write what each connection has queued, as far as its socket takes it at once
         (replies to requests the node read are not dropped by a stop), then close all."""
         self._answer_waits(stopping=True)  # how many replicas have their writes by now
+        if self._lane is not None:  # its connections back first, with what they are owed
+            if self._poller is not None:
+                self._poller.unregister(self._lane.fd)
+            lane, self._lane = self._lane, None
+            self._taken_back(lane.close())
         for s in list(self.ctx.sessions.values()):
             self._write(s, flush_only=True)
             self._drop(s)
@@ -326,27 +289,59 @@ class RespDoor:
                 return
             if s.closing:
                 continue  # a QUIT or a protocol error came before: the rest is not read
-            size = len(data)
-            if self.ctx.compiled is not None and s.parked is None and not self._parked \
-                    and s.authenticated and not s.coll and not s.channels and not s.patterns \
-                    and s.parser.at_boundary:
-                data = self._run_compiled(s, data)
-                if self.ctx.sessions.get(s.fd) is not s:
-                    return
-            requests = s.parser.parse(data) if data else []
-            if requests or s.parser.error is not None:
-                s.broken = s.parser.error
-                self._run(s, requests)
-                if s.closing or self.ctx.sessions.get(s.fd) is not s:
-                    return
-                if s.parked is not None:  # read no more until it is answered
-                    return
-            if size < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
+            if not self._take(s, data):
+                return
+            if len(data) < READ_BYTES and not s.tls:  # a TLS read is one record, 16 KiB
                 break
         if s.tls and s.sock.pending():  # type: ignore[attr-defined]  # an SSLSocket
             self._decrypted.add(s)  # read them next round, without a poll
         if s.closing:
             self._write(s)
+        elif s.lane_reads >= LANE_AFTER_READS and self._lane is not None:
+            self._to_lane(s)
+
+    def _take(self, s: Session, data: bytes) -> bool:
+        """Answer the requests in data, read from s; False if s has gone, or must read no more
+        for now (closing, or a command parked)."""
+        if self.ctx.compiled is not None and s.parked is None and not self._parked \
+                and s.authenticated and not s.coll and not s.channels and not s.patterns \
+                and s.parser.at_boundary:
+            data = self._run_compiled(s, data)
+            if self.ctx.sessions.get(s.fd) is not s:
+                return False
+        requests = s.parser.parse(data) if data else []
+        if requests or s.parser.error is not None:
+            s.broken = s.parser.error
+            self._run(s, requests)
+            if s.closing or self.ctx.sessions.get(s.fd) is not s or s.parked is not None:
+                return False
+        return True
+
+    def _to_lane(self, s: Session) -> None:
+        """Move s to the read lane if nothing about it is the door's to do."""
+        if s.out or s.tls or s.parked is not None or self._parked or s.pending or s.coll \
+                or s.channels or s.patterns or not s.authenticated \
+                or not s.parser.at_boundary or self.ctx.sessions.get(s.fd) is not s:
+            return
+        if self._poller is not None and s.poll_flags:
+            self._poller.unregister(s.fd)
+        s.poll_flags = 0
+        self._lane.adopt(s)  # type: ignore[union-attr]  # the caller checked
+
+    def _taken_back(self, back: list[tuple[int, bytes, bytes, bool]]) -> None:
+        """The connections the read lane handed back: what they sent that it did not answer
+        runs here now, after the replies it could not write."""
+        for fd, unread, unsent, closed in back:
+            s = self.ctx.sessions.get(fd)
+            if s is None or not s.in_lane:
+                continue
+            s.in_lane, s.lane_reads = False, 0
+            if closed:
+                self._drop(s)
+                continue
+            s.out += unsent
+            if not unread or self._take(s, unread):
+                self._write(s)
 
     def _run_compiled(self, s: Session, data: bytes) -> bytes:
         """Answer the plain GET, SET, INCR, DECR and MGET at the start of data in C
@@ -356,6 +351,7 @@ class RespDoor:
         ctx = self.ctx
         taken, replies, ran, wrote = resp_serve(  # type: ignore[misc]
             *ctx.compiled, data, s.encoder.resp3, FAST_MAX_VALUE_BYTES, ARRAY_MAGIC)
+        s.lane_reads = s.lane_reads + 1 if taken == len(data) and not wrote else 0
         if not ran:
             return data
         ctx.commands_processed += ran
@@ -378,6 +374,7 @@ class RespDoor:
         ctx, encode, out, waits, parked, busy = \
             self.ctx, s.encoder._add, [], self.waits, self._parked, BUSY
         queued, counted = len(s.out), 0
+        s.lane_reads = 0
         if first is not _NO_REPLY:
             if type(first) is Replies:
                 for one in first:  # type: ignore[attr-defined]
@@ -486,7 +483,10 @@ class RespDoor:
 
     def _watch(self, s: Session) -> None:
         """Ask the poller about what the connection waits for: readability unless a parked
-        command holds it up, writability only while output waits (else poll would spin)."""
+        command holds it up, writability only while output waits (else poll would spin);
+        nothing while the read lane has it."""
+        if s.in_lane:
+            return
         if s.handshake_deadline_s is not None:
             flags = POLLOUT if s.handshake_wants == WANT_WRITE else POLLIN
         else:
@@ -573,26 +573,4 @@ class CommandJob:
         self.door.answered(self.session, self, reply[0])
 
 
-class EventTee:
-    """An event source (shmkv.events.EventReader) whose events the door sees too: the node's
-    publisher and the door share one reader of the rings."""
-
-    def __init__(self, source: Any, door: RespDoor) -> None:
-        self._source = source
-        self._door = door
-
-    def poll(self, max_events: int = 4096) -> list[Event]:
-        events = self._source.poll(max_events)
-        if events:
-            self._door.deliver_events(events)
-        return events  # type: ignore[no-any-return]
-
-    def skip(self) -> int | None:
-        return None if self._door.listening else self._source.skip()  # type: ignore[no-any-return]
-
-    @property
-    def lost(self) -> int:
-        return self._source.lost  # type: ignore[no-any-return]
-
-
-__all__ = ["CommandJob", "Context", "EventTee", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]
+__all__ = ["CommandJob", "Context", "MAX_OUTPUT_BYTES", "RespDoor", "Session"]

@@ -223,6 +223,10 @@ def _config(ctx: Context, s: Session, a: list[bytes]) -> Any:
 def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
     wanted = {x.decode("utf-8", "replace").lower() for x in a[1:]} or {"default"}
     everything = bool(wanted & {"all", "everything", "default"})
+    lane_commands = 0
+    if ctx.lane is not None:
+        ctx.lane.count()  # its hits and misses, in the region's counters by now
+        lane_commands = ctx.lane.commands
     stats = ctx.cache.stats()
     sections = {
         "server": lambda: {
@@ -236,7 +240,9 @@ def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
             # blocked: a command of theirs waits for a busy lock (resp_door.py)
             "connected_clients": len(ctx.sessions),
             "blocked_clients": sum(1 for c in ctx.sessions.values() if c.parked is not None),
-            "pubsub_clients": sum(1 for c in ctx.sessions.values() if c.subscribed)},
+            "pubsub_clients": sum(1 for c in ctx.sessions.values() if c.subscribed),
+            # served by the read lane's thread (resp_lane.py), and the commands it answered
+            "shmkv_read_lane_clients": ctx.lane.sessions if ctx.lane is not None else 0},
         "memory": lambda: {
             "used_memory": stats["arena_used_bytes"],
             "used_memory_human": _human(stats["arena_used_bytes"]),
@@ -244,7 +250,8 @@ def _info(ctx: Context, s: Session, a: list[bytes]) -> Any:
             "maxmemory_policy": "allkeys-lru"},
         "stats": lambda: {
             "total_connections_received": ctx.connections_received,
-            "total_commands_processed": ctx.commands_processed,
+            "total_commands_processed": ctx.commands_processed + lane_commands,
+            "shmkv_read_lane_commands": lane_commands,
             "rejected_connections": ctx.rejected_connections,
             "expired_keys": stats["expirations"], "evicted_keys": stats["evictions"],
             "keyspace_hits": stats["hits"], "keyspace_misses": stats["misses"],

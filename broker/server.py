@@ -68,7 +68,8 @@ from .persistence import Persistence, arena_bytes_to_serve, open_or_restore
 from .pubsub import Publisher
 from .repl_source import WrittenOffsets
 from .replication import Source, Stopped
-from .resp_door import EventTee, RespDoor
+from .resp_context import EventTee
+from .resp_door import RespDoor
 from .roles import Roles
 from .router import RECEIVE_HWM, SEND_HWM, bind
 from .signals import StopSignals

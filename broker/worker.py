@@ -50,7 +50,8 @@ from .config import NodeConfig
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .repl_source import RelayedReplicas, WrittenOffsets
-from .resp_door import EventTee, RespDoor
+from .resp_context import EventTee
+from .resp_door import RespDoor
 from .router import RECEIVE_HWM, SEND_HWM, bind
 from .server import EVENT_POLL_S, STOP_LINGER_MS, _Node
 from .signals import StopSignals

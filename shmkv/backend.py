@@ -55,6 +55,7 @@ Writer = _core.Writer if _core else None
 # trip (zmqcall.c) and the wire protocol's packed batches (packed.c)
 resp_serve = _core.resp_serve if _core else None
 PlainGets = _core.PlainGets if _core else None
+RespLane = _core.RespLane if _core else None  # the RESP door's read lane (resp_lane.c)
 zmq_call = _core.zmq_call if _core else None
 Frame = _core.Frame if _core else None  # a received frame zmq_call and PlainGets hand out
 pack_c = _core.pack if _core else None

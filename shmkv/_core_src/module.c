@@ -1,7 +1,7 @@
 /* shmkv/_core_src/module.c: the shmkv._core module: its init (the types, the process-wide
  * state, the atfork handler), its constants (LAYOUT and the others, which the tests compare
  * with the Python engine's) and its functions (xxh3_64, _writer_pid). */
-#include "writer.h"
+#include "resp.h"
 #include "zmqlib.h"
 
 PyObject *time_ns_func; /* time.time_ns, to recognise the default clock */
@@ -194,7 +194,8 @@ PyInit__core(void)
 {
     if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&WriterType) < 0
             || PyType_Ready(&ViewType) < 0 || PyType_Ready(&PinType) < 0
-            || PyType_Ready(&FrameType) < 0 || PyType_Ready(&PlainGetsType) < 0)
+            || PyType_Ready(&FrameType) < 0 || PyType_Ready(&PlainGetsType) < 0
+            || PyType_Ready(&RespLaneType) < 0)
         return NULL;
     if (!writer_pid) {
         writer_pid = getpid();
@@ -221,7 +222,8 @@ PyInit__core(void)
             || PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0
             || PyModule_AddObjectRef(m, "Pin", (PyObject *)&PinType) < 0
             || PyModule_AddObjectRef(m, "Frame", (PyObject *)&FrameType) < 0
-            || PyModule_AddObjectRef(m, "PlainGets", (PyObject *)&PlainGetsType) < 0) {
+            || PyModule_AddObjectRef(m, "PlainGets", (PyObject *)&PlainGetsType) < 0
+            || PyModule_AddObjectRef(m, "RespLane", (PyObject *)&RespLaneType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -22,7 +22,7 @@
  * checks) is the caller's: it calls this only for a session in db 0, authenticated, not a
  * subscriber, with nothing parked and no --min-replicas-to-write.
  */
-#include "writer.h"
+#include "resp.h"
 
 #define OUT_BUDGET_BYTES (1u << 20)
 /* An MGET of more keys, or whose reply passes MGET_MAX_BYTES, is Python's */
@@ -119,16 +119,10 @@ parse(const char **p, const char *end, rreq *q)
     return 1;
 }
 
-/* --- the replies ---------------------------------------------------------------------------- */
-typedef struct {
-    char *buf;         /* stack first, until more is needed */
-    size_t len, cap;
-    char stack[16384];
-} outbuf;
-
+/* --- the replies (RespOut: resp.h) -------------------------------------------------------- */
 /* Room for more bytes: 0, or -1 (out of memory: the command is left to Python, which raises) */
 static int
-reserve(outbuf *o, size_t more)
+reserve(RespOut *o, size_t more)
 {
     if (o->len + more <= o->cap)
         return 0;
@@ -144,7 +138,7 @@ reserve(outbuf *o, size_t more)
 }
 
 static inline void
-put(outbuf *o, const char *s, size_t n)
+put(RespOut *o, const char *s, size_t n)
 {
     memcpy(o->buf + o->len, s, n);
     o->len += n;
@@ -152,7 +146,7 @@ put(outbuf *o, const char *s, size_t n)
 
 /* `<prefix><n>\r\n`, reserved ahead */
 static void
-put_number(outbuf *o, char prefix, long long n)
+put_number(RespOut *o, char prefix, long long n)
 {
     o->len += (size_t)PyOS_snprintf(o->buf + o->len, 24, "%c%lld\r\n", prefix, n);
 }
@@ -164,7 +158,7 @@ enum { DONE = 1, STOP = 0 };
  * one of max_value_bytes or more: Python's; its hit is taken back, Python counts it) */
 static int
 read_one(Reader *reader, const char *key, uint32_t klen, uint64_t max_value_bytes,
-         PyObject *magic, int resp3, outbuf *o)
+         PyObject *magic, int resp3, RespOut *o)
 {
     PyObject *value = NULL;
     int rc = reader_read_below(reader, key, klen, xxh3_64(key, klen, reader->seed),
@@ -200,7 +194,7 @@ read_one(Reader *reader, const char *key, uint32_t klen, uint64_t max_value_byte
  * read are taken back) */
 static int
 mget(Reader *reader, const rreq *q, uint64_t max_value_bytes, PyObject *magic, int resp3,
-     outbuf *o)
+     RespOut *o)
 {
     const size_t start = o->len;
     const uint64_t hits = reader->hits, misses = reader->misses;
@@ -223,7 +217,7 @@ mget(Reader *reader, const rreq *q, uint64_t max_value_bytes, PyObject *magic, i
 }
 
 static int
-write_one(Writer *writer, const rreq *q, outbuf *o)
+write_one(Writer *writer, const rreq *q, RespOut *o)
 {
     if (reserve(o, 24) < 0) /* before the write: a write done is always answered */
         return STOP;
@@ -259,7 +253,43 @@ write_one(Writer *writer, const rreq *q, outbuf *o)
     return DONE;
 }
 
-/* --- resp_serve ------------------------------------------------------------------------------ */
+/* --- resp_answer, resp_serve ---------------------------------------------------------------- */
+Py_ssize_t
+resp_answer(Reader *reader, Writer *writer, const char *data, size_t len, int resp3,
+            uint64_t max_value_bytes, PyObject *magic, RespOut *o, long *commands, long *writes)
+{
+    if (mapped_enter(&reader->map) < 0)
+        return -1;
+    if (writer && mapped_enter(&writer->map) < 0) {
+        mapped_leave(&reader->map);
+        return -1;
+    }
+    const char *p = data, *const end = data + len;
+    const size_t start = o->len; /* o may hold other connections' replies (resp_lane.c) */
+    rreq q;
+    while (o->len - start < OUT_BUDGET_BYTES) {
+        const char *next = p;
+        if (!parse(&next, end, &q))
+            break;
+        int rc;
+        if (q.cmd == R_GET)
+            rc = read_one(reader, q.key, q.klen, max_value_bytes, magic, resp3, o);
+        else if (q.cmd == R_MGET)
+            rc = mget(reader, &q, max_value_bytes, magic, resp3, o);
+        else
+            rc = writer ? write_one(writer, &q, o) : STOP;
+        if (rc != DONE)
+            break;
+        p = next;
+        (*commands)++;
+        *writes += q.cmd != R_GET && q.cmd != R_MGET;
+    }
+    if (writer)
+        mapped_leave(&writer->map);
+    mapped_leave(&reader->map);
+    return p - data;
+}
+
 /* resp_serve(reader, writer, data, resp3, max_value_bytes, array_magic) ->
  * (bytes taken from data, the replies, commands answered, writes among them) */
 SHMKV_INTERNAL PyObject *
@@ -284,46 +314,18 @@ core_resp_serve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
                                           "different collections");
         return NULL;
     }
-    if (mapped_enter(&reader->map) < 0)
-        return NULL;
-    if (mapped_enter(&writer->map) < 0) {
-        mapped_leave(&reader->map);
-        return NULL;
-    }
     /* data is immutable and held by the caller: the keys and values stay put while a lock
      * wait releases the GIL */
-    const char *start = PyBytes_AS_STRING(data), *p = start;
-    const char *const end = start + PyBytes_GET_SIZE(data);
-    outbuf o;
-    o.buf = o.stack;
-    o.len = 0;
-    o.cap = sizeof o.stack;
+    RespOut o;
+    resp_out_init(&o);
     long commands = 0, writes = 0;
-    rreq q;
-    while (o.len < OUT_BUDGET_BYTES) {
-        const char *next = p;
-        if (!parse(&next, end, &q))
-            break;
-        int rc;
-        if (q.cmd == R_GET)
-            rc = read_one(reader, q.key, q.klen, max_value, magic, resp3, &o);
-        else if (q.cmd == R_MGET)
-            rc = mget(reader, &q, max_value, magic, resp3, &o);
-        else
-            rc = write_one(writer, &q, &o);
-        if (rc != DONE)
-            break;
-        p = next;
-        commands++;
-        writes += q.cmd != R_GET && q.cmd != R_MGET;
-    }
-    mapped_leave(&writer->map);
-    mapped_leave(&reader->map);
+    const Py_ssize_t taken = resp_answer(reader, writer, PyBytes_AS_STRING(data),
+                                         (size_t)PyBytes_GET_SIZE(data), resp3, max_value,
+                                         magic, &o, &commands, &writes);
     PyObject *result = NULL;
-    PyObject *replies = PyBytes_FromStringAndSize(o.buf, (Py_ssize_t)o.len);
+    PyObject *replies = taken < 0 ? NULL : PyBytes_FromStringAndSize(o.buf, (Py_ssize_t)o.len);
     if (replies)
-        result = Py_BuildValue("nNll", (Py_ssize_t)(p - start), replies, commands, writes);
-    if (o.buf != o.stack)
-        PyMem_Free(o.buf);
+        result = Py_BuildValue("nNll", taken, replies, commands, writes);
+    resp_out_free(&o);
     return result;
 }

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import pytest
@@ -28,10 +28,11 @@ def resp_address(node: Node) -> tuple[str, int]:
 
 
 @contextmanager
-def resp_node(*options: str) -> Iterator[tuple[Node, str]]:
+def resp_node(*options: str, env: Mapping[str, str] | None = None
+              ) -> Iterator[tuple[Node, str]]:
     """A node with the RESP door on a free loopback port: (node, region name)."""
     region = new_region_name()
-    with running_node(region, "--resp-bind", "127.0.0.1:0", *options) as node:
+    with running_node(region, "--resp-bind", "127.0.0.1:0", *options, env=env) as node:
         yield node, region
 
 
