@@ -319,8 +319,8 @@ class RespDoor:
 
     def _to_lane(self, s: Session) -> None:
         """Move s to the read lane if nothing about it is the door's to do."""
-        if s.out or s.tls or s.parked is not None or self._parked or s.pending or s.coll \
-                or s.channels or s.patterns or not s.authenticated \
+        if s.in_lane or s.out or s.tls or s.parked is not None or self._parked or s.pending \
+                or s.coll or s.channels or s.patterns or not s.authenticated \
                 or not s.parser.at_boundary or self.ctx.sessions.get(s.fd) is not s:
             return
         if self._poller is not None and s.poll_flags:
