@@ -39,6 +39,7 @@ setup(
                 f"{CORE_SRC}/packed.c",
                 f"{CORE_SRC}/zmqlib.c",
                 f"{CORE_SRC}/zmqdoor.c",
+                f"{CORE_SRC}/zmqmany.c",
                 f"{CORE_SRC}/zmqcall.c",
             ],
             depends=[
@@ -47,6 +48,7 @@ setup(
                 f"{CORE_SRC}/pin.h",
                 f"{CORE_SRC}/resp.h",
                 f"{CORE_SRC}/zmqlib.h",
+                f"{CORE_SRC}/zmqdoor.h",
                 "shmkv/_vendor/xxhash.h",
             ],
             extra_compile_args=["-O2", "-std=c11"],

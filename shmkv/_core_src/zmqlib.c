@@ -51,6 +51,7 @@ zmqlib_bind(void)
         .msg_move = (int (*)(zmq_msg_t *, zmq_msg_t *))dlsym(lib, "zmq_msg_move"),
         .send = (int (*)(void *, const void *, size_t, int))dlsym(lib, "zmq_send"),
         .getsockopt = (int (*)(void *, int, void *, size_t *))dlsym(lib, "zmq_getsockopt"),
+        .poll = (int (*)(zmq_pollitem_t *, int, long))dlsym(lib, "zmq_poll"),
         .errno_ = (int (*)(void))dlsym(lib, "zmq_errno"),
         .strerror = (const char *(*)(int))dlsym(lib, "zmq_strerror"),
     };
@@ -58,7 +59,7 @@ zmqlib_bind(void)
     if (major < 4 || (major == 4 && minor < 1) || !found.msg_init || !found.msg_init_size
             || !found.msg_data || !found.msg_size || !found.msg_more || !found.msg_send
             || !found.msg_recv || !found.msg_close || !found.msg_move || !found.send
-            || !found.getsockopt || !found.errno_ || !found.strerror) {
+            || !found.getsockopt || !found.poll || !found.errno_ || !found.strerror) {
         PyErr_Format(PyExc_ImportError, "the libzmq loaded (%s, version %d.%d.%d) lacks what "
                      "the compiled door needs (libzmq 4.1 or later)", path, major, minor, patch);
         return -1;

@@ -15,7 +15,16 @@ typedef struct {
     unsigned char _[64] __attribute__((aligned(sizeof(void *))));
 } zmq_msg_t;
 
+/* zmq_poll's item, as zmq.h has it on POSIX systems */
+typedef struct {
+    void *socket;
+    int fd;
+    short events;
+    short revents;
+} zmq_pollitem_t;
+
 enum {
+    ZMQ_POLLIN = 1,
     ZMQ_DONTWAIT = 1,
     ZMQ_SNDMORE = 2,
     ZMQ_EVENTS = 15,
@@ -33,6 +42,7 @@ typedef struct {
     int (*msg_move)(zmq_msg_t *, zmq_msg_t *);
     int (*send)(void *, const void *, size_t, int);
     int (*getsockopt)(void *, int, void *, size_t *);
+    int (*poll)(zmq_pollitem_t *, int, long);
     int (*errno_)(void);
     const char *(*strerror)(int);
 } zmqlib;
