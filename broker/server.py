@@ -300,7 +300,7 @@ class _Node(ZmqDoor):
                 wake_at = min(wake_at, workers.due())
             if publisher.listening or (door is not None and door.listening):
                 wake_at = min(wake_at, time.monotonic() + (0 if events_left else EVENT_POLL_S))
-            ready = stop.poll(poller, wake_at)
+            ready = self._poll(poller, stop, wake_at, router, dispatcher, publisher, events)
             if stop.take_reload():
                 self._reload()
                 if self.workers is not None:

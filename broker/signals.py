@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import zmq
 from zmq.backend import zmq_poll
@@ -74,12 +75,21 @@ class StopSignals:
     def poll(self, poller: zmq.Poller, wake_at_s: float) -> dict[object, int]:
         """Poll until wake_at_s (time.monotonic(); inf: until something comes); what is
         ready, the wake-up socket drained."""
-        timeout_ms = -1 if math.isinf(wake_at_s) else \
+        ready = zmq_poll(poller.sockets, self.timeout_ms(wake_at_s))  # Poller.poll's step
+        return self.polled(ready)
+
+    @staticmethod
+    def timeout_ms(wake_at_s: float) -> int:
+        """A poll's timeout until wake_at_s: -1 for inf."""
+        return -1 if math.isinf(wake_at_s) else \
             max(0, math.ceil((wake_at_s - time.monotonic()) * 1000))
-        ready = dict(zmq_poll(poller.sockets, timeout_ms))  # Poller.poll's one step, direct
-        if self.wakeup_fd in ready:
+
+    def polled(self, ready: list[tuple[Any, int]]) -> dict[object, int]:
+        """What a poll found ready ([(socket or fd, events)]), the wake-up socket drained."""
+        found = dict(ready)
+        if self.wakeup_fd in found:
             self.drain()
-        return ready
+        return found
 
     def wait(self, poller: zmq.Poller, timeout_ms: int) -> bool:
         """Poll (for a step that waits on its own sockets); False once a stop signal has

@@ -192,7 +192,8 @@ class Worker(_Node):
             wake_at = min(next_report, waits.due(), next_events if events is not None else math.inf)
             if door is not None:
                 wake_at = min(wake_at, door.due())  # TLS handshakes' deadlines
-            ready = stop.poll(poller, wake_at)
+            ready = self._poll(poller, stop, wake_at, router, dispatcher, no_publisher,
+                               None)  # type: ignore[arg-type]
             if stop.take_reload():
                 self._reload()
             if link_fd in ready:

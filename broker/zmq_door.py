@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from shmkv.events import EventReader
 
     from .pubsub import Publisher
+    from .signals import StopSignals
 
 # Requests answered per wake-up before the loop looks at the clock and the signals again: a
 # flood of requests must not starve maintenance or delay a stop for long.
@@ -65,20 +66,45 @@ class ZmqDoor:
                 budget -= answered
                 if received is None:
                     return
-                routing_id, message, dropped = received
-                if dropped:
-                    message = too_many_frames(message, dropped)
-            else:
-                # After the first (the poll said one is there), ask before reading: a receive
-                # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
-                if budget < MAX_BATCH and not router.get(_EVENTS) & _POLLIN:
-                    return
-                received = receive(router)
-                if received is None:
-                    return
-                routing_id, message = received
+                budget -= 1
+                self._answer_handed_back(router, dispatcher, publisher, events, received)
+                continue
+            # After the first (the poll said one is there), ask before reading: a receive
+            # that finds none raises zmq.Again, twice the cost of asking (~2.5 us vs ~1 us)
+            if budget < MAX_BATCH and not router.get(_EVENTS) & _POLLIN:
+                return
+            received = receive(router)
+            if received is None:
+                return
+            routing_id, message = received
             budget -= 1
             self._answer(router, dispatcher, publisher, events, routing_id, message)
+
+    def _poll(self, poller: zmq.Poller, stop: StopSignals, wake_at_s: float,
+              router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
+              events: EventReader) -> dict[object, int]:
+        """The loop's poll until wake_at_s: in C while the compiled path may answer
+        (compiled_door.py), which answers the plain requests that come while nothing else
+        does, without a pass of the loop each; what is ready, as StopSignals.poll says."""
+        compiled = self._compiled
+        if compiled is None or self._waits.queue or publisher.listening:
+            return stop.poll(poller, wake_at_s)
+        _, ready, received = compiled.wait(poller.sockets, stop.timeout_ms(wake_at_s),
+                                           MAX_BATCH)
+        found = stop.polled(ready)
+        if received is not None:  # what it could not answer, then the rest waiting
+            self._answer_handed_back(router, dispatcher, publisher, events, received)
+            found[router] = _POLLIN
+        return found
+
+    def _answer_handed_back(self, router: zmq.Socket, dispatcher: Dispatcher,
+                            publisher: Publisher, events: EventReader,
+                            received: tuple[Any, list[Any], int]) -> None:
+        """Answer a message the compiled path handed back: (routing id, frames, dropped)."""
+        routing_id, message, dropped = received
+        if dropped:
+            message = too_many_frames(message, dropped)
+        self._answer(router, dispatcher, publisher, events, routing_id, message)
 
     def _answer(self, router: zmq.Socket, dispatcher: Dispatcher, publisher: Publisher,
                 events: EventReader, routing_id: Any, message: list[Any] | protocol.Reply

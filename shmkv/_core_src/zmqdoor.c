@@ -276,21 +276,15 @@ done:
     return out;
 }
 
-/* serve(budget): (gets answered, the message handed back or None) */
-static PyObject *
-PlainGets_serve(PlainGets *self, PyObject *budget_obj)
+/* Answer what waits on the socket, up to budget messages: how many were answered (*left: the
+ * first other message, handed back, or NULL), or -1 with an error. */
+static Py_ssize_t
+serve_waiting(PlainGets *self, Py_ssize_t budget, PyObject **left)
 {
-    const Py_ssize_t budget = PyLong_AsSsize_t(budget_obj);
-    if (budget == -1 && PyErr_Occurred())
-        return NULL;
-    if (!self->socket) {
-        PyErr_SetString(PyExc_ValueError, "PlainGets is not initialised");
-        return NULL;
-    }
     zmq_msg_t parts[MAX_PARTS];
     const int max_parts = self->max_frames + 1;
     Py_ssize_t answered = 0;
-    PyObject *left = NULL;
+    *left = NULL;
     while (answered < budget) {
         zmq.msg_init(&parts[0]);
         if (zmq.msg_recv(&parts[0], self->handle, ZMQ_DONTWAIT) < 0) {
@@ -298,7 +292,8 @@ PlainGets_serve(PlainGets *self, PyObject *budget_obj)
             zmq.msg_close(&parts[0]);
             if (err == EAGAIN || err == EINTR) /* none waits (a signal: the loop's to see) */
                 break;
-            return zmqlib_error(err);
+            zmqlib_error(err);
+            return -1;
         }
         const double started_s = door_monotonic_s();
         /* a multipart message is delivered whole: its other frames are there */
@@ -319,16 +314,153 @@ PlainGets_serve(PlainGets *self, PyObject *budget_obj)
         }
         int rc = dropped ? PYTHONS : answer(self, parts, n_parts, started_s);
         if (rc == PYTHONS)
-            left = hand_back(parts, n_parts, dropped);
+            *left = hand_back(parts, n_parts, dropped);
         for (int i = 0; i < n_parts; i++)
             zmq.msg_close(&parts[i]);
-        if (rc < 0 || (rc == PYTHONS && !left))
-            return NULL;
+        if (rc < 0 || (rc == PYTHONS && !*left))
+            return -1;
         if (rc == PYTHONS)
             break;
         answered++;
     }
+    return answered;
+}
+
+static int
+initialised(PlainGets *self)
+{
+    if (!self->socket)
+        PyErr_SetString(PyExc_ValueError, "PlainGets is not initialised");
+    return self->socket != NULL;
+}
+
+/* serve(budget): (gets answered, the message handed back or None) */
+static PyObject *
+PlainGets_serve(PlainGets *self, PyObject *budget_obj)
+{
+    const Py_ssize_t budget = PyLong_AsSsize_t(budget_obj);
+    if ((budget == -1 && PyErr_Occurred()) || !initialised(self))
+        return NULL;
+    PyObject *left;
+    const Py_ssize_t answered = serve_waiting(self, budget, &left);
+    if (answered < 0)
+        return NULL;
     PyObject *out = Py_BuildValue("(nO)", answered, left ? left : Py_None);
+    Py_XDECREF(left);
+    return out;
+}
+
+/* --- the wait ------------------------------------------------------------------------------- */
+/* The items of a zmq.Poller's `sockets` ([(socket or fd, flags)]) as zmq_poll's: *router_at is
+ * this door's socket's index, or -1. 0, or -1 with an error. */
+static int
+poll_items(PlainGets *self, PyObject *sockets, zmq_pollitem_t *items, Py_ssize_t n,
+           Py_ssize_t *router_at)
+{
+    *router_at = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(sockets, i), *obj;
+        int flags;
+        if (!PyTuple_Check(pair) || !PyArg_ParseTuple(pair, "Oi", &obj, &flags)) {
+            PyErr_SetString(PyExc_TypeError, "wait(): the poller's items are (socket or fd, "
+                                             "flags)");
+            return -1;
+        }
+        items[i].events = (short)flags;
+        items[i].revents = 0;
+        if (PyLong_Check(obj)) {
+            items[i].socket = NULL;
+            items[i].fd = (int)PyLong_AsLong(obj);
+            if (items[i].fd == -1 && PyErr_Occurred())
+                return -1;
+        }
+        else {
+            items[i].fd = 0;
+            if (!(items[i].socket = zmqlib_socket(obj)))
+                return -1;
+            if (items[i].socket == self->handle)
+                *router_at = i;
+        }
+    }
+    return 0;
+}
+
+/* wait(sockets, timeout_ms, budget): poll a zmq.Poller's sockets (timeout_ms < 0: no limit)
+ * with the GIL released and, while this door's socket is all that is ready, answer what waits
+ * on it and poll again, until the time is up, anything else is ready, a message is handed
+ * back or budget are answered. (answered, [(socket or fd, revents)] of the last poll as
+ * zmq.Poller.poll gives them, the message handed back or None). */
+static PyObject *
+PlainGets_wait(PlainGets *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "wait(sockets: list, timeout_ms, budget)");
+        return NULL;
+    }
+    const long timeout_ms = PyLong_AsLong(args[1]);
+    const Py_ssize_t budget = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred() || !initialised(self))
+        return NULL;
+    PyObject *sockets = args[0];
+    const Py_ssize_t n = PyList_GET_SIZE(sockets);
+    zmq_pollitem_t *items = PyMem_Calloc((size_t)n + 1, sizeof *items);
+    Py_ssize_t router_at, answered = 0;
+    PyObject *left = NULL, *ready = NULL;
+    if (!items)
+        return PyErr_NoMemory();
+    if (poll_items(self, sockets, items, n, &router_at) < 0)
+        goto done;
+    const double deadline_s = door_monotonic_s() + (double)timeout_ms / 1000;
+    for (;;) {
+        long wait_ms = -1;
+        if (timeout_ms >= 0) {
+            const double left_s = deadline_s - door_monotonic_s();
+            wait_ms = left_s > 0 ? (long)(left_s * 1000 + 0.999) : 0;
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = zmq.poll(items, (int)n, wait_ms);
+        Py_END_ALLOW_THREADS
+        if (rc < 0) {
+            const int err = zmq.errno_();
+            if (err != EINTR) {
+                zmqlib_error(err);
+                goto done;
+            }
+            break; /* a signal: the loop's to handle (its wake-up descriptor says which) */
+        }
+        if (rc != 1 || router_at < 0 || !items[router_at].revents || answered >= budget)
+            break;
+        const Py_ssize_t served = serve_waiting(self, budget - answered, &left);
+        if (served < 0)
+            goto done;
+        answered += served;
+        if (left || answered >= budget)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            goto done;
+    }
+    if (!(ready = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!items[i].revents)
+            continue;
+        PyObject *pair = Py_BuildValue("(Oi)", PyTuple_GET_ITEM(PyList_GET_ITEM(sockets, i), 0),
+                                       (int)items[i].revents);
+        if (!pair || PyList_Append(ready, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_CLEAR(ready);
+            goto done;
+        }
+        Py_DECREF(pair);
+    }
+done:
+    PyMem_Free(items);
+    if (!ready) {
+        Py_XDECREF(left);
+        return NULL;
+    }
+    PyObject *out = Py_BuildValue("(nNO)", answered, ready, left ? left : Py_None);
     Py_XDECREF(left);
     return out;
 }
@@ -366,6 +498,10 @@ static PyMethodDef PlainGets_methods[] = {
      "serve(budget): answer up to budget plain gets and get_manys waiting on the socket; "
      "(answered, the first other message as (routing id, frames, frames dropped), or None "
      "if none waits)."},
+    {"wait", (PyCFunction)(void (*)(void))PlainGets_wait, METH_FASTCALL,
+     "wait(sockets, timeout_ms, budget): poll a zmq.Poller's sockets, answering this door's "
+     "plain requests while they are all that is ready; (answered, ready as Poller.poll gives "
+     "it, the message handed back or None)."},
     {"counts", (PyCFunction)PlainGets_counts, METH_O,
      "counts(op): (requests of op answered: 0 get, 1 get_many; count per latency bucket, sum "
      "of latencies in seconds)."},

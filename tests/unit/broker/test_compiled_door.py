@@ -7,6 +7,7 @@ sent, and the reply read, its wait ended by a timeout or a signal handler's exce
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -170,6 +171,56 @@ def test_a_value_lent_from_a_pin_is_left_to_python_and_its_hit_not_counted_twice
         assert handle.stats()["hits"] == 1  # the large one: counted when Python reads it
     finally:
         d.close()
+
+
+# --- the wait: the loop's poll, in C while only the ROUTER has something ----------------------
+@pytest.fixture
+def other_fd() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A socket pair: the first's descriptor is another thing the loop polls."""
+    pair = socket.socketpair()
+    try:
+        yield pair
+    finally:
+        for s in pair:
+            s.close()
+
+
+def test_wait_answers_the_plain_gets_that_come_while_nothing_else_is_ready(
+        door: Door, handle: shmkv.Cache, other_fd: tuple[socket.socket, socket.socket]) -> None:
+    handle.set(b"k", b"v")
+    door.send(*(plain_get(i, b"k") for i in range(3)))
+    items = [(door.router, zmq.POLLIN), (other_fd[0].fileno(), zmq.POLLIN)]
+    assert door.gets.wait(items, 0, 64) == (3, [], None)  # then the time was up
+    assert [result_of(door.reply())[:2] for _ in range(3)] == [(i, True) for i in range(3)]
+
+
+def test_wait_returns_what_else_is_ready_as_the_poller_says_it(
+        door: Door, other_fd: tuple[socket.socket, socket.socket]) -> None:
+    other_fd[1].send(b"x")
+    fd = other_fd[0].fileno()
+    items = [(door.router, zmq.POLLIN), (fd, zmq.POLLIN)]
+    assert door.gets.wait(items, 10_000, 64) == (0, [(fd, zmq.POLLIN)], None)
+    door.send(plain_get(1, b"k"))  # both ready: nothing answered, both reported
+    assert door.gets.wait(items, 10_000, 64) == (0, [(door.router, zmq.POLLIN),
+                                                     (fd, zmq.POLLIN)], None)
+
+
+def test_wait_hands_back_the_first_other_request_and_reports_the_router_ready(
+        door: Door) -> None:
+    set_head = compact.request_header(3, "set", {"timeout_ms": 1000})
+    door.send(plain_get(1, b"k"), [TAG + set_head, b"key", b"v"], plain_get(2, b"k"))
+    answered, ready, (_, frames, _) = door.gets.wait([(door.router, zmq.POLLIN)], 10_000, 64)
+    assert answered == 1 and frames == [TAG + set_head, b"key", b"v"]
+    assert ready == [(door.router, zmq.POLLIN)]  # the get behind it waits: Python reads on
+    assert door.gets.wait([(door.router, zmq.POLLIN)], 10_000, 1) == \
+        (1, [(door.router, zmq.POLLIN)], None)  # its budget: one
+
+
+def test_wait_refuses_what_is_not_a_poller_s_items(door: Door) -> None:
+    with pytest.raises(TypeError):
+        door.gets.wait([door.router], 0, 64)
+    with pytest.raises(TypeError):
+        door.gets.wait(((door.router, zmq.POLLIN),), 0, 64)
 
 
 # --- get_many ----------------------------------------------------------------------------------
