@@ -1,8 +1,9 @@
 """The ZeroMQ door's compiled path: the plain gets and get_manys waiting on the ROUTER, read,
 answered and sent in C (shmkv/_core_src/zmqdoor.c, whose docstring says which it leaves to
 Python), on pyzmq's own libzmq and socket. zmq_door.py calls it where it would read a request
-itself, while nothing waits to go out before a reply (a parked request, an event for a
-subscriber).
+itself (serve) and where its loop would poll (wait: the poll in C, answering the plain requests
+that come while nothing else does), while nothing waits to go out before a reply (a parked
+request, an event for a subscriber).
 
 Why: through pyzmq and the Python loop a get costs the node ~25 us of CPU more than the same
 round trip in C (bench/README.md, "The compiled door"): a node answers more gets per core and

@@ -1,7 +1,7 @@
 /* shmkv/_core_src/zmqdoor.c: the ZeroMQ door's compiled path, PlainGets: the plain gets and
- * get_manys waiting on a node's ROUTER read, answered and sent in C, on a Reader.
- * broker/compiled_door.py makes one per door and broker/zmq_door.py calls serve() where it
- * would read a request itself.
+ * get_manys waiting on a node's ROUTER read, answered and sent in C, on a Reader (get_many's
+ * part is zmqmany.c). broker/compiled_door.py makes one per door; broker/zmq_door.py calls
+ * serve() where it would read a request itself, and wait() where its loop would poll.
  *
  * serve(budget) reads the messages waiting, without blocking, and answers each that is a plain
  * get (broker/compact.py: a header of exactly request_bytes starting with request_prefix, then
@@ -11,18 +11,25 @@
  * but many_prefix, then a packed batch of keys: two frames) is answered as dispatch.py's
  * get_many would: reply_prefix, the id, reply_bools and a found byte per key; the values found
  * packed (broker/protocol.py's pack). It stops at the first message that is anything else, or
- * one it leaves to Python (a key over MAX_KEY_BYTES, a value of copy_below bytes or
- * more, a batch past max_batch_keys or whose table does not add up, a reply past
- * max_reply_bytes, a read that raised: Python meets the same and answers it, with the counts
- * of what was read here taken back), and hands that message back as broker/router.py's
- * receive() reads one: (routing id,
- * [header bytes, frames...], frames dropped past max_frames), nothing of it done, its frames
- * kept without a copy (FrameType). The caller calls it only while Python has nothing to do
- * before a reply: no request parked on a lock (it would be passed) and nobody subscribed to
- * events (they go out before the reply).
+ * one it leaves to Python (a key over MAX_KEY_BYTES, a value of copy_below bytes or more, a
+ * batch past max_batch_keys or whose table does not add up, a reply past max_reply_bytes, a
+ * read that raised: Python meets the same and answers it, with the counts of what was read
+ * here taken back), and hands that message back as broker/router.py's receive() reads one:
+ * (routing id, [header bytes, frames...], frames dropped past max_frames), nothing of it done,
+ * its frames kept without a copy (FrameType).
  *
- * Why: a get through pyzmq and the Python loop costs the node ~25 us of CPU more than the same
- * round trip in C (bench/README.md, "The compiled door"). */
+ * wait(sockets, timeout_ms, budget) is the loop's poll (a zmq.Poller's sockets) with the GIL
+ * released, serving as serve() does whenever the ROUTER is all that is ready, and polling
+ * again: it returns when anything else is ready (a signal's wake-up descriptor, a subscription,
+ * a RESP connection, the supervisor's link), a message is handed back, budget are answered or
+ * the time is up, with what the last poll found.
+ *
+ * The caller calls both only while Python has nothing to do before a reply: no request parked
+ * on a lock (it would be passed) and nobody subscribed to events (they go out before it).
+ *
+ * Why: a get through pyzmq and the Python loop cost the node ~25 us of CPU more than the same
+ * round trip in C; a pass of the loop per get, ~10-15 more (bench/README.md, "The compiled
+ * door"). */
 #include "zmqdoor.h"
 
 double
