@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -39,6 +41,20 @@ def into_lane(r: Any) -> None:
         r.get("warm-up")
 
 
+@contextmanager
+def in_lane(node: Any, key: str, value: str) -> Iterator[RawConnection]:
+    """A raw connection that stored key's value, then moved to the lane by reads alone."""
+    conn = RawConnection(*resp_address(node))
+    try:
+        conn.send(req("SET", key, value))
+        assert conn.reply() == b"+OK\r\n"
+        into_lane_raw(conn)
+        assert lane_info(node)[0] == 1
+        yield conn
+    finally:
+        conn.close()
+
+
 def into_lane_raw(conn: RawConnection) -> None:
     for _ in range(ENOUGH_READS):
         conn.send(req("GET", "warm-up"))
@@ -59,23 +75,15 @@ def test_a_connection_that_only_reads_is_served_by_the_lane_and_counted() -> Non
 
 
 def test_what_a_connection_in_the_lane_sends_besides_reads_is_answered_in_order() -> None:
-    with resp_node() as (node, _):
-        conn = RawConnection(*resp_address(node))
-        try:
-            conn.send(req("SET", "k", "old"))
-            assert conn.reply() == b"+OK\r\n"
-            into_lane_raw(conn)
-            assert lane_info(node)[0] == 1
-            conn.send(b"".join([req("GET", "k"), req("SET", "k", "new"), req("GET", "k"),
-                                req("INCR", "n"), req("GET", "n"), req("MGET", "k", "n")]))
-            assert [conn.reply() for _ in range(6)] == [
-                b"$3\r\nold\r\n", b"+OK\r\n", b"$3\r\nnew\r\n", b":1\r\n", b"$1\r\n1\r\n",
-                b"*2\r\n$3\r\nnew\r\n$1\r\n1\r\n"]
-            assert lane_info(node)[0] == 0  # the SET brought it back; reads alone move it again
-            into_lane_raw(conn)
-            assert lane_info(node)[0] == 1
-        finally:
-            conn.close()
+    with resp_node() as (node, _), in_lane(node, "k", "old") as conn:
+        conn.send(b"".join([req("GET", "k"), req("SET", "k", "new"), req("GET", "k"),
+                            req("INCR", "n"), req("GET", "n"), req("MGET", "k", "n")]))
+        assert [conn.reply() for _ in range(6)] == [
+            b"$3\r\nold\r\n", b"+OK\r\n", b"$3\r\nnew\r\n", b":1\r\n", b"$1\r\n1\r\n",
+            b"*2\r\n$3\r\nnew\r\n$1\r\n1\r\n"]
+        assert lane_info(node)[0] == 0  # the SET brought it back; reads alone move it again
+        into_lane_raw(conn)
+        assert lane_info(node)[0] == 1
 
 
 def exchange_in_steps(address: tuple[str, int], requests: list[bytes], rng: random.Random
@@ -121,19 +129,11 @@ def test_mostly_reads_are_answered_byte_for_byte_as_redis_server_answers(seed: i
 
 
 def test_a_request_cut_in_two_in_the_lane_is_answered_whole() -> None:
-    with resp_node() as (node, _):
-        conn = RawConnection(*resp_address(node))
-        try:
-            conn.send(req("SET", "k", "whole"))
-            assert conn.reply() == b"+OK\r\n"
-            into_lane_raw(conn)
-            assert lane_info(node)[0] == 1
-            request = req("GET", "k")
-            conn.send(request[:9])
-            conn.send(request[9:])
-            assert conn.reply() == b"$5\r\nwhole\r\n"
-        finally:
-            conn.close()
+    with resp_node() as (node, _), in_lane(node, "k", "whole") as conn:
+        request = req("GET", "k")
+        conn.send(request[:9])
+        conn.send(request[9:])
+        assert conn.reply() == b"$5\r\nwhole\r\n"
 
 
 def test_a_connection_closed_in_the_lane_is_dropped() -> None:
