@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 import shmkv
 from shmkv import backend
 from shmkv.arrays import ARRAY_MAGIC
+from shmkv.errors import LockTimeout
+
+from .waits import TRY_LOCK_S
 
 if TYPE_CHECKING:
     from .resp_door import Session
@@ -45,7 +48,9 @@ class ReadLane:
 
     def __init__(self, region: str, owner: str | None, max_value_bytes: int,
                  parked: list[Any]) -> None:
-        self._handle = shmkv.Cache.open(region, owner=owner)
+        # the arena lock it takes to add its counts is only tried (count()): a local process
+        # stopped while holding it must not stall the node's loop
+        self._handle = shmkv.Cache.open(region, owner=owner, lock_timeout_s=TRY_LOCK_S)
         try:
             pair = self._handle.compiled_pair()
             assert pair is not None and backend.RespLane is not None  # lane_for checked
@@ -73,8 +78,11 @@ class ReadLane:
         """Add the lane's hits and misses to the region's counters: now (now_s None), or if
         COUNTS_EVERY_S have passed since the last time."""
         if now_s is None or now_s - self._counted_s >= COUNTS_EVERY_S:
-            self._handle.stats()  # which adds them
             self._counted_s = time.monotonic()
+            try:
+                self._handle.stats()  # which adds them
+            except LockTimeout:  # the arena lock is busy: they wait in the reader till next time
+                pass
 
     def take_back(self) -> list[tuple[int, bytes, bytes, bool]]:
         """(fd, unread bytes, unsent replies, closed) of each connection handed back."""

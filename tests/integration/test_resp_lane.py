@@ -19,9 +19,10 @@ from integration.test_node_limits import stopped_lock_holder
 from integration.test_resp_support import RawConnection, client, redis_server, resp_address, \
     resp_node
 
+import shmkv
 from shmkv import backend
 from shmkv.broker.resp import encode_request as req
-from shmkv.broker.resp_lane import ENVIRONMENT, LANE_AFTER_READS
+from shmkv.broker.resp_lane import ENVIRONMENT, LANE_AFTER_READS, ReadLane
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(backend.RespLane is None, reason="the compiled engine only")]
@@ -179,3 +180,14 @@ def test_with_the_lane_off_every_connection_stays_with_the_door() -> None:
     with resp_node(env={**os.environ, ENVIRONMENT: "0"}) as (node, _), client(node) as r:
         into_lane(r)
         assert lane_info(node) == (0, 0)
+
+
+def test_the_lane_adds_its_counts_only_when_the_arena_lock_is_free(region_name: str) -> None:
+    shmkv.Cache.create(region_name, arena_bytes=1 << 20).close()
+    lane = ReadLane(region_name, None, 1 << 16, [])
+    try:
+        with stopped_lock_holder(region_name, "<arena>"):
+            lane.count()  # tried, not waited for: the node's loop goes on
+    finally:
+        lane.close()
+        shmkv.Cache.unlink(region_name)
