@@ -129,8 +129,8 @@ class RespDoor:
         self.pump: Callable[[], object] = lambda: None  # set by the node: read the rings
         self._waiting: dict[Session, WaitFor] = {}  # the connections parked by a WAIT
         self._lane = self.ctx.lane = None if self.ctx.compiled is None or tls is not None \
-            else lane_for(cache, config.region, config.region_owner or None,
-                          FAST_MAX_VALUE_BYTES, waits.queue)
+            else lane_for(config.region, config.region_owner or None, FAST_MAX_VALUE_BYTES,
+                          waits.queue)
 
     @property
     def listening(self) -> bool:
@@ -303,9 +303,7 @@ class RespDoor:
     def _take(self, s: Session, data: bytes) -> bool:
         """Answer the requests in data, read from s; False if s has gone, or must read no more
         for now (closing, or a command parked)."""
-        if self.ctx.compiled is not None and s.parked is None and not self._parked \
-                and s.authenticated and not s.coll and not s.channels and not s.patterns \
-                and s.parser.at_boundary:
+        if self.ctx.compiled is not None and self._plain(s):
             data = self._run_compiled(s, data)
             if self.ctx.sessions.get(s.fd) is not s:
                 return False
@@ -317,11 +315,17 @@ class RespDoor:
                 return False
         return True
 
+    def _plain(self, s: Session) -> bool:
+        """Whether what s sends next may be answered without its session's state or order
+        (the compiled path, the read lane): db 0, authenticated, not a subscriber, at a
+        request's start, and nothing parked anywhere (no order to keep)."""
+        return s.parked is None and not self._parked and s.authenticated and not s.coll \
+            and not s.channels and not s.patterns and s.parser.at_boundary
+
     def _to_lane(self, s: Session) -> None:
         """Move s to the read lane if nothing about it is the door's to do."""
-        if s.in_lane or s.out or s.tls or s.parked is not None or self._parked or s.pending \
-                or s.coll or s.channels or s.patterns or not s.authenticated \
-                or not s.parser.at_boundary or self.ctx.sessions.get(s.fd) is not s:
+        if s.in_lane or s.out or s.tls or s.pending or not self._plain(s) \
+                or self.ctx.sessions.get(s.fd) is not s:
             return
         if self._poller is not None and s.poll_flags:
             self._poller.unregister(s.fd)

@@ -14,8 +14,9 @@ answer and the replies the socket did not take, in order, when it sends anything
 anything of the node is parked on a lock, when its socket is full, or when it closes; the door
 then runs those bytes as if it had read them. Handing over costs system calls both ways
 (epoll_ctl, an eventfd, the poller's registration), so a connection that mixes writes in
-stays with the door: its count starts again at every other read. SHMKV_RESP_LANE=0 in the node's environment turns the lane off (the door answers every
-connection itself, as bench/bench_resp.py compares).
+stays with the door: its count starts again at every other read. SHMKV_RESP_LANE=0 in the
+node's environment turns the lane off (the door answers every connection itself, as
+bench/bench_resp.py compares).
 """
 
 from __future__ import annotations
@@ -98,12 +99,10 @@ class ReadLane:
         return back
 
 
-def lane_for(cache: shmkv.Cache, region: str, owner: str | None, max_value_bytes: int,
+def lane_for(region: str, owner: str | None, max_value_bytes: int,
              parked: list[Any]) -> ReadLane | None:
-    """The door's read lane, or None where it does not run: the pure engine, a door without
-    its compiled path (--min-replicas-to-write: the caller passes no cache then), or
-    SHMKV_RESP_LANE=0."""
-    if backend.RespLane is None or cache.compiled_pair() is None \
-            or os.environ.get(ENVIRONMENT, "1") == "0":
+    """The door's read lane, or None with SHMKV_RESP_LANE=0 or the pure engine. The door asks
+    only where its compiled path runs (not over TLS, nor with --min-replicas-to-write)."""
+    if backend.RespLane is None or os.environ.get(ENVIRONMENT, "1") == "0":
         return None
     return ReadLane(region, owner, max_value_bytes, parked)

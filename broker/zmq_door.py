@@ -91,11 +91,9 @@ class ZmqDoor:
             return stop.poll(poller, wake_at_s)
         _, ready, received = compiled.wait(poller.sockets, stop.timeout_ms(wake_at_s),
                                            MAX_BATCH)
-        found = stop.polled(ready)
-        if received is not None:  # what it could not answer, then the rest waiting
+        if received is not None:  # what it could not answer (the ROUTER is in ready: the rest)
             self._answer_handed_back(router, dispatcher, publisher, events, received)
-            found[router] = _POLLIN
-        return found
+        return stop.polled(ready)
 
     def _answer_handed_back(self, router: zmq.Socket, dispatcher: Dispatcher,
                             publisher: Publisher, events: EventReader,

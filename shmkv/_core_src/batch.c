@@ -33,12 +33,6 @@
 /* step 2 looks for a key's tag in at most this many slots from its home */
 #define BATCH_PROBE_HINT 8
 
-typedef struct {
-    PyObject *key;   /* the key as given: a new reference */
-    PyObject *owned; /* what coerce_key made of it, or NULL (see key_bytes) */
-    BatchKey k;      /* its bytes */
-} Pending;
-
 /* the error being raised, put aside while the keys before it are read */
 typedef struct {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -150,7 +144,10 @@ reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
 {
     Py_ssize_t total_bytes = 0;
     int full = 0; /* get_list: the values read passed max_bytes, the list stops there */
-    Pending group[BATCH_GROUP];
+    /* a group's keys: as given (new references), what coerce_key made of them (or NULL: see
+     * key_bytes), their bytes */
+    PyObject *given[BATCH_GROUP], *owned[BATCH_GROUP];
+    BatchKey group[BATCH_GROUP];
     PyObject *it = NULL, *dict = as_list ? PyList_New(0) : PyDict_New();
     if (!dict || !(it = PyObject_GetIter(keys))) {
         Py_XDECREF(dict);
@@ -161,17 +158,17 @@ reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
         /* 1. coerce and hash a group, prefetching each key's home slot */
         int n = 0;
         while (n < BATCH_GROUP) {
-            Pending *p = &group[n];
-            if (!(p->key = PyIter_Next(it))) {
+            if (!(given[n] = PyIter_Next(it))) {
                 last = 1;
                 break;
             }
-            if (key_bytes(self->coerce_key, p->key, &p->k.data, &p->k.len, &p->owned) < 0) {
-                Py_DECREF(p->key);
+            if (key_bytes(self->coerce_key, given[n], &group[n].data, &group[n].len,
+                          &owned[n]) < 0) {
+                Py_DECREF(given[n]);
                 last = 1;
                 break;
             }
-            batch_hash(self, &p->k);
+            batch_hash(self, &group[n]);
             n++;
         }
         Stashed error;
@@ -179,16 +176,13 @@ reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
         if (failed)
             stash(&error);
         /* 2. find each key's entry, without validating anything, and prefetch it (2b) */
-        BatchKey keys[BATCH_GROUP];
-        for (int k = 0; k < n; k++)
-            keys[k] = group[k].k;
-        batch_prefetch(self, keys, n);
+        batch_prefetch(self, group, n);
         /* 3. read them in order, as get does */
         int k = 0, rc = 0;
         for (; k < n && rc >= 0 && !full; k++) {
-            Pending *p = &group[k];
             PyObject *found = NULL;
-            rc = reader_read_hashed(self, p->k.data, p->k.len, p->k.h, WANT_VALUE, &found);
+            rc = reader_read_hashed(self, group[k].data, group[k].len, group[k].h, WANT_VALUE,
+                                    &found);
             if (as_list) {
                 if (rc > 0 && max_bytes >= 0 && PyBytes_Check(found)
                     && (total_bytes += PyBytes_GET_SIZE(found)) > max_bytes)
@@ -198,15 +192,15 @@ reader_get_many(Reader *self, PyObject *keys, int as_list, Py_ssize_t max_bytes)
                 Py_XDECREF(found);
             }
             else if (rc > 0) {
-                rc = PyDict_SetItem(dict, p->key, found);
+                rc = PyDict_SetItem(dict, given[k], found);
                 Py_DECREF(found);
             }
-            Py_XDECREF(p->owned);
-            Py_DECREF(p->key);
+            Py_XDECREF(owned[k]);
+            Py_DECREF(given[k]);
         }
         for (; k < n; k++) { /* those after a read that failed */
-            Py_XDECREF(group[k].owned);
-            Py_DECREF(group[k].key);
+            Py_XDECREF(owned[k]);
+            Py_DECREF(given[k]);
         }
         if (failed) /* else the read's error is the one the loop would raise; a full list
                        stopped before the key that failed */

@@ -197,7 +197,7 @@ SHMKV_INTERNAL int reader_read_below(Reader *self, const char *key, Py_ssize_t k
 SHMKV_INTERNAL PyObject *reader_get_many(Reader *self, PyObject *keys, int as_list,
                                          Py_ssize_t max_bytes);
 /* A key of a batch read (batch.c's steps, for callers whose keys are bytes already: the
- * compiled door's get_many, zmqdoor_many.c): read them BATCH_GROUP at a time, each group
+ * compiled door's get_many, zmqmany.c): read them BATCH_GROUP at a time, each group
  * hashed with batch_hash, then batch_prefetch, then each read with reader_read_hashed. */
 #define BATCH_GROUP 32
 typedef struct {
@@ -216,11 +216,20 @@ SHMKV_INTERNAL void batch_prefetch(const Reader *self, BatchKey *keys, int n);
 SHMKV_INTERNAL uint64_t xxh3_64(const void *data, size_t len, uint64_t seed);
 SHMKV_INTERNAL extern const char xxh_version[]; /* "major.minor.release" of that xxHash */
 
-/* the u32 little-endian length at p, unaligned (a packed batch's: packed.c) */
+/* the u32 little-endian length at p, unaligned (a packed batch's: packed.c, zmqmany.c) */
 static inline uint32_t
 le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* write n there as le32 reads it; the byte after */
+static inline uint8_t *
+put_le32(uint8_t *p, uint32_t n)
+{
+    for (int b = 0; b < 4; b++)
+        *p++ = (uint8_t)(n >> (8 * b));
+    return p;
 }
 
 /* --- atomic loads and stores of region fields ----------------------------------------------- */

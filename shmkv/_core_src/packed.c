@@ -44,8 +44,7 @@ pack_items(PyObject *const *items, Py_ssize_t n, uint64_t max_item_bytes, int sk
         if (found)
             PyList_SET_ITEM(found, i, Py_NewRef(Py_True));
         const uint32_t k = (uint32_t)PyBytes_GET_SIZE(items[i]);
-        for (int b = 0; b < 4; b++)
-            *len_at++ = (uint8_t)(k >> (8 * b));
+        len_at = put_le32(len_at, k);
         memcpy(data_at, PyBytes_AS_STRING(items[i]), k);
         data_at += k;
     }

@@ -42,6 +42,10 @@ typedef struct {
     int running;
     pthread_t thread;
     uint64_t commands;  /* answered here; under the GIL */
+    /* a round's room (serve_round), made by start() so that it fails there, not in the thread */
+    char *bufs;         /* LANE_EVENTS * LANE_READ_BYTES */
+    struct Turn *turns; /* LANE_EVENTS */
+    RespOut *out;
 } RespLane;
 
 /* --- the thread ------------------------------------------------------------------------------ */
@@ -84,10 +88,9 @@ hand_back(RespLane *self, int fd, const char *unread, size_t unread_len, const c
 
 /* One connection's part of a round: what it sent (at most LANE_READ_BYTES, in the round's
  * buffer), what was answered, the replies' place in the round's output */
-typedef struct {
+typedef struct Turn {
     int fd, resp3;
-    ssize_t got;       /* recv's: > 0 bytes, 0 closed, -1 failed (errno in err) */
-    int err;
+    ssize_t got;       /* recv's: > 0 bytes, 0 closed, -1 failed */
     Py_ssize_t taken;  /* bytes answered */
     size_t out_at, out_len, sent;
 } Turn;
@@ -96,9 +99,11 @@ typedef struct {
  * all of them: taking it costs more than a GET's answer), written without it; then those that
  * go back, handed back with it. */
 static void
-serve_round(RespLane *self, const struct epoll_event *events, int n, char *bufs, Turn *turns,
-            RespOut *o, PyThreadState **ts)
+serve_round(RespLane *self, const struct epoll_event *events, int n, PyThreadState **ts)
 {
+    char *const bufs = self->bufs;
+    Turn *const turns = self->turns;
+    RespOut *const o = self->out;
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (events[i].data.u64 == STOP_TOKEN)
@@ -109,8 +114,7 @@ serve_round(RespLane *self, const struct epoll_event *events, int n, char *bufs,
         do
             t->got = recv(t->fd, bufs + (size_t)m * LANE_READ_BYTES, LANE_READ_BYTES, 0);
         while (t->got < 0 && errno == EINTR);
-        t->err = t->got < 0 ? errno : 0;
-        if (t->got < 0 && (t->err == EAGAIN || t->err == EWOULDBLOCK))
+        if (t->got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             continue; /* nothing after all */
         t->taken = 0;
         t->out_len = t->sent = 0;
@@ -165,28 +169,17 @@ lane_main(void *arg)
 {
     RespLane *self = arg;
     PyGILState_STATE gil = PyGILState_Ensure(); /* this thread's state, kept until the end */
-    RespOut *o = PyMem_Malloc(sizeof *o);
-    if (o)
-        resp_out_init(o);
     PyThreadState *ts = PyEval_SaveThread();
-    char *bufs = malloc((size_t)LANE_EVENTS * LANE_READ_BYTES);
-    Turn *turns = malloc(LANE_EVENTS * sizeof *turns);
     struct epoll_event events[LANE_EVENTS];
-    for (int stop = !bufs || !turns || !o; !stop;) {
+    for (int stop = 0; !stop;) {
         const int n = epoll_wait(self->epfd, events, LANE_EVENTS, -1);
         if (n < 0 && errno != EINTR)
             break;
         for (int i = 0; i < n; i++)
             stop |= events[i].data.u64 == STOP_TOKEN;
-        serve_round(self, events, n, bufs, turns, o, &ts);
+        serve_round(self, events, n, &ts);
     }
-    free(bufs);
-    free(turns);
     PyEval_RestoreThread(ts);
-    if (o) {
-        resp_out_free(o);
-        PyMem_Free(o);
-    }
     PyGILState_Release(gil);
     return NULL;
 }
@@ -238,6 +231,21 @@ RespLane_start(RespLane *self, PyObject *Py_UNUSED(ignored))
     if (!self->reader || self->running) {
         PyErr_SetString(PyExc_RuntimeError, "RespLane: not initialised, or started already");
         return NULL;
+    }
+    if (!self->out) { /* made once; dealloc frees them */
+        char *bufs = PyMem_Malloc((size_t)LANE_EVENTS * LANE_READ_BYTES);
+        Turn *turns = PyMem_Malloc(LANE_EVENTS * sizeof *turns);
+        RespOut *out = PyMem_Malloc(sizeof *out);
+        if (!bufs || !turns || !out) {
+            PyMem_Free(bufs);
+            PyMem_Free(turns);
+            PyMem_Free(out);
+            return PyErr_NoMemory();
+        }
+        resp_out_init(out);
+        self->bufs = bufs;
+        self->turns = turns;
+        self->out = out;
     }
     /* the thread takes no signal: the node's main thread handles them (signals.py) */
     sigset_t all, before;
@@ -335,6 +343,11 @@ RespLane_dealloc(RespLane *self)
     Py_CLEAR(self->parked);
     Py_CLEAR(self->returned);
     Py_CLEAR(self->adopted);
+    if (self->out)
+        resp_out_free(self->out);
+    PyMem_Free(self->out);
+    PyMem_Free(self->turns);
+    PyMem_Free(self->bufs);
     for (int *fd = &self->epfd; fd <= &self->back_fd; fd++)
         if (*fd >= 0)
             close(*fd);

@@ -24,7 +24,6 @@ typedef struct {
 } zmq_pollitem_t;
 
 enum {
-    ZMQ_POLLIN = 1,
     ZMQ_DONTWAIT = 1,
     ZMQ_SNDMORE = 2,
     ZMQ_EVENTS = 15,

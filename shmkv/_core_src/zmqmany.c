@@ -69,8 +69,7 @@ send_many(PlainGets *self, zmq_msg_t *routing_id, const char *request, PyObject 
         if (!values[i])
             continue;
         const uint32_t len = (uint32_t)PyBytes_GET_SIZE(values[i]);
-        for (int b = 0; b < 4; b++)
-            *lengths++ = (uint8_t)(len >> (8 * b));
+        lengths = put_le32(lengths, len);
         memcpy(data, PyBytes_AS_STRING(values[i]), len);
         data += len;
     }
