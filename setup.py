@@ -41,6 +41,7 @@ setup(
                 f"{CORE_SRC}/zmqdoor.c",
                 f"{CORE_SRC}/zmqmany.c",
                 f"{CORE_SRC}/zmqcall.c",
+                f"{CORE_SRC}/zmtp.c",
             ],
             depends=[
                 f"{CORE_SRC}/core.h",

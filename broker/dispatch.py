@@ -84,17 +84,11 @@ from shmkv.errors import (CollectionNotFound, LockTimeout, NotEnoughReplicas, Pr
                           RequestTooLarge, ShmKVError)
 
 from . import protocol
-from .protocol import Buffer, Reply, Request
+from .protocol import WRITE_OPS, Buffer, Reply, Request
 from .resp_glob import glob_matcher
 from .zerocopy import LEND
 
 Result = tuple[Any, list[Any]]  # (the reply's result, its payload frames)
-# The commands that change the region: refused under --min-replicas-to-write when too few
-# replicas are in sync, and the ones after which the node notes a client's offset (WAIT).
-WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", "persist",
-                       "clear", "set_many", "set_array", "rename_collection",
-                       "drop_collection", "getdel", "getex", "append", "rename",
-                       "delete_many"})
 # The model's operations beyond the wire's table (the docstring's second table): payload
 # frames per op, as protocol.REQUEST_FRAMES counts them (-1: one per key).
 MODEL_ONLY_FRAMES: dict[str, int] = {"get_each": -1}

@@ -127,7 +127,8 @@ from shmkv.coerce import key_bytes, value_buffer
 from shmkv.errors import ProtocolError
 
 from . import compact
-from .wire_ops import REQUEST_FRAMES, RESENDABLE  # noqa: F401  (RESENDABLE: clients read it here)
+# RESENDABLE and WRITE_OPS: clients read them here
+from .wire_ops import REQUEST_FRAMES, RESENDABLE, WRITE_OPS  # noqa: F401
 
 # A frame as either side handles it: bytes, a memoryview or a zmq.Frame (anything with the
 # buffer protocol; collections.abc.Buffer is Python 3.12+).

@@ -100,6 +100,14 @@ REQUEST_FRAMES: dict[str, int] = {
 # The commands whose payload is a packed batch of keys (not a key in its first frame).
 KEY_BATCH_OPS = frozenset({"get_many", "exists", "delete_many"})
 
+# The commands that change the region: refused under --min-replicas-to-write when too few
+# replicas are in sync, the ones after which the node notes a client's offset (WAIT), and
+# those after which a client asks a wait on the connection that carried them.
+WRITE_OPS = frozenset({"set", "set_options", "cas", "incr", "delete", "expire", "persist",
+                       "clear", "set_many", "set_array", "rename_collection",
+                       "drop_collection", "getdel", "getex", "append", "rename",
+                       "delete_many"})
+
 # Requests a client may send again when their reply did not come (a timeout, a node gone):
 # applied twice they leave the same state and give the same answer. Any other (incr, cas,
 # append, getdel, rename, clear, publish, delete_many, ...) may have been applied already, so

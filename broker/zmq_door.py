@@ -23,7 +23,7 @@ import zmq
 from shmkv.errors import ProtocolError, RequestTooLarge
 
 from . import batches, compact, protocol
-from .dispatch import WRITE_OPS, Dispatcher, get_result
+from .dispatch import Dispatcher, get_result
 from .router import receive, send_or_drop, too_many_frames
 from .waits import RequestJob
 from .zerocopy import LEND
@@ -207,7 +207,7 @@ class ZmqDoor:
                 if reply is not None:  # else parked: waits.py answers it later (fill)
                     fill(reply)
                 continue
-            if reply.error is None and reply.op in WRITE_OPS:
+            if reply.error is None and reply.op in protocol.WRITE_OPS:
                 self._written.note(key)
             replies.fill(index, reply)
 
@@ -244,7 +244,7 @@ class ZmqDoor:
                       key: bytes) -> Callable[[protocol.Reply], None]:
         def fill(reply: protocol.Reply) -> None:
             # noted now, not when the batch is sent: a wait later in the batch counts it
-            if reply.error is None and reply.op in WRITE_OPS:
+            if reply.error is None and reply.op in protocol.WRITE_OPS:
                 self._written.note(key)
             replies.fill(index, reply)
         return fill
@@ -273,7 +273,7 @@ class ZmqDoor:
                 publisher.pump(events)
             send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
             self._observe(reply.op, time.monotonic() - started, reply.error)
-            if reply.error is None and reply.op in WRITE_OPS:
+            if reply.error is None and reply.op in protocol.WRITE_OPS:
                 self._written.note(bytes(routing_id))
 
     def _observe(self, request: str, latency_s: float, error: str | None) -> None:

@@ -5,7 +5,8 @@ Requests are queued in order and sent by flush(): as a message each, or, to a no
 lists max_batch_requests, as batches of up to BATCH_REQUESTS requests in one message
 (broker/batches.py), at most MAX_IN_FLIGHT messages in flight. A call flushes at once (a batch
 of one is a message of its own); a pipeline flushes when BATCH_REQUESTS are queued, when a
-result is asked for that was not sent yet, and at its end. Replies are matched by id.
+result is asked for that was not sent yet, and at its end. Replies are matched by id. A call
+with nothing else in flight may go over the connection's direct link instead (direct.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from shmkv.broker import batches, compact, protocol
 from shmkv.broker.auth import AUTH_HINT, CurveClient
 from shmkv.broker.handshake import HandshakeWatch
 from shmkv.broker.protocol import Reply
+from shmkv.clients import direct
+from shmkv.clients.direct import MAX_CALL_FRAMES, DirectLink
 from shmkv.clients.workers import choose_worker
 from shmkv.errors import (
     CacheClosed,
@@ -46,6 +49,13 @@ SOLO_FRAME_BYTES = 64 << 10
 # A round trip in C (shmkv/_core_src/zmqcall.c), for the usual request; None where the compiled
 # ZeroMQ paths do not run (backend.compiled_zmq).
 _ZMQ_CALL = backend.zmq_call if backend.compiled_zmq() else None
+_WRITE_OPS = protocol.WRITE_OPS
+# After a direct link fails, calls go through libzmq for this long before another is tried:
+# a node that is down costs a connect attempt a second, not one a call. After a link that
+# could not be opened, twice as long each time, up to DIRECT_MAX_RETRY_S (a node behind
+# something that is not a ROUTER, say: each try may wait up to direct.OPEN_TIMEOUT_S).
+DIRECT_RETRY_S = 1.0
+DIRECT_MAX_RETRY_S = 60.0
 # Flags as plain ints: pyzmq's are enums, whose `|` costs ~1 us each.
 _SNDMORE = int(zmq.SNDMORE)
 # pyzmq's own send, not its Python wrapper's (zmq.Socket.send, ~0.3 us a frame, for options a
@@ -107,6 +117,12 @@ class Connection:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._recv_timeout_ms = -1  # the socket's ZMQ_RCVTIMEO
+        # the direct link _call_alone uses (clients/direct.py), and when one may be opened
+        self._direct: DirectLink | None = None
+        self._direct_at = 0.0 if direct.enabled() and curve is None else math.inf
+        self._direct_wait_s = DIRECT_RETRY_S  # before another try, after one that failed
+        # whether the DEALER and the link carried a write since they were opened (_wait_both)
+        self._dealer_wrote = self._link_wrote = False
         self._watch: HandshakeWatch | None = None
         self._last_id = 0
         # queued and in flight, by id, in the order queued (= the replies' order)
@@ -137,11 +153,13 @@ class Connection:
                              "endpoint looks like tcp://host:port or ipc:///path)") from None
         self._socket, self._watch = sock, watch
         self._recv_timeout_ms = -1  # libzmq's default: none
+        self._dealer_wrote = False
         return sock
 
     def _drop_socket(self) -> str | None:
         """Close the socket; returns why its last handshake failed, if it did."""
         self._node_limits = None  # the node may come back serving another region size
+        self._drop_direct()
         failure = None
         if self._watch is not None:
             failure = self._watch.failure()
@@ -151,6 +169,33 @@ class Connection:
             self._socket.close(linger=0)
             self._socket = None
         return failure
+
+    def _direct_link(self) -> DirectLink | None:
+        """The direct link, opened if there is none and it is time to try again."""
+        if self._direct is None and time.monotonic() >= self._direct_at:
+            self._direct = DirectLink.open(self.endpoint, self.timeout_s)
+            self._link_wrote = False
+            if self._direct is None:  # tried again later, and less often each time
+                self._direct_at = time.monotonic() + self._direct_wait_s
+                self._direct_wait_s = min(2 * self._direct_wait_s, DIRECT_MAX_RETRY_S)
+            else:
+                self._direct_wait_s = DIRECT_RETRY_S
+        return self._direct
+
+    def _drop_direct(self) -> None:
+        """Close the direct link (a reply still due on it is lost with it); a new one is tried
+        after DIRECT_RETRY_S."""
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+            self._direct_at = time.monotonic() + DIRECT_RETRY_S
+
+    def _lose_direct(self) -> None:
+        """The direct link failed: closed, and the DEALER with it (nothing else is in flight
+        while the link is used). The node answers a wait for the writes of the connection it
+        comes on (_wait_both); the lost link's would be out of sight, and a new DEALER is a
+        connection the node has not seen, for which it counts every write up to now."""
+        self._drop_socket()
 
     def close(self) -> None:
         self._drop_socket()
@@ -162,27 +207,40 @@ class Connection:
     def call(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = ()) -> Reply:
         """Send one request and return its reply; raise what an error reply carries."""
         if not self._in_flight and self._socket is not None and self._worker_chosen:
+            if op == "wait" and self._link_wrote:
+                return self._wait_both(fields)
             template = self._template_of(op, fields)
             if template is not None:
                 for frame in frames:
                     if type(frame) is not bytes or len(frame) > SOLO_FRAME_BYTES:
                         break
                 else:
-                    return self._call_alone(op, template, frames)
+                    request_id = self._last_id = self._last_id + 1
+                    head = template[0] + compact.pack_id(request_id) + template[1]
+                    return self._call_alone(op, request_id, head, frames)
         return self.wait(self.send(op, fields, frames))
 
-    def _call_alone(self, op: str, template: tuple[bytes, bytes],
+    def _call_alone(self, op: str, request_id: int, head: bytes,
                     frames: Sequence[bytes]) -> Reply:
-        """call() of the usual request (a header from a template, small frames), nothing
-        else in flight: sent and its reply read here, the request kept in flight (_Sent,
+        """call() of the usual request (a header from a template, small frames; or a wait,
+        _wait_both), nothing else in flight: sent and its reply read here (over the direct link, clients/direct.py,
+        if there is one, else through libzmq), the request kept in flight (_Sent,
         _Message) only if that reply is not the compact ok one it expects, when the usual way
         takes over. A third of a client's instructions a get (bench/README.md), and fewer
         objects made: fewer rounds of the garbage collector."""
         sock = self._socket
-        request_id = self._last_id = self._last_id + 1
-        head = template[0] + compact.pack_id(request_id) + template[1]
         received: Any = False
-        if _ZMQ_CALL is not None and type(sock) is zmq.Socket:  # the round trip in C
+        link = self._direct_link() if len(frames) < MAX_CALL_FRAMES else None
+        if link is not None:  # the round trip in C, no libzmq at this end
+            self._link_wrote = self._link_wrote or op in _WRITE_OPS
+            deadline = time.monotonic() + self.timeout_s
+            received = self._direct_call(link, head, frames)
+            if received is False:  # not sent: a new DEALER takes it
+                link, sock = None, self._open()
+        if link is None:
+            self._dealer_wrote = self._dealer_wrote or op in _WRITE_OPS
+        if received is False and _ZMQ_CALL is not None and type(sock) is zmq.Socket:
+            # the round trip in C
             if self._recv_timeout_ms != self._timeout_ms:  # as _receive sets it
                 sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
                 self._recv_timeout_ms = self._timeout_ms
@@ -210,11 +268,49 @@ class Connection:
                      self.retries + 1 if op in protocol.RESENDABLE else 1, 0, False)
         self._in_flight[request_id] = sent
         self._sent_now([sent], deadline)
+        # the reply is not the one expected (another id, an error): the usual way reads it,
+        # and what comes after it on the link
+        while received is not None:
+            self._take_message(received, sent)
+            if link is None or sent.reply is not None or sent.error is not None:
+                break
+            received = self._direct_call(link, None, ())
         if received is None:
             self._timed_out()
-        else:
-            self._take_message(received, sent)
         return self.wait(sent)
+
+    def _direct_call(self, link: DirectLink, head: bytes | None,
+                     frames: Sequence[bytes]) -> Any:
+        """link.call, the link dropped if it fails: the reply's frames, None if it failed or
+        no reply came in time (the request is lost, as an unanswered one), False if it was
+        not sent (the node closed the link)."""
+        try:
+            received = link.call(head, frames)
+        except OSError:
+            received = None
+        except BaseException:  # a signal handler's, say: what is left on the link is unknown
+            self._lose_direct()
+            raise
+        if received is None or received is False:
+            self._lose_direct()
+        return received
+
+    def _wait_both(self, fields: dict[str, Any]) -> Reply:
+        """wait's reply while the direct link is open. The node counts the replicas that
+        have applied the last write of the connection a wait comes on (broker/repl_source.py,
+        WrittenOffsets), and the link is a connection of its own: asked on both, the fewer
+        replicas is the answer (a replica that applied the later write applied the earlier,
+        and one asked later has applied at least as much). A link lost meanwhile takes its
+        DEALER with it (_lose_direct): a new one is asked, for every write up to now."""
+        request_id = self._last_id = self._last_id + 1
+        head, *frames = self._message(request_id, "wait", fields, ())
+        through_link = self._call_alone("wait", request_id, head, frames)
+        if not self._dealer_wrote:  # the link's writes are all there is
+            return through_link
+        through_dealer = self.wait(self.send("wait", fields))
+        if through_link.result["replicas"] < through_dealer.result["replicas"]:
+            return through_link
+        return through_dealer
 
     def send(self, op: str, fields: dict[str, Any], frames: Sequence[Any] = (),
              hold: bool = False) -> _Sent:
@@ -225,6 +321,7 @@ class Connection:
             raise CacheClosed("this RemoteCache is closed; create a new one")
         if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
             self._choose_worker()
+        self._dealer_wrote = self._dealer_wrote or op in _WRITE_OPS
         payload_bytes, solo = 0, False
         if len(frames) == 1 and type(frames[0]) is bytes \
                 and len(frames[0]) <= SOLO_FRAME_BYTES:  # a key: the usual request

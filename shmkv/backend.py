@@ -57,6 +57,7 @@ resp_serve = _core.resp_serve if _core else None
 PlainGets = _core.PlainGets if _core else None
 RespLane = _core.RespLane if _core else None  # the RESP door's read lane (resp_lane.c)
 zmq_call = _core.zmq_call if _core else None
+zmtp_call = _core.zmtp_call if _core else None  # a direct link's round trip (clients/direct.py)
 Frame = _core.Frame if _core else None  # a received frame zmq_call and PlainGets hand out
 pack_c = _core.pack if _core else None
 pack_found_c = _core.pack_found if _core else None

@@ -52,6 +52,8 @@ SHMKV_INTERNAL PyObject *core_found_values(PyObject *, PyObject *const *, Py_ssi
 SHMKV_INTERNAL PyObject *core_resp_serve(PyObject *, PyObject *const *, Py_ssize_t);
 /* zmqcall.c */
 SHMKV_INTERNAL PyObject *core_zmq_call(PyObject *, PyObject *const *, Py_ssize_t);
+/* zmtp.c */
+SHMKV_INTERNAL PyObject *core_zmtp_call(PyObject *, PyObject *const *, Py_ssize_t);
 
 static PyObject *
 core_zmq_bind(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
@@ -88,6 +90,12 @@ static PyMethodDef core_methods[] = {
      "zmq_call(socket, head, frames): send head and frames (bytes) on a pyzmq socket and "
      "receive the next message (zmqcall.c): its frames, None if none came within the "
      "socket's RCVTIMEO, or False if nothing was sent (its pipe was full)."},
+    {"zmtp_call", (PyCFunction)(void (*)(void))core_zmtp_call, METH_FASTCALL,
+     "zmtp_call(fd, head, frames): send head and frames (bytes) as one message on a direct "
+     "link's socket (clients/direct.py) and read the reply (zmtp.c): its frames as bytes, None "
+     "if none came within the socket's SO_RCVTIMEO, or False if nothing was sent (the link "
+     "has something to read, as after the node closed it, or too many frames); OSError if "
+     "the link failed. head None: nothing sent, the next message read."},
     {"xxh3_64", (PyCFunction)(void (*)(void))core_xxh3_64, METH_FASTCALL,
      "xxh3_64(data, seed=0): XXH3_64bits_withSeed of a bytes-like object, as an int."},
     {"_writer_pid", (PyCFunction)core_writer_pid, METH_NOARGS,
