@@ -4,9 +4,10 @@ from many client processes.
 Starts a node (`shmkv serve`, tcp on 127.0.0.1 and ipc:// in a temporary directory) and a
 redis-server on 127.0.0.1, fills both with the same keys (16 B keys, --value-bytes values), and
 measures, in alternating rounds so that every system sees the same machine weather:
-  * get: one key, one client (RemoteCache over tcp and over ipc; redis-py GET over tcp; and
-    the floor under both: the same two frames sent to a bare pyzmq ROUTER that sends them
-    back, over tcp and over ipc);
+  * get: one key, one client (RemoteCache over tcp and over ipc, with its direct link and
+    without it, through libzmq: clients/direct.py; redis-py GET over tcp; and the floor under
+    a client through libzmq: the same two frames a bare pyzmq DEALER sends to a bare pyzmq
+    ROUTER that sends them back, over tcp and over ipc);
   * batch of --batch: RemoteCache.get_many (one message) vs MGET;
   * pipeline of --batch: that many gets in a RemoteCache pipeline (one batch message each
     way: broker/batches.py) vs a redis-py pipeline of GETs (transaction=False);
@@ -16,8 +17,8 @@ then throughput: --clients N processes (8 and 32 by default), each doing single 
 for --seconds against one system at a time, counted (ops/s of all of them together); the
 floor here is as many bare echo processes as the node has workers, each on its own endpoint
 (as the node's workers are), the clients spread over them.
-The floors say what a ZeroMQ door from Python can reach on this machine whatever the node
-does: a target the floor itself misses is bound by pyzmq and libzmq here, not by the node.
+The floors say what a ZeroMQ door from Python can reach on this machine through libzmq at
+both ends, whatever the node does; a direct link has no libzmq at the client's end.
 Both servers are stopped, the region unlinked and the ipc directory removed on every exit.
 
 Targets (issue 15), as ratios in the same run: get latency over tcp <= 1.15x redis-py GET's
@@ -51,7 +52,7 @@ import _node  # bench/ is sys.path[0] when this file is run as a script
 import _report
 import peers
 
-from shmkv.clients import RemoteCache, remote
+from shmkv.clients import RemoteCache, direct, remote
 
 try:
     import redis
@@ -59,6 +60,8 @@ except ImportError:  # a peer, not a dependency
     redis = None
 
 TCP, IPC, REDIS = "shmkv tcp", "shmkv ipc", "redis-py (hiredis)"
+# the same gets with the client's direct link off (clients/direct.py): libzmq at both ends
+TCP_ZMQ, IPC_ZMQ = "shmkv tcp, no direct link", "shmkv ipc, no direct link"
 FLOOR, FLOOR_IPC = "bare pyzmq echo, tcp", "bare pyzmq echo, ipc"
 # The floor of a ZeroMQ round trip from Python: a ROUTER that sends back each message as it
 # came, in a loop of pyzmq's recv_multipart/send_multipart, no decoding, no region; bound to
@@ -208,6 +211,11 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[int]], dict[str, f
         for name, endpoint in endpoints.items():
             cache = clients.enter_context(RemoteCache(endpoint, timeout_s=30))
             systems[name] = _remote_ops(cache, args.batch)
+        os.environ[direct.DIRECT_LINK_ENV] = "0"  # read when a RemoteCache is made
+        for name, endpoint in ((TCP_ZMQ, endpoints[TCP]), (IPC_ZMQ, endpoints[IPC])):
+            systems[name] = {"get": clients.enter_context(RemoteCache(endpoint,
+                                                                      timeout_s=30)).get}
+        del os.environ[direct.DIRECT_LINK_ENV]
         cache.set_many(values)
         if redis_port is not None:
             client = redis.Redis(host="127.0.0.1", port=redis_port)
@@ -349,9 +357,11 @@ def report(samples: dict[str, list[int]], throughput: dict[str, float],
             return f"{system} {extra_ns / (batch - 1) / 1000:.2f} us"
 
         checks += [latency(TCP, "get", 1.15), latency(IPC, "get", 1.0)]
-        checks += [f"{floor} get (no node: the floor under a ZeroMQ door from Python): "
-                   f"{med[f'{floor}|get'] / med[f'{REDIS}|get']:.2f}x redis-py's median"
-                   for floor in (FLOOR, FLOOR_IPC)]
+        checks += [f"{system} get: {med[f'{system}|get'] / med[f'{REDIS}|get']:.2f}x "
+                   f"redis-py's median" for system in (TCP_ZMQ, IPC_ZMQ)]
+        checks += [f"{floor} get (no node, libzmq at both ends: the floor under a client "
+                   f"through libzmq): {med[f'{floor}|get'] / med[f'{REDIS}|get']:.2f}x "
+                   f"redis-py's median" for floor in (FLOOR, FLOOR_IPC)]
         checks += [speed(TCP, f"batch of {batch}", 1.0), speed(IPC, f"batch of {batch}", 1.0),
                    f"batch of {batch}, time beyond a get's round trip, a key: "
                    + ", ".join(per_key(system) for system in (TCP, IPC, REDIS)),
