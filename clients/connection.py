@@ -141,6 +141,10 @@ class Connection:
     def _open(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        # A send waits for a connection to send on at most this long: libzmq gives a
+        # connection up for good when its handshake fails (another security, say), and a
+        # send made after that would wait for ever; it is then handled as a reply overdue.
+        sock.setsockopt(zmq.SNDTIMEO, self._timeout_ms)
         if self.curve is not None:
             self.curve.secure(sock)  # before connect: the handshake starts with it
         watch = HandshakeWatch(sock)  # before connect too, or it could miss the handshake
@@ -250,11 +254,15 @@ class Connection:
             # _transmit's sending, inline: a helper shared with it cost 1.3k instructions
             send = _BACKEND_SEND if type(sock) is zmq.Socket else type(sock).send
             last = len(frames) - 1
-            send(sock, head, _SNDMORE if last >= 0 else 0, True)
-            for i, frame in enumerate(frames):
-                send(sock, frame, _SNDMORE if i < last else 0, True)
             deadline = time.monotonic() + self.timeout_s
-            received = self._receive(deadline)
+            try:
+                send(sock, head, _SNDMORE if last >= 0 else 0, True)
+                for i, frame in enumerate(frames):
+                    send(sock, frame, _SNDMORE if i < last else 0, True)
+            except zmq.Again:  # no connection to send on (_open): as a reply overdue
+                received = None
+            else:
+                received = self._receive(deadline)
         if received is not None:
             reply_head = bytes(received[0])  # bytes from C: itself, no copy
             if reply_head.startswith(_COMPACT_REPLY):
@@ -466,9 +474,13 @@ class Connection:
         # which pyzmq then copies anyway below its copy threshold, 64 KiB), but not a large
         # value's (a solo request) or a batch's payload (up to BATCH_BYTES)
         last, copy = len(message) - 1, len(group) == 1 and not group[0].solo
-        for i in range(last):  # frame by frame: cheaper than send_multipart
-            send(sock, message[i], _SNDMORE, copy)
-        send(sock, message[last], 0, copy)
+        try:
+            for i in range(last):  # frame by frame: cheaper than send_multipart
+                send(sock, message[i], _SNDMORE, copy)
+            send(sock, message[last], 0, copy)
+        except zmq.Again:  # no connection to send on (_open): as sent, its reply overdue
+            self._sent_now(group, time.monotonic())
+            return
         self._sent_now(group, time.monotonic() + self.timeout_s)
 
     def _sent_now(self, group: list[_Sent], deadline: float) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +111,39 @@ def test_a_client_the_node_does_not_admit_gets_an_authentication_error_and_chang
                     assert sub.get_message(0.05) is None
         assert admitted.get("kept") == b"before"
         assert len(admitted) == 1
+
+
+# A client without CURVE keys: its handshake with a CURVE node fails on the security, after
+# which libzmq gives the connection up for good; then its first call.
+_GIVEN_UP_CALL = """
+import sys, time
+import zmq
+from shmkv.clients import RemoteCache
+with RemoteCache(sys.argv[1], timeout_s=float(sys.argv[2]), retries=0) as refused:
+    dealer = refused._link._socket
+    dealer.poll(10_000, zmq.POLLOUT)  # a connection, not yet shaken hands
+    deadline = time.monotonic() + 10
+    while dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT and time.monotonic() < deadline:
+        time.sleep(0.01)  # until libzmq has given it up
+    try:
+        refused.get("k")
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_a_call_made_after_libzmq_gave_up_the_connection_gets_the_error_in_time(
+        region_name: str, keys: Keys) -> None:
+    """A send with no connection waits for one: a call made once libzmq has given its
+    connection up must still end within its timeout (in a process of its own: a call that
+    waits for ever is killed)."""
+    with running_node(region_name, *keys.node_options()) as node:
+        done = subprocess.run([sys.executable, "-c", _GIVEN_UP_CALL, node.endpoint,
+                               str(REFUSED_TIMEOUT_S)], capture_output=True, text=True,
+                              timeout=3 * REFUSED_TIMEOUT_S + 2 * WAIT_S,
+                              cwd=tempfile.gettempdir())  # not a checkout's ./shmkv
+    assert done.stdout.startswith("RemoteUnavailable") and "authentication" in done.stdout, \
+        (done.stdout, done.stderr)
 
 
 def test_the_node_serves_all_interfaces_when_curve_protects_them(
