@@ -41,6 +41,16 @@ class Node:
         return (json.loads(line) if line else {}), self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
+@contextmanager
+def paused(node: Node) -> Iterator[None]:
+    """The node's process stopped (SIGSTOP) inside the block, continued after it."""
+    node.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+
+
 def start_node(region: str, *options: str, stderr: Any = subprocess.PIPE,
                env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     """A node on ephemeral ports, without ipc:// endpoints (a node killed by a test would

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from node_process import running_node
+from node_process import paused, running_node
 from replication_support import CONVERGE_S, free_port, primary_region, replica_node
 
 import shmkv
@@ -141,11 +141,3 @@ def test_wait_counts_the_writes_of_the_link_and_of_libzmq_both(
             assert remote.wait(1, 0.3) == 0  # the link's write is applied, not libzmq's
         assert remote.wait(1, CONVERGE_S) == 1
 
-
-@contextmanager
-def paused(node: Any) -> Iterator[None]:
-    node.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        node.process.send_signal(signal.SIGCONT)

@@ -5,14 +5,11 @@ exactly. The primary's replication state counts the stripes sent each way."""
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from node_process import running_node
+from node_process import paused, running_node
 from replication_support import (TTL_S, dump, fill, fixed_clock, primary_node, primary_region,
                                  replica_node, wait_equal)
 from tests_support import new_region_name, scrape
@@ -41,16 +38,6 @@ def wait_until_visible(copy: shmkv.Cache, key: str, value: bytes | None,
         if time.monotonic() > deadline:
             pytest.fail(f"{key!r} did not become {value!r} on the replica")
         time.sleep(0.01)
-
-
-@contextmanager
-def paused(node: Any) -> Iterator[None]:
-    """The node's process stopped (SIGSTOP) inside the block, continued after it."""
-    node.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        node.process.send_signal(signal.SIGCONT)
 
 
 def test_a_write_reaches_the_replica_through_a_hint(region_name: str) -> None:
