@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import weakref
 from typing import Any
 
 from shmkv import backend
@@ -131,6 +132,7 @@ class DirectLink:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._fd = sock.fileno()
+        _links.add(self)
 
     @classmethod
     def open(cls, endpoint: str, timeout_s: float) -> DirectLink | None:
@@ -162,10 +164,20 @@ class DirectLink:
         link cannot carry it: the node closed it, or it holds a message no request asked
         for). OSError if the link failed; the caller then closes it. head None: nothing
         sent, the next message read."""
-        return _ZMTP_CALL(self._fd, head, frames)
+        return _ZMTP_CALL(self._fd, head, frames) if self._fd >= 0 else False
 
     def close(self) -> None:
         self._sock.close()
+
+    def _forked(self) -> None:
+        self._fd = -1  # call() sends nothing; close() closes this process's copy only
+
+
+# A forked child has its parent's links, the same sockets: what one sent, the other could read
+# the reply of, under the same request id. In the child they carry nothing (the caller then
+# drops them); the parent's go on.
+_links: weakref.WeakSet[DirectLink] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [link._forked() for link in list(_links)])
 
 
 def _handshake(sock: socket.socket) -> None:

@@ -5,6 +5,7 @@ clear error or None, never a wrong reply."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -124,6 +125,23 @@ def test_no_link_opens_to_what_is_not_a_null_security_router(tmp_path) -> None:
         plain.close()
         curve.close()
         dealer.close()
+
+
+def test_a_forked_child_sends_nothing_on_its_parents_link(router: zmq.Socket) -> None:
+    link = DirectLink.open(router.getsockopt_string(zmq.LAST_ENDPOINT), WAIT_S)
+    assert link is not None
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its call must not take the parent's socket
+            os._exit(0 if link.call(b"child", [b"k"]) is False else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        answered = threading.Thread(target=lambda: router.send_multipart(
+            [(got := router.recv_multipart())[0], *got[1:]]))
+        answered.start()
+        assert link.call(b"parent", [b"k"]) == [b"parent", b"k"]  # nothing of the child's
+        answered.join()
+    finally:
+        link.close()
 
 
 def test_links_are_off_with_the_environment_switch(router: zmq.Socket,
