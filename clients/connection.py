@@ -227,11 +227,11 @@ class Connection:
     def _call_alone(self, op: str, request_id: int, head: bytes,
                     frames: Sequence[bytes]) -> Reply:
         """call() of the usual request (a header from a template, small frames; or a wait,
-        _wait_both), nothing else in flight: sent and its reply read here (over the direct link, clients/direct.py,
-        if there is one, else through libzmq), the request kept in flight (_Sent,
-        _Message) only if that reply is not the compact ok one it expects, when the usual way
-        takes over. A third of a client's instructions a get (bench/README.md), and fewer
-        objects made: fewer rounds of the garbage collector."""
+        _wait_both), nothing else in flight: sent and its reply read here (over the direct
+        link, clients/direct.py, if there is one, else through libzmq), the request kept in
+        flight (_Sent, _Message) only if that reply is not the compact ok one it expects,
+        when the usual way takes over. A third of a client's instructions a get
+        (bench/README.md), and fewer objects made: fewer rounds of the garbage collector."""
         sock = self._socket
         received: Any = False
         link = self._direct_link() if len(frames) < MAX_CALL_FRAMES else None
@@ -308,8 +308,9 @@ class Connection:
         have applied the last write of the connection a wait comes on (broker/repl_source.py,
         WrittenOffsets), and the link is a connection of its own: asked on both, the fewer
         replicas is the answer (a replica that applied the later write applied the earlier,
-        and one asked later has applied at least as much). A link lost meanwhile takes its
-        DEALER with it (_lose_direct): a new one is asked, for every write up to now."""
+        and one asked later has applied at least as much). A link found closed takes its
+        DEALER with it (_lose_direct): the wait then goes to a new DEALER, for which the node
+        counts every write up to now."""
         request_id = self._last_id = self._last_id + 1
         head, *frames = self._message(request_id, "wait", fields, ())
         through_link = self._call_alone("wait", request_id, head, frames)
