@@ -4,12 +4,12 @@ call (clients/connection.py's _call_alone) when nothing else is in flight.
 Why: a libzmq socket moves every message through its I/O thread, so a round trip wakes a
 thread twice more at the client's end than a Redis client's does, and on a small VM a wake-up
 on another CPU costs tens of microseconds (bench/README.md, "A direct link": a get's round
-trip 0.86x (tcp) and 0.66x (ipc) of one through libzmq). The link is a plain blocking socket
-to the same endpoint the client's DEALER uses, with ZMTP 3.0 (RFC 23) spoken here; to the
-node's ROUTER it is one more DEALER peer, and its replies are the same bytes. One request at a
-time: anything else (pipelines, batches, large frames, CurveZMQ, timeouts and sending again)
-stays with the DEALER, and a link that fails in any way is closed and the request handled as
-one whose reply did not come.
+trip 0.71-0.86x (tcp) and 0.61-0.66x (ipc) of one through libzmq). The link is a plain
+blocking socket to the same endpoint the client's DEALER uses, with ZMTP 3.0 (RFC 23) spoken
+here; to the node's ROUTER it is one more DEALER peer, and its replies are the same bytes. One
+request at a time: anything else (pipelines, batches, large frames, CurveZMQ, timeouts and
+sending again) stays with the DEALER, and a link that fails in any way is closed and the
+request handled as one whose reply did not come.
 
 The handshake, NULL security only (a node that requires CurveZMQ closes it: no link):
 
