@@ -24,6 +24,7 @@ from shmkv.errors import ProtocolError, RequestTooLarge
 
 from . import batches, compact, protocol
 from .dispatch import Dispatcher, get_result
+from .protocol import WRITE_OPS
 from .router import receive, send_or_drop, too_many_frames
 from .waits import RequestJob
 from .zerocopy import LEND
@@ -207,7 +208,7 @@ class ZmqDoor:
                 if reply is not None:  # else parked: waits.py answers it later (fill)
                     fill(reply)
                 continue
-            if reply.error is None and reply.op in protocol.WRITE_OPS:
+            if reply.error is None and reply.op in WRITE_OPS:
                 self._written.note(key)
             replies.fill(index, reply)
 
@@ -244,7 +245,7 @@ class ZmqDoor:
                       key: bytes) -> Callable[[protocol.Reply], None]:
         def fill(reply: protocol.Reply) -> None:
             # noted now, not when the batch is sent: a wait later in the batch counts it
-            if reply.error is None and reply.op in protocol.WRITE_OPS:
+            if reply.error is None and reply.op in WRITE_OPS:
                 self._written.note(key)
             replies.fill(index, reply)
         return fill
@@ -273,7 +274,7 @@ class ZmqDoor:
                 publisher.pump(events)
             send_or_drop(router, [routing_id, *protocol.encode_reply(reply)])
             self._observe(reply.op, time.monotonic() - started, reply.error)
-            if reply.error is None and reply.op in protocol.WRITE_OPS:
+            if reply.error is None and reply.op in WRITE_OPS:
                 self._written.note(bytes(routing_id))
 
     def _observe(self, request: str, latency_s: float, error: str | None) -> None:

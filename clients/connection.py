@@ -236,13 +236,14 @@ class Connection:
         received: Any = False
         link = self._direct_link() if len(frames) < MAX_CALL_FRAMES else None
         if link is not None:  # the round trip in C, no libzmq at this end
-            self._link_wrote = self._link_wrote or op in _WRITE_OPS
+            if op in _WRITE_OPS:
+                self._link_wrote = True
             deadline = time.monotonic() + self.timeout_s
             received = self._direct_call(link, head, frames)
             if received is False:  # not sent: a new DEALER takes it
                 link, sock = None, self._open()
-        if link is None:
-            self._dealer_wrote = self._dealer_wrote or op in _WRITE_OPS
+        if link is None and op in _WRITE_OPS:
+            self._dealer_wrote = True
         if received is False and _ZMQ_CALL is not None and type(sock) is zmq.Socket:
             # the round trip in C
             if self._recv_timeout_ms != self._timeout_ms:  # as _receive sets it
@@ -330,7 +331,8 @@ class Connection:
             raise CacheClosed("this RemoteCache is closed; create a new one")
         if not self._worker_chosen:  # stick to one of the node's workers (clients/workers.py)
             self._choose_worker()
-        self._dealer_wrote = self._dealer_wrote or op in _WRITE_OPS
+        if op in _WRITE_OPS:
+            self._dealer_wrote = True
         payload_bytes, solo = 0, False
         if len(frames) == 1 and type(frames[0]) is bytes \
                 and len(frames[0]) <= SOLO_FRAME_BYTES:  # a key: the usual request
